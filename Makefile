@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py src/pyflight/_core.c
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/pyflight info --self
+	$(VENV)/bin/pyflight demo -o pyflight-demo.pyfl
+
+test:
+	./scripts/test-all.sh
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/bench_record.py
+	$(VENV)/bin/python bench/bench_snapshot.py
+	$(VENV)/bin/python bench/bench_reader.py
+
+clean:
+	rm -rf $(VENV) .venvs build src/pyflight/*.so src/*.egg-info pyflight-demo.pyfl

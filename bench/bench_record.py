@@ -1,0 +1,71 @@
+"""ns per recorded event, C core and pure-Python core side by side in one run.
+
+Each round times a loop of N calls to ``record(kind, a, b)`` and the same loop calling
+a no-op builtin, for both cores, interleaved; the cost per event is the difference.
+Also: ``pyflight.log`` with a recorder running, and the cost of annotations with none.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from _common import c_core_available, summary
+
+from pyflight.core import _pycore
+from pyflight.core.events import Kind, arg_counts
+
+N = 200_000
+ROUNDS = 7
+
+
+def _time_loop(fn: object, n: int) -> float:
+    call = fn  # local for speed
+    kind = int(Kind.COUNTER)
+    start = time.perf_counter_ns()
+    for i in range(n):
+        call(kind, "metric", i)  # type: ignore[operator]
+    return (time.perf_counter_ns() - start) / n
+
+
+def _noop(kind: int, a: object, b: object) -> None:
+    return None
+
+
+def _configure(core: object) -> None:
+    core.configure(  # type: ignore[attr-defined]
+        arg_counts(), max_bytes=64 * 2**20, min_age_ns=60 * 10**9, gen_max_bytes=4 * 2**20, gen_interval_ns=10**9
+    )
+
+
+def main() -> int:
+    cores = [("python", _pycore)]
+    if c_core_available():
+        import pyflight._core as c_core
+
+        cores.insert(0, ("c", c_core))
+    results: dict[str, list[float]] = {name: [] for name, _ in cores}
+    disabled: dict[str, list[float]] = {name: [] for name, _ in cores}
+    for _ in range(ROUNDS):
+        base = _time_loop(_noop, N)
+        for name, core in cores:
+            _configure(core)
+            disabled[name].append(_time_loop(core.record, N) - base)
+            core.start()
+            try:
+                results[name].append(_time_loop(core.record, N) - base)
+            finally:
+                core.stop()
+    print(f"python {sys.version.split()[0]}, {N} events x {ROUNDS} rounds, ns per event: median [min..max]")
+    for name, _ in cores:
+        print(f"  {name:6} core, recording : {summary(results[name])}")
+        print(f"  {name:6} core, stopped   : {summary(disabled[name])}")
+    if len(cores) == 2:
+        ratio = statistics.median(results["python"]) / statistics.median(results["c"])
+        print(f"  pure-Python / C: {ratio:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Builds the optional C core. If it cannot be compiled, pyflight installs without it and
+uses the pure-Python core (set PYFLIGHT_REQUIRE_C=1 to make that an error instead)."""
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+STRICT = os.environ.get("PYFLIGHT_STRICT_BUILD") == "1"
+REQUIRE_C = os.environ.get("PYFLIGHT_REQUIRE_C") == "1" or STRICT
+
+flags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+if STRICT:
+    flags.append("-Werror")
+
+
+class OptionalBuildExt(build_ext):
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001
+            if REQUIRE_C:
+                raise
+            print(f"WARNING: pyflight C core not built ({exc}); the pure-Python core will be used")
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            if REQUIRE_C:
+                raise
+            print(f"WARNING: pyflight C core not built ({exc}); the pure-Python core will be used")
+
+
+setup(
+    ext_modules=[Extension("pyflight._core", ["src/pyflight/_core.c"], extra_compile_args=flags)],
+    cmdclass={"build_ext": OptionalBuildExt},
+)

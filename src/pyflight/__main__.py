@@ -1,0 +1,3 @@
+from pyflight.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""User annotations: logical tasks (like a request), regions inside them, and log lines.
+
+The current task travels in a contextvar, so it follows awaits and is copied into
+asyncio tasks created inside it. When no recorder runs, each call does one check and
+returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pyflight.core import backend
+from pyflight.core.events import Kind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Id of the innermost user task of the running context, 0 when none.
+current_task_id: ContextVar[int] = ContextVar("pyflight_task", default=0)
+_task_ids = itertools.count(1)
+_is_enabled = backend.is_enabled
+_record = backend.record
+
+
+class _Annotation:
+    """Shared decorator behaviour: wrap sync and async functions in ``with self``."""
+
+    __slots__ = ()
+
+    def _fresh(self) -> _Annotation:
+        raise NotImplementedError
+
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with self._fresh():
+                    return await func(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self._fresh():
+                return func(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+
+class task(_Annotation):  # noqa: N801 - used like a function
+    """A logical operation (a request, a job): ``with pyflight.task("GET /users"): ...``."""
+
+    __slots__ = ("_id", "_token", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._id = 0
+        self._token: Token[int] | None = None
+
+    def _fresh(self) -> task:
+        return task(self.name)
+
+    @property
+    def id(self) -> int:
+        """The task's id in the trace (0 if it was entered with no recorder running)."""
+        return self._id
+
+    def __enter__(self) -> task:
+        if _is_enabled():
+            try:
+                self._id = task_id = next(_task_ids)
+                parent = current_task_id.get()
+                _record(Kind.USER_TASK_BEGIN, task_id, parent, self.name)
+                backend.set_live(("utask", task_id), Kind.USER_TASK_INFO, task_id, parent, self.name)
+                self._token = current_task_id.set(task_id)
+            except Exception:  # annotations never break the program
+                self._token = None
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        token = self._token
+        if token is not None:
+            self._token = None
+            try:
+                current_task_id.reset(token)
+            except ValueError:  # exited in another context (generator juggling): keep going
+                pass
+            try:
+                backend.clear_live(("utask", self._id))
+                _record(Kind.USER_TASK_END, self._id)
+            except Exception:
+                pass
+
+
+class region(_Annotation):  # noqa: N801 - used like a function
+    """A named stretch of work inside the current task: ``with pyflight.region("parse"): ...``."""
+
+    __slots__ = ("_task", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._task = -1
+
+    def _fresh(self) -> region:
+        return region(self.name)
+
+    def __enter__(self) -> region:
+        if _is_enabled():
+            try:
+                self._task = current_task_id.get()
+                _record(Kind.REGION_BEGIN, self._task, self.name)
+            except Exception:
+                self._task = -1
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task >= 0:
+            try:
+                _record(Kind.REGION_END, self._task, self.name)
+            except Exception:
+                pass
+            self._task = -1
+
+
+def log(category: str, message: str) -> None:
+    """Record a message in the current task, e.g. ``pyflight.log("cache", "miss user=42")``."""
+    if _is_enabled():
+        try:
+            _record(Kind.LOG, current_task_id.get(), str(category), str(message))
+        except Exception:
+            pass

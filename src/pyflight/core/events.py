@@ -1,0 +1,166 @@
+"""The event vocabulary: every kind of fact pyflight records, defined once.
+
+The writer embeds this table in every trace header, so a reader can decode (or skip)
+kinds it does not know. Kind numbers and argument orders are part of format v1:
+append new kinds, never renumber.
+
+Argument types: ``u`` unsigned integer, ``s`` string (interned per generation),
+``k`` stack (interned per generation; recorded from a frame object).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class Kind(enum.IntEnum):
+    """Event kinds. The thread an event happened on is its batch's thread."""
+
+    # process, clock, threads
+    CLOCK_SYNC = 1
+    THREAD_INFO = 2
+    THREAD_START = 3
+    THREAD_END = 4
+    THREAD_NAME = 5
+    THREAD_EXCEPTION = 6
+    # asyncio tasks and the event loop
+    TASK_CREATE = 10
+    TASK_INFO = 11
+    TASK_STEP_BEGIN = 12
+    TASK_STEP_END = 13
+    TASK_WAIT = 14
+    TASK_READY = 15
+    TASK_DONE = 16
+    CALLBACK_BEGIN = 20
+    CALLBACK_END = 21
+    LOOP_IDLE_BEGIN = 22
+    LOOP_IDLE_END = 23
+    LOOP_STALL = 24
+    # blocking in threads
+    BLOCK_BEGIN = 30
+    BLOCK_END = 31
+    WAKE = 32
+    # garbage collector
+    GC_BEGIN = 40
+    GC_END = 41
+    # stack sampler
+    SAMPLE = 50
+    # user annotations
+    USER_TASK_BEGIN = 60
+    USER_TASK_END = 61
+    USER_TASK_INFO = 62
+    REGION_BEGIN = 63
+    REGION_END = 64
+    LOG = 65
+    # metrics
+    COUNTER = 70
+    # recorder's own facts
+    DATA_LOSS = 90
+    SOURCE_DISABLED = 91
+    TRIGGER = 92
+
+
+class Arg(NamedTuple):
+    name: str
+    type: str  # "u", "s" or "k"
+
+
+def _args(spec: str) -> tuple[Arg, ...]:
+    """Parse ``"tid:u name:s"`` into Arg tuples."""
+    out = []
+    for item in spec.split():
+        name, _, typ = item.partition(":")
+        assert typ in ("u", "s", "k"), item
+        out.append(Arg(name, typ))
+    return tuple(out)
+
+
+#: Arguments of every kind, in encoding order.
+ARGS: dict[Kind, tuple[Arg, ...]] = {
+    # wall-clock anchor: wall_ns is time.time_ns() taken with the event's monotonic time
+    Kind.CLOCK_SYNC: _args("wall_ns:u"),
+    # re-emitted at the start of every generation for each live thread
+    Kind.THREAD_INFO: _args("tid:u name:s ident:u"),
+    Kind.THREAD_START: _args("tid:u name:s ident:u parent:u"),
+    Kind.THREAD_END: _args("tid:u"),
+    Kind.THREAD_NAME: _args("tid:u name:s"),
+    Kind.THREAD_EXCEPTION: _args("tid:u type:s message:s stack:k"),
+    # task ids are small integers assigned by the recorder; parent 0 = none
+    Kind.TASK_CREATE: _args("task:u name:s coro:s parent:u"),
+    Kind.TASK_INFO: _args("task:u name:s coro:s parent:u"),
+    Kind.TASK_STEP_BEGIN: _args("task:u"),
+    Kind.TASK_STEP_END: _args("task:u"),
+    # what the task waits on after a step: reason is a BlockReason, what a description
+    Kind.TASK_WAIT: _args("task:u reason:u what:s stack:k"),
+    Kind.TASK_READY: _args("task:u"),
+    # outcome is a TaskOutcome
+    Kind.TASK_DONE: _args("task:u outcome:u error:s"),
+    Kind.CALLBACK_BEGIN: _args("loop:u name:s"),
+    Kind.CALLBACK_END: _args("loop:u"),
+    Kind.LOOP_IDLE_BEGIN: _args("loop:u"),
+    Kind.LOOP_IDLE_END: _args("loop:u events:u"),
+    # a step or callback running longer than the stall threshold, with a stack taken during it
+    Kind.LOOP_STALL: _args("loop:u task:u duration:u stack:k"),
+    # obj identifies the lock/queue/... (stable within a process run), 0 = unknown
+    Kind.BLOCK_BEGIN: _args("reason:u obj:u stack:k"),
+    Kind.BLOCK_END: _args("reason:u obj:u"),
+    # the recording thread wakes thread `target` (or task `task` if not 0)
+    Kind.WAKE: _args("target:u task:u reason:u obj:u"),
+    Kind.GC_BEGIN: _args("generation:u"),
+    Kind.GC_END: _args("generation:u collected:u uncollectable:u"),
+    # recorded by the sampler thread about thread `tid`; state is a ThreadState
+    Kind.SAMPLE: _args("tid:u task:u stack:k state:u"),
+    Kind.USER_TASK_BEGIN: _args("id:u parent:u name:s"),
+    Kind.USER_TASK_END: _args("id:u"),
+    Kind.USER_TASK_INFO: _args("id:u parent:u name:s"),
+    Kind.REGION_BEGIN: _args("task:u name:s"),
+    Kind.REGION_END: _args("task:u name:s"),
+    Kind.LOG: _args("task:u category:s message:s"),
+    Kind.COUNTER: _args("name:s value:u"),
+    Kind.DATA_LOSS: _args("source:s events:u reason:s"),
+    Kind.SOURCE_DISABLED: _args("source:s reason:s"),
+    Kind.TRIGGER: _args("reason:s detail:s"),
+}
+
+
+class BlockReason(enum.IntEnum):
+    OTHER = 0
+    LOCK = 1
+    CONDITION = 2  # Condition.wait: queue.Queue, Event, Semaphore, Barrier, futures
+    SLEEP = 3
+    JOIN = 4
+    IO = 5  # blocking socket operations
+    SELECT = 6  # select / selectors
+    AWAIT = 7  # an asyncio task awaiting a future
+
+
+class TaskOutcome(enum.IntEnum):
+    OK = 0
+    CANCELLED = 1
+    FAILED = 2
+
+
+class ThreadState(enum.IntEnum):
+    UNKNOWN = 0
+    RUNNING = 1
+    SLEEPING = 2  # interruptible sleep (S)
+    DISK = 3  # uninterruptible (D)
+    STOPPED = 4
+    ZOMBIE = 5
+
+
+#: Highest kind number + 1; the size of per-kind lookup tables.
+KIND_TABLE_SIZE = 128
+
+
+def arg_counts() -> bytes:
+    """Per-kind argument counts, 0xFF for numbers that are not kinds (for the C core)."""
+    table = bytearray(b"\xff" * KIND_TABLE_SIZE)
+    for kind, args in ARGS.items():
+        table[kind] = len(args)
+    return bytes(table)
+
+
+assert set(ARGS) == set(Kind), "every kind needs an argument spec"
+assert max(Kind) < KIND_TABLE_SIZE

@@ -1,0 +1,75 @@
+"""The pyflight command line, run as a user runs it: in a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyflight
+from pyflight.core.events import Kind
+
+
+def _pyflight(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyflight", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
+
+
+def test_info_self_names_the_core(subprocess_env: dict[str, str]) -> None:
+    from pyflight import core
+
+    result = _pyflight("info", "--self", env=subprocess_env)
+    assert result.returncode == 0
+    assert f"core: {core.BACKEND_NAME}" in result.stdout
+
+
+def test_bad_arguments_get_one_line_and_exit_2(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    for args in (["info"], ["nonsense"], ["run", "--max-bytes", "lots", "x.py"], ["run"], ["run", "nope.py"]):
+        result = _pyflight(*args, env=subprocess_env, cwd=tmp_path)
+        assert result.returncode == 2, (args, result)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_info_on_a_bad_file_is_one_clear_line(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pyfl"
+    junk.write_bytes(b"definitely not a trace")
+    result = _pyflight("info", str(junk), env=subprocess_env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "not a readable pyflight trace" in result.stderr
+    missing = _pyflight("info", str(tmp_path / "missing.pyfl"), env=subprocess_env)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_run_keeps_exit_code_and_writes_window(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, pyflight
+            with pyflight.task("job"):
+                pyflight.log("args", " ".join(sys.argv[1:]))
+            sys.exit(3)
+            """
+        )
+    )
+    out = tmp_path / "out.pyfl"
+    result = _pyflight("run", "-o", str(out), str(script), "a", "--b", env=subprocess_env)
+    assert result.returncode == 3, result.stderr
+    trace = pyflight.load(out)
+    (log,) = [e for e in trace.events if e.kind == Kind.LOG]
+    assert log.arg("message") == "a --b"
+    info = _pyflight("info", str(out), env=subprocess_env)
+    assert info.returncode == 0 and "LOG" in info.stdout
+
+
+def test_run_module_and_unhandled_exception(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "crashy.py").write_text("import pyflight\npyflight.log('x', 'about to fail')\nraise KeyError('boom')\n")
+    out = tmp_path / "crash.pyfl"
+    env = dict(subprocess_env, PYTHONPATH=f"{tmp_path}:{subprocess_env['PYTHONPATH']}")
+    result = _pyflight("run", "-o", str(out), "-m", "crashy", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "KeyError: 'boom'" in result.stderr
+    assert pyflight.load(out).count_by_kind()[Kind.LOG] == 1
