@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from types import TracebackType
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from pyflight import __version__
@@ -20,6 +21,7 @@ from pyflight.core import BACKEND_NAME, backend
 from pyflight.core.events import Kind, arg_counts
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.format.writer import encode_header, write_file_atomically, write_stream
+from pyflight.sources import REGISTRY, Source, SourceWarning, default_source_names
 
 #: The ticker seals due generations and ages old ones out even when nothing records.
 TICK_SECONDS = 0.1
@@ -61,6 +63,8 @@ class FlightRecorder:
         generation_interval: float | None = None,
         generation_bytes: int | None = None,
         max_stack_depth: int = 128,
+        sources: Iterable[str] | None = None,
+        source_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not min_age > 0:
             raise ValueError(f"min_age must be > 0 seconds, got {min_age!r}")
@@ -79,6 +83,12 @@ class FlightRecorder:
         if not self.generation_interval > 0:
             raise ValueError("generation_interval must be > 0")
         self.max_stack_depth = max_stack_depth
+        self.source_names = default_source_names() if sources is None else list(sources)
+        unknown = [name for name in self.source_names if name not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; available: {sorted(REGISTRY)}")
+        self.source_options = {name: dict(opts) for name, opts in (source_options or {}).items()}
+        self.sources: list[Source] = []
         self._running = False
         self._snapshot_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
@@ -114,6 +124,7 @@ class FlightRecorder:
             self._started_ns = backend.now()
             _active = self
         self._register_threads()
+        self._install_sources()
         self._ticker_stop.clear()
         self._ticker = threading.Thread(target=self._tick, name="pyflight-ticker", daemon=True)
         self._ticker.start()
@@ -127,6 +138,7 @@ class FlightRecorder:
                 return
             self._running = False
             _active = None
+            self._uninstall_sources()
             backend.stop()
         self._ticker_stop.set()
         ticker = self._ticker
@@ -205,6 +217,27 @@ class FlightRecorder:
             "dropped_events": str(stats.get("dropped_events", 0)),
         }
 
+    def _install_sources(self) -> None:
+        self.sources = []
+        for name in self.source_names:
+            source = REGISTRY[name](**self.source_options.get(name, {}))
+            try:
+                source.install()
+            except Exception as exc:
+                reason = f"could not be installed: {type(exc).__name__}: {exc}"
+                backend.record(Kind.SOURCE_DISABLED, name, reason)
+                warnings.warn(f"pyflight: source {name!r} {reason}", SourceWarning, stacklevel=3)
+                continue
+            self.sources.append(source)
+
+    def _uninstall_sources(self) -> None:
+        for source in reversed(self.sources):
+            try:
+                source.uninstall()
+            except Exception as exc:
+                warnings.warn(f"pyflight: removing source {source.name!r} failed: {exc!r}", SourceWarning, stacklevel=3)
+        self.sources = []
+
     def _register_threads(self) -> None:
         """Name every live thread in each generation (threads started before start() too)."""
         for thread in threading.enumerate():
@@ -239,6 +272,10 @@ def _after_fork_in_child() -> None:
     _active = None
     backend._after_fork_child()
     if recorder is not None:
+        try:
+            recorder._uninstall_sources()  # hooks would record nothing; the sampler thread is gone
+        except Exception:
+            pass
         recorder._running = False
         recorder._ticker = None
         recorder._snapshot_lock = threading.Lock()

@@ -86,7 +86,8 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.THREAD_END: _args("tid:u"),
     Kind.THREAD_NAME: _args("tid:u name:s"),
     Kind.THREAD_EXCEPTION: _args("tid:u type:s message:s stack:k"),
-    # task ids are small integers assigned by the recorder; parent 0 = none
+    # asyncio task ids are id(task): free to get from C and Python alike; a TASK_CREATE
+    # with an id seen before starts a new task (addresses are reused). parent 0 = none
     Kind.TASK_CREATE: _args("task:u name:s coro:s parent:u"),
     Kind.TASK_INFO: _args("task:u name:s coro:s parent:u"),
     Kind.TASK_STEP_BEGIN: _args("task:u"),

@@ -1,0 +1,988 @@
+/* pyflight._core: the C recording core.
+ *
+ * Contract: docs/internals.md (functions) and docs/format.md (bytes produced). One
+ * recorder per process, kept in the static `S`. Every function runs with the GIL held and
+ * never releases it. The recorder's state is only changed inside sections marked by
+ * `S.busy`: a few CPython calls made there may run a garbage collection (hence gc
+ * callbacks and finalizers, i.e. Python code) on 3.11, so a call that re-enters the core
+ * while it is busy drops its event (counted) or raises RuntimeError instead of touching
+ * half-updated state. Frame chains are walked before the busy section starts.
+ *
+ * Memory: batches and tables use PyMem_Raw*; when that fails the event is dropped and
+ * counted in `dropped_events`. The core keeps alive only str, int, bytes and tuples of
+ * those (never a frame or code object beyond the call that passed it).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef Py_GIL_DISABLED
+#error "pyflight._core relies on the GIL; free-threaded builds use the pure-Python core"
+#endif
+
+#define N_KINDS 128
+#define NOT_A_KIND 0xFF
+#define MAX_ARGS 16        /* most arguments a kind may take */
+#define VARINT_MAX 10      /* bytes of the longest varint */
+#define FRAME_HEAD 9       /* 'G', u32 body length, u32 CRC */
+#define LOCAL_FRAMES 256   /* frame references collected on the C stack before using the heap */
+#define MAX_DEPTH_LIMIT 65536
+
+/* ------------------------------------------------------------------ primitives */
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of every event. */
+static inline uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Writes v as unsigned LEB128 at p (room for VARINT_MAX bytes); returns the length. */
+static inline size_t put_varint(uint8_t *p, uint64_t v) {
+    size_t n = 0;
+    for (; v >= 0x80; v >>= 7)
+        p[n++] = (uint8_t)(v | 0x80);
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Length in bytes of v as LEB128. */
+static inline size_t varint_len(uint64_t v) {
+    size_t n = 1;
+    for (; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
+/* Writes v little-endian at p. */
+static void put_u32le(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t crc_table[8][256];
+
+/* Fills the slicing-by-8 tables of the zlib CRC-32 (reflected polynomial 0xEDB88320). */
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (int t = 1; t < 8; t++)
+        for (uint32_t i = 0; i < 256; i++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+/* Equals zlib.crc32(p[:n]), on any byte order. */
+static uint32_t crc32_zlib(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (; n >= 8; p += 8, n -= 8) {
+        c ^= (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        c = crc_table[7][c & 0xFF] ^ crc_table[6][(c >> 8) & 0xFF] ^ crc_table[5][(c >> 16) & 0xFF]
+            ^ crc_table[4][c >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]]
+            ^ crc_table[0][p[7]];
+    }
+    while (n--)
+        c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Sets exception `type` with `msg`; returns -1. */
+static int fail(PyObject *type, const char *msg) {
+    PyErr_SetString(type, msg);
+    return -1;
+}
+
+/* A growable byte buffer. */
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+} Buf;
+
+/* Makes room for `extra` more bytes: 0, or -1 if out of memory (buffer unchanged). */
+static int buf_reserve(Buf *b, size_t extra) {
+    if (b->cap - b->len >= extra) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len < extra) {
+        if (cap > SIZE_MAX / 2) return -1;
+        cap *= 2;
+    }
+    uint8_t *data = PyMem_RawRealloc(b->data, cap);
+    if (!data) return -1;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+/* Releases the buffer's memory and leaves it empty. */
+static void buf_free(Buf *b) {
+    PyMem_RawFree(b->data);
+    *b = (Buf){NULL, 0, 0};
+}
+
+/* ------------------------------------------------------------------ interning of byte keys */
+
+/* Frames or stacks of one generation: ids 1..n. Each key is stored exactly as its entry
+ * in the generation's section, concatenated in id order, so `enc` is the section body. */
+typedef struct {
+    Buf enc;
+    uint32_t n, cap;   /* entries; capacity of `off` */
+    size_t *off;       /* off[i] = start of id i+1 in enc; off[n] == enc.len */
+    uint32_t *slots;   /* open-addressing index: 0 = empty, else an id */
+    uint32_t nslots;   /* 0 or a power of two greater than 2n */
+} Intern;
+
+/* FNV-1a. */
+static uint32_t hash_bytes(const uint8_t *p, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* Rebuilds the index with `nslots` slots: 0, or -1 if out of memory (table unchanged). */
+static int intern_rehash(Intern *t, uint32_t nslots) {
+    uint32_t *slots = PyMem_RawCalloc(nslots, sizeof *slots);
+    if (!slots) return -1;
+    for (uint32_t id = 1; id <= t->n; id++) {
+        uint32_t i = hash_bytes(t->enc.data + t->off[id - 1], t->off[id] - t->off[id - 1]) & (nslots - 1);
+        while (slots[i])
+            i = (i + 1) & (nslots - 1);
+        slots[i] = id;
+    }
+    PyMem_RawFree(t->slots);
+    t->slots = slots;
+    t->nslots = nslots;
+    return 0;
+}
+
+/* Id of `key` (1..n), added if new; 0 if out of memory (table unchanged). */
+static uint32_t intern_bytes(Intern *t, const uint8_t *key, size_t len) {
+    uint32_t h = hash_bytes(key, len), i;
+    for (i = h & (t->nslots - 1); t->nslots && t->slots[i]; i = (i + 1) & (t->nslots - 1)) {
+        uint32_t id = t->slots[i];
+        if (t->off[id] - t->off[id - 1] == len && memcmp(t->enc.data + t->off[id - 1], key, len) == 0)
+            return id;
+    }
+    if (t->n >= UINT32_MAX / 4) return 0;
+    if (2 * (t->n + 1) >= t->nslots && intern_rehash(t, t->nslots ? 2 * t->nslots : 64) < 0) return 0;
+    if (t->n + 2 > t->cap) {
+        uint32_t cap = t->cap ? 2 * t->cap : 64;
+        size_t *off = PyMem_RawRealloc(t->off, cap * sizeof *off);
+        if (!off) return 0;
+        t->off = off;
+        t->cap = cap;
+    }
+    if (buf_reserve(&t->enc, len) < 0) return 0;
+    memcpy(t->enc.data + t->enc.len, key, len);
+    t->off[t->n] = t->enc.len;
+    t->enc.len += len;
+    t->off[++t->n] = t->enc.len;
+    for (i = h & (t->nslots - 1); t->slots[i]; i = (i + 1) & (t->nslots - 1))
+        ;
+    t->slots[i] = t->n;
+    return t->n;
+}
+
+/* Releases the table's memory and leaves it empty. */
+static void intern_free(Intern *t) {
+    buf_free(&t->enc);
+    PyMem_RawFree(t->off);
+    PyMem_RawFree(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+/* ------------------------------------------------------------------ recorder state */
+
+/* The events one thread recorded in one generation. */
+typedef struct TBuf {
+    struct TBuf *next;
+    uint64_t tid, base_ns, last_ns, n_events;
+    Buf ev;              /* encoded events */
+} TBuf;
+
+/* The open generation. */
+typedef struct {
+    uint64_t seq, start_ns;
+    uint64_t epoch;      /* unique over the process lifetime; 0 = none open */
+    uint64_t n_events, ev_bytes;
+    PyObject *str_ids;   /* dict str -> int id, created on first use */
+    Buf strs;            /* strings section body */
+    uint32_t n_strs;
+    Intern frames, stacks;
+    TBuf *batches;
+} Gen;
+
+typedef struct {
+    uint64_t start_ns, end_ns, size;
+} RingMeta;
+
+static struct {
+    int configured, enabled, busy;
+    uint8_t counts[N_KINDS];
+    uint64_t max_bytes, min_age_ns, gen_max_bytes, gen_interval_ns;
+    Py_ssize_t max_depth;
+    uint64_t epoch;      /* generations ever opened: never reset, so stale thread pointers never match */
+    Gen gen;
+    PyObject *ring;      /* list of framed generations (bytes), oldest first */
+    RingMeta *meta;      /* parallel to ring */
+    size_t meta_cap;
+    uint64_t ring_bytes, events, sealed, evicted, dropped;
+    PyObject *live;      /* dict key -> tuple (kind, *args), insertion ordered */
+    Buf scratch;         /* the stack key being built */
+    PyObject *here;      /* the HERE sentinel */
+} S;
+
+/* The calling thread's batch and the epoch of the generation it belongs to. */
+static _Thread_local struct {
+    TBuf *buf;
+    uint64_t epoch;
+} tls;
+
+/* A parsed record() call. */
+typedef struct {
+    uint8_t kind, n, n_stacks;
+    char type[MAX_ARGS];          /* 'u' int, 's' str, 'k' stack */
+    uint64_t val[MAX_ARGS];       /* 'u': the value */
+    PyObject *obj[MAX_ARGS];      /* 's': the str; 'k': innermost frame or NULL (borrowed) */
+    Py_ssize_t depth[MAX_ARGS];   /* 'k': frames collected for it */
+} Ev;
+
+/* ------------------------------------------------------------------ generation tables */
+
+/* Id of str `s` in the open generation (0 for "" and for non-exact str), added if new;
+ * -1 if out of memory. Runs no Python code: exact str keys only. */
+static int64_t intern_str(PyObject *s) {
+    Gen *g = &S.gen;
+    if (!PyUnicode_CheckExact(s) || PyUnicode_GET_LENGTH(s) == 0) return 0;
+    if (!g->str_ids && !(g->str_ids = PyDict_New())) goto nomem;
+    PyObject *found = PyDict_GetItemWithError(g->str_ids, s);
+    if (found) return (int64_t)PyLong_AsUnsignedLong(found);
+    if (PyErr_Occurred()) goto nomem;
+    Py_ssize_t n;
+    PyObject *tmp = NULL, *id = NULL;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(s, &n);
+    if (!utf8) { /* lone surrogates: encoded like the Python side, with surrogatepass */
+        PyErr_Clear();
+        if (!(tmp = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass"))) goto nomem;
+        utf8 = PyBytes_AS_STRING(tmp);
+        n = PyBytes_GET_SIZE(tmp);
+    }
+    size_t old = g->strs.len;
+    if (buf_reserve(&g->strs, VARINT_MAX + (size_t)n) == 0) {
+        g->strs.len += put_varint(g->strs.data + g->strs.len, (uint64_t)n);
+        memcpy(g->strs.data + g->strs.len, utf8, (size_t)n);
+        g->strs.len += (size_t)n;
+        id = PyLong_FromUnsignedLong(g->n_strs + 1);
+    }
+    Py_XDECREF(tmp);
+    if (!id || PyDict_SetItem(g->str_ids, s, id) < 0) {
+        Py_XDECREF(id);
+        g->strs.len = old;
+        goto nomem;
+    }
+    Py_DECREF(id);
+    return ++g->n_strs;
+nomem:
+    PyErr_Clear();
+    return -1;
+}
+
+/* Id of frame f's (qualname, filename, current line) in the open generation; 0 if out
+ * of memory. Keeps no reference to f or its code. */
+static uint32_t intern_frame(PyFrameObject *f) {
+    PyCodeObject *code = PyFrame_GetCode(f);
+    int64_t func = intern_str(code->co_qualname), file = intern_str(code->co_filename);
+    Py_DECREF(code);
+    int line = PyFrame_GetLineNumber(f);
+    if (func < 0 || file < 0) return 0;
+    uint8_t key[3 * VARINT_MAX];
+    size_t n = put_varint(key, (uint64_t)func);
+    n += put_varint(key + n, (uint64_t)file);
+    n += put_varint(key + n, line > 0 ? (uint64_t)line : 0);
+    return intern_bytes(&S.gen.frames, key, n);
+}
+
+/* Id of the stack frames[0..depth) (innermost first) in the open generation: 0 for an
+ * empty stack, -1 if out of memory. */
+static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
+    Buf *b = &S.scratch;
+    if (depth == 0) return 0;
+    b->len = 0;
+    if (buf_reserve(b, VARINT_MAX + 5 * (size_t)depth) < 0) return -1;
+    b->len = VARINT_MAX; /* room for the depth, written right before the frame ids */
+    for (Py_ssize_t i = 0; i < depth; i++) {
+        uint32_t fid = intern_frame((PyFrameObject *)frames[i]);
+        if (!fid) return -1;
+        b->len += put_varint(b->data + b->len, fid);
+    }
+    uint8_t *key = b->data + VARINT_MAX - varint_len((uint64_t)depth);
+    put_varint(key, (uint64_t)depth);
+    uint32_t id = intern_bytes(&S.gen.stacks, key, (size_t)(b->data + b->len - key));
+    return id ? (int64_t)id : -1;
+}
+
+/* Stores new references to up to `max` frames from f outwards (innermost first) in out;
+ * returns how many. A failing frame lookup just ends the stack there. */
+static Py_ssize_t collect_frames(PyFrameObject *f, PyObject **out, Py_ssize_t max) {
+    Py_ssize_t n = 0;
+    if (!f || max == 0) return 0;
+    Py_INCREF(f);
+    do
+        out[n++] = (PyObject *)f;
+    while (n < max && (f = PyFrame_GetBack(f)));
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return n;
+}
+
+/* ------------------------------------------------------------------ generations and ring */
+
+/* Frees everything the open generation owns and marks none open. */
+static void gen_free(Gen *g) {
+    for (TBuf *b = g->batches, *next; b; b = next) {
+        next = b->next;
+        buf_free(&b->ev);
+        PyMem_RawFree(b);
+    }
+    Py_CLEAR(g->str_ids);
+    buf_free(&g->strs);
+    intern_free(&g->frames);
+    intern_free(&g->stacks);
+    memset(g, 0, sizeof *g);
+}
+
+/* Opens generation `seq` at time t (never fails: tables are allocated on first use). */
+static void gen_open(uint64_t seq, uint64_t t) {
+    memset(&S.gen, 0, sizeof S.gen);
+    S.gen.seq = seq;
+    S.gen.start_ns = t;
+    S.gen.epoch = ++S.epoch;
+}
+
+/* True if the open generation must be sealed before an event at time t. */
+static inline int gen_due(uint64_t t) {
+    const Gen *g = &S.gen;
+    return g->ev_bytes + g->strs.len + g->frames.enc.len + g->stacks.enc.len >= S.gen_max_bytes
+           || t - g->start_ns >= S.gen_interval_ns;
+}
+
+/* Exact body size of the open generation if sealed at end_ns; *n_batches gets the
+ * number of non-empty batches. */
+static uint64_t body_size(const Gen *g, uint64_t end_ns, uint64_t *n_batches) {
+    uint64_t size = varint_len(g->seq) + varint_len(g->start_ns) + varint_len(end_ns)
+                    + varint_len(g->n_strs) + g->strs.len + varint_len(g->frames.n) + g->frames.enc.len
+                    + varint_len(g->stacks.n) + g->stacks.enc.len;
+    *n_batches = 0;
+    for (const TBuf *b = g->batches; b; b = b->next) {
+        if (b->n_events) {
+            ++*n_batches;
+            size += varint_len(b->tid) + varint_len(b->base_ns) + varint_len(b->n_events)
+                    + varint_len(b->ev.len) + b->ev.len;
+        }
+    }
+    return size + varint_len(*n_batches);
+}
+
+/* Writes varint `count` then the bytes of `body` at p; returns the end. */
+static uint8_t *put_section(uint8_t *p, uint64_t count, const Buf *body) {
+    p += put_varint(p, count);
+    if (body->len)
+        memcpy(p, body->data, body->len);
+    return p + body->len;
+}
+
+/* The open generation framed per docs/format.md ('G', length, CRC-32, body), ending at
+ * end_ns; NULL (maybe with an exception) if out of memory or over 4 GiB. */
+static PyObject *gen_encode(const Gen *g, uint64_t end_ns) {
+    uint64_t n_batches, size = body_size(g, end_ns, &n_batches);
+    PyObject *out = size > UINT32_MAX ? NULL : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(FRAME_HEAD + size));
+    if (!out) return NULL;
+    uint8_t *head = (uint8_t *)PyBytes_AS_STRING(out), *p = head + FRAME_HEAD;
+    p += put_varint(p, g->seq);
+    p += put_varint(p, g->start_ns);
+    p += put_varint(p, end_ns);
+    p = put_section(p, g->n_strs, &g->strs);
+    p = put_section(p, g->frames.n, &g->frames.enc);
+    p = put_section(p, g->stacks.n, &g->stacks.enc);
+    p += put_varint(p, n_batches);
+    for (const TBuf *b = g->batches; b; b = b->next) {
+        if (b->n_events) {
+            p += put_varint(p, b->tid);
+            p += put_varint(p, b->base_ns);
+            p += put_varint(p, b->n_events);
+            p = put_section(p, b->ev.len, &b->ev);
+        }
+    }
+    head[0] = 'G';
+    put_u32le(head + 1, (uint32_t)size);
+    put_u32le(head + 5, crc32_zlib(head + FRAME_HEAD, (size_t)size));
+    return out;
+}
+
+/* Appends a framed generation to the ring: 0, or -1 if out of memory (ring unchanged). */
+static int ring_push(PyObject *frame, uint64_t start_ns, uint64_t end_ns) {
+    size_t n = (size_t)PyList_GET_SIZE(S.ring);
+    if (n == S.meta_cap) {
+        size_t cap = S.meta_cap ? 2 * S.meta_cap : 64;
+        RingMeta *meta = PyMem_RawRealloc(S.meta, cap * sizeof *meta);
+        if (!meta) return -1;
+        S.meta = meta;
+        S.meta_cap = cap;
+    }
+    if (PyList_Append(S.ring, frame) < 0) return -1;
+    S.meta[n] = (RingMeta){start_ns, end_ns, (uint64_t)PyBytes_GET_SIZE(frame)};
+    S.ring_bytes += S.meta[n].size;
+    return 0;
+}
+
+/* Drops the oldest generations while the ring holds more than max_bytes, then while the
+ * oldest ended before t - min_age_ns. On a memory failure the ring is left as it was. */
+static void evict(uint64_t t) {
+    size_t n = 0, len = (size_t)PyList_GET_SIZE(S.ring);
+    uint64_t bytes = S.ring_bytes;
+    while (n < len && bytes > S.max_bytes)
+        bytes -= S.meta[n++].size;
+    while (n < len && t >= S.min_age_ns && S.meta[n].end_ns < t - S.min_age_ns)
+        bytes -= S.meta[n++].size;
+    if (!n) return;
+    if (PyList_SetSlice(S.ring, 0, (Py_ssize_t)n, NULL) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    memmove(S.meta, S.meta + n, (len - n) * sizeof *S.meta);
+    S.ring_bytes = bytes;
+    S.evicted += n;
+}
+
+static int parse_event(PyObject *const *args, Py_ssize_t nargs, Ev *ev, int allow_stacks);
+static int append_event(const Ev *ev, PyObject **frames, uint64_t t);
+
+/* Seals the open generation at t (busy section): frames it into the ring if it holds any
+ * event (if memory runs out it is dropped and its events counted), evicts, opens the
+ * next generation at t and re-records the live entries in insertion order. An empty
+ * generation is not emitted; the next one reuses its number. */
+static void seal_gen(uint64_t t) {
+    uint64_t seq = S.gen.seq;
+    if (S.gen.n_events) {
+        PyObject *frame = gen_encode(&S.gen, t);
+        if (frame && ring_push(frame, S.gen.start_ns, t) == 0) {
+            S.sealed++;
+        } else {
+            PyErr_Clear();
+            S.dropped += S.gen.n_events;
+        }
+        Py_XDECREF(frame);
+        seq++;
+    }
+    evict(t);
+    gen_free(&S.gen);
+    gen_open(seq, t);
+    Py_ssize_t pos = 0;
+    PyObject *key, *entry;
+    while (PyDict_Next(S.live, &pos, &key, &entry)) {
+        Ev ev; /* parse_event cannot fail here: set_live checked the entry */
+        if (parse_event(&PyTuple_GET_ITEM(entry, 0), PyTuple_GET_SIZE(entry), &ev, 0) < 0
+            || append_event(&ev, NULL, t) < 0) {
+            PyErr_Clear();
+            S.dropped++;
+        }
+    }
+}
+
+/* Discards ring, open generation and live table and disables recording; keeps the
+ * configuration and the counters. Runs no Python code (releases only str/int/bytes/tuple). */
+static void discard_all(void) {
+    S.enabled = 0;
+    gen_free(&S.gen);
+    Py_CLEAR(S.ring);
+    PyMem_RawFree(S.meta);
+    S.meta = NULL;
+    S.meta_cap = 0;
+    S.ring_bytes = 0;
+    Py_CLEAR(S.live);
+    buf_free(&S.scratch);
+}
+
+/* ------------------------------------------------------------------ recording */
+
+/* Checks (kind, *values) against the kind table and converts the ints; changes no state.
+ * -1 with TypeError/ValueError/OverflowError if anything is wrong. Strings and frames
+ * are interned later, by append_event. */
+static int parse_event(PyObject *const *args, Py_ssize_t nargs, Ev *ev, int allow_stacks) {
+    if (nargs < 1) return fail(PyExc_TypeError, "an event kind is required");
+    if (!PyLong_Check(args[0])) return fail(PyExc_TypeError, "event kind must be an int");
+    long kind = PyLong_AsLong(args[0]);
+    if (kind == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    if (kind < 0 || kind >= N_KINDS || S.counts[kind] == NOT_A_KIND)
+        return fail(PyExc_ValueError, "unknown event kind");
+    if (nargs - 1 != S.counts[kind]) {
+        PyErr_Format(PyExc_ValueError, "event kind %ld takes %d arguments, got %zd", kind, S.counts[kind], nargs - 1);
+        return -1;
+    }
+    ev->kind = (uint8_t)kind;
+    ev->n = (uint8_t)(nargs - 1);
+    ev->n_stacks = 0;
+    for (int i = 0; i < ev->n; i++) {
+        PyObject *a = args[i + 1];
+        ev->type[i] = 'u';
+        if (PyLong_Check(a)) {
+            ev->val[i] = PyLong_AsUnsignedLongLong(a);
+            if (ev->val[i] == (uint64_t)-1 && PyErr_Occurred()) return -1;
+        } else if (a == Py_None) {
+            ev->val[i] = 0;
+        } else if (PyUnicode_CheckExact(a)) {
+            ev->type[i] = 's';
+            ev->obj[i] = a;
+        } else if (allow_stacks && (PyFrame_Check(a) || a == S.here)) {
+            ev->type[i] = 'k';
+            ev->obj[i] = a == S.here ? (PyObject *)PyEval_GetFrame() : a;
+            ev->n_stacks++;
+        } else {
+            PyErr_Format(PyExc_TypeError, "event argument %d must be int, None, str%s, not %.100s", i + 1,
+                         allow_stacks ? ", a frame or HERE" : "", Py_TYPE(a)->tp_name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The calling thread's batch in the open generation, created with its first event at t
+ * if needed; NULL if out of memory. */
+static inline TBuf *thread_buf(uint64_t t) {
+    if (tls.epoch == S.gen.epoch) return tls.buf;
+    TBuf *b = PyMem_RawCalloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->tid = (uint64_t)PyThread_get_thread_native_id();
+    b->base_ns = b->last_ns = t;
+    b->next = S.gen.batches;
+    S.gen.batches = b;
+    tls.buf = b;
+    tls.epoch = S.gen.epoch;
+    return b;
+}
+
+/* Busy section: interns the event's strings and stacks (`frames` holds each stack
+ * argument's collected frames, in argument order) and appends the event at time t to the
+ * calling thread's batch. 0, or -1 if out of memory (event not appended). */
+static int append_event(const Ev *ev, PyObject **frames, uint64_t t) {
+    uint64_t v[MAX_ARGS];
+    for (int i = 0; i < ev->n; i++) {
+        int64_t id = 0;
+        if (ev->type[i] == 's') {
+            id = intern_str(ev->obj[i]);
+        } else if (ev->type[i] == 'k') {
+            id = intern_stack(frames, ev->depth[i]);
+            frames += ev->depth[i];
+        }
+        if (id < 0) return -1;
+        v[i] = ev->type[i] == 'u' ? ev->val[i] : (uint64_t)id;
+    }
+    TBuf *b = thread_buf(t);
+    if (!b || buf_reserve(&b->ev, 1 + VARINT_MAX * (1 + (size_t)ev->n)) < 0) return -1;
+    uint8_t *start = b->ev.data + b->ev.len, *p = start;
+    *p++ = ev->kind;
+    p += put_varint(p, t >= b->last_ns ? t - b->last_ns : 0);
+    for (int i = 0; i < ev->n; i++)
+        p += put_varint(p, v[i]);
+    if (t > b->last_ns)
+        b->last_ns = t;
+    b->ev.len += (size_t)(p - start);
+    b->n_events++;
+    S.gen.ev_bytes += (uint64_t)(p - start);
+    S.gen.n_events++;
+    S.events++;
+    return 0;
+}
+
+/* Records a parsed event; never raises. Its frame chains are collected first (this may
+ * run a garbage collection); then, unless recording stopped meanwhile, the open
+ * generation is sealed if due and the event appended with a fresh timestamp. A call
+ * re-entering a busy core, or running out of memory, drops the event (counted). */
+static void commit(Ev *ev) {
+    PyObject *local[LOCAL_FRAMES], **frames = local;
+    size_t n_frames = 0, need = (size_t)ev->n_stacks * (size_t)S.max_depth;
+    if (need > LOCAL_FRAMES && !(frames = PyMem_RawMalloc(need * sizeof *frames))) {
+        S.dropped++;
+        return;
+    }
+    for (int i = 0; ev->n_stacks && i < ev->n; i++) {
+        if (ev->type[i] == 'k') {
+            ev->depth[i] = collect_frames((PyFrameObject *)ev->obj[i], frames + n_frames, S.max_depth);
+            n_frames += (size_t)ev->depth[i];
+        }
+    }
+    if (S.enabled && S.busy) {
+        S.dropped++;
+    } else if (S.enabled) {
+        S.busy = 1;
+        uint64_t t = now_ns();
+        if (gen_due(t)) {
+            seal_gen(t);
+            t = now_ns();
+        }
+        if (append_event(ev, frames, t) < 0)
+            S.dropped++;
+        S.busy = 0;
+    }
+    for (size_t i = 0; i < n_frames; i++)
+        Py_DECREF(frames[i]);
+    if (frames != local)
+        PyMem_RawFree(frames);
+}
+
+/* record(kind, *args): see docs/internals.md. Returns at once when stopped; raises (and
+ * records nothing) on bad arguments. */
+static PyObject *core_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Ev ev;
+    if (!S.enabled) Py_RETURN_NONE;
+    if (parse_event(args, nargs, &ev, 1) < 0) return NULL;
+    commit(&ev);
+    Py_RETURN_NONE;
+}
+
+/* True if `key` hashes without running Python code: exact str or int, bool, None, or
+ * (at most 8 levels of) tuples of those. */
+static int key_ok(PyObject *key, int depth) {
+    if (PyUnicode_CheckExact(key) || PyLong_CheckExact(key) || PyBool_Check(key) || key == Py_None) return 1;
+    if (!PyTuple_CheckExact(key) || depth >= 8) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(key); i++)
+        if (!key_ok(PyTuple_GET_ITEM(key, i), depth + 1)) return 0;
+    return 1;
+}
+
+/* set_live(key, kind, *args): records the event and remembers it under key (args: int,
+ * None or str only). Nothing when stopped. */
+static PyObject *core_set_live(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Ev ev;
+    if (!S.enabled) Py_RETURN_NONE;
+    if (nargs < 1 || !key_ok(args[0], 0))
+        return PyErr_Format(PyExc_TypeError, "set_live() key must be a str, int or tuple of them");
+    if (parse_event(args + 1, nargs - 1, &ev, 0) < 0) return NULL;
+    PyObject *entry = PyTuple_New(nargs - 1);
+    if (!entry) return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(entry, i - 1, Py_NewRef(args[i]));
+    int rc = S.busy ? fail(PyExc_RuntimeError, "pyflight core re-entered while busy") : 0;
+    if (rc == 0) {
+        commit(&ev);
+        rc = S.live ? PyDict_SetItem(S.live, args[0], entry) : 0;
+    }
+    Py_DECREF(entry);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* clear_live(key): forgets key (missing is fine). */
+static PyObject *core_clear_live(PyObject *mod, PyObject *key) {
+    if (!key_ok(key, 0))
+        return PyErr_Format(PyExc_TypeError, "clear_live() key must be a str, int or tuple of them");
+    if (!S.live) Py_RETURN_NONE;
+    if (S.busy) return PyErr_Format(PyExc_RuntimeError, "pyflight core re-entered while busy");
+    PyObject *found = PyDict_GetItemWithError(S.live, key);
+    if ((!found && PyErr_Occurred()) || (found && PyDict_DelItem(S.live, key) < 0)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ control */
+
+/* seal(): seals the open generation now. No-op when stopped or re-entered. */
+static PyObject *core_seal(PyObject *mod, PyObject *unused) {
+    if (S.enabled && !S.busy) {
+        S.busy = 1;
+        seal_gen(now_ns());
+        S.busy = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+/* maybe_seal(): seals if the open generation is due, else just evicts (by age). No-op
+ * when stopped or re-entered. */
+static PyObject *core_maybe_seal(PyObject *mod, PyObject *unused) {
+    if (S.enabled && !S.busy) {
+        S.busy = 1;
+        uint64_t t = now_ns();
+        if (gen_due(t))
+            seal_gen(t);
+        else
+            evict(t);
+        S.busy = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+/* snapshot(): seals, then returns a new list of the ring's framed generations, oldest
+ * first. RuntimeError when stopped or re-entered. */
+static PyObject *core_snapshot(PyObject *mod, PyObject *unused) {
+    if (!S.enabled || S.busy)
+        return PyErr_Format(PyExc_RuntimeError, "%s", S.enabled ? "pyflight core re-entered while busy" : "not recording");
+    S.busy = 1;
+    seal_gen(now_ns());
+    PyObject *out = PyList_GetSlice(S.ring, 0, PY_SSIZE_T_MAX);
+    S.busy = 0;
+    return out;
+}
+
+/* stats(): the counters of docs/internals.md as a new dict. */
+static PyObject *core_stats(PyObject *mod, PyObject *unused) {
+    uint64_t n_batches, open = S.enabled && S.gen.n_events ? body_size(&S.gen, now_ns(), &n_batches) : 0;
+    return Py_BuildValue("{s:O,s:n,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "enabled", S.enabled ? Py_True : Py_False,
+                         "generations", S.ring ? PyList_GET_SIZE(S.ring) : (Py_ssize_t)0,
+                         "ring_bytes", (unsigned long long)S.ring_bytes, "open_bytes", (unsigned long long)open,
+                         "events", (unsigned long long)S.events, "sealed", (unsigned long long)S.sealed,
+                         "evicted", (unsigned long long)S.evicted, "dropped_events", (unsigned long long)S.dropped,
+                         "seq", (unsigned long long)S.gen.seq);
+}
+
+/* configure(arg_counts, *, max_bytes, min_age_ns, gen_max_bytes, gen_interval_ns,
+ * max_stack_depth=128): checks everything before changing anything. */
+static PyObject *core_configure(PyObject *mod, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"arg_counts", "max_bytes", "min_age_ns", "gen_max_bytes",
+                             "gen_interval_ns", "max_stack_depth", NULL};
+    Py_buffer counts;
+    long long v[5] = {LLONG_MIN, LLONG_MIN, LLONG_MIN, LLONG_MIN, 128}; /* LLONG_MIN: missing */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|$LLLLL:configure", kwlist, &counts, &v[0], &v[1], &v[2],
+                                     &v[3], &v[4]))
+        return NULL;
+    int ok = !S.enabled || fail(PyExc_RuntimeError, "configure() while running") == 0;
+    for (int i = 0; ok && i < 5; i++) {
+        if (v[i] < 0)
+            ok = fail(v[i] == LLONG_MIN ? PyExc_TypeError : PyExc_ValueError,
+                      "configure() needs max_bytes, min_age_ns, gen_max_bytes and gen_interval_ns >= 0") == 0;
+    }
+    if (ok && v[4] > MAX_DEPTH_LIMIT)
+        ok = fail(PyExc_ValueError, "max_stack_depth must be at most 65536") == 0;
+    if (ok && counts.len != N_KINDS)
+        ok = fail(PyExc_ValueError, "arg_counts must be 128 bytes") == 0;
+    for (Py_ssize_t i = 0; ok && i < N_KINDS; i++) {
+        uint8_t c = ((const uint8_t *)counts.buf)[i];
+        if (c > MAX_ARGS && c != NOT_A_KIND)
+            ok = fail(PyExc_ValueError, "a kind may take at most 16 arguments") == 0;
+    }
+    if (ok) {
+        memcpy(S.counts, counts.buf, N_KINDS);
+        S.max_bytes = (uint64_t)v[0];
+        S.min_age_ns = (uint64_t)v[1];
+        S.gen_max_bytes = (uint64_t)v[2];
+        S.gen_interval_ns = (uint64_t)v[3];
+        S.max_depth = (Py_ssize_t)v[4];
+        S.configured = 1;
+    }
+    PyBuffer_Release(&counts);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* start(): starts recording into a fresh ring with generation 1 open; resets the
+ * counters. RuntimeError if running or never configured. */
+static PyObject *core_start(PyObject *mod, PyObject *unused) {
+    if (S.enabled || !S.configured)
+        return PyErr_Format(PyExc_RuntimeError, "%s", S.enabled ? "already recording" : "configure() was never called");
+    discard_all();
+    if (!(S.ring = PyList_New(0)) || !(S.live = PyDict_New())) {
+        discard_all();
+        return NULL;
+    }
+    S.events = S.sealed = S.evicted = S.dropped = 0;
+    gen_open(1, now_ns());
+    S.enabled = 1;
+    Py_RETURN_NONE;
+}
+
+/* stop(): stops and discards everything (the counters stay readable); no-op when
+ * stopped. RuntimeError if re-entered while busy. */
+static PyObject *core_stop(PyObject *mod, PyObject *unused) {
+    if (S.busy) return PyErr_Format(PyExc_RuntimeError, "pyflight core re-entered while busy");
+    discard_all();
+    Py_RETURN_NONE;
+}
+
+/* _after_fork_child(): in a forked child, discards the parent's recording (the other
+ * threads' batches are just freed: those threads do not exist here), disables it and
+ * zeroes the counters. */
+static PyObject *core_after_fork_child(PyObject *mod, PyObject *unused) {
+    S.busy = 0;
+    discard_all();
+    S.events = S.sealed = S.evicted = S.dropped = 0;
+    Py_RETURN_NONE;
+}
+
+/* is_enabled() -> bool. */
+static PyObject *core_is_enabled(PyObject *mod, PyObject *unused) {
+    return PyBool_FromLong(S.enabled);
+}
+
+/* now() -> CLOCK_MONOTONIC nanoseconds. */
+static PyObject *core_now(PyObject *mod, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(now_ns());
+}
+
+/* thread_id() -> native id of the calling thread. */
+static PyObject *core_thread_id(PyObject *mod, PyObject *unused) {
+    return PyLong_FromUnsignedLong(PyThread_get_thread_native_id());
+}
+
+/* ------------------------------------------------------------------ decoding */
+
+/* One batch being decoded (the arguments of decode_events, checked). */
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t pos, end, n_events;
+    uint64_t t;
+    PyObject *tid, *types, *kinds, *strings, *stacks;
+    PyTypeObject *event_type;
+} Batch;
+
+/* Sets ValueError("<message> at byte <at>"); returns -1. */
+static int bad_at(Py_ssize_t at, const char *message) {
+    PyErr_Format(PyExc_ValueError, "%s at byte %zd", message, at);
+    return -1;
+}
+
+/* Reads a varint at b->pos (bounded by b->end) into *out and advances: 0, or -1 with
+ * ValueError (runs past the end, over 64 bits) and b->pos unchanged. */
+static inline int get_varint(Batch *b, uint64_t *out) {
+    Py_ssize_t p = b->pos;
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+        if (p >= b->end) return bad_at(b->pos, "truncated varint");
+        uint8_t byte = b->data[p++];
+        if (shift == 63 && byte > 1) return bad_at(b->pos, "varint over 64 bits");
+        v |= (uint64_t)(byte & 0x7F) << shift;
+        if (byte < 0x80) break;
+    }
+    *out = v;
+    b->pos = p;
+    return 0;
+}
+
+/* Decodes the events of b into list (whose length bounds the count): 0, or -1 with an
+ * exception. Terminates: every iteration consumes at least two bytes. */
+static int decode_into(Batch *b, PyObject *list) {
+    Py_ssize_t count = 0, cap = PyList_GET_SIZE(list);
+    Py_ssize_t n_strings = PyTuple_GET_SIZE(b->strings), n_stacks = PyTuple_GET_SIZE(b->stacks);
+    PyObject *item;
+    uint64_t v;
+    for (; b->pos < b->end; count++) {
+        Py_ssize_t at = b->pos;
+        if (count >= cap) return bad_at(at, "bytes left over after the batch's events");
+        uint8_t kind = b->data[b->pos++];
+        PyObject *spec = kind < N_KINDS ? PyTuple_GET_ITEM(b->types, kind) : Py_None;
+        if (spec == Py_None) return bad_at(at, "event kind not in the kind table");
+        if (get_varint(b, &v) < 0) return -1;
+        if (b->t + v < b->t) return bad_at(at, "event time over 64 bits");
+        b->t += v;
+        Py_ssize_t n_args = PyBytes_GET_SIZE(spec);
+        const char *types = PyBytes_AS_STRING(spec);
+        PyObject *ev = b->event_type->tp_alloc(b->event_type, 3 + n_args);
+        if (!ev || !(item = PyLong_FromUnsignedLongLong(b->t))) {
+            Py_XDECREF(ev);
+            return -1;
+        }
+        PyList_SET_ITEM(list, count, ev);
+        PyTuple_SET_ITEM(ev, 0, Py_NewRef(PyTuple_GET_ITEM(b->kinds, kind)));
+        PyTuple_SET_ITEM(ev, 1, item);
+        PyTuple_SET_ITEM(ev, 2, Py_NewRef(b->tid));
+        for (Py_ssize_t i = 0; i < n_args; i++) {
+            at = b->pos;
+            if (get_varint(b, &v) < 0) return -1;
+            if (types[i] == 'u')
+                item = PyLong_FromUnsignedLongLong(v);
+            else if (types[i] == 's' && v < (uint64_t)n_strings)
+                item = Py_NewRef(PyTuple_GET_ITEM(b->strings, (Py_ssize_t)v));
+            else if (types[i] == 'k' && v < (uint64_t)n_stacks)
+                item = Py_NewRef(PyTuple_GET_ITEM(b->stacks, (Py_ssize_t)v));
+            else
+                return bad_at(at, types[i] == 's' ? "string id out of range"
+                                  : types[i] == 'k' ? "stack id out of range" : "unknown argument type");
+            if (!item) return -1;
+            PyTuple_SET_ITEM(ev, 3 + i, item);
+        }
+    }
+    return count == b->n_events ? 0 : bad_at(b->end, "event count does not match the batch's");
+}
+
+/* decode_events(data, offset, end, base_ns, tid, n_events, arg_types, kinds, strings,
+ * stacks, event_type) -> list: see docs/internals.md. Never reads outside
+ * data[offset:end], always terminates; malformed input raises ValueError ending
+ * "at byte N". The cyclic GC is paused meanwhile (the new events are not garbage). */
+static PyObject *core_decode_events(PyObject *mod, PyObject *const *a, Py_ssize_t nargs) {
+    if (nargs != 11) return PyErr_Format(PyExc_TypeError, "decode_events() takes 11 arguments");
+    if (!PyBytes_Check(a[0]) || !PyLong_Check(a[1]) || !PyLong_Check(a[2]) || !PyLong_Check(a[3])
+        || !PyLong_Check(a[5]) || !PyTuple_Check(a[6]) || PyTuple_GET_SIZE(a[6]) != N_KINDS || !PyTuple_Check(a[7])
+        || PyTuple_GET_SIZE(a[7]) != N_KINDS || !PyType_Check(a[10])
+        || !PyType_IsSubtype((PyTypeObject *)a[10], &PyTuple_Type))
+        return PyErr_Format(PyExc_TypeError, "decode_events() needs bytes, ints, 128-tuples and a tuple subclass");
+    for (int k = 0; k < N_KINDS; k++)
+        if (PyTuple_GET_ITEM(a[6], k) != Py_None && !PyBytes_Check(PyTuple_GET_ITEM(a[6], k)))
+            return PyErr_Format(PyExc_TypeError, "decode_events() arg_types entries must be bytes or None");
+    Batch b = {(const uint8_t *)PyBytes_AS_STRING(a[0]), PyLong_AsSsize_t(a[1]), PyLong_AsSsize_t(a[2]),
+               PyLong_AsSsize_t(a[5]), PyLong_AsUnsignedLongLong(a[3]), a[4], a[6], a[7], NULL, NULL,
+               (PyTypeObject *)a[10]};
+    if (PyErr_Occurred()) return NULL;
+    if (b.pos < 0 || b.pos > b.end || b.end > PyBytes_GET_SIZE(a[0]) || b.n_events < 0) {
+        bad_at(b.pos < 0 ? 0 : b.pos, "bad batch bounds or event count");
+        return NULL;
+    }
+    PyObject *list = NULL;
+    b.strings = PySequence_Tuple(a[8]); /* our own reference: nothing can change it meanwhile */
+    b.stacks = b.strings ? PySequence_Tuple(a[9]) : NULL;
+    /* every event takes at least 2 bytes, so this bounds the list whatever n_events says */
+    Py_ssize_t cap = b.n_events < (b.end - b.pos) / 2 ? b.n_events : (b.end - b.pos) / 2;
+    if (b.stacks && (list = PyList_New(cap))) {
+        int gc_was_enabled = PyGC_Disable();
+        if (decode_into(&b, list) < 0)
+            Py_CLEAR(list);
+        if (gc_was_enabled)
+            PyGC_Enable();
+    }
+    Py_XDECREF(b.strings);
+    Py_XDECREF(b.stacks);
+    return list;
+}
+
+/* ------------------------------------------------------------------ module */
+
+#define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
+static PyMethodDef core_methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))core_configure, METH_VARARGS | METH_KEYWORDS, "Set kind table and window."},
+    {"start", core_start, METH_NOARGS, "Start recording into a fresh ring."},
+    {"stop", core_stop, METH_NOARGS, "Stop and discard everything."},
+    {"is_enabled", core_is_enabled, METH_NOARGS, "True while recording."},
+    {"now", core_now, METH_NOARGS, "CLOCK_MONOTONIC nanoseconds."},
+    {"thread_id", core_thread_id, METH_NOARGS, "Native id of the calling thread."},
+    {"record", FASTCALL(core_record), "record(kind, *args): append one event."},
+    {"set_live", FASTCALL(core_set_live), "set_live(key, kind, *args): record now and in every new generation."},
+    {"clear_live", core_clear_live, METH_O, "clear_live(key): forget a live entry."},
+    {"seal", core_seal, METH_NOARGS, "Seal the open generation."},
+    {"maybe_seal", core_maybe_seal, METH_NOARGS, "Seal if due, then evict by age."},
+    {"snapshot", core_snapshot, METH_NOARGS, "Seal, then return the ring's generations, oldest first."},
+    {"stats", core_stats, METH_NOARGS, "Counters as a dict."},
+    {"decode_events", FASTCALL(core_decode_events), "Decode one batch (for the reader)."},
+    {"_after_fork_child", core_after_fork_child, METH_NOARGS, "Discard everything in a forked child."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "pyflight._core", .m_doc = "pyflight's C recording core.", .m_size = -1,
+    .m_methods = core_methods,
+};
+
+/* Module init (single-phase: the recorder is a process-wide singleton). */
+PyMODINIT_FUNC PyInit__core(void) {
+    crc_init();
+    PyObject *mod = PyModule_Create(&core_module);
+    if (!mod) return NULL;
+    if ((!S.here && !(S.here = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
+        || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}

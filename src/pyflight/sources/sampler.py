@@ -1,0 +1,524 @@
+"""Stack sampler: where every thread (and the asyncio task it runs) is, a few times a second.
+
+Events say *when* things happened; samples say *where* the code was, including code no
+hook sees (a tight loop, a C extension, a blocking call nobody wrapped). Each tick takes
+``sys._current_frames()`` and records one SAMPLE per thread (native tid, running asyncio
+task, stack, OS thread state). The frame object goes to ``backend.record`` as is: the
+C core walks and interns the stack in C, which is what makes sampling affordable.
+
+Cost (docs: tens of microseconds per thread per tick, and the sampler can only take the
+GIL once per switch interval) decides the rate: 100 Hz by default, stretched so that the
+sampler's own CPU time stays within ``cpu_budget`` of one CPU. The effective interval is
+a live COUNTER ``sampler_interval_us`` in every generation, so a trace says its rate.
+
+Thread states come from ``/proc/self/task/<tid>/stat`` (kept open, re-read with pread).
+Reading it releases the GIL, so the states of all known threads are read *before* the
+stacks are taken: the stacks of one tick are then taken in one GIL hold and describe one
+instant. Each thread's CPU clock (one cheap syscall, GIL kept) saves most reads:
+
+* no CPU time since its previous sample: the thread has not run, so its state has not
+  changed (the idle threads of a server cost no read at all);
+* on a CPU for most of the time since then: RUNNING. Such a thread runs Python code, and
+  while the sampler holds the GIL it is parked waiting for it, which the OS shows as S.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any, Final
+
+from pyflight.core import backend
+from pyflight.core.events import Kind, ThreadState
+from pyflight.sources import register
+from pyflight.sources.base import Source
+
+__all__ = ["THREAD_NAME", "StackSampler", "sample_thread_now"]
+
+#: Name of the sampling thread (it never samples itself).
+THREAD_NAME: Final = "pyflight-sampler"
+DEFAULT_INTERVAL: Final = 0.01
+DEFAULT_CPU_BUDGET: Final = 0.01
+#: The interval is never stretched beyond this: a trace keeps at least one sample a second.
+MAX_INTERVAL: Final = 1.0
+#: Weight of the newest tick in the moving average of the cost per tick.
+COST_SMOOTHING: Final = 0.2
+#: A new interval is recorded when it differs from the last recorded one by more than this.
+REPORT_CHANGE: Final = 0.2
+#: Each wait is the interval +-10%, so periodic work in the program does not alias.
+JITTER: Final = 0.1
+#: On a CPU for at least this share of the time since its previous sample: RUNNING.
+BUSY_SHARE: Final = 0.5
+#: /proc stat files kept open (pread is a third of open+read+close); more threads reopen.
+MAX_OPEN_FILES: Final = 64
+#: How long uninstall waits for the sampling thread to finish its tick.
+JOIN_TIMEOUT: Final = 2.0
+
+_OPTIONS: Final = frozenset({"interval", "cpu_budget", "thread_state"})
+_LIVE_KEY: Final = ("sampler", "interval")
+_COUNTER_NAME: Final = "sampler_interval_us"
+_SAMPLE: Final = int(Kind.SAMPLE)
+_UNKNOWN: Final = int(ThreadState.UNKNOWN)
+_RUNNING: Final = int(ThreadState.RUNNING)
+_STAT_BYTES: Final = 128  # "tid (comm) S": comm is at most 15 bytes, the state follows it
+
+#: Field 3 of /proc/<pid>/task/<tid>/stat -> ThreadState.
+_STATE_CODES: Final[dict[int, int]] = {
+    ord("R"): _RUNNING,
+    ord("W"): _RUNNING,  # waking (old kernels)
+    ord("S"): int(ThreadState.SLEEPING),
+    ord("I"): int(ThreadState.SLEEPING),  # idle
+    ord("P"): int(ThreadState.SLEEPING),  # parked
+    ord("D"): int(ThreadState.DISK),
+    ord("T"): int(ThreadState.STOPPED),
+    ord("t"): int(ThreadState.STOPPED),  # stopped by a tracer
+    ord("Z"): int(ThreadState.ZOMBIE),
+    ord("X"): int(ThreadState.ZOMBIE),  # dead
+}
+
+# The installed sampler, for sample_thread_now(); another one serves when none is.
+_installed: StackSampler | None = None
+_standby: StackSampler | None = None
+
+
+def _stat_path(tid: int) -> str:
+    return f"/proc/self/task/{tid}/stat"
+
+
+def _parse_state(data: bytes) -> int:
+    """The state letter follows the last ')' (the command name may hold anything)."""
+    end = data.rfind(b")")
+    if end < 0 or end + 2 >= len(data):
+        return _UNKNOWN
+    return _STATE_CODES.get(data[end + 2], _UNKNOWN)
+
+
+def _read_state_once(tid: int) -> int:
+    """Open, read, close: for callers that do not own the sampler's open files."""
+    try:
+        fd = os.open(_stat_path(tid), os.O_RDONLY)
+    except OSError:
+        return _UNKNOWN
+    try:
+        return _parse_state(os.read(fd, _STAT_BYTES))
+    except OSError:
+        return _UNKNOWN
+    finally:
+        os.close(fd)
+
+
+def _cpu_clock(tid: int) -> int:
+    """Linux clock id of thread ``tid``'s CPU time (MAKE_THREAD_CPUCLOCK(tid, SCHED)).
+
+    Built from the native id rather than ``pthread_getcpuclockid(ident)``, which reads
+    the thread's pthread structure: unsafe once that thread has exited.
+    """
+    return ((~tid) << 3) | 6
+
+
+def _proc_available() -> bool:
+    return sys.platform.startswith("linux") and os.path.exists(_stat_path(threading.get_native_id()))
+
+
+def _cpu_clocks_work() -> bool:
+    """True if thread CPU clocks are built as :func:`_cpu_clock` assumes (checked on us)."""
+    try:
+        if time.pthread_getcpuclockid(threading.get_ident()) != _cpu_clock(threading.get_native_id()):
+            return False
+        time.clock_gettime_ns(_cpu_clock(threading.get_native_id()))
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _thread_table() -> Mapping[int, Any]:
+    """Python thread ident -> Thread object, without copying where CPython allows."""
+    active = getattr(threading, "_active", None)
+    if isinstance(active, dict):
+        return active
+    return {t.ident: t for t in threading.enumerate() if t.ident is not None}
+
+
+class _Proc:
+    """What the sampler keeps per native thread: its open stat file and CPU clock reading."""
+
+    __slots__ = ("clock", "cpu", "fd", "state", "wall")
+
+    def __init__(self, tid: int) -> None:
+        self.clock = _cpu_clock(tid)
+        self.fd = -1
+        self.cpu = 0
+        self.wall = 0  # monotonic ns of the CPU reading; 0 = none yet
+        self.state = _UNKNOWN  # the state found then
+
+
+@register
+class StackSampler(Source):
+    """Samples every thread's stack, OS state and running asyncio task on a CPU budget.
+
+    Options: ``interval`` (seconds between samples at most, default 0.01),
+    ``cpu_budget`` (share of one CPU the sampler may use, default 0.01) and
+    ``thread_state`` (read OS thread states, default True).
+    """
+
+    name = "sampler"
+    default_enabled = True
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.interval = DEFAULT_INTERVAL
+        self.cpu_budget = DEFAULT_CPU_BUDGET
+        self.thread_state = True
+        # A bad option is reported by install() (the recorder turns it into a warning
+        # and a SOURCE_DISABLED event) instead of breaking FlightRecorder.start().
+        self._option_error: Exception | None = None
+        try:
+            self._parse_options(options)
+        except (TypeError, ValueError) as exc:
+            self._option_error = exc
+        #: The interval in use now (stretched to respect the CPU budget).
+        self.current_interval = self.interval
+        #: Ticks done, samples recorded, CPU ns used by the sampling thread.
+        self.ticks = 0
+        self.samples = 0
+        self.cpu_ns = 0
+        self._cost_ns: float | None = None  # moving average of the CPU cost of a tick
+        self._reported_us = 0
+        self._proc_ok = self.thread_state and _proc_available()
+        self._clock_ok = self._proc_ok and _cpu_clocks_work()
+        # Held while the sampler should run; uninstall releases it to wake the thread.
+        # A timed Lock.acquire costs the sampling thread less CPU than Event.wait.
+        self._wakeup = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._rng = random.Random()  # our own: never disturb the program's random state
+        # ident -> (Thread object, native id); the object tells a reused ident apart
+        self._idents: dict[int, tuple[object, int]] = {}
+        # native tid -> _Proc. Touched (and its files closed) only by the sampling
+        # thread while it lives, by uninstall once it is gone.
+        self._procs: dict[int, _Proc] = {}
+        self._seen: list[int] = []  # native tids sampled in the last tick
+        self._task_dicts: tuple[dict[Any, Any], ...] | None = None
+
+    def _parse_options(self, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown sampler option(s) {unknown}; known: {sorted(_OPTIONS)}")
+        interval = float(options.get("interval", DEFAULT_INTERVAL))
+        if not 0 < interval <= MAX_INTERVAL:
+            raise ValueError(f"interval must be > 0 and <= {MAX_INTERVAL} seconds, got {interval!r}")
+        budget = float(options.get("cpu_budget", DEFAULT_CPU_BUDGET))
+        if not 0 < budget <= 1:
+            raise ValueError(f"cpu_budget must be > 0 and <= 1 (a share of one CPU), got {budget!r}")
+        thread_state = options.get("thread_state", True)
+        if not isinstance(thread_state, bool):
+            raise TypeError(f"thread_state must be a bool, got {thread_state!r}")
+        self.interval, self.cpu_budget, self.thread_state = interval, budget, thread_state
+
+    # lifecycle ---------------------------------------------------------------
+
+    def _install(self) -> None:
+        global _installed
+        if self._option_error is not None:
+            raise self._option_error
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the previous sampling thread is still running")
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
+        self._stopping = False
+        self._pid = os.getpid()
+        self.current_interval = self.interval
+        self._cost_ns = None
+        self._seen = []
+        self._report_interval(force=True)
+        thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self._thread = thread
+        thread.start()
+        _installed = self
+
+    def _uninstall(self) -> None:
+        global _installed
+        if _installed is self:
+            _installed = None
+        try:
+            backend.clear_live(_LIVE_KEY)
+        except Exception:
+            pass
+        thread = self._thread
+        if os.getpid() != self._pid:
+            # Forked child: the sampling thread does not exist here; nothing to stop.
+            self._thread = None
+            self._close_files()
+            return
+        self._stopping = True
+        try:
+            self._wakeup.release()
+        except RuntimeError:  # already released
+            pass
+        if thread is threading.current_thread():
+            self._thread = None  # failed() from the tick: the thread ends right after
+            return  # and closes its files itself
+        if thread is not None:
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                return  # still in a tick: it closes its files when it ends
+        self._thread = None
+        self._close_files()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this sampler (for benchmarks and diagnostics)."""
+        return {
+            "ticks": self.ticks,
+            "samples": self.samples,
+            "cpu_ns": self.cpu_ns,
+            "cost_ns": self._cost_ns or 0.0,
+            "interval": self.current_interval,
+            "thread_state": self._proc_ok,
+        }
+
+    # the sampling thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        wait = self._wakeup.acquire
+        me = threading.get_ident()
+        thread_time = time.thread_time_ns
+        jitter = self._rng.random
+        try:
+            last = thread_time()
+            while not wait(True, self.current_interval * (1.0 + JITTER * (2.0 * jitter() - 1.0))):
+                if self._stopping:
+                    return
+                try:
+                    self._tick(me)
+                    now = thread_time()
+                    self._adapt(now - last)  # the whole cycle: waking up counts too
+                    last = now
+                except Exception as exc:
+                    if not self._stopping:
+                        self.failed(exc)
+                    return
+        finally:
+            self._close_files()
+
+    def _adapt(self, cost: int) -> None:
+        """Stretch the interval so that the average cost per tick stays within budget."""
+        self.ticks += 1
+        self.cpu_ns += cost
+        avg = self._cost_ns
+        avg = float(cost) if avg is None else avg + COST_SMOOTHING * (cost - avg)
+        self._cost_ns = avg
+        self.current_interval = min(MAX_INTERVAL, max(self.interval, avg / 1e9 / self.cpu_budget))
+        self._report_interval()
+
+    def _report_interval(self, force: bool = False) -> None:
+        us = round(self.current_interval * 1e6)
+        last = self._reported_us
+        if force or abs(us - last) > last * REPORT_CHANGE:
+            self._reported_us = us
+            # live: re-recorded in every generation, so any snapshot knows the rate
+            backend.set_live(_LIVE_KEY, Kind.COUNTER, _COUNTER_NAME, us)
+
+    def _tick(self, me: int) -> None:
+        """One SAMPLE per thread but this one: states first (GIL released), then the
+        stacks of all threads in one GIL hold."""
+        states = self._read_states() if self._proc_ok else None
+        frames = sys._current_frames()
+        late: list[tuple[int, int, FrameType]] = []
+        seen: list[int] = []
+        try:
+            tasks = self._running_tasks()
+            record = backend.record
+            table = _thread_table()
+            for ident, frame in frames.items():
+                if ident == me or frame is None:
+                    continue
+                tid = self._native_id(ident, table)
+                if not tid:
+                    continue  # not a threading thread: no native id to file it under
+                seen.append(tid)
+                task = tasks.get(ident, 0) if tasks else 0
+                if states is None:
+                    record(_SAMPLE, tid, task, frame, _UNKNOWN)
+                    continue
+                state = states.get(tid)
+                if state is None:  # new thread: read its state after the others' stacks
+                    late.append((tid, task, frame))
+                else:
+                    record(_SAMPLE, tid, task, frame, state)
+            for tid, task, frame in late:
+                record(_SAMPLE, tid, task, frame, self._state(tid, time.monotonic_ns()))
+            if len(self._idents) > len(frames) + 16:
+                self._idents = {i: e for i, e in self._idents.items() if i in frames}
+        finally:
+            del frames, late  # no frame outlives the tick
+        self.samples += len(seen)
+        self._seen = seen
+        if len(self._procs) > len(seen):
+            alive = set(seen)
+            for tid in [t for t in self._procs if t not in alive]:
+                self._close_proc(tid)
+
+    def _native_id(self, ident: int, table: Mapping[int, Any]) -> int:
+        """Native id of the thread with Python ident ``ident``; 0 if unknown."""
+        entry = self._idents.get(ident)
+        thread = table.get(ident)
+        if entry is None or entry[0] is not thread:  # new or reused ident
+            native = getattr(thread, "native_id", None) if thread is not None else None
+            entry = (thread, native if isinstance(native, int) else 0)
+            self._idents[ident] = entry
+        return entry[1]
+
+    def _running_tasks(self) -> dict[int, int]:
+        """Thread ident -> id of the asyncio task running on it (only threads running one)."""
+        dicts = self._task_dicts
+        if dicts is None:
+            dicts = self._find_task_dicts()
+            if not dicts:
+                return {}
+        out: dict[int, int] = {}
+        for current in dicts:
+            if current:
+                for loop, task in list(current.items()):  # one C call: a consistent copy
+                    ident = getattr(loop, "_thread_id", None)
+                    if type(ident) is int and task is not None:
+                        out[ident] = id(task)
+        return out
+
+    def _find_task_dicts(self) -> tuple[dict[Any, Any], ...]:
+        """asyncio's loop -> running task dicts, once asyncio is fully imported.
+
+        CPython 3.11-3.13 keep one in ``_asyncio`` (C tasks) that ``asyncio.tasks`` also
+        binds as ``_current_tasks`` (pure-Python tasks use it too); both are looked at in
+        case they differ. Newer versions keep the running task per thread: nothing is
+        found, task ids are 0.
+        """
+        tasks_module = getattr(sys.modules.get("asyncio"), "tasks", None)  # set once imported
+        if tasks_module is None:
+            return ()  # asyncio not (fully) imported yet: no tasks, look again next tick
+        found: list[dict[Any, Any]] = []
+        for owner in (tasks_module, sys.modules.get("_asyncio")):
+            current = getattr(owner, "_current_tasks", None)
+            if isinstance(current, dict) and all(current is not d for d in found):
+                found.append(current)
+        self._task_dicts = tuple(found)
+        return self._task_dicts
+
+    # thread states -------------------------------------------------------------
+
+    def _read_states(self) -> dict[int, int]:
+        now = time.monotonic_ns()
+        return {tid: self._state(tid, now) for tid in self._seen}
+
+    def _state(self, tid: int, now: int) -> int:
+        """ThreadState of ``tid`` (sampling thread only: uses and updates the open files)."""
+        proc = self._procs.get(tid)
+        if proc is None:
+            proc = self._procs[tid] = _Proc(tid)
+        if self._clock_ok:
+            try:
+                cpu = time.clock_gettime_ns(proc.clock)
+            except OSError:
+                return _UNKNOWN  # the thread is gone
+            ran, since = cpu - proc.cpu, now - proc.wall
+            proc.cpu, proc.wall = cpu, now
+            if since != now:  # not the first reading
+                if ran >= BUSY_SHARE * since:
+                    proc.state = _RUNNING
+                    return _RUNNING
+                if ran == 0 and proc.state != _UNKNOWN:
+                    return proc.state  # it has not run, so it is where it was
+        proc.state = state = self._read_state(tid, proc)
+        return state
+
+    def _read_state(self, tid: int, proc: _Proc) -> int:
+        if proc.fd < 0:
+            if sum(1 for p in self._procs.values() if p.fd >= 0) >= MAX_OPEN_FILES:
+                return _read_state_once(tid)
+            try:
+                proc.fd = os.open(_stat_path(tid), os.O_RDONLY)
+            except OSError:
+                return _UNKNOWN
+        try:
+            return _parse_state(os.pread(proc.fd, _STAT_BYTES, 0))
+        except OSError:  # the thread ended (ESRCH): its tid may come back as a new thread
+            self._close_proc(tid)
+            return _UNKNOWN
+
+    def _state_from_elsewhere(self, tid: int) -> int:
+        """ThreadState of ``tid`` for a caller that is not the sampling thread."""
+        if not self._proc_ok:
+            return _UNKNOWN
+        proc = self._procs.get(tid)
+        if self._clock_ok and proc is not None and proc.wall:
+            try:
+                ran = time.clock_gettime_ns(proc.clock) - proc.cpu
+            except OSError:
+                return _UNKNOWN
+            if ran >= BUSY_SHARE * (time.monotonic_ns() - proc.wall):
+                return _RUNNING
+            if ran == 0 and proc.state != _UNKNOWN:
+                return proc.state
+        return _read_state_once(tid)
+
+    def _close_proc(self, tid: int) -> None:
+        proc = self._procs.pop(tid, None)
+        if proc is not None and proc.fd >= 0:
+            fd, proc.fd = proc.fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _close_files(self) -> None:
+        while self._procs:
+            try:
+                tid = next(iter(self._procs))
+            except (StopIteration, RuntimeError):
+                continue
+            self._close_proc(tid)
+
+    # on demand -----------------------------------------------------------------
+
+    def sample_thread_now(self, ident: int) -> bool:
+        """Record one SAMPLE of the thread with Python ident ``ident`` now, from the caller.
+
+        For other sources that need a stack at a precise moment (a loop-stall watchdog
+        catching a blocked loop thread). True if a sample was recorded. Never raises.
+        """
+        if not backend.is_enabled():
+            return False
+        try:
+            tid = self._native_id(ident, _thread_table())
+            if not tid:
+                return False
+            state = self._state_from_elsewhere(tid)
+            if ident == threading.get_ident():
+                frame: FrameType | None = sys._getframe(1)
+            else:
+                frame = sys._current_frames().get(ident)
+            if frame is None:
+                return False
+            task = self._running_tasks().get(ident, 0)
+            backend.record(_SAMPLE, tid, task, frame, state)
+            del frame
+            return True
+        except Exception:
+            return False
+
+
+def sample_thread_now(ident: int) -> bool:
+    """Record one SAMPLE of thread ``ident`` now, with the installed sampler's settings
+    (or defaults if the sampler source is not running). True if recorded; never raises."""
+    global _standby
+    sampler = _installed
+    if sampler is None:
+        sampler = _standby
+        if sampler is None:
+            sampler = _standby = StackSampler()
+    return sampler.sample_thread_now(ident)
