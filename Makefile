@@ -4,7 +4,7 @@ VENV := .venv
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py src/pyflight/_core.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/*.c src/pyflight/*.h)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e .

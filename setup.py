@@ -33,6 +33,13 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("pyflight._core", ["src/pyflight/_core.c"], extra_compile_args=flags)],
+    ext_modules=[
+        Extension(
+            "pyflight._core",
+            ["src/pyflight/_core.c", "src/pyflight/_core_asyncio.c", "src/pyflight/_core_lock.c"],
+            depends=["src/pyflight/_core.h"],
+            extra_compile_args=flags,
+        )
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -12,8 +12,7 @@
  * counted in `dropped_events`. The core keeps alive only str, int, bytes and tuples of
  * those (never a frame or code object beyond the call that passed it).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_core.h"
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -647,6 +646,37 @@ static PyObject *core_record(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ internal API (_core.h) */
+
+int pyfl_enabled(void) { return S.enabled; }
+
+uint64_t pyfl_now_ns(void) { return now_ns(); }
+
+void pyfl_record_ints(int kind, int n, const uint64_t *vals) {
+    if (!S.enabled) return;
+    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
+        S.dropped++;
+        return;
+    }
+    Ev ev;
+    ev.kind = (uint8_t)kind;
+    ev.n = (uint8_t)n;
+    ev.n_stacks = 0;
+    for (int i = 0; i < n; i++) {
+        ev.type[i] = 'u';
+        ev.val[i] = vals[i];
+    }
+    commit(&ev);
+}
+
+int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {
+    Ev ev;
+    if (!S.enabled) return 0;
+    if (parse_event(args, nargs, &ev, 1) < 0) return -1;
+    commit(&ev);
+    return 0;
+}
+
 /* True if `key` hashes without running Python code: exact str or int, bool, None, or
  * (at most 8 levels of) tuples of those. */
 static int key_ok(PyObject *key, int depth) {
@@ -980,7 +1010,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *mod = PyModule_Create(&core_module);
     if (!mod) return NULL;
     if ((!S.here && !(S.here = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
-        || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0) {
+        || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0
+        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

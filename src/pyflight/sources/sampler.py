@@ -310,6 +310,8 @@ class StackSampler(Source):
         """Stretch the interval so that the average cost per tick stays within budget."""
         self.ticks += 1
         self.cpu_ns += cost
+        if self.ticks == 1:
+            return  # the first tick pays for thread start-up and first-seen threads
         avg = self._cost_ns
         avg = float(cost) if avg is None else avg + COST_SMOOTHING * (cost - avg)
         self._cost_ns = avg

@@ -135,10 +135,12 @@ class ThreadsSource(Source):
         def excepthook(args: threading.ExceptHookArgs, /) -> Any:
             if source._active:
                 source._on_exception(args)
-            return prev_hook(args)
+            return chained_hook(args)
 
         prev_hook = threading.excepthook
         self._prev_hook = prev_hook
+        # threading treats a None hook as "the default one"; calling None would not
+        chained_hook = threading.__excepthook__ if prev_hook is None else prev_hook
         self._hook = excepthook
         self._patched = {
             "_bootstrap_inner": (orig_bootstrap, _bootstrap_inner),
@@ -212,7 +214,7 @@ class ThreadsSource(Source):
         """Type, message and the stack where it was raised (the traceback's last frame)."""
         try:
             exc_type = args.exc_type
-            if issubclass(exc_type, SystemExit):  # like the default hook: not an error
+            if isinstance(exc_type, type) and issubclass(exc_type, SystemExit):  # as the default hook
                 return
             thread = args.thread
             tid = thread.native_id if thread is not None else None

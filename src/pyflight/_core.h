@@ -1,0 +1,33 @@
+/* pyflight._core internal API shared by the C files of the extension (not a public API).
+ *
+ * _core.c owns the recorder state; _core_asyncio.c (the C Handle._run) and _core_lock.c
+ * (the C lock wrapper) record through these functions. All of them need the GIL. */
+#ifndef PYFLIGHT_CORE_H
+#define PYFLIGHT_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* Nonzero while recording: the cheap check to make before building an event. */
+int pyfl_enabled(void);
+
+/* CLOCK_MONOTONIC nanoseconds, the clock of every event. */
+uint64_t pyfl_now_ns(void);
+
+/* Records `kind` with n unsigned integer arguments. Never raises and never runs Python
+ * code: an unknown kind, a wrong count, re-entry or no memory drops the event (counted
+ * in dropped_events). No-op when stopped. */
+void pyfl_record_ints(int kind, int n, const uint64_t *vals);
+
+/* Exactly record(kind, *args) as called from Python (args[0] is the kind): 0, or -1
+ * with an exception set on bad arguments. Use it for events with strings or stacks. */
+int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs);
+
+/* Adds the asyncio helpers (defined in _core_asyncio.c) to the module: 0, or -1. */
+int pyfl_asyncio_init(PyObject *mod);
+
+/* Adds the lock wrapper (defined in _core_lock.c) to the module: 0, or -1. */
+int pyfl_lock_init(PyObject *mod);
+
+#endif

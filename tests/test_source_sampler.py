@@ -1,0 +1,296 @@
+"""The stack sampler source, end to end: record with it, write a trace, read it back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyflight
+from pyflight.core.events import Kind, ThreadState
+from pyflight.format.reader import Event, Trace
+from pyflight.sources import SourceWarning
+from pyflight.sources.sampler import THREAD_NAME, StackSampler, sample_thread_now
+
+
+def sampler_of(rec: pyflight.FlightRecorder) -> StackSampler:
+    (source,) = [s for s in rec.sources if isinstance(s, StackSampler)]
+    return source
+
+
+def samples(trace: Trace, tid: int) -> list[Event]:
+    return [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("tid") == tid]
+
+
+def functions(event: Event) -> list[str]:
+    return [frame.function for frame in event.stack]
+
+
+def interval_counters(trace: Trace) -> list[int]:
+    return [
+        e.arg("value") for e in trace.events if e.kind == Kind.COUNTER and e.arg("name") == "sampler_interval_us"
+    ]
+
+
+def sampler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+
+def record(tmp_path: Path, seconds: float, **options: Any) -> Trace:
+    """Run a recorder with only the sampler for ``seconds``; return what it wrote."""
+    rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": options})
+    with rec:
+        time.sleep(seconds)
+        rec.write_to(tmp_path / "trace.pyfl")
+    return pyflight.load(tmp_path / "trace.pyfl")
+
+
+def spin_here(stop: threading.Event) -> None:
+    n = 0
+    while not stop.is_set():
+        for _ in range(1000):
+            n += 1
+
+
+def wait_here(event: threading.Event) -> None:
+    event.wait()
+
+
+@pytest.fixture(scope="module")
+def busy_and_blocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Trace, int, int]]:
+    """One recording of a thread spinning in spin_here and one blocked in wait_here."""
+    stop = threading.Event()
+    spinner = threading.Thread(target=spin_here, args=(stop,), name="spinner")
+    waiter = threading.Thread(target=wait_here, args=(stop,), name="waiter")
+    spinner.start()
+    waiter.start()
+    try:
+        trace = record(tmp_path_factory.mktemp("sampler"), 0.8)
+    finally:
+        stop.set()
+        spinner.join()
+        waiter.join()
+    assert spinner.native_id and waiter.native_id
+    yield trace, spinner.native_id, waiter.native_id
+
+
+def test_busy_thread_is_sampled_running_in_its_function(busy_and_blocked: tuple[Trace, int, int]) -> None:
+    trace, spinner, _ = busy_and_blocked
+    found = samples(trace, spinner)
+    assert len(found) >= 10
+    in_spin = [e for e in found if functions(e)[0] == "spin_here"]
+    assert len(in_spin) >= 0.9 * len(found)
+    running = [e for e in found if e.arg("state") == ThreadState.RUNNING]
+    assert len(running) >= 0.7 * len(found), [ThreadState(e.arg("state")).name for e in found]
+    sampler_tids = {e.thread for e in found}
+    assert spinner not in sampler_tids and len(sampler_tids) == 1  # recorded by the sampler thread
+    assert all(e.arg("task") == 0 for e in found)
+
+
+def test_blocked_thread_is_sampled_sleeping_where_it_waits(busy_and_blocked: tuple[Trace, int, int]) -> None:
+    trace, _, waiter = busy_and_blocked
+    found = samples(trace, waiter)
+    assert len(found) >= 10
+    assert all("wait_here" in functions(e) for e in found)
+    assert functions(found[0])[0] in ("Condition.wait", "Event.wait")
+    sleeping = [e for e in found if e.arg("state") == ThreadState.SLEEPING]
+    assert len(sleeping) >= 0.9 * len(found)
+
+
+def test_the_sampler_does_not_sample_itself(busy_and_blocked: tuple[Trace, int, int]) -> None:
+    trace = busy_and_blocked[0]
+    sampler_tids = {e.thread for e in trace.events if e.kind == Kind.SAMPLE}
+    assert not sampler_tids & {e.arg("tid") for e in trace.events if e.kind == Kind.SAMPLE}
+    assert interval_counters(trace)  # the rate is in the trace
+
+
+@pytest.mark.parametrize("task_class", ["default", "python"])
+def test_asyncio_task_running_on_a_thread_is_attributed(tmp_path: Path, task_class: str) -> None:
+    task_ids: list[int] = []
+
+    async def blocker() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task_ids.append(id(task))
+        time.sleep(0.3)  # blocks the loop: what the sampler must catch
+
+    async def main() -> None:
+        if task_class == "python":  # pure-Python Task: the other _current_tasks path
+            loop = asyncio.get_running_loop()
+            loop.set_task_factory(lambda loop, coro: asyncio.tasks._PyTask(coro, loop=loop))  # type: ignore[attr-defined]
+        await asyncio.create_task(blocker())
+
+    rec = pyflight.FlightRecorder(sources=["sampler"])
+    with rec:
+        asyncio.run(main())
+        rec.write_to(tmp_path / "trace.pyfl")
+    trace = pyflight.load(tmp_path / "trace.pyfl")
+    found = [e for e in samples(trace, threading.get_native_id()) if "blocker" in functions(e)]
+    assert len(found) >= 5
+    assert all(e.arg("task") == task_ids[0] for e in found)
+    assert all(e.arg("state") == ThreadState.SLEEPING for e in found)
+    others = [e for e in samples(trace, threading.get_native_id()) if "blocker" not in functions(e)]
+    assert all(e.arg("task") != task_ids[0] for e in others)
+
+
+def test_small_budget_stretches_the_interval_and_holds_the_cpu_share(tmp_path: Path) -> None:
+    idle = threading.Event()
+    threads = [threading.Thread(target=wait_here, args=(idle,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    budget = 0.005
+    rec = pyflight.FlightRecorder(
+        sources=["sampler"], source_options={"sampler": {"interval": 0.001, "cpu_budget": budget}}
+    )
+    try:
+        with rec:
+            sampler = sampler_of(rec)
+            time.sleep(0.5)  # settle
+            (thread,) = sampler_threads()
+            assert thread.native_id
+            clock = time.pthread_getcpuclockid(thread.ident or 0)
+            cpu0, wall0 = time.clock_gettime_ns(clock), time.monotonic_ns()
+            time.sleep(1.5)
+            share = (time.clock_gettime_ns(clock) - cpu0) / (time.monotonic_ns() - wall0)
+            rec.write_to(tmp_path / "trace.pyfl")
+            interval = sampler.current_interval
+    finally:
+        idle.set()
+        for t in threads:
+            t.join()
+    counters = interval_counters(pyflight.load(tmp_path / "trace.pyfl"))
+    assert counters[0] == 1000  # the configured interval, first
+    assert max(counters) >= 5000 and interval >= 0.005  # stretched at least 5x
+    assert 0 < share <= 2.5 * budget, share
+    assert all(us <= 1_000_000 for us in counters)
+
+
+def test_stop_removes_the_thread_promptly() -> None:
+    rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": {"interval": 1.0}})
+    rec.start()
+    source = sampler_of(rec)
+    assert len(sampler_threads()) == 1
+    started = time.monotonic()
+    rec.stop()
+    assert time.monotonic() - started < 0.5  # woken, not waiting out its 1 s interval
+    assert sampler_threads() == []
+    assert not source.installed and not source._procs  # stat files closed
+
+
+def test_install_uninstall_cycles_leave_nothing_behind() -> None:
+    with pyflight.FlightRecorder(sources=[]):
+        sampler = StackSampler(interval=0.001)
+        fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+        for _ in range(5):
+            sampler.install()
+            time.sleep(0.02)
+            sampler.uninstall()
+            assert sampler_threads() == []
+        if fds_before:
+            assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a multi-threaded process
+def test_fork_child_has_no_sampler_and_can_stop_cleanly() -> None:
+    with pyflight.FlightRecorder(sources=["sampler"]) as rec:
+        source = sampler_of(rec)
+        time.sleep(0.05)
+        pid = os.fork()
+        if pid == 0:  # child: the recorder was stopped by the fork hook
+            code = 0
+            try:
+                if sampler_threads() or source.installed or rec.enabled:
+                    code = 1
+                rec.stop()
+                source.uninstall()
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(sampler_threads()) == 1  # the parent's goes on
+
+
+def test_fault_in_a_tick_disables_the_source(tmp_path: Path) -> None:
+    def boom(me: int) -> None:
+        raise RuntimeError("boom in tick")
+
+    rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": {"interval": 0.005}})
+    with rec, pytest.warns(SourceWarning, match="sampler.*boom in tick"):
+        source = sampler_of(rec)
+        source._tick = boom  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5
+        while source.disabled_reason is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for thread in sampler_threads():
+            thread.join(2)
+        rec.write_to(tmp_path / "trace.pyfl")
+    assert not source.installed and sampler_threads() == []
+    trace = pyflight.load(tmp_path / "trace.pyfl")
+    disabled = [e for e in trace.events if e.kind == Kind.SOURCE_DISABLED]
+    assert [e.arg("source") for e in disabled] == ["sampler"]
+    assert "RuntimeError: boom in tick" in disabled[0].arg("reason")
+
+
+def test_bad_option_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": {"interval": 0}})
+    with pytest.warns(SourceWarning, match="interval"), rec:
+        assert sampler_threads() == []
+        rec.write_to(tmp_path / "trace.pyfl")
+    disabled = [e for e in pyflight.load(tmp_path / "trace.pyfl").events if e.kind == Kind.SOURCE_DISABLED]
+    assert [e.arg("source") for e in disabled] == ["sampler"]
+    with pytest.raises(TypeError, match="intervall"):
+        StackSampler(intervall=0.1).install()
+
+
+def test_thread_state_can_be_turned_off(tmp_path: Path) -> None:
+    stop = threading.Event()
+    waiter = threading.Thread(target=wait_here, args=(stop,))
+    waiter.start()
+    try:
+        trace = record(tmp_path, 0.2, thread_state=False)
+    finally:
+        stop.set()
+        waiter.join()
+    found = samples(trace, waiter.native_id or 0)
+    assert found and all(e.arg("state") == ThreadState.UNKNOWN for e in found)
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_sample_thread_now_records_one_sample_from_the_caller(tmp_path: Path, installed: bool) -> None:
+    stop = threading.Event()
+    waiter = threading.Thread(target=wait_here, args=(stop,))
+    waiter.start()
+    # a long interval: the only samples of the waiter are the ones asked for
+    rec = pyflight.FlightRecorder(
+        sources=["sampler"] if installed else [], source_options={"sampler": {"interval": 1.0}}
+    )
+    take: Callable[[int], bool] = sampler_of(rec).sample_thread_now if installed else sample_thread_now
+    try:
+        with rec:
+            if installed:
+                take = sampler_of(rec).sample_thread_now
+            time.sleep(0.05)
+            assert take(waiter.ident or 0)
+            assert take(threading.get_ident())
+            assert not take(123456789)  # no such thread
+            rec.write_to(tmp_path / "trace.pyfl")
+    finally:
+        stop.set()
+        waiter.join()
+    assert not sample_thread_now(threading.get_ident())  # no recorder running: nothing recorded
+    trace = pyflight.load(tmp_path / "trace.pyfl")
+    mine = [e for e in samples(trace, waiter.native_id or 0) if e.thread == threading.get_native_id()]
+    assert len(mine) == 1 and "wait_here" in functions(mine[0])
+    assert mine[0].arg("state") in (ThreadState.SLEEPING, ThreadState.UNKNOWN)
+    me = [e for e in samples(trace, threading.get_native_id()) if e.thread == threading.get_native_id()]
+    assert len(me) == 1
+    assert functions(me[0])[0] == sys._getframe().f_code.co_qualname
