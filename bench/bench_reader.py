@@ -56,8 +56,10 @@ def main() -> int:
         r = run_in_core(__file__, core, path)
         n = r["events"]
         rates = [n / s / 1e6 for s in r["seconds"]]  # type: ignore[attr-defined, operator]
-        print(f"  {core:6} decoder: {summary(rates)} M events/s ({n:,} events, {r['bytes']:,} bytes,"
-              f" {r['bytes'] / n:.2f} bytes/event)")  # type: ignore[operator]
+        print(
+            f"  {core:6} decoder: {summary(rates)} M events/s ({n:,} events, {r['bytes']:,} bytes,"
+            f" {r['bytes'] / n:.2f} bytes/event)"
+        )  # type: ignore[operator]
     os.unlink(path)
     return 0
 

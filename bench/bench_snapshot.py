@@ -62,7 +62,7 @@ def child() -> None:
         took, gap = _worst_gap_during(lambda: time.sleep(result["write_s"][-1] if result["write_s"] else 0.3))
         result["baseline_pause_ms"].append(gap)
         size: list[int] = []
-        took, gap = _worst_gap_during(lambda: size.append(rec.write_to(path)))
+        took, gap = _worst_gap_during(lambda size=size: size.append(rec.write_to(path)))
         result["write_s"].append(took)
         result["pause_ms"].append(gap)
         result["bytes"].append(size[0])

@@ -13,7 +13,12 @@ from pyflight.core.events import Kind
 
 def _pyflight(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pyflight", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+        [sys.executable, "-m", "pyflight", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -66,7 +71,9 @@ def test_run_keeps_exit_code_and_writes_window(subprocess_env: dict[str, str], t
 
 
 def test_run_module_and_unhandled_exception(subprocess_env: dict[str, str], tmp_path: Path) -> None:
-    (tmp_path / "crashy.py").write_text("import pyflight\npyflight.log('x', 'about to fail')\nraise KeyError('boom')\n")
+    (tmp_path / "crashy.py").write_text(
+        "import pyflight\npyflight.log('x', 'about to fail')\nraise KeyError('boom')\n"
+    )
     out = tmp_path / "crash.pyfl"
     env = dict(subprocess_env, PYTHONPATH=f"{tmp_path}:{subprocess_env['PYTHONPATH']}")
     result = _pyflight("run", "-o", str(out), "-m", "crashy", env=env, cwd=tmp_path)

@@ -524,14 +524,14 @@ def test_size_based_seal(core: ModuleType) -> None:
 
 
 def test_maybe_seal_seals_when_due_and_ages_out(core: ModuleType) -> None:
-    _start(core, gen_interval_ns=10 * MS, min_age_ns=60 * MS)
+    _start(core, gen_interval_ns=100 * MS, min_age_ns=200 * MS)
     core.record(Kind.GC_BEGIN, 1)
     core.maybe_seal()  # not due yet
     assert core.stats()["generations"] == 0
-    time.sleep(0.03)
+    time.sleep(0.15)
     core.maybe_seal()  # due by age: sealed
     assert core.stats()["generations"] == 1
-    time.sleep(0.1)
+    time.sleep(0.3)
     core.maybe_seal()  # an idle process still ages out
     stats = core.stats()
     assert stats["generations"] == 0

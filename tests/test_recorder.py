@@ -204,6 +204,8 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
         pyflight.log("t", "parent after fork")
         rec.write_to(tmp_path / "parent.pyfl")
     child_msgs = [e.arg("message") for e in pyflight.load(out).events if e.kind == Kind.LOG]
-    parent_msgs = [e.arg("message") for e in pyflight.load(tmp_path / "parent.pyfl").events if e.kind == Kind.LOG]
+    parent_msgs = [
+        e.arg("message") for e in pyflight.load(tmp_path / "parent.pyfl").events if e.kind == Kind.LOG
+    ]
     assert child_msgs == ["child"]
     assert parent_msgs == ["parent before fork", "parent after fork"]

@@ -35,6 +35,14 @@ class _Annotation:
     def _fresh(self) -> _Annotation:
         raise NotImplementedError
 
+    def __enter__(self) -> _Annotation:
+        raise NotImplementedError
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        raise NotImplementedError
+
     def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):
 
@@ -53,7 +61,7 @@ class _Annotation:
         return run  # type: ignore[return-value]
 
 
-class task(_Annotation):  # noqa: N801 - used like a function
+class task(_Annotation):
     """A logical operation (a request, a job): ``with pyflight.task("GET /users"): ...``."""
 
     __slots__ = ("_id", "_token", "name")
@@ -100,7 +108,7 @@ class task(_Annotation):  # noqa: N801 - used like a function
                 pass
 
 
-class region(_Annotation):  # noqa: N801 - used like a function
+class region(_Annotation):
     """A named stretch of work inside the current task: ``with pyflight.region("parse"): ...``."""
 
     __slots__ = ("_task", "name")

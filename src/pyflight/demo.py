@@ -25,13 +25,15 @@ def _hit(cost: float) -> None:
         n += 1
 
 
-async def _async_player(name: str, table: asyncio.Queue[int], deadline: float, scores: dict[str, int]) -> None:
+async def _async_player(
+    name: str, table: asyncio.Queue[int], deadline: float, scores: dict[str, int]
+) -> None:
     rng = random.Random(name)
     while time.monotonic() < deadline:
         with pyflight.task(f"rally {name}"):
             try:
                 ball = await asyncio.wait_for(table.get(), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             with pyflight.region("hit"):
                 _hit(rng.uniform(0.0002, 0.001))
@@ -72,7 +74,9 @@ def _threaded_game(seconds: float) -> dict[str, int]:
                 scores[name] = scores.get(name, 0) + 1
             table.put(ball + 1)
 
-    threads = [threading.Thread(target=player, args=(n,), name=f"player-{n}") for n in ("dave", "erin", "frank")]
+    threads = [
+        threading.Thread(target=player, args=(n,), name=f"player-{n}") for n in ("dave", "erin", "frank")
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 import warnings
-from types import TracebackType
 from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import IO, Any
 
 from pyflight import __version__
@@ -235,7 +235,9 @@ class FlightRecorder:
             try:
                 source.uninstall()
             except Exception as exc:
-                warnings.warn(f"pyflight: removing source {source.name!r} failed: {exc!r}", SourceWarning, stacklevel=3)
+                warnings.warn(
+                    f"pyflight: removing source {source.name!r} failed: {exc!r}", SourceWarning, stacklevel=3
+                )
         self.sources = []
 
     def _register_threads(self) -> None:
@@ -254,7 +256,9 @@ class FlightRecorder:
             except Exception as exc:  # never let the ticker die silently
                 failures += 1
                 if failures == 1:
-                    warnings.warn(f"pyflight: sealing a generation failed: {exc!r}", RuntimeWarning, stacklevel=1)
+                    warnings.warn(
+                        f"pyflight: sealing a generation failed: {exc!r}", RuntimeWarning, stacklevel=1
+                    )
 
 
 def _install_fork_hook() -> None:

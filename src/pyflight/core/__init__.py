@@ -31,4 +31,4 @@ else:
 
 BACKEND_NAME: str = backend.BACKEND
 
-__all__ = ["backend", "BACKEND_NAME", "fallback_reason", "FORCE_PURE_ENV"]
+__all__ = ["BACKEND_NAME", "FORCE_PURE_ENV", "backend", "fallback_reason"]

@@ -292,22 +292,14 @@ def start() -> None:
 def stop() -> None:
     """Stop and discard everything (ring, open generation, live table); the counters
     stay readable in ``stats()`` until the next start."""
-    global _gen, _run, _stopped_stats
+    global _gen, _run
     run = _run
     if run is None:
         _gen = None
         return
     locked = _acquire(run, True)  # let a seal running in another thread finish first
     try:
-        counters = stats()
-        _stopped_stats = {
-            **counters,
-            "enabled": False,
-            "generations": 0,
-            "ring_bytes": 0,
-            "open_bytes": 0,
-            "seq": 0,
-        }
+        _keep_counters()
         _gen = None
         _run = None
     finally:
@@ -315,16 +307,26 @@ def stop() -> None:
             _release(run)
 
 
+def _keep_counters() -> None:
+    global _stopped_stats
+    counters = stats()
+    if counters["enabled"]:
+        _stopped_stats = {**counters, "enabled": False, "generations": 0, "ring_bytes": 0}
+        _stopped_stats.update(open_bytes=0, seq=0)
+
+
 def _after_fork_child() -> None:
-    """In a forked child: drop the parent's data (and its possibly held lock), stop."""
-    global _gen, _run, _stopped_stats, _tls
+    """In a forked child: drop the parent's data (and its lock, which a thread that does
+    not exist here may hold) and stop, without waiting for anything."""
+    global _gen, _run, _tls
+    _keep_counters()
     _gen = None
     _run = None
-    _stopped_stats = dict(_EMPTY_STATS)
     _tls = threading.local()
 
 
 def is_enabled() -> bool:
+    """True between start() and stop()."""
     return _gen is not None
 
 

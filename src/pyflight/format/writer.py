@@ -6,7 +6,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import BinaryIO
+from typing import IO
 
 from pyflight.core.encoding import HEADER_FIXED, MAGIC, VERSION, put_string, put_varint
 from pyflight.core.events import ARGS
@@ -30,7 +30,7 @@ def encode_header(meta: Mapping[str, str]) -> bytes:
     return HEADER_FIXED.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)) + bytes(body)
 
 
-def write_stream(out: BinaryIO, header: bytes, generations: Iterable[bytes]) -> int:
+def write_stream(out: IO[bytes], header: bytes, generations: Iterable[bytes]) -> int:
     """Write header and generations to an open binary file; return the bytes written."""
     total = 0
     for chunk in (header, *generations):
