@@ -44,7 +44,8 @@ def _default_generation_interval(min_age: float) -> float:
 
 def _default_generation_bytes(max_bytes: int) -> int:
     # Eight or more generations in a full ring: a snapshot overshoots by at most 1/8.
-    return max(16 * 1024, min(4 * 2**20, max_bytes // 8))
+    # Capped at 1 MiB: sealing happens on a recording thread and must stay ~1 ms.
+    return max(16 * 1024, min(2**20, max_bytes // 8))
 
 
 class FlightRecorder:
