@@ -56,7 +56,9 @@ def snapshot_filename(reason: str, when: float | None = None, pid: int | None = 
     return f"{FILE_PREFIX}{stamp}-{os.getpid() if pid is None else pid}-{safe}{FILE_SUFFIX}"
 
 
-def enforce_quota(directory: str | os.PathLike[str], quota_bytes: int, keep: Path | None = None) -> list[Path]:
+def enforce_quota(
+    directory: str | os.PathLike[str], quota_bytes: int, keep: Path | None = None
+) -> list[Path]:
     """Remove the oldest pyflight snapshot files until the directory's total fits the quota.
 
     Only files named like our snapshots are ever removed; ``keep`` never is.
