@@ -1,0 +1,210 @@
+"""Overhead of the full default recorder on four workloads, side by side with VizTracer
+and yappi, in one run.
+
+Each measurement is a fresh child process (so no tool's hooks leak into another
+measurement) that times only the workload. Rounds interleave every workload and tool;
+the figure is the median time with the tool over the median time without, with the
+spread of the per-round ratios. Tools that are not installed are skipped.
+
+    python bench/bench_overhead.py [--rounds 5] [--tools none,pyflight,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+# ---------------------------------------------------------------- workloads
+
+
+def asyncio_queue() -> None:
+    """Many small asyncio tasks passing items through asyncio.Queue."""
+
+    async def main() -> None:
+        q: asyncio.Queue[int] = asyncio.Queue(maxsize=64)
+        items, producers, consumers = 100_000, 50, 50
+
+        async def produce(n: int) -> None:
+            for i in range(n):
+                await q.put(i)
+
+        async def consume() -> None:
+            while True:
+                item = await q.get()
+                q.task_done()
+                if item < 0:
+                    return
+
+        workers = [asyncio.create_task(consume()) for _ in range(consumers)]
+        await asyncio.gather(*(produce(items // producers) for _ in range(producers)))
+        for _ in workers:
+            await q.put(-1)
+        await asyncio.gather(*workers)
+
+    asyncio.run(main())
+
+
+def thread_pipeline() -> None:
+    """A threaded queue.Queue pipeline: producer -> 2 workers -> collector."""
+    first: queue.Queue[int | None] = queue.Queue(maxsize=100)
+    second: queue.Queue[int | None] = queue.Queue(maxsize=100)
+    items = 80_000
+
+    def produce() -> None:
+        for i in range(items):
+            first.put(i)
+        first.put(None)
+        first.put(None)
+
+    def work() -> None:
+        while (item := first.get()) is not None:
+            second.put(item * 2)
+        second.put(None)
+
+    def collect() -> None:
+        done = 0
+        while done < 2:
+            if second.get() is None:
+                done += 1
+
+    threads = [threading.Thread(target=f) for f in (produce, work, work, collect)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def cpu_bound() -> None:
+    """A CPU-bound pure-Python function (call-heavy: the worst case for tracers)."""
+
+    def fib(n: int) -> int:
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    fib(29)
+
+
+def gc_heavy() -> None:
+    """Allocation-heavy code that makes the cyclic GC run often."""
+    keep = []
+    for i in range(1_000_000):
+        node: dict[str, object] = {"i": i}
+        node["self"] = node  # a cycle: only the GC frees it
+        if i % 1000 == 0:
+            keep.append(node)
+    gc.collect()
+
+
+WORKLOADS: dict[str, Callable[[], None]] = {
+    "asyncio_queue": asyncio_queue,
+    "thread_pipeline": thread_pipeline,
+    "cpu_bound": cpu_bound,
+    "gc_heavy": gc_heavy,
+}
+
+# ---------------------------------------------------------------- tools
+
+
+def run_with(tool: str, workload: Callable[[], None]) -> float:
+    """Seconds the workload takes under ``tool`` (setup and teardown not counted)."""
+    stop: Callable[[], None] = lambda: None  # noqa: E731
+    if tool.startswith("pyflight"):
+        import pyflight
+
+        recorder = pyflight.FlightRecorder()
+        recorder.start()
+        stop = recorder.stop
+    elif tool == "viztracer":
+        from viztracer import VizTracer
+
+        tracer = VizTracer(tracer_entries=2_000_000, verbose=0)
+        tracer.start()
+        stop = tracer.stop
+    elif tool == "yappi":
+        import yappi
+
+        yappi.set_clock_type("wall")
+        yappi.start()
+        stop = yappi.stop
+    start = time.perf_counter()
+    workload()
+    took = time.perf_counter() - start
+    stop()
+    return took
+
+
+def available(tool: str) -> bool:
+    module = {"viztracer": "viztracer", "yappi": "yappi"}.get(tool)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def child(workload: str, tool: str) -> None:
+    print(json.dumps({"seconds": run_with(tool, WORKLOADS[workload])}))
+
+
+def measure(workload: str, tool: str) -> float:
+    env = dict(os.environ)
+    env["PYFLIGHT_PURE_PYTHON"] = "1" if tool == "pyflight-pure" else "0"
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", workload, tool],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tools", default="none,pyflight,pyflight-pure,viztracer,yappi")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    tools = [t for t in args.tools.split(",") if available(t)]
+    workloads = args.workloads.split(",")
+    times: dict[tuple[str, str], list[float]] = {(w, t): [] for w in workloads for t in tools}
+    for _ in range(args.rounds):
+        for w in workloads:
+            for t in tools:
+                times[(w, t)].append(measure(w, t))
+    print(f"python {sys.version.split()[0]}, {args.rounds} rounds, interleaved; each cell:")
+    print("  median time with the tool / median time without, [min..max] of per-round ratios")
+    header = f"  {'workload':16}" + "".join(f"{t:>24}" for t in tools)
+    print(header)
+    for w in workloads:
+        base = times[(w, "none")]
+        cells = []
+        for t in tools:
+            if t == "none":
+                cells.append(f"{statistics.median(base) * 1000:19.0f} ms")
+                continue
+            ratios = [x / b for x, b in zip(times[(w, t)], base, strict=True)]
+            ratio = statistics.median(times[(w, t)]) / statistics.median(base)
+            low, high = (min(ratios) - 1) * 100, (max(ratios) - 1) * 100
+            cells.append(f"{(ratio - 1) * 100:+7.1f}% [{low:+.0f}..{high:+.0f}]")
+        print(f"  {w:16}" + "".join(f"{c:>24}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
