@@ -25,6 +25,8 @@ from pyflight.sources import REGISTRY, Source, SourceWarning, default_source_nam
 
 #: The ticker seals due generations and ages old ones out even when nothing records.
 TICK_SECONDS = 0.1
+#: Every this many ticks the ticker re-reads the thread table (names, ended threads).
+THREAD_REFRESH_TICKS = 10
 MIN_MAX_BYTES = 64 * 1024
 
 _active_lock = threading.Lock()
@@ -96,6 +98,7 @@ class FlightRecorder:
         self._ticker_stop = threading.Event()
         self._snapshots_taken = 0
         self._started_ns = 0
+        self._named_threads: set[int] = set()
 
     # lifecycle -------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class FlightRecorder:
             backend.start()
             _install_fork_hook()
             self._running = True
+            self._named_threads = set()
             self._started_ns = backend.now()
             _active = self
         self._register_threads()
@@ -242,17 +246,27 @@ class FlightRecorder:
         self.sources = []
 
     def _register_threads(self) -> None:
-        """Name every live thread in each generation (threads started before start() too)."""
+        """Name every live thread in each generation (threads started before start() too),
+        and stop naming the ones that ended."""
+        alive = set()
         for thread in threading.enumerate():
             tid = thread.native_id
             if tid is None:
                 continue
+            alive.add(tid)
             backend.set_live(("thread", tid), Kind.THREAD_INFO, tid, thread.name, thread.ident or 0)
+        for tid in self._named_threads - alive:
+            backend.clear_live(("thread", tid))
+        self._named_threads = alive
 
     def _tick(self) -> None:
         failures = 0
+        ticks = 0
         while not self._ticker_stop.wait(TICK_SECONDS):
+            ticks += 1
             try:
+                if ticks % THREAD_REFRESH_TICKS == 0:
+                    self._register_threads()
                 backend.maybe_seal()
             except Exception as exc:  # never let the ticker die silently
                 failures += 1
