@@ -35,7 +35,9 @@ def functions(event: Event) -> list[str]:
 
 def interval_counters(trace: Trace) -> list[int]:
     return [
-        e.arg("value") for e in trace.events if e.kind == Kind.COUNTER and e.arg("name") == "sampler_interval_us"
+        e.arg("value")
+        for e in trace.events
+        if e.kind == Kind.COUNTER and e.arg("name") == "sampler_interval_us"
     ]
 
 
@@ -111,21 +113,22 @@ def test_the_sampler_does_not_sample_itself(busy_and_blocked: tuple[Trace, int, 
     assert interval_counters(trace)  # the rate is in the trace
 
 
+async def blocker(task_ids: list[int]) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task_ids.append(id(task))
+    time.sleep(0.3)  # blocks the event loop: what the sampler must catch
+
+
 @pytest.mark.parametrize("task_class", ["default", "python"])
 def test_asyncio_task_running_on_a_thread_is_attributed(tmp_path: Path, task_class: str) -> None:
     task_ids: list[int] = []
-
-    async def blocker() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        task_ids.append(id(task))
-        time.sleep(0.3)  # blocks the loop: what the sampler must catch
 
     async def main() -> None:
         if task_class == "python":  # pure-Python Task: the other _current_tasks path
             loop = asyncio.get_running_loop()
             loop.set_task_factory(lambda loop, coro: asyncio.tasks._PyTask(coro, loop=loop))  # type: ignore[attr-defined]
-        await asyncio.create_task(blocker())
+        await asyncio.create_task(blocker(task_ids))
 
     rec = pyflight.FlightRecorder(sources=["sampler"])
     with rec:
@@ -168,7 +171,7 @@ def test_small_budget_stretches_the_interval_and_holds_the_cpu_share(tmp_path: P
     counters = interval_counters(pyflight.load(tmp_path / "trace.pyfl"))
     assert counters[0] == 1000  # the configured interval, first
     assert max(counters) >= 5000 and interval >= 0.005  # stretched at least 5x
-    assert 0 < share <= 2.5 * budget, share
+    assert 0.2 * budget < share <= 2.5 * budget, share
     assert all(us <= 1_000_000 for us in counters)
 
 
@@ -273,11 +276,11 @@ def test_sample_thread_now_records_one_sample_from_the_caller(tmp_path: Path, in
     rec = pyflight.FlightRecorder(
         sources=["sampler"] if installed else [], source_options={"sampler": {"interval": 1.0}}
     )
-    take: Callable[[int], bool] = sampler_of(rec).sample_thread_now if installed else sample_thread_now
     try:
         with rec:
-            if installed:
-                take = sampler_of(rec).sample_thread_now
+            take: Callable[[int], bool] = (
+                sampler_of(rec).sample_thread_now if installed else sample_thread_now
+            )
             time.sleep(0.05)
             assert take(waiter.ident or 0)
             assert take(threading.get_ident())

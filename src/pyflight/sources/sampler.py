@@ -188,6 +188,7 @@ class StackSampler(Source):
         self.samples = 0
         self.cpu_ns = 0
         self._cost_ns: float | None = None  # moving average of the CPU cost of a tick
+        self._warm = False
         self._reported_us = 0
         self._proc_ok = self.thread_state and _proc_available()
         self._clock_ok = self._proc_ok and _cpu_clocks_work()
@@ -235,6 +236,7 @@ class StackSampler(Source):
         self._pid = os.getpid()
         self.current_interval = self.interval
         self._cost_ns = None
+        self._warm = False
         self._seen = []
         self._report_interval(force=True)
         thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
@@ -310,8 +312,9 @@ class StackSampler(Source):
         """Stretch the interval so that the average cost per tick stays within budget."""
         self.ticks += 1
         self.cpu_ns += cost
-        if self.ticks == 1:
-            return  # the first tick pays for thread start-up and first-seen threads
+        if not self._warm:
+            self._warm = True  # the first tick pays for thread start-up and first-seen threads
+            return
         avg = self._cost_ns
         avg = float(cost) if avg is None else avg + COST_SMOOTHING * (cost - avg)
         self._cost_ns = avg
@@ -493,6 +496,11 @@ class StackSampler(Source):
         For other sources that need a stack at a precise moment (a loop-stall watchdog
         catching a blocked loop thread). True if a sample was recorded. Never raises.
         """
+        return self._sample_now(ident, 2)
+
+    def _sample_now(self, ident: int, depth: int) -> bool:
+        """sample_thread_now; ``depth``: sys._getframe depth of the caller to sample when
+        ``ident`` is the calling thread."""
         if not backend.is_enabled():
             return False
         try:
@@ -501,7 +509,7 @@ class StackSampler(Source):
                 return False
             state = self._state_from_elsewhere(tid)
             if ident == threading.get_ident():
-                frame: FrameType | None = sys._getframe(1)
+                frame: FrameType | None = sys._getframe(depth)
             else:
                 frame = sys._current_frames().get(ident)
             if frame is None:
@@ -523,4 +531,4 @@ def sample_thread_now(ident: int) -> bool:
         sampler = _standby
         if sampler is None:
             sampler = _standby = StackSampler()
-    return sampler.sample_thread_now(ident)
+    return sampler._sample_now(ident, 2)
