@@ -31,7 +31,18 @@ def test_info_self_names_the_core(subprocess_env: dict[str, str]) -> None:
 
 
 def test_bad_arguments_get_one_line_and_exit_2(subprocess_env: dict[str, str], tmp_path: Path) -> None:
-    for args in (["info"], ["nonsense"], ["run", "--max-bytes", "lots", "x.py"], ["run"], ["run", "nope.py"]):
+    for args in (
+        ["info"],
+        ["nonsense"],
+        ["run", "--max-bytes", "lots", "x.py"],
+        ["run"],
+        ["run", "nope.py"],
+        ["run", "--serve", "localhost:http", "x.py"],
+        ["run", "--signal", "SIGNOPE", "x.py"],
+        ["run", "--min", "3", "x.py"],  # no abbreviations: the program's options stay the program's
+        ["snapshot"],
+        ["snapshot", "-3"],
+    ):
         result = _pyflight(*args, env=subprocess_env, cwd=tmp_path)
         assert result.returncode == 2, (args, result)
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
@@ -80,3 +91,14 @@ def test_run_module_and_unhandled_exception(subprocess_env: dict[str, str], tmp_
     assert result.returncode == 1
     assert "KeyError: 'boom'" in result.stderr
     assert pyflight.load(out).count_by_kind()[Kind.LOG] == 1
+
+
+def test_help_lists_the_commands(subprocess_env: dict[str, str]) -> None:
+    result = _pyflight("--help", env=subprocess_env)
+    assert result.returncode == 0
+    for command in ("run", "snapshot", "info", "demo"):
+        assert command in result.stdout
+    run_help = _pyflight("run", "--help", env=subprocess_env)
+    assert run_help.returncode == 0
+    for option in ("--serve", "--token", "--no-children", "--signal", "--snapshot-dir", "--quota"):
+        assert option in run_help.stdout

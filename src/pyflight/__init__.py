@@ -18,6 +18,7 @@ from pyflight.annotate import log, region, task
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress, TraceFormatError
 from pyflight.format.reader import Event, Frame, Trace, TraceWarning, load
 from pyflight.recorder import FlightRecorder
+from pyflight.triggers.http import serve
 
 __all__ = [
     "Event",
@@ -33,5 +34,6 @@ __all__ = [
     "load",
     "log",
     "region",
+    "serve",
     "task",
 ]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import runpy
 import signal
 import sys
-import traceback
-from collections.abc import Sequence
-from types import FrameType
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from pyflight.recorder import FlightRecorder
 
 EXIT_USAGE = 2
 EXIT_BAD_TRACE = 1
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +55,34 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[::1]:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = "", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (try 127.0.0.1:8765)")
+    return host, int(port)
+
+
+def _signal_or_none(text: str) -> int | None:
+    from pyflight.triggers.signals import parse_signal
+
+    if text.strip().lower() in ("none", "off", "no", ""):
+        return None
+    try:
+        return parse_signal(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pid(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyflight", description="Always-on flight recorder for Python.")
     parser.add_argument("--version", action="version", version=_version())
@@ -63,18 +92,86 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("file", nargs="?", help="a .pyfl trace")
     info.add_argument("--self", dest="self_info", action="store_true", help="show the recording core in use")
 
-    run = commands.add_parser("run", help="run a program under the recorder, write the window when it exits")
+    run = commands.add_parser(
+        "run",
+        help="run a program under the recorder, write the window when it exits",
+        usage="pyflight run [options] (-m MODULE | SCRIPT) [ARGS...]",
+        allow_abbrev=False,
+    )
     run.add_argument("-o", "--output", default=None, help="trace file to write (default pyflight-PID.pyfl)")
     run.add_argument("--min-age", type=_seconds, default=10.0, help="seconds of history to keep (default 10)")
     run.add_argument("--max-bytes", type=_size, default=10 * 2**20, help="window size cap (default 10M)")
+    run.add_argument(
+        "--no-children",
+        dest="children",
+        action="store_false",
+        help="do not record child Python processes (by default each writes OUT-<pid>.pyfl)",
+    )
+    run.add_argument(
+        "--serve", type=_host_port, default=None, metavar="HOST:PORT", help="debug HTTP endpoint"
+    )
+    run.add_argument(
+        "--token",
+        default=os.environ.get("PYFLIGHT_TOKEN"),
+        help="bearer token the endpoint requires (default $PYFLIGHT_TOKEN)",
+    )
+    run.add_argument(
+        "--allow-remote", action="store_true", help="let the endpoint answer non-loopback clients"
+    )
+    run.add_argument("--no-control", dest="control", action="store_false", help="no `pyflight snapshot PID`")
+    _add_trigger_arguments(run)
     run.add_argument("-m", dest="module", default=None, help="run a library module as a script")
-    run.add_argument("target", nargs="?", help="script path (or the first argument with -m)")
+    run.add_argument("target", nargs="?", metavar="SCRIPT", help="script path")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+
+    snapshot = commands.add_parser(
+        "snapshot", help="ask a process started under `pyflight run` for a snapshot now"
+    )
+    snapshot.add_argument("pid", type=_pid, help="process id")
+    snapshot.add_argument(
+        "-o", "--output", default=None, help="where to write it (default: a name with time and pid)"
+    )
+    snapshot.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (default 30)")
 
     demo = commands.add_parser("demo", help="record a small ping-pong workload and describe the snapshot")
     demo.add_argument("-o", "--output", default="pyflight-demo.pyfl", help="where to write the snapshot")
     demo.add_argument("--seconds", type=_seconds, default=2.0, help="how long to play (default 2)")
     return parser
+
+
+def _add_trigger_arguments(run: argparse.ArgumentParser) -> None:
+    """Options of the snapshot triggers of `pyflight run`.
+
+    Automatic triggers (pyflight.triggers.auto) add their options here and turn them
+    into RunConfig.setup callables in _trigger_setup(); they share --snapshot-dir and --quota.
+    """
+    group = run.add_argument_group("snapshot triggers")
+    group.add_argument(
+        "--signal",
+        dest="snapshot_signal",
+        type=_signal_or_none,
+        default=int(signal.SIGUSR2),
+        metavar="SIG",
+        help="signal that writes a snapshot into --snapshot-dir (default USR2; 'none' for none)",
+    )
+    group.add_argument(
+        "--snapshot-dir",
+        default=None,
+        metavar="DIR",
+        help="where triggered snapshots go (default: OUT's directory)",
+    )
+    group.add_argument(
+        "--quota",
+        type=_size,
+        default=None,
+        metavar="N",
+        help="disk quota for --snapshot-dir (oldest removed first)",
+    )
+
+
+def _trigger_setup(args: argparse.Namespace) -> list[Callable[[FlightRecorder], object]]:
+    """Callables that start the automatic triggers chosen on the command line."""
+    return []
 
 
 def _version() -> str:
@@ -83,17 +180,61 @@ def _version() -> str:
     return f"pyflight {__version__}"
 
 
+def _split_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``run`` arguments into pyflight's options and the program's command line.
+
+    Everything from the script (or ``-m MODULE``) on belongs to the program, even
+    arguments that look like pyflight options.
+    """
+    run = _subparser(parser, "run")
+    takes_value = {option for action in run._actions if action.nargs != 0 for option in action.option_strings}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv[: i + 1 + 1], argv[i + 2 :]
+        if token == "-m":
+            return argv[: i + 2], argv[i + 2 :]
+        if token.startswith("-m") and not token.startswith("--") and token not in takes_value:
+            return argv[: i + 1], argv[i + 1 :]  # -mMODULE
+        if not token.startswith("-") or token == "-":
+            return argv[: i + 1], argv[i + 1 :]
+        if token in takes_value:
+            i += 2
+            continue
+        i += 1
+    return argv, []
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    raise KeyError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        return _cmd_info(args)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["run"]:
+        options, program = _split_run_argv(parser, arguments[1:])
+        args = parser.parse_args(["run", *options])
+        args.args = program
+    else:
+        args = parser.parse_args(arguments)
     if args.command == "run":
-        return _cmd_run(args)
-    if args.command == "demo":
-        return _cmd_demo(args)
-    parser.print_help()
-    return EXIT_USAGE
+        return _cmd_run(args)  # the program's own output errors are the program's
+    commands = {"info": _cmd_info, "snapshot": _cmd_snapshot, "demo": _cmd_demo}
+    if args.command not in commands:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return commands[args.command](args)
+    except BrokenPipeError:  # `pyflight info x.pyfl | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -120,62 +261,51 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pyflight.recorder import FlightRecorder
+    from pyflight.run import RunConfig, RunError, run_program
 
-    if args.module is None and args.target is None:
-        return _fail("run needs a SCRIPT or -m MODULE")
+    module = args.module
+    script = args.target
     program_args = list(args.args)
-    if args.module is not None and args.target is not None:
-        program_args.insert(0, args.target)
-    if args.module is None and not os.path.exists(args.target):
-        return _fail(f"no such script: {args.target}")
-    output = args.output or f"pyflight-{os.getpid()}.pyfl"
-
-    recorder = FlightRecorder(min_age=args.min_age, max_bytes=args.max_bytes)
-    recorder.start()
-
-    def save(reason: str) -> None:
-        try:
-            size = recorder.write_to(output, reason=reason)
-            sys.stderr.write(f"pyflight: wrote {size} bytes to {output}\n")
-        except Exception as exc:
-            sys.stderr.write(f"pyflight: could not write {output}: {exc}\n")
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        save("sigterm")
-        recorder.stop()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    code: int = 0
+    if module is not None and script is not None:
+        program_args.insert(0, script)
+        script = None
+    config = RunConfig(
+        output=args.output or f"pyflight-{os.getpid()}.pyfl",
+        min_age=args.min_age,
+        max_bytes=args.max_bytes,
+        children=args.children,
+        snapshot_signal=args.snapshot_signal,
+        snapshot_dir=args.snapshot_dir,
+        quota_bytes=args.quota,
+        control=args.control,
+        serve=args.serve,
+        token=args.token,
+        allow_remote=args.allow_remote,
+        setup=_trigger_setup(args),
+    )
     try:
-        if args.module is not None:
-            sys.argv = [args.module, *program_args]
-            runpy.run_module(args.module, run_name="__main__", alter_sys=True)
-        else:
-            sys.argv = [args.target, *program_args]
-            sys.path.insert(0, os.path.dirname(os.path.abspath(args.target)))
-            runpy.run_path(args.target, run_name="__main__")
-    except SystemExit as exc:
-        code = _exit_code(exc)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        save("exit")
-        recorder.stop()
-    return code
+        return run_program(config, module=module, script=script, args=program_args)
+    except RunError as exc:
+        return _fail(str(exc))
 
 
-def _exit_code(exc: SystemExit) -> int:
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    sys.stderr.write(f"{exc.code}\n")
-    return 1
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from pyflight.triggers.control import ControlError, NoControlChannel, request_snapshot, write_private_file
+    from pyflight.triggers.snapshots import snapshot_filename
+
+    output = args.output or snapshot_filename("snapshot", pid=args.pid)
+    try:
+        data = request_snapshot(args.pid, timeout=args.timeout)
+    except NoControlChannel as exc:
+        return _fail(str(exc))
+    except ControlError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    try:
+        write_private_file(output, data)
+    except OSError as exc:
+        return _fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_FAILED)
+    print(f"wrote {len(data)} bytes from pid {args.pid} to {output}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -60,12 +60,16 @@ def _interval(model: Model) -> int:
 
 
 def cpu_profile(model: Model) -> Profile:
-    """Samples taken while the thread was on a CPU: the OS said running (or, without OS
-    states, the model said RUNNING), weighted by the sampling interval."""
+    """Samples taken while one of the program's threads (not the recorder's) was on a
+    CPU: the OS said running (or, without OS states, the model said RUNNING), weighted
+    by the sampling interval."""
     weight = _interval(model)
+    ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
     prof = Profile("cpu", "nanoseconds", "cpu")
     running, unknown = ThreadState.RUNNING, ThreadState.UNKNOWN
     for s in model.samples:
+        if s.tid in ours:
+            continue
         if s.os_state is running or (s.os_state is unknown and s.state is State.RUNNING):
             prof.add(s.stack, weight)
     return prof

@@ -176,12 +176,14 @@ def profile_samples(trace: Trace, profile: str, model: Model | None = None) -> l
         weight = m.sampling_interval_ns or DEFAULT_INTERVAL_NS
         ours = {tid for tid, tl in m.threads.items() if tl.is_pyflight}
         for smp in m.samples:
+            if smp.tid in ours:  # the recorder's own threads are not the program's profile
+                continue
             if profile == "cpu":
                 if smp.os_state is ThreadState.RUNNING or (
                     smp.os_state is ThreadState.UNKNOWN and smp.state is State.RUNNING
                 ):
                     out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
-            elif smp.tid not in ours:
+            else:
                 out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
     elif profile == "scheduling":
         for task in m.all_tasks():

@@ -1,0 +1,540 @@
+"""Running a program under the recorder (``pyflight run``), and recording its children.
+
+The program runs in this process, as ``python SCRIPT`` / ``python -m MOD`` would run
+it: its own ``__main__`` module, ``sys.argv``, ``sys.path[0]``, exit status, and death
+by SIGTERM (the window is written first). The window goes to OUT at interpreter exit,
+after the program's non-daemon threads and atexit handlers.
+
+Children are recorded into ``<OUT stem>-<pid><suffix>`` beside OUT:
+
+- Python started anew (``subprocess``, multiprocessing *spawn*/*forkserver*): the
+  environment carries the settings (``PYFLIGHT_RUN``) and a directory with a
+  ``sitecustomize`` on ``PYTHONPATH`` that starts a recorder at startup
+  (see ``pyflight/_bootstrap``).
+- ``os.fork`` (and multiprocessing *fork*): a fork hook starts a fresh recorder in the
+  child (the inherited one is discarded by the recorder itself). Multiprocessing
+  workers leave through ``os._exit``, so their ``BaseProcess._bootstrap`` is wrapped to
+  write before it returns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import importlib.machinery
+import importlib.util
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyflight.errors import PyflightError, RecorderError
+from pyflight.recorder import FlightRecorder, _install_fork_hook
+from pyflight.triggers import control, signals
+from pyflight.triggers.snapshots import mark
+
+#: Settings inherited by child processes (JSON).
+ENV_VAR = "PYFLIGHT_RUN"
+#: Directory with the ``sitecustomize`` that children import at startup.
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+#: Directory that contains the ``pyflight`` package (for children that lack it on sys.path).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: How long a SIGTERM handler waits for the window to be written before dying anyway.
+SIGTERM_WRITE_TIMEOUT_S = 10.0
+#: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
+_HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+class RunError(PyflightError):
+    """The program could not be started (no such script or module, bad output path...)."""
+
+
+say = signals.say
+
+
+@dataclass
+class RunConfig:
+    """What ``pyflight run`` records and where it writes."""
+
+    output: str
+    min_age: float = 10.0
+    max_bytes: int = 10 * 2**20
+    #: Record child Python processes too.
+    children: bool = True
+    #: Signal that writes a snapshot into ``snapshot_dir`` (None: none).
+    snapshot_signal: int | None = int(signal.SIGUSR2)
+    #: Where signal (and trigger) snapshots go; default: OUT's directory.
+    snapshot_dir: str | None = None
+    #: Disk quota for ``snapshot_dir`` (oldest pyflight files removed first).
+    quota_bytes: int | None = None
+    #: Serve ``pyflight snapshot PID`` requests on a Unix socket.
+    control: bool = True
+    #: ``(host, port)`` for the debug HTTP endpoint (parent process only).
+    serve: tuple[str, int] | None = None
+    token: str | None = None
+    allow_remote: bool = False
+    #: Called with the running recorder, in the parent only: automatic triggers go here.
+    setup: list[Callable[[FlightRecorder], object]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.output = os.path.abspath(self.output)  # children may chdir
+        if self.snapshot_dir is not None:
+            self.snapshot_dir = os.path.abspath(self.snapshot_dir)
+
+    @property
+    def signal_dir(self) -> str:
+        return self.snapshot_dir or os.path.dirname(self.output)
+
+    def child_output(self, pid: int) -> str:
+        """``out.pyfl`` -> ``out-<pid>.pyfl``, beside it."""
+        stem, suffix = os.path.splitext(self.output)
+        return f"{stem}-{pid}{suffix or '.pyfl'}"
+
+    def to_env(self) -> str:
+        return json.dumps(
+            {
+                "output": self.output,
+                "min_age": self.min_age,
+                "max_bytes": self.max_bytes,
+                "snapshot_signal": self.snapshot_signal,
+                "snapshot_dir": self.snapshot_dir,
+                "quota_bytes": self.quota_bytes,
+                "control": self.control,
+                # read by the bootstrap before importing pyflight
+                "cache_tag": sys.implementation.cache_tag,
+                "package_parent": PACKAGE_PARENT,
+            }
+        )
+
+    @classmethod
+    def from_env(cls, text: str) -> RunConfig:
+        data = json.loads(text)
+        return cls(
+            output=str(data["output"]),
+            min_age=float(data["min_age"]),
+            max_bytes=int(data["max_bytes"]),
+            children=True,
+            snapshot_signal=None if data.get("snapshot_signal") is None else int(data["snapshot_signal"]),
+            snapshot_dir=data.get("snapshot_dir"),
+            quota_bytes=None if data.get("quota_bytes") is None else int(data["quota_bytes"]),
+            control=bool(data.get("control", True)),
+        )
+
+
+class _Recording:
+    """This process's recorder and the file its window goes to when the process ends."""
+
+    def __init__(self, config: RunConfig, output: str, recorder: FlightRecorder, main: bool) -> None:
+        self.pid = os.getpid()
+        self.config = config
+        self.output = output
+        self.recorder = recorder
+        self.main = main
+        self.exit_reason = "exit"
+        self.die_signal: int | None = None
+        self._claim = threading.Lock()
+        self._done = False
+        self.finishing = False
+
+    def finish(self, reason: str | None = None, *, stop: bool = True, may_die: bool = True) -> None:
+        """Write the window to the output, once, and (optionally) stop recording.
+
+        With ``may_die``, a death signal that arrived meanwhile (see ``_on_sigterm``)
+        or an earlier KeyboardInterrupt is carried out afterwards.
+        """
+        if self.pid != os.getpid() or not self._claim.acquire(blocking=False):
+            return
+        try:
+            if self._done:
+                return
+            self._done = True
+            self.finishing = True
+            why = reason or self.exit_reason
+            try:
+                mark(why)
+                size = self.recorder.write_to(self.output, reason=why)
+                if self.main:
+                    say(f"wrote {size} bytes to {self.output}")
+            except Exception as exc:
+                say(f"could not write {self.output}: {exc}")
+            try:
+                control.disable()
+            except Exception:
+                pass
+            if stop:
+                try:
+                    self.recorder.stop()
+                except Exception:
+                    pass
+        finally:
+            self.finishing = False
+            self._claim.release()
+        if may_die and self.die_signal is not None:
+            _die(self.die_signal)
+
+
+_current: _Recording | None = None
+#: Settings for forked children when this process itself is not recorded (forkserver).
+_template: RunConfig | None = None
+_hooks_pid = -1
+
+
+def current_output() -> str | None:
+    """Where this process's window will be written at exit, if it is recorded by ``run``."""
+    state = _current
+    return state.output if state is not None and state.pid == os.getpid() else None
+
+
+def _install_process_hooks() -> None:
+    global _hooks_pid
+    if _hooks_pid != -1:
+        return  # atexit and fork hooks are inherited by forked children: once per lineage
+    _hooks_pid = os.getpid()
+    atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        _install_fork_hook()  # the recorder's own hook must run before ours in the child
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _set_handler(signum: int, handler: Callable[[int, types.FrameType | None], Any]) -> bool:
+    """Install ``handler`` only where the program has not chosen one (SIG_DFL)."""
+    try:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, handler)
+            return True
+    except (ValueError, OSError):  # not the main thread, or not a catchable signal
+        pass
+    return False
+
+
+def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
+    """Start recording this process; its window goes to ``output`` when it ends."""
+    global _current
+    recorder = FlightRecorder(min_age=config.min_age, max_bytes=config.max_bytes).start()
+    state = _Recording(config, output, recorder, main)
+    _current = state
+    _install_process_hooks()
+    signals.writer.ensure_started()  # SIGTERM hands its write to this thread
+    _set_handler(signal.SIGTERM, _on_sigterm)
+    if config.control:
+        try:
+            control.enable()
+        except Exception as exc:
+            say(f"no control channel for pid {os.getpid()}: {exc}")
+    if config.snapshot_signal is not None:
+        try:
+            if signal.getsignal(config.snapshot_signal) == signal.SIG_DFL:
+                signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes)
+        except (ValueError, OSError) as exc:
+            say(f"no snapshot signal for pid {os.getpid()}: {exc}")
+    return state
+
+
+def _at_exit() -> None:
+    state = _current
+    if state is None or state.pid != os.getpid():
+        return
+    state.finish()
+
+
+def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    """Write the window (on the writer thread: the interrupted code may hold locks the
+    write needs), then die of the signal as the program would have."""
+    state = _current
+    if state is not None and state.pid == os.getpid():
+        if state.finishing:  # the exit write is under way, maybe right below this frame
+            state.die_signal = signum
+            return
+
+        def job() -> None:
+            state.finish(signal.Signals(signum).name.lower(), stop=False, may_die=False)
+
+        if not signals.run_off_handler(job, SIGTERM_WRITE_TIMEOUT_S):
+            say(f"gave up writing {state.output} after {SIGTERM_WRITE_TIMEOUT_S:g} s")
+    _die(signum)
+
+
+def _die(signum: int) -> None:
+    """Leave as the default action of ``signum`` would (the parent sees -signum)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1.0)  # delivery to another thread may take a moment
+    os._exit(128 + signum)
+
+
+def _after_fork_in_child() -> None:
+    """A fresh recorder, writing its own file, for a forked child of a recorded process."""
+    global _current
+    parent = _current
+    _current = None
+    config = parent.config if parent is not None else _template
+    if config is None or not config.children:
+        return
+    try:
+        _begin(config, config.child_output(os.getpid()), main=False)
+        _patch_multiprocessing()
+    except Exception as exc:
+        say(f"not recording forked child {os.getpid()}: {exc}")
+
+
+def _patch_multiprocessing() -> None:
+    """Multiprocessing's forked workers end in ``os._exit`` (no atexit): write as
+    ``BaseProcess._bootstrap`` returns, after the worker's own cleanup."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return
+    cls: Any = process.BaseProcess
+    original = cls.__dict__.get("_bootstrap")
+    if original is None or getattr(original, "_pyflight", False):
+        return
+
+    def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            state = _current
+            if state is not None and state.pid == os.getpid():
+                state.finish()
+
+    _bootstrap._pyflight = True  # type: ignore[attr-defined]
+    cls._bootstrap = _bootstrap
+
+
+def _export_to_children(config: RunConfig) -> None:
+    os.environ[ENV_VAR] = config.to_env()
+    old = os.environ.get("PYTHONPATH", "")
+    if old.split(os.pathsep)[0] != BOOTSTRAP_DIR:
+        os.environ["PYTHONPATH"] = BOOTSTRAP_DIR + (os.pathsep + old if old else "")
+
+
+def _is_multiprocessing_helper() -> bool:
+    argv = list(getattr(sys, "orig_argv", []))
+    if "-c" not in argv or argv.index("-c") + 1 >= len(argv):
+        return False
+    command = argv[argv.index("-c") + 1]
+    return any(helper in command for helper in _HELPER_COMMANDS)
+
+
+def start_child() -> None:
+    """Called at startup of a child Python (via the bootstrap ``sitecustomize``)."""
+    global _template
+    text = os.environ.get(ENV_VAR)
+    if not text or _current is not None:
+        return
+    config = RunConfig.from_env(text)
+    _template = config
+    if _is_multiprocessing_helper():
+        _install_process_hooks()  # its forked workers are recorded, not the helper itself
+        return
+    _begin(config, config.child_output(os.getpid()), main=False)
+
+
+# running the program ---------------------------------------------------------------
+
+
+def _resolve_script(script: str) -> tuple[types.ModuleType, types.CodeType, str]:
+    """Module, code and sys.path[0] for ``python SCRIPT`` (a file, directory or zip)."""
+    if not os.path.exists(script):
+        raise RunError(f"no such script: {script}")
+    path = os.path.abspath(script)
+    main = types.ModuleType("__main__")
+    if os.path.isdir(script) or (not path.endswith((".py", ".pyw")) and _is_zip(path)):
+        spec = importlib.machinery.PathFinder.find_spec("__main__", [path])
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "get_code"):
+            raise RunError(f"can't find '__main__' module in {script!r}")
+        code = spec.loader.get_code("__main__")
+        if code is None:
+            raise RunError(f"no code for '__main__' in {script!r}")
+        main.__file__ = spec.origin
+        main.__loader__ = spec.loader
+        main.__spec__ = spec
+        return main, code, path
+    try:
+        with io.open_code(path) as handle:
+            source = handle.read()
+        code = compile(source, path, "exec", dont_inherit=True)
+    except OSError as exc:
+        raise RunError(f"cannot read {script}: {exc.strerror or exc}") from None
+    except (SyntaxError, ValueError) as exc:
+        raise RunError(f"cannot compile {script}: {exc}") from None
+    main.__file__ = path
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    main.__spec__ = None
+    return main, code, os.path.dirname(os.path.realpath(path))
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _resolve_module(name: str) -> tuple[types.ModuleType, types.CodeType]:
+    """Module and code for ``python -m NAME`` (a package runs its ``__main__``)."""
+    if not name or name.startswith("."):
+        raise RunError(f"relative module names not supported: {name!r}")
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            if name == "__main__" or name.endswith(".__main__"):
+                raise RunError(f"cannot use package as __main__ module: {name}")
+            package = name
+            name = f"{name}.__main__"
+            spec = importlib.util.find_spec(name)
+            if spec is None:
+                raise RunError(f"{package} is a package and cannot be directly executed")
+    except RunError:
+        raise
+    except Exception as exc:
+        raise RunError(f"error while finding module specification for {name!r} ({exc})") from None
+    if spec is None or spec.loader is None:
+        raise RunError(f"no module named {name}")
+    loader: Any = spec.loader
+    try:
+        code = loader.get_code(name)
+    except Exception as exc:
+        raise RunError(f"cannot load {name}: {type(exc).__name__}: {exc}") from None
+    if code is None:
+        raise RunError(f"no code object available for {name}")
+    main = types.ModuleType("__main__")
+    main.__file__ = spec.origin
+    main.__loader__ = loader
+    main.__spec__ = spec
+    main.__package__ = spec.parent
+    if spec.cached:
+        main.__cached__ = spec.cached  # type: ignore[attr-defined]
+    return main, code
+
+
+def run_program(
+    config: RunConfig,
+    *,
+    module: str | None = None,
+    script: str | None = None,
+    args: Sequence[str] = (),
+) -> int:
+    """Run the program in this process under a recorder; return its exit status.
+
+    RunError (before anything runs) if it cannot be started. The window is written
+    when the interpreter exits, so return the status from the process's main.
+    """
+    if (module is None) == (script is None):
+        raise RunError("run needs a SCRIPT or -m MODULE")
+    if not os.path.isdir(os.path.dirname(config.output)):
+        raise RunError(f"no such directory for the output: {os.path.dirname(config.output)}")
+    safe_path = bool(getattr(sys.flags, "safe_path", False))
+    if module is not None:
+        if not safe_path:
+            _set_path0(os.getcwd())  # as `python -m`: modules are found from the current directory
+        main, code = _resolve_module(module)
+        argv0 = main.__file__ or module
+    else:
+        assert script is not None
+        main, code, path0 = _resolve_script(script)
+        if not safe_path:
+            _set_path0(path0)
+        argv0 = script
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+
+    _take_over_from_child_recording()
+    try:
+        state = _begin(config, config.output, main=True)
+    except RecorderError as exc:
+        raise RunError(str(exc)) from None
+    if config.children:
+        _export_to_children(config)
+    if config.serve is not None:
+        from pyflight.triggers.http import TRACE_PATH, serve
+
+        host, port = config.serve
+        try:
+            server = serve(host, port, token=config.token, allow_remote=config.allow_remote)
+        except OSError as exc:
+            state._done = True
+            state.recorder.stop()
+            raise RunError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+        say(f"serving {server.url}{TRACE_PATH}")
+    for hook in config.setup:
+        hook(state.recorder)
+
+    sys.argv = [argv0, *args]
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as exc:
+        return _exit_status(exc)
+    except KeyboardInterrupt:
+        _print_unhandled()
+        state.exit_reason = "sigint"
+        state.die_signal = int(signal.SIGINT)  # as Python does: exit by the signal, after atexit
+        return 130
+    except BaseException:
+        _print_unhandled()
+        state.exit_reason = "exception"
+        return 1
+    return 0
+
+
+def _take_over_from_child_recording() -> None:
+    """A `pyflight run` started by a recorded program: its own settings win."""
+    global _current
+    state = _current
+    if state is None or state.pid != os.getpid() or state.main:
+        return
+    state._done = True  # this process's window goes to the new OUT instead
+    _current = None
+    control.disable()
+    state.recorder.stop()
+
+
+def _set_path0(entry: str) -> None:
+    if sys.path:
+        sys.path[0] = entry
+    else:
+        sys.path.insert(0, entry)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status ``python`` would exit with for an uncaught SystemExit."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        sys.stderr.write(f"{code}\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _print_unhandled() -> None:
+    """Report the exception through sys.excepthook, without our own frames."""
+    typ, value, tb = sys.exc_info()
+    if typ is None or value is None:
+        return
+    this_file = __file__
+    while tb is not None and tb.tb_frame.f_code.co_filename == this_file:
+        tb = tb.tb_next
+    value = value.with_traceback(tb)  # the hook prints the exception's own __traceback__
+    try:
+        sys.excepthook(typ, value, tb)
+    except Exception:
+        import traceback
+
+        traceback.print_exception(typ, value, tb)

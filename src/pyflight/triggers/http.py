@@ -1,0 +1,164 @@
+"""The debug HTTP endpoint: ``/debug/pyflight/trace`` and ``/debug/pyflight/status``.
+
+Standard library only (``http.server`` on its own daemon thread), so any program can
+serve its window without a web framework. Safe by default: bound to 127.0.0.1,
+requests from other hosts refused unless ``allow_remote=True``, an optional bearer
+token, one snapshot at a time (others get 429 + Retry-After), no traceback ever sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import sys
+import threading
+
+from pyflight.recorder import FlightRecorder
+
+__all__ = ["STATUS_PATH", "TRACE_PATH", "DebugServer", "is_loopback", "serve", "token_matches"]
+
+TRACE_PATH = "/debug/pyflight/trace"
+STATUS_PATH = "/debug/pyflight/status"
+REASON = "http"
+RETRY_AFTER_SECONDS = 1
+
+
+def _say(message: str) -> None:
+    try:
+        sys.stderr.write(f"pyflight: {message}\n")
+    except Exception:
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Constant-time check of an ``Authorization: Bearer <token>`` header."""
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+class DebugServer:
+    """A running debug endpoint; ``close()`` stops it. Also a context manager."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        recorder: FlightRecorder | None = None,
+        allow_remote: bool = False,
+    ) -> None:
+        self.token = token or None
+        self.recorder = recorder
+        self.allow_remote = allow_remote
+        self.pid = os.getpid()
+        self._one_at_a_time = threading.Lock()
+        from pyflight.triggers._httpd import make_server  # http.server only when serving
+
+        self._server = make_server(host, port, self)
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.25},
+            name="pyflight-http",
+            daemon=True,
+        )
+        self._thread.start()
+        _track(self)
+
+    def check_access(self, peer: str, authorization: str | None) -> tuple[int, str, dict[str, str]] | None:
+        """None if a request from ``peer`` with this Authorization header may proceed,
+        else (status, body, headers) of the refusal: 403 for a remote peer (unless
+        ``allow_remote``), 401 for a missing or wrong token."""
+        if not self.allow_remote and not is_loopback(peer):
+            return 403, "forbidden: the pyflight endpoint only answers local requests\n", {}
+        if self.token is not None and not token_matches(authorization, self.token):
+            return 401, "unauthorized\n", {"WWW-Authenticate": 'Bearer realm="pyflight"'}
+        return None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8765``; the trace is at ``url + TRACE_PATH``."""
+        host = self.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.pid == os.getpid():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> DebugServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DebugServer {self.url}{' closed' if self._closed else ''}>"
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    token: str | None = None,
+    recorder: FlightRecorder | None = None,
+    allow_remote: bool = False,
+) -> DebugServer:
+    """Serve ``GET /debug/pyflight/trace`` and ``/status`` on a daemon thread.
+
+    ``port=0`` picks a free port (see ``.port`` / ``.url``). Snapshots are of
+    ``recorder``, or of whichever recorder runs when a request comes.
+    """
+    return DebugServer(host, port, token=token, recorder=recorder, allow_remote=allow_remote)
+
+
+_servers: list[DebugServer] = []
+_fork_hook = False
+
+
+def _track(server: DebugServer) -> None:
+    global _fork_hook
+    _servers[:] = [s for s in _servers if not s._closed]
+    _servers.append(server)
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not keep the parent's port open (its serving thread is gone)."""
+    for server in list(_servers):
+        if server.pid != os.getpid() and not server._closed:
+            server._closed = True
+            try:
+                server._server.socket.close()
+            except OSError:
+                pass
+    _servers.clear()
