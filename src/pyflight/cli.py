@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     snapshot.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (default 30)")
 
+    report = commands.add_parser("report", help="findings, breakdowns and top stacks of a trace")
+    _report_command().add_arguments(report)
+
+    export = commands.add_parser("export", help="export a trace to perfetto/chrome/pprof/folded/speedscope")
+    _export_command().add_arguments(export)
+
     demo = commands.add_parser("demo", help="record a small ping-pong workload and describe the snapshot")
     demo.add_argument("-o", "--output", default="pyflight-demo.pyfl", help="where to write the snapshot")
     demo.add_argument("--seconds", type=_seconds, default=2.0, help="how long to play (default 2)")
@@ -225,7 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(arguments)
     if args.command == "run":
         return _cmd_run(args)  # the program's own output errors are the program's
-    commands = {"info": _cmd_info, "snapshot": _cmd_snapshot, "demo": _cmd_demo}
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "info": _cmd_info,
+        "snapshot": _cmd_snapshot,
+        "demo": _cmd_demo,
+        "report": _cmd_report,
+        "export": _cmd_export,
+    }
     if args.command not in commands:
         parser.print_help()
         return EXIT_USAGE
@@ -235,6 +248,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    return int(_report_command().run(args))
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    return int(_export_command().run(args))
+
+
+def _report_command() -> ModuleType:
+    """The analysis side is imported only by the commands that read traces."""
+    from pyflight.report import command
+
+    return command
+
+
+def _export_command() -> ModuleType:
+    from pyflight.export import command
+
+    return command
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -415,8 +415,25 @@ class _Task:
         o[0], o[1], o[2], o[3], o[4], o[5], o[6] = t, state, reason, 0, stack, detail, False
 
 
+#: Frames of pyflight's own hooks (a wrapper around Condition.wait, time.sleep, ...)
+#: sit innermost in stacks sampled while the program blocks: they are not the program's.
+_OWN_FRAME_DIRS = tuple(f"{sep}pyflight{sep}{d}{sep}" for sep in ("/", "\\") for d in ("sources", "triggers"))
+_own_stripped: dict[int, tuple[Stack, Stack]] = {}
+
+
 def _frame_stack(value: Any) -> Stack:
-    return value if isinstance(value, tuple) else ()
+    """The stack without pyflight's own innermost frames (cached per stack object)."""
+    if not isinstance(value, tuple) or not value:
+        return ()
+    cached = _own_stripped.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    i = 0
+    while i < len(value) - 1 and any(d in value[i][1] for d in _OWN_FRAME_DIRS):
+        i += 1
+    stripped = value[i:] if i else value
+    _own_stripped[id(value)] = (value, stripped)
+    return stripped
 
 
 def build(trace: Trace, progress: Callable[[float], None] | None = None) -> Model:
@@ -428,6 +445,7 @@ def build(trace: Trace, progress: Callable[[float], None] | None = None) -> Mode
     try:
         return _build(trace, progress)
     finally:
+        _own_stripped.clear()  # holds the trace's stacks only for the build
         if gc_was_enabled:
             gc.enable()
 
@@ -557,7 +575,7 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                                 t,
                                 target_tid,
                                 e[4],
-                                e[5],
+                                _frame_stack(e[5]),
                                 _OS_STATES.get(e[6], ThreadState.UNKNOWN),
                                 target.base,
                                 None,
@@ -569,7 +587,7 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                                 t,
                                 target_tid,
                                 e[4],
-                                e[5],
+                                _frame_stack(e[5]),
                                 _OS_STATES.get(e[6], ThreadState.UNKNOWN),
                                 top[0],
                                 top[1],
