@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import tracegen
-from pyflight.core.encoding import put_varint
+from pyflight.core.encoding import frame_generation, put_varint
 from pyflight.core.events import ARGS, BlockReason, Kind, TaskOutcome
 from pyflight.errors import TraceFormatError
 from pyflight.format import reader
@@ -314,10 +314,34 @@ def _kinds(**changes: Any) -> dict[int, tuple[str, list[tuple[str, str]]]]:
     return table
 
 
-def test_kind_table_must_agree_with_ours() -> None:
-    head = tracegen.header(kinds=_kinds(k65=("LOG", [("u", "task"), ("s", "category")])))
+def test_kind_table_types_must_agree_with_ours() -> None:
+    head = tracegen.header(kinds=_kinds(k65=("LOG", [("u", "task"), ("u", "category"), ("s", "message")])))
     err = _header_error(head)
-    assert "kind table" in str(err) and "LOG" in str(err) and 20 < err.offset < len(head)
+    assert "kind table" in str(err) and "LOG" in str(err) and "'category'" in str(err)
+    assert err.offset is not None and 20 < err.offset < len(head)
+
+
+def test_other_versions_argument_lists_map_by_name() -> None:
+    """A file from a pyflight whose LOG had no `message` but an extra `level` still reads."""
+    from pyflight.core.encoding import put_varint
+
+    kinds = _kinds(k65=("LOG", [("u", "level"), ("s", "category"), ("u", "task")]))
+    head = tracegen.header(kinds=kinds)
+    body = bytearray()
+    for value in (1, 0, 10):  # seq, start, end
+        put_varint(body, value)
+    body += b"\x01\x02db"  # one string: id 1 = "db"
+    body += b"\x00\x00"  # no frames, no stacks
+    events = bytes([65, 5, 3, 1, 7])  # LOG dt=5 level=3 category=1 task=7
+    body += b"\x01"  # one batch
+    for value in (42, 0, 1, len(events)):
+        put_varint(body, value)
+    body += events
+    trace = loads(head + frame_generation(bytes(body)))
+    (event,) = trace.events
+    assert event.kind == Kind.LOG and event.time == 5 and event.thread == 42
+    assert event.args == {"task": 7, "category": "db", "message": ""}
+    assert trace.warnings == [] and trace.skipped_events == 0
 
 
 @pytest.mark.parametrize(

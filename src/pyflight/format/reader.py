@@ -576,6 +576,9 @@ class _Header(NamedTuple):
     kind_objects: tuple[Any, ...]
     unknown_declared: bool
     end: int
+    #: known kinds whose argument list differs in the file (another pyflight version):
+    #: kind number -> (Kind, for each of our arguments its index in the file's or None)
+    remap: dict[int, tuple[Kind, tuple[int | None, ...]]] = {}
 
 
 def _read_header(data: bytes) -> _Header:
@@ -612,6 +615,7 @@ def _parse_header_body(data: bytes, pos: int, end: int) -> _Header:
     kinds: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {}
     arg_types: list[bytes | None] = [None] * KIND_TABLE_SIZE
     kind_objects: list[Any] = [None] * KIND_TABLE_SIZE
+    remap: dict[int, tuple[Kind, tuple[int | None, ...]]] = {}
     unknown = False
     n_kinds, pos = _count(data, pos, end, "kind", 3)
     for _ in range(n_kinds):
@@ -636,13 +640,12 @@ def _parse_header_body(data: bytes, pos: int, end: int) -> _Header:
         if number in _KNOWN_KINDS:
             kind = Kind(number)
             ours = "".join(a.type for a in ARGS[kind])
-            if types != ours:
-                raise _Bad(
-                    f"kind table disagrees with this pyflight: kind {number} ({kind.name}) has "
-                    f"arguments {types!r} in the file, {ours!r} here",
-                    entry,
-                )
-            kind_objects[number] = kind
+            if types == ours and tuple(n for _, n in args) == tuple(a.name for a in ARGS[kind]):
+                kind_objects[number] = kind
+            else:  # written by another version: map the arguments by name
+                remap[number] = (kind, _map_args(kind, args, entry))
+                kind_objects[number] = number
+                unknown = True
         else:
             kind_objects[number] = number  # decoded, then skipped
             unknown = True
@@ -650,7 +653,37 @@ def _parse_header_body(data: bytes, pos: int, end: int) -> _Header:
         arg_types[number] = types.encode("ascii")
     if pos != end:
         raise _Bad(f"{end - pos} bytes left over at the end of the header", pos)
-    return _Header(meta, kinds, tuple(arg_types), tuple(kind_objects), unknown, end)
+    return _Header(meta, kinds, tuple(arg_types), tuple(kind_objects), unknown, end, remap)
+
+
+_DEFAULTS = {"u": 0, "s": "", "k": ()}
+
+
+def _map_args(kind: Kind, args: list[tuple[str, str]], entry: int) -> tuple[int | None, ...]:
+    """Where each of our arguments of ``kind`` sits among the file's, by name (None:
+    absent, read as its type's zero). The same name with another type is an error."""
+    index = {name: (i, letter) for i, (letter, name) in enumerate(args)}
+    mapping: list[int | None] = []
+    for arg in ARGS[kind]:
+        found = index.get(arg.name)
+        if found is not None and found[1] != arg.type:
+            raise _Bad(
+                f"kind table disagrees with this pyflight: kind {int(kind)} ({kind.name}) argument "
+                f"{arg.name!r} has type {found[1]!r} in the file, {arg.type!r} here",
+                entry,
+            )
+        mapping.append(None if found is None else found[0])
+    return tuple(mapping)
+
+
+def _remapped(event: Event, remap: dict[int, tuple[Kind, tuple[int | None, ...]]]) -> Event:
+    kind, mapping = remap[event[0]]
+    values = event[3:]
+    args = [
+        _DEFAULTS[arg.type] if i is None or i >= len(values) else values[i]
+        for arg, i in zip(ARGS[kind], mapping, strict=True)
+    ]
+    return Event((kind, event[1], event[2], *args))
 
 
 class _GenerationData(NamedTuple):
@@ -742,6 +775,9 @@ def _read_generation(
 
     skipped = 0
     if header.unknown_declared:
+        remap = header.remap
+        if remap:
+            events = [_remapped(e, remap) if type(e[0]) is int and e[0] in remap else e for e in events]
         kept = [e for e in events if type(e[0]) is Kind]
         skipped = len(events) - len(kept)
         events = kept
