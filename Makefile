@@ -10,9 +10,12 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/*.c src/pyfl
 	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
 
+# The demo's web server (FastAPI on uvicorn) comes with the `demo` extra; installed once.
 demo: $(VENV)/.installed
+	$(VENV)/bin/python -c "import fastapi, uvicorn" 2>/dev/null || $(VENV)/bin/python -m pip install -q -e ".[demo]"
 	$(VENV)/bin/pyflight info --self
 	$(VENV)/bin/pyflight demo -o pyflight-demo.pyfl
+	$(VENV)/bin/pyflight report pyflight-demo.pyfl
 
 test:
 	./scripts/test-all.sh

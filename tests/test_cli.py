@@ -102,3 +102,24 @@ def test_help_lists_the_commands(subprocess_env: dict[str, str]) -> None:
     assert run_help.returncode == 0
     for option in ("--serve", "--token", "--no-children", "--signal", "--snapshot-dir", "--quota"):
         assert option in run_help.stdout
+
+
+def test_run_with_loop_stall_trigger_writes_a_named_snapshot(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = tmp_path / "stall.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "async def main():\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    time.sleep(0.3)  # blocks the event loop\n"
+        "    await asyncio.sleep(1.0)\n"
+        "asyncio.run(main())\n"
+    )
+    result = _pyflight(
+        "run", "--loop-stall", "0.1", "-o", str(tmp_path / "out.pyfl"), str(script), env=subprocess_env
+    )
+    assert result.returncode == 0, result.stderr
+    (triggered,) = tmp_path.glob("pyflight-*-loop-stall.pyfl")
+    reasons = [e.arg("reason") for e in pyflight.load(triggered).events if e.kind == Kind.TRIGGER]
+    assert reasons == ["loop-stall"]

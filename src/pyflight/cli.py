@@ -174,11 +174,21 @@ def _add_trigger_arguments(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help="disk quota for --snapshot-dir (oldest removed first)",
     )
+    from pyflight.triggers import auto
+
+    auto.add_arguments(group)
 
 
 def _trigger_setup(args: argparse.Namespace) -> list[Callable[[FlightRecorder], object]]:
     """Callables that start the automatic triggers chosen on the command line."""
-    return []
+    from pyflight.triggers import auto
+
+    output = args.output or f"pyflight-{os.getpid()}.pyfl"
+    directory = args.snapshot_dir or os.path.dirname(os.path.abspath(output))
+    triggers = auto.from_arguments(args, directory, args.quota)
+    if triggers is None:
+        return []
+    return [lambda recorder: triggers.install()]
 
 
 def _version() -> str:

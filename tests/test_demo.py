@@ -1,0 +1,77 @@
+"""`pyflight demo` as a user runs it: a child process serving FastAPI on uvicorn, playing
+ping-pong, fetching /trace over HTTP and describing the snapshot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pyflight
+from pyflight.core.events import Kind
+
+ASYNC_PLAYERS = {"alice", "bob", "carol", "clumsy"}
+THREAD_PLAYERS = {"dave", "erin", "frank", "sleepy"}
+
+
+def test_the_demo_leaves_a_snapshot_with_the_players_in_it(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    out = tmp_path / "demo.pyfl"
+    result = subprocess.run(
+        [sys.executable, "-m", "pyflight", "demo", "-o", str(out), "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=tmp_path,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serving http://127.0.0.1:" in result.stdout
+    assert f"trace        {out}" in result.stdout and "user tasks" in result.stdout  # pyflight info
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.pyfl"], "a fresh file, moved into place"
+
+    trace = pyflight.load(out)
+    assert trace.meta["reason"] == "trace"
+    assert not trace.warnings
+    user_tasks = {t.name for t in trace.user_tasks.values()}
+    assert {f"player {p}" for p in ASYNC_PLAYERS | THREAD_PLAYERS} <= user_tasks, user_tasks
+    assert {"scorer", "GET /score", "GET /trace"} <= user_tasks, user_tasks
+    threads = {t.name for t in trace.threads.values()}
+    assert {f"player-{p}" for p in THREAD_PLAYERS} <= threads, threads
+    assert any(e.kind == Kind.LOG and "clumsy saves a replay" in e.arg("message") for e in trace.events)
+
+    if trace.tasks:  # the asyncio source: players are tasks, waiting on the shared queue
+        players = {t.id: t.name for t in trace.tasks.values() if t.name.startswith("player-")}
+        assert {f"player-{p}" for p in ASYNC_PLAYERS} <= set(players.values())
+        waits = [e for e in trace.events if e.kind == Kind.TASK_WAIT and e.arg("task") in players]
+        on_queue = {players[e.arg("task")] for e in waits if e.stack and e.stack[0].function == "Queue.get"}
+        assert on_queue == {f"player-{p}" for p in ASYNC_PLAYERS}, on_queue
+
+
+def test_without_fastapi_the_demo_says_how_to_install_it(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['fastapi'] = None\n"
+        "from pyflight.cli import main\n"
+        "raise SystemExit(main(['demo', '-o', 'x.pyfl', '--seconds', '1']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pyflight demo needs FastAPI and uvicorn: pip install 'pyflight[demo]'"
+    ]
+    assert not list(tmp_path.iterdir())
