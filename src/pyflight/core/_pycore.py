@@ -665,6 +665,9 @@ def _seal_locked(run: _Run) -> None:
     if taken:  # else every event was taken back by its recording thread (_late)
         end_ns = _end_ns(taken, t)
         data = _encode(old, taken, end_ns)
+        # Make room first: another thread may read stats() between any two bytecodes,
+        # and must never see the ring over max_bytes.
+        _evict(run, _now(), incoming=len(data))
         run.ring.append(_Sealed(old.seq, end_ns, data))
         run.ring_bytes += len(data)
         run.sealed += 1
@@ -682,10 +685,11 @@ def _emit(gen: _Gen, kind: int, values: tuple[_Value, ...]) -> None:
     gen.events.append((tid, kind, _now(), ids))
 
 
-def _evict(run: _Run, t: int) -> None:
-    """Drop the oldest generations while over max_bytes, then while older than min_age."""
+def _evict(run: _Run, t: int, incoming: int = 0) -> None:
+    """Drop the oldest generations while over max_bytes (counting ``incoming`` bytes
+    about to be added), then while older than min_age."""
     ring = run.ring
-    while ring and run.ring_bytes > run.max_bytes:
+    while ring and run.ring_bytes + incoming > run.max_bytes:
         run.ring_bytes -= len(ring.popleft().data)
         run.evicted += 1
     horizon = t - run.min_age_ns
