@@ -86,8 +86,9 @@ def severity(score: int) -> str:
 _LIB_RE = re.compile(
     r"(^<)|([/\\]lib[/\\]python3\.\d+[/\\](?!site-packages))|([/\\]pyflight[/\\]"
     r"(sources|core|format|triggers|integrations|analysis|report|export)[/\\])"
-    r"|([/\\]pyflight[/\\](annotate|recorder|__init__|demo)\.py$)"
+    r"|([/\\]pyflight[/\\](annotate|recorder|__init__|run|cli)\.py$)"
 )
+_THIRD_PARTY_RE = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _PYFLIGHT_RE = re.compile(r"[/\\]pyflight[/\\]")
 
 
@@ -97,8 +98,11 @@ def is_library(frame: Frame) -> bool:
 
 
 def user_frame(stack: Sequence[Frame]) -> Frame | None:
-    """The innermost frame of user code in ``stack`` (innermost first), else the innermost
-    frame that is not pyflight's, else None."""
+    """The innermost frame of the program's own code in ``stack`` (innermost first), else
+    of third-party code, else the innermost frame that is not pyflight's, else None."""
+    for frame in stack:
+        if not is_library(frame) and not _THIRD_PARTY_RE.search(frame.file):
+            return frame
     for frame in stack:
         if not is_library(frame):
             return frame
@@ -264,12 +268,15 @@ _LOOP_FRAMES = ("_run_once", "Handle._run", "run_forever", "_run")
 def step_frame(stack: Sequence[Frame]) -> Frame | None:
     """The innermost user frame *inside* an event-loop step: frames outer to asyncio's
     ``_run_once`` / ``Handle._run`` (``main``, ``asyncio.run``) are not the step's."""
+    fallback = None
     for frame in stack:
         if frame.function.endswith(_LOOP_FRAMES) and "asyncio" in frame.file:
-            return None
+            return fallback
         if not is_library(frame):
-            return frame
-    return None
+            if not _THIRD_PARTY_RE.search(frame.file):
+                return frame
+            fallback = fallback or frame
+    return fallback
 
 
 class _Window:
@@ -1074,8 +1081,9 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
                     "worst_thread": _thread_name(model, tid),
                 },
                 hint=(
-                    "Open the worst instance in `pyflight view` or the HTML report: the culprit is "
-                    "where it spent its time. Add a timeout, cache, or make that step concurrent."
+                    "Open the worst instance in the HTML report (`pyflight report FILE --html OUT`): "
+                    "the culprit is where it spent its time. Add a timeout, cache, or make that step "
+                    "concurrent."
                 ),
             )
         )
