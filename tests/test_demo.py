@@ -3,6 +3,7 @@ ping-pong, fetching /trace over HTTP and describing the snapshot."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,21 @@ def test_the_demo_leaves_a_snapshot_with_the_players_in_it(
         waits = [e for e in trace.events if e.kind == Kind.TASK_WAIT and e.arg("task") in players]
         on_queue = {players[e.arg("task")] for e in waits if e.stack and e.stack[0].function == "Queue.get"}
         assert on_queue == {f"player-{p}" for p in ASYNC_PLAYERS}, on_queue
+
+    # the report names the planted problem first: clumsy's replay save blocks the loop
+    report = subprocess.run(
+        [sys.executable, "-m", "pyflight", "report", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        timeout=90,
+    )
+    assert report.returncode == 0, report.stderr
+    findings = json.loads(report.stdout)["findings"]
+    if any(e.kind == Kind.LOOP_STALL for e in trace.events):
+        top = findings[0]
+        assert top["rule"] == "loop-blocked" and top["score"] >= 75, findings[:3]
+        assert top["culprit"]["function"] == "AsyncGame._save_replay", top
 
 
 def test_without_fastapi_the_demo_says_how_to_install_it(
