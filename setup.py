@@ -18,7 +18,7 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if REQUIRE_C:
                 raise
             print(f"WARNING: pyflight C core not built ({exc}); the pure-Python core will be used")
@@ -26,7 +26,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if REQUIRE_C:
                 raise
             print(f"WARNING: pyflight C core not built ({exc}); the pure-Python core will be used")

@@ -27,7 +27,7 @@ def make_trace(path: str) -> None:
             backend.record(Kind.LOG, 0, "bench", "message")
             backend.record(Kind.COUNTER, "queue_depth", i & 1023)
             backend.record(Kind.BLOCK_BEGIN, 1, 42, here)
-            backend.record(Kind.BLOCK_END, 1, 42)
+            backend.record(Kind.BLOCK_END, 1, 42, 0)
         rec.write_to(path)
 
 

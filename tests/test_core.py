@@ -129,7 +129,7 @@ def test_record_round_trip(core: ModuleType) -> None:
     before = time.monotonic_ns()
     core.record(Kind.GC_BEGIN, 2)
     core.record(Kind.GC_END, 2, 10, 0)
-    core.record(Kind.BLOCK_END, 1, 2**64 - 1)
+    core.record(Kind.BLOCK_END, 1, 2**64 - 1, 7)
     core.record(Kind.WAKE, 0, 0, 0, 0)
     core.record(Kind.GC_BEGIN, True)  # bool counts as int
     core.record(Kind.GC_BEGIN, None)  # None is 0
@@ -141,7 +141,7 @@ def test_record_round_trip(core: ModuleType) -> None:
     assert plain(trace.events) == [
         (Kind.GC_BEGIN, {"generation": 2}),
         (Kind.GC_END, {"generation": 2, "collected": 10, "uncollectable": 0}),
-        (Kind.BLOCK_END, {"reason": 1, "obj": 2**64 - 1}),
+        (Kind.BLOCK_END, {"reason": 1, "obj": 2**64 - 1, "waker": 7}),
         (Kind.WAKE, {"target": 0, "task": 0, "reason": 0, "obj": 0}),
         (Kind.GC_BEGIN, {"generation": 1}),
         (Kind.GC_BEGIN, {"generation": 0}),

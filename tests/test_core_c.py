@@ -666,7 +666,7 @@ def test_print_speed(core):
     loop = time.perf_counter_ns() - loop
     t0 = time.perf_counter_ns()
     for _ in range(n):
-        record(kind, 1, 2)
+        record(kind, 1, 2, 3)
     enabled = (time.perf_counter_ns() - t0 - loop) / n
     (frame,) = core.snapshot()
     gen = parse_generation(frame)
@@ -677,7 +677,7 @@ def test_print_speed(core):
     core.stop()
     t0 = time.perf_counter_ns()
     for _ in range(n):
-        record(kind, 1, 2)
+        record(kind, 1, 2, 3)
     disabled = (time.perf_counter_ns() - t0 - loop) / n
     print(
         f"\nC core {sys.version.split()[0]}: record {enabled:.0f} ns enabled, {disabled:.0f} ns disabled; "

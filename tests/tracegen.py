@@ -227,7 +227,7 @@ def sample_gens() -> list[Gen]:
         11, Kind.TASK_WAIT, 1_000_003_000, task=1, reason=BlockReason.AWAIT, what="Future", stack=STACK_A
     )
     g1.event(11, Kind.TASK_STEP_END, 1_000_003_500, task=1)
-    g1.event(12, Kind.BLOCK_END, 1_000_300_000, reason=BlockReason.LOCK, obj=140234523452)
+    g1.event(12, Kind.BLOCK_END, 1_000_300_000, reason=BlockReason.LOCK, obj=140234523452, waker=11)
     g1.event(12, Kind.LOG, 1_000_300_001, task=0, category="", message="unlocked")
     g2 = Gen(seq=4, start_ns=1_000_500_000, end_ns=1_002_000_000)
     g2.event(12, Kind.THREAD_INFO, 1_000_500_001, tid=11, name="MainThread", ident=140001)

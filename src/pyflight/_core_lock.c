@@ -1,4 +1,867 @@
-/* pyflight._core: lock support (being written). */
+/* pyflight._core: the hot hooks of the "blocking" source (sources/blocking.py).
+ *
+ * - TracedLock / TracedRLock wrap a real _thread.lock / _thread.RLock. An uncontended
+ *   acquire (the wrapper knows nobody holds the lock and nobody waits) is just the inner
+ *   acquire, which then cannot block; otherwise acquire() first tries a non-blocking
+ *   acquire of the inner lock, and only when that fails and the call may block does it
+ *   record BLOCK_BEGIN(LOCK, id(wrapper), caller's stack), do the real blocking acquire
+ *   with the caller's own arguments, and record BLOCK_END(LOCK, id, waker). `waker` is
+ *   the native tid of the last thread that released the lock while somebody was blocked
+ *   on it (kept in the wrapper; only contended releases pay for it), 0 if unknown.
+ * - BlockingHook replaces threading.Condition.wait / notify at class level.
+ *   wait records BLOCK_BEGIN(CONDITION, id(cond), stack) .. BLOCK_END(CONDITION, id(cond),
+ *   notifier tid) around the original; notify records WAKE(waiter tid, 0, CONDITION,
+ *   id(cond)) for each waiter it woke. Waiters are tracked per condition in FIFO order
+ *   (the order of Condition._waiters: both are appended and removed under the
+ *   condition's lock), in `L.waiting`.
+ *
+ * Lock blocks inside Condition.wait (re-acquiring the condition's lock after the
+ * notification) are part of the CONDITION block and not recorded again (tls_in_wait).
+ *
+ * Rules kept everywhere: the caller's arguments, return values and exceptions are
+ * passed through untouched (an argument we do not fully understand means "call the
+ * original and record nothing"); recording never raises into the caller: a fault calls
+ * the source's handler (which uninstalls the source) and recording stops (L.active = 0),
+ * while the hooks keep working as plain pass-throughs. Everything runs with the GIL held.
+ */
 #include "_core.h"
+#include <float.h>
+#include <stddef.h>
+#include <string.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
-int pyfl_lock_init(PyObject *mod) { return 0; }
+/* Must match pyflight.core.events (checked by the source at install, _BLOCKING_CONSTANTS). */
+#define K_BLOCK_BEGIN 30
+#define K_BLOCK_END 31
+#define K_WAKE 32
+#define R_LOCK 1
+#define R_CONDITION 2
+
+#define HOOK_CONDITION_WAIT 1
+#define HOOK_CONDITION_NOTIFY 2
+
+static struct {
+    int active;               /* the source is installed: hooks record (when the core records) */
+    int inject_fault;         /* tests: the next LOCK BLOCK_BEGIN fails as if recording had failed */
+    PyObject *allocate_lock;  /* _thread.allocate_lock: makes TracedLock's inner lock */
+    PyObject *rlock_factory;  /* threading.RLock as found at setup (default _thread.RLock) */
+    PyObject *on_fault;       /* the source's fault handler, called with the exception */
+    PyObject *waiting;        /* dict: id(condition) -> list of WaitSlot, oldest first */
+    PyObject *kind_begin, *reason_lock, *reason_cond; /* ints for pyfl_record_args */
+    PyObject *s_release_save, *s_acquire_restore, *s_is_owned, *s_recursion_count;
+    PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_n;
+    double timeout_max;       /* _thread.TIMEOUT_MAX */
+} L;
+
+/* Set while this thread is inside a Condition.wait hook. */
+static _Thread_local int tls_in_wait;
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Native thread id, cached per thread; the cache is invalidated in a forked child (the
+ * forking thread's id changes there). */
+static uint64_t fork_generation = 1;
+static _Thread_local uint64_t tls_tid, tls_tid_generation;
+
+#ifndef _WIN32
+/* pthread_atfork child handler: every cached thread id is stale now. Async-signal-safe. */
+static void lock_after_fork_child(void) { fork_generation++; }
+#endif
+
+/* The calling thread's native id (what the core records as an event's thread). */
+static inline uint64_t my_tid(void) {
+    if (tls_tid_generation != fork_generation) {
+        tls_tid = (uint64_t)PyThread_get_thread_native_id();
+        tls_tid_generation = fork_generation;
+    }
+    return tls_tid;
+}
+
+/* True if hooks should record now: the source is installed and the core is recording. */
+static inline int recording(void) { return L.active && pyfl_enabled(); }
+
+/* The exception being raised, taken out of the thread state (NULL if none), and back. */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} SavedExc;
+
+/* Takes the pending exception (if any) so that recording cannot see or clear it. */
+static inline void exc_save(SavedExc *s) {
+#if PY_VERSION_HEX >= 0x030C0000
+    s->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&s->type, &s->value, &s->tb);
+#endif
+}
+
+/* Puts back what exc_save took (discarding anything raised in between). */
+static inline void exc_restore(SavedExc *s) {
+    if (PyErr_Occurred()) PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(s->exc);
+#else
+    PyErr_Restore(s->type, s->value, s->tb);
+#endif
+}
+
+/* Called with an exception set by failed recording code: stops all recording by these
+ * hooks and hands the exception to the source's fault handler (which uninstalls the
+ * source and records SOURCE_DISABLED). Returns with no exception set; never raises. */
+static void fault(void) {
+    L.active = 0;
+    PyObject *exc;
+#if PY_VERSION_HEX >= 0x030C0000
+    exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#endif
+    if (!exc) exc = Py_NewRef(Py_None);
+    if (L.on_fault) {
+        PyObject *handler = Py_NewRef(L.on_fault), *r = PyObject_CallOneArg(handler, exc);
+        Py_DECREF(handler);
+        if (r) Py_DECREF(r);
+        else PyErr_Clear();
+    }
+    Py_DECREF(exc);
+}
+
+/* Records BLOCK_BEGIN(reason, obj, stack of the calling Python frame). Must be called
+ * with no exception set; returns with none set (a failure goes to fault()). */
+static void record_block_begin(PyObject *reason, const void *obj) {
+    if (L.inject_fault && reason == L.reason_lock) {
+        L.inject_fault = 0;
+        PyErr_SetString(PyExc_RuntimeError, "injected fault (pyflight test)");
+        fault();
+        return;
+    }
+    PyObject *id = PyLong_FromVoidPtr((void *)obj);
+    if (!id) {
+        fault();
+        return;
+    }
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    PyObject *args[4] = {L.kind_begin, reason, id, frame ? frame : Py_None};
+    if (pyfl_record_args(args, 4) < 0) fault();
+    Py_DECREF(id);
+}
+
+/* Records BLOCK_END(reason, obj, waker). Safe with an exception pending (kept as is);
+ * never raises. */
+static void record_block_end(uint64_t reason, const void *obj, uint64_t waker) {
+    SavedExc saved;
+    exc_save(&saved);
+    uint64_t v[3] = {reason, (uint64_t)(uintptr_t)obj, waker};
+    pyfl_record_ints(K_BLOCK_END, 3, v);
+    exc_restore(&saved);
+}
+
+/* Finds keyword `name` among a vectorcall's keyword names: 1 and *value set (borrowed)
+ * if present, 0 if not. Never raises. */
+static int find_kw(PyObject *kwnames, PyObject *const *kwvalues, PyObject *name, PyObject **value) {
+    if (!kwnames) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (k == name || (PyUnicode_Check(k) && PyUnicode_Compare(k, name) == 0)) {
+            *value = kwvalues[i];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Seconds in an exact int or float, in *out: 1, or 0 (no exception set) if `obj` is
+ * anything else or does not fit a double. Runs no Python code. */
+static int exact_seconds(PyObject *obj, double *out) {
+    if (PyFloat_CheckExact(obj)) {
+        *out = PyFloat_AS_DOUBLE(obj);
+        return 1;
+    }
+    if (PyLong_CheckExact(obj)) {
+        double d = PyLong_AsDouble(obj);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = d;
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ TracedLock / TracedRLock */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;      /* the real lock */
+    PyObject *acquire;    /* inner.acquire (bound) */
+    PyObject *release;    /* inner.release (bound) */
+    PyObject *weakrefs;
+    Py_ssize_t held;      /* acquisitions minus releases made through the wrapper (RLock: depth) */
+    Py_ssize_t blocked;   /* threads between a failed try and the end of their blocking acquire */
+    uint64_t waker;       /* tid of the last thread that released while blocked > 0 */
+    uint64_t wakes;       /* how many such releases: tells a blocked thread whether `waker` is news */
+} TracedLock;
+
+static PyTypeObject TracedLockType, TracedRLockType;
+
+/* A new wrapper of type `type` around `inner` (a new reference is taken); NULL with an
+ * exception if inner lacks acquire/release or memory is short. */
+static PyObject *traced_wrap(PyTypeObject *type, PyObject *inner) {
+    TracedLock *self = (TracedLock *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->inner = Py_NewRef(inner);
+    if (!(self->acquire = PyObject_GetAttrString(inner, "acquire"))
+        || !(self->release = PyObject_GetAttrString(inner, "release"))) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* A new traced plain lock around a new _thread lock; NULL with an exception. */
+static PyObject *new_traced_lock(void) {
+    PyObject *inner = PyObject_CallNoArgs(L.allocate_lock);
+    if (!inner) return NULL;
+    PyObject *self = traced_wrap(&TracedLockType, inner);
+    Py_DECREF(inner);
+    return self;
+}
+
+/* allocate_lock(): the replacement of threading.Lock before 3.13, where that is the
+ * function _thread.allocate_lock (and the lock type cannot be instantiated). */
+static PyObject *traced_allocate_lock(PyObject *unused, PyObject *noargs) { return new_traced_lock(); }
+
+static PyMethodDef traced_allocate_lock_def = {
+    "Lock", traced_allocate_lock, METH_NOARGS,
+    "Lock() -> lock\n\nA new lock that records when acquiring it blocks (pyflight's threading.Lock).",
+};
+
+#if PY_VERSION_HEX >= 0x030D0000
+/* TracedLock(): a new traced plain lock; from 3.13 threading.Lock is a type, so this
+ * type replaces it (TypeError on any argument, like _thread.lock). */
+static PyObject *tl_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no arguments", type->tp_name);
+        return NULL;
+    }
+    return new_traced_lock();
+}
+#endif
+
+/* TracedRLock(*args, **kwargs): a traced wrapper around threading.RLock(*args, **kwargs)
+ * (the original factory: same arguments, same warnings and errors). */
+static PyObject *trl_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *inner = PyObject_Call(L.rlock_factory, args, kwds);
+    if (!inner) return NULL;
+    PyObject *self = traced_wrap(type, inner);
+    Py_DECREF(inner);
+    return self;
+}
+
+/* Frees the wrapper; the inner lock goes with its last reference. Runs no Python code
+ * beyond clearing weak references (their callbacks). */
+static void tl_dealloc(TracedLock *self) {
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    Py_XDECREF(self->inner);
+    Py_XDECREF(self->acquire);
+    Py_XDECREF(self->release);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* How an acquire() call may be handled: 0 = pass it through as is (non-blocking, a zero
+ * timeout, or arguments we do not fully understand: the inner lock validates them), 1 =
+ * it may block: try first, then record around the real call. Never raises. */
+static int acquire_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *blocking = NULL, *timeout = NULL;
+    if (nargs > 2) return 0;
+    if (nargs >= 1) blocking = args[0];
+    if (nargs >= 2) timeout = args[1];
+    if (kwnames) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_Check(k) && PyUnicode_Compare(k, L.s_blocking) == 0 && !blocking)
+                blocking = args[nargs + i];
+            else if (PyUnicode_Check(k) && PyUnicode_Compare(k, L.s_timeout) == 0 && !timeout)
+                timeout = args[nargs + i];
+            else
+                return 0;
+        }
+    }
+    if (blocking && blocking != Py_True) {
+        if (blocking == Py_False || !PyLong_CheckExact(blocking)) return 0;
+        int truth = PyObject_IsTrue(blocking); /* exact int: no Python code */
+        if (truth <= 0) {
+            if (truth < 0) PyErr_Clear();
+            return 0;
+        }
+    }
+    if (timeout) {
+        double d;
+        if (!exact_seconds(timeout, &d)) return 0;
+        if (d == -1.0) return 1;
+        /* a valid finite timeout; zero never blocks; invalid ones raise in the inner lock */
+        return d > 0 && d <= L.timeout_max;
+    }
+    return 1;
+}
+
+/* After an inner acquire call: counts a successful acquisition; returns r. */
+static inline PyObject *acquired(TracedLock *self, PyObject *r) {
+    if (r == Py_True) self->held++;
+    return r;
+}
+
+/* acquire(blocking=True, timeout=-1): exactly the inner lock's acquire (called with the
+ * caller's own arguments, so timeouts, interruption and errors are the inner lock's).
+ * Uncontended (nobody holds it through this wrapper and nobody waits): just that call,
+ * which cannot block (it tries without releasing the GIL first and no other thread can
+ * take the lock meanwhile); nothing recorded. Otherwise a non-blocking try first, and if
+ * that fails and the call may block: BLOCK_BEGIN/BLOCK_END(LOCK) around the real call.
+ * Should `held` ever be wrong, the only effect is a block not recorded or an extra try. */
+static PyObject *tl_acquire(TracedLock *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    if ((self->held == 0 && self->blocked == 0) || !recording() || !acquire_may_block(args, nargs, kwnames))
+        return acquired(self, PyObject_Vectorcall(self->acquire, args, (size_t)nargs, kwnames));
+    PyObject *no[1] = {Py_False};
+    PyObject *r = PyObject_Vectorcall(self->acquire, no, 1, NULL);
+    if (r != Py_False) return acquired(self, r); /* got it (True), or an error from the inner lock */
+    Py_DECREF(r);
+    /* contended: from here until the end of the real acquire, releases note their tid */
+    self->blocked++;
+    uint64_t wakes = self->wakes;
+    int record = !tls_in_wait;
+    if (record) record_block_begin(L.reason_lock, self);
+    r = acquired(self, PyObject_Vectorcall(self->acquire, args, (size_t)nargs, kwnames));
+    self->blocked--;
+    if (record && recording())
+        record_block_end(R_LOCK, self, r == Py_True && self->wakes != wakes ? self->waker : 0);
+    return r;
+}
+
+/* __enter__(): acquire() with no arguments; returns its result. */
+static PyObject *tl_enter(TracedLock *self, PyObject *unused) { return tl_acquire(self, NULL, 0, NULL); }
+
+/* After a successful release: one acquisition less, and if a thread is blocked on this
+ * lock, remember who released it. */
+static inline void note_release(TracedLock *self) {
+    if (self->held > 0) self->held--;
+    if (self->blocked > 0) {
+        self->waker = my_tid();
+        self->wakes++;
+    }
+}
+
+/* release(): the inner lock's release (same errors); notes the releaser for blocked threads. */
+static PyObject *tl_release(TracedLock *self, PyObject *unused) {
+    PyObject *r = PyObject_CallNoArgs(self->release);
+    if (r) note_release(self);
+    return r;
+}
+
+/* __exit__(*exc_info): release(); returns None (never swallows the exception). */
+static PyObject *tl_exit(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *r = PyObject_CallNoArgs(self->release);
+    if (!r) return NULL;
+    note_release(self);
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* Calls inner.<name>(*args) and returns its result (same errors). */
+static PyObject *delegate(TracedLock *self, PyObject *name, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *stack[4];
+    if (nargs > 3) {
+        PyObject *meth = PyObject_GetAttr(self->inner, name);
+        if (!meth) return NULL;
+        PyObject *r = PyObject_Vectorcall(meth, args, (size_t)nargs, NULL);
+        Py_DECREF(meth);
+        return r;
+    }
+    stack[0] = self->inner;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        stack[i + 1] = args[i];
+    return PyObject_VectorcallMethod(name, stack, (size_t)(nargs + 1), NULL);
+}
+
+/* _release_save(): RLock's full release for Condition.wait; notes the releaser. */
+static PyObject *tl_release_save(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *r = delegate(self, L.s_release_save, args, nargs);
+    if (r) {
+        note_release(self);
+        self->held = 0;
+    }
+    return r;
+}
+
+/* _acquire_restore(state): the inner lock's, unrecorded (Condition.wait records the wait);
+ * counted as a waiter while it blocks, and afterwards held as deep as the state says. */
+static PyObject *tl_acquire_restore(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    self->blocked++;
+    PyObject *r = delegate(self, L.s_acquire_restore, args, nargs);
+    self->blocked--;
+    if (r) {
+        Py_ssize_t depth = 1;
+        if (nargs == 1 && PyTuple_CheckExact(args[0]) && PyTuple_GET_SIZE(args[0]) >= 1
+            && PyLong_CheckExact(PyTuple_GET_ITEM(args[0], 0))) {
+            depth = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[0], 0));
+            if (depth < 1) {
+                PyErr_Clear();
+                depth = 1;
+            }
+        }
+        self->held = depth;
+    }
+    return r;
+}
+
+/* _is_owned(): the inner lock's. */
+static PyObject *tl_is_owned(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    return delegate(self, L.s_is_owned, args, nargs);
+}
+
+/* _recursion_count(): the inner lock's. */
+static PyObject *tl_recursion_count(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    return delegate(self, L.s_recursion_count, args, nargs);
+}
+
+/* locked(): the inner lock's. */
+static PyObject *tl_locked(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    return delegate(self, L.s_locked, args, nargs);
+}
+
+/* _at_fork_reinit(): the inner lock's; forgets blocked threads (they do not exist in the child). */
+static PyObject *tl_at_fork_reinit(TracedLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *r = delegate(self, L.s_at_fork_reinit, args, nargs);
+    if (r) {
+        self->held = self->blocked = 0;
+        self->waker = self->wakes = 0;
+    }
+    return r;
+}
+
+/* repr(): the inner lock's repr (shows its state). */
+static PyObject *tl_repr(TracedLock *self) { return PyObject_Repr(self->inner); }
+
+/* __reduce__: locks cannot be pickled or copied (TypeError, like _thread.lock). */
+static PyObject *tl_reduce(TracedLock *self, PyObject *unused) {
+    return PyErr_Format(PyExc_TypeError, "cannot pickle '%s' object", Py_TYPE(self->inner)->tp_name);
+}
+
+#define FASTKW(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
+#define FAST(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
+
+static PyMethodDef tl_methods[] = {
+    {"acquire", FASTKW(tl_acquire), "acquire(blocking=True, timeout=-1) -> bool"},
+    {"acquire_lock", FASTKW(tl_acquire), "An obsolete synonym of acquire()."},
+    {"release", (PyCFunction)tl_release, METH_NOARGS, "release()"},
+    {"release_lock", (PyCFunction)tl_release, METH_NOARGS, "An obsolete synonym of release()."},
+    {"locked", FAST(tl_locked), "locked() -> bool"},
+    {"locked_lock", FAST(tl_locked), "An obsolete synonym of locked()."},
+    {"__enter__", (PyCFunction)tl_enter, METH_NOARGS, "acquire()"},
+    {"__exit__", FAST(tl_exit), "release()"},
+    {"_at_fork_reinit", FAST(tl_at_fork_reinit), NULL},
+    {"__reduce__", (PyCFunction)tl_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef trl_methods[] = {
+    {"acquire", FASTKW(tl_acquire), "acquire(blocking=True, timeout=-1) -> bool"},
+    {"release", (PyCFunction)tl_release, METH_NOARGS, "release()"},
+    {"__enter__", (PyCFunction)tl_enter, METH_NOARGS, "acquire()"},
+    {"__exit__", FAST(tl_exit), "release()"},
+    {"_is_owned", FAST(tl_is_owned), NULL},
+    {"_release_save", FAST(tl_release_save), NULL},
+    {"_acquire_restore", FAST(tl_acquire_restore), NULL},
+    {"_recursion_count", FAST(tl_recursion_count), NULL},
+    {"_at_fork_reinit", FAST(tl_at_fork_reinit), NULL},
+    {"__reduce__", (PyCFunction)tl_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* The types (and the pre-3.13 Lock function) carry the names they stand in for,
+ * threading.Lock and threading.RLock: pickle finds them by those names (a spawned child
+ * then gets its own threading.Lock), and threading's own __all__ check expects them. */
+static PyTypeObject TracedLockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threading.Lock",
+    .tp_doc = "A threading.Lock that records when acquiring it blocks (pyflight).",
+    .tp_basicsize = sizeof(TracedLock),
+#if PY_VERSION_HEX >= 0x030D0000
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = tl_new,
+#else
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+#endif
+    .tp_dealloc = (destructor)tl_dealloc,
+    .tp_repr = (reprfunc)tl_repr,
+    .tp_methods = tl_methods,
+    .tp_weaklistoffset = offsetof(TracedLock, weakrefs),
+};
+
+static PyTypeObject TracedRLockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "threading.RLock",
+    .tp_doc = "A threading.RLock that records when acquiring it blocks (pyflight).",
+    .tp_basicsize = sizeof(TracedLock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = trl_new,
+    .tp_dealloc = (destructor)tl_dealloc,
+    .tp_repr = (reprfunc)tl_repr,
+    .tp_methods = trl_methods,
+    .tp_weaklistoffset = offsetof(TracedLock, weakrefs),
+};
+
+/* ------------------------------------------------------------------ Condition hooks */
+
+/* One thread waiting in Condition.wait: its tid and, once notified, the notifier's. */
+typedef struct {
+    PyObject_HEAD
+    uint64_t tid, waker;
+} WaitSlot;
+
+static PyTypeObject WaitSlotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyflight._core._WaitSlot",
+    .tp_basicsize = sizeof(WaitSlot),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+};
+
+/* A replacement for a Python method (Condition.wait or notify) that calls the original. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;       /* the original function */
+    PyObject *dict;       /* __dict__: __wrapped__, __name__, ... (functools.update_wrapper) */
+    vectorcallfunc vectorcall;
+    int role;
+} Hook;
+
+/* Removes `slot` from the waiters of the condition `key` (if still there; the list goes
+ * when empty). Never raises; runs no Python code. */
+static void forget_slot(PyObject *key, PyObject *slot) {
+    PyObject *list = PyDict_GetItemWithError(L.waiting, key);
+    if (!list) {
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_ITEM(list, i) == slot) {
+            if (PyList_SetSlice(list, i, i + 1, NULL) < 0) PyErr_Clear();
+            break;
+        }
+    }
+    if (PyList_GET_SIZE(list) == 0 && PyDict_DelItem(L.waiting, key) < 0) PyErr_Clear();
+}
+
+/* Condition.wait(self, timeout=None): the original, inside BLOCK_BEGIN/END(CONDITION)
+ * when it may block (no timeout, or an exact int/float > 0), with the notifier's tid as
+ * the waker. Arguments, result and exceptions are the original's. */
+static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout = NULL;
+    double d;
+    if (!recording() || nargs < 1 || nargs > 2) goto passthrough;
+    if (nargs == 2) timeout = args[1];
+    if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
+        goto passthrough;
+    if (timeout && timeout != Py_None && !(exact_seconds(timeout, &d) && d > 0)) goto passthrough;
+
+    PyObject *cond = args[0];
+    PyObject *key = PyLong_FromVoidPtr(cond);
+    WaitSlot *slot = key ? PyObject_New(WaitSlot, &WaitSlotType) : NULL;
+    PyObject *list = NULL;
+    if (slot) {
+        slot->tid = my_tid();
+        slot->waker = 0;
+        list = PyDict_GetItemWithError(L.waiting, key);
+        if (list) {
+            Py_INCREF(list);
+        } else if (!PyErr_Occurred() && (list = PyList_New(0)) && PyDict_SetItem(L.waiting, key, list) < 0) {
+            Py_CLEAR(list);
+        }
+    }
+    if (!list || PyList_Append(list, (PyObject *)slot) < 0) {
+        Py_XDECREF(list);
+        Py_XDECREF(slot);
+        Py_XDECREF(key);
+        fault();
+        goto passthrough;
+    }
+    Py_DECREF(list);
+    record_block_begin(L.reason_cond, cond);
+
+    int outer = tls_in_wait;
+    tls_in_wait = 1;
+    PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+    tls_in_wait = outer;
+
+    SavedExc saved;
+    exc_save(&saved);
+    forget_slot(key, (PyObject *)slot);
+    exc_restore(&saved);
+    if (recording()) record_block_end(R_CONDITION, cond, slot->waker);
+    Py_DECREF(slot);
+    Py_DECREF(key);
+    return r;
+
+passthrough:
+    return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+}
+
+/* After a successful notify(n) (the condition's lock is held, so the waiters it woke are
+ * the first n tracked ones): WAKE(tid, 0, CONDITION, id(cond)) for each, and each learns
+ * the notifier's tid; they are no longer tracked. Never raises; runs no Python code. */
+static void wake_waiters(PyObject *key, PyObject *cond, Py_ssize_t n) {
+    PyObject *list = PyDict_GetItemWithError(L.waiting, key);
+    if (!list) {
+        PyErr_Clear();
+        return;
+    }
+    Py_INCREF(list);
+    Py_ssize_t k = PyList_GET_SIZE(list) < n ? PyList_GET_SIZE(list) : n;
+    uint64_t me = my_tid();
+    for (Py_ssize_t i = 0; i < k; i++) {
+        WaitSlot *slot = (WaitSlot *)PyList_GET_ITEM(list, i);
+        slot->waker = me;
+        uint64_t v[4] = {slot->tid, 0, R_CONDITION, (uint64_t)(uintptr_t)cond};
+        pyfl_record_ints(K_WAKE, 4, v);
+    }
+    if (PyList_SetSlice(list, 0, k, NULL) < 0) PyErr_Clear();
+    if (PyList_GET_SIZE(list) == 0 && PyDict_DelItem(L.waiting, key) < 0) PyErr_Clear();
+    Py_DECREF(list);
+}
+
+/* Condition.notify(self, n=1): the original; then, if it returned, WAKE events for the
+ * waiters it woke (wake_waiters). Arguments, result and exceptions are the original's. */
+static PyObject *hook_notify(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), n = 1;
+    PyObject *n_obj = NULL;
+    if (!recording() || nargs < 1 || nargs > 2) goto passthrough;
+    if (nargs == 2) n_obj = args[1];
+    if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || n_obj || !find_kw(kwnames, args + nargs, L.s_n, &n_obj)))
+        goto passthrough;
+    if (n_obj) {
+        if (!PyLong_CheckExact(n_obj)) goto passthrough;
+        n = PyLong_AsSsize_t(n_obj);
+        if (n == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto passthrough;
+        }
+    }
+    if (n <= 0) goto passthrough;
+    PyObject *key = PyLong_FromVoidPtr(args[0]);
+    if (!key) {
+        fault();
+        goto passthrough;
+    }
+    PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+    if (r && recording()) wake_waiters(key, args[0], n);
+    Py_DECREF(key);
+    return r;
+
+passthrough:
+    return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+}
+
+/* BlockingHook(func, role): role 1 wraps Condition.wait, 2 Condition.notify. */
+static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *func;
+    int role;
+    if (!PyArg_ParseTuple(args, "Oi:BlockingHook", &func, &role)) return NULL;
+    if (!PyCallable_Check(func)) return PyErr_Format(PyExc_TypeError, "BlockingHook() needs a callable");
+    if (role != HOOK_CONDITION_WAIT && role != HOOK_CONDITION_NOTIFY)
+        return PyErr_Format(PyExc_ValueError, "unknown BlockingHook role %d", role);
+    Hook *h = (Hook *)type->tp_alloc(type, 0);
+    if (!h) return NULL;
+    h->func = Py_NewRef(func);
+    h->role = role;
+    h->vectorcall = (vectorcallfunc)(role == HOOK_CONDITION_WAIT ? hook_wait : hook_notify);
+    return (PyObject *)h;
+}
+
+/* GC support: a hook references its function and __dict__. */
+static int hook_traverse(Hook *h, visitproc visit, void *arg) {
+    Py_VISIT(h->func);
+    Py_VISIT(h->dict);
+    return 0;
+}
+
+/* Drops the references (GC). */
+static int hook_clear(Hook *h) {
+    Py_CLEAR(h->func);
+    Py_CLEAR(h->dict);
+    return 0;
+}
+
+/* Frees the hook. */
+static void hook_dealloc(Hook *h) {
+    PyObject_GC_UnTrack(h);
+    hook_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+/* Binds like a function: from the class, the hook itself; from an instance, a method. */
+static PyObject *hook_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+/* repr(): says what it wraps. */
+static PyObject *hook_repr(Hook *h) { return PyUnicode_FromFormat("<pyflight hook of %R>", h->func); }
+
+/* `__func__`: the original function. */
+static PyObject *hook_get_func(Hook *h, void *unused) { return Py_NewRef(h->func); }
+
+static PyGetSetDef hook_getset[] = {
+    {"__func__", (getter)hook_get_func, NULL, "the original function", NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject HookType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyflight._core.BlockingHook",
+    .tp_doc = "BlockingHook(func, role): a Condition method that records blocking (pyflight).",
+    .tp_basicsize = sizeof(Hook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_new = hook_new,
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Hook, vectorcall),
+    .tp_descr_get = hook_descr_get,
+    .tp_dictoffset = offsetof(Hook, dict),
+    .tp_repr = (reprfunc)hook_repr,
+    .tp_free = PyObject_GC_Del,
+    .tp_getset = hook_getset,
+};
+
+/* ------------------------------------------------------------------ control */
+
+/* _blocking_setup(rlock_factory, on_fault): what TracedRLock() calls to make its inner
+ * lock, and the fault handler (None for none). Forgets tracked waiters. */
+static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
+    PyObject *factory, *handler;
+    if (!PyArg_ParseTuple(args, "OO:_blocking_setup", &factory, &handler)) return NULL;
+    if (!PyCallable_Check(factory) || (handler != Py_None && !PyCallable_Check(handler)))
+        return PyErr_Format(PyExc_TypeError, "_blocking_setup() needs callables");
+    Py_XSETREF(L.rlock_factory, Py_NewRef(factory));
+    Py_XSETREF(L.on_fault, handler == Py_None ? NULL : Py_NewRef(handler));
+    PyDict_Clear(L.waiting);
+    Py_RETURN_NONE;
+}
+
+/* _blocking_control(active, inject_fault=False): turn recording by the hooks on or off;
+ * inject_fault makes the next LOCK BLOCK_BEGIN fail (tests). Returns the previous `active`. */
+static PyObject *blocking_control(PyObject *mod, PyObject *args) {
+    int active, inject = 0, prev = L.active;
+    if (!PyArg_ParseTuple(args, "p|p:_blocking_control", &active, &inject)) return NULL;
+    L.active = active;
+    L.inject_fault = inject;
+    return PyBool_FromLong(prev);
+}
+
+/* _blocking_waiting() -> {id(condition): [waiter tid, ...]}: the tracked waiters (tests). */
+static PyObject *blocking_waiting(PyObject *mod, PyObject *unused) {
+    PyObject *out = PyDict_New(), *key, *list;
+    Py_ssize_t pos = 0;
+    if (!out) return NULL;
+    while (PyDict_Next(L.waiting, &pos, &key, &list)) {
+        PyObject *tids = PyList_New(PyList_GET_SIZE(list));
+        if (!tids || PyDict_SetItem(out, key, tids) < 0) {
+            Py_XDECREF(tids);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(tids);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+            PyObject *tid = PyLong_FromUnsignedLongLong(((WaitSlot *)PyList_GET_ITEM(list, i))->tid);
+            if (!tid) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(tids, i, tid);
+        }
+    }
+    return out;
+}
+
+static PyMethodDef lock_functions[] = {
+    {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault)"},
+    {"_blocking_control", blocking_control, METH_VARARGS, "_blocking_control(active, inject_fault=False)"},
+    {"_blocking_waiting", blocking_waiting, METH_NOARGS, "tracked Condition waiters (tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Interns `text` into *slot: 0, or -1 with an exception. */
+static int intern(PyObject **slot, const char *text) {
+    if (!*slot) *slot = PyUnicode_InternFromString(text);
+    return *slot ? 0 : -1;
+}
+
+/* Adds the types and functions above to the module: 0, or -1 with an exception. */
+int pyfl_lock_init(PyObject *mod) {
+    if (PyType_Ready(&TracedLockType) < 0 || PyType_Ready(&TracedRLockType) < 0 || PyType_Ready(&WaitSlotType) < 0
+        || PyType_Ready(&HookType) < 0)
+        return -1;
+    if (intern(&L.s_release_save, "_release_save") < 0 || intern(&L.s_acquire_restore, "_acquire_restore") < 0
+        || intern(&L.s_is_owned, "_is_owned") < 0 || intern(&L.s_recursion_count, "_recursion_count") < 0
+        || intern(&L.s_at_fork_reinit, "_at_fork_reinit") < 0 || intern(&L.s_locked, "locked") < 0
+        || intern(&L.s_timeout, "timeout") < 0 || intern(&L.s_blocking, "blocking") < 0 || intern(&L.s_n, "n") < 0)
+        return -1;
+    if (!L.waiting && !(L.waiting = PyDict_New())) return -1;
+    if (!L.kind_begin && !(L.kind_begin = PyLong_FromLong(K_BLOCK_BEGIN))) return -1;
+    if (!L.reason_lock && !(L.reason_lock = PyLong_FromLong(R_LOCK))) return -1;
+    if (!L.reason_cond && !(L.reason_cond = PyLong_FromLong(R_CONDITION))) return -1;
+    if (!L.allocate_lock) {
+        PyObject *thread = PyImport_ImportModule("_thread");
+        if (!thread) return -1;
+        L.allocate_lock = PyObject_GetAttrString(thread, "allocate_lock");
+        if (!L.rlock_factory) L.rlock_factory = PyObject_GetAttrString(thread, "RLock");
+        PyObject *tmax = PyObject_GetAttrString(thread, "TIMEOUT_MAX");
+        Py_DECREF(thread);
+        if (!L.allocate_lock || !L.rlock_factory || !tmax) {
+            Py_XDECREF(tmax);
+            return -1;
+        }
+        L.timeout_max = PyFloat_AsDouble(tmax);
+        Py_DECREF(tmax);
+        if (L.timeout_max == -1.0 && PyErr_Occurred()) return -1;
+#ifndef _WIN32
+        if (pthread_atfork(NULL, NULL, lock_after_fork_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return -1;
+        }
+#endif
+    }
+    PyObject *constants = Py_BuildValue("(iiiii)", K_BLOCK_BEGIN, K_BLOCK_END, K_WAKE, R_LOCK, R_CONDITION);
+    if (!constants) return -1;
+    int added = PyModule_AddObjectRef(mod, "_BLOCKING_CONSTANTS", constants);
+    Py_DECREF(constants);
+    if (added < 0) return -1;
+    if (PyModule_AddIntConstant(mod, "HOOK_CONDITION_WAIT", HOOK_CONDITION_WAIT) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_CONDITION_NOTIFY", HOOK_CONDITION_NOTIFY) < 0
+        || PyModule_AddObjectRef(mod, "TracedLock", (PyObject *)&TracedLockType) < 0
+        || PyModule_AddObjectRef(mod, "TracedRLock", (PyObject *)&TracedRLockType) < 0
+        || PyModule_AddObjectRef(mod, "BlockingHook", (PyObject *)&HookType) < 0)
+        return -1;
+    PyObject *module_name = PyUnicode_FromString("threading");
+    PyObject *factory = module_name ? PyCFunction_NewEx(&traced_allocate_lock_def, NULL, module_name) : NULL;
+    Py_XDECREF(module_name);
+    if (!factory) return -1;
+    added = PyModule_AddObjectRef(mod, "traced_allocate_lock", factory);
+    Py_DECREF(factory);
+    if (added < 0) return -1;
+    return PyModule_AddFunctions(mod, lock_functions);
+}

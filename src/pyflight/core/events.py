@@ -105,7 +105,11 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.LOOP_STALL: _args("loop:u task:u duration:u stack:k"),
     # obj identifies the lock/queue/... (stable within a process run), 0 = unknown
     Kind.BLOCK_BEGIN: _args("reason:u obj:u stack:k"),
-    Kind.BLOCK_END: _args("reason:u obj:u"),
+    # waker: native tid of the thread that released the lock / notified / ended (for a
+    # join), 0 if unknown (timeout, interruption, or a source that cannot tell). For
+    # JOIN, obj is the joined thread's native tid too
+    # (sources/blocking.py documents each reason's obj)
+    Kind.BLOCK_END: _args("reason:u obj:u waker:u"),
     # the recording thread wakes thread `target` (or task `task` if not 0)
     Kind.WAKE: _args("target:u task:u reason:u obj:u"),
     Kind.GC_BEGIN: _args("generation:u"),

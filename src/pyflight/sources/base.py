@@ -62,7 +62,9 @@ class Source:
             backend.record(Kind.SOURCE_DISABLED, self.name, reason)
         except Exception:
             pass
-        warnings.warn(f"pyflight: source {self.name!r} disabled after a fault: {reason}", SourceWarning, stacklevel=2)
+        warnings.warn(
+            f"pyflight: source {self.name!r} disabled after a fault: {reason}", SourceWarning, stacklevel=2
+        )
 
     def _install(self) -> None:
         raise NotImplementedError

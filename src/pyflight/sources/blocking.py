@@ -1,0 +1,478 @@
+"""Blocking in threads: BLOCK_BEGIN / BLOCK_END around each call that actually blocks,
+WAKE when a thread wakes another.
+
+What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
+
+- Locks: ``threading.Lock`` and ``threading.RLock`` are replaced by the C types
+  ``TracedLock`` / ``TracedRLock`` (they wrap a real ``_thread`` lock; before 3.13,
+  where ``threading.Lock`` is a function, by a C function making a ``TracedLock``). An
+  uncontended acquire is one call of the inner lock and records nothing; only a
+  contended acquire that may block records BLOCK(LOCK, id(lock), stack), and its
+  BLOCK_END names the thread that released the lock last (``waker``).
+  ``threading._allocate_lock`` is left alone: Condition.wait makes its private waiter
+  locks with it, and that wait is recorded once, as CONDITION.
+- ``threading.Condition.wait`` / ``notify`` (so ``queue.Queue``, ``Event``,
+  ``Semaphore``, ``Barrier``, ``concurrent.futures`` waits): BLOCK(CONDITION,
+  id(cond), stack) around a wait that may block; ``notify`` (``notify_all`` calls it)
+  records WAKE(waiter tid, 0, CONDITION, id(cond)) for each waiter it wakes, and the
+  waiter's BLOCK_END names the notifier. Re-acquiring the condition's lock at the end of
+  a wait is part of the CONDITION block, not a LOCK block of its own.
+- ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
+  ``time.sleep`` (SLEEP), blocking socket operations (IO: ``socket.socket`` recv,
+  recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
+  connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
+  ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
+  marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its
+  loop's idle time itself). These are Python wrappers (microseconds are nothing next to
+  a sleep, a syscall or a thread end).
+
+Calls that cannot block are not recorded: a non-blocking or zero-timeout acquire, a
+wait/select/sleep with a timeout <= 0, a join of a thread that is not running. Socket
+calls on blocking sockets are recorded even when data was already there (it cannot be
+known in advance); their BLOCK is then short.
+
+The replacements carry the names they stand in for (``threading.Lock``,
+``threading.RLock``, ``functools.wraps`` for the Python wrappers), so pickle finds them
+by reference and threading's own checks hold; ``type(lock)`` shows as ``threading.Lock``.
+
+Limits: module attributes are replaced (``threading.Lock``, ``threading.RLock``,
+``time.sleep``, ``select.select``), so code that did ``from time import sleep`` (or
+``from threading import Lock``) before the recorder started keeps the original, and
+locks created before it started are not traced. Locks created while it ran stay traced
+wrappers after it stops (they then cost one extra call and record nothing). On 3.13,
+``isinstance(lock, threading.Lock)`` is true for traced locks only while installed.
+Without the C core, locks are not traced and Condition uses Python wrappers.
+
+A fault in a hook disables the source (SOURCE_DISABLED, a warning) and the program goes
+on: every wrapper passes its arguments, result and exceptions through untouched.
+"""
+
+from __future__ import annotations
+
+import _socket
+import functools
+import select
+import selectors
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType, ModuleType
+from typing import Any
+
+from pyflight.core import backend
+from pyflight.core.events import BlockReason, Kind
+from pyflight.sources import register
+from pyflight.sources.base import Source
+
+_BLOCK_BEGIN = int(Kind.BLOCK_BEGIN)
+_BLOCK_END = int(Kind.BLOCK_END)
+_WAKE = int(Kind.WAKE)
+_CONDITION = int(BlockReason.CONDITION)
+_SLEEP = int(BlockReason.SLEEP)
+_JOIN = int(BlockReason.JOIN)
+_IO = int(BlockReason.IO)
+_SELECT = int(BlockReason.SELECT)
+
+#: socket.socket methods that block on a blocking socket.
+SOCKET_METHODS = (
+    "recv",
+    "recv_into",
+    "recvfrom",
+    "recvfrom_into",
+    "send",
+    "sendall",
+    "sendto",
+    "accept",
+    "connect",
+    "connect_ex",
+)
+
+#: What the source can hook; each can be turned off with an option of the same name.
+OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select")
+
+_MISSING: Any = object()
+_gettimeout = _socket.socket.gettimeout
+
+#: The installed BlockingSource: the patches exist once per process.
+_owner: BlockingSource | None = None
+
+
+def _may_block(timeout: object) -> bool:
+    """True for a timeout that lets a wait block: None, or an int/float above 0."""
+    return timeout is None or (type(timeout) in (int, float) and timeout > 0)  # type: ignore[operator]
+
+
+def _single_arg(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, default: Any) -> tuple[bool, Any]:
+    """``(ok, value)`` of the one optional argument ``name`` of a wrapped call."""
+    if len(args) + len(kwargs) > 1 or (kwargs and name not in kwargs):
+        return False, None
+    return True, args[0] if args else kwargs.get(name, default)
+
+
+def _c_core() -> ModuleType | None:
+    """The C core if it is the backend and has the lock hooks, else None."""
+    if getattr(backend, "BACKEND", None) == "c" and hasattr(backend, "TracedLock"):
+        return backend
+    return None
+
+
+class _Patch:
+    """One replaced attribute: ``owner.name`` was ``original`` (``_MISSING`` if it was
+    inherited, for a class) and is now ``ours``."""
+
+    __slots__ = ("name", "original", "ours", "owner")
+
+    def __init__(self, owner: Any, name: str, ours: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.ours = ours
+        self.original = owner.__dict__.get(name, _MISSING)
+
+    def apply(self) -> None:
+        setattr(self.owner, self.name, self.ours)
+
+    def restore(self) -> None:
+        """Put the original back, unless someone replaced ours since (theirs stays)."""
+        if self.owner.__dict__.get(self.name, _MISSING) is not self.ours:
+            return
+        if self.original is _MISSING:
+            delattr(self.owner, self.name)
+        else:
+            setattr(self.owner, self.name, self.original)
+
+
+@register
+class BlockingSource(Source):
+    """BLOCK_BEGIN / BLOCK_END / WAKE for locks, conditions, join, sleep, sockets, select."""
+
+    name = "blocking"
+    default_enabled = True
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._active = False
+        self._patches: list[_Patch] = []
+        self._c: ModuleType | None = None
+        # pure-Python conditions: id(condition) -> [[waiter tid, notifier tid], ...], FIFO
+        self._waiting: dict[int, list[list[int]]] = {}
+
+    # install / uninstall ----------------------------------------------------------
+
+    def _install(self) -> None:
+        global _owner
+        if self._patches:
+            return
+        if _owner is not None:
+            raise RuntimeError("the blocking source is already installed by another recorder")
+        unknown = sorted(set(self.options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; available: {list(OPTIONS)}")
+        on = {name: bool(self.options.get(name, True)) for name in OPTIONS}
+        c = _c_core()
+        if c is not None:
+            expected = (_BLOCK_BEGIN, _BLOCK_END, _WAKE, int(BlockReason.LOCK), _CONDITION)
+            if tuple(c._BLOCKING_CONSTANTS) != expected:
+                raise RuntimeError(
+                    f"C core constants {c._BLOCKING_CONSTANTS} != {expected}: rebuild pyflight"
+                )
+        self._c = c
+        self._waiting.clear()
+        patches: list[_Patch] = []
+        if c is not None:
+            rlock = threading.RLock
+            if rlock is c.TracedRLock:
+                raise RuntimeError("threading.RLock is already traced")
+            c._blocking_setup(rlock, self._on_c_fault)
+            if on["locks"]:
+                # threading.Lock is the type _thread.lock from 3.13, the function
+                # _thread.allocate_lock before: replaced by the same kind of object
+                lock_factory = c.TracedLock if isinstance(threading.Lock, type) else c.traced_allocate_lock
+                patches.append(_Patch(threading, "Lock", lock_factory))
+                patches.append(_Patch(threading, "RLock", c.TracedRLock))
+        if on["conditions"]:
+            patches += self._condition_patches(c)
+        if on["join"]:
+            patches.append(self._join_patch())
+        if on["sleep"]:
+            patches.append(self._sleep_patch())
+        if on["sockets"]:
+            patches += self._socket_patches()
+        if on["select"]:
+            patches += self._select_patches()
+        self._patches = patches
+        self._active = True
+        _owner = self
+        try:
+            for patch in patches:
+                patch.apply()
+            if c is not None:
+                c._blocking_control(True)
+        except BaseException:
+            self._uninstall()
+            raise
+
+    def _uninstall(self) -> None:
+        """Stop recording, then put back every original (by identity)."""
+        global _owner
+        self._active = False
+        if self._c is not None:
+            self._c._blocking_control(False)
+        errors = []
+        for patch in reversed(self._patches):
+            try:
+                patch.restore()
+            except Exception as exc:  # go on: restore everything we can
+                errors.append(exc)
+        self._patches = []
+        self._waiting.clear()
+        if _owner is self:
+            _owner = None
+        if errors:
+            raise errors[0]
+
+    # faults -----------------------------------------------------------------------
+
+    def _fault(self, exc: BaseException) -> None:
+        """A hook failed: disable the source; never raises (we are inside user calls)."""
+        try:
+            self.failed(exc)
+        except Exception:
+            pass
+
+    def _on_c_fault(self, exc: BaseException) -> None:
+        """Called by the C hooks (which already stopped recording) when recording failed."""
+        self._fault(exc)
+
+    # recording helpers --------------------------------------------------------------
+
+    def _blocked(
+        self,
+        reason: int,
+        obj: int,
+        frame: FrameType | None,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        waker: Callable[[], int] | None = None,
+    ) -> Any:
+        """``func(*args, **kwargs)`` between BLOCK_BEGIN and BLOCK_END(reason, obj)."""
+        record = backend.record
+        try:
+            record(_BLOCK_BEGIN, reason, obj, frame)
+        except Exception as exc:
+            self._fault(exc)
+            return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if self._active:
+                try:
+                    record(_BLOCK_END, reason, obj, 0 if waker is None else waker())
+                except Exception as exc:
+                    self._fault(exc)
+
+    # conditions ---------------------------------------------------------------------
+
+    def _condition_patches(self, c: ModuleType | None) -> list[_Patch]:
+        cls = threading.Condition
+        orig_wait = cls.__dict__["wait"]
+        orig_notify = cls.__dict__["notify"]
+        if c is not None:
+            wait_hook = functools.update_wrapper(c.BlockingHook(orig_wait, c.HOOK_CONDITION_WAIT), orig_wait)
+            notify_hook = functools.update_wrapper(
+                c.BlockingHook(orig_notify, c.HOOK_CONDITION_NOTIFY), orig_notify
+            )
+            return [_Patch(cls, "wait", wait_hook), _Patch(cls, "notify", notify_hook)]
+        source = self
+
+        @functools.wraps(orig_wait)
+        def wait(cond: Any, *args: Any, **kwargs: Any) -> Any:
+            if source._active:
+                ok, timeout = _single_arg(args, kwargs, "timeout", None)
+                if ok and _may_block(timeout):
+                    return source._condition_wait(cond, orig_wait, args, kwargs, sys._getframe(1))
+            return orig_wait(cond, *args, **kwargs)
+
+        @functools.wraps(orig_notify)
+        def notify(cond: Any, *args: Any, **kwargs: Any) -> Any:
+            result = orig_notify(cond, *args, **kwargs)
+            if source._active:
+                ok, n = _single_arg(args, kwargs, "n", 1)
+                if ok and type(n) is int and n > 0:
+                    source._condition_notified(cond, n)
+            return result
+
+        return [_Patch(cls, "wait", wait), _Patch(cls, "notify", notify)]
+
+    def _condition_wait(
+        self,
+        cond: Any,
+        orig_wait: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        frame: FrameType | None,
+    ) -> Any:
+        """Pure-Python twin of the C wait hook (used without the C core)."""
+        key = id(cond)
+        slot: list[int] | None = None
+        try:
+            slot = [backend.thread_id(), 0]
+            self._waiting.setdefault(key, []).append(slot)
+            backend.record(_BLOCK_BEGIN, _CONDITION, key, frame)
+        except Exception as exc:
+            self._fault(exc)
+        try:
+            return orig_wait(cond, *args, **kwargs)
+        finally:
+            if slot is not None:
+                try:
+                    waiters = self._waiting.get(key)
+                    if waiters is not None:
+                        for i, other in enumerate(waiters):
+                            if other is slot:
+                                del waiters[i]
+                                break
+                        if not waiters:
+                            self._waiting.pop(key, None)
+                    if self._active:
+                        backend.record(_BLOCK_END, _CONDITION, key, slot[1])
+                except Exception as exc:
+                    self._fault(exc)
+
+    def _condition_notified(self, cond: Any, n: int) -> None:
+        """Pure-Python twin of the C notify hook: WAKE for the first n known waiters."""
+        try:
+            key = id(cond)
+            waiters = self._waiting.get(key)
+            if not waiters:
+                return
+            me = backend.thread_id()
+            woken = waiters[:n]
+            del waiters[:n]
+            if not waiters:
+                self._waiting.pop(key, None)
+            for slot in woken:
+                slot[1] = me
+                backend.record(_WAKE, slot[0], 0, _CONDITION, key)
+        except Exception as exc:
+            self._fault(exc)
+
+    # join, sleep ----------------------------------------------------------------------
+
+    def _join_patch(self) -> _Patch:
+        cls = threading.Thread
+        orig_join = cls.__dict__["join"]
+        is_alive = cls.__dict__["is_alive"]
+        get_ident = threading.get_ident
+        source = self
+
+        def joins(thread: threading.Thread, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+            ok, timeout = _single_arg(args, kwargs, "timeout", None)
+            try:
+                return ok and _may_block(timeout) and thread.ident != get_ident() and bool(is_alive(thread))
+            except Exception:  # not started, not initialised, ...: join itself will say
+                return False
+
+        @functools.wraps(orig_join)
+        def join(thread: threading.Thread, *args: Any, **kwargs: Any) -> Any:
+            if source._active and joins(thread, args, kwargs):
+                tid = thread.native_id or 0
+
+                def waker() -> int:
+                    try:
+                        return 0 if is_alive(thread) else tid
+                    except Exception:
+                        return 0
+
+                return source._blocked(
+                    _JOIN, tid, sys._getframe(1), orig_join, (thread, *args), kwargs, waker
+                )
+            return orig_join(thread, *args, **kwargs)
+
+        return _Patch(cls, "join", join)
+
+    def _sleep_patch(self) -> _Patch:
+        orig_sleep = time.sleep
+        source = self
+
+        @functools.wraps(orig_sleep)
+        def sleep(*args: Any, **kwargs: Any) -> Any:
+            if source._active and len(args) == 1 and not kwargs:
+                secs = args[0]
+                if type(secs) in (int, float) and secs > 0:
+                    return source._blocked(_SLEEP, 0, sys._getframe(1), orig_sleep, args, {})
+            return orig_sleep(*args, **kwargs)
+
+        return _Patch(time, "sleep", sleep)
+
+    # sockets, select --------------------------------------------------------------------
+
+    def _socket_patches(self) -> list[_Patch]:
+        cls = socket.socket
+        source = self
+
+        def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(orig)
+            def call(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                if source._active:
+                    try:
+                        blocks = _gettimeout(sock) != 0.0
+                    except Exception:  # not a socket: the original will say so
+                        blocks = False
+                    if blocks:
+                        return source._blocked(_IO, id(sock), sys._getframe(1), orig, (sock, *args), kwargs)
+                return orig(sock, *args, **kwargs)
+
+            return call
+
+        return [_Patch(cls, name, make(getattr(cls, name))) for name in SOCKET_METHODS if hasattr(cls, name)]
+
+    def _select_patches(self) -> list[_Patch]:
+        source = self
+        patches = []
+        orig_select = select.select
+
+        @functools.wraps(orig_select)
+        def select_(*args: Any, **kwargs: Any) -> Any:
+            if (
+                source._active
+                and not kwargs
+                and len(args) in (3, 4)
+                and _may_block(args[3] if len(args) == 4 else None)
+            ):
+                return source._blocked(_SELECT, 0, sys._getframe(1), orig_select, args, {})
+            return orig_select(*args, **kwargs)
+
+        patches.append(_Patch(select, "select", select_))
+
+        def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(orig)
+            def select(sel: Any, *args: Any, **kwargs: Any) -> Any:
+                if source._active:
+                    ok, timeout = _single_arg(args, kwargs, "timeout", None)
+                    try:
+                        blocks = (
+                            ok and _may_block(timeout) and not getattr(sel, "_pyflight_loop_selector", False)
+                        )
+                    except Exception:
+                        blocks = False
+                    if blocks:
+                        return source._blocked(_SELECT, id(sel), sys._getframe(1), orig, (sel, *args), kwargs)
+                return orig(sel, *args, **kwargs)
+
+            return select
+
+        seen: set[int] = set()
+        for obj in list(vars(selectors).values()):
+            if (
+                isinstance(obj, type)
+                and id(obj) not in seen
+                and not seen.add(id(obj))  # type: ignore[func-returns-value]
+                and issubclass(obj, selectors.BaseSelector)
+                and obj is not selectors.BaseSelector
+                and "select" in obj.__dict__
+            ):
+                patches.append(_Patch(obj, "select", make(obj.__dict__["select"])))
+        return patches

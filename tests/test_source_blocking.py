@@ -1,0 +1,638 @@
+"""The blocking source: real programs blocking on locks, conditions, joins, sleeps, sockets
+and select under FlightRecorder(sources=["blocking"]), read back from the written file."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import pickle
+import queue
+import select
+import selectors
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyflight
+import pyflight.sources.blocking as blocking_mod
+from pyflight.core import backend
+from pyflight.core.events import BlockReason, Kind
+from pyflight.sources import REGISTRY, SourceWarning
+
+C = blocking_mod._c_core()
+needs_c = pytest.mark.skipif(C is None, reason="locks are traced by the C core only")
+MS = 1_000_000
+
+
+def patched_attributes() -> dict[tuple[Any, str], Any]:
+    """Everything the source may replace, as found now (MISSING if inherited)."""
+    owners: list[tuple[Any, tuple[str, ...]]] = [
+        (threading, ("Lock", "RLock")),
+        (threading.Condition, ("wait", "notify", "notify_all")),
+        (threading.Thread, ("join",)),
+        (time, ("sleep",)),
+        (select, ("select",)),
+        (socket.socket, blocking_mod.SOCKET_METHODS),
+    ]
+    owners += [(cls, ("select",)) for cls in vars(selectors).values() if isinstance(cls, type)]
+    return {
+        (owner, name): owner.__dict__.get(name, blocking_mod._MISSING)
+        for owner, names in owners
+        for name in names
+    }
+
+
+@pytest.fixture
+def originals() -> Iterator[dict[tuple[Any, str], Any]]:
+    saved = patched_attributes()
+    yield saved
+    after = patched_attributes()
+    changed = [f"{getattr(o, '__name__', o)}.{n}" for (o, n), v in saved.items() if after[(o, n)] is not v]
+    assert not changed, f"not restored: {changed}"
+
+
+@pytest.fixture
+def rec(originals: dict[tuple[Any, str], Any]) -> Iterator[pyflight.FlightRecorder]:
+    recorder = pyflight.FlightRecorder(sources=["blocking"]).start()
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
+
+
+def snapshot(rec: pyflight.FlightRecorder, tmp_path: Path) -> pyflight.Trace:
+    path = tmp_path / "t.pyfl"
+    rec.write_to(path)
+    return pyflight.load(path)
+
+
+def of_kind(trace: pyflight.Trace, *kinds: Kind) -> list[pyflight.Event]:
+    return [e for e in trace.events if e.kind in kinds]
+
+
+def blocks(trace: pyflight.Trace, reason: BlockReason, obj: int | None = None) -> list[tuple[Any, Any]]:
+    """(BLOCK_BEGIN, BLOCK_END) pairs for `reason` (and `obj`), matched per thread."""
+    open_: dict[tuple[int, int], Any] = {}
+    pairs = []
+    for e in sorted(of_kind(trace, Kind.BLOCK_BEGIN, Kind.BLOCK_END), key=lambda e: e.time):
+        if e.arg("reason") != reason or (obj is not None and e.arg("obj") != obj):
+            continue
+        key = (e.thread, e.arg("obj"))
+        if e.kind == Kind.BLOCK_BEGIN:
+            assert key not in open_, f"nested block on {key}"
+            open_[key] = e
+        else:
+            pairs.append((open_.pop(key), e))
+    return pairs
+
+
+def functions(event: pyflight.Event) -> list[str]:
+    """The stack's function names, innermost first, without ``outer.<locals>.``."""
+    return [f.function.rsplit("<locals>.", 1)[-1] for f in event.stack]
+
+
+def run_thread(target: Callable[[], Any], name: str = "helper") -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+# ------------------------------------------------------------------ basics
+
+
+def test_registered() -> None:
+    cls = REGISTRY["blocking"]
+    assert cls.name == "blocking" and cls.default_enabled
+
+
+def test_unknown_option_refused(originals: dict[tuple[Any, str], Any]) -> None:
+    with pytest.warns(SourceWarning, match="unknown option"):
+        recorder = pyflight.FlightRecorder(
+            sources=["blocking"], source_options={"blocking": {"nope": 1}}
+        ).start()
+    recorder.stop()
+
+
+def test_uninstall_restores_everything(originals: dict[tuple[Any, str], Any]) -> None:
+    recorder = pyflight.FlightRecorder(sources=["blocking"]).start()
+    try:
+        assert time.sleep is not originals[(time, "sleep")]
+        assert threading.Condition.__dict__["wait"] is not originals[(threading.Condition, "wait")]
+        assert socket.socket.__dict__.get("recv") is not None  # added on the class, removed after
+        assert threading.Condition.wait.__wrapped__ is originals[(threading.Condition, "wait")]
+        assert selectors.SelectSelector.select.__wrapped__ is originals[(selectors.SelectSelector, "select")]
+        if C is not None:
+            assert threading.Lock in (C.TracedLock, C.traced_allocate_lock)
+            assert threading.RLock is C.TracedRLock
+            # threading's own __all__ check wants its names to come from threading/_thread
+            assert threading.Lock.__module__ in ("threading", "_thread")
+            assert threading.RLock.__module__ == "threading"
+            # pickled by reference (multiprocessing managers do), as the originals
+            assert pickle.loads(pickle.dumps(threading.Lock)) is threading.Lock
+            assert pickle.loads(pickle.dumps(threading.RLock)) is threading.RLock
+        lock, rlock, cond = threading.Lock(), threading.RLock(), threading.Condition()
+    finally:
+        recorder.stop()
+    assert "recv" not in socket.socket.__dict__
+    # what was handed out keeps working after the source is gone
+    with lock, rlock, rlock, cond:
+        assert cond.wait(0.001) is False
+    assert not lock.locked()
+    # and a second recorder installs it again
+    with pyflight.FlightRecorder(sources=["blocking"]):
+        assert time.sleep is not originals[(time, "sleep")]
+
+
+# ------------------------------------------------------------------ locks
+
+
+@needs_c
+def test_contended_lock_records_block_and_waker(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    lock = threading.Lock()
+    holding = threading.Event()
+    a_tid: list[int] = []
+
+    def holder() -> None:
+        a_tid.append(threading.get_native_id())
+        with lock:
+            holding.set()
+            time.sleep(0.05)
+
+    def wants_the_lock() -> float:
+        start = time.monotonic()
+        with lock:
+            return time.monotonic() - start
+
+    a = run_thread(holder, "A")
+    assert holding.wait(5)
+    waited = wants_the_lock()
+    a.join(5)
+    assert waited >= 0.02
+    trace = snapshot(rec, tmp_path)
+    [(begin, end)] = blocks(trace, BlockReason.LOCK, id(lock))
+    assert begin.thread == threading.get_native_id() == end.thread
+    assert functions(begin)[0] == "wants_the_lock"
+    assert begin.stack[0].file == __file__
+    assert 20 * MS <= end.time - begin.time <= 2000 * MS
+    assert end.arg("waker") == a_tid[0]
+
+
+@needs_c
+def test_uncontended_and_nonblocking_acquires_record_nothing(
+    rec: pyflight.FlightRecorder, tmp_path: Path
+) -> None:
+    lock, rlock = threading.Lock(), threading.RLock()
+    for _ in range(100):
+        with lock:
+            pass
+        assert lock.acquire() and lock.acquire(False) is False
+        assert lock.acquire(timeout=0) is False and lock.acquire(True, 0) is False
+        lock.release()
+        with rlock, rlock:
+            pass
+    trace = snapshot(rec, tmp_path)
+    assert not [e for e in of_kind(trace, Kind.BLOCK_BEGIN) if e.arg("obj") in (id(lock), id(rlock))]
+
+
+@needs_c
+def test_lock_api_is_the_real_one(rec: pyflight.FlightRecorder) -> None:
+    lock = threading.Lock()
+    assert type(lock) is C.TracedLock
+    assert "unlocked" in repr(lock) and lock.locked() is False
+    assert lock.acquire() is True and lock.locked() is True and "locked" in repr(lock)
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1)
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=-5)
+    with pytest.raises(OverflowError):
+        lock.acquire(timeout=1e100)
+    with pytest.raises(TypeError):
+        lock.acquire(1, 2, 3)
+    with pytest.raises(TypeError):
+        lock.acquire(bogus=1)
+    start = time.monotonic()
+    assert lock.acquire(timeout=0.02) is False
+    assert time.monotonic() - start >= 0.015
+    assert lock.acquire_lock(False) is False and lock.locked_lock() is True
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock as entered:
+        assert entered is True
+    with pytest.raises(ZeroDivisionError), lock:
+        1 / 0  # noqa: B018
+    assert not lock.locked()
+    ref = weakref.ref(lock)
+    assert ref() is lock
+    with pytest.raises(TypeError):
+        pickle.dumps(lock)
+    lock.acquire()
+    lock._at_fork_reinit()
+    assert not lock.locked()
+    with pytest.raises(TypeError):
+        threading.Lock(1)  # type: ignore[call-arg]
+    if sys.version_info >= (3, 13):
+        assert threading.Lock | None is not None  # a type, as threading.Lock is on 3.13
+    with pytest.raises(TypeError):
+        type("Sub", (threading.Lock,), {})
+    if sys.version_info < (3, 13):  # as _thread.lock: made by threading.Lock() only
+        with pytest.raises(TypeError, match=r"cannot create 'threading\.Lock' instances"):
+            type(lock)()
+    del lock
+    gc.collect()
+    assert ref() is None
+
+
+@needs_c
+def test_rlock_recursion_and_owner(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    rlock = threading.RLock()
+    assert type(rlock) is C.TracedRLock
+    assert rlock.acquire() and rlock.acquire() and rlock._is_owned() and rlock._recursion_count() == 2
+    assert "count=2" in repr(rlock)
+    errors: list[BaseException] = []
+    acquired_at: list[float] = []
+    started = threading.Event()
+
+    def other() -> None:
+        try:
+            rlock.release()  # not the owner
+        except RuntimeError as exc:
+            errors.append(exc)
+        assert rlock.acquire(False) is False and rlock._is_owned() is False
+        started.set()
+        with rlock:
+            acquired_at.append(time.monotonic())
+
+    t = run_thread(other, "other")
+    assert started.wait(5)
+    time.sleep(0.03)
+    rlock.release()
+    time.sleep(0.02)  # still held once: the other thread still waits
+    assert not acquired_at
+    released_at = time.monotonic()
+    rlock.release()
+    t.join(5)
+    assert len(errors) == 1 and acquired_at and acquired_at[0] >= released_at
+    with pytest.raises(RuntimeError):
+        rlock.release()
+    trace = snapshot(rec, tmp_path)
+    [(begin, end)] = blocks(trace, BlockReason.LOCK, id(rlock))
+    assert begin.thread == t.native_id and functions(begin)[0] == "other"
+    assert end.arg("waker") == threading.get_native_id()
+
+
+@needs_c
+def test_condition_with_rlock_and_lock_counts_once(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    for lock in (threading.RLock(), threading.Lock()):
+        cond = threading.Condition(lock)
+        ready: list[int] = []
+
+        def waiter(cond: threading.Condition = cond, ready: list[int] = ready) -> None:
+            with cond:
+                ready.append(1)
+                assert cond.wait(5)
+
+        t = run_thread(waiter)
+        while True:
+            with cond:
+                if ready and cond._waiters:  # type: ignore[attr-defined]
+                    cond.notify()
+                    time.sleep(0.03)  # hold the lock: the waiter re-acquires it inside wait()
+                    break
+            time.sleep(0.001)
+        t.join(5)
+        trace = snapshot(rec, tmp_path)
+        [(begin, end)] = blocks(trace, BlockReason.CONDITION, id(cond))
+        assert end.time - begin.time >= 25 * MS
+        assert end.arg("waker") == threading.get_native_id()
+        # the re-acquire inside wait() is part of the CONDITION block, not a LOCK block
+        assert not [b for b, _ in blocks(trace, BlockReason.LOCK, id(lock)) if b.thread == t.native_id]
+
+
+# ------------------------------------------------------------------ conditions and what uses them
+
+
+def test_queue_get_blocks_and_put_wakes(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    q: queue.Queue[int] = queue.Queue()
+    putter_tid: list[int] = []
+
+    def putter() -> None:
+        putter_tid.append(threading.get_native_id())
+        time.sleep(0.05)
+        q.put(42)
+
+    t = run_thread(putter, "putter")
+
+    def consume() -> int:
+        return q.get(timeout=5)
+
+    assert consume() == 42
+    t.join(5)
+    trace = snapshot(rec, tmp_path)
+    [(begin, end)] = blocks(trace, BlockReason.CONDITION, id(q.not_empty))
+    me = threading.get_native_id()
+    assert begin.thread == me and functions(begin)[:2] == ["Queue.get", "consume"]
+    assert 30 * MS <= end.time - begin.time <= 2000 * MS
+    assert end.arg("waker") == putter_tid[0]
+    [wake] = [e for e in of_kind(trace, Kind.WAKE) if e.arg("obj") == id(q.not_empty)]
+    assert wake.thread == putter_tid[0] and wake.arg("target") == me
+    assert wake.arg("reason") == BlockReason.CONDITION and wake.arg("task") == 0
+    assert begin.time < wake.time <= end.time
+
+
+def test_event_semaphore_barrier_future(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    event = threading.Event()
+    sem = threading.Semaphore(0)
+    barrier = threading.Barrier(2)
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    def release_all() -> None:
+        time.sleep(0.03)
+        event.set()
+        time.sleep(0.01)
+        sem.release()
+        barrier.wait(5)
+        time.sleep(0.01)
+        future.set_result(7)
+
+    t = run_thread(release_all)
+    assert event.wait(5)
+    assert sem.acquire(timeout=5)
+    barrier.wait(5)
+    assert future.result(timeout=5) == 7
+    t.join(5)
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    for obj, function in (
+        (event._cond, "Event.wait"),
+        (sem._cond, "Semaphore.acquire"),
+        (future._condition, "Future.result"),
+    ):
+        pairs = [(b, e) for b, e in blocks(trace, BlockReason.CONDITION, id(obj)) if b.thread == me]
+        assert pairs, function
+        assert function in functions(pairs[0][0])
+        assert pairs[-1][1].arg("waker") == t.native_id
+    assert [b for b, _ in blocks(trace, BlockReason.CONDITION, id(barrier._cond)) if b.thread == me] or [
+        b for b, _ in blocks(trace, BlockReason.CONDITION, id(barrier._cond)) if b.thread == t.native_id
+    ]
+
+
+def test_notify_all_wakes_every_waiter(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    cond = threading.Condition()
+    go = False
+
+    def waiter() -> None:
+        with cond:
+            cond.wait_for(lambda: go, timeout=5)
+
+    threads = [run_thread(waiter, f"w{i}") for i in range(3)]
+    while True:
+        with cond:
+            if len(cond._waiters) == 3:  # type: ignore[attr-defined]
+                go = True
+                cond.notify_all()
+                break
+        time.sleep(0.001)
+    for t in threads:
+        t.join(5)
+    trace = snapshot(rec, tmp_path)
+    wakes = [e for e in of_kind(trace, Kind.WAKE) if e.arg("obj") == id(cond)]
+    assert sorted(e.arg("target") for e in wakes) == sorted(t.native_id for t in threads)
+    ends = [e for _, e in blocks(trace, BlockReason.CONDITION, id(cond))]
+    assert len(ends) == 3 and {e.arg("waker") for e in ends} == {threading.get_native_id()}
+
+
+def test_condition_timeout_and_errors_pass_through(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    cond = threading.Condition()
+    with cond:
+        start = time.monotonic()
+        assert cond.wait(0.03) is False
+        assert time.monotonic() - start >= 0.025
+        assert cond.wait(0) is False  # cannot block: not recorded
+        assert cond.wait(timeout=-1) is False
+    with pytest.raises(RuntimeError, match="un-acquired"):
+        cond.wait()
+    with pytest.raises(RuntimeError, match="un-acquired"):
+        cond.notify()
+    if C is not None:
+        assert id(cond) not in C._blocking_waiting()
+    trace = snapshot(rec, tmp_path)
+    pairs = blocks(trace, BlockReason.CONDITION, id(cond))
+    assert pairs[0][1].arg("waker") == 0
+    assert pairs[0][1].time - pairs[0][0].time >= 25 * MS
+    assert not [e for e in of_kind(trace, Kind.WAKE) if e.arg("obj") == id(cond)]
+
+
+# ------------------------------------------------------------------ join, sleep
+
+
+def test_join_and_sleep(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    t = run_thread(lambda: time.sleep(0.05), "sleeper")
+
+    def joiner() -> None:
+        t.join()
+
+    joiner()
+    t.join()  # not alive any more: nothing to record
+
+    def sleeper() -> None:
+        time.sleep(0.05)
+
+    sleeper()
+    time.sleep(0)
+    with pytest.raises(ValueError):
+        time.sleep(-1)
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    [(begin, end)] = [(b, e) for b, e in blocks(trace, BlockReason.JOIN) if b.thread == me]
+    assert begin.arg("obj") == t.native_id and end.arg("waker") == t.native_id
+    assert functions(begin)[0] == "joiner"
+    sleeps = [(b, e) for b, e in blocks(trace, BlockReason.SLEEP) if b.thread == me]
+    assert len(sleeps) == 1 and functions(sleeps[0][0])[0] == "sleeper"
+    assert sleeps[0][1].time - sleeps[0][0].time >= 45 * MS
+    [(begin, _)] = [(b, e) for b, e in blocks(trace, BlockReason.SLEEP) if b.thread == t.native_id]
+    assert functions(begin)[0] == "<lambda>"
+
+
+def test_join_timeout_has_no_waker(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    stop = threading.Event()
+    t = run_thread(lambda: stop.wait(5))
+    t.join(0.02)
+    assert t.is_alive()
+    stop.set()
+    t.join(5)
+    with pytest.raises(RuntimeError):
+        threading.current_thread().join()
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    ends = [e.arg("waker") for b, e in blocks(trace, BlockReason.JOIN) if b.thread == me]
+    assert ends[0] == 0 and len(ends) <= 2
+
+
+# ------------------------------------------------------------------ sockets, select
+
+
+def test_blocking_socket_recv_and_nonblocking_skipped(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            time.sleep(0.05)
+            conn.sendall(b"hello")
+            conn.recv(10)
+
+    t = run_thread(serve, "server")
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    def read() -> bytes:
+        return client.recv(10)
+
+    assert read() == b"hello"
+    client.sendall(b"bye")
+    t.join(5)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        a.recv(1)
+    client.close()
+    server.close()
+    a.close()
+    b.close()
+    trace = snapshot(rec, tmp_path)
+    recvs = [(b_, e) for b_, e in blocks(trace, BlockReason.IO, id(client)) if functions(b_)[0] == "read"]
+    assert len(recvs) == 1
+    begin, end = recvs[0]
+    assert end.time - begin.time >= 30 * MS
+    assert blocks(trace, BlockReason.IO, id(server)), "accept() on the server thread"
+    me = threading.get_native_id()  # (ids of closed sockets are reused: look at this thread only)
+    assert not [p for p in blocks(trace, BlockReason.IO, id(a)) if p[0].thread == me]
+
+
+def test_select_and_selectors(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    a, b = socket.socketpair()
+    t = run_thread(lambda: (time.sleep(0.03), b.send(b"x")))
+
+    def wait_readable() -> list[Any]:
+        return select.select([a], [], [], 5)[0]
+
+    assert wait_readable() == [a]
+    assert select.select([a], [], [], 0)[0] == [a]  # a poll: not recorded
+    t.join(5)
+    a.recv(1)
+    sel = selectors.DefaultSelector()
+    sel.register(a, selectors.EVENT_READ)
+    t = run_thread(lambda: (time.sleep(0.03), b.send(b"y")))
+    assert len(sel.select(5)) == 1
+    t.join(5)
+    a.recv(1)
+    loop_sel = selectors.DefaultSelector()
+    loop_sel._pyflight_loop_selector = True  # type: ignore[attr-defined]
+    loop_sel.register(a, selectors.EVENT_READ)
+    assert loop_sel.select(0.01) == []
+    for s in (sel, loop_sel):
+        s.close()
+    a.close()
+    b.close()
+    trace = snapshot(rec, tmp_path)
+    [(begin, end)] = blocks(trace, BlockReason.SELECT, 0)
+    assert functions(begin)[0] == "wait_readable" and end.time - begin.time >= 20 * MS
+    assert len(blocks(trace, BlockReason.SELECT, id(sel))) == 1
+    assert not blocks(trace, BlockReason.SELECT, id(loop_sel))
+
+
+# ------------------------------------------------------------------ faults
+
+
+@needs_c
+def test_fault_in_c_hook_disables_source(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    assert C is not None
+    lock = threading.Lock()
+    lock.acquire()
+    t = run_thread(lambda: time.sleep(0.03) or lock.release())
+    C._blocking_control(True, True)  # the next LOCK BLOCK_BEGIN fails
+    with pytest.warns(SourceWarning, match="blocking"):
+        assert lock.acquire(timeout=5) is True  # the program goes on
+    lock.release()
+    t.join(5)
+    assert type(threading.Lock()) is not C.TracedLock  # uninstalled
+    trace = snapshot(rec, tmp_path)
+    [disabled] = of_kind(trace, Kind.SOURCE_DISABLED)
+    assert disabled.arg("source") == "blocking" and "injected fault" in disabled.arg("reason")
+    assert not blocks(trace, BlockReason.LOCK, id(lock))
+
+
+def test_fault_in_python_hook_disables_source(
+    originals: dict[tuple[Any, str], Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = backend.record
+
+    def record(kind: int, *args: Any) -> None:
+        if kind == Kind.BLOCK_BEGIN and args[0] == BlockReason.SLEEP:
+            raise RuntimeError("injected fault")
+        real(kind, *args)
+
+    recorder = pyflight.FlightRecorder(sources=["blocking"]).start()
+    try:
+        monkeypatch.setattr(backend, "record", record)
+        start = time.monotonic()
+        with pytest.warns(SourceWarning, match="injected fault"):
+            time.sleep(0.02)
+        assert time.monotonic() - start >= 0.015
+        monkeypatch.setattr(backend, "record", real)
+        assert time.sleep is originals[(time, "sleep")]
+        trace = snapshot(recorder, tmp_path)
+    finally:
+        recorder.stop()
+    [disabled] = of_kind(trace, Kind.SOURCE_DISABLED)
+    assert "injected fault" in disabled.arg("reason")
+
+
+def test_pure_python_core(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    """Without the C core: conditions through Python wrappers, locks untraced."""
+    env = dict(subprocess_env, PYFLIGHT_PURE_PYTHON="1")
+    out = tmp_path / "p.pyfl"
+    code = textwrap.dedent(
+        f"""
+        import queue, threading, time, pyflight
+        from pyflight.core.events import Kind, BlockReason
+        rec = pyflight.FlightRecorder(sources=["blocking"]).start()
+        assert not threading.Lock.__name__.startswith("Traced")
+        q = queue.Queue()
+        t = threading.Thread(target=lambda: (time.sleep(0.03), q.put(1)))
+        t.start()
+        assert q.get(timeout=5) == 1
+        t.join()
+        rec.write_to({str(out)!r})
+        rec.stop()
+        trace = pyflight.load({str(out)!r})
+        ends = [e for e in trace.events if e.kind == Kind.BLOCK_END and e.arg("obj") == id(q.not_empty)]
+        wakes = [e for e in trace.events if e.kind == Kind.WAKE and e.arg("obj") == id(q.not_empty)]
+        assert len(ends) == 1 and ends[0].arg("waker") == t.native_id, ends
+        assert len(wakes) == 1 and wakes[0].arg("target") == threading.get_native_id(), wakes
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_no_warnings_and_no_leftover_waiters(rec: pyflight.FlightRecorder) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert sum(pool.map(lambda x: x * 2, range(200))) == 39800
+    if C is not None:
+        assert not [tids for tids in C._blocking_waiting().values() if threading.get_native_id() in tids]
