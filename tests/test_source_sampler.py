@@ -297,3 +297,32 @@ def test_sample_thread_now_records_one_sample_from_the_caller(tmp_path: Path, in
     me = [e for e in samples(trace, threading.get_native_id()) if e.thread == threading.get_native_id()]
     assert len(me) == 1
     assert functions(me[0])[0] == sys._getframe().f_code.co_qualname
+
+
+SUBINTERPRETERS = """
+import pyflight
+rec = pyflight.FlightRecorder().start()
+import _testcapi
+for _ in range(5):
+    code = "import threading, time\\nt = threading.Thread(target=time.sleep, args=(0.02,))\\nt.start(); t.join()"
+    assert _testcapi.run_in_subinterp(code) == 0
+rec.stop()
+print("survived")
+"""
+
+
+def test_subinterpreters_do_not_crash_the_recorder(tmp_path: Path) -> None:
+    """sys._current_frames() also returns other interpreters' frames; holding those after
+    their interpreter is destroyed crashed CPython. The C core samples this interpreter only."""
+    import subprocess
+
+    from pyflight import core
+
+    if core.BACKEND_NAME != "c":
+        pytest.skip("only the C core can list this interpreter's threads alone")
+    pytest.importorskip("_testcapi")
+    script = tmp_path / "subinterp.py"
+    script.write_text(SUBINTERPRETERS)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "survived" in result.stdout

@@ -879,3 +879,9 @@ def _clamped_deltas(times: list[int]) -> list[int]:
             out.append(t - prev)
             prev = t
     return out
+
+
+def current_frames() -> dict[int, FrameType]:
+    """Frames of the running threads by ident. Unlike the C core, this cannot exclude
+    other interpreters' threads (sys._current_frames() returns them too)."""
+    return sys._current_frames()

@@ -333,7 +333,7 @@ class StackSampler(Source):
         """One SAMPLE per thread but this one: states first (GIL released), then the
         stacks of all threads in one GIL hold."""
         states = self._read_states() if self._proc_ok else None
-        frames = sys._current_frames()
+        frames = backend.current_frames()
         late: list[tuple[int, int, FrameType]] = []
         seen: list[int] = []
         try:
@@ -511,7 +511,7 @@ class StackSampler(Source):
             if ident == threading.get_ident():
                 frame: FrameType | None = sys._getframe(depth)
             else:
-                frame = sys._current_frames().get(ident)
+                frame = backend.current_frames().get(ident)
             if frame is None:
                 return False
             task = self._running_tasks().get(ident, 0)
