@@ -612,7 +612,7 @@ def test_decode_events_rejects_malformed(core):
         else:
             pytest.fail(f"truncation at {cut} accepted")
     overlong = b"\x28" + b"\xff" * 9 + b"\x02" + b"\x00"
-    with pytest.raises(ValueError, match="over 64 bits at byte 1$"):
+    with pytest.raises(ValueError, match=r"over 64 bits at byte 1$"):
         _core.decode_events(overlong, 0, len(overlong), 0, 1, 1, TYPES, KINDS, ("",), ((),), Ev)
     with pytest.raises(ValueError):
         _core.decode_events(frame, 10, len(frame) + 1, 0, 1, 1, TYPES, KINDS, ("",), ((),), Ev)

@@ -304,7 +304,7 @@ import pyflight
 rec = pyflight.FlightRecorder().start()
 import _testcapi
 for _ in range(5):
-    code = "import threading, time\\nt = threading.Thread(target=time.sleep, args=(0.02,))\\nt.start(); t.join()"
+    code = "import threading as T, time\\nt = T.Thread(target=time.sleep, args=(0.02,))\\nt.start(); t.join()"
     assert _testcapi.run_in_subinterp(code) == 0
 rec.stop()
 print("survived")
