@@ -1,4 +1,712 @@
-/* pyflight._core: asyncio support (being written). */
+/* pyflight._core: asyncio support, the C replacement of asyncio.events.Handle._run.
+ *
+ * `handle_run` does what Handle._run of CPython 3.11-3.13 does:
+ *
+ *     try:
+ *         self._context.run(self._callback, *self._args)
+ *     except (SystemExit, KeyboardInterrupt):
+ *         raise
+ *     except BaseException as exc:
+ *         <call the loop's exception handler>   (a Python helper given at install time)
+ *
+ * and records around it: TASK_STEP_BEGIN/END when the callback is the step of an asyncio
+ * Task (`Task.__step`/`__wakeup` of the pure-Python Task, `TaskStepMethWrapper` or the
+ * bound `task_wakeup` of the C Task), else CALLBACK_BEGIN/END with the callback's
+ * qualname. After a task step: TASK_WAIT (what the task waits on), or the task-done hook.
+ * While a step runs, its thread, loop, task and start time sit in a small table that the
+ * stall watchdog reads with running_steps().
+ *
+ * Never raises anything the original would not: every lookup made only for recording
+ * swallows Exception subclasses (a BaseException such as KeyboardInterrupt arriving in a
+ * Python hook propagates, as it would from the callback). All of it runs with the GIL.
+ */
 #include "_core.h"
+#include <string.h>
+#include <time.h>
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h> /* PyMemberDef (in Python.h since 3.12) */
+#endif
 
-int pyfl_asyncio_init(PyObject *mod) { return 0; }
+#define N_SLOTS 256          /* steps tracked at once (one per thread running a loop) */
+#define MAX_AWAIT_DEPTH 64   /* coroutine chain walked for TASK_WAIT's stack */
+#define MAX_TYPE_NAMES 1024  /* cached type names for TASK_WAIT */
+
+typedef struct {
+    unsigned long ident; /* Python ident of the thread running the step; 0 = free */
+    uint64_t loop, task, start_ns;
+} Slot;
+
+static struct {
+    int active;         /* recording (between asyncio_install and asyncio_uninstall) */
+    uint64_t epoch;     /* installs so far: invalidates every thread's loop cache */
+    int wait_mode;      /* after a task step: 0 nothing, 1 TASK_WAIT, 2 TASK_WAIT with stack */
+    int k_begin, k_end, k_cb_end, k_wait_int, reason;
+    PyObject *k_wait, *k_cb_begin, *reason_await; /* int objects for pyfl_record_args */
+    PyObject *exc_helper;   /* helper(handle, exc): the original's except-branch */
+    PyObject *slow_call;    /* slow_call(context, callback, args): context.run(callback, *args) */
+    PyObject *on_loop;      /* on_loop(loop): a thread runs a step of a loop it did not just run */
+    PyObject *on_task_done; /* on_task_done(task): a step finished its task */
+    PyObject *task_types;   /* tuple of the Task classes */
+    PyTypeObject *plain_future; /* asyncio.Future (C): recorded as "" */
+    PyObject *py_step, *py_wakeup;  /* pure-Python Task.__step / __wakeup functions */
+    PyTypeObject *step_wrapper;     /* _asyncio's TaskStepMethWrapper, once seen */
+    int step_wrapper_direct;        /* its first field is the task (checked against __self__) */
+    PyCFunction wakeup_meth;        /* _asyncio's task_wakeup, once seen */
+    PyObject *type_names;   /* dict: type -> __name__ */
+    PyObject *empty;        /* "" */
+    Slot slots[N_SLOTS];
+} A;
+
+/* Per thread: its ident, its slot in A.slots, and the loop of its last step (identity
+ * only, never dereferenced) with the install epoch it was seen in. */
+typedef struct {
+    unsigned long ident;
+    int slot;
+    const void *loop;
+    uint64_t epoch;
+} ThreadCache;
+static _Thread_local ThreadCache T = {0, -1, NULL, 0};
+
+static PyObject *str_context, *str_callback, *str_args, *str_loop, *str_self, *str_fut_waiter, *str_done,
+    *str_coro, *str_cr_await, *str_cr_frame, *str_gi_yieldfrom, *str_gi_frame, *str_qualname, *str_func;
+
+/* ------------------------------------------------------------------ helpers */
+
+/* After a failed lookup made for recording: forget an Exception (0); leave anything else
+ * (KeyboardInterrupt, SystemExit, ...) set for the caller to propagate (-1). */
+static int swallow(void) {
+    if (!PyErr_Occurred()) return 0;
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* Takes the raised exception (normalized, with its traceback) out of the error indicator. */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raises `exc` again (steals the reference); no-op for NULL. */
+static void give_exception(PyObject *exc) {
+    if (!exc) return;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+static int is_task(PyObject *o) {
+    PyObject *types = A.task_types;
+    if (!types) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++)
+        if (PyObject_TypeCheck(o, (PyTypeObject *)PyTuple_GET_ITEM(types, i))) return 1;
+    return 0;
+}
+
+/* The layout of _asyncio's TaskStepMethWrapper in CPython 3.11-3.13; used only after
+ * checking, on the first one seen, that `task` is what __self__ returns. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *task;
+} StepWrapper;
+
+/* True if tp's name, without its module, is `name` ("_asyncio.X" on 3.12+, "X" on 3.11). */
+static int type_named(PyTypeObject *tp, const char *name) {
+    const char *dot = strrchr(tp->tp_name, '.');
+    return strcmp(dot ? dot + 1 : tp->tp_name, name) == 0;
+}
+
+/* The Task whose step `cb` is (new reference), or NULL if it is a plain callback. */
+static PyObject *step_task(PyObject *cb) {
+    PyTypeObject *tp = Py_TYPE(cb);
+    if (tp == &PyMethod_Type) {
+        PyObject *f = PyMethod_GET_FUNCTION(cb);
+        if (f && (f == A.py_step || f == A.py_wakeup)) return Py_NewRef(PyMethod_GET_SELF(cb));
+        return NULL;
+    }
+    if (tp == A.step_wrapper && A.step_wrapper_direct) {
+        PyObject *task = ((StepWrapper *)cb)->task;
+        return task ? Py_NewRef(task) : NULL;
+    }
+    if (tp == A.step_wrapper || type_named(tp, "TaskStepMethWrapper")) { /* or a fresh _asyncio's */
+        PyObject *task = PyObject_GetAttr(cb, str_self);
+        if (!task) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (!is_task(task)) {
+            Py_DECREF(task);
+            return NULL;
+        }
+        if (!A.step_wrapper) {
+            A.step_wrapper = (PyTypeObject *)Py_NewRef(tp); /* kept: the layout check holds for it */
+            A.step_wrapper_direct = tp->tp_basicsize >= (Py_ssize_t)sizeof(StepWrapper)
+                && ((StepWrapper *)cb)->task == task;
+        }
+        return task;
+    }
+    if (PyCFunction_Check(cb)) {
+        PyObject *self = PyCFunction_GET_SELF(cb);
+        PyCFunction meth = PyCFunction_GET_FUNCTION(cb);
+        if (self && meth
+            && (meth == A.wakeup_meth
+                || (!A.wakeup_meth && strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") == 0))
+            && is_task(self)) {
+            A.wakeup_meth = meth;
+            return Py_NewRef(self);
+        }
+    }
+    return NULL;
+}
+
+#define NAME_CACHE 64
+/* Names of builtin-method callbacks ("Future.set_result"): their __qualname__ is built
+ * anew at each lookup. Keyed by method table entry and type of self (never dereferenced). */
+static struct {
+    const PyMethodDef *ml;
+    const PyTypeObject *tp;
+    PyObject *name;
+} name_cache[NAME_CACHE];
+
+/* The callback's qualname as an exact str (new reference; "" if none). Functions and
+ * bound methods: read from the function; functools.partial: its func's; else
+ * __qualname__, else the type's qualname. Swallows lookup errors. */
+static PyObject *callback_name(PyObject *cb) {
+    PyObject *f = Py_NewRef(cb), *name = NULL;
+    for (int hops = 0; hops < 4; hops++) {
+        if (PyMethod_Check(f))
+            Py_SETREF(f, Py_NewRef(PyMethod_GET_FUNCTION(f)));
+        if (PyFunction_Check(f)) {
+            name = Py_XNewRef(((PyFunctionObject *)f)->func_qualname);
+            break;
+        }
+        if (PyCFunction_Check(f)) {
+            const PyMethodDef *ml = ((PyCFunctionObject *)f)->m_ml;
+            PyObject *self = PyCFunction_GET_SELF(f);
+            const PyTypeObject *tp = self ? Py_TYPE(self) : NULL;
+            size_t h = (((uintptr_t)ml >> 4) ^ ((uintptr_t)tp >> 4)) % NAME_CACHE;
+            if (name_cache[h].ml == ml && name_cache[h].tp == tp && name_cache[h].name) {
+                name = Py_NewRef(name_cache[h].name);
+                break;
+            }
+            name = PyObject_GetAttr(f, str_qualname);
+            if (name && PyUnicode_CheckExact(name)) {
+                name_cache[h].ml = ml;
+                name_cache[h].tp = tp;
+                Py_XSETREF(name_cache[h].name, Py_NewRef(name));
+                break;
+            }
+            Py_CLEAR(name);
+            PyErr_Clear();
+        }
+        if (strcmp(Py_TYPE(f)->tp_name, "functools.partial") == 0) {
+            PyObject *inner = PyObject_GetAttr(f, str_func);
+            if (inner) {
+                Py_SETREF(f, inner);
+                continue;
+            }
+            PyErr_Clear();
+        }
+        name = PyObject_GetAttr(f, str_qualname);
+        if (!name || !PyUnicode_CheckExact(name)) {
+            PyErr_Clear();
+            Py_XSETREF(name, PyType_GetQualName(Py_TYPE(f)));
+        }
+        break;
+    }
+    Py_DECREF(f);
+    if (!name || !PyUnicode_CheckExact(name)) {
+        PyErr_Clear();
+        Py_XSETREF(name, Py_NewRef(A.empty));
+    }
+    return name;
+}
+
+/* __name__ of type tp, cached (borrowed reference; "" if unavailable). */
+static PyObject *type_name(PyTypeObject *tp) {
+    static PyTypeObject *last_tp;
+    static PyObject *last_name;
+    if (tp == last_tp) return last_name;
+    PyObject *name = PyDict_GetItemWithError(A.type_names, (PyObject *)tp);
+    if (name) {
+        last_tp = tp; /* the dict keeps both alive */
+        last_name = name;
+        return name;
+    }
+    PyErr_Clear();
+    name = PyType_GetName(tp);
+    if (!name || !PyUnicode_CheckExact(name) || PyDict_GET_SIZE(A.type_names) >= MAX_TYPE_NAMES
+        || PyDict_SetItem(A.type_names, (PyObject *)tp, name) < 0) {
+        Py_XDECREF(name);
+        PyErr_Clear();
+        return A.empty;
+    }
+    Py_DECREF(name); /* the dict holds it */
+    return name;
+}
+
+/* The frame of the innermost coroutine/generator of task's await chain (new reference),
+ * or NULL. Swallows lookup errors. */
+static PyObject *awaiting_frame(PyObject *task) {
+    PyObject *c = PyObject_GetAttr(task, str_coro);
+    if (!c) {
+        PyErr_Clear();
+        return NULL;
+    }
+    for (int depth = 0; depth < MAX_AWAIT_DEPTH; depth++) {
+        int coro = PyCoro_CheckExact(c);
+        if (!coro && !PyGen_CheckExact(c)) break;
+        PyObject *next = PyObject_GetAttr(c, coro ? str_cr_await : str_gi_yieldfrom);
+        if (!next) break;
+        if (PyCoro_CheckExact(next) || PyGen_CheckExact(next)) {
+            Py_SETREF(c, next);
+            continue;
+        }
+        Py_DECREF(next);
+        PyObject *frame = PyObject_GetAttr(c, coro ? str_cr_frame : str_gi_frame);
+        Py_DECREF(c);
+        if (frame && PyFrame_Check(frame)) return frame;
+        Py_XDECREF(frame);
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(c);
+    PyErr_Clear();
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ fast attribute reads
+ *
+ * Generic getattr costs ~190 instructions; the original (bytecode) reads the handle's
+ * slots with specialized LOAD_ATTRs. For each type seen, the data descriptors of the
+ * fields are looked up once and read directly afterwards (a slot's offset, a getset's
+ * getter): what PyObject_GenericGetAttr would end up doing. The type's version tag,
+ * changed by CPython whenever the type or a base is modified, says when to look again. */
+
+#define MAX_FIELDS 4
+#define N_LAYOUTS 4
+#define MEMBER_OBJECT 6      /* T_OBJECT: NULL reads as None */
+#define MEMBER_OBJECT_EX 16  /* T_OBJECT_EX: NULL raises AttributeError */
+#define MEMBER_AUDIT_READ 2  /* PY_AUDIT_READ: reads are audited */
+
+typedef struct {
+    char how; /* 0: PyObject_GetAttr; 'm': slot at offset; 'g': getset getter */
+    char member_type;
+    Py_ssize_t offset;
+    getter get;
+    void *closure;
+} Field;
+
+typedef struct {
+    PyTypeObject *tp; /* strong reference */
+    unsigned int version;
+    Field f[MAX_FIELDS];
+} Layout;
+
+typedef struct {
+    int n_fields, next;
+    PyObject **names;
+    Layout entries[N_LAYOUTS];
+} LayoutCache;
+
+static PyObject *handle_fields[4], *task_fields[1];
+static LayoutCache handle_layouts = {4, 0, handle_fields, {{0}}};
+static LayoutCache task_layouts = {1, 0, task_fields, {{0}}};
+
+/* How to read each field of cache `c` on instances of exactly tp (NULL: use getattr). */
+static const Layout *layout_of(LayoutCache *c, PyTypeObject *tp) {
+    Layout *e = NULL;
+    for (int i = 0; i < N_LAYOUTS; i++) {
+        if (c->entries[i].tp == tp) {
+            e = &c->entries[i];
+            if (e->version == tp->tp_version_tag) return e->version ? e : NULL;
+            break;
+        }
+    }
+    if (!e) {
+        e = &c->entries[c->next];
+        c->next = (c->next + 1) % N_LAYOUTS;
+        Py_XSETREF(e->tp, (PyTypeObject *)Py_NewRef(tp));
+    }
+    for (int i = 0; i < c->n_fields; i++) {
+        Field *f = &e->f[i];
+        f->how = 0;
+        if (tp->tp_getattro != PyObject_GenericGetAttr || !Py_IS_TYPE(tp, &PyType_Type)) continue;
+        PyObject *d = PyObject_GetAttr((PyObject *)tp, c->names[i]);
+        if (!d) {
+            PyErr_Clear();
+        } else if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if ((m->type == MEMBER_OBJECT || m->type == MEMBER_OBJECT_EX) && !(m->flags & MEMBER_AUDIT_READ)) {
+                f->how = 'm';
+                f->member_type = (char)m->type;
+                f->offset = m->offset;
+            }
+        } else if (Py_IS_TYPE(d, &PyGetSetDescr_Type)) {
+            PyGetSetDef *g = ((PyGetSetDescrObject *)d)->d_getset;
+            if (g->get) {
+                f->how = 'g';
+                f->get = g->get;
+                f->closure = g->closure;
+            }
+        }
+        Py_XDECREF(d);
+    }
+    e->version = tp->tp_version_tag; /* assigned by the lookups above, unless the type can't have one */
+    return e->version ? e : NULL;
+}
+
+/* obj.<field i of layout L> (new reference), or NULL with the exception getattr raises. */
+static inline PyObject *get_field(PyObject *obj, const Layout *L, int i, PyObject *name) {
+    if (L) {
+        const Field *f = &L->f[i];
+        if (f->how == 'm') {
+            PyObject *v = *(PyObject **)((char *)obj + f->offset);
+            if (v) return Py_NewRef(v);
+            if (f->member_type == MEMBER_OBJECT) return Py_NewRef(Py_None);
+        } else if (f->how == 'g') {
+            return f->get(obj, f->closure);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* Calls hook(arg) holding a reference to the hook (uninstalling drops the module's). */
+static PyObject *call_hook(PyObject *hook, PyObject *arg) {
+    if (!hook) Py_RETURN_NONE;
+    Py_INCREF(hook);
+    PyObject *r = PyObject_CallOneArg(hook, arg);
+    Py_DECREF(hook);
+    return r;
+}
+
+/* After a task step that returned: TASK_WAIT (what it awaits), or on_task_done(task) if
+ * the step finished it. 0, or -1 with a non-Exception exception to propagate. */
+static int after_step(PyObject *task) {
+    PyObject *waiter = get_field(task, layout_of(&task_layouts, Py_TYPE(task)), 0, str_fut_waiter), *what;
+    if (!waiter) return swallow();
+    if (waiter == Py_None) {
+        Py_DECREF(waiter);
+        PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
+        if (!done) return swallow();
+        int is_done = PyObject_IsTrue(done);
+        Py_DECREF(done);
+        if (is_done < 0) return swallow();
+        if (is_done) {
+            PyObject *r = call_hook(A.on_task_done, task);
+            if (!r) return swallow();
+            Py_DECREF(r);
+            return 0;
+        }
+        what = A.empty; /* yielded to the loop without a future: ready again */
+    } else {
+        /* a plain Future (most waits: sleep, Queue, Event, streams) says nothing its stack
+         * would not: recorded as "" without a string, ~2.5x cheaper */
+        what = Py_TYPE(waiter) == A.plain_future ? A.empty : type_name(Py_TYPE(waiter));
+        Py_DECREF(waiter);
+    }
+    if (A.wait_mode <= 0) return 0;
+    PyObject *frame = A.wait_mode >= 2 ? awaiting_frame(task) : NULL;
+    if (what == A.empty && !frame) { /* no string, no stack: the cheap path (ids 0 are "" and ()) */
+        uint64_t vals[4] = {(uint64_t)(uintptr_t)task, (uint64_t)A.reason, 0, 0};
+        pyfl_record_ints(A.k_wait_int, 4, vals);
+        return 0;
+    }
+    PyObject *id = PyLong_FromVoidPtr(task);
+    if (id) {
+        PyObject *args[5] = {A.k_wait, id, A.reason_await, what, frame ? frame : Py_None};
+        if (pyfl_record_args(args, 5) < 0)
+            PyErr_Clear();
+        Py_DECREF(id);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(frame);
+    return 0;
+}
+
+/* CLOCK_MONOTONIC in ns at the resolution of a scheduler tick (a few ms), about 4x
+ * cheaper than the exact clock: precise enough for a stall threshold of tens of ms. */
+static inline uint64_t coarse_now_ns(void) {
+#ifdef CLOCK_MONOTONIC_COARSE
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+    return pyfl_now_ns();
+}
+
+/* Claims a slot of A.slots for this thread's step (saving what was there: an outer step
+ * of the same thread, or a free slot); its index, or -1 if the table is full. */
+static int claim_slot(ThreadCache *t, uint64_t loop, uint64_t task, Slot *saved) {
+    if (!t->ident) t->ident = PyThread_get_thread_ident();
+    int i = t->slot;
+    if (i < 0 || (A.slots[i].ident && A.slots[i].ident != t->ident)) {
+        for (i = 0; i < N_SLOTS && A.slots[i].ident; i++) {
+        }
+        if (i == N_SLOTS) return -1;
+        t->slot = i;
+    }
+    *saved = A.slots[i];
+    A.slots[i] = (Slot){t->ident, loop, task, coarse_now_ns()};
+    return i;
+}
+
+/* The except-branch of Handle._run for the raised exception: re-raise SystemExit and
+ * KeyboardInterrupt, hand anything else to exc_helper(handle, exc) with `exc` as the
+ * handled exception (sys.exception(), implicit chaining), as inside `except ... as exc:`.
+ * Returns what the helper returns, or NULL with the exception to propagate. */
+static PyObject *except_branch(PyObject *self) {
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) return NULL;
+    if (!A.exc_helper) return NULL;
+    PyObject *exc = take_exception();
+    if (!exc) return NULL;
+    _PyErr_StackItem *info = PyThreadState_Get()->exc_info;
+    PyObject *outer = info->exc_value;
+    info->exc_value = Py_NewRef(exc);
+    PyObject *helper = Py_NewRef(A.exc_helper);
+    PyObject *r = PyObject_CallFunctionObjArgs(helper, self, exc, NULL);
+    Py_DECREF(helper);
+    Py_XSETREF(info->exc_value, outer);
+    Py_DECREF(exc);
+    return r;
+}
+
+/* ------------------------------------------------------------------ Handle._run */
+
+static PyObject *handle_run(PyObject *self, PyObject *unused) {
+    PyObject *ctx = NULL, *cb = NULL, *args = NULL, *res = NULL, *task = NULL;
+    uint64_t loop_id = 0, task_id = 0;
+    int begun = 0, slot = -1;
+    Slot saved = {0, 0, 0, 0};
+    const Layout *L = layout_of(&handle_layouts, Py_TYPE(self));
+
+    if (!(ctx = get_field(self, L, 0, str_context)) || !(cb = get_field(self, L, 1, str_callback))
+        || !(args = get_field(self, L, 2, str_args)))
+        goto ran;
+    if (A.active && pyfl_enabled()) {
+        ThreadCache *t = &T; /* one TLS lookup */
+        PyObject *loop = get_field(self, L, 3, str_loop);
+        if (!loop) {
+            if (swallow() < 0) goto ran;
+        } else {
+            loop_id = (uint64_t)(uintptr_t)loop;
+            if ((const void *)loop != t->loop || t->epoch != A.epoch) {
+                t->loop = loop;
+                t->epoch = A.epoch;
+                PyObject *r = call_hook(A.on_loop, loop);
+                Py_XDECREF(r);
+                if (!r && swallow() < 0) {
+                    Py_DECREF(loop);
+                    goto ran;
+                }
+            }
+            Py_DECREF(loop);
+        }
+        if (A.active) {
+            begun = 1;
+            task = step_task(cb);
+            if (task) {
+                task_id = (uint64_t)(uintptr_t)task;
+                pyfl_record_ints(A.k_begin, 1, &task_id);
+            } else {
+                PyObject *name = callback_name(cb), *lid = PyLong_FromUnsignedLongLong(loop_id);
+                if (lid) {
+                    PyObject *ev[3] = {A.k_cb_begin, lid, name};
+                    if (pyfl_record_args(ev, 3) < 0)
+                        PyErr_Clear();
+                    Py_DECREF(lid);
+                } else {
+                    PyErr_Clear();
+                }
+                Py_DECREF(name);
+            }
+            slot = claim_slot(t, loop_id, task_id, &saved);
+        }
+    }
+    if (PyContext_CheckExact(ctx) && PyTuple_CheckExact(args)) {
+        /* what Context.run does */
+        if (PyContext_Enter(ctx) == 0) {
+            res = PyObject_Vectorcall(cb, ((PyTupleObject *)args)->ob_item, PyTuple_GET_SIZE(args), NULL);
+            if (PyContext_Exit(ctx) < 0)
+                Py_CLEAR(res);
+        }
+    } else {
+        PyObject *slow = Py_XNewRef(A.slow_call);
+        res = slow ? PyObject_CallFunctionObjArgs(slow, ctx, cb, args, NULL) : NULL;
+        Py_XDECREF(slow);
+    }
+ran:
+    if (!res)
+        res = except_branch(self);
+    if (begun) {
+        PyObject *exc = res ? NULL : take_exception();
+        if (slot >= 0)
+            A.slots[slot] = saved;
+        if (task) {
+            pyfl_record_ints(A.k_end, 1, &task_id);
+            if (res && A.active && after_step(task) < 0)
+                Py_CLEAR(res);
+        } else {
+            pyfl_record_ints(A.k_cb_end, 1, &loop_id);
+        }
+        give_exception(exc);
+    }
+    Py_XDECREF(task);
+    Py_XDECREF(ctx);
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
+    if (!res) return NULL;
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef handle_run_def = {
+    "_run", handle_run, METH_NOARGS,
+    "Run the handle's callback in its context (asyncio.events.Handle._run, recorded by pyflight).",
+};
+
+/* ------------------------------------------------------------------ module functions */
+
+/* asyncio_install(handle_cls, exc_helper, slow_call, on_loop, on_task_done, task_types,
+ *                 step_funcs, future_cls, kinds, wait_mode) -> method descriptor for handle_cls._run
+ * future_cls: the plain Future class, awaited futures of exactly that class are "".
+ * kinds: (TASK_STEP_BEGIN, TASK_STEP_END, TASK_WAIT, CALLBACK_BEGIN, CALLBACK_END, AWAIT).
+ * step_funcs: (pure-Python Task.__step, Task.__wakeup), None for unknown. */
+static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
+    PyObject *handle_cls, *exc_helper, *slow_call, *on_loop, *on_task_done, *task_types, *step_funcs, *future_cls,
+        *kinds;
+    int wait_mode;
+    if (!PyArg_ParseTuple(args, "O!OOOOO!O!OO!i:asyncio_install", &PyType_Type, &handle_cls, &exc_helper, &slow_call,
+                          &on_loop, &on_task_done, &PyTuple_Type, &task_types, &PyTuple_Type, &step_funcs,
+                          &future_cls, &PyTuple_Type, &kinds, &wait_mode))
+        return NULL;
+    if (future_cls != Py_None && !PyType_Check(future_cls))
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() future_cls must be a class or None");
+    if (!PyCallable_Check(exc_helper) || !PyCallable_Check(slow_call) || !PyCallable_Check(on_loop)
+        || !PyCallable_Check(on_task_done))
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() hooks must be callable");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(task_types); i++)
+        if (!PyType_Check(PyTuple_GET_ITEM(task_types, i)))
+            return PyErr_Format(PyExc_TypeError, "asyncio_install() task_types must be classes");
+    if (PyTuple_GET_SIZE(step_funcs) != 2)
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() step_funcs must be (step, wakeup)");
+    long k[6];
+    if (PyTuple_GET_SIZE(kinds) != 6)
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() kinds must have 6 ints");
+    for (int i = 0; i < 6; i++) {
+        k[i] = PyLong_AsLong(PyTuple_GET_ITEM(kinds, i));
+        if (k[i] == -1 && PyErr_Occurred()) return NULL;
+        if (k[i] < 0 || k[i] > 255) return PyErr_Format(PyExc_ValueError, "asyncio_install(): bad kind %ld", k[i]);
+    }
+    PyObject *descr = PyDescr_NewMethod((PyTypeObject *)handle_cls, &handle_run_def);
+    if (!descr) return NULL;
+    PyObject *k_wait = PyLong_FromLong(k[2]), *k_cb_begin = PyLong_FromLong(k[3]), *reason = PyLong_FromLong(k[5]);
+    if (!k_wait || !k_cb_begin || !reason || (!A.type_names && !(A.type_names = PyDict_New()))) {
+        Py_XDECREF(k_wait);
+        Py_XDECREF(k_cb_begin);
+        Py_XDECREF(reason);
+        Py_DECREF(descr);
+        return NULL;
+    }
+    A.k_begin = (int)k[0];
+    A.k_end = (int)k[1];
+    A.k_cb_end = (int)k[4];
+    A.k_wait_int = (int)k[2];
+    A.reason = (int)k[5];
+    Py_XSETREF(A.k_wait, k_wait);
+    Py_XSETREF(A.k_cb_begin, k_cb_begin);
+    Py_XSETREF(A.reason_await, reason);
+    Py_XSETREF(A.exc_helper, Py_NewRef(exc_helper));
+    Py_XSETREF(A.slow_call, Py_NewRef(slow_call));
+    Py_XSETREF(A.on_loop, Py_NewRef(on_loop));
+    Py_XSETREF(A.on_task_done, Py_NewRef(on_task_done));
+    Py_XSETREF(A.task_types, Py_NewRef(task_types));
+    PyObject *step = PyTuple_GET_ITEM(step_funcs, 0), *wakeup = PyTuple_GET_ITEM(step_funcs, 1);
+    Py_XSETREF(A.py_step, step == Py_None ? NULL : Py_NewRef(step));
+    Py_XSETREF(A.py_wakeup, wakeup == Py_None ? NULL : Py_NewRef(wakeup));
+    Py_XSETREF(A.plain_future, future_cls == Py_None ? NULL : (PyTypeObject *)Py_NewRef(future_cls));
+    A.wait_mode = wait_mode;
+    A.epoch++;
+    A.active = 1;
+    return descr;
+}
+
+/* asyncio_uninstall(): stop recording steps and drop the hooks. A descriptor still
+ * referenced somewhere keeps working, without recording. */
+static PyObject *asyncio_uninstall(PyObject *mod, PyObject *unused) {
+    A.active = 0;
+    A.epoch++;
+    Py_CLEAR(A.on_loop);
+    Py_CLEAR(A.on_task_done);
+    Py_RETURN_NONE;
+}
+
+/* running_steps() -> [(thread_ident, loop_id, task_id, start_ns)]: the steps and
+ * callbacks running now (task_id 0 for a plain callback), innermost per thread. */
+static PyObject *running_steps(PyObject *mod, PyObject *unused) {
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    for (int i = 0; i < N_SLOTS; i++) {
+        Slot s = A.slots[i];
+        if (!s.ident) continue;
+        PyObject *item = Py_BuildValue("(kKKK)", s.ident, (unsigned long long)s.loop, (unsigned long long)s.task,
+                                       (unsigned long long)s.start_ns);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+}
+
+static PyMethodDef asyncio_methods[] = {
+    {"asyncio_install", asyncio_install, METH_VARARGS, "Set the asyncio hooks; return the C Handle._run."},
+    {"asyncio_uninstall", asyncio_uninstall, METH_NOARGS, "Stop recording asyncio steps."},
+    {"running_steps", running_steps, METH_NOARGS,
+     "[(thread_ident, loop_id, task_id, start_ns)] of the asyncio steps running now."},
+    {NULL, NULL, 0, NULL},
+};
+
+int pyfl_asyncio_init(PyObject *mod) {
+#define INTERN(var, text) \
+    if (!(var) && !((var) = PyUnicode_InternFromString(text))) return -1
+    INTERN(str_context, "_context");
+    INTERN(str_callback, "_callback");
+    INTERN(str_args, "_args");
+    INTERN(str_loop, "_loop");
+    INTERN(str_self, "__self__");
+    INTERN(str_fut_waiter, "_fut_waiter");
+    INTERN(str_done, "done");
+    INTERN(str_coro, "_coro");
+    INTERN(str_cr_await, "cr_await");
+    INTERN(str_cr_frame, "cr_frame");
+    INTERN(str_gi_yieldfrom, "gi_yieldfrom");
+    INTERN(str_gi_frame, "gi_frame");
+    INTERN(str_qualname, "__qualname__");
+    INTERN(str_func, "func");
+    INTERN(A.empty, "");
+    handle_fields[0] = str_context;
+    handle_fields[1] = str_callback;
+    handle_fields[2] = str_args;
+    handle_fields[3] = str_loop;
+    task_fields[0] = str_fut_waiter;
+#undef INTERN
+    return PyModule_AddFunctions(mod, asyncio_methods);
+}

@@ -1,0 +1,886 @@
+"""The asyncio source: task steps, plain callbacks, task lifetimes, loop idle time, stalls.
+
+Every scheduler step of asyncio goes through ``asyncio.events.Handle._run``. With the C
+core, that method is replaced by ``pyflight._core``'s C re-implementation (same
+behaviour, no more instructions than asyncio's own; what recording costs is mostly the
+core's clock read per event, see bench/bench_asyncio_step.py): it records
+TASK_STEP_BEGIN/END when the callback is a Task's step (``__step``/``__wakeup`` of the
+Python Task, the step wrapper or ``task_wakeup`` of the C Task; task id ``id(task)``),
+else CALLBACK_BEGIN/END(loop, callback qualname). After the step that finishes a task:
+TASK_DONE(task, outcome, "Type: message"), the exception read without marking it
+retrieved. With the pure-Python core, a Python ``_run`` of identical behaviour does the
+same, at Python cost (~2x on small-step code).
+
+TASK_WAIT(task, AWAIT, what, stack) after each step that leaves a task waiting is opt-in
+(``task_wait``), as it costs ~1% more on small-step code: ``"what"`` records the type name
+of the future it awaits (``_fut_waiter``), "" for a plain ``asyncio.Future`` (most
+waits: sleep, queues, events, streams) or a bare yield; ``"stack"`` adds the innermost
+awaiting frame of the coroutine chain (+5-8%). Without it, a task between a
+TASK_STEP_END and its next TASK_STEP_BEGIN (or TASK_DONE) is waiting.
+
+Also: ``BaseEventLoop.create_task`` is wrapped (TASK_CREATE + a live TASK_INFO, parent =
+the current task; 3.11/3.12 name tasks after creating them, so ``tasks._set_task_name``
+is wrapped to update TASK_INFO); each loop's selector instance gets a ``select`` recording
+LOOP_IDLE_BEGIN/END around waits that may block (a zero-timeout poll is not idle) and the
+``_pyflight_loop_selector`` mark (the blocking source then leaves it alone); a daemon
+thread "pyflight-stalls" records LOOP_STALL(loop, task, duration so far, the loop
+thread's stack *now*) when a step runs longer than ``stall_threshold``, at 1x, 2x, 4x, ...
+the threshold. The step table it reads is ``running_steps()``.
+
+Loops are instrumented lazily (``run_forever`` and the first step a thread runs of a
+loop), so every loop built on ``asyncio.BaseEventLoop`` is covered: ``asyncio.run``,
+uvicorn ``--loop asyncio``, aiohttp, loops already running when the recorder starts
+(their existing tasks get TASK_INFO). Loops that are not (uvloop) cannot be: once per loop
+class, a SourceWarning and a live DATA_LOSS("asyncio", 0, reason) saying the loop has
+sampling-only coverage.
+
+If asyncio is not imported when the source is installed, nothing is imported: a finder
+on ``sys.meta_path`` installs the hooks right after ``import asyncio`` completes (the
+watchdog thread starts with the recorder and stays idle until then).
+
+Options: ``stall_threshold`` (seconds, default 0.1; 0 or None: no watchdog),
+``task_wait`` ("off" default, "what", "stack"),
+``implementation`` ("auto" default, "python" forces the Python ``Handle._run``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import os
+import selectors
+import sys
+import threading
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pyflight.core import backend
+from pyflight.core.events import BlockReason, Kind, TaskOutcome
+from pyflight.sources import register
+from pyflight.sources.base import Source, SourceWarning
+
+#: Default seconds a step may run before the watchdog records a LOOP_STALL.
+STALL_THRESHOLD = 0.1
+WATCHDOG_NAME = "pyflight-stalls"
+#: How long uninstall waits for the watchdog thread.
+JOIN_TIMEOUT = 1.0
+#: Seconds between looks for loops that are not BaseEventLoops (uvloop).
+FOREIGN_CHECK_INTERVAL = 1.0
+#: Longest error text recorded with TASK_DONE.
+MAX_ERROR_CHARS = 200
+WAIT_MODES = {"off": 0, "what": 1, "stack": 2}
+
+_TASK_STEP_BEGIN = int(Kind.TASK_STEP_BEGIN)
+_TASK_STEP_END = int(Kind.TASK_STEP_END)
+_TASK_WAIT = int(Kind.TASK_WAIT)
+_TASK_CREATE = int(Kind.TASK_CREATE)
+_TASK_INFO = int(Kind.TASK_INFO)
+_TASK_DONE = int(Kind.TASK_DONE)
+_CALLBACK_BEGIN = int(Kind.CALLBACK_BEGIN)
+_CALLBACK_END = int(Kind.CALLBACK_END)
+_IDLE_BEGIN = int(Kind.LOOP_IDLE_BEGIN)
+_IDLE_END = int(Kind.LOOP_IDLE_END)
+_STALL = int(Kind.LOOP_STALL)
+_AWAIT = int(BlockReason.AWAIT)
+_C_KINDS = (_TASK_STEP_BEGIN, _TASK_STEP_END, _TASK_WAIT, _CALLBACK_BEGIN, _CALLBACK_END, _AWAIT)
+_MISSING = object()
+
+_installed_hooks: _Hooks | None = None
+
+
+def running_steps() -> list[tuple[int, int, int, int]]:
+    """``(thread_ident, loop_id, task_id, start_ns)`` of the asyncio steps running now
+    (task_id 0 for a plain callback); empty when the source is not installed."""
+    hooks = _installed_hooks
+    return hooks.running_steps() if hooks is not None else []
+
+
+def _slow_call(context: Any, callback: Any, args: Any) -> None:
+    """``context.run(callback, *args)`` for what the C fast path does not handle (a
+    context that is not a Context, args that are not a tuple): CPython's own semantics."""
+    context.run(callback, *args)
+
+
+def _make_exception_helper(
+    events: types.ModuleType, original_run: Any
+) -> Callable[[Any, BaseException], None]:
+    """The except-branch of the running CPython's ``Handle._run``: 3.13 passes
+    ``debug=self._loop.get_debug()`` to ``_format_callback_source``, 3.11/3.12 do not."""
+    code = getattr(original_run, "__code__", None)
+    with_debug = "get_debug" in code.co_names if code is not None else sys.version_info >= (3, 13)
+
+    def call_exception_handler(handle: Any, exc: BaseException) -> None:
+        if with_debug:
+            cb = events.format_helpers._format_callback_source(
+                handle._callback, handle._args, debug=handle._loop.get_debug()
+            )
+        else:
+            cb = events.format_helpers._format_callback_source(handle._callback, handle._args)
+        msg = f"Exception in callback {cb}"
+        context = {
+            "message": msg,
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        handle._loop.call_exception_handler(context)
+
+    return call_exception_handler
+
+
+def _is_asyncios_own_run(run: Any, events: types.ModuleType) -> bool:
+    code = getattr(run, "__code__", None)
+    return (
+        isinstance(run, types.FunctionType)
+        and code is not None
+        and code.co_filename == getattr(events, "__file__", None)
+        and run.__qualname__ == "Handle._run"
+    )
+
+
+def _callback_name(cb: Any) -> str:
+    """What the C core records as a callback's name (see callback_name in _core_asyncio.c)."""
+    f = cb
+    for _ in range(4):
+        if type(f) is types.MethodType:
+            f = f.__func__
+        if isinstance(f, functools.partial):
+            f = f.func
+            continue
+        name = getattr(f, "__qualname__", None)
+        if type(name) is str:
+            return name
+        name = type(f).__qualname__
+        return name if type(name) is str else ""
+    return ""
+
+
+def _awaiting_frame(task: Any) -> types.FrameType | None:
+    """Frame of the innermost coroutine/generator of the task's await chain."""
+    c = getattr(task, "_coro", None)
+    for _ in range(64):
+        if type(c) is types.CoroutineType:
+            nxt, frame = c.cr_await, c.cr_frame
+        elif type(c) is types.GeneratorType:
+            nxt, frame = c.gi_yieldfrom, c.gi_frame
+        else:
+            return None
+        if type(nxt) is types.CoroutineType or type(nxt) is types.GeneratorType:
+            c = nxt
+            continue
+        return frame
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__qualname__}: {exc}"
+    except Exception:
+        text = type(exc).__qualname__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _all_tasks(tasks: types.ModuleType) -> list[Any]:
+    """Every task of every loop (asyncio.all_tasks without the loop filter)."""
+    out: list[Any] = []
+    for name in ("_scheduled_tasks", "_all_tasks", "_eager_tasks"):
+        found = getattr(tasks, name, None)
+        if not isinstance(found, (weakref.WeakSet, set)):
+            continue
+        for _ in range(100):  # another thread may change it while we copy: retry, like all_tasks
+            try:
+                out.extend(list(found))
+                break
+            except RuntimeError:
+                continue
+    return out
+
+
+class _ChainedLoader(importlib.abc.Loader):
+    """Loads ``asyncio`` with its real loader, then calls ``on_loaded(module)``."""
+
+    def __init__(self, loader: Any, on_loaded: Callable[[types.ModuleType], None]) -> None:
+        self.loader = loader
+        self.on_loaded = on_loaded
+
+    def __getattr__(self, name: str) -> Any:  # anything else a loader offers: the real one's
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        module: types.ModuleType | None = self.loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        # the module sees its real loader, as if imported without us
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        self.on_loaded(module)
+
+
+class _AsyncioImportWatcher(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; chains a callback after the import of ``asyncio``."""
+
+    def __init__(self, on_loaded: Callable[[types.ModuleType], None]) -> None:
+        self.on_loaded = on_loaded
+        self._busy = False
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "asyncio" or self._busy:
+            return None
+        self._busy = True  # the import lock of "asyncio" is held: no other thread gets here
+        try:
+            for finder in list(sys.meta_path):
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy = False
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _ChainedLoader(spec.loader, self.on_loaded)
+        return spec
+
+
+class _Hooks:
+    """The installed asyncio instrumentation of one AsyncioSource."""
+
+    def __init__(self, source: AsyncioSource) -> None:
+        self.source = source
+        self.active = False
+        self.events = sys.modules["asyncio.events"]
+        self.base_events = sys.modules["asyncio.base_events"]
+        self.tasks = sys.modules["asyncio.tasks"]
+        self.wait_mode = WAIT_MODES[source.task_wait]
+        self.use_c = False
+        self.patches: list[tuple[Any, str, Any, Any]] = []  # (owner, name, original, ours)
+        # loop -> (weakref to its selector, our select, previous instance select, had mark)
+        self.loops: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any, bool] | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.loops_lock = threading.Lock()
+        self.live_tasks: dict[int, tuple[str, int]] = {}  # task id -> (coro name, parent id)
+        self.foreign: set[str] = set()
+        self.py_running: dict[int, tuple[int, int, int]] = {}
+        self.next_foreign_check = 0
+        self.tls = threading.local()
+        py_task = getattr(self.tasks, "_PyTask", None)
+        py_dict = getattr(py_task, "__dict__", {})
+        self.py_step = py_dict.get("_Task__step")
+        self.py_wakeup = py_dict.get("_Task__wakeup")
+        types_found: list[type] = []
+        for cls in (self.tasks.Task, getattr(self.tasks, "_CTask", None), py_task):
+            if isinstance(cls, type) and cls not in types_found:
+                types_found.append(cls)
+        self.task_types = tuple(types_found)
+        futures = sys.modules["asyncio.futures"]
+        self.plain_future = futures.Future if isinstance(futures.Future, type) else None
+
+    # install / remove ----------------------------------------------------------
+
+    def install(self) -> None:
+        events, base_events = self.events, self.base_events
+        handle = events.Handle
+        original_run = handle.__dict__.get("_run")
+        if not _is_asyncios_own_run(original_run, events):
+            raise RuntimeError(f"asyncio.events.Handle._run is not asyncio's own ({original_run!r})")
+        exc_helper = _make_exception_helper(events, original_run)
+        impl = self.source.implementation
+        self.use_c = impl != "python" and hasattr(backend, "asyncio_install") and backend.BACKEND == "c"
+        if impl == "c" and not self.use_c:
+            raise RuntimeError("implementation='c' needs the C core")
+        loop_cls = base_events.BaseEventLoop
+        patches = [
+            (loop_cls, "create_task", loop_cls.__dict__["create_task"]),
+            (loop_cls, "run_forever", loop_cls.__dict__["run_forever"]),
+        ]
+        self.active = True
+        if self.use_c:
+            run = backend.asyncio_install(
+                handle,
+                exc_helper,
+                _slow_call,
+                self.on_loop,
+                self.task_done,
+                self.task_types,
+                (self.py_step, self.py_wakeup),
+                self.plain_future,
+                _C_KINDS,
+                self.wait_mode,
+            )
+        else:
+            run = self._make_py_run(exc_helper)
+        try:
+            self._patch(handle, "_run", original_run, run)
+            self._patch(patches[0][0], "create_task", patches[0][2], self._wrap_create_task(patches[0][2]))
+            self._patch(patches[1][0], "run_forever", patches[1][2], self._wrap_run_forever(patches[1][2]))
+            set_task_name = self.tasks.__dict__.get("_set_task_name")
+            if isinstance(set_task_name, types.FunctionType):
+                self._patch(
+                    self.tasks, "_set_task_name", set_task_name, self._wrap_set_task_name(set_task_name)
+                )
+            self._note_policy()
+            self._note_existing_tasks()
+            running = events._get_running_loop()
+            if running is not None:
+                self.instrument_loop(running)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _patch(self, owner: Any, name: str, original: Any, ours: Any) -> None:
+        setattr(owner, name, ours)
+        self.patches.append((owner, name, original, ours))
+
+    def remove(self) -> None:
+        """Undo everything; safe to call more than once and from any thread."""
+        with self.loops_lock:
+            self.active = False
+            loops = list(self.loops.items())
+            self.loops = weakref.WeakKeyDictionary()
+        if self.use_c:
+            backend.asyncio_uninstall()
+        errors: list[BaseException] = []
+        for owner, name, original, ours in reversed(self.patches):
+            try:
+                if owner.__dict__.get(name) is ours:  # else someone wrapped us: ours stays, inert
+                    setattr(owner, name, original)
+            except Exception as exc:
+                errors.append(exc)
+        self.patches = []
+        unregister = getattr(sys.modules.get("pyflight.sources.metrics"), "unregister_loop", None)
+        for loop, info in loops:
+            try:
+                if info is not None:
+                    self._unwrap_selector(info)
+                if unregister is not None:
+                    unregister(loop)
+            except Exception as exc:
+                errors.append(exc)
+        del loops
+        try:
+            for tid in list(self.live_tasks):
+                backend.clear_live(("task", tid))
+            for key in list(self.foreign):
+                backend.clear_live(("asyncio-foreign", key))
+        except Exception as exc:
+            errors.append(exc)
+        self.live_tasks.clear()
+        self.py_running.clear()
+        if errors:
+            raise errors[0]
+
+    def fault(self, exc: BaseException) -> None:
+        self.source.failed(exc)
+
+    # loops ---------------------------------------------------------------------
+
+    def on_loop(self, loop: Any) -> None:
+        """A thread runs a step of (or starts) a loop: instrument it if new."""
+        try:
+            if self.active and loop not in self.loops:
+                self.instrument_loop(loop)
+        except Exception as exc:
+            self.fault(exc)
+
+    def instrument_loop(self, loop: Any) -> None:
+        if not isinstance(loop, self.base_events.BaseEventLoop):  # its handles come through us
+            with self.loops_lock:  # all the same, but it has no selector we know of
+                if self.active:
+                    self.loops[loop] = None
+            return
+        with self.loops_lock:  # against a concurrent remove(): nothing wrapped after it
+            if not self.active or loop in self.loops:
+                return
+            self.loops[loop] = self._wrap_selector(loop)
+        register = getattr(sys.modules.get("pyflight.sources.metrics"), "register_loop", None)
+        if register is not None:
+            register(loop)
+
+    def _wrap_selector(self, loop: Any) -> tuple[Any, Any, Any, bool] | None:
+        selector = getattr(loop, "_selector", None)
+        attrs = getattr(selector, "__dict__", None)
+        if not isinstance(selector, selectors.BaseSelector) or attrs is None:
+            return None  # a proactor, a test's mock: leave it alone
+        previous = attrs.get("select", _MISSING)
+        if getattr(previous, "_pyflight_idle", False):  # left by an earlier install: replace it
+            previous = previous._pyflight_previous
+            if previous is _MISSING:
+                del attrs["select"]
+            else:
+                attrs["select"] = previous
+        select = selector.select
+        ours = self._make_idle_select(select, id(loop))
+        ours._pyflight_previous = previous
+        had_mark = attrs.get("_pyflight_loop_selector", False) is True
+        attrs["select"] = ours  # the instance's own attributes: what `selector.select = ours` does
+        attrs["_pyflight_loop_selector"] = True
+        return (weakref.ref(selector), ours, previous, had_mark)
+
+    @staticmethod
+    def _unwrap_selector(info: tuple[Any, Any, Any, bool]) -> None:
+        ref, ours, previous, had_mark = info
+        selector = ref()
+        if selector is None:
+            return
+        attrs = selector.__dict__
+        if attrs.get("select") is ours:
+            if previous is _MISSING:
+                del attrs["select"]
+            else:
+                attrs["select"] = previous
+        if not had_mark:
+            attrs.pop("_pyflight_loop_selector", None)
+
+    def _make_idle_select(self, select: Any, loop_id: int) -> Any:
+        hooks = self
+        record = backend.record
+        is_enabled = backend.is_enabled
+
+        def idle_select(timeout: float | None = None) -> Any:
+            if (timeout is not None and timeout <= 0) or not hooks.active or not is_enabled():
+                return select(timeout)  # a poll, not an idle wait
+            try:
+                record(_IDLE_BEGIN, loop_id)
+            except Exception as exc:
+                hooks.fault(exc)
+                return select(timeout)
+            ready = None
+            try:
+                ready = select(timeout)
+                return ready
+            finally:
+                try:
+                    record(_IDLE_END, loop_id, len(ready) if ready is not None else 0)
+                except Exception as exc:
+                    hooks.fault(exc)
+
+        idle_select._pyflight_idle = True  # type: ignore[attr-defined]
+        return idle_select
+
+    def note_foreign(self, loop_type: type) -> None:
+        """A loop we cannot instrument: say so once per loop class, in every generation."""
+        key = f"{loop_type.__module__}.{loop_type.__qualname__}"
+        self._note_foreign_key(key, f"event loop {key} is not an asyncio.BaseEventLoop")
+
+    def _note_foreign_key(self, key: str, what: str) -> None:
+        if key in self.foreign:
+            return
+        self.foreign.add(key)
+        reason = f"{what}: its tasks, steps and callbacks are not traced (sampling-only coverage)"
+        backend.set_live(("asyncio-foreign", key), int(Kind.DATA_LOSS), "asyncio", 0, reason)
+        warnings.warn(f"pyflight: {reason}", SourceWarning, stacklevel=2)
+
+    def _note_policy(self) -> None:
+        policy = getattr(self.events, "_event_loop_policy", None)
+        if policy is not None and not type(policy).__module__.startswith("asyncio"):
+            new_loop = getattr(policy, "_loop_factory", None)
+            if isinstance(new_loop, type) and not issubclass(new_loop, self.base_events.BaseEventLoop):
+                self.note_foreign(new_loop)
+            elif type(policy).__module__.split(".")[0] == "uvloop":
+                key = f"{type(policy).__module__}.{type(policy).__qualname__}"
+                self._note_foreign_key(
+                    key, f"event loop policy {key} makes loops that are not BaseEventLoops"
+                )
+
+    def check_foreign_loops(self) -> None:
+        """Event loops running a task now whose steps never came through Handle._run: not
+        BaseEventLoops (uvloop), their steps cannot be traced."""
+        events = self.events
+        for owner in (self.tasks, sys.modules.get("_asyncio")):
+            current = getattr(owner, "_current_tasks", None)
+            if isinstance(current, dict):
+                for loop in list(current):  # one C call: a consistent copy
+                    if (
+                        isinstance(loop, events.AbstractEventLoop)
+                        and not isinstance(loop, self.base_events.BaseEventLoop)
+                        and loop not in self.loops
+                    ):
+                        self.note_foreign(type(loop))
+
+    # tasks ---------------------------------------------------------------------
+
+    def _note_existing_tasks(self) -> None:
+        for task in _all_tasks(self.tasks):
+            try:
+                if task.done():
+                    continue
+                tid = id(task)
+                name = task.get_name()
+                coro = _callback_name(task.get_coro())
+            except Exception:  # a foreign Task-like object: skip it
+                continue
+            backend.set_live(
+                ("task", tid), _TASK_INFO, tid, name if type(name) is str else str(name), coro, 0
+            )
+            self.live_tasks[tid] = (coro, 0)
+
+    def _wrap_create_task(self, original: Any) -> Any:
+        hooks = self
+        is_enabled = backend.is_enabled
+        current_task = self.tasks.current_task
+        live_tasks = self.live_tasks
+        coroutine = types.CoroutineType
+        task_types: Any = self.task_types
+
+        @functools.wraps(original)
+        def create_task(loop: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
+            task = original(loop, coro, *args, **kwargs)
+            if hooks.active and is_enabled():
+                try:  # what task_created does, inline: this runs for every task
+                    tid = id(task)
+                    get_name = getattr(task, "get_name", None)  # a task factory may return anything
+                    name = get_name() if get_name is not None else ""
+                    if type(name) is not str:
+                        name = str(name)
+                    coro_name = coro.__qualname__ if type(coro) is coroutine else _callback_name(coro)
+                    parent = current_task(loop)
+                    pid = id(parent) if parent is not None and parent is not task else 0
+                    backend.record(_TASK_CREATE, tid, name, coro_name, pid)
+                    backend.set_live(("task", tid), _TASK_INFO, tid, name, coro_name, pid)
+                    live_tasks[tid] = (coro_name, pid)
+                    if isinstance(task, task_types) and task.done():  # an eager task, finished already
+                        hooks.task_done(task)
+                except Exception as exc:
+                    hooks.fault(exc)
+            return task
+
+        return create_task
+
+    def task_done(self, task: Any) -> None:
+        """The step that just ran finished `task` (called by Handle._run)."""
+        try:
+            tid = id(task)
+            if task.cancelled():
+                outcome, error = TaskOutcome.CANCELLED, ""
+            else:
+                # not task.exception(): that would mark the exception as retrieved
+                exc = getattr(task, "_exception", None)
+                if isinstance(exc, BaseException):
+                    outcome, error = TaskOutcome.FAILED, _describe(exc)
+                else:
+                    outcome, error = TaskOutcome.OK, ""
+            backend.record(_TASK_DONE, tid, int(outcome), error)
+            if self.live_tasks.pop(tid, None) is not None:
+                backend.clear_live(("task", tid))
+        except Exception as exc:
+            self.fault(exc)
+
+    def _wrap_set_task_name(self, original: Any) -> Any:
+        hooks = self
+
+        @functools.wraps(original)
+        def _set_task_name(task: Any, name: Any) -> None:
+            original(task, name)
+            if name is not None and hooks.active:
+                hooks.task_renamed(task)
+
+        return _set_task_name
+
+    def task_renamed(self, task: Any) -> None:
+        """3.11/3.12 ``asyncio.create_task(name=...)`` and ``TaskGroup.create_task(name=...)``
+        name the task after ``loop.create_task``: record its info again with the name."""
+        try:
+            tid = id(task)
+            known = self.live_tasks.get(tid)
+            if known is not None and backend.is_enabled():
+                name = task.get_name()
+                backend.set_live(
+                    ("task", tid), _TASK_INFO, tid, name if type(name) is str else str(name), *known
+                )
+        except Exception as exc:
+            self.fault(exc)
+
+    # the Python Handle._run ----------------------------------------------------
+
+    def _make_py_run(self, exc_helper: Callable[[Any, BaseException], None]) -> Callable[[Any], None]:
+        hooks = self
+        is_enabled = backend.is_enabled
+
+        def _run(self: Any) -> None:
+            step = hooks.py_begin(self) if hooks.active and is_enabled() else None
+            ok = False
+            try:
+                try:
+                    self._context.run(self._callback, *self._args)
+                    ok = True
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    exc_helper(self, exc)
+            finally:
+                if step is not None:
+                    hooks.py_end(step, ok)
+            self = None  # Needed to break cycles when an exception occurs.
+            step = None
+
+        _run.__qualname__ = "Handle._run"
+        return _run
+
+    def step_task(self, cb: Any) -> Any:
+        """The Task whose step `cb` is, or None (the C core's step_task)."""
+        t = type(cb)
+        if t is types.MethodType:
+            func = cb.__func__
+            if func is not None and (func is self.py_step or func is self.py_wakeup):
+                return cb.__self__
+            return None
+        if t.__name__ == "TaskStepMethWrapper" or (
+            isinstance(cb, types.BuiltinMethodType) and cb.__name__ == "task_wakeup"
+        ):
+            task = getattr(cb, "__self__", None)
+            if isinstance(task, self.task_types):
+                return task
+        return None
+
+    def py_begin(self, handle: Any) -> tuple[int, Any, Any, int] | None:
+        try:
+            cb = handle._callback
+            loop = getattr(handle, "_loop", None)
+            loop_id = id(loop) if loop is not None else 0
+            tls = self.tls
+            if loop is not None and getattr(tls, "loop_id", 0) != loop_id:
+                tls.loop_id = loop_id
+                self.on_loop(loop)
+            task = self.step_task(cb)
+            if task is not None:
+                task_id = id(task)
+                backend.record(_TASK_STEP_BEGIN, task_id)
+            else:
+                task_id = 0
+                backend.record(_CALLBACK_BEGIN, loop_id, _callback_name(cb))
+            ident = threading.get_ident()
+            running = self.py_running
+            previous = running.get(ident)
+            running[ident] = (loop_id, task_id, backend.now())
+            return (ident, previous, task, loop_id)
+        except Exception as exc:
+            self.fault(exc)
+            return None
+
+    def py_end(self, step: tuple[int, Any, Any, int], ok: bool) -> None:
+        try:
+            ident, previous, task, loop_id = step
+            if previous is None:
+                self.py_running.pop(ident, None)
+            else:
+                self.py_running[ident] = previous
+            if task is None:
+                backend.record(_CALLBACK_END, loop_id)
+                return
+            backend.record(_TASK_STEP_END, id(task))
+            if not ok or not self.active:
+                return
+            waiter = task._fut_waiter
+            if waiter is None:
+                if task.done():
+                    self.task_done(task)
+                    return
+                what = ""
+            else:
+                what = "" if type(waiter) is self.plain_future else type(waiter).__name__
+            if self.wait_mode:
+                frame = _awaiting_frame(task) if self.wait_mode >= 2 else None
+                backend.record(_TASK_WAIT, id(task), _AWAIT, what, frame)
+        except Exception as exc:
+            self.fault(exc)
+
+    def running_steps(self) -> list[tuple[int, int, int, int]]:
+        if self.use_c:
+            steps: list[tuple[int, int, int, int]] = backend.running_steps()
+            return steps
+        return [(ident, *entry) for ident, entry in list(self.py_running.items())]
+
+    # run_forever ---------------------------------------------------------------
+
+    def _wrap_run_forever(self, original: Any) -> Any:
+        hooks = self
+
+        @functools.wraps(original)
+        def run_forever(loop: Any, *args: Any, **kwargs: Any) -> Any:
+            if hooks.active:
+                hooks.on_loop(loop)
+            return original(loop, *args, **kwargs)
+
+        return run_forever
+
+    # stall watchdog --------------------------------------------------------------
+
+    def watch_once(self, now: int, threshold: int, due_at: dict[tuple[int, int, int], int]) -> None:
+        """One poll of the watchdog (see AsyncioSource._watch)."""
+        self._check_stalls(now, threshold, due_at)
+        if now >= self.next_foreign_check:
+            self.next_foreign_check = now + int(FOREIGN_CHECK_INTERVAL * 1e9)
+            self.check_foreign_loops()
+
+    def _check_stalls(self, now: int, threshold: int, due_at: dict[tuple[int, int, int], int]) -> None:
+        frames: dict[int, types.FrameType] | None = None
+        seen: set[tuple[int, int, int]] = set()
+        for ident, loop_id, task_id, start in self.running_steps():
+            duration = now - start
+            if duration < threshold:
+                continue
+            key = (ident, start, task_id)
+            seen.add(key)
+            due = due_at.get(key, threshold)
+            if duration < due:
+                continue
+            if frames is None:
+                frames = backend.current_frames()
+            frame = frames.get(ident)
+            if frame is None:  # no such thread (left over from before a fork)
+                continue
+            backend.record(_STALL, loop_id, task_id, duration, frame)
+            while due <= duration:
+                due *= 2
+            due_at[key] = due
+        for key in [k for k in due_at if k not in seen]:
+            del due_at[key]
+        frames = None
+
+
+@register
+class AsyncioSource(Source):
+    """asyncio tasks, steps, callbacks, loop idle and stalls (see the module docstring)."""
+
+    name = "asyncio"
+    default_enabled = True
+
+    def __init__(self, **options: Any) -> None:
+        opts = dict(options)
+        threshold = opts.pop("stall_threshold", STALL_THRESHOLD)
+        task_wait = opts.pop("task_wait", "off")
+        implementation = opts.pop("implementation", "auto")
+        if opts:
+            raise ValueError(f"unknown option(s) {sorted(opts)}")
+        if task_wait not in WAIT_MODES:
+            raise ValueError(f"task_wait must be one of {sorted(WAIT_MODES)}, got {task_wait!r}")
+        if implementation not in ("auto", "c", "python"):
+            raise ValueError(f"implementation must be 'auto', 'c' or 'python', got {implementation!r}")
+        super().__init__(**options)
+        self.stall_threshold = 0.0 if threshold is None else float(threshold)
+        self.task_wait: str = task_wait
+        self.implementation: str = implementation
+        self._hooks: _Hooks | None = None
+        self._want = False
+        self._watcher: _AsyncioImportWatcher | None = None
+        self._hooks_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._hooks_ready = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def _install(self) -> None:
+        with self._hooks_lock:
+            self._want = True
+            self._stop = threading.Event()
+            self._hooks_ready = threading.Event()
+            self._pid = os.getpid()
+            if _asyncio_ready():
+                try:
+                    self._install_hooks()
+                except BaseException:
+                    self._want = False
+                    raise
+            else:
+                self._watcher = _AsyncioImportWatcher(self._asyncio_imported)
+                sys.meta_path.insert(0, self._watcher)
+            if self.stall_threshold > 0:
+                # started now, idle until asyncio arrives: the thread set stays the same
+                # from start() on, whenever the program imports asyncio
+                self._watchdog = threading.Thread(
+                    target=self._watch, args=(self._stop, self._hooks_ready), name=WATCHDOG_NAME, daemon=True
+                )
+                self._watchdog.start()
+
+    def _install_hooks(self) -> None:
+        global _installed_hooks
+        hooks = _Hooks(self)
+        hooks.install()
+        self._hooks = hooks
+        _installed_hooks = hooks
+        self._hooks_ready.set()
+
+    def _asyncio_imported(self, module: types.ModuleType) -> None:
+        failure: Exception | None = None
+        with self._hooks_lock:
+            self._remove_watcher()
+            if self._want and self._hooks is None and _asyncio_ready():
+                try:
+                    self._install_hooks()
+                except Exception as exc:
+                    failure = exc
+        if failure is not None:
+            self.failed(failure)
+
+    def _remove_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            try:
+                sys.meta_path.remove(watcher)
+            except ValueError:
+                pass
+
+    def _uninstall(self) -> None:
+        global _installed_hooks
+        with self._hooks_lock:
+            self._want = False
+            self._remove_watcher()
+            hooks, self._hooks = self._hooks, None
+            if _installed_hooks is hooks:
+                _installed_hooks = None
+            watchdog, self._watchdog = self._watchdog, None
+        forked = os.getpid() != self._pid  # no watchdog here; its Events may be unusable
+        if not forked:
+            self._stop.set()
+            self._hooks_ready.set()
+        try:
+            if hooks is not None:
+                hooks.remove()
+        finally:
+            if watchdog is not None and watchdog is not threading.current_thread() and not forked:
+                watchdog.join(timeout=JOIN_TIMEOUT)
+
+    def _watch(self, stop: threading.Event, ready: threading.Event) -> None:
+        """The "pyflight-stalls" thread: every threshold/4, LOOP_STALL for each step running
+        longer than the threshold, with its thread's stack now (at 1x, 2x, 4x, ... the threshold)."""
+        ready.wait()
+        threshold = int(self.stall_threshold * 1e9)
+        interval = self.stall_threshold / 4
+        due_at: dict[tuple[int, int, int], int] = {}  # step -> duration of its next LOOP_STALL
+        while not stop.wait(interval):
+            hooks = self._hooks
+            if hooks is None or not hooks.active:
+                continue
+            try:
+                hooks.watch_once(backend.now(), threshold, due_at)
+            except Exception as exc:
+                self.failed(exc)
+                return
+
+
+def _asyncio_ready() -> bool:
+    """asyncio fully imported (its package __init__ done)."""
+    package = sys.modules.get("asyncio")
+    return (
+        package is not None
+        and all(name in sys.modules for name in ("asyncio.events", "asyncio.base_events", "asyncio.tasks"))
+        and hasattr(package, "run")
+    )
+
+
+__all__ = ["STALL_THRESHOLD", "AsyncioSource", "running_steps"]

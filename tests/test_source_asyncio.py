@@ -1,0 +1,650 @@
+"""The asyncio source: steps, callbacks, task lifetimes, loop idle, stalls, and that the
+replaced ``Handle._run`` behaves exactly like asyncio's own."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import asyncio.events
+import asyncio.tasks
+import functools
+import gc
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pyflight
+import pyflight.sources.asyncio_loop as asyncio_loop
+from pyflight.core import BACKEND_NAME, backend
+from pyflight.core.events import Kind, TaskOutcome
+from pyflight.sources import REGISTRY, SourceWarning, metrics
+
+PYTHON = sys.executable
+
+IMPLEMENTATIONS = ["auto", "python"]  # "auto" is the C Handle._run with the C core
+
+
+def recorder(implementation: str = "auto", **options: Any) -> pyflight.FlightRecorder:
+    opts = {"implementation": implementation, **options}
+    return pyflight.FlightRecorder(sources=["asyncio"], source_options={"asyncio": opts})
+
+
+def snapshot(rec: pyflight.FlightRecorder, tmp_path: Path, name: str = "t.pyfl") -> pyflight.Trace:
+    path = tmp_path / name
+    rec.write_to(path)
+    return pyflight.load(path)
+
+
+def of_kind(trace: pyflight.Trace, kind: Kind) -> list[pyflight.Event]:
+    return [e for e in trace.events if e.kind == kind]
+
+
+def run_traced(
+    main: Callable[[], Coroutine[Any, Any, Any]], tmp_path: Path, implementation: str = "auto", **options: Any
+) -> tuple[Any, pyflight.Trace]:
+    with recorder(implementation, **options) as rec:
+        result = asyncio.run(main())
+        return result, snapshot(rec, tmp_path)
+
+
+def patched_attributes() -> dict[str, Any]:
+    return {
+        "_run": asyncio.events.Handle.__dict__["_run"],
+        "create_task": asyncio.base_events.BaseEventLoop.__dict__["create_task"],
+        "run_forever": asyncio.base_events.BaseEventLoop.__dict__["run_forever"],
+        "_set_task_name": asyncio.tasks.__dict__.get("_set_task_name"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _restored() -> Iterator[None]:
+    """Every test leaves asyncio exactly as it found it."""
+    before = patched_attributes()
+    yield
+    after = patched_attributes()
+    for name, value in before.items():
+        assert after[name] is value, name
+
+
+# ---------------------------------------------------------------------------- coroutines
+
+
+async def sleeper(delay: float) -> str:
+    await asyncio.sleep(delay)
+    return "slept"
+
+
+async def failing() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("boom")
+
+
+async def staller() -> None:
+    await asyncio.sleep(0)
+    time.sleep(0.25)  # the blocking line
+    await asyncio.sleep(0)
+
+
+STALL_LINE = staller.__code__.co_firstlineno + 2
+
+
+async def child() -> int:
+    await asyncio.sleep(0)
+    return 1
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_registered() -> None:
+    cls = REGISTRY["asyncio"]
+    assert cls is asyncio_loop.AsyncioSource
+    assert cls.default_enabled
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError):
+        asyncio_loop.AsyncioSource(nope=1)
+    with pytest.raises(ValueError):
+        asyncio_loop.AsyncioSource(task_wait="everything")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_install_replaces_and_uninstall_restores(implementation: str) -> None:
+    before = patched_attributes()
+    loop = asyncio.new_event_loop()
+    try:
+        with recorder(implementation):
+            assert asyncio.events.Handle.__dict__["_run"] is not before["_run"]
+            assert asyncio.base_events.BaseEventLoop.__dict__["create_task"] is not before["create_task"]
+            if implementation == "auto" and BACKEND_NAME == "c":
+                assert type(asyncio.events.Handle.__dict__["_run"]).__name__ == "method_descriptor"
+            loop.run_until_complete(sleeper(0.01))
+            selector = loop._selector  # type: ignore[attr-defined]
+            assert "select" in vars(selector)
+            assert selector._pyflight_loop_selector is True
+            assert loop in metrics.registered_loops()  # for the loop-lag counters
+        assert patched_attributes() == before
+        assert loop not in metrics.registered_loops()
+        assert "select" not in vars(selector)
+        assert "_pyflight_loop_selector" not in vars(selector)
+        assert asyncio_loop.running_steps() == []
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_stall_shows_step_and_blocking_line(tmp_path: Path, implementation: str) -> None:
+    async def main() -> int:
+        task = asyncio.create_task(staller(), name="staller")
+        await task
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path, implementation)
+    steps: dict[int, list[int]] = {}
+    for e in trace.events:
+        if e.kind in (Kind.TASK_STEP_BEGIN, Kind.TASK_STEP_END) and e.arg("task") == task_id:
+            steps.setdefault(e.thread, []).append(e.time)
+    (times,) = steps.values()
+    durations = [end - begin for begin, end in zip(times[::2], times[1::2], strict=True)]
+    assert any(0.2e9 <= d < 2e9 for d in durations), durations
+    stalls = [e for e in of_kind(trace, Kind.LOOP_STALL) if e.arg("task") == task_id]
+    assert 1 <= len(stalls) <= 3
+    assert all(e.arg("duration") >= 0.1e9 for e in stalls)
+    assert all(e.thread != next(iter(steps)) for e in stalls)  # recorded by the watchdog
+    for stall in stalls:
+        frames = [(f.function, f.line) for f in stall.stack]
+        assert ("staller", STALL_LINE) in frames, frames
+
+
+def test_stall_watchdog_can_be_disabled(tmp_path: Path) -> None:
+    _, trace = run_traced(staller, tmp_path, stall_threshold=0)
+    assert of_kind(trace, Kind.LOOP_STALL) == []
+    assert not any(t.name == asyncio_loop.WATCHDOG_NAME for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tasks_names_coroutines_parents(tmp_path: Path, implementation: str) -> None:
+    async def main() -> dict[str, Any]:
+        tasks: dict[str, Any] = {"main": asyncio.current_task()}  # kept alive: their ids stay unique
+        with pyflight.task("req"):
+            tasks["c1"] = asyncio.create_task(child(), name="c1")
+            tasks["ensured"] = asyncio.ensure_future(sleeper(0))
+            await asyncio.gather(tasks["c1"], tasks["ensured"], child())
+            async with asyncio.TaskGroup() as group:
+                tasks["tg1"] = group.create_task(child(), name="tg1")
+        return tasks
+
+    tasks, trace = run_traced(main, tmp_path, implementation)
+    ids = {key: id(task) for key, task in tasks.items()}
+    created = {e.arg("task"): e for e in of_kind(trace, Kind.TASK_CREATE)}
+    main_id = ids["main"]
+    assert created[main_id].arg("coro") == "test_tasks_names_coroutines_parents.<locals>.main"
+    assert created[main_id].arg("parent") == 0
+    for key in ("c1", "ensured", "tg1"):
+        assert created[ids[key]].arg("parent") == main_id, key
+    assert created[ids["c1"]].arg("coro") == "child"
+    assert created[ids["ensured"]].arg("coro") == "sleeper"
+    assert trace.tasks[ids["c1"]].name == "c1"  # 3.11/3.12 name it after create_task
+    assert trace.tasks[ids["tg1"]].name == "tg1"
+    creates = of_kind(trace, Kind.TASK_CREATE)
+    gathered = [e for e in creates if e.arg("parent") == main_id and e.arg("coro") == "child"]
+    assert len(gathered) == 3  # c1, the one gather wrapped, tg1
+    infos = {e.arg("task") for e in of_kind(trace, Kind.TASK_INFO)}
+    assert set(created) <= infos
+    user_tasks = [u for u in trace.user_tasks.values() if u.name == "req"]
+    assert len(user_tasks) == 1
+    # every step of a task is recorded with that task's id, on the loop's thread
+    stepped = {e.arg("task") for e in of_kind(trace, Kind.TASK_STEP_BEGIN)}
+    assert {main_id, ids["c1"], ids["ensured"], ids["tg1"]} <= stepped
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_task_done_outcomes(tmp_path: Path, implementation: str) -> None:
+    async def main() -> dict[str, int]:
+        ok = asyncio.create_task(sleeper(0))
+        bad = asyncio.create_task(failing())
+        cancelled = asyncio.create_task(sleeper(10))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        results = await asyncio.gather(ok, bad, cancelled, return_exceptions=True)
+        assert results[0] == "slept"
+        main = id(asyncio.current_task())
+        return {"ok": id(ok), "bad": id(bad), "cancelled": id(cancelled), "main": main}
+
+    ids, trace = run_traced(main, tmp_path, implementation, task_wait="what")
+    done = {e.arg("task"): e for e in of_kind(trace, Kind.TASK_DONE)}
+    assert done[ids["ok"]].arg("outcome") == TaskOutcome.OK
+    assert done[ids["ok"]].arg("error") == ""
+    assert done[ids["bad"]].arg("outcome") == TaskOutcome.FAILED
+    assert done[ids["bad"]].arg("error") == "ValueError: boom"
+    assert done[ids["cancelled"]].arg("outcome") == TaskOutcome.CANCELLED
+    # TASK_WAIT after the steps that suspend on a future: the sleeps
+    waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["cancelled"]]
+    assert waits and waits[0].arg("reason") == 7  # BlockReason.AWAIT
+    assert waits[0].arg("what") == ""  # a plain Future
+    gathering = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["main"]]
+    assert gathering[-1].arg("what") == "_GatheringFuture"
+
+
+def test_task_factory_returning_other_objects(tmp_path: Path) -> None:
+    """A task factory may return any awaitable object: recorded as well as it can be."""
+
+    class Lean(asyncio.Future[Any]):  # no get_name, not a Task
+        def __init__(self, coro: Any, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__(loop=loop)
+            self.inner = loop.call_soon(self.set_result, 1)
+            coro.close()
+
+        def set_name(self, name: Any) -> None:  # 3.13 calls it
+            pass
+
+    async def main() -> tuple[int, Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: Lean(coro, loop))
+        lean = loop.create_task(child())
+        result = await lean
+        loop.set_task_factory(None)
+        return result, lean
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SourceWarning)  # no fault
+        (result, lean), trace = run_traced(main, tmp_path)
+    assert result == 1
+    created = [e for e in of_kind(trace, Kind.TASK_CREATE) if e.arg("task") == id(lean)]
+    assert [(e.arg("name"), e.arg("coro")) for e in created] == [("", "child")]
+    assert of_kind(trace, Kind.SOURCE_DISABLED) == []
+
+
+def test_task_wait_stack(tmp_path: Path) -> None:
+    async def main() -> int:
+        task = asyncio.create_task(sleeper(0.01))
+        await task
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path, task_wait="stack")
+    waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
+    assert waits
+    assert waits[0].stack and waits[0].stack[0].function == "sleep"  # asyncio.sleep, innermost
+    _, trace = run_traced(main, tmp_path)  # the default: off
+    assert of_kind(trace, Kind.TASK_WAIT) == []
+
+
+def test_failed_task_exception_still_reported_as_never_retrieved(tmp_path: Path) -> None:
+    """Recording a failure must not mark the task's exception as retrieved."""
+
+    def run() -> list[str]:
+        messages: list[str] = []
+
+        async def main() -> None:
+            asyncio.get_running_loop().set_exception_handler(
+                lambda loop, ctx: messages.append(ctx["message"])
+            )
+            task = asyncio.create_task(failing())
+            await asyncio.sleep(0.01)
+            assert task.done()
+            del task
+            gc.collect()
+
+        asyncio.run(main())
+        return messages
+
+    expected = run()
+    assert "Task exception was never retrieved" in expected
+    with recorder():
+        assert run() == expected
+
+
+def _callback_exception_contexts(debug: bool) -> list[tuple[Any, ...]]:
+    """What the loop's exception handler gets for raising callbacks."""
+    seen: list[tuple[Any, ...]] = []
+
+    def bad(x: int) -> None:
+        raise ValueError(f"bad {x}")
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        source = context.get("source_traceback")
+        seen.append(
+            (
+                sorted(context),
+                context["message"],
+                type(context["exception"]),
+                str(context["exception"]),
+                context["handle"] is handles[len(seen)],
+                sys.exception() is context["exception"],
+                None if source is None else tuple(source[-1]),
+            )
+        )
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_debug(debug)
+        loop.set_exception_handler(handler)
+        handles = [
+            loop.call_soon(bad, 1),
+            loop.call_soon(functools.partial(bad, 2)),
+            loop.call_later(0.001, bad, 3),
+        ]
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+    finally:
+        loop.close()
+    return seen
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("debug", [False, True])
+def test_callback_exception_goes_to_handler_unchanged(debug: bool, implementation: str) -> None:
+    expected = _callback_exception_contexts(debug)
+    assert len(expected) == 3
+    assert expected[0][1].startswith("Exception in callback ")
+    assert all(item[5] for item in expected)  # the exception is being handled (sys.exception())
+    if debug:
+        assert all("source_traceback" in item[0] for item in expected)
+    with recorder(implementation):
+        assert _callback_exception_contexts(debug) == expected
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_exit_propagate(implementation: str, exc_type: type[BaseException]) -> None:
+    def raise_it() -> None:
+        raise exc_type("from callback")
+
+    with recorder(implementation):
+        loop = asyncio.new_event_loop()
+        try:
+            loop.call_soon(raise_it)
+            with pytest.raises(exc_type, match="from callback"):
+                loop.run_forever()
+        finally:
+            loop.close()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_odd_handles_behave_like_asyncio(implementation: str) -> None:
+    """Non-tuple args and a cancelled handle run through the same code as asyncio's."""
+
+    def outcomes() -> list[str]:
+        got: list[str] = []
+        loop = asyncio.new_event_loop()
+        try:
+            loop.set_exception_handler(lambda lp, ctx: got.append(f"{type(ctx['exception']).__name__}"))
+            handle = asyncio.events.Handle(got.append, ("list-args",), loop)
+            handle._args = ["from a list"]
+            handle._run()
+            cancelled = asyncio.events.Handle(got.append, ("x",), loop)
+            cancelled.cancel()
+            cancelled._run()  # callback None, args None: a TypeError for the handler
+        finally:
+            loop.close()
+        return got
+
+    expected = outcomes()
+    assert expected == ["from a list", "TypeError"]
+    with recorder(implementation):
+        assert outcomes() == expected
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_callbacks_recorded_with_names(tmp_path: Path, implementation: str) -> None:
+    def plain() -> None:
+        pass
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_soon(plain)
+        loop.call_soon(functools.partial(plain))
+        loop.call_soon(fut.set_result, 1)
+        await fut
+        return id(loop)
+
+    loop_id, trace = run_traced(main, tmp_path, implementation)
+    names = [e.arg("name") for e in of_kind(trace, Kind.CALLBACK_BEGIN)]
+    assert names.count("test_callbacks_recorded_with_names.<locals>.plain") == 2
+    assert "Future.set_result" in names
+    assert {e.arg("loop") for e in of_kind(trace, Kind.CALLBACK_BEGIN)} == {loop_id}
+    assert len(of_kind(trace, Kind.CALLBACK_END)) == len(names)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_loop_idle_slice(tmp_path: Path, implementation: str) -> None:
+    async def main() -> int:
+        await asyncio.sleep(0.1)
+        return id(asyncio.get_running_loop())
+
+    loop_id, trace = run_traced(main, tmp_path, implementation)
+    begins = [e for e in of_kind(trace, Kind.LOOP_IDLE_BEGIN) if e.arg("loop") == loop_id]
+    ends = [e for e in of_kind(trace, Kind.LOOP_IDLE_END) if e.arg("loop") == loop_id]
+    assert len(begins) == len(ends) >= 1
+    slices = [end.time - begin.time for begin, end in zip(begins, ends, strict=True)]
+    assert any(0.08e9 <= d < 1e9 for d in slices), slices
+    assert all(e.arg("events") == 0 for e in ends)  # a timer, no fd became ready
+
+
+def test_running_steps_during_a_step() -> None:
+    async def main() -> tuple[list[tuple[int, int, int, int]], int, int]:
+        now = backend.now()
+        return asyncio_loop.running_steps(), id(asyncio.current_task()), now
+
+    with recorder():
+        steps, task_id, now = asyncio.run(main())
+    mine = [s for s in steps if s[0] == threading.get_ident()]
+    assert len(mine) == 1
+    _ident, loop_id, task, start = mine[0]
+    assert task == task_id and loop_id != 0
+    assert now - 50_000_000 <= start <= now + 50_000_000  # the C table's clock is coarse (ticks)
+
+
+def test_recorder_started_inside_running_loop(tmp_path: Path) -> None:
+    """Tasks that exist at install get TASK_INFO; the running loop is instrumented."""
+
+    async def main() -> tuple[int, int, pyflight.Trace]:
+        waiting = asyncio.create_task(sleeper(0.15), name="early")
+        await asyncio.sleep(0)
+        with recorder() as rec:
+            await asyncio.sleep(0.1)  # an idle wait, recorded
+            await waiting
+            return id(waiting), id(asyncio.get_running_loop()), snapshot(rec, tmp_path)
+
+    task_id, loop_id, trace = asyncio.run(main())
+    assert trace.tasks[task_id].name == "early"
+    assert trace.tasks[task_id].coro == "sleeper"
+    assert any(e.arg("task") == task_id for e in of_kind(trace, Kind.TASK_DONE))
+    assert any(e.arg("loop") == loop_id for e in of_kind(trace, Kind.LOOP_IDLE_END))
+
+
+def test_loop_in_another_thread_is_instrumented_lazily(tmp_path: Path) -> None:
+    started = threading.Event()
+    stop = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def ticker() -> None:
+        started.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(ticker(),))
+    thread.start()
+    try:
+        started.wait(5)
+        with recorder() as rec:
+            time.sleep(0.2)
+            trace = snapshot(rec, tmp_path)
+    finally:
+        stop.set()
+        thread.join(5)
+        loop.close()
+    assert any(e.arg("loop") == id(loop) for e in of_kind(trace, Kind.LOOP_IDLE_END))
+    assert of_kind(trace, Kind.TASK_STEP_BEGIN)
+    assert len(trace.tasks) == 1  # the pre-existing ticker task, by TASK_INFO
+
+
+def test_foreign_loop_noted_once(tmp_path: Path) -> None:
+    class ForeignLoop(asyncio.AbstractEventLoop):  # like uvloop.Loop: not a BaseEventLoop
+        pass
+
+    foreign, not_a_loop, task = ForeignLoop(), object(), object()  # type: ignore[abstract]
+    with recorder() as rec:
+        hooks = asyncio_loop._installed_hooks
+        assert hooks is not None
+        asyncio.tasks._enter_task(foreign, task)  # type: ignore[arg-type]  # a task of it runs
+        asyncio.tasks._enter_task(not_a_loop, task)  # type: ignore[arg-type]  # ignored
+        try:
+            with pytest.warns(SourceWarning, match="ForeignLoop") as warned:
+                hooks.check_foreign_loops()
+                hooks.check_foreign_loops()  # once per loop class
+            assert len(warned) == 1
+        finally:
+            asyncio.tasks._leave_task(foreign, task)  # type: ignore[arg-type]
+            asyncio.tasks._leave_task(not_a_loop, task)  # type: ignore[arg-type]
+        backend.seal()  # the note is live: recorded again in the next generation
+        trace = snapshot(rec, tmp_path)
+    notes = [e for e in trace.data_loss if e.kind == Kind.DATA_LOSS and e.arg("source") == "asyncio"]
+    assert notes and "ForeignLoop" in notes[0].arg("reason")
+    assert "sampling-only" in notes[0].arg("reason")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fault_disables_source_and_program_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implementation: str
+) -> None:
+    real = backend.record
+
+    def record(kind: int, *args: Any) -> None:
+        if kind == Kind.TASK_CREATE:
+            raise RuntimeError("injected fault")
+        real(kind, *args)
+
+    before = patched_attributes()
+    rec = recorder(implementation).start()
+    try:
+        monkeypatch.setattr(backend, "record", record)
+        with pytest.warns(SourceWarning, match="injected fault"):
+            result = asyncio.run(sleeper(0.01))
+        assert result == "slept"
+        assert patched_attributes() == before  # removed itself
+        monkeypatch.setattr(backend, "record", real)
+        trace = snapshot(rec, tmp_path)
+    finally:
+        rec.stop()
+    disabled = of_kind(trace, Kind.SOURCE_DISABLED)
+    assert [e.arg("source") for e in disabled] == ["asyncio"]
+    assert "injected fault" in disabled[0].arg("reason")
+    assert asyncio.run(sleeper(0)) == "slept"
+
+
+def test_fault_in_idle_select_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = backend.record
+
+    def record(kind: int, *args: Any) -> None:
+        if kind == Kind.LOOP_IDLE_BEGIN:
+            raise RuntimeError("idle fault")
+        real(kind, *args)
+
+    with recorder() as rec:
+        monkeypatch.setattr(backend, "record", record)
+        with pytest.warns(SourceWarning, match="idle fault"):
+            assert asyncio.run(sleeper(0.05)) == "slept"
+        monkeypatch.setattr(backend, "record", real)
+        trace = snapshot(rec, tmp_path)
+    assert [e.arg("source") for e in of_kind(trace, Kind.SOURCE_DISABLED)] == ["asyncio"]
+
+
+def test_default_sources_together(tmp_path: Path) -> None:
+    """With every default source (blocking wraps selectors too): the loop's waits are LOOP_IDLE."""
+
+    async def main() -> int:
+        await asyncio.gather(sleeper(0.05), child())
+        return id(asyncio.get_running_loop())
+
+    with pyflight.FlightRecorder() as rec:
+        loop_id = asyncio.run(main())
+        trace = snapshot(rec, tmp_path)
+    assert any(e.arg("loop") == loop_id for e in of_kind(trace, Kind.LOOP_IDLE_END))
+    select_blocks = [e for e in of_kind(trace, Kind.BLOCK_BEGIN) if e.arg("reason") == 6]  # SELECT
+    assert not [e for e in select_blocks if any(f.function.endswith("_run_once") for f in e.stack)]
+
+
+def test_asyncio_imported_after_install(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """Without asyncio imported, installing imports nothing; the hooks arrive with asyncio."""
+    script = f"""
+import sys
+import pyflight
+from pyflight.core.events import Kind
+rec = pyflight.FlightRecorder(sources=["asyncio"]).start()
+assert "asyncio" not in sys.modules, "installing imported asyncio"
+import threading
+stalls = [t for t in threading.enumerate() if t.name == "pyflight-stalls"]  # idle until asyncio
+import asyncio
+assert [t for t in threading.enumerate() if t.name == "pyflight-stalls"] == stalls and stalls
+assert type(asyncio.events.Handle.__dict__["_run"]).__name__ != "function" or {BACKEND_NAME!r} != "c"
+assert asyncio.events.Handle._run.__qualname__ == "Handle._run"
+assert asyncio.__spec__.loader.__class__.__name__ != "_ChainedLoader"
+async def main():
+    await asyncio.sleep(0.01)
+asyncio.run(main())
+rec.write_to({str(tmp_path / "late.pyfl")!r})
+rec.stop()
+trace = pyflight.load({str(tmp_path / "late.pyfl")!r})
+kinds = {{e.kind for e in trace.events}}
+assert Kind.TASK_CREATE in kinds and Kind.TASK_STEP_BEGIN in kinds, kinds
+print("ok")
+"""
+    out = subprocess.run(
+        [PYTHON, "-c", script], env=subprocess_env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_selector_blocking_wrapper_is_skipped() -> None:
+    """The loop's selector carries the mark the blocking source checks."""
+    with recorder():
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(sleeper(0))
+            assert isinstance(loop._selector, selectors.BaseSelector)  # type: ignore[attr-defined]
+            assert loop._selector._pyflight_loop_selector is True  # type: ignore[attr-defined]
+        finally:
+            loop.close()
+
+
+@pytest.mark.skipif(os.environ.get("PYFLIGHT_SKIP_AIOHTTP") == "1", reason="disabled")
+def test_aiohttp_server_steps(tmp_path: Path) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    async def hello(request: Any) -> Any:
+        await asyncio.sleep(0)
+        return web.Response(text="hi")
+
+    async def main() -> str:
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as resp:
+                return str(await resp.text())
+        finally:
+            await runner.cleanup()
+
+    text, trace = run_traced(main, tmp_path)
+    assert text == "hi"
+    coros = {t.coro for t in trace.tasks.values()}
+    assert any("hello" in c or "RequestHandler" in c for c in coros), coros
+    assert of_kind(trace, Kind.TASK_STEP_BEGIN) and of_kind(trace, Kind.CALLBACK_BEGIN)
