@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 
 from pyflight.errors import TraceFormatError
 from pyflight.export import FORMATS, PROFILE_FORMATS, PROFILES
 from pyflight.format.reader import Trace, load
+from pyflight.format.writer import write_bytes_atomically
 
 __all__ = ["EXPORTERS", "add_arguments", "export", "run", "write_atomically"]
 
@@ -60,20 +59,7 @@ def export(trace: Trace, fmt: str, profile: str | None = None) -> bytes:
 
 def write_atomically(path: str, data: bytes) -> None:
     """Write beside ``path`` with mode 0600, fsync, rename into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pyflight-export-", suffix=".tmp", dir=directory)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes_atomically(path, data)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,3 +60,8 @@ def write_file_atomically(path: str | os.PathLike[str], header: bytes, generatio
             pass
         raise
     return total
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> int:
+    """``data`` to ``path`` the same way: temporary file (mode 0600), fsync, rename."""
+    return write_file_atomically(path, data, ())

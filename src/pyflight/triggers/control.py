@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from pyflight.errors import PyflightError, SnapshotInProgress
+from pyflight.format.writer import write_bytes_atomically
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers.snapshots import snapshot_bytes
 
@@ -359,18 +360,4 @@ def _receive(sock: socket.socket, pid: int) -> bytes:
 
 def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file beside it, mode 0600, rename)."""
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".pyflight-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_bytes_atomically(path, data)
