@@ -326,3 +326,19 @@ def test_subinterpreters_do_not_crash_the_recorder(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "survived" in result.stdout
+
+
+def test_sampler_does_not_keep_finished_threads_alive() -> None:
+    """CPython's own test suites check that no Thread outlives its test."""
+    import gc
+    import weakref
+
+    with pyflight.FlightRecorder(sources=["sampler"]):
+        worker = threading.Thread(target=time.sleep, args=(0.15,))
+        worker.start()
+        worker.join()
+        ref = weakref.ref(worker)
+        del worker
+        time.sleep(0.05)
+        gc.collect()
+        assert ref() is None

@@ -29,7 +29,8 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, Final
 
@@ -157,6 +158,13 @@ class _Proc:
         self.state = _UNKNOWN  # the state found then
 
 
+_MAX_IDENTS = 256
+
+
+def _none() -> None:
+    return None
+
+
 @register
 class StackSampler(Source):
     """Samples every thread's stack, OS state and running asyncio task on a CPU budget.
@@ -199,8 +207,9 @@ class StackSampler(Source):
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._rng = random.Random()  # our own: never disturb the program's random state
-        # ident -> (Thread object, native id); the object tells a reused ident apart
-        self._idents: dict[int, tuple[object, int]] = {}
+        # ident -> (weak reference to the Thread, native id): the object tells a reused
+        # ident apart; weak, so the sampler never keeps a finished Thread alive
+        self._idents: dict[int, tuple[Callable[[], object], int]] = {}
         # native tid -> _Proc. Touched (and its files closed) only by the sampling
         # thread while it lives, by uninstall once it is gone.
         self._procs: dict[int, _Proc] = {}
@@ -373,9 +382,15 @@ class StackSampler(Source):
         """Native id of the thread with Python ident ``ident``; 0 if unknown."""
         entry = self._idents.get(ident)
         thread = table.get(ident)
-        if entry is None or entry[0] is not thread:  # new or reused ident
+        if entry is None or entry[0]() is not thread:  # new or reused ident
             native = getattr(thread, "native_id", None) if thread is not None else None
-            entry = (thread, native if isinstance(native, int) else 0)
+            try:
+                ref: Callable[[], object] = weakref.ref(thread) if thread is not None else _none
+            except TypeError:  # not weak-referenceable: do not cache it
+                return native if isinstance(native, int) else 0
+            entry = (ref, native if isinstance(native, int) else 0)
+            if len(self._idents) > _MAX_IDENTS:  # threads come and go: forget the dead
+                self._idents = {i: e for i, e in self._idents.items() if e[0]() is not None}
             self._idents[ident] = entry
         return entry[1]
 
