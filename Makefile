@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench cpython-tests clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/*.c src/pyflight/*.h)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed
 
 test:
 	./scripts/test-all.sh
+
+# CPython's own suites with and without the recorder (slow: minutes per version).
+cpython-tests:
+	./scripts/cpython-tests.sh
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_record.py
