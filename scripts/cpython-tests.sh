@@ -18,8 +18,9 @@ PY
 )
     out=$(mktemp -d)
     echo "=== $venv: $tests"
-    "$py" -m test $tests > "$out/plain.txt" 2>&1 || true
-    "$py" -m pyflight run --no-children -o "$out/run.pyfl" -m test $tests > "$out/recorded.txt" 2>&1 || true
+    # test_deadlock hangs on some machines with or without pyflight
+    "$py" -m test -i '*test_deadlock*' $tests > "$out/plain.txt" 2>&1 || true
+    "$py" -m pyflight run --no-children -o "$out/run.pyfl" -m test -i '*test_deadlock*' $tests > "$out/recorded.txt" 2>&1 || true
     plain=$(grep -E "^(Total tests|Result):" "$out/plain.txt" | tr '\n' ' ')
     recorded=$(grep -E "^(Total tests|Result):" "$out/recorded.txt" | tr '\n' ' ')
     echo "  without pyflight: $plain"
