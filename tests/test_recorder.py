@@ -183,6 +183,7 @@ def test_invalid_window_settings_are_refused() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # ours, by design
 def test_forked_child_starts_clean(tmp_path: Path) -> None:
     out = tmp_path / "child.pyfl"
     with pyflight.FlightRecorder() as rec:
