@@ -342,3 +342,36 @@ def test_sampler_does_not_keep_finished_threads_alive() -> None:
         time.sleep(0.05)
         gc.collect()
         assert ref() is None
+
+
+def test_a_thread_that_stops_running_is_not_reported_running(tmp_path: Path) -> None:
+    """A thread sampled RUNNING that then blocks (using no CPU since) must read as sleeping."""
+    from pyflight.core.events import Kind, ThreadState
+
+    marks: dict[str, int] = {}
+    release = threading.Event()
+
+    def spin_then_wait() -> None:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        marks["blocked"] = time.monotonic_ns()
+        release.wait(1.0)
+
+    with pyflight.FlightRecorder(sources=["sampler"]) as rec:
+        worker = threading.Thread(target=spin_then_wait)
+        worker.start()
+        time.sleep(0.9)
+        release.set()
+        worker.join()
+        rec.write_to(tmp_path / "t.pyfl")
+    trace = pyflight.load(tmp_path / "t.pyfl")
+    late = [
+        e.arg("state")
+        for e in trace.events
+        if e.kind == Kind.SAMPLE
+        and e.arg("tid") == worker.native_id
+        and marks["blocked"] + 100_000_000 < e.time < marks["blocked"] + 500_000_000
+    ]
+    assert late, "no samples while the thread was blocked"
+    assert ThreadState.RUNNING not in late, late

@@ -451,8 +451,8 @@ class StackSampler(Source):
                 if ran >= BUSY_SHARE * since:
                     proc.state = _RUNNING
                     return _RUNNING
-                if ran == 0 and proc.state != _UNKNOWN:
-                    return proc.state  # it has not run, so it is where it was
+                if ran == 0 and proc.state not in (_UNKNOWN, _RUNNING):
+                    return proc.state  # it has not run, so it still sleeps where it was
         proc.state = state = self._read_state(tid, proc)
         return state
 
@@ -482,8 +482,8 @@ class StackSampler(Source):
                 return _UNKNOWN
             if ran >= BUSY_SHARE * (time.monotonic_ns() - proc.wall):
                 return _RUNNING
-            if ran == 0 and proc.state != _UNKNOWN:
-                return proc.state
+            if ran == 0 and proc.state not in (_UNKNOWN, _RUNNING):
+                return proc.state  # not RUNNING: a thread that used no CPU did not run
         return _read_state_once(tid)
 
     def _close_proc(self, tid: int) -> None:
