@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,38 @@ def test_pyflight_snapshot_cli(subprocess_env: dict[str, str], tmp_path: Path) -
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, (
             result.stderr
         )
+
+
+def _blocked_signals(native_id: int) -> set[int]:
+    """The signals a thread of this process blocks, from /proc (Linux)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    (mask,) = [line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")]
+    bits = int(mask, 16)
+    return {n for n in range(1, 65) if bits >> (n - 1) & 1}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread masks from /proc")
+def test_pyflight_threads_never_take_the_programs_signals(
+    recorder: pyflight.FlightRecorder, tmp_path: Path, runtime_dir: Path
+) -> None:
+    """A process-directed SIGTERM landing on one of our threads while the main thread
+    waits in C (a multiprocessing queue) would never run the handler: the process hung
+    instead of dying. Our threads block the signals, so they go to the program's threads."""
+    signals.install(tmp_path)
+    control.enable()
+    server = pyflight.serve(port=0)
+    try:
+        ours = [t for t in threading.enumerate() if t.name.startswith("pyflight-")]
+        names = {t.name for t in ours}
+        assert {"pyflight-ticker", "pyflight-sampler", "pyflight-writer", "pyflight-control"} <= names
+        assert any(name.startswith("pyflight-http") for name in names), names
+        wanted = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD}
+        for thread in ours:
+            assert thread.native_id is not None
+            assert wanted <= _blocked_signals(thread.native_id), thread.name
+            assert signal.SIGSEGV not in _blocked_signals(thread.native_id)  # faults stay deliverable
+        assert not wanted & _blocked_signals(threading.main_thread().native_id or os.getpid())
+    finally:
+        server.close()
+        control.disable()
+        signals.uninstall()

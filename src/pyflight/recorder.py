@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from pyflight import __version__
 from pyflight.core import BACKEND_NAME, backend
+from pyflight.core.daemon import start_without_signals
 from pyflight.core.events import Kind, arg_counts
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.format.writer import encode_header, write_file_atomically, write_stream
@@ -132,7 +133,7 @@ class FlightRecorder:
         self._install_sources()
         self._ticker_stop.clear()
         self._ticker = threading.Thread(target=self._tick, name="pyflight-ticker", daemon=True)
-        self._ticker.start()
+        start_without_signals(self._ticker)
         return self
 
     def stop(self) -> None:

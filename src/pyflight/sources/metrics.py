@@ -23,6 +23,7 @@ import weakref
 from typing import Any
 
 from pyflight.core import backend
+from pyflight.core.daemon import start_without_signals
 from pyflight.core.events import Kind
 from pyflight.sources import register
 from pyflight.sources.base import Source
@@ -144,7 +145,7 @@ class MetricsSource(Source):
         # a fresh Event per run: a thread that outlived its join timeout still sees its own set
         self._stop = stop = threading.Event()
         thread = threading.Thread(target=self._run, args=(stop,), name=THREAD_NAME, daemon=True)
-        thread.start()
+        start_without_signals(thread)
         self._thread = thread
 
     def _uninstall(self) -> None:

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any, Final
 
 from pyflight.core import backend
+from pyflight.core.daemon import start_without_signals
 from pyflight.core.events import Kind, ThreadState
 from pyflight.sources import register
 from pyflight.sources.base import Source
@@ -250,7 +251,7 @@ class StackSampler(Source):
         self._report_interval(force=True)
         thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread = thread
-        thread.start()
+        start_without_signals(thread)
         _installed = self
 
     def _uninstall(self) -> None:

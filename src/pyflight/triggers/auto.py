@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from pyflight.core import backend
+from pyflight.core.daemon import start_without_signals
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, active_recorder
 from pyflight.triggers import snapshots
@@ -359,7 +360,7 @@ class Triggers:
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pyflight-triggers", daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def _poll_seconds(self) -> float:
         # Often enough for GC requests (which cannot wake us) and heartbeats, rarely

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from pyflight.core.daemon import start_without_signals
 from pyflight.errors import PyflightError, SnapshotInProgress
 from pyflight.format.writer import write_bytes_atomically
 from pyflight.recorder import FlightRecorder
@@ -137,7 +138,7 @@ class ControlServer:
             self._sock.close()
             raise
         self._thread = threading.Thread(target=self._serve, name="pyflight-control", daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def close(self) -> None:
         """Stop serving and remove the socket (only the process that made it removes it)."""

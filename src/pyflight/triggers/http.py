@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 
+from pyflight.core.daemon import start_without_signals
 from pyflight.recorder import FlightRecorder
 
 __all__ = ["STATUS_PATH", "TRACE_PATH", "DebugServer", "is_loopback", "serve", "token_matches"]
@@ -81,7 +82,7 @@ class DebugServer:
             name="pyflight-http",
             daemon=True,
         )
-        self._thread.start()
+        start_without_signals(self._thread)
         _track(self)
 
     def check_access(self, peer: str, authorization: str | None) -> tuple[int, str, dict[str, str]] | None:

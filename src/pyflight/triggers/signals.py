@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pyflight.core.daemon import start_without_signals
 from pyflight.errors import SnapshotInProgress
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers.snapshots import write_snapshot_file
@@ -71,7 +72,7 @@ class _Writer:
             thread = threading.Thread(
                 target=self._run, args=(self._jobs,), name="pyflight-writer", daemon=True
             )
-            thread.start()
+            start_without_signals(thread)
             self._thread = thread
 
     def _after_fork_in_child(self) -> None:
