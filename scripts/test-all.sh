@@ -35,6 +35,39 @@ run_pytest() {  # run_pytest VENV PURE
     flaky="$flaky $(basename "$venv")/pure=$pure"
 }
 
+# The browser tests of the HTML report (tests/test_report_browser.py) drive Debian's
+# Chromium (/usr/bin/chromium) through Playwright (in the `test` extra); they skip, saying
+# why, without it. Install it once per run when we may: root or passwordless sudo, and
+# apt-get. Quiet, non-interactive, never fatal. PYFLIGHT_INSTALL_CHROMIUM=0 skips this.
+install_chromium() {
+    local sudo="" log
+    [ -x /usr/bin/chromium ] && return 0
+    [ "${PYFLIGHT_INSTALL_CHROMIUM:-1}" = 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || { echo "=== no /usr/bin/chromium nor apt-get: browser tests will skip"; return 0; }
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            echo "=== no /usr/bin/chromium and not root (nor passwordless sudo): browser tests will skip"
+            return 0
+        fi
+    fi
+    echo "=== installing Chromium for the browser tests (apt-get install chromium)"
+    log=$(mktemp)
+    if { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+            || { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+                 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+         } </dev/null >"$log" 2>&1 && [ -x /usr/bin/chromium ]; then
+        rm -f "$log"
+    else
+        tail -n 5 "$log" | sed 's/^/    /'
+        rm -f "$log"
+        echo "=== Chromium could not be installed: browser tests will skip"
+    fi
+    return 0
+}
+install_chromium
+
 found=0
 linted=0
 for v in $VERSIONS; do

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -26,8 +27,13 @@ WIDTH = 1000
 ROW = 16
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text that can be written as UTF-8: trace strings may hold lone
+    surrogates (a non-UTF-8 file path or name decoded with ``surrogateescape``), shown as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", html.escape(str(value), quote=True))
 
 
 CSS = """
