@@ -55,12 +55,12 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
         yield dict(zip(names, pool.map(lambda n: _record(n, out_dir), names), strict=True))
 
 
-def evil_trace() -> bytes:
+def evil_trace(thread_name: str = EVIL) -> bytes:
     """A small trace whose thread, task, coroutine, user task, region and frame names are markup."""
     gen = Gen(seq=1, start_ns=1 * MS, end_ns=900 * MS)
     tid = 7
     stack = [(EVIL, "<evil>.py", 3), ("main", "/app/<b>main</b>.py", 9)]
-    gen.event(tid, Kind.THREAD_INFO, 1 * MS, tid=tid, name=EVIL, ident=1)
+    gen.event(tid, Kind.THREAD_INFO, 1 * MS, tid=tid, name=thread_name, ident=1)
     gen.event(tid, Kind.TASK_CREATE, 2 * MS, task=11, name=EVIL, coro=EVIL + ".coro", parent=0)
     gen.event(tid, Kind.USER_TASK_BEGIN, 2 * MS, id=5, parent=0, name=EVIL)
     gen.event(tid, Kind.REGION_BEGIN, 2 * MS, task=5, name=EVIL)
@@ -203,6 +203,26 @@ def test_markup_in_trace_strings_is_escaped(tmp_path: Path, capsys: pytest.Captu
     assert run(_args(str(path), "--json")) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["threads"][0]["name"].startswith(EVIL)
+
+
+def test_names_that_cannot_be_encoded_are_replaced_not_fatal(tmp_path: Path) -> None:
+    """A lone surrogate (a non-UTF-8 name read with surrogateescape) on an ASCII stdout."""
+    path = tmp_path / "odd.pyfl"
+    path.write_bytes(evil_trace(thread_name="bad\udcffname é"))
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    page = tmp_path / "odd.html"
+    for extra in ((), ("--json",), ("--html", str(page))):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pyflight", "report", str(path), *extra],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        assert b"bad?name ?" in proc.stdout or b"bad\\udcffname" in proc.stdout, extra
+    assert "bad\ufffdname é" in page.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.html", "odd.pyfl"]  # no temporary left
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +55,16 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _write_out(text: str) -> None:
+    """Write to stdout even when a trace string cannot be encoded there (a lone surrogate
+    from a non-UTF-8 name, an ASCII terminal): such characters are replaced, not fatal."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.write(text.encode(encoding, "replace").decode(encoding))
+
+
 def run(args: argparse.Namespace) -> int:
     # the trace and its model are millions of long-lived objects: garbage collections
     # while they are in memory would only walk them again and again
@@ -85,25 +94,27 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a trace the reader accepted but the analysis cannot use
         return _fail(f"cannot analyse {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
     if getattr(args, "html", None):
+        from pyflight.format.writer import write_bytes_atomically
         from pyflight.report.html import render as render_html
 
         try:
-            tmp = f"{args.html}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write(render_html(report))
-            os.replace(tmp, args.html)
+            page = render_html(report).encode("utf-8", "replace")
+        except Exception as exc:
+            return _fail(f"cannot render {path} as HTML: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+        try:
+            write_bytes_atomically(args.html, page)
         except OSError as exc:
             return _fail(f"cannot write {args.html}: {exc.strerror or exc}", EXIT_NO_FILE)
     if getattr(args, "json", False):
         from pyflight.report.json_report import dumps
 
-        sys.stdout.write(dumps(report) + "\n")
+        _write_out(dumps(report) + "\n")
     else:
         from pyflight.report.text import render as render_text
 
         color = getattr(args, "color", "auto")
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
-        sys.stdout.write(render_text(report, color=use_color, all_findings=getattr(args, "all", False)))
+        _write_out(render_text(report, color=use_color, all_findings=getattr(args, "all", False)))
         if getattr(args, "html", None):
             print(f"HTML report written to {args.html}")
     return 0
