@@ -8,12 +8,13 @@
  *   with the caller's own arguments, and record BLOCK_END(LOCK, id, waker). `waker` is
  *   the native tid of the last thread that released the lock while somebody was blocked
  *   on it (kept in the wrapper; only contended releases pay for it), 0 if unknown.
- * - BlockingHook replaces threading.Condition.wait / notify at class level.
- *   wait records BLOCK_BEGIN(CONDITION, id(cond), stack) .. BLOCK_END(CONDITION, id(cond),
- *   notifier tid) around the original; notify records WAKE(waiter tid, 0, CONDITION,
- *   id(cond)) for each waiter it woke. Waiters are tracked per condition in FIFO order
- *   (the order of Condition._waiters: both are appended and removed under the
- *   condition's lock), in `L.waiting`.
+ * - BlockingHook replaces threading.Condition.wait at class level: it records
+ *   BLOCK_BEGIN(CONDITION, id(cond), stack) .. BLOCK_END(CONDITION, id(cond), notifier
+ *   tid) around the original. The wake-up is seen where it happens: the waiter lock the
+ *   original wait blocks on is made by threading._allocate_lock, replaced by
+ *   waiter_allocate_lock, which inside a wait hook wraps it in a WaiterLock; notify
+ *   releases that lock, and the release records WAKE(waiter tid, 0, CONDITION,
+ *   id(cond)). notify itself is not hooked: with nobody waiting it costs nothing.
  *
  * Lock blocks inside Condition.wait (re-acquiring the condition's lock after the
  * notification) are part of the CONDITION block and not recorded again (tls_in_wait).
@@ -40,7 +41,6 @@
 #define R_CONDITION 2
 
 #define HOOK_CONDITION_WAIT 1
-#define HOOK_CONDITION_NOTIFY 2
 
 static struct {
     int active;               /* the source is installed: hooks record (when the core records) */
@@ -48,10 +48,9 @@ static struct {
     PyObject *allocate_lock;  /* _thread.allocate_lock: makes TracedLock's inner lock */
     PyObject *rlock_factory;  /* threading.RLock as found at setup (default _thread.RLock) */
     PyObject *on_fault;       /* the source's fault handler, called with the exception */
-    PyObject *waiting;        /* dict: id(condition) -> list of WaitSlot, oldest first */
     PyObject *kind_begin, *reason_lock, *reason_cond; /* ints for pyfl_record_args */
     PyObject *s_release_save, *s_acquire_restore, *s_is_owned, *s_recursion_count;
-    PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_n;
+    PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_acquire, *s_release;
     double timeout_max;       /* _thread.TIMEOUT_MAX */
 } L;
 
@@ -523,10 +522,12 @@ static PyTypeObject TracedRLockType = {
 
 /* ------------------------------------------------------------------ Condition hooks */
 
-/* One thread waiting in Condition.wait: its tid and, once notified, the notifier's. */
+/* One Condition.wait that may block: the waiter's tid, the condition, and once its
+ * waiter lock is released (the notification), the notifier's tid. */
 typedef struct {
     PyObject_HEAD
     uint64_t tid, waker;
+    const void *cond;
 } WaitSlot;
 
 static PyTypeObject WaitSlotType = {
@@ -536,7 +537,114 @@ static PyTypeObject WaitSlotType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
 };
 
-/* A replacement for a Python method (Condition.wait or notify) that calls the original. */
+/* The slot of the Condition.wait this thread is entering, until its waiter lock takes
+ * it (borrowed: the wait hook owns it). */
+static _Thread_local WaitSlot *tls_wait_slot;
+
+/* The private lock Condition.wait blocks on and notify releases ("waiter"), made by
+ * threading._allocate_lock while a wait hook runs on this thread. It is the inner
+ * _thread.lock plus the wait's slot: the release that wakes the waiter records
+ * WAKE(waiter tid, 0, CONDITION, id(cond)) and leaves its tid in the slot. So notify
+ * itself is not hooked, and a notify with nobody to wake costs nothing. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;  /* the real _thread.lock */
+    WaitSlot *slot;   /* until the waking release, then NULL */
+} WaiterLock;
+
+static PyTypeObject WaiterLockType;
+
+/* acquire(*args, **kwargs): the inner lock's, untouched. */
+static PyObject *wl_acquire(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *method = PyObject_GetAttr(self->inner, L.s_acquire);
+    if (!method) return NULL;
+    PyObject *r = PyObject_Vectorcall(method, args, nargsf, kwnames);
+    Py_DECREF(method);
+    return r;
+}
+
+/* release(): the inner lock's; if it succeeded and is the first since the wait began,
+ * the waker's WAKE edge and tid (never raises for recording). */
+static PyObject *wl_release(WaiterLock *self, PyObject *unused) {
+    PyObject *r = PyObject_CallMethodNoArgs(self->inner, L.s_release);
+    if (r && self->slot) {
+        WaitSlot *slot = self->slot;
+        self->slot = NULL;
+        if (recording()) {
+            slot->waker = my_tid();
+            uint64_t v[4] = {slot->tid, 0, R_CONDITION, (uint64_t)(uintptr_t)slot->cond};
+            pyfl_record_ints(K_WAKE, 4, v);
+        }
+        Py_DECREF(slot);
+    }
+    return r;
+}
+
+/* __exit__(*exc): release(), returning None (like _thread.lock). */
+static PyObject *wl_exit(WaiterLock *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *r = wl_release(self, NULL);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* Anything else (locked, _at_fork_reinit, acquire_lock, ...): the inner lock's. */
+static PyObject *wl_getattro(WaiterLock *self, PyObject *name) {
+    PyObject *r = PyObject_GenericGetAttr((PyObject *)self, name);
+    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
+    PyErr_Clear();
+    return PyObject_GetAttr(self->inner, name);
+}
+
+/* Frees the lock (no cycles: it holds a lock and a slot). */
+static void wl_dealloc(WaiterLock *self) {
+    Py_XDECREF(self->inner);
+    Py_XDECREF(self->slot);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef wl_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))wl_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"__enter__", (PyCFunction)(void (*)(void))wl_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"release", (PyCFunction)wl_release, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))wl_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WaiterLockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyflight._core._WaiterLock",
+    .tp_doc = "Condition.wait's waiter lock: records the wake-up when released (pyflight).",
+    .tp_basicsize = sizeof(WaiterLock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)wl_dealloc,
+    .tp_getattro = (getattrofunc)wl_getattro,
+    .tp_methods = wl_methods,
+};
+
+/* threading._allocate_lock(): a new _thread.lock; inside a wait hook (the waiter lock of
+ * the wait being entered: the first lock made there), a WaiterLock around it. */
+static PyObject *waiter_allocate_lock(PyObject *unused, PyObject *noargs) {
+    PyObject *lock = PyObject_CallNoArgs(L.allocate_lock);
+    WaitSlot *slot = tls_wait_slot;
+    if (!lock || !slot) return lock;
+    tls_wait_slot = NULL;
+    WaiterLock *w = PyObject_New(WaiterLock, &WaiterLockType);
+    if (!w) {  /* cannot track this wait: the plain lock still works */
+        PyErr_Clear();
+        return lock;
+    }
+    w->inner = lock;
+    w->slot = (WaitSlot *)Py_NewRef((PyObject *)slot);
+    return (PyObject *)w;
+}
+
+static PyMethodDef waiter_allocate_lock_def = {
+    "allocate_lock", waiter_allocate_lock, METH_NOARGS,
+    "allocate_lock() -> lock\n\nA new lock (pyflight: Condition.wait's waiter records its wake-up).",
+};
+
+/* A replacement for a Python method (Condition.wait) that calls the original. */
 typedef struct {
     PyObject_HEAD
     PyObject *func;       /* the original function */
@@ -545,27 +653,10 @@ typedef struct {
     int role;
 } Hook;
 
-/* Removes `slot` from the waiters of the condition `key` (if still there; the list goes
- * when empty). Never raises; runs no Python code. */
-static void forget_slot(PyObject *key, PyObject *slot) {
-    PyObject *list = PyDict_GetItemWithError(L.waiting, key);
-    if (!list) {
-        PyErr_Clear();
-        return;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyList_GET_ITEM(list, i) == slot) {
-            if (PyList_SetSlice(list, i, i + 1, NULL) < 0) PyErr_Clear();
-            break;
-        }
-    }
-    if (PyList_GET_SIZE(list) == 0 && PyDict_DelItem(L.waiting, key) < 0) PyErr_Clear();
-}
-
 /* Condition.wait(self, timeout=None): the original, inside BLOCK_BEGIN/END(CONDITION)
  * when it may block (no timeout, or an exact int/float > 0), with the notifier's tid as
- * the waker. Arguments, result and exceptions are the original's. */
+ * the waker (see WaiterLock; needs threading._allocate_lock = waiter_allocate_lock).
+ * Arguments, result and exceptions are the original's. */
 static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *timeout = NULL;
@@ -577,115 +668,45 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     if (timeout && timeout != Py_None && !(exact_seconds(timeout, &d) && d > 0)) goto passthrough;
 
     PyObject *cond = args[0];
-    PyObject *key = PyLong_FromVoidPtr(cond);
-    WaitSlot *slot = key ? PyObject_New(WaitSlot, &WaitSlotType) : NULL;
-    PyObject *list = NULL;
-    if (slot) {
-        slot->tid = my_tid();
-        slot->waker = 0;
-        list = PyDict_GetItemWithError(L.waiting, key);
-        if (list) {
-            Py_INCREF(list);
-        } else if (!PyErr_Occurred() && (list = PyList_New(0)) && PyDict_SetItem(L.waiting, key, list) < 0) {
-            Py_CLEAR(list);
-        }
-    }
-    if (!list || PyList_Append(list, (PyObject *)slot) < 0) {
-        Py_XDECREF(list);
-        Py_XDECREF(slot);
-        Py_XDECREF(key);
+    WaitSlot *slot = PyObject_New(WaitSlot, &WaitSlotType);
+    if (!slot) {
         fault();
         goto passthrough;
     }
-    Py_DECREF(list);
+    slot->tid = my_tid();
+    slot->waker = 0;
+    slot->cond = cond;
     record_block_begin(L.reason_cond, cond);
 
+    WaitSlot *outer_slot = tls_wait_slot;
     int outer = tls_in_wait;
+    tls_wait_slot = slot;
     tls_in_wait = 1;
     PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
     tls_in_wait = outer;
+    tls_wait_slot = outer_slot;
 
-    SavedExc saved;
-    exc_save(&saved);
-    forget_slot(key, (PyObject *)slot);
-    exc_restore(&saved);
     if (recording()) record_block_end(R_CONDITION, cond, slot->waker);
     Py_DECREF(slot);
-    Py_DECREF(key);
     return r;
 
 passthrough:
     return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
 }
 
-/* After a successful notify(n) (the condition's lock is held, so the waiters it woke are
- * the first n tracked ones): WAKE(tid, 0, CONDITION, id(cond)) for each, and each learns
- * the notifier's tid; they are no longer tracked. Never raises; runs no Python code. */
-static void wake_waiters(PyObject *key, PyObject *cond, Py_ssize_t n) {
-    PyObject *list = PyDict_GetItemWithError(L.waiting, key);
-    if (!list) {
-        PyErr_Clear();
-        return;
-    }
-    Py_INCREF(list);
-    Py_ssize_t k = PyList_GET_SIZE(list) < n ? PyList_GET_SIZE(list) : n;
-    uint64_t me = my_tid();
-    for (Py_ssize_t i = 0; i < k; i++) {
-        WaitSlot *slot = (WaitSlot *)PyList_GET_ITEM(list, i);
-        slot->waker = me;
-        uint64_t v[4] = {slot->tid, 0, R_CONDITION, (uint64_t)(uintptr_t)cond};
-        pyfl_record_ints(K_WAKE, 4, v);
-    }
-    if (PyList_SetSlice(list, 0, k, NULL) < 0) PyErr_Clear();
-    if (PyList_GET_SIZE(list) == 0 && PyDict_DelItem(L.waiting, key) < 0) PyErr_Clear();
-    Py_DECREF(list);
-}
-
-/* Condition.notify(self, n=1): the original; then, if it returned, WAKE events for the
- * waiters it woke (wake_waiters). Arguments, result and exceptions are the original's. */
-static PyObject *hook_notify(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), n = 1;
-    PyObject *n_obj = NULL;
-    if (!recording() || nargs < 1 || nargs > 2) goto passthrough;
-    if (nargs == 2) n_obj = args[1];
-    if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || n_obj || !find_kw(kwnames, args + nargs, L.s_n, &n_obj)))
-        goto passthrough;
-    if (n_obj) {
-        if (!PyLong_CheckExact(n_obj)) goto passthrough;
-        n = PyLong_AsSsize_t(n_obj);
-        if (n == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            goto passthrough;
-        }
-    }
-    if (n <= 0) goto passthrough;
-    PyObject *key = PyLong_FromVoidPtr(args[0]);
-    if (!key) {
-        fault();
-        goto passthrough;
-    }
-    PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
-    if (r && recording()) wake_waiters(key, args[0], n);
-    Py_DECREF(key);
-    return r;
-
-passthrough:
-    return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
-}
-
-/* BlockingHook(func, role): role 1 wraps Condition.wait, 2 Condition.notify. */
+/* BlockingHook(func, role): role 1 wraps Condition.wait (the only role). */
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *func;
     int role;
     if (!PyArg_ParseTuple(args, "Oi:BlockingHook", &func, &role)) return NULL;
     if (!PyCallable_Check(func)) return PyErr_Format(PyExc_TypeError, "BlockingHook() needs a callable");
-    if (role != HOOK_CONDITION_WAIT && role != HOOK_CONDITION_NOTIFY)
+    if (role != HOOK_CONDITION_WAIT)
         return PyErr_Format(PyExc_ValueError, "unknown BlockingHook role %d", role);
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) return NULL;
     h->func = Py_NewRef(func);
     h->role = role;
-    h->vectorcall = (vectorcallfunc)(role == HOOK_CONDITION_WAIT ? hook_wait : hook_notify);
+    h->vectorcall = (vectorcallfunc)hook_wait;
     return (PyObject *)h;
 }
 
@@ -758,7 +779,6 @@ static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
         return PyErr_Format(PyExc_TypeError, "_blocking_setup() needs callables");
     Py_XSETREF(L.rlock_factory, Py_NewRef(factory));
     Py_XSETREF(L.on_fault, handler == Py_None ? NULL : Py_NewRef(handler));
-    PyDict_Clear(L.waiting);
     Py_RETURN_NONE;
 }
 
@@ -772,35 +792,9 @@ static PyObject *blocking_control(PyObject *mod, PyObject *args) {
     return PyBool_FromLong(prev);
 }
 
-/* _blocking_waiting() -> {id(condition): [waiter tid, ...]}: the tracked waiters (tests). */
-static PyObject *blocking_waiting(PyObject *mod, PyObject *unused) {
-    PyObject *out = PyDict_New(), *key, *list;
-    Py_ssize_t pos = 0;
-    if (!out) return NULL;
-    while (PyDict_Next(L.waiting, &pos, &key, &list)) {
-        PyObject *tids = PyList_New(PyList_GET_SIZE(list));
-        if (!tids || PyDict_SetItem(out, key, tids) < 0) {
-            Py_XDECREF(tids);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(tids);
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-            PyObject *tid = PyLong_FromUnsignedLongLong(((WaitSlot *)PyList_GET_ITEM(list, i))->tid);
-            if (!tid) {
-                Py_DECREF(out);
-                return NULL;
-            }
-            PyList_SET_ITEM(tids, i, tid);
-        }
-    }
-    return out;
-}
-
 static PyMethodDef lock_functions[] = {
     {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault)"},
     {"_blocking_control", blocking_control, METH_VARARGS, "_blocking_control(active, inject_fault=False)"},
-    {"_blocking_waiting", blocking_waiting, METH_NOARGS, "tracked Condition waiters (tests)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -813,14 +807,15 @@ static int intern(PyObject **slot, const char *text) {
 /* Adds the types and functions above to the module: 0, or -1 with an exception. */
 int pyfl_lock_init(PyObject *mod) {
     if (PyType_Ready(&TracedLockType) < 0 || PyType_Ready(&TracedRLockType) < 0 || PyType_Ready(&WaitSlotType) < 0
+        || PyType_Ready(&WaiterLockType) < 0
         || PyType_Ready(&HookType) < 0)
         return -1;
     if (intern(&L.s_release_save, "_release_save") < 0 || intern(&L.s_acquire_restore, "_acquire_restore") < 0
         || intern(&L.s_is_owned, "_is_owned") < 0 || intern(&L.s_recursion_count, "_recursion_count") < 0
         || intern(&L.s_at_fork_reinit, "_at_fork_reinit") < 0 || intern(&L.s_locked, "locked") < 0
-        || intern(&L.s_timeout, "timeout") < 0 || intern(&L.s_blocking, "blocking") < 0 || intern(&L.s_n, "n") < 0)
+        || intern(&L.s_timeout, "timeout") < 0 || intern(&L.s_blocking, "blocking") < 0 || intern(&L.s_acquire, "acquire") < 0
+        || intern(&L.s_release, "release") < 0)
         return -1;
-    if (!L.waiting && !(L.waiting = PyDict_New())) return -1;
     if (!L.kind_begin && !(L.kind_begin = PyLong_FromLong(K_BLOCK_BEGIN))) return -1;
     if (!L.reason_lock && !(L.reason_lock = PyLong_FromLong(R_LOCK))) return -1;
     if (!L.reason_cond && !(L.reason_cond = PyLong_FromLong(R_CONDITION))) return -1;
@@ -851,7 +846,6 @@ int pyfl_lock_init(PyObject *mod) {
     Py_DECREF(constants);
     if (added < 0) return -1;
     if (PyModule_AddIntConstant(mod, "HOOK_CONDITION_WAIT", HOOK_CONDITION_WAIT) < 0
-        || PyModule_AddIntConstant(mod, "HOOK_CONDITION_NOTIFY", HOOK_CONDITION_NOTIFY) < 0
         || PyModule_AddObjectRef(mod, "TracedLock", (PyObject *)&TracedLockType) < 0
         || PyModule_AddObjectRef(mod, "TracedRLock", (PyObject *)&TracedRLockType) < 0
         || PyModule_AddObjectRef(mod, "BlockingHook", (PyObject *)&HookType) < 0)
@@ -861,6 +855,13 @@ int pyfl_lock_init(PyObject *mod) {
     Py_XDECREF(module_name);
     if (!factory) return -1;
     added = PyModule_AddObjectRef(mod, "traced_allocate_lock", factory);
+    Py_DECREF(factory);
+    if (added < 0) return -1;
+    module_name = PyUnicode_FromString("_thread");
+    factory = module_name ? PyCFunction_NewEx(&waiter_allocate_lock_def, NULL, module_name) : NULL;
+    Py_XDECREF(module_name);
+    if (!factory) return -1;
+    added = PyModule_AddObjectRef(mod, "waiter_allocate_lock", factory);
     Py_DECREF(factory);
     if (added < 0) return -1;
     return PyModule_AddFunctions(mod, lock_functions);

@@ -9,14 +9,18 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   uncontended acquire is one call of the inner lock and records nothing; only a
   contended acquire that may block records BLOCK(LOCK, id(lock), stack), and its
   BLOCK_END names the thread that released the lock last (``waker``).
-  ``threading._allocate_lock`` is left alone: Condition.wait makes its private waiter
-  locks with it, and that wait is recorded once, as CONDITION.
-- ``threading.Condition.wait`` / ``notify`` (so ``queue.Queue``, ``Event``,
-  ``Semaphore``, ``Barrier``, ``concurrent.futures`` waits): BLOCK(CONDITION,
-  id(cond), stack) around a wait that may block; ``notify`` (``notify_all`` calls it)
-  records WAKE(waiter tid, 0, CONDITION, id(cond)) for each waiter it wakes, and the
-  waiter's BLOCK_END names the notifier. Re-acquiring the condition's lock at the end of
-  a wait is part of the CONDITION block, not a LOCK block of its own.
+  ``threading._allocate_lock`` (Condition.wait's private waiter locks) is not a traced
+  lock: that wait is recorded once, as CONDITION.
+- ``threading.Condition.wait`` (so ``queue.Queue``, ``Event``, ``Semaphore``,
+  ``Barrier``, ``concurrent.futures`` waits): BLOCK(CONDITION, id(cond), stack) around a
+  wait that may block. The wake-up is recorded where it happens: the private waiter
+  lock the wait blocks on comes from ``threading._allocate_lock``, which the C core
+  replaces so that, inside a wait, it makes a lock whose release (by ``notify`` or
+  ``notify_all``) records WAKE(waiter tid, 0, CONDITION, id(cond)); the waiter's
+  BLOCK_END names the notifier. ``notify`` itself is not wrapped, so the common notify
+  with nobody waiting (every ``queue.Queue.put``) costs nothing. Re-acquiring the
+  condition's lock at the end of a wait is part of the CONDITION block, not a LOCK
+  block of its own.
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP), blocking socket operations (IO: ``socket.socket`` recv,
   recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
@@ -280,11 +284,13 @@ class BlockingSource(Source):
         orig_wait = cls.__dict__["wait"]
         orig_notify = cls.__dict__["notify"]
         if c is not None:
+            # notify is left alone: the waiter lock that wait makes with _allocate_lock
+            # records the wake-up when notify releases it (see _core_lock.c)
             wait_hook = functools.update_wrapper(c.BlockingHook(orig_wait, c.HOOK_CONDITION_WAIT), orig_wait)
-            notify_hook = functools.update_wrapper(
-                c.BlockingHook(orig_notify, c.HOOK_CONDITION_NOTIFY), orig_notify
-            )
-            return [_Patch(cls, "wait", wait_hook), _Patch(cls, "notify", notify_hook)]
+            return [
+                _Patch(cls, "wait", wait_hook),
+                _Patch(threading, "_allocate_lock", c.waiter_allocate_lock),
+            ]
         source = self
 
         @functools.wraps(orig_wait)
