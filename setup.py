@@ -36,7 +36,12 @@ setup(
     ext_modules=[
         Extension(
             "pyflight._core",
-            ["src/pyflight/_core.c", "src/pyflight/_core_asyncio.c", "src/pyflight/_core_lock.c"],
+            [
+                "src/pyflight/_core.c",
+                "src/pyflight/_core_asyncio.c",
+                "src/pyflight/_core_lock.c",
+                "src/pyflight/_core_annotate.c",
+            ],
             depends=["src/pyflight/_core.h"],
             extra_compile_args=flags,
         )

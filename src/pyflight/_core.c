@@ -1035,7 +1035,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (!mod) return NULL;
     if ((!S.here && !(S.here = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
         || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0
-        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0) {
+        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0 || pyfl_annotate_init(mod) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -30,4 +30,7 @@ int pyfl_asyncio_init(PyObject *mod);
 /* Adds the lock wrapper (defined in _core_lock.c) to the module: 0, or -1. */
 int pyfl_lock_init(PyObject *mod);
 
+/* Adds the annotation types (defined in _core_annotate.c) to the module: 0, or -1. */
+int pyfl_annotate_init(PyObject *mod);
+
 #endif
