@@ -305,3 +305,37 @@ def test_pyflight_run_inside_a_recorded_child_takes_over(env: dict[str, str], tm
     assert result.returncode == 0, result.stderr
     assert "hi" in _logs(pyflight.load(tmp_path / "inner.pyfl"))
     assert sorted(p.name for p in tmp_path.glob("*.pyfl")) == ["inner.pyfl", "outer.pyfl"]
+
+
+STUCK = """
+import multiprocessing, signal, sys, threading, time
+
+mode = sys.argv[1]
+lock = multiprocessing.Semaphore(0)  # never released: acquire blocks in sem_wait for ever
+
+def take_sigterm_on_this_thread():
+    # the handler's C part runs here; the main thread, inside sem_wait, is not interrupted
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=take_sigterm_on_this_thread, daemon=True).start()
+if mode == "masked":  # not even a nudge can reach the main thread now
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+print("blocking", flush=True)
+lock.acquire()
+print("never", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("mode", "status"), [("plain", -signal.SIGTERM), ("masked", 128 + signal.SIGTERM)])
+def test_sigterm_while_the_main_thread_is_stuck_in_c(
+    env: dict[str, str], tmp_path: Path, mode: str, status: int
+) -> None:
+    """A SIGTERM whose Python handler cannot run (it landed on another thread while the
+    main thread waits in sem_wait) used to hang the process; it now dies, window written."""
+    _write(tmp_path / "stuck.py", STUCK)
+    result = _run("-o", "out.pyfl", "stuck.py", mode, env=env, cwd=tmp_path)
+    assert result.returncode == status, result.stderr
+    assert result.stdout.split() == ["blocking"]
+    trace = pyflight.load(tmp_path / "out.pyfl")
+    assert trace.meta["reason"] == "sigterm"

@@ -38,6 +38,7 @@ from typing import Any
 from pyflight.errors import PyflightError, RecorderError
 from pyflight.recorder import FlightRecorder, _install_fork_hook
 from pyflight.triggers import control, signals
+from pyflight.triggers.signal_watch import HandlerWatch
 from pyflight.triggers.snapshots import mark
 
 #: Settings inherited by child processes (JSON).
@@ -222,7 +223,8 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     _current = state
     _install_process_hooks()
     signals.writer.ensure_started()  # SIGTERM hands its write to this thread
-    _set_handler(signal.SIGTERM, _on_sigterm)
+    if _set_handler(signal.SIGTERM, _on_sigterm):
+        _watch_sigterm()
     if config.control:
         try:
             control.enable()
@@ -244,9 +246,51 @@ def _at_exit() -> None:
     state.finish()
 
 
+#: Makes _on_sigterm run even if SIGTERM lands while the main thread is stuck in C.
+_sigterm_watch: HandlerWatch | None = None
+
+
+def _watch_sigterm() -> None:
+    global _sigterm_watch
+    watch = HandlerWatch([signal.SIGTERM], _on_stuck_sigterm)
+    try:
+        if watch.install():
+            _sigterm_watch = watch
+    except Exception as exc:
+        say(f"SIGTERM may not be handled while the main thread is blocked: {exc}")
+
+
+def _on_stuck_sigterm(signum: int) -> None:
+    """SIGTERM arrived but the main thread cannot run its handler (blocked in C with the
+    signal masked, or in a call that ignores EINTR): write the window from here and
+    leave with the exit status a death by that signal gives in a shell (128 + signum)."""
+    state = _current
+    if state is not None and state.pid == os.getpid():
+        name = signal.Signals(signum).name
+        say(f"{name}: the main thread is blocked; writing the window from another thread")
+
+        def job() -> None:
+            state.finish(name.lower(), stop=False, may_die=False)
+
+        deadline = time.monotonic() + SIGTERM_WRITE_TIMEOUT_S
+        while state.finishing and time.monotonic() < deadline:  # the exit write, under way
+            time.sleep(0.05)
+        if not signals.run_off_handler(job, max(0.0, deadline - time.monotonic())):
+            say(f"gave up writing {state.output} after {SIGTERM_WRITE_TIMEOUT_S:g} s")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(128 + signum)
+
+
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     """Write the window (on the writer thread: the interrupted code may hold locks the
     write needs), then die of the signal as the program would have."""
+    watch = _sigterm_watch
+    if watch is not None:
+        watch.started(signum)
     state = _current
     if state is not None and state.pid == os.getpid():
         if state.finishing:  # the exit write is under way, maybe right below this frame
@@ -276,7 +320,10 @@ def _die(signum: int) -> None:
 
 def _after_fork_in_child() -> None:
     """A fresh recorder, writing its own file, for a forked child of a recorded process."""
-    global _current
+    global _current, _sigterm_watch
+    if _sigterm_watch is not None:
+        _sigterm_watch.forget_after_fork()
+        _sigterm_watch = None
     parent = _current
     _current = None
     config = parent.config if parent is not None else _template
