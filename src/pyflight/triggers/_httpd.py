@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pyflight.errors import RecorderError, SnapshotInProgress
-from pyflight.triggers.http import (
-    REASON,
-    RETRY_AFTER_SECONDS,
-    STATUS_PATH,
-    TRACE_PATH,
-)
-from pyflight.triggers.snapshots import snapshot_bytes, snapshot_filename, status
+from pyflight.triggers.endpoints import DEFAULT_PREFIX, Reply, subpath
+from pyflight.triggers.http import TRACE_PATH
 
 if TYPE_CHECKING:
     from pyflight.triggers.http import DebugServer
@@ -27,6 +21,11 @@ def _say(message: str) -> None:
         sys.stderr.write(f"pyflight: {message}\n")
     except Exception:
         pass
+
+
+_INTERNAL_ERROR = Reply(
+    500, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "15")], b"internal error\n"
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -75,82 +74,49 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             _say(f"debug endpoint: {type(exc).__name__}: {exc}")
             try:
-                self._reply(500, "internal error\n")
+                self._send(_INTERNAL_ERROR)
             except Exception:
                 self.close_connection = True
 
     def _route(self, allowed: bool) -> None:
-        debug = self.server.debug
+        endpoints = self.server.debug.endpoints
         peer = str(self.client_address[0]) if self.client_address else ""
-        refusal = debug.check_access(peer, self.headers.get("Authorization"))
-        if refusal is not None:
-            self._reply(*refusal)
-            return
-        path = urlsplit(self.path).path
-        if path not in (TRACE_PATH, STATUS_PATH):
-            self._reply(404, "not found\n")
-            return
-        if not allowed:
-            self._reply(405, "method not allowed\n", {"Allow": "GET"})
-            return
-        if path == STATUS_PATH:
-            self._status()
-        else:
-            self._trace(peer)
-
-    def _status(self) -> None:
-        debug = self.server.debug
-        body = json.dumps(status(debug.recorder), default=str, sort_keys=True) + "\n"
-        self._reply(200, body, content_type="application/json")
-
-    def _trace(self, peer: str) -> None:
-        debug = self.server.debug
-        if not debug._one_at_a_time.acquire(blocking=False):
-            self._busy()
-            return
-        try:  # held until the bytes are sent: at most one snapshot in memory per server
-            try:
-                data = snapshot_bytes(debug.recorder, REASON, f"GET {TRACE_PATH} from {peer}")
-            except SnapshotInProgress:
-                self._busy()
-                return
-            except RecorderError as exc:
-                self._reply(503, f"no snapshot: {exc}\n")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Disposition", f'attachment; filename="{snapshot_filename(REASON)}"')
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-        finally:
-            debug._one_at_a_time.release()
-
-    def _busy(self) -> None:
-        self._reply(
-            429,
-            "a snapshot is being taken; try again shortly\n",
-            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        headers = self.headers
+        refusal = endpoints.check(
+            peer, headers.get("Authorization"), headers.get("X-Forwarded-For"), headers.get("Forwarded")
         )
+        if refusal is not None:
+            self._send(refusal)
+            return
+        sub = subpath(urlsplit(self.path).path, DEFAULT_PREFIX)
+        handler = None if sub is None else endpoints.route(self.command, sub, f"GET {TRACE_PATH} from {peer}")
+        if handler is None:
+            self._send(endpoints.not_found())
+        elif allowed and sub is not None and sub.rstrip("/") == "/trace":
+            self._trace(handler)
+        else:
+            self._send(handler())
 
-    def _reply(
-        self,
-        code: int,
-        body: str,
-        headers: dict[str, str] | None = None,
-        content_type: str = "text/plain; charset=utf-8",
-    ) -> None:
-        payload = body.encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
+    def _trace(self, handler: Callable[[], Reply]) -> None:
+        """At most one snapshot in memory per server: held until its bytes are sent."""
+        one_at_a_time = self.server.debug._one_at_a_time
+        if not one_at_a_time.acquire(blocking=False):
+            self._send(self.server.debug.endpoints.busy())
+            return
+        try:
+            self._send(handler())
+        finally:
+            one_at_a_time.release()
+
+    def _send(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        for name, value in reply.headers:
             self.send_header(name, value)
+        if not any(name.lower() == "cache-control" for name, _ in reply.headers):
+            self.send_header("Cache-Control", "no-store")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self.wfile.write(reply.body)
 
 
 def make_server(host: str, port: int, debug: DebugServer) -> _Server:

@@ -8,21 +8,25 @@ token, one snapshot at a time (others get 429 + Retry-After), no traceback ever 
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import os
 import sys
 import threading
 
 from pyflight.core.daemon import start_without_signals
 from pyflight.recorder import FlightRecorder
+from pyflight.triggers.endpoints import (
+    DEFAULT_PREFIX,
+    REASON,
+    DebugEndpoints,
+    Reply,
+    is_loopback,
+    token_matches,
+)
 
-__all__ = ["STATUS_PATH", "TRACE_PATH", "DebugServer", "is_loopback", "serve", "token_matches"]
+__all__ = ["STATUS_PATH", "TRACE_PATH", "DebugServer", "Reply", "is_loopback", "serve", "token_matches"]
 
-TRACE_PATH = "/debug/pyflight/trace"
-STATUS_PATH = "/debug/pyflight/status"
-REASON = "http"
-RETRY_AFTER_SECONDS = 1
+TRACE_PATH = DEFAULT_PREFIX + "/trace"
+STATUS_PATH = DEFAULT_PREFIX + "/status"
 
 
 def _say(message: str) -> None:
@@ -30,27 +34,6 @@ def _say(message: str) -> None:
         sys.stderr.write(f"pyflight: {message}\n")
     except Exception:
         pass
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def token_matches(header: str | None, token: str) -> bool:
-    """Constant-time check of an ``Authorization: Bearer <token>`` header."""
-    if not header:
-        return False
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8"))
 
 
 class DebugServer:
@@ -68,6 +51,9 @@ class DebugServer:
         self.token = token or None
         self.recorder = recorder
         self.allow_remote = allow_remote
+        self.endpoints = DebugEndpoints(
+            token=self.token, allow_remote=allow_remote, recorder=recorder, reason=REASON
+        )
         self.pid = os.getpid()
         self._one_at_a_time = threading.Lock()
         from pyflight.triggers._httpd import make_server  # http.server only when serving
@@ -84,16 +70,6 @@ class DebugServer:
         )
         start_without_signals(self._thread)
         _track(self)
-
-    def check_access(self, peer: str, authorization: str | None) -> tuple[int, str, dict[str, str]] | None:
-        """None if a request from ``peer`` with this Authorization header may proceed,
-        else (status, body, headers) of the refusal: 403 for a remote peer (unless
-        ``allow_remote``), 401 for a missing or wrong token."""
-        if not self.allow_remote and not is_loopback(peer):
-            return 403, "forbidden: the pyflight endpoint only answers local requests\n", {}
-        if self.token is not None and not token_matches(authorization, self.token):
-            return 401, "unauthorized\n", {"WWW-Authenticate": 'Bearer realm="pyflight"'}
-        return None
 
     @property
     def url(self) -> str:
