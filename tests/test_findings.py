@@ -45,6 +45,10 @@ CASES: dict[str, tuple[str, str]] = {
     "lock_contention": ("lock-contention", "update_account"),
     "lock_held_long": ("lock-contention", "read_cache"),
     "lock_contention_asyncio": ("lock-contention", "update_inventory"),
+    "lock_convoy_asyncio": ("lock-contention", "refresh_session"),
+    "lock_convoy_asyncio_acquire": ("lock-contention", "Connection.send_frame"),
+    "queue_full_asyncio": ("queue-backlog", "slow_consume"),
+    "queue_full_asyncio_cpu": ("queue-backlog", "parse_record|consume"),
     "queue_full": ("queue-backlog", "slow_consume"),
     "queue_idle": ("queue-starved", "slow_produce"),
     "gc_pressure": ("gc-pauses", "Node.__init__|build_graph"),
@@ -60,7 +64,9 @@ CASES: dict[str, tuple[str, str]] = {
 #: Locks are only traced by the C core (docs: sources/blocking.py); without it the
 #: waits show as ``untraced-wait`` (off-CPU samples in user code).
 NEEDS_C_CORE = {"lock-contention"}
-HEALTHY = ["healthy"]
+#: asyncio locks are traced by the asyncio source, with either core.
+ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire"}
+HEALTHY = ["healthy", "healthy_asyncio"]
 
 
 def _record(name: str, out_dir: Path) -> Path:
@@ -101,7 +107,7 @@ def _describe(findings: list[Finding]) -> str:
 @pytest.mark.parametrize("program", sorted(CASES))
 def test_planted_problem_is_the_top_finding(program: str, recorded: dict[str, Path]) -> None:
     rule, culprits = CASES[program]
-    if PURE and rule in NEEDS_C_CORE:
+    if PURE and rule in NEEDS_C_CORE and program not in ASYNCIO_LOCKS:
         rule = "untraced-wait"  # locks are traced by the C core only; the sampler sees the waits
     findings = _findings(recorded[program])
     text = _describe(findings)
@@ -122,7 +128,15 @@ def test_planted_problem_is_the_top_finding(program: str, recorded: dict[str, Pa
 
 
 def test_warning_level_where_the_problem_is_severe(recorded: dict[str, Path]) -> None:
-    severe = ["loop_blocked_sleep", "queue_full", "pool_saturation", "gc_pressure"]
+    severe = [
+        "loop_blocked_sleep",
+        "queue_full",
+        "pool_saturation",
+        "gc_pressure",
+        "lock_convoy_asyncio",
+        "lock_convoy_asyncio_acquire",
+        "queue_full_asyncio",
+    ]
     if not PURE:
         severe.append("lock_contention")
     for program in severe:

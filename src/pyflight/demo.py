@@ -271,7 +271,7 @@ def run_demo(output: str, seconds: float, *, host: str = "127.0.0.1", port: int 
     target = Path(output).resolve()
     # task_wait="stack": each wait records where the task awaits (asyncio.Queue.get for the
     # players), so the trace shows what they are blocked on, not just "a Future".
-    options = {"asyncio": {"task_wait": "stack"}}
+    options = {"asyncio": {"task_wait": "stack", "sync_waits": True}}
     with pyflight.FlightRecorder(min_age=max(5.0, seconds * 2), max_bytes=16 * 2**20, source_options=options):
         app = create_app(target.parent)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

@@ -615,6 +615,159 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                 ),
             )
         )
+    out.extend(_asyncio_lock_contention(model))
+    return out
+
+
+# ---------------------------------------------------------------- asyncio locks and queues
+
+
+def _task_blocked(model: Model, reason: BlockReason) -> list[tuple[Any, Any]]:
+    """(task, interval) for every interval of asyncio tasks blocked for ``reason`` (recorded
+    by TASK_BLOCK: asyncio locks, semaphores, events, conditions, queues)."""
+    out = []
+    for task in model.all_tasks():
+        for iv in task.intervals:
+            if iv.reason == reason and iv.state is State.BLOCKED:
+                out.append((task, iv))
+    return out
+
+
+def _task_life(task: Any) -> int:
+    return max(0, int(task.end) - int(task.created))
+
+
+def _task_label_of(task: Any) -> str:
+    return task.coro or task.name or str(task.id)
+
+
+def _where(waits: Iterable[tuple[Any, Any]]) -> Frame | None:
+    """The user function the waits happened in (by total wait time)."""
+    weights: dict[Frame, float] = defaultdict(float)
+    for _, iv in waits:
+        frame = user_frame(iv.stack)
+        if frame is not None:
+            weights[frame] += iv.end - iv.start
+    return _by_function(weights)[0]
+
+
+def _overlap(spans: _Spans, start: int, end: int) -> int:
+    """How much of [start, end] lies inside ``spans``."""
+    total = 0
+    i = max(0, bisect.bisect_right(spans.starts, start) - 1)
+    while i < len(spans.starts) and spans.starts[i] < end:
+        total += max(0, min(end, spans.ends[i]) - max(start, spans.starts[i]))
+        i += 1
+    return total
+
+
+def _task_activity(
+    model: Model, task_spans: Iterable[tuple[Any, list[tuple[int, int]]]], exclude_obj: int = 0
+) -> tuple[Frame | None, int, int]:
+    """Where each task was during its spans: the user frame of its samples (running) and
+    of its blocked intervals that have a stack (not those on ``exclude_obj``), weighted
+    by time. Returns (frame, ns running seen by samples, ns blocked)."""
+    interval = _interval_ns(model)
+    weights: dict[Frame, float] = defaultdict(float)
+    running = waiting = 0
+    for task, spans in task_spans:
+        merged = _Spans(spans)
+        for iv in task.intervals:
+            if iv.state is not State.BLOCKED or (exclude_obj and iv.obj == exclude_obj):
+                continue
+            inside = _overlap(merged, iv.start, iv.end)
+            if inside <= 0:
+                continue
+            waiting += inside
+            frame = user_frame(iv.stack)
+            if frame is not None and not is_library(frame):  # not just asyncio.sleep
+                weights[frame] += inside
+        for sample in _samples_by_thread(model).get(task.thread, ()):
+            if sample.task == task.id and sample.time in merged:
+                frame = user_frame(sample.stack)
+                running += interval
+                if frame is not None:
+                    weights[frame] += interval
+    frame, _ = _by_function(weights)
+    return frame, running, waiting
+
+
+def _asyncio_lock_contention(model: Model) -> list[Finding]:
+    """asyncio tasks queueing on one asyncio.Lock / Semaphore.
+
+    The holder is not recorded (that would cost on every release); it is inferred: an
+    asyncio.Lock with waiters goes to them in FIFO order (no barging), so a task whose
+    wait ended holds the lock until the next wait on it ends."""
+    out: list[Finding] = []
+    by_obj: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+    for task, iv in _task_blocked(model, BlockReason.LOCK):
+        by_obj[iv.obj].append((task, iv))
+    for obj, waits in by_obj.items():
+        total = sum(iv.end - iv.start for _, iv in waits)
+        if total < 10 * MS:
+            continue
+        waiters = {t.id: t for t, _ in waits}
+        life = sum(_task_life(t) for t in waiters.values()) or 1
+        share = total / life
+        worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
+        where = _where(waits)
+        what = Counter(iv.detail for _, iv in waits).most_common(1)[0][0] or "asyncio.Lock.acquire"
+        kind = what.rsplit(".", 1)[0]  # asyncio.Lock, asyncio.Semaphore
+        # inferred holds: from the end of one wait to the end of the next
+        ends = sorted((iv.end, t.id) for t, iv in waits)
+        holds: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for (a, tid), (b, _next) in itertools.pairwise(ends):
+            if b > a:
+                holds[tid].append((a, b))
+        held_by: Counter[str] = Counter()
+        for tid, spans in holds.items():
+            held_by[_task_label_of(waiters[tid])] += sum(b - a for a, b in spans)
+        holder_frame, holder_running, holder_waiting = _task_activity(
+            model, [(waiters[tid], spans) for tid, spans in holds.items()]
+        )
+        score = _score(ramp(share, [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]))
+        title = f"asyncio lock contention: {len(waiters)} task(s) waited {fmt_ns(total)} for an {kind}"
+        if where:
+            title += f" in {where.function}"
+        held_ns = sum(held_by.values())
+        if holder_frame is not None:
+            title += f"; holders busy in {holder_frame.function}"
+        elif held_by:
+            title += f"; held by {held_by.most_common(1)[0][0]} tasks"
+            if held_ns and holder_waiting >= 0.5 * held_ns:
+                title += f", awaiting while holding it ({_pct(holder_waiting / held_ns)} of the time)"
+        out.append(
+            Finding(
+                rule="lock-contention",
+                score=score,
+                title=title,
+                culprit=Culprit.of(where),
+                evidence={
+                    "lock": obj,
+                    "kind": kind,
+                    "waits": len(waits),
+                    "wait_ns": total,
+                    "wait_share": round(share, 4),
+                    "worst_ns": worst.end - worst.start,
+                    "worst_at_s": _rel(model, worst.start),
+                    "worst_waiter": worst_t.name or _task_label_of(worst_t),
+                    "waiting_tasks": len(waiters),
+                    "waiting_in": sorted({_task_label_of(t) for t in waiters.values()})[:10],
+                    "holders": [name for name, _ in held_by.most_common(5)],
+                    "held_at": str(Culprit.of(holder_frame)) if holder_frame else None,
+                    "held_ns": held_ns,
+                    "holders_running_ns": holder_running,
+                    "holders_awaiting_ns": holder_waiting,
+                },
+                hint=(
+                    f"Tasks queue up on one {kind}. A task holding it across an `await` (I/O, "
+                    "sleep, another lock) makes every other task wait that long: do the slow "
+                    "await outside the `async with` block, shorten the critical section, use a "
+                    "finer-grained lock per key, or a Semaphore if a few may run at once. "
+                    "Recording with task_wait='stack' shows where holders await."
+                ),
+            )
+        )
     return out
 
 
@@ -707,6 +860,143 @@ def rule_queue(model: Model) -> list[Finding]:
                     evidence=evidence,
                     hint=(
                         "Consumers wait for work most of the time: the producer side is the "
+                        "bottleneck (see the culprit), or there are more consumers than needed."
+                    ),
+                )
+            )
+    out.extend(_asyncio_queue(model))
+    return out
+
+
+def _previous_steps(model: Model, waits: Iterable[tuple[Any, Any]], exclude: set[int]) -> Counter[int]:
+    """For each wait, the task whose step ran last on the loop before the waiter's next
+    step (not a task in ``exclude``): most often the one that woke it (put into / took
+    from the queue), as asyncio runs a woken task right after the callbacks ready before it."""
+    cache = _cache(model).setdefault("loop_steps", {})
+    counts: Counter[int] = Counter()
+    for task, iv in waits:
+        entry = cache.get(task.thread)
+        if entry is None:
+            items = sorted(
+                (b.end, b.start, b.obj)
+                for loop in model.loops.values()
+                if loop.tid == task.thread
+                for b in loop.busy
+                if b.obj
+            )
+            entry = cache[task.thread] = (items, [it[0] for it in items])
+        items, ends = entry
+        starts = [st.start for st in task.steps]
+        k = bisect.bisect_left(starts, iv.end)
+        resumed = starts[k] if k < len(starts) else iv.end
+        i = bisect.bisect_right(ends, resumed) - 1
+        for j in range(i, max(i - 8, -1), -1):
+            step_end, _step_start, tid = items[j]
+            if step_end < iv.start:
+                break
+            if tid != task.id and tid not in exclude:
+                counts[tid] += 1
+                break
+    return counts
+
+
+def _asyncio_queue(model: Model) -> list[Finding]:
+    """asyncio.Queue: producers blocked on put (a full queue: slow consumers) and consumers
+    idle on get (an empty queue: a slow producer), per queue."""
+    out: list[Finding] = []
+    sides: dict[tuple[str, int], list[tuple[Any, Any]]] = defaultdict(list)
+    for task, iv in _task_blocked(model, BlockReason.CONDITION):
+        if iv.detail == "asyncio.Queue.put":
+            sides[("put", iv.obj)].append((task, iv))
+        elif iv.detail == "asyncio.Queue.get":
+            sides[("get", iv.obj)].append((task, iv))
+    tasks_by_id = {t.id: t for t in model.all_tasks()}
+    for (side, obj), waits in sides.items():
+        total = sum(iv.end - iv.start for _, iv in waits)
+        if total < 20 * MS:
+            continue
+        waiting = {t.id: t for t, _ in waits}
+        life = sum(_task_life(t) for t in waiting.values()) or 1
+        share = total / life
+        if side == "get" and share < 0.3:
+            continue
+        where = _where(waits)
+        # the other side: tasks seen waiting on the other end of this queue, else the tasks
+        # whose steps ran right before the waiters resumed
+        other_side = "get" if side == "put" else "put"
+        others = {t.id: t for t, _ in sides.get((other_side, obj), ()) if t.id not in waiting}
+        if not others:
+            guessed = _previous_steps(model, waits, set(waiting))
+            others = {
+                tid: tasks_by_id[tid]
+                for tid, n in guessed.most_common(3)
+                if tid in tasks_by_id and n >= max(2, len(waits) // 10)
+            }
+        spans = [(iv.start, iv.end) for _, iv in waits]
+        other_frame, busy_ns, other_waiting_ns = _task_activity(
+            model, [(t, spans) for t in others.values()], exclude_obj=obj
+        )
+        if other_frame is None:  # nothing seen while they worked: where they wait on the queue
+            other_frame = _where(
+                (t, iv) for t, iv in _task_blocked(model, BlockReason.CONDITION) if t.id in others
+            )
+        _, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
+        evidence = {
+            "queue": obj,
+            "waits": len(waits),
+            "wait_ns": total,
+            "wait_share": round(share, 4),
+            "worst_ns": worst.end - worst.start,
+            "worst_at_s": _rel(model, worst.start),
+            "waiting_tasks": len(waiting),
+            "waiting_in": sorted({_task_label_of(t) for t in waiting.values()})[:10],
+            "waiting_at": str(Culprit.of(where)) if where else None,
+            "other_side": sorted({_task_label_of(t) for t in others.values()})[:5],
+            "other_side_busy_in": str(Culprit.of(other_frame)) if other_frame else None,
+            "other_side_busy_ns": busy_ns,
+            "other_side_awaiting_ns": other_waiting_ns,
+        }
+        culprit = other_frame or where
+        if side == "put":
+            score = _score(ramp(share, [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]))
+            slow = f": consumers busy in {other_frame.function}" if other_frame else ""
+            out.append(
+                Finding(
+                    rule="queue-backlog",
+                    score=score,
+                    title=(
+                        f"{len(waiting)} asyncio task(s) blocked on a full asyncio.Queue for "
+                        f"{fmt_ns(total)} ({_pct(share)}){slow}"
+                    ),
+                    culprit=Culprit.of(culprit),
+                    evidence=evidence,
+                    hint=(
+                        "The asyncio.Queue is full: its consumer tasks do not keep up. Make the "
+                        "consumer faster (see the culprit), start more consumer tasks, or accept a "
+                        "bigger maxsize if bursts are short. Recording with task_wait='stack' shows "
+                        "where consumers await."
+                    ),
+                )
+            )
+        else:
+            score = _score(ramp(share, [(0.3, 20), (0.6, 35), (0.9, 55)]))
+            if busy_ns < 0.1 * (max(iv.end for _, iv in waits) - min(iv.start for _, iv in waits)):
+                # producers not seen running: they wait for input themselves (a request, a
+                # timer), which is how a background consumer task normally spends its life
+                score = min(score, INFO - 1)
+            slow = f": producer busy in {other_frame.function}" if other_frame else ""
+            out.append(
+                Finding(
+                    rule="queue-starved",
+                    score=score,
+                    title=(
+                        f"{len(waiting)} asyncio consumer task(s) idle on an empty asyncio.Queue "
+                        f"{_pct(share)} of their time{slow}"
+                    ),
+                    culprit=Culprit.of(culprit),
+                    evidence=evidence,
+                    hint=(
+                        "Consumer tasks wait for work most of the time: the producer side is the "
                         "bottleneck (see the culprit), or there are more consumers than needed."
                     ),
                 )

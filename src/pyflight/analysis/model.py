@@ -15,7 +15,7 @@ import gc
 import itertools
 import statistics
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
@@ -378,6 +378,7 @@ class _Task:
         "open",
         "outcome",
         "parent",
+        "pending",
         "step_open",
         "steps",
         "stop",
@@ -403,16 +404,24 @@ class _Task:
         self.open: list[Any] = [t, state, None, 0, (), "", False]
         self.step_open: int | None = None
         self.stop: int | None = None  # its id was reused by a new task at this time
+        # TASK_BLOCK seen during the open step: (reason, obj, stack, what), applied at its end
+        self.pending: tuple[BlockReason, int, Stack, str] | None = None
 
     def switch(
-        self, t: int, state: State, reason: BlockReason | None = None, stack: Stack = (), detail: str = ""
+        self,
+        t: int,
+        state: State,
+        reason: BlockReason | None = None,
+        stack: Stack = (),
+        detail: str = "",
+        obj: int = 0,
     ) -> None:
         o = self.open
         if t > o[0]:
             self.intervals.append(Interval(o[0], t, o[1], o[2], o[3], o[4], o[5]))
             if o[1] is READY and state is RUNNING:
                 self.delays.append(t - o[0])
-        o[0], o[1], o[2], o[3], o[4], o[5], o[6] = t, state, reason, 0, stack, detail, False
+        o[0], o[1], o[2], o[3], o[4], o[5], o[6] = t, state, reason, obj, stack, detail, False
 
 
 #: Frames of pyflight's own hooks (a wrapper around Condition.wait, time.sleep, ...)
@@ -483,11 +492,13 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
     utasks: dict[int, UserTask] = {}
     regions: list[Region] = []
     open_regions: dict[tuple[int, int], list[Region]] = {}  # (thread, task) -> open regions
+    site_stacks: dict[int, Stack] | None = None  # TASK_BLOCK site -> a stack recorded for it
 
     K_SAMPLE = Kind.SAMPLE
     K_STEP_BEGIN = Kind.TASK_STEP_BEGIN
     K_STEP_END = Kind.TASK_STEP_END
     K_WAIT = Kind.TASK_WAIT
+    K_TASK_BLOCK = Kind.TASK_BLOCK
     K_CB_BEGIN = Kind.CALLBACK_BEGIN
     K_CB_END = Kind.CALLBACK_END
     K_IDLE_BEGIN = Kind.LOOP_IDLE_BEGIN
@@ -609,6 +620,7 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                     if not tk.steps and tk.step_open is None:
                         tk.thread = tid
                     tk.switch(t, RUNNING, detail="")
+                    tk.pending = None
                     tk.step_open = t
                     th.open_step = (t, task_id)
                 elif kind is K_STEP_END:
@@ -629,8 +641,13 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                     else:
                         tk.steps.append(Step(tk.step_open, t, tid))
                     tk.step_open = None
-                    tk.switch(t, BLOCKED, _AWAIT)
-                    tk.open[6] = True  # post-step: TASK_WAIT / TASK_DONE refine it
+                    pending = tk.pending
+                    if pending is None:
+                        tk.switch(t, BLOCKED, _AWAIT)
+                        tk.open[6] = True  # post-step: TASK_WAIT / TASK_DONE refine it
+                    else:  # blocked on an asyncio lock/queue/...: TASK_WAIT cannot say better
+                        tk.pending = None
+                        tk.switch(t, BLOCKED, pending[0], pending[2], pending[3], pending[1])
                     step = th.open_step
                     if step is not None and step[1] == task_id:
                         th.busy.append((step[0], t, task_id, ""))
@@ -638,7 +655,11 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                 elif kind is K_WAIT:
                     tk = tasks.get(e[3]) or task_of(e[3], t, tid)
                     o = tk.open
-                    if tk.done is None and (o[6] or o[1] is BLOCKED or o[1] is UNKNOWN):
+                    if (
+                        tk.done is None
+                        and (o[6] or o[1] is BLOCKED or o[1] is UNKNOWN)
+                        and (o[2] is None or o[2] is _AWAIT)
+                    ):
                         what = e[5] if isinstance(e[5], str) else ""
                         reason = _REASONS.get(e[4], _OTHER)
                         # An empty `what` is a plain Future or a bare yield (the C core
@@ -647,6 +668,21 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                         o[4] = _frame_stack(e[6])
                         o[5] = what
                         o[6] = False
+                elif kind is K_TASK_BLOCK:
+                    tk = tasks.get(e[3]) or task_of(e[3], t, tid)
+                    if tk.done is None:
+                        stack = _frame_stack(e[8])
+                        site = e[7]
+                        if not stack and site:
+                            if site_stacks is None:
+                                site_stacks = _site_stacks(events)
+                            stack = site_stacks.get(site, ())
+                        what = e[6] if isinstance(e[6], str) else ""
+                        block = (_REASONS.get(e[4], _OTHER), e[5], stack, what)
+                        if tk.step_open is not None:
+                            tk.pending = block
+                        else:  # not inside a step we know of (an eager task's first step)
+                            tk.switch(t, BLOCKED, block[0], stack, what, block[1])
                 elif kind is K_CB_BEGIN:
                     loop = e[3]
                     if not th.loop_marks or th.loop_marks[-1][1] != loop:
@@ -1021,6 +1057,22 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
     )
 
 
+def _site_stacks(events: Sequence[Any]) -> dict[int, Stack]:
+    """TASK_BLOCK's site -> the first stack recorded with it (most TASK_BLOCKs of a site
+    leave the stack out; it is recorded at most once a second per site)."""
+    out: dict[int, Stack] = {}
+    k_block = Kind.TASK_BLOCK
+    for e in events:
+        if e[0] is k_block:
+            try:
+                site, stack = e[7], e[8]
+            except IndexError:
+                continue
+            if site and stack and site not in out:
+                out[site] = _frame_stack(stack)
+    return out
+
+
 def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> list[Interval]:
     """Split each wait that ends in a step at the last time the loop woke from idle in it.
 
@@ -1031,12 +1083,7 @@ def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> list[I
     out: list[Interval] = []
     last = len(intervals) - 1
     for index, iv in enumerate(intervals):
-        if (
-            iv.state is BLOCKED
-            and iv.reason is _AWAIT
-            and index < last
-            and intervals[index + 1].state is RUNNING
-        ):
+        if iv.state is BLOCKED and index < last and intervals[index + 1].state is RUNNING:
             j = bisect_left(idle_ends, iv.end) - 1
             if j >= 0 and idle_ends[j] > iv.start:
                 woke = idle_ends[j]

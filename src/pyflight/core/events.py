@@ -32,6 +32,7 @@ class Kind(enum.IntEnum):
     TASK_WAIT = 14
     TASK_READY = 15
     TASK_DONE = 16
+    TASK_BLOCK = 17
     CALLBACK_BEGIN = 20
     CALLBACK_END = 21
     LOOP_IDLE_BEGIN = 22
@@ -97,6 +98,14 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.TASK_READY: _args("task:u"),
     # outcome is a TaskOutcome
     Kind.TASK_DONE: _args("task:u outcome:u error:s"),
+    # recorded during a step: the running task is about to block on an asyncio
+    # synchronization object (asyncio.Lock, Semaphore, Event, Condition, Barrier, Queue
+    # get/put); reason is a BlockReason (LOCK, CONDITION), obj id() of the object, what
+    # e.g. "asyncio.Queue.put"; the wait lasts from the end of that step to the task's
+    # next step. site identifies the waiting code (the first frame outside asyncio and its
+    # caller); stack, from that frame outwards, is recorded at most once a second per
+    # site, else empty: take the stack of another TASK_BLOCK with the same site
+    Kind.TASK_BLOCK: _args("task:u reason:u obj:u what:s site:u stack:k"),
     Kind.CALLBACK_BEGIN: _args("loop:u name:s"),
     Kind.CALLBACK_END: _args("loop:u"),
     Kind.LOOP_IDLE_BEGIN: _args("loop:u"),
