@@ -650,3 +650,37 @@ def test_aiohttp_server_steps(tmp_path: Path) -> None:
     coros = {t.coro for t in trace.tasks.values()}
     assert any("hello" in c or "RequestHandler" in c for c in coros), coros
     assert of_kind(trace, Kind.TASK_STEP_BEGIN) and of_kind(trace, Kind.CALLBACK_BEGIN)
+
+
+def test_uvloop_gets_a_warning_and_sampling_only_coverage(tmp_path: Path) -> None:
+    """uvloop's loop is not a BaseEventLoop: its steps cannot be traced. The recorder says
+    so (warning + a note in the trace) and the sampler still shows what its thread did."""
+    uvloop = pytest.importorskip("uvloop")
+
+    def block_the_loop() -> None:
+        time.sleep(0.3)
+
+    async def main() -> int:
+        await asyncio.sleep(0)
+        block_the_loop()  # seen by the sampler only
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0.01, result=21))
+        return 2 * await task
+
+    with pyflight.FlightRecorder(sources=["asyncio", "sampler"]) as rec:
+        loop = uvloop.new_event_loop()
+        try:
+            with pytest.warns(SourceWarning, match="uvloop"):
+                assert loop.run_until_complete(main()) == 42
+                deadline = time.monotonic() + 3 * asyncio_loop.FOREIGN_CHECK_INTERVAL
+                while time.monotonic() < deadline and not asyncio_loop._installed_hooks.foreign:  # type: ignore[union-attr]
+                    loop.run_until_complete(asyncio.sleep(0.05))
+        finally:
+            loop.close()
+        trace = snapshot(rec, tmp_path)
+    notes = [e.arg("reason") for e in trace.data_loss if e.arg("source") == "asyncio"]
+    assert notes and "uvloop" in notes[0] and "sampling-only" in notes[0]
+    assert not of_kind(trace, Kind.TASK_STEP_BEGIN)  # nothing pretends to be traced
+    me = threading.get_native_id()
+    sampled = [e for e in of_kind(trace, Kind.SAMPLE) if e.arg("tid") == me]
+    functions = {frame[0].rpartition(".")[2] for e in sampled for frame in e.arg("stack")}
+    assert "block_the_loop" in functions, "the sampler shows the blocking call"
