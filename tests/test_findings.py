@@ -39,6 +39,7 @@ PURE = core.BACKEND_NAME != "c"
 CASES: dict[str, tuple[str, str]] = {
     "loop_blocked_sleep": ("loop-blocked", "load_config_sync"),
     "loop_blocked_cpu": ("loop-blocked", "crunch_numbers"),
+    "loop_blocked_waiters": ("loop-blocked", "burn_cpu"),
     "slow_tasks_asyncio": ("loop-blocked", "render_page"),
     "loop_starved_gil": ("loop-starved", "spin_cpu"),
     "loop_starved_json": ("loop-starved", "serialize_snapshot"),
@@ -158,6 +159,14 @@ def test_healthy_program_gets_no_warning(program: str, recorded: dict[str, Path]
         "untraced-wait",
     ):
         assert not [f for f in findings if f.rule == rule and f.score >= INFO], _describe(findings)
+
+
+def test_ready_tasks_behind_a_long_step_are_not_starvation(recorded: dict[str, Path]) -> None:
+    """Tasks that became ready while one step ran 300 ms waited because of that step:
+    loop-blocked says so; loop-starved ("late with no long step") must not say it again."""
+    for program in ("loop_blocked_waiters", "loop_blocked_cpu", "loop_blocked_sleep"):
+        findings = _findings(recorded[program])
+        assert not [f for f in findings if f.rule == "loop-starved" and f.score >= INFO], _describe(findings)
 
 
 def test_no_rule_fails_on_any_program(recorded: dict[str, Path]) -> None:

@@ -231,6 +231,11 @@ class _Spans:
         i = bisect.bisect_right(self.starts, t) - 1
         return i >= 0 and t <= self.ends[i]
 
+    def overlaps(self, a: int, b: int) -> bool:
+        """True if some span shares a moment with [a, b]."""
+        i = bisect.bisect_right(self.starts, b) - 1
+        return i >= 0 and self.ends[i] >= a
+
 
 def _hot_frame(samples: Iterable[Any], *, running_only: bool = False) -> tuple[Frame | None, int]:
     """The user frame seen most often in ``samples`` and how many samples it was in."""
@@ -429,22 +434,21 @@ def rule_loop_starved(model: Model) -> list[Finding]:
     for loop in model.loops.values():
         excluded = _Spans((w.start, w.end + 200 * MS) for w in _long_steps(model, loop))
 
-        def outside(t: int, excluded: _Spans = excluded) -> bool:
-            return t not in excluded
+        # a wait that overlaps a long step is that step's doing (loop-blocked), not starvation
+        def outside(a: int, b: int, excluded: _Spans = excluded) -> bool:
+            return not excluded.overlaps(a, b)
 
-        lags = [lag for t, lag in loop.lag if outside(t)]
+        lags = [lag for t, lag in loop.lag if outside(t - lag, t)]
         delays = [
             d
             for task in model.all_tasks()
             if task.thread == loop.tid
             for iv, d in _ready_delays(task)
-            if outside(iv)
+            if outside(iv, iv + d)
         ]
         lag_p90 = _quantile(lags, 0.9) if len(lags) >= 5 else 0
         delay_p90 = _quantile(delays, 0.9) if len(delays) >= 10 else 0
-        gil_late = _lateness(
-            [(a, b) for a, b in itertools.pairwise(ticks) if outside(a) and outside(b)], interval
-        )
+        gil_late = _lateness([(a, b) for a, b in itertools.pairwise(ticks) if outside(a, b)], interval)
         late = max(lag_p90, delay_p90, gil_late)
         if late < 5 * MS:
             continue
