@@ -150,6 +150,9 @@ def test_exit_with_a_message_and_bad_commands(env: dict[str, str], tmp_path: Pat
         ["-o", "missing/dir/out.pyfl", "msg.py"],
         ["-m"],
         ["--serve", "x:y", "msg.py"],
+        ["--source-option", "asyncio", "msg.py"],
+        ["--source-option", "nosuch.x=1", "msg.py"],
+        ["--source-option", "asyncio.task_wait=sometimes", "msg.py"],
     ):
         bad = _run(*args, env=env, cwd=tmp_path)
         assert bad.returncode == 2, (args, bad)
@@ -339,3 +342,43 @@ def test_sigterm_while_the_main_thread_is_stuck_in_c(
     assert result.stdout.split() == ["blocking"]
     trace = pyflight.load(tmp_path / "out.pyfl")
     assert trace.meta["reason"] == "sigterm"
+
+
+SYNC_WAITS = """
+import asyncio, subprocess, sys
+
+async def main():
+    lock = asyncio.Lock()
+
+    async def hold():
+        async with lock:
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(hold() for _ in range(3)))
+
+asyncio.run(main())
+if sys.argv[1:] == ["parent"]:
+    print(subprocess.run([sys.executable, __file__], check=True).returncode)
+"""
+
+
+def test_source_options_reach_the_program_and_its_children(env: dict[str, str], tmp_path: Path) -> None:
+    _write(tmp_path / "locks.py", SYNC_WAITS)
+    result = _run(
+        "--source-option",
+        "asyncio.sync_waits=true",
+        "-o",
+        "out.pyfl",
+        "locks.py",
+        "parent",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    traces = sorted(tmp_path.glob("*.pyfl"))
+    assert len(traces) == 2, traces  # the parent and its child
+    for path in traces:
+        blocked = [e for e in pyflight.load(path).events if e.kind == Kind.TASK_BLOCK]
+        assert len(blocked) == 2, path  # the 2nd and 3rd holder waited on the lock
+    result = _run("-o", "off.pyfl", "locks.py", env=env, cwd=tmp_path)  # off by default
+    assert not [e for e in pyflight.load(tmp_path / "off.pyfl").events if e.kind == Kind.TASK_BLOCK]

@@ -67,6 +67,51 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _source_option(text: str) -> tuple[str, str, object]:
+    """``SOURCE.OPTION=VALUE`` (``asyncio.task_wait=stack``): true/false, numbers and none
+    are read as such, anything else as text."""
+    key, sep, raw = text.partition("=")
+    source, dot, option = key.strip().partition(".")
+    if not sep or not dot or not source or not option:
+        raise argparse.ArgumentTypeError(f"not SOURCE.OPTION=VALUE: {text!r} (try asyncio.task_wait=stack)")
+    word = raw.strip()
+    value: object
+    if word.lower() in ("true", "on", "yes"):
+        value = True
+    elif word.lower() in ("false", "off", "no"):
+        value = False
+    elif word.lower() == "none":
+        value = None
+    else:
+        try:
+            value = int(word)
+        except ValueError:
+            try:
+                value = float(word)
+            except ValueError:
+                value = word
+    return source, option.strip(), value
+
+
+def _source_options(pairs: list[tuple[str, str, object]] | None) -> dict[str, dict[str, object]]:
+    """The ``--source-option`` values by source, checked the way the recorder will use
+    them (ValueError naming what is wrong)."""
+    from pyflight.sources import REGISTRY
+
+    options: dict[str, dict[str, object]] = {}
+    for source, option, value in pairs or ():
+        options.setdefault(source, {})[option] = value
+    for source, opts in options.items():
+        cls = REGISTRY.get(source)
+        if cls is None:
+            raise ValueError(f"no source {source!r} (sources: {', '.join(sorted(REGISTRY))})")
+        try:
+            cls(**opts)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"source {source}: {exc}") from None
+    return options
+
+
 def _signal_or_none(text: str) -> int | None:
     from pyflight.triggers.signals import parse_signal
 
@@ -120,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="let the endpoint answer non-loopback clients"
     )
     run.add_argument("--no-control", dest="control", action="store_false", help="no `pyflight snapshot PID`")
+    run.add_argument(
+        "--source-option",
+        dest="source_options",
+        action="append",
+        type=_source_option,
+        metavar="SOURCE.OPTION=VALUE",
+        help="a source option, e.g. asyncio.task_wait=stack or asyncio.sync_waits=true (repeatable)",
+    )
     _add_trigger_arguments(run)
     run.add_argument("-m", dest="module", default=None, help="run a library module as a script")
     run.add_argument("target", nargs="?", metavar="SCRIPT", help="script path")
@@ -313,8 +366,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if module is not None and script is not None:
         program_args.insert(0, script)
         script = None
+    try:
+        source_options = _source_options(args.source_options)
+    except ValueError as exc:
+        return _fail(str(exc))
     config = RunConfig(
         output=args.output or f"pyflight-{os.getpid()}.pyfl",
+        source_options=source_options,
         min_age=args.min_age,
         max_bytes=args.max_bytes,
         children=args.children,

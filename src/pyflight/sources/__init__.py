@@ -28,11 +28,7 @@ def default_source_names() -> list[str]:
 
 def _load_all() -> None:
     for module in SOURCE_MODULES:
-        try:
-            importlib.import_module(f"pyflight.sources.{module}")
-        except ModuleNotFoundError as exc:  # TEMPORARY while sources are being written
-            if exc.name != f"pyflight.sources.{module}":
-                raise
+        importlib.import_module(f"pyflight.sources.{module}")
 
 
 _load_all()
