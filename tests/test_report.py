@@ -279,3 +279,37 @@ def test_svg_pieces_are_well_formed() -> None:
     hist = ET.fromstring(histogram_svg([MS, 2 * MS, 2 * MS, 50 * MS]))
     assert sum(1 for el in hist.iter() if el.tag.endswith("rect")) == 3
     assert histogram_svg([]) == ""
+
+
+def test_progress_shows_on_a_real_terminal(traces: dict[str, Path]) -> None:
+    """stderr a tty (a pseudo-terminal here): the progress line ends at 100%; stdout (a
+    pipe) gets the report alone, uncoloured."""
+    import pty
+
+    main_fd, tty_fd = pty.openpty()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pyflight", "report", str(traces["slow_tasks"])],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=tty_fd,
+            timeout=60,
+        )
+        os.close(tty_fd)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_fd)
+    assert proc.returncode == 0
+    assert b"analysing trace..." in shown and b"100%" in shown
+    assert proc.stdout.startswith(b"pyflight report") and b"\x1b[" not in proc.stdout
+    assert b"analysing" not in proc.stdout
