@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from programs import record_named
 from pyflight import core
 from pyflight.analysis import build
 from pyflight.analysis.findings import (
@@ -30,9 +28,6 @@ from pyflight.core.events import Kind
 from pyflight.format.reader import Frame, loads
 from tracegen import Gen, trace
 
-HERE = Path(__file__).parent
-PROGRAMS = HERE / "problem_programs"
-SRC = HERE.parent / "src"
 PURE = core.BACKEND_NAME != "c"
 
 # program -> (rule expected among the findings, planted culprit function)
@@ -70,28 +65,19 @@ ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire"}
 HEALTHY = ["healthy", "healthy_asyncio"]
 
 
-def _record(name: str, out_dir: Path) -> Path:
-    out = out_dir / f"{name}.pyfl"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, str(PROGRAMS / "_harness.py"), str(PROGRAMS / f"{name}.py"), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
 @pytest.fixture(scope="session")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """Every problem program recorded once, a few at a time (timing matters: not more)."""
     out_dir = tmp_path_factory.mktemp("problems")
     names = [*CASES, *HEALTHY]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        paths = dict(zip(names, pool.map(lambda n: _record(n, out_dir), names), strict=True))
+        paths = dict(
+            zip(
+                names,
+                pool.map(lambda n: record_named(n, out_dir), names),
+                strict=True,
+            )
+        )
     yield paths
 
 

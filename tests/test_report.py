@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from programs import record_named
 from pyflight.analysis import build
 from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
 from pyflight.format.reader import loads
@@ -31,28 +32,18 @@ EVIL = "<script>alert('x')</script>"
 MS = 1_000_000
 
 
-def _record(name: str, out_dir: Path) -> Path:
-    out = out_dir / f"{name}.pyfl"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    program = HERE / "problem_programs" / f"{name}.py"
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "problem_programs" / "_harness.py"), str(program), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     out_dir = tmp_path_factory.mktemp("report")
     names = ["loop_blocked_sleep", "slow_tasks"]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        yield dict(zip(names, pool.map(lambda n: _record(n, out_dir), names), strict=True))
+        yield dict(
+            zip(
+                names,
+                pool.map(lambda n: record_named(n, out_dir), names),
+                strict=True,
+            )
+        )
 
 
 def evil_trace(thread_name: str = EVIL) -> bytes:

@@ -22,8 +22,6 @@ import functools
 import io
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from programs import record_program
 from pyflight.cli import main as pyflight_main
 
 HERE = Path(__file__).parent
@@ -116,20 +115,6 @@ def main():
 # ---------------------------------------------------------------- fixtures
 
 
-def _record(program: Path, out: Path) -> Path:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "problem_programs" / "_harness.py"), str(program), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
 def _html_report(trace: Path) -> Path:
     """``pyflight report TRACE --html TRACE.html`` (in this process; the terminal report is dropped)."""
     out = trace.parent / "report.html"
@@ -174,7 +159,7 @@ def traces(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     for _, out in jobs.values():
         out.parent.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(jobs, pool.map(lambda job: _record(*job), jobs.values()), strict=True))
+        return dict(zip(jobs, pool.map(lambda job: record_program(*job), jobs.values()), strict=True))
 
 
 @pytest.fixture(scope="module")

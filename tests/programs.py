@@ -1,0 +1,33 @@
+"""Recording the problem programs (tests/problem_programs) in a child Python, as the
+findings, report and browser tests all do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PROGRAMS = HERE / "problem_programs"
+SRC = HERE.parent / "src"
+
+
+def record_program(program: Path, out: Path) -> Path:
+    """Run ``program``'s ``main()`` under a recorder (``_harness.py``); its trace is ``out``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(PROGRAMS / "_harness.py"), str(program), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def record_named(name: str, out_dir: Path) -> Path:
+    """``problem_programs/<name>.py`` recorded into ``out_dir/<name>.pyfl``."""
+    return record_program(PROGRAMS / f"{name}.py", out_dir / f"{name}.pyfl")
