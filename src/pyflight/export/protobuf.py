@@ -9,18 +9,31 @@ Fields are appended in call order; a reader accepts any order.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-__all__ = ["Message", "encode_varint"]
+__all__ = [
+    "I64",
+    "LEN",
+    "MASK64",
+    "VARINT",
+    "Message",
+    "encode_varint",
+    "field_key",
+    "timestamp_varint_encoder",
+]
 
-_VARINT = 0
-_I64 = 1
-_LEN = 2
+#: wire types
+VARINT = 0
+I64 = 1
+LEN = 2
 
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 
-
+# Varints are encoded 14 bits at a time from two tables (a timestamp in nanoseconds takes
+# four lookups instead of seven shift-and-mask rounds): _SMALL[v] is the whole encoding
+# of a v < 2**14, _MORE[v] the two bytes of 14 low bits followed by more.
 _SMALL = [bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(1 << 14)]
+_MORE = [bytes(((v & 0x7F) | 0x80, (v >> 7) | 0x80)) for v in range(1 << 14)]
 
 
 def encode_varint(value: int) -> bytes:
@@ -28,19 +41,39 @@ def encode_varint(value: int) -> bytes:
     if 0 <= value < 0x4000:
         return _SMALL[value]
     if value < 0:
-        value &= _MASK64
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+        value &= MASK64
+    if value < 0x10000000:
+        return _MORE[value & 0x3FFF] + _SMALL[value >> 14]
+    parts = []
+    while value >= 0x4000:
+        parts.append(_MORE[value & 0x3FFF])
+        value >>= 14
+    parts.append(_SMALL[value])
+    return b"".join(parts)
+
+
+def timestamp_varint_encoder() -> Callable[[int], bytes]:
+    """An ``encode_varint`` faster for nanosecond timestamps, which share their high bits:
+    it caches the varint of the bits above the 28 lowest (they change every 268 ms), so a
+    timestamp takes three table lookups. For one export (the cache is not bounded)."""
+    high_bits: dict[int, bytes] = {}
+
+    def encode(value: int) -> bytes:
+        if value < 0x10000000:  # and negative values
+            return encode_varint(value)
+        high = high_bits.get(value >> 28)
+        if high is None:
+            high = high_bits[value >> 28] = encode_varint(value >> 28)
+        return b"".join((_MORE[value & 0x3FFF], _MORE[(value >> 14) & 0x3FFF], high))
+
+    return encode
 
 
 _KEYS: dict[int, bytes] = {}
 
 
-def _key(field: int, wire_type: int) -> bytes:
+def field_key(field: int, wire_type: int) -> bytes:
+    """The encoded key (tag) of a field: ``(field << 3) | wire_type`` as a varint."""
     tag = (field << 3) | wire_type
     key = _KEYS.get(tag)
     if key is None:
@@ -58,22 +91,22 @@ class Message:
 
     def varint(self, field: int, value: int) -> Message:
         """``int32/int64/uint32/uint64/bool/enum`` field."""
-        self._buf += _key(field, _VARINT) + encode_varint(int(value))
+        self._buf += field_key(field, VARINT) + encode_varint(int(value))
         return self
 
     def fixed64(self, field: int, value: int) -> Message:
-        self._buf += _key(field, _I64)
-        self._buf += struct.pack("<Q", value & _MASK64)
+        self._buf += field_key(field, I64)
+        self._buf += struct.pack("<Q", value & MASK64)
         return self
 
     def double(self, field: int, value: float) -> Message:
-        self._buf += _key(field, _I64)
+        self._buf += field_key(field, I64)
         self._buf += struct.pack("<d", value)
         return self
 
     def raw(self, field: int, data: bytes | bytearray) -> Message:
         """A length-delimited field: ``bytes``, or an already encoded message."""
-        self._buf += _key(field, _LEN) + encode_varint(len(data))
+        self._buf += field_key(field, LEN) + encode_varint(len(data))
         self._buf += data
         return self
 
