@@ -549,3 +549,33 @@ def test_every_format_and_profile_of_a_nearly_empty_trace(tmp_path: Path) -> Non
         for profile in PROFILES:
             export(trace, fmt, profile)
     assert json.loads(export(trace, "speedscope"))["profiles"] == []
+
+
+def test_asyncio_lock_waits_reach_the_exports(tmp_path: Path) -> None:
+    """With sync_waits on, a task waiting on an asyncio.Lock is a lock wait in the exports,
+    named after the lock method, not a plain await."""
+    import asyncio
+
+    from pyflight.export import task_waits
+    from pyflight.export.command import export
+
+    async def main() -> None:
+        lock = asyncio.Lock()
+
+        async def hold() -> None:
+            async with lock:
+                await asyncio.sleep(0.03)
+
+        await asyncio.gather(hold(), hold())
+
+    options = {"asyncio": {"sync_waits": True}}
+    with pyflight.FlightRecorder(sources=["asyncio"], source_options=options) as rec:
+        asyncio.run(main())
+        rec.write_to(tmp_path / "locks.pyfl")
+    trace = pyflight.load(tmp_path / "locks.pyfl")
+    lock_waits = [w for w in task_waits(trace) if w[3] == BlockReason.LOCK]
+    assert len(lock_waits) == 1, list(task_waits(trace))
+    _task, start, end, _reason, what, stack = lock_waits[0]
+    assert what == "asyncio.Lock.acquire" and end - start >= 25_000_000
+    assert stack and stack[0].function.endswith("hold")
+    assert b"await: asyncio.Lock.acquire" in export(trace, "perfetto")

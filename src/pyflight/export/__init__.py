@@ -47,6 +47,8 @@ DEFAULT_INTERVAL_NS = 10_000_000
 # plain ints: comparing an event's kind with these is cheaper than with enum attributes
 _BLOCK_BEGIN, _BLOCK_END = int(Kind.BLOCK_BEGIN), int(Kind.BLOCK_END)
 _TASK_WAIT = int(Kind.TASK_WAIT)
+_TASK_BLOCK = int(Kind.TASK_BLOCK)
+_TASK_STEP_END = int(Kind.TASK_STEP_END)
 _TASK_WAIT_ENDS = frozenset(
     int(k) for k in (Kind.TASK_READY, Kind.TASK_STEP_BEGIN, Kind.TASK_DONE, Kind.TASK_CREATE)
 )
@@ -143,14 +145,31 @@ def blocks(trace: Trace) -> Iterator[tuple[int, int, int, int, int, int, tuple[F
 
 
 def task_waits(trace: Trace) -> Iterator[tuple[int, int, int, int, str, tuple[Frame, ...]]]:
-    """Asyncio task waits ``(task, start, end, reason, what, stack)``: from TASK_WAIT to the
-    task's next READY, STEP_BEGIN or DONE (or the trace end)."""
+    """Asyncio task waits ``(task, start, end, reason, what, stack)``: from TASK_WAIT (or
+    the end of a step that recorded a TASK_BLOCK: an asyncio lock or queue, whose reason,
+    name and stack then win) to the task's next READY, STEP_BEGIN or DONE (or the trace
+    end). A TASK_BLOCK without a stack borrows the last one of its site."""
     waiting: dict[int, tuple[int, int, str, tuple[Frame, ...]]] = {}
+    blocking: dict[int, tuple[int, str, tuple[Frame, ...]]] = {}  # TASK_BLOCK, until the step ends
+    from_block: set[int] = set()
+    site_stacks: dict[int, tuple[Frame, ...]] = {}
     for e in trace.events:
         kind = e[0]
-        if kind == _TASK_WAIT:
-            waiting[e[3]] = (e[1], e[4], e[5], e[6])
+        if kind == _TASK_BLOCK:
+            stack = e[8] or site_stacks.get(e[7], ())
+            if e[8]:
+                site_stacks[e[7]] = e[8]
+            blocking[e[3]] = (e[4], e[6], stack)
+        elif kind == _TASK_STEP_END:
+            block = blocking.pop(e[3], None)
+            if block is not None:
+                waiting[e[3]] = (e[1], *block)
+                from_block.add(e[3])
+        elif kind == _TASK_WAIT:
+            if e[3] not in from_block:
+                waiting[e[3]] = (e[1], e[4], e[5], e[6])
         elif kind in _TASK_WAIT_ENDS:
+            from_block.discard(e[3])
             w = waiting.pop(e[3], None)
             if w is not None:
                 yield (e[3], w[0], e[1], w[1], w[2], w[3])
