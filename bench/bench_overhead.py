@@ -114,8 +114,10 @@ WORKLOADS: dict[str, Callable[[], None]] = {
 # ---------------------------------------------------------------- tools
 
 
-def run_with(tool: str, workload: Callable[[], None]) -> float:
-    """Seconds the workload takes under ``tool`` (setup and teardown not counted)."""
+def run_with(tool: str, workload: Callable[[], None]) -> tuple[float, float]:
+    """Wall and CPU seconds the workload takes under ``tool`` (setup and teardown not
+    counted). CPU time is the whole process's, the tool's own threads included: on a
+    shared machine it moves much less than wall time with other jobs' load."""
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if tool.startswith("pyflight"):
         import pyflight
@@ -135,11 +137,11 @@ def run_with(tool: str, workload: Callable[[], None]) -> float:
         yappi.set_clock_type("wall")
         yappi.start()
         stop = yappi.stop
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     workload()
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     stop()
-    return took
+    return took, cpu
 
 
 def available(tool: str) -> bool:
@@ -154,10 +156,11 @@ def available(tool: str) -> bool:
 
 
 def child(workload: str, tool: str) -> None:
-    print(json.dumps({"seconds": run_with(tool, WORKLOADS[workload])}))
+    wall, cpu = run_with(tool, WORKLOADS[workload])
+    print(json.dumps({"seconds": wall, "cpu_seconds": cpu}))
 
 
-def measure(workload: str, tool: str) -> float:
+def measure(workload: str, tool: str) -> tuple[float, float]:
     env = dict(os.environ)
     env["PYFLIGHT_PURE_PYTHON"] = "1" if tool == "pyflight-pure" else "0"
     out = subprocess.run(
@@ -167,7 +170,22 @@ def measure(workload: str, tool: str) -> float:
         capture_output=True,
         text=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["seconds"]), float(result["cpu_seconds"])
+
+
+def _cells(times: dict[tuple[str, str], list[float]], workload: str, tools: list[str]) -> list[str]:
+    base = times[(workload, "none")]
+    cells = []
+    for t in tools:
+        if t == "none":
+            cells.append(f"{statistics.median(base) * 1000:19.0f} ms")
+            continue
+        ratios = [x / b for x, b in zip(times[(workload, t)], base, strict=True)]
+        ratio = statistics.median(times[(workload, t)]) / statistics.median(base)
+        low, high = (min(ratios) - 1) * 100, (max(ratios) - 1) * 100
+        cells.append(f"{(ratio - 1) * 100:+7.1f}% [{low:+.0f}..{high:+.0f}]")
+    return cells
 
 
 def main() -> int:
@@ -182,27 +200,20 @@ def main() -> int:
         return 0
     tools = [t for t in args.tools.split(",") if available(t)]
     workloads = args.workloads.split(",")
-    times: dict[tuple[str, str], list[float]] = {(w, t): [] for w in workloads for t in tools}
+    walls: dict[tuple[str, str], list[float]] = {(w, t): [] for w in workloads for t in tools}
+    cpus: dict[tuple[str, str], list[float]] = {(w, t): [] for w in workloads for t in tools}
     for _ in range(args.rounds):
         for w in workloads:
             for t in tools:
-                times[(w, t)].append(measure(w, t))
-    print(f"python {sys.version.split()[0]}, {args.rounds} rounds, interleaved; each cell:")
-    print("  median time with the tool / median time without, [min..max] of per-round ratios")
-    header = f"  {'workload':16}" + "".join(f"{t:>24}" for t in tools)
-    print(header)
-    for w in workloads:
-        base = times[(w, "none")]
-        cells = []
-        for t in tools:
-            if t == "none":
-                cells.append(f"{statistics.median(base) * 1000:19.0f} ms")
-                continue
-            ratios = [x / b for x, b in zip(times[(w, t)], base, strict=True)]
-            ratio = statistics.median(times[(w, t)]) / statistics.median(base)
-            low, high = (min(ratios) - 1) * 100, (max(ratios) - 1) * 100
-            cells.append(f"{(ratio - 1) * 100:+7.1f}% [{low:+.0f}..{high:+.0f}]")
-        print(f"  {w:16}" + "".join(f"{c:>24}" for c in cells))
+                wall, cpu = measure(w, t)
+                walls[(w, t)].append(wall)
+                cpus[(w, t)].append(cpu)
+    for title, times in (("wall clock", walls), ("CPU time (whole process)", cpus)):
+        print(f"{title}: python {sys.version.split()[0]}, {args.rounds} rounds, interleaved; each cell:")
+        print("  median time with the tool / median time without, [min..max] of per-round ratios")
+        print(f"  {'workload':16}" + "".join(f"{t:>24}" for t in tools))
+        for w in workloads:
+            print(f"  {w:16}" + "".join(f"{c:>24}" for c in _cells(times, w, tools)))
     return 0
 
 
