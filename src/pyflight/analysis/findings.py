@@ -1184,6 +1184,181 @@ def _is_pool_worker(stacks: Iterable[Sequence[Frame]]) -> bool:
 
 
 def rule_pool_saturation(model: Model) -> list[Finding]:
+    """From the pools' jobs (executors source) when the trace has them, else from samples."""
+    if model.pools:
+        return _pool_saturation_jobs(model)
+    return _pool_saturation_sampled(model)
+
+
+_POOL_HINT = (
+    "Raise max_workers if the jobs mostly wait (I/O, sleep, a remote call); move blocking or "
+    "CPU-heavy work elsewhere (a process pool for CPU-bound jobs; keep slow jobs out of "
+    "asyncio's default executor); or bound submissions (a semaphore, a bounded queue) so "
+    "callers feel back-pressure instead of a growing queue."
+)
+
+
+def _span_ns(spans: Iterable[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in spans)
+
+
+def _job_line(model: Model, workers: set[int], function: str, file: str, default: int) -> int:
+    """The line of ``function`` seen most in the workers' samples, else ``default``."""
+    lines: Counter[int] = Counter()
+    for tid in workers:
+        for sample in _samples_by_thread(model).get(tid, []):
+            for frame in sample.stack:
+                if frame.function == function and frame.file == file:
+                    lines[frame.line] += 1
+                    break
+    if not lines:
+        return default
+    return max(lines.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+
+
+def _worker_states(model: Model, workers: set[int], spans: _Spans) -> dict[str, float]:
+    """Share of the workers' time in ``spans`` per state (BLOCKED split by reason)."""
+    per: dict[str, int] = defaultdict(int)
+    for tid in workers:
+        thread = model.threads.get(tid)
+        if thread is None:
+            continue
+        for iv in thread.intervals:
+            ns = _overlap(spans, iv.start, iv.end)
+            if ns <= 0:
+                continue
+            if iv.state is State.BLOCKED and iv.reason is not None:
+                per[f"blocked:{iv.reason.name.lower()}"] += ns
+            else:
+                per[iv.state.value] += ns
+    total = sum(per.values())
+    if total <= 0:
+        return {}
+    return {
+        k: round(v / total, 3) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v / total >= 0.001
+    }
+
+
+def _pool_saturation_jobs(model: Model) -> list[Finding]:
+    out: list[Finding] = []
+    for pool in model.pools.values():
+        jobs = pool.jobs
+        waits = sorted(w for w in (j.wait for j in jobs) if w is not None)
+        # still waiting at the end of the trace: their wait so far (a lower bound)
+        pending = [model.end - j.queued for j in jobs if j.state == "queued" and j.queued is not None]
+        all_waits = sorted(waits + pending)
+        if not all_waits:
+            continue
+        total_wait = sum(all_waits)
+        all_busy = pool.all_busy(model.end)
+        backlog = pool.backlog(model.end)
+        all_busy_ns, backlog_ns = _span_ns(all_busy), _span_ns(backlog)
+        if backlog_ns < 50 * MS or total_wait < 200 * MS:
+            continue
+        first = min((t for j in jobs for t in (j.queued, j.begin) if t is not None), default=model.start)
+        last = max((t if t is not None else model.end for j in jobs for t in (j.end,)), default=model.end)
+        life = max(1, last - first)
+        backlog_share = min(1.0, backlog_ns / life)
+        # the jobs that kept the workers busy: run time inside the all-busy spans
+        spans = _Spans(all_busy)
+        run_by_fn: dict[tuple[str, str, int], int] = defaultdict(int)
+        jobs_by_fn: Counter[tuple[str, str, int]] = Counter()
+        for job in jobs:
+            if job.begin is None:
+                continue
+            ns = _overlap(spans, job.begin, job.end if job.end is not None else model.end)
+            if ns > 0:
+                key = (job.function, job.file, job.line)
+                run_by_fn[key] += ns
+                jobs_by_fn[key] += 1
+        if not run_by_fn:
+            continue
+        fn_key = max(run_by_fn, key=lambda k: (run_by_fn[k], k[0]))
+        function, file, first_line = fn_key
+        workers = set(pool.workers)
+        culprit = None
+        if function:
+            line = _job_line(model, workers, function, file, first_line) if file else first_line
+            culprit = Culprit(function, file, line)
+        runs = sorted(r for r in (j.run for j in jobs) if r is not None)
+        p50, p90, worst = _quantile(all_waits, 0.5), _quantile(all_waits, 0.9), all_waits[-1]
+        worst_job = max(
+            (j for j in jobs if j.queued is not None and (j.begin is not None or j.state == "queued")),
+            key=lambda j: (j.begin if j.begin is not None else model.end) - int(j.queued or 0),
+            default=None,
+        )
+        longest_at = _rel(model, worst_job.queued) if worst_job and worst_job.queued else None
+        peak_t, peak_waiting = max(pool.waiting, key=lambda tc: (tc[1], -tc[0]))
+        median_run = statistics.median(runs) if runs else 0
+        score = _score(
+            min(
+                ramp(backlog_share, [(0.1, 20), (0.3, 45), (0.6, 70), (0.9, 85)]),
+                max(
+                    ramp(p90, [(10 * MS, 15), (100 * MS, 50), (500 * MS, 80), (2 * SECOND, 92)]),
+                    ramp(p90 / median_run if median_run else 0, [(0.5, 30), (2, 60), (5, 80), (10, 90)]),
+                ),
+            )
+        )
+        states = _worker_states(model, workers, spans)
+        name = pool.name or f"pool {pool.pool:#x}"
+        label = function or "their jobs"
+        top_state = next(iter(states), "")
+        if top_state.startswith("blocked:lock"):
+            doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
+        elif top_state.startswith("blocked:"):
+            doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
+        elif top_state == "running":
+            doing = " The busy workers were mostly running (CPU or C code)."
+        else:
+            doing = ""
+        out.append(
+            Finding(
+                rule="pool-saturation",
+                score=score,
+                title=(
+                    f"Thread pool {name!r}: all {pool.max_workers} workers busy for {fmt_ns(all_busy_ns)} "
+                    f"running {label}; jobs waited up to {fmt_ns(worst)} in the queue (p90 {fmt_ns(p90)})"
+                ),
+                culprit=culprit,
+                evidence={
+                    "pool": name,
+                    "pool_id": pool.pool,
+                    "max_workers": pool.max_workers,
+                    "workers_seen": len(workers),
+                    "jobs": len(jobs),
+                    "jobs_waited": sum(1 for w in all_waits if w >= MS),
+                    "still_queued": len(pending),
+                    "cancelled": sum(1 for j in jobs if j.state == "cancelled"),
+                    "wait_p50_ns": p50,
+                    "wait_p90_ns": p90,
+                    "wait_max_ns": worst,
+                    "wait_total_ns": total_wait,
+                    "run_p50_ns": int(median_run),
+                    "all_busy_ns": all_busy_ns,
+                    "backlog_ns": backlog_ns,
+                    "backlog_share": round(backlog_share, 4),
+                    "culprit_run_ns": run_by_fn[fn_key],
+                    "culprit_jobs": jobs_by_fn[fn_key],
+                    "functions": [
+                        {"function": k[0], "file": k[1], "jobs": jobs_by_fn[k], "run_ns": v}
+                        for k, v in sorted(run_by_fn.items(), key=lambda kv: -kv[1])[:5]
+                    ],
+                    "worst_at_s": _rel(model, peak_t),
+                    "worst_waiting": peak_waiting,
+                    "longest_wait_at_s": longest_at,
+                    "worker_states": states,
+                },
+                hint=(
+                    f"Every worker was busy running {label}, so new jobs queued behind them "
+                    f"(p90 wait {fmt_ns(p90)}, median run {fmt_ns(median_run)}).{doing} " + _POOL_HINT
+                ),
+            )
+        )
+    return out
+
+
+def _pool_saturation_sampled(model: Model) -> list[Finding]:
+    """No pool events (an older trace, or the executors source off): infer from samples."""
     by_thread = _samples_by_thread(model)
     pools: dict[str, list[Any]] = defaultdict(list)
     for thread in _user_threads(model):

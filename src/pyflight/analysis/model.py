@@ -27,12 +27,14 @@ __all__ = [
     "Log",
     "LoopTimeline",
     "Model",
+    "PoolJob",
     "Region",
     "Sample",
     "Stall",
     "State",
     "Step",
     "TaskTimeline",
+    "ThreadPool",
     "ThreadTimeline",
     "UserTask",
     "Wake",
@@ -212,6 +214,111 @@ class UserTask:
 
 
 @dataclasses.dataclass
+class PoolJob:
+    """One ``ThreadPoolExecutor`` job (POOL_JOB_QUEUED / BEGIN / END).
+
+    ``queued`` is None if it was queued before the window; ``begin`` None if it did not
+    start in the window (``state`` says why); ``end`` None if it still ran at the end.
+    ``clipped``: it ran since before the window (``begin`` is the trace start).
+    ``state``: ``"done"``, ``"running"`` (at the end of the trace), ``"queued"`` (still
+    waiting at the end), ``"cancelled"`` (never started although a job queued after it
+    on the same pool did: the pool's queue is FIFO, so it was dropped) or ``"refused"``
+    (the pool refused the submit: END without BEGIN).
+    """
+
+    pool: int
+    job: int
+    function: str
+    file: str
+    line: int
+    task: int  # the submitter's pyflight task id, 0 = none
+    submitter: int  # tid that submitted it, 0 if unknown
+    worker: int  # tid that ran it, 0 if it did not run in the window
+    queued: int | None
+    begin: int | None
+    end: int | None
+    state: str = "queued"
+    clipped: bool = False
+
+    @property
+    def wait(self) -> int | None:
+        """Time in the pool's queue (``begin - queued``), None if not known."""
+        if self.queued is None or self.begin is None or self.clipped:
+            return None
+        return self.begin - self.queued
+
+    @property
+    def run(self) -> int | None:
+        """Time a worker spent on it (``end - begin``), None if not known."""
+        if self.begin is None or self.end is None:
+            return None
+        return self.end - self.begin
+
+
+@dataclasses.dataclass
+class ThreadPool:
+    """A ``ThreadPoolExecutor`` seen through its jobs (the executors source).
+
+    ``pool`` is ``id(executor)``; ``name`` the worker threads' name prefix
+    (``thread_name_prefix``); ``max_workers`` from POOL_JOB_QUEUED (else the number of
+    workers seen); ``jobs`` by job number; ``busy`` and ``waiting`` are step functions,
+    ``[(time, count from then on)]`` starting at the trace start: workers running a job,
+    and jobs queued but not started (cancelled and refused jobs not counted).
+    """
+
+    pool: int
+    name: str
+    max_workers: int
+    workers: list[int]
+    jobs: list[PoolJob]
+    busy: list[tuple[int, int]]
+    waiting: list[tuple[int, int]]
+
+    def all_busy(self, end: int) -> list[tuple[int, int]]:
+        """``[(start, end)]`` spans in which every worker ran a job (until ``end``)."""
+        return _spans_at_least(self.busy, max(1, self.max_workers), end)
+
+    def backlog(self, end: int) -> list[tuple[int, int]]:
+        """``[(start, end)]`` spans in which every worker was busy and jobs waited."""
+        out: list[tuple[int, int]] = []
+        waits = _spans_at_least(self.waiting, 1, end)
+        for a, b in self.all_busy(end):
+            for c, d in waits:
+                lo, hi = max(a, c), min(b, d)
+                if hi > lo:
+                    out.append((lo, hi))
+        return out
+
+
+def _spans_at_least(steps: list[tuple[int, int]], level: int, end: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    began: int | None = None
+    for t, count in steps:
+        if count >= level and began is None:
+            began = t
+        elif count < level and began is not None:
+            if t > began:
+                out.append((began, t))
+            began = None
+    if began is not None and end > began:
+        out.append((began, end))
+    return out
+
+
+def _steps(changes: list[tuple[int, int]], start: int) -> list[tuple[int, int]]:
+    """``[(time, +1/-1)]`` -> ``[(time, level)]`` from ``start``, one entry per time."""
+    out = [(start, 0)]
+    level = 0
+    for t, delta in sorted(changes):
+        level = max(0, level + delta)
+        if out[-1][0] == t:
+            out[-1] = (t, level)
+        else:
+            out.append((t, level))
+    return out
+
+
+@dataclasses.dataclass
 class Model:
     trace: Trace
     start: int
@@ -229,6 +336,7 @@ class Model:
     logs: list[Log]
     data_loss: list[Event]
     sampling_interval_ns: int
+    pools: dict[int, ThreadPool] = dataclasses.field(default_factory=dict)
 
     @property
     def duration(self) -> int:
@@ -493,6 +601,7 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
     regions: list[Region] = []
     open_regions: dict[tuple[int, int], list[Region]] = {}  # (thread, task) -> open regions
     site_stacks: dict[int, Stack] | None = None  # TASK_BLOCK site -> a stack recorded for it
+    pool_events: list[Any] = []  # POOL_JOB_QUEUED / BEGIN / END, in time order
 
     K_SAMPLE = Kind.SAMPLE
     K_STEP_BEGIN = Kind.TASK_STEP_BEGIN
@@ -524,6 +633,9 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
     K_USER_TASK_BEGIN = Kind.USER_TASK_BEGIN
     K_USER_TASK_END = Kind.USER_TASK_END
     K_USER_TASK_INFO = Kind.USER_TASK_INFO
+    K_POOL_QUEUED = Kind.POOL_JOB_QUEUED
+    K_POOL_BEGIN = Kind.POOL_JOB_BEGIN
+    K_POOL_END = Kind.POOL_JOB_END
 
     def thread_of(tid: int) -> _Thread:
         th = threads.get(tid)
@@ -852,6 +964,8 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                 elif kind is K_LOG:
                     log = Log(t, tid, e[3], e[4], e[5])
                     logs.append(log)
+                elif kind is K_POOL_QUEUED or kind is K_POOL_BEGIN or kind is K_POOL_END:
+                    pool_events.append(e)
             except (IndexError, TypeError, AttributeError, KeyError, ValueError):
                 continue  # an event with missing or odd arguments: skip it
     if progress is not None:
@@ -1038,6 +1152,7 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
             ut.name = info.name
 
     return Model(
+        pools=_pools(pool_events, thread_tls, start, end),
         trace=trace,
         start=start,
         end=end,
@@ -1055,6 +1170,91 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
         data_loss=list(trace.data_loss),
         sampling_interval_ns=_sampling_interval(counters, sample_times),
     )
+
+
+def _pools(
+    events: list[Any], threads: dict[int, ThreadTimeline], start: int, end: int
+) -> dict[int, ThreadPool]:
+    """Thread pools from their POOL_JOB_* events (see ``PoolJob`` for the states)."""
+    jobs: dict[int, PoolJob] = {}
+    sizes: dict[int, int] = {}
+    for e in events:
+        try:
+            kind, t, tid, pool, number = e[0], e[1], e[2], e[3], e[4]
+            job = jobs.get(number)
+            if kind == Kind.POOL_JOB_QUEUED:
+                if job is not None:
+                    continue  # a number seen before: odd input, keep the first
+                fn, file, line, size, task = e[5], e[6], e[7], e[8], e[9]
+                jobs[number] = PoolJob(
+                    pool,
+                    number,
+                    fn if isinstance(fn, str) else "",
+                    file if isinstance(file, str) else "",
+                    line,
+                    task,
+                    tid,
+                    0,
+                    t,
+                    None,
+                    None,
+                )
+                if size:
+                    sizes[pool] = max(sizes.get(pool, 0), size)
+            elif kind == Kind.POOL_JOB_BEGIN:
+                if job is None:  # queued before the window
+                    jobs[number] = PoolJob(pool, number, "", "", 0, 0, 0, tid, None, t, None, "running")
+                elif job.begin is None and job.state == "queued":
+                    job.begin, job.worker, job.state = t, tid, "running"
+            elif kind == Kind.POOL_JOB_END:
+                if job is None:  # running since before the window
+                    jobs[number] = PoolJob(pool, number, "", "", 0, 0, 0, tid, None, start, t, "done", True)
+                elif job.state == "running":
+                    job.end, job.state = t, "done"
+                elif job.state == "queued" and job.begin is None:
+                    job.state = "refused"
+        except (IndexError, TypeError, AttributeError, ValueError):
+            continue
+    by_pool: dict[int, list[PoolJob]] = {}
+    for job in jobs.values():
+        by_pool.setdefault(job.pool, []).append(job)
+    out: dict[int, ThreadPool] = {}
+    for pool, pool_jobs in by_pool.items():
+        pool_jobs.sort(key=lambda j: j.job)
+        # FIFO: a job that never started although a later one of its pool did was cancelled
+        later_began = False
+        for job in reversed(pool_jobs):
+            if job.state == "queued" and later_began:
+                job.state = "cancelled"
+            if job.begin is not None and job.queued is not None:
+                later_began = True
+        busy: list[tuple[int, int]] = []
+        waiting: list[tuple[int, int]] = []
+        workers: dict[int, None] = {}
+        for job in pool_jobs:
+            if job.worker:
+                workers[job.worker] = None
+            if job.begin is not None:
+                busy.append((job.begin, 1))
+                busy.append((job.end if job.end is not None else end, -1))
+            if job.state in ("cancelled", "refused"):
+                continue
+            if job.queued is not None or job.begin is not None:
+                waiting.append((job.queued if job.queued is not None else start, 1))
+                waiting.append((job.begin if job.begin is not None else end, -1))
+        names = [threads[w].name for w in workers if w in threads and threads[w].name]
+        prefixes = [n.rpartition("_")[0] if n.rpartition("_")[2].isdigit() else n for n in names]
+        name = max(set(prefixes), key=lambda p: (prefixes.count(p), p)) if prefixes else ""
+        out[pool] = ThreadPool(
+            pool=pool,
+            name=name,
+            max_workers=sizes.get(pool) or len(workers),
+            workers=list(workers),
+            jobs=pool_jobs,
+            busy=_steps(busy, start),
+            waiting=_steps(waiting, start),
+        )
+    return out
 
 
 def _site_stacks(events: Sequence[Any]) -> dict[int, Stack]:

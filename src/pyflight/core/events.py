@@ -56,6 +56,10 @@ class Kind(enum.IntEnum):
     LOG = 65
     # metrics
     COUNTER = 70
+    # thread pools (concurrent.futures.ThreadPoolExecutor)
+    POOL_JOB_QUEUED = 80
+    POOL_JOB_BEGIN = 81
+    POOL_JOB_END = 82
     # recorder's own facts
     DATA_LOSS = 90
     SOURCE_DISABLED = 91
@@ -132,6 +136,16 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.REGION_END: _args("task:u name:s"),
     Kind.LOG: _args("task:u category:s message:s"),
     Kind.COUNTER: _args("name:s value:u"),
+    # a job submitted to a ThreadPoolExecutor (recorded by the submitter): pool is
+    # id(executor), job a counter unique within the process run, function/file/line the
+    # callable's code (qualname, file, first line; "" and 0 if it has none),
+    # max_workers the pool's size, task the submitter's pyflight task (0 = none).
+    # A QUEUED followed by an END without BEGIN is a job the pool refused (shut down)
+    Kind.POOL_JOB_QUEUED: _args("pool:u job:u function:s file:s line:u max_workers:u task:u"),
+    # recorded by the worker thread right before / after it runs the job; a job cancelled
+    # before it started has neither
+    Kind.POOL_JOB_BEGIN: _args("pool:u job:u"),
+    Kind.POOL_JOB_END: _args("pool:u job:u"),
     Kind.DATA_LOSS: _args("source:s events:u reason:s"),
     Kind.SOURCE_DISABLED: _args("source:s reason:s"),
     Kind.TRIGGER: _args("reason:s detail:s"),
