@@ -382,3 +382,14 @@ def test_source_options_reach_the_program_and_its_children(env: dict[str, str], 
         assert len(blocked) == 2, path  # the 2nd and 3rd holder waited on the lock
     result = _run("-o", "off.pyfl", "locks.py", env=env, cwd=tmp_path)  # off by default
     assert not [e for e in pyflight.load(tmp_path / "off.pyfl").events if e.kind == Kind.TASK_BLOCK]
+
+
+def test_the_recorded_program_never_imports_the_analysis_side(env: dict[str, str], tmp_path: Path) -> None:
+    """DESIGN.md: the recording side never imports the analysis side (not even the CLI's
+    report/export/view options, which come from there)."""
+    code = "import sys; print(sorted(m for m in sys.modules if m.startswith(('pyflight.analysis', "
+    code += "'pyflight.report', 'pyflight.export', 'pyflight.viewer'))))"
+    _write(tmp_path / "mods.py", code)
+    result = _run("-o", "out.pyfl", "mods.py", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -129,7 +129,14 @@ def _pid(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands that read traces: their options come from the analysis side, imported only
+#: when one of them runs (never into a program recorded by ``pyflight run``).
+_READERS = ("report", "view", "export")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; the options of a trace-reading command are added only when
+    ``command`` is that command, or None (all of them)."""
     parser = _Parser(prog="pyflight", description="Always-on flight recorder for Python.")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -188,10 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait (default 30)")
 
     report = commands.add_parser("report", help="findings, breakdowns and top stacks of a trace")
-    _report_command().add_arguments(report)
+    if command in (None, "report"):
+        _report_command().add_arguments(report)
+
+    view = commands.add_parser("view", help="serve the report of a trace on a local web page")
+    if command in (None, "view"):
+        _view_command().add_arguments(view)
 
     export = commands.add_parser("export", help="export a trace to perfetto/chrome/pprof/folded/speedscope")
-    _export_command().add_arguments(export)
+    if command in (None, "export"):
+        _export_command().add_arguments(export)
 
     demo = commands.add_parser("demo", help="record a small ping-pong workload and describe the snapshot")
     demo.add_argument("-o", "--output", default="pyflight-demo.pyfl", help="where to write the snapshot")
@@ -285,8 +298,9 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(first if first in _READERS else "" if first else None)
     if arguments[:1] == ["run"]:
         options, program = _split_run_argv(parser, arguments[1:])
         args = parser.parse_args(["run", *options])
@@ -300,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "snapshot": _cmd_snapshot,
         "demo": _cmd_demo,
         "report": _cmd_report,
+        "view": _cmd_view,
         "export": _cmd_export,
     }
     if args.command not in commands:
@@ -317,6 +332,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return int(_report_command().run(args))
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    return int(_view_command().run(args))
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     return int(_export_command().run(args))
 
@@ -324,6 +343,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _report_command() -> ModuleType:
     """The analysis side is imported only by the commands that read traces."""
     from pyflight.report import command
+
+    return command
+
+
+def _view_command() -> ModuleType:
+    from pyflight.viewer import command
 
     return command
 

@@ -1,0 +1,151 @@
+"""The ``view`` subcommand: ``pyflight view FILE [--port N] [--host H] [--no-browser]``.
+
+Loads and analyses the trace once, as ``pyflight report`` does (same messages and exit
+status for a file that cannot be read or is not a trace), then serves the report on a
+local web server until Ctrl-C or SIGTERM (exit status 0).
+
+Exit status: 0 served and stopped, 1 the file is not a readable trace, 2 the file cannot
+be read or the address cannot be listened on; 130 interrupted before serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run` builds its parser
+    from pyflight.viewer.server import Content
+
+__all__ = ["DEFAULT_PORT", "add_arguments", "run"]
+
+DEFAULT_PORT = 8780
+EXIT_BAD_TRACE = 1
+EXIT_NO_FILE = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a trace written by pyflight")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; anyone who can reach another can read the trace)",
+    )
+    parser.add_argument(
+        "--no-browser", dest="browser", action="store_false", help="do not open a web browser"
+    )
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"pyflight view: {message}", file=sys.stderr)
+    return code
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM handler."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        content = _prepare(args.file)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    if isinstance(content, int):
+        return content
+    return _serve(args, content)
+
+
+def _prepare(path: str) -> Content | int:
+    """The pages to serve, or an exit status (the message already printed)."""
+    from pyflight.errors import TraceFormatError
+    from pyflight.format.reader import load
+    from pyflight.report import analyze
+    from pyflight.report.command import _progress_printer
+    from pyflight.report.html import render
+    from pyflight.report.json_report import dumps
+    from pyflight.viewer.server import Content
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the trace and its model are millions of long-lived objects
+    try:
+        try:
+            trace = load(path)
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return _fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_NO_FILE)
+        except TraceFormatError as exc:
+            return _fail(f"{path} is not a readable pyflight trace: {exc}", EXIT_BAD_TRACE)
+        try:
+            report = analyze(trace, progress=_progress_printer())
+        except Exception as exc:  # a trace the reader accepted but the analysis cannot use
+            return _fail(f"cannot analyse {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+        try:
+            html = render(report).encode("utf-8", "replace")
+            json = dumps(report).encode("utf-8", "replace")
+        except Exception as exc:
+            return _fail(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path))
+
+
+def _serve(args: argparse.Namespace, content: Content) -> int:
+    import webbrowser
+
+    from pyflight.viewer.server import ViewerServer, is_loopback
+
+    try:
+        server = ViewerServer(args.host, args.port, content)
+    except OSError as exc:
+        hint = " (try --port 0)" if args.port else ""
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", EXIT_NO_FILE)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        if not is_loopback(args.host):
+            print(
+                f"pyflight view: warning: listening on {args.host}: "
+                "anyone who can reach this address can read the trace",
+                file=sys.stderr,
+                flush=True,
+            )
+        name = args.file if args.file.isprintable() else ascii(args.file)  # one line, encodable
+        print(f"pyflight view: serving {name} at {server.url()} (Ctrl-C to stop)", flush=True)
+        if args.browser:
+            wildcard = args.host in ("0.0.0.0", "::", "")
+            url = server.url("127.0.0.1") if wildcard else server.url()
+            # some browsers (text ones) keep the terminal: never hold the server up for them
+            threading.Thread(
+                target=webbrowser.open, args=(url,), name="pyflight-view-browser", daemon=True
+            ).start()
+        server.serve_forever()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    return 0

@@ -1,0 +1,163 @@
+"""The HTTP server of ``pyflight view``: a few pages rendered once, served read-only.
+
+Routes: ``/`` the HTML report, ``/report.json`` the JSON report, ``/trace.pyfl`` the
+trace file (a download); anything else is 404, any method but GET and HEAD is 405.
+Every response says ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``
+and carries a Content-Security-Policy that allows no script, no fetch and no frame: the
+report is inline CSS and SVG only.
+
+Bound to a loopback address, the server answers only requests whose ``Host`` is a
+loopback name or address, so a web page the user visits cannot read the trace through
+a DNS name that it points at 127.0.0.1 (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
+
+__all__ = ["CSP", "Content", "ViewerServer", "is_loopback"]
+
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Content:
+    """What the server hands out, all prepared before it starts."""
+
+    html: bytes
+    json: bytes
+    trace: bytes
+    trace_name: str  # the file's base name, for Content-Disposition
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port: ``[::1]:80`` -> ``::1``."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition that names the file: an ASCII fallback, and the real name
+    percent-encoded (a file name may hold quotes, newlines or undecodable bytes)."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "trace.pyfl"
+    encoded = quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ViewerServer
+    server_version = "pyflight-view"
+    sys_version = ""
+    timeout = 60  # a client that stops talking releases its thread
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # BaseHTTPRequestHandler looks up do_<METHOD>: every other method gets a 405
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self) -> None:
+        self._send(405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET, HEAD"})
+
+    def _answer(self, body: bool) -> None:
+        host = self.headers.get("Host")
+        if self.server.loopback_only and host is not None and not is_loopback(_host_name(host)):
+            self._send(403, b"forbidden host\n", "text/plain; charset=utf-8", body=body)
+            return
+        content = self.server.content
+        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        if path == "/":
+            self._send(200, content.html, "text/html; charset=utf-8", body=body)
+        elif path == "/report.json":
+            self._send(200, content.json, "application/json", body=body)
+        elif path == "/trace.pyfl":
+            headers = {"Content-Disposition": _attachment(content.trace_name)}
+            self._send(200, content.trace, "application/octet-stream", headers, body=body)
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
+
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        body: bool = True,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def end_headers(self) -> None:
+        # every response, error pages of the base class included
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Referrer-Policy", "no-referrer")
+        super().end_headers()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no access log
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """Serves ``content`` on ``(host, port)`` (port 0: a free one); binds on creation."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, content: Content) -> None:
+        self.content = content
+        self.loopback_only = is_loopback(host)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def url(self, host: str | None = None) -> str:
+        """``http://HOST:PORT/`` (the bound host unless another is given)."""
+        name = str(host or self.server_address[0])
+        return f"http://[{name}]:{self.port}/" if ":" in name else f"http://{name}:{self.port}/"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # the client went away
+        sys.stderr.write(f"pyflight view: error answering a request: {type(error).__name__}: {error}\n")

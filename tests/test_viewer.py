@@ -1,0 +1,313 @@
+"""``pyflight view``: the report served on a local web server, run as a subprocess
+(``python -m pyflight view TRACE --port 0 --no-browser``) and asked over HTTP.
+
+The server must answer ``/``, ``/report.json`` and ``/trace.pyfl`` with the same report
+``pyflight report`` gives, refuse everything else, carry its security headers, stop
+cleanly on SIGINT and SIGTERM, and fail like ``pyflight report`` does (one line, an exit
+status) on a missing file, a file that is not a trace or a port that is taken.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+import test_report_browser
+from programs import record_named
+from pyflight.viewer.server import CSP
+from test_report import EVIL, evil_trace
+
+HERE = Path(__file__).parent
+SRC = HERE.parent / "src"
+SERVING = re.compile(r"^pyflight view: serving (.+) at (http://([^/]+):(\d+)/) \(Ctrl-C to stop\)$")
+EVIL_NAME = 'trace<b>"x"\n.pyfl'  # markup, a quote and a newline in the file name
+
+browser = test_report_browser.browser  # the same Chromium (skips without it)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Viewer:
+    proc: subprocess.Popen[str]
+    line: str
+    url: str
+    port: int
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        """Send ``sig``; the exit status and everything written on stderr."""
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+def _start(trace: Path, *options: str, env: dict[str, str] | None = None) -> Viewer:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyflight", "view", str(trace), "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or _env(),
+    )
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=120):
+            proc.kill()
+            pytest.fail(f"pyflight view said nothing in 120 s: {proc.communicate()}")
+    line = proc.stdout.readline().rstrip("\n")
+    match = SERVING.match(line)
+    if match is None:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"not a serving line: {line!r}; stdout {out!r}, stderr {err!r}")
+    return Viewer(proc, line, match.group(2), int(match.group(4)))
+
+
+@pytest.fixture
+def viewer_of() -> Iterator[Any]:
+    started: list[Viewer] = []
+
+    def start(trace: Path, *options: str, env: dict[str, str] | None = None) -> Viewer:
+        viewer = _start(trace, *options, env=env)
+        started.append(viewer)
+        return viewer
+
+    yield start
+    for viewer in started:
+        if viewer.proc.poll() is None:
+            viewer.proc.kill()
+            viewer.proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def slow_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_named("slow_tasks", tmp_path_factory.mktemp("viewer"))
+
+
+@pytest.fixture
+def evil(tmp_path: Path) -> Path:
+    path = tmp_path / EVIL_NAME
+    path.write_bytes(evil_trace())
+    return path
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyflight", "view", *argv, "--no-browser"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+
+
+def _security_headers(headers: http.client.HTTPMessage) -> None:
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Security-Policy"] == CSP
+
+
+def test_csp_forbids_scripts_and_fetches_but_lets_inline_styles_work() -> None:
+    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    assert directives["default-src"] == "'none'"  # no script, image, font, fetch, frame
+    assert directives["style-src"] == "'unsafe-inline'"  # the report's <style> and style=""
+    assert "script-src" not in directives
+
+
+def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
+    slow_tasks: Path, viewer_of: Any
+) -> None:
+    viewer = viewer_of(slow_tasks, "--no-browser")
+    assert viewer.url == f"http://127.0.0.1:{viewer.port}/"
+    assert viewer.line.startswith(f"pyflight view: serving {slow_tasks} at ")
+
+    status, headers, body = viewer.request("/report.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    _security_headers(headers)
+    report = json.loads(body)
+    assert {"summary", "findings"} <= set(report)
+    assert report["summary"]["file"] == str(slow_tasks)
+    top = report["findings"][0]
+    assert top["title"] and top["score"] >= 25
+
+    status, headers, page = viewer.request("/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    _security_headers(headers)
+    text = page.decode("utf-8")
+    assert "<h2>Findings</h2>" in text
+    assert html.escape(top["title"]) in text
+    assert int(headers["Content-Length"]) == len(page)
+
+    status, headers, head = viewer.request("/", method="HEAD")
+    assert status == 200 and head == b"" and int(headers["Content-Length"]) == len(page)
+
+    status, headers, data = viewer.request("/trace.pyfl")
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    assert data == slow_tasks.read_bytes()
+    assert headers["Content-Disposition"].startswith('attachment; filename="slow_tasks.pyfl"')
+    _security_headers(headers)
+
+    for path in ("/nope", "/report.json/", "/../slow_tasks.pyfl", "/favicon.ico"):
+        status, headers, _ = viewer.request(path)
+        assert status == 404, path
+        _security_headers(headers)
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "BREW"):
+        status, headers, _ = viewer.request("/", method=method)
+        assert status == 405, method
+        assert headers["Allow"] == "GET, HEAD"
+        _security_headers(headers)
+    # the query string does not matter
+    assert viewer.request("/report.json?x=1")[2] == body
+
+    code, err = viewer.stop(signal.SIGINT)
+    assert code == 0
+    assert err == "", err  # no access log, no traceback
+
+
+def test_markup_in_the_trace_and_its_name_is_escaped_and_sigterm_stops(evil: Path, viewer_of: Any) -> None:
+    viewer = viewer_of(evil, "--no-browser")
+    assert viewer.line.startswith(f"pyflight view: serving {str(evil)!a} at ")  # still one line
+    status, _, page = viewer.request("/")
+    text = page.decode("utf-8")
+    assert status == 200
+    assert EVIL not in text and "<script" not in text.lower() and '<b>"x"' not in text
+    assert html.escape(EVIL) in text
+    assert html.escape('trace<b>"x"') in text  # the file name, in the title
+
+    status, headers, data = viewer.request("/trace.pyfl")
+    assert data == evil.read_bytes()
+    disposition = headers["Content-Disposition"]
+    assert disposition == (
+        "attachment; filename=\"trace_b__x__.pyfl\"; filename*=UTF-8''" + quote(EVIL_NAME, safe="")
+    )
+
+    code, err = viewer.stop(signal.SIGTERM)
+    assert (code, err) == (0, "")
+
+
+def test_foreign_host_names_are_refused_on_loopback(evil: Path, viewer_of: Any) -> None:
+    """A page whose DNS name points at 127.0.0.1 (DNS rebinding) cannot read the trace."""
+    viewer = viewer_of(evil, "--no-browser")
+    for host in ("attacker.example", f"attacker.example:{viewer.port}", "10.0.0.1"):
+        status, _, body = viewer.request("/trace.pyfl", headers={"Host": host})
+        assert (status, body) == (403, b"forbidden host\n"), host
+    for host in ("localhost", f"localhost:{viewer.port}", f"127.0.0.1:{viewer.port}", "[::1]:80"):
+        assert viewer.request("/report.json", headers={"Host": host})[0] == 200, host
+    assert viewer.stop()[0] == 0
+
+
+def test_another_host_warns_that_anyone_who_reaches_it_can_read_the_trace(evil: Path, viewer_of: Any) -> None:
+    viewer = viewer_of(evil, "--no-browser", "--host", "0.0.0.0")
+    assert viewer.url == f"http://0.0.0.0:{viewer.port}/"
+    # bound on purpose to every address: any Host is answered
+    assert viewer.request("/report.json", headers={"Host": "my-box.example"})[0] == 200
+    code, err = viewer.stop()
+    assert code == 0
+    assert err.splitlines() == [
+        "pyflight view: warning: listening on 0.0.0.0: anyone who can reach this address can read the trace"
+    ]
+
+
+def test_opens_the_browser_unless_told_not_to(evil: Path, viewer_of: Any, tmp_path: Path) -> None:
+    opened = tmp_path / "opened"
+    fake = tmp_path / "fake-browser"
+    fake.write_text(f'#!/bin/sh\necho "$1" > "{opened}"\n')
+    fake.chmod(0o755)
+    viewer = viewer_of(evil, env=_env(BROWSER=str(fake)))
+    deadline = time.monotonic() + 30
+    while not (opened.exists() and opened.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert opened.read_text().strip() == viewer.url
+    assert viewer.stop()[0] == 0
+
+
+def test_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    proc = _run(str(tmp_path / "nope.pyfl"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"pyflight view: cannot read {tmp_path / 'nope.pyfl'}: No such file or directory\n"
+
+
+def test_a_file_that_is_not_a_trace_exits_1_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "not.pyfl"
+    path.write_bytes(b"hello, world\n")
+    proc = _run(str(path))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"pyflight view: {path} is not a readable pyflight trace: ")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_port_in_use_exits_2_with_one_line(evil: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run(str(evil), "--port", str(port))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"pyflight view: cannot listen on 127.0.0.1:{port}: Address already in use (try --port 0)\n"
+    )
+
+
+def test_a_bad_port_is_a_usage_error() -> None:
+    proc = _run("x.pyfl", "--port", "http")
+    assert proc.returncode == 2
+    assert proc.stderr == "pyflight view: error: argument --port: not a port number: 'http'\n"
+
+
+def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: Any) -> None:
+    """The CSP lets the page's inline CSS and SVG work: nothing refused, nothing fetched."""
+    viewer = viewer_of(slow_tasks, "--no-browser")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        requests: list[str] = []
+        console: list[str] = []
+        context.on("request", lambda request: requests.append(request.url))
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.goto(viewer.url, wait_until="load")
+        page.wait_for_timeout(200)
+        assert requests == [viewer.url]
+        assert console == []  # a refused inline style would be reported here
+        assert page.get_by_role("heading", name="Findings", exact=True).is_visible()
+        finding = page.locator(".finding").first
+        assert finding.is_visible()
+        # the inline <style> applies: a finding has its coloured left border
+        assert finding.evaluate("e => getComputedStyle(e).borderLeftWidth") == "6px"
+        assert page.locator("svg").count() >= 3
+    finally:
+        context.close()
+    assert viewer.stop()[0] == 0
