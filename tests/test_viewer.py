@@ -48,6 +48,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Viewer:
     proc: subprocess.Popen[str]
@@ -80,6 +84,9 @@ def _start(trace: Path, *options: str, env: dict[str, str] | None = None) -> Vie
         stderr=subprocess.PIPE,
         text=True,
         env=env or _env(),
+        # run in the background by a non-interactive shell (CI), this process ignores
+        # SIGINT and a child would inherit that: give the viewer Ctrl-C as a user has it
+        preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,
     )
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
