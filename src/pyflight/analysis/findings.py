@@ -14,7 +14,7 @@ import itertools
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -561,25 +561,48 @@ def _wakers(model: Model, reason: BlockReason, objs: set[int]) -> Counter[int]:
     return counts
 
 
-def rule_lock_contention(model: Model) -> list[Finding]:
-    out: list[Finding] = []
+@dataclass
+class _Contention:
+    """The waits of threads (or tasks) on one object, when they add up to something."""
+
+    obj: int
+    waits: list[tuple[Any, Any]]  # (waiter, blocked interval)
+    waiters: dict[int, Any]  # by thread or task id
+    total: int
+    share: float  # of the waiters' lifetime
+    worst_waiter: Any
+    worst: Any
+    where: Frame | None  # the user function they waited in, by wait time
+
+
+def _contentions(
+    pairs: Iterable[tuple[Any, Any]],
+    owner_id: Callable[[Any], int],
+    owner_life: Callable[[Any], int],
+    min_total: int = 10 * MS,
+) -> Iterator[_Contention]:
     by_obj: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
-    for thread, iv in _blocked(model, BlockReason.LOCK):
-        by_obj[iv.obj].append((thread, iv))
+    for owner, iv in pairs:
+        by_obj[iv.obj].append((owner, iv))
     for obj, waits in by_obj.items():
         total = sum(iv.end - iv.start for _, iv in waits)
-        if total < 10 * MS:
+        if total < min_total:
             continue
-        waiters = {t.tid: t for t, _ in waits}
-        life = sum(_lifetime(t) for t in waiters.values()) or 1
-        share = total / life
-        worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
-        weights: dict[Frame, float] = defaultdict(float)
-        for _, iv in waits:
-            frame = user_frame(iv.stack)
-            if frame is not None:
-                weights[frame] += iv.end - iv.start
-        where, _ = _by_function(weights)
+        waiters = {owner_id(t): t for t, _ in waits}
+        life = sum(owner_life(t) for t in waiters.values()) or 1
+        worst_waiter, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
+        yield _Contention(obj, waits, waiters, total, total / life, worst_waiter, worst, _where(waits))
+
+
+#: Lock contention score by the waiters' share of life spent waiting.
+_LOCK_RAMP = [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]
+
+
+def rule_lock_contention(model: Model) -> list[Finding]:
+    out: list[Finding] = []
+    for c in _contentions(_blocked(model, BlockReason.LOCK), lambda t: t.tid, _lifetime):
+        obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
+        worst_t, worst, where = c.worst_waiter, c.worst, c.where
         holders = _wakers(model, BlockReason.LOCK, {obj})
         # where the holders were while others waited
         held: Counter[Frame] = Counter()
@@ -590,7 +613,7 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                     if frame is not None:
                         held[frame] += 1
         holder_frame = _top(held)
-        score = _score(ramp(share, [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]))
+        score = _score(ramp(share, _LOCK_RAMP))
         title = f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
         if where:
             title += f" in {where.function}"
@@ -703,18 +726,9 @@ def _asyncio_lock_contention(model: Model) -> list[Finding]:
     asyncio.Lock with waiters goes to them in FIFO order (no barging), so a task whose
     wait ended holds the lock until the next wait on it ends."""
     out: list[Finding] = []
-    by_obj: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
-    for task, iv in _task_blocked(model, BlockReason.LOCK):
-        by_obj[iv.obj].append((task, iv))
-    for obj, waits in by_obj.items():
-        total = sum(iv.end - iv.start for _, iv in waits)
-        if total < 10 * MS:
-            continue
-        waiters = {t.id: t for t, _ in waits}
-        life = sum(_task_life(t) for t in waiters.values()) or 1
-        share = total / life
-        worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
-        where = _where(waits)
+    for c in _contentions(_task_blocked(model, BlockReason.LOCK), lambda t: t.id, _task_life):
+        obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
+        worst_t, worst, where = c.worst_waiter, c.worst, c.where
         what = Counter(iv.detail for _, iv in waits).most_common(1)[0][0] or "asyncio.Lock.acquire"
         kind = what.rsplit(".", 1)[0]  # asyncio.Lock, asyncio.Semaphore
         # inferred holds: from the end of one wait to the end of the next
@@ -729,7 +743,7 @@ def _asyncio_lock_contention(model: Model) -> list[Finding]:
         holder_frame, holder_running, holder_waiting = _task_activity(
             model, [(waiters[tid], spans) for tid, spans in holds.items()]
         )
-        score = _score(ramp(share, [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]))
+        score = _score(ramp(share, _LOCK_RAMP))
         title = f"asyncio lock contention: {len(waiters)} task(s) waited {fmt_ns(total)} for an {kind}"
         if where:
             title += f" in {where.function}"
