@@ -126,6 +126,8 @@ def test_fault_disables_source_and_keeps_other_callbacks(
         calls.append(phase)
 
     monkeypatch.setattr(backend, "record", failing_record(Kind.GC_BEGIN))  # bound at install
+    was_enabled = gc.isenabled()
+    gc.disable()  # an automatic collection before pytest.warns would take the fault first
     rec = pyflight.FlightRecorder(sources=["gc"]).start()
     gc.callbacks.append(user_callback)  # after ours: a careless removal would skip it
     try:
@@ -141,6 +143,8 @@ def test_fault_disables_source_and_keeps_other_callbacks(
     finally:
         rec.stop()
         gc.callbacks.remove(user_callback)
+        if was_enabled:
+            gc.enable()
     disabled = [e for e in trace.events if e.kind == Kind.SOURCE_DISABLED]
     assert [e.arg("source") for e in disabled] == ["gc"]
     assert not [e for e in trace.events if e.kind == Kind.GC_END]
