@@ -63,6 +63,7 @@ NEEDS_C_CORE = {"lock-contention"}
 #: asyncio locks are traced by the asyncio source, with either core.
 ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire"}
 HEALTHY = ["healthy", "healthy_asyncio"]
+SECOND_NS = 1_000_000_000
 
 
 @pytest.fixture(scope="session")
@@ -338,3 +339,18 @@ def test_healthy_pool_jobs_recorded_without_finding(recorded: dict[str, Path]) -
     assert pool.max_workers == 4 and len(pool.jobs) == 60
     assert {j.function for j in pool.jobs} == {"small_job"}
     assert not [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+
+
+def test_few_user_tasks_long_ones_only_and_not_lifetimes() -> None:
+    """Fewer than 5 runs of a task: no 'usual' to compare with. A long one (>= 1 s) is
+    reported as what it is; one that lasts the whole window (a worker's or a session's
+    lifetime) is not a latency at all."""
+    gen = Gen(seq=1, start_ns=0, end_ns=10 * SECOND_NS)
+    tid = 7
+    gen.event(tid, Kind.USER_TASK_BEGIN, 0, id=1, parent=0, name="session")  # the whole window
+    gen.event(tid, Kind.THREAD_INFO, 1, tid=tid, name="main", ident=1)
+    gen.event(tid, Kind.USER_TASK_BEGIN, 2 * SECOND_NS, id=2, parent=1, name="import batch")
+    gen.event(tid, Kind.USER_TASK_END, 5 * SECOND_NS, id=2)
+    gen.event(tid, Kind.USER_TASK_END, 10 * SECOND_NS - 1, id=1)
+    findings = [f for f in find(build(loads(trace([gen]))), strict=True) if f.rule == "slow-tasks"]
+    assert [f.title for f in findings] == ["User task 'import batch' took 3.00 s"], _describe(findings)

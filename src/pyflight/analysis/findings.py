@@ -1514,7 +1514,14 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
     for region in model.regions:
         end = region.end if region.end is not None else model.end
         groups[("region", region.name)].append((region.start, end, region.thread, region.task))
+    window = max(model.end - model.start, 1)
     for (what, name), items in groups.items():
+        if len(items) < 5:
+            # too few to know what is usual: only long ones count, and not those that
+            # last the whole window (a worker's or a session's lifetime, not a latency)
+            items = [it for it in items if it[1] - it[0] < 0.8 * window]
+            if not items:
+                continue
         durations = sorted(b - a for a, b, _, _ in items)
         median = statistics.median(durations)
         worst = max(items, key=lambda it: it[1] - it[0])
@@ -1542,15 +1549,20 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
         if frame is None:
             frame = _culprit_in_window(model, tid, start, end)
         label = "User task" if what == "task" else "Region"
+        if len(items) >= 5:
+            headline = (
+                f"{label} {name!r}: {len(outliers)} of {len(items)} took much longer than usual "
+                f"(worst {fmt_ns(worst_d)}, median {fmt_ns(median)})"
+            )
+        else:
+            headline = f"{label} {name!r} took {fmt_ns(worst_d)}" + (
+                f" (the longest of {len(items)})" if len(items) > 1 else ""
+            )
         out.append(
             Finding(
                 rule="slow-" + ("tasks" if what == "task" else "regions"),
                 score=score,
-                title=(
-                    f"{label} {name!r}: {len(outliers)} of {len(items)} took much longer than usual "
-                    f"(worst {fmt_ns(worst_d)}, median {fmt_ns(median)})"
-                    + (f"; worst spent in {frame.function}" if frame else "")
-                ),
+                title=headline + (f"; worst spent in {frame.function}" if frame else ""),
                 culprit=Culprit.of(frame),
                 evidence={
                     "kind": what,
