@@ -9,7 +9,7 @@ import time
 
 stop = threading.Event()
 gc.disable()  # building the snapshot is set-up, not the planted problem
-SNAPSHOT = {"rows": [{"id": i, "name": f"row-{i}", "tags": ["a", "b", "c"]} for i in range(60_000)]}
+SNAPSHOT = {"rows": [{"id": i, "name": f"row-{i}", "tags": ["a", "b", "c"]} for i in range(100_000)]}
 gc.freeze()
 gc.enable()
 

@@ -432,7 +432,10 @@ def rule_loop_starved(model: Model) -> list[Finding]:
     interval = _interval_ns(model)
     ticks = _sampler_ticks(model) if model.loops else []
     for loop in model.loops.values():
-        excluded = _Spans((w.start, w.end + 200 * MS) for w in _long_steps(model, loop))
+        # only steps seen running user code are the loop's own doing; a long step with no
+        # sample or stall stack in it may itself be a GIL wait (the sampler needs the GIL
+        # too), which is what this rule is about
+        excluded = _Spans((w.start, w.end + 200 * MS) for w in _long_steps(model, loop) if w.weights)
 
         # a wait that overlaps a long step is that step's doing (loop-blocked), not starvation
         def outside(a: int, b: int, excluded: _Spans = excluded) -> bool:
