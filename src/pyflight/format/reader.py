@@ -941,9 +941,9 @@ def _tables(
     )
 
 
-def loads(data: bytes, *, strict: bool = False) -> Trace:
-    """Read a trace from bytes. See :func:`load`."""
-    trace = _read(bytes(data), None, strict)
+def loads(data: bytes, *, strict: bool = False, name: str | None = None) -> Trace:
+    """Read a trace from bytes (``name``: the file they came from). See :func:`load`."""
+    trace = _read(bytes(data), name, strict)
     for message in trace.warnings:
         warnings.warn(message, TraceWarning, stacklevel=2)
     return trace

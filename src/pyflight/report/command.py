@@ -11,6 +11,10 @@ import gc
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyflight.report import Report
 
 __all__ = ["add_arguments", "run"]
 
@@ -77,22 +81,33 @@ def run(args: argparse.Namespace) -> int:
             gc.enable()
 
 
-def _run(args: argparse.Namespace) -> int:
+def read_report(path: str, fail: Callable[[str, int], int]) -> tuple[bytes, Report] | int:
+    """The trace file's bytes and its report, or the exit status ``fail`` returned after
+    saying in one line what is wrong (shared by ``report`` and ``view``)."""
     from pyflight.errors import TraceFormatError
-    from pyflight.format.reader import load
+    from pyflight.format.reader import loads
     from pyflight.report import analyze
 
-    path = args.file
     try:
-        trace = load(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        trace = loads(data, name=path)
     except OSError as exc:
-        return _fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_NO_FILE)
+        return fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_NO_FILE)
     except TraceFormatError as exc:
-        return _fail(f"{path} is not a readable pyflight trace: {exc}", EXIT_BAD_TRACE)
+        return fail(f"{path} is not a readable pyflight trace: {exc}", EXIT_BAD_TRACE)
     try:
-        report = analyze(trace, progress=_progress_printer())
+        return data, analyze(trace, progress=_progress_printer())
     except Exception as exc:  # a trace the reader accepted but the analysis cannot use
-        return _fail(f"cannot analyse {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+        return fail(f"cannot analyse {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = args.file
+    loaded = read_report(path, _fail)
+    if isinstance(loaded, int):
+        return loaded
+    _, report = loaded
     if getattr(args, "html", None):
         from pyflight.format.writer import write_bytes_atomically
         from pyflight.report.html import render as render_html

@@ -19,14 +19,14 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from pyflight.report.command import EXIT_BAD_TRACE, EXIT_NO_FILE, read_report
+
 if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run` builds its parser
     from pyflight.viewer.server import Content
 
 __all__ = ["DEFAULT_PORT", "add_arguments", "run"]
 
 DEFAULT_PORT = 8780
-EXIT_BAD_TRACE = 1
-EXIT_NO_FILE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -80,10 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _prepare(path: str) -> Content | int:
     """The pages to serve, or an exit status (the message already printed)."""
-    from pyflight.errors import TraceFormatError
-    from pyflight.format.reader import load
-    from pyflight.report import analyze
-    from pyflight.report.command import _progress_printer
     from pyflight.report.html import render
     from pyflight.report.json_report import dumps
     from pyflight.viewer.server import Content
@@ -91,18 +87,10 @@ def _prepare(path: str) -> Content | int:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the trace and its model are millions of long-lived objects
     try:
-        try:
-            trace = load(path)
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            return _fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_NO_FILE)
-        except TraceFormatError as exc:
-            return _fail(f"{path} is not a readable pyflight trace: {exc}", EXIT_BAD_TRACE)
-        try:
-            report = analyze(trace, progress=_progress_printer())
-        except Exception as exc:  # a trace the reader accepted but the analysis cannot use
-            return _fail(f"cannot analyse {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
+        loaded = read_report(path, _fail)
+        if isinstance(loaded, int):
+            return loaded
+        data, report = loaded
         try:
             html = render(report).encode("utf-8", "replace")
             json = dumps(report).encode("utf-8", "replace")
