@@ -11,12 +11,17 @@ translate requests and responses. Importing this package needs no framework.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pyflight.triggers.endpoints import DEFAULT_PREFIX, DebugEndpoints, Reply, subpath
+
+if TYPE_CHECKING:
+    from pyflight.recorder import FlightRecorder
 
 __all__ = [
     "DEFAULT_PREFIX",
     "DebugEndpoints",
+    "Middleware",
     "Reply",
     "normalize_route",
     "subpath",
@@ -40,3 +45,31 @@ def normalize_route(template: str) -> str:
     and converters (``int``, ``path``) do not split one route into several names.
     """
     return _WERKZEUG_PARAM.sub(r"{\1}", _STARLETTE_PARAM.sub(r"{\1}", template))
+
+
+App = TypeVar("App")
+Resolver = TypeVar("Resolver")
+
+
+class Middleware(Generic[App, Resolver]):
+    """What the ASGI and WSGI middlewares are made of: the app they wrap, where and how
+    they serve the endpoints (``endpoints=False``: not at all, ``prefix`` is the app's),
+    and an optional route resolver (None: the framework's own, else the path)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        endpoints: bool = True,
+        prefix: str = DEFAULT_PREFIX,
+        token: str | None = None,
+        allow_remote: bool = False,
+        recorder: FlightRecorder | None = None,
+        route: Resolver | None = None,
+    ) -> None:
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+        self.endpoints = (
+            DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder) if endpoints else None
+        )
+        self.route = route

@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from pyflight.annotate import task
-from pyflight.integrations import DEFAULT_PREFIX, DebugEndpoints, normalize_route, subpath, task_name
+from pyflight.integrations import (
+    DebugEndpoints,
+    Middleware,
+    normalize_route,
+    subpath,
+    task_name,
+)
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers import auto
 
@@ -106,7 +112,7 @@ async def _serve(endpoints: DebugEndpoints, scope: Scope, send: Send, sub: str) 
     return True
 
 
-class PyflightMiddleware:
+class PyflightMiddleware(Middleware[ASGIApp, RouteResolver]):
     """Wraps every HTTP/WebSocket request in a ``pyflight.task`` and serves the endpoints.
 
     ``endpoints=False`` leaves ``prefix`` to the app. ``route`` overrides how the route
@@ -114,24 +120,6 @@ class PyflightMiddleware:
     slow-request trigger and a handler's exception is reported to the exception trigger
     (``pyflight.triggers.auto``) when one is installed.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        endpoints: bool = True,
-        prefix: str = DEFAULT_PREFIX,
-        token: str | None = None,
-        allow_remote: bool = False,
-        recorder: FlightRecorder | None = None,
-        route: RouteResolver | None = None,
-    ) -> None:
-        self.app = app
-        self.prefix = prefix.rstrip("/")
-        self.endpoints = (
-            DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder) if endpoints else None
-        )
-        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

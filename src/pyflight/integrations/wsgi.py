@@ -28,7 +28,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pyflight.annotate import task
-from pyflight.integrations import DEFAULT_PREFIX, DebugEndpoints, normalize_route, subpath, task_name
+from pyflight.integrations import (
+    DebugEndpoints,
+    Middleware,
+    normalize_route,
+    subpath,
+    task_name,
+)
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers import auto
 
@@ -111,7 +117,7 @@ class _SizedBody(_Body):
         return len(self._result)  # type: ignore[arg-type]
 
 
-class PyflightWSGIMiddleware:
+class PyflightWSGIMiddleware(Middleware[WSGIApp, RouteResolver]):
     """Wraps every request in a ``pyflight.task`` and serves the debug endpoints.
 
     ``endpoints=False`` leaves ``prefix`` to the app. ``route`` overrides how the route
@@ -119,24 +125,6 @@ class PyflightWSGIMiddleware:
     used. Requests are timed for the slow-request trigger and a handler's exception (one
     the framework let through) is reported to the exception trigger when one is installed.
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        endpoints: bool = True,
-        prefix: str = DEFAULT_PREFIX,
-        token: str | None = None,
-        allow_remote: bool = False,
-        recorder: FlightRecorder | None = None,
-        route: RouteResolver | None = None,
-    ) -> None:
-        self.app = app
-        self.prefix = prefix.rstrip("/")
-        self.endpoints = (
-            DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder) if endpoints else None
-        )
-        self.route = route
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
