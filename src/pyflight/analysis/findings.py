@@ -796,6 +796,12 @@ def _in_function(stack: Sequence[Frame], names: set[str], file_part: str) -> boo
     return any(f.function in names and file_part in f.file.replace("\\", "/") for f in stack[:6])
 
 
+#: Queue scores (threads and asyncio alike) by the producers' share of life blocked on a
+#: full queue, and by the consumers' share idle on an empty one (info at most: often fine).
+_BACKLOG_RAMP = [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]
+_STARVED_RAMP = [(0.3, 20), (0.6, 35), (0.9, 55)]
+
+
 def rule_queue(model: Model) -> list[Finding]:
     """Producers blocked on a full queue (slow consumers) / consumers idle (slow producer)."""
     out: list[Finding] = []
@@ -847,7 +853,7 @@ def rule_queue(model: Model) -> list[Finding]:
         }
         if side == "put":
             culprit = other_frame or where
-            score = _score(ramp(share, [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]))
+            score = _score(ramp(share, _BACKLOG_RAMP))
             slow = f": consumers busy in {other_frame.function}" if other_frame else ""
             out.append(
                 Finding(
@@ -867,7 +873,7 @@ def rule_queue(model: Model) -> list[Finding]:
             if share < 0.3 or len(waiting) < 1:
                 continue
             culprit = other_frame or where
-            score = _score(ramp(share, [(0.3, 20), (0.6, 35), (0.9, 55)]))
+            score = _score(ramp(share, _STARVED_RAMP))
             slow = f": producer busy in {other_frame.function}" if other_frame else ""
             out.append(
                 Finding(
@@ -979,7 +985,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
         }
         culprit = other_frame or where
         if side == "put":
-            score = _score(ramp(share, [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]))
+            score = _score(ramp(share, _BACKLOG_RAMP))
             slow = f": consumers busy in {other_frame.function}" if other_frame else ""
             out.append(
                 Finding(
@@ -1000,7 +1006,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                 )
             )
         else:
-            score = _score(ramp(share, [(0.3, 20), (0.6, 35), (0.9, 55)]))
+            score = _score(ramp(share, _STARVED_RAMP))
             if busy_ns < 0.1 * (max(iv.end for _, iv in waits) - min(iv.start for _, iv in waits)):
                 # producers not seen running: they wait for input themselves (a request, a
                 # timer), which is how a background consumer task normally spends its life
