@@ -266,6 +266,25 @@ def _watch_sigterm() -> None:
         say(f"SIGTERM may not be handled while the main thread is blocked: {exc}")
 
 
+def _write_for_signal(state: _Recording, signum: int, timeout: float) -> None:
+    """Write the window for a death signal on the writer thread (whoever is interrupted
+    may hold locks the write needs), waiting at most ``timeout`` seconds."""
+
+    def job() -> None:
+        state.finish(signal.Signals(signum).name.lower(), stop=False, may_die=False)
+
+    if not signals.run_off_handler(job, timeout):
+        say(f"gave up writing {state.output} after {SIGTERM_WRITE_TIMEOUT_S:g} s")
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
 def _on_stuck_sigterm(signum: int) -> None:
     """SIGTERM arrived but the main thread cannot run its handler (blocked in C with the
     signal masked, or in a call that ignores EINTR): write the window from here and
@@ -274,26 +293,16 @@ def _on_stuck_sigterm(signum: int) -> None:
     if state is not None and state.pid == os.getpid():
         name = signal.Signals(signum).name
         say(f"{name}: the main thread is blocked; writing the window from another thread")
-
-        def job() -> None:
-            state.finish(name.lower(), stop=False, may_die=False)
-
         deadline = time.monotonic() + SIGTERM_WRITE_TIMEOUT_S
         while state.finishing and time.monotonic() < deadline:  # the exit write, under way
             time.sleep(0.05)
-        if not signals.run_off_handler(job, max(0.0, deadline - time.monotonic())):
-            say(f"gave up writing {state.output} after {SIGTERM_WRITE_TIMEOUT_S:g} s")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+        _write_for_signal(state, signum, max(0.0, deadline - time.monotonic()))
+    _flush_std_streams()
     os._exit(128 + signum)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
-    """Write the window (on the writer thread: the interrupted code may hold locks the
-    write needs), then die of the signal as the program would have."""
+    """Write the window, then die of the signal as the program would have."""
     watch = _sigterm_watch
     if watch is not None:
         watch.started(signum)
@@ -302,22 +311,13 @@ def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
         if state.finishing:  # the exit write is under way, maybe right below this frame
             state.die_signal = signum
             return
-
-        def job() -> None:
-            state.finish(signal.Signals(signum).name.lower(), stop=False, may_die=False)
-
-        if not signals.run_off_handler(job, SIGTERM_WRITE_TIMEOUT_S):
-            say(f"gave up writing {state.output} after {SIGTERM_WRITE_TIMEOUT_S:g} s")
+        _write_for_signal(state, signum, SIGTERM_WRITE_TIMEOUT_S)
     _die(signum)
 
 
 def _die(signum: int) -> None:
     """Leave as the default action of ``signum`` would (the parent sees -signum)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    _flush_std_streams()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     time.sleep(1.0)  # delivery to another thread may take a moment
