@@ -455,11 +455,14 @@ def rule_loop_starved(model: Model) -> list[Finding]:
         late = max(lag_p90, delay_p90, gil_late)
         if late < 5 * MS:
             continue
-        # who has the CPU meanwhile: other non-pyflight threads running Python code
+        # who has the CPU meanwhile (outside the long steps, like the lateness above):
+        # other non-pyflight threads running Python code, or the loop's own short steps
         others: Counter[Frame] = Counter()
         loop_own: Counter[Frame] = Counter()
         for sample in model.samples:
             if sample.os_state != ThreadState.RUNNING or sample.state is not State.RUNNING:
+                continue
+            if sample.time in excluded:
                 continue
             thread = model.threads.get(sample.tid)
             if thread is None or thread.is_pyflight:
