@@ -393,3 +393,25 @@ def test_the_recorded_program_never_imports_the_analysis_side(env: dict[str, str
     result = _run("-o", "out.pyfl", "mods.py", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+WATCHED = """
+import multiprocessing as mp, sys, threading
+
+def threads(_):
+    return sorted(t.name for t in threading.enumerate() if t.name == "pyflight-sigwatch")
+
+if __name__ == "__main__":
+    with mp.get_context(sys.argv[1]).Pool(1) as pool:
+        print(pool.map(threads, [0])[0])
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pool_workers_have_the_sigterm_watch(env: dict[str, str], tmp_path: Path, method: str) -> None:
+    """A forkserver's child is forked while the server holds the wake-up fd (the watch
+    stands aside then); it takes it when the worker starts."""
+    _write(tmp_path / "watched.py", WATCHED)
+    result = _run("-o", "out.pyfl", "watched.py", method, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['pyflight-sigwatch']"

@@ -354,6 +354,8 @@ def _patch_multiprocessing() -> None:
         return
 
     def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _sigterm_watch is None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            _watch_sigterm()  # a forkserver's child: the server's wake-up fd was in the way at fork
         try:
             return original(self, *args, **kwargs)
         finally:
