@@ -5,7 +5,6 @@ speedscope with ``json``; folded stacks line by line."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import gzip
@@ -23,9 +22,9 @@ from typing import Any
 import pytest
 
 import pyflight
+from pyflight.cli import main as pyflight_main
 from pyflight.core.events import BlockReason, Kind
-from pyflight.export import PROFILES, profile_samples, sampling_interval_ns
-from pyflight.export.command import add_arguments, export, run
+from pyflight.export import PROFILES, export, profile_samples, sampling_interval_ns
 from pyflight.format.reader import Trace
 
 PROTOS = Path(__file__).parent / "protos"
@@ -501,9 +500,7 @@ def test_folded(recorded: tuple[Path, Trace]) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pyflight export")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return pyflight_main(["export", *argv])
 
 
 @pytest.mark.parametrize("fmt", ["perfetto", "chrome", "pprof", "folded", "speedscope"])
@@ -523,9 +520,11 @@ def test_command_errors(
     out = tmp_path / "out"
     assert run_cli([str(bad), "--format", "chrome", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "bad.pyfl" in err
-    assert run_cli([str(tmp_path / "missing.pyfl"), "--format", "chrome", "-o", str(out)]) == 1
+    assert err.startswith("pyflight export: error: ") and err.count("\n") == 1 and "bad.pyfl" in err
+    assert run_cli([str(tmp_path / "missing.pyfl"), "--format", "chrome", "-o", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    assert run_cli([str(recorded[0]), "--format", "chrome", "-o", str(tmp_path / "no" / "dir")]) == 2
+    assert capsys.readouterr().err.startswith("pyflight export: error: cannot write ")
     assert run_cli([str(recorded[0]), "--format", "chrome", "--profile", "lock", "-o", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not out.exists()
@@ -557,7 +556,6 @@ def test_asyncio_lock_waits_reach_the_exports(tmp_path: Path) -> None:
     import asyncio
 
     from pyflight.export import task_waits
-    from pyflight.export.command import export
 
     async def main() -> None:
         lock = asyncio.Lock()

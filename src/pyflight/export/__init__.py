@@ -1,10 +1,10 @@
 """Exports of a trace to other tools' formats (docs/export.md).
 
-``pyflight export FILE --format F -o OUT`` with F one of :data:`FORMATS`. Every exporter
-is a function ``(trace, profile) -> bytes``. The timelines (perfetto, chrome) are drawn
-from the raw events of a :class:`~pyflight.format.reader.Trace`; the stack profiles
-(pprof, folded, speedscope) are the analysis model's (``pyflight.analysis``), kept per
-sample or interval by :func:`profile_samples` so their totals equal the model's.
+``pyflight export FILE --format F -o OUT`` with F one of :data:`FORMATS`; from Python,
+:func:`export`. Every exporter is a function ``(trace, profile) -> bytes``. The timelines
+(perfetto, chrome) are drawn from the raw events of a trace; the stack profiles (pprof,
+folded, speedscope) are the analysis model's (``pyflight.analysis``), kept per sample or
+interval by :func:`profile_samples` so their totals equal the model's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import gc
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyflight.core.events import BlockReason, Kind, ThreadState
@@ -28,6 +28,7 @@ __all__ = [
     "PROFILE_FORMATS",
     "StackSample",
     "build_model",
+    "export",
     "frame_label",
     "gc_paused",
     "is_pyflight_thread",
@@ -43,6 +44,40 @@ PROFILE_FORMATS = ("pprof", "folded", "speedscope")
 PROFILES = ("cpu", "wall", *(r.name.lower() for r in BlockReason), "scheduling", "stall")
 
 DEFAULT_INTERVAL_NS = 10_000_000
+
+
+def _exporter(fmt: str) -> Callable[[Trace, str | None], bytes]:
+    """The exporter of ``fmt``, imported when first used."""
+    if fmt == "perfetto":
+        from pyflight.export.perfetto import export_perfetto
+
+        return export_perfetto
+    if fmt == "chrome":
+        from pyflight.export.chrome import export_chrome
+
+        return export_chrome
+    if fmt == "pprof":
+        from pyflight.export.pprof import export_pprof
+
+        return export_pprof
+    if fmt == "folded":
+        from pyflight.export.folded import export_folded
+
+        return export_folded
+    from pyflight.export.speedscope import export_speedscope
+
+    return export_speedscope
+
+
+def export(trace: Trace, fmt: str, profile: str | None = None) -> bytes:
+    """The bytes of ``trace`` exported as ``fmt`` (ValueError for an unknown format or
+    profile); ``profile`` applies to the :data:`PROFILE_FORMATS` (default ``cpu``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+    return _exporter(fmt)(trace, profile)
+
 
 # plain ints: comparing an event's kind with these is cheaper than with enum attributes
 _BLOCK_BEGIN, _BLOCK_END = int(Kind.BLOCK_BEGIN), int(Kind.BLOCK_END)
