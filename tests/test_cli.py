@@ -180,3 +180,36 @@ def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str]
         assert result.returncode == 2, (verb, result)
         assert result.stderr.startswith(f"pyflight {verb}: error: cannot write {nowhere}: "), result.stderr
         assert result.stderr.count("\n") == 1
+
+
+READING_SIDE = ("pyflight.format.reader", "pyflight.analysis", "pyflight.triggers.http", "pyflight.export")
+
+
+def test_import_pyflight_keeps_the_reading_side_out(subprocess_env: dict[str, str]) -> None:
+    """A recorded process pays only for the recording side; ``pyflight.load`` and
+    ``pyflight.serve`` still work, imported on first use."""
+    code = (
+        "import sys, pyflight\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({READING_SIDE!r})))\n"
+        "assert pyflight.load.__module__ == 'pyflight.format.reader'\n"
+        "assert pyflight.Trace.__name__ == 'Trace' and callable(pyflight.serve)\n"
+        "assert issubclass(pyflight.TraceFormatError, pyflight.PyflightError)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "ok"]
+
+
+def test_a_program_under_pyflight_run_does_not_carry_the_reading_side(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = tmp_path / "modules.py"
+    script.write_text(
+        f"import sys\nprint(sorted(m for m in sys.modules if m.startswith({READING_SIDE!r})))\n"
+    )
+    result = _pyflight("run", "-o", str(tmp_path / "out.pyfl"), str(script), env=subprocess_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "[]"
