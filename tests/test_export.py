@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 import pyflight
+from pyflight.analysis.model import build
 from pyflight.cli import main as pyflight_main
 from pyflight.core.events import BlockReason, Kind
-from pyflight.export import PROFILES, export, profile_samples, sampling_interval_ns
+from pyflight.export import PROFILES, export, profile_samples
 from pyflight.format.reader import Trace
 
 PROTOS = Path(__file__).parent / "protos"
@@ -371,7 +372,7 @@ def test_pprof_cpu(recorded: tuple[Path, Trace], pb: dict[str, ModuleType]) -> N
         ("samples", "count"),
         ("cpu", "nanoseconds"),
     ]
-    assert prof.period == sampling_interval_ns(trace)
+    assert prof.period == build(trace).sampling_interval_ns
     stacks = pprof_stacks(prof, strings)
     ns = model_total(trace, "cpu")
     assert ns > 0

@@ -264,7 +264,8 @@ def test_opens_the_browser_unless_told_not_to(evil: Path, viewer_of: Any, tmp_pa
 def test_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = _run(str(tmp_path / "nope.pyfl"))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"pyflight view: error: cannot read {tmp_path / 'nope.pyfl'}: No such file or directory\n"
+    missing = tmp_path / "nope.pyfl"
+    assert proc.stderr == f"pyflight view: error: cannot read {missing}: No such file or directory\n"
 
 
 def test_a_file_that_is_not_a_trace_exits_1_with_one_line(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ import json
 from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps uses
 from typing import Any
 
+from pyflight.analysis.model import _sampling_interval
+from pyflight.analysis.profiles import frame_label
+from pyflight.analysis.timeline import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
 from pyflight.core.events import Kind
-from pyflight.export import frame_label, gc_paused, sampling_interval_ns
-from pyflight.export.perfetto import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
+from pyflight.export import DEFAULT_INTERVAL_NS, gc_paused
 from pyflight.format.reader import Frame, Trace
 
 __all__ = ["export_chrome"]
@@ -69,7 +71,7 @@ def export_chrome(trace: Trace, profile: str | None = None) -> bytes:
     with gc_paused():
         tl = build_timeline(trace)
         events = _timeline_events(tl, trace.start_ns)
-        stack_frames, samples = _samples(trace)
+        stack_frames, samples = _samples(trace, tl.counters)
         other = {k: v for k, v in trace.meta.items() if k in ("pyflight.version", "python", "pid", "reason")}
         # {"traceEvents": [...], "displayTimeUnit": "ns", "stackFrames": {...},
         #  "samples": [...], "otherData": {...}}
@@ -174,9 +176,12 @@ def _async_events(
         append(f'{common},"ph":"e","ts":{us(end - t0)}}}')
 
 
-def _samples(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def _samples(
+    trace: Trace, counters: dict[str, list[tuple[int, int]]]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``stackFrames`` (keyed by id, each with its parent (outer) frame) and ``samples``:
-    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}."""
+    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}; the weight is the sampling
+    interval as the analysis model computes it (from the timeline's ``counters``)."""
     frames: dict[tuple[Frame, ...], str] = {}
     stack_frames: dict[str, dict[str, Any]] = {}
 
@@ -190,14 +195,18 @@ def _samples(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[str]]:
             stack_frames[fid] = node
         return fid
 
-    samples: list[str] = []
-    weight = _json(sampling_interval_ns(trace))
-    t0 = trace.start_ns
+    sample_times: dict[int, list[int]] = {}
+    kept: list[tuple[int, int, str]] = []  # (tid, time, stack frame id)
     for e in trace.events:
-        if e[0] == Kind.SAMPLE and e[5]:
-            sf = frame_id(tuple(reversed(e[5])))
-            samples.append(
-                f'{{"cpu":0,"tid":{_json(e[3])},"ts":{_us(e[1] - t0)},"name":"sample",'
-                f'"sf":{_json(sf)},"weight":{weight}}}'
-            )
+        if e[0] == Kind.SAMPLE:
+            sample_times.setdefault(e[3], []).append(e[1])
+            if e[5]:
+                kept.append((e[3], e[1], frame_id(tuple(reversed(e[5])))))
+    weight = _json(_sampling_interval(counters, sample_times) or DEFAULT_INTERVAL_NS)
+    t0 = trace.start_ns
+    samples = [
+        f'{{"cpu":0,"tid":{_json(tid)},"ts":{_us(t - t0)},"name":"sample",'
+        f'"sf":{_json(sf)},"weight":{weight}}}'
+        for tid, t, sf in kept
+    ]
     return stack_frames, samples
