@@ -556,7 +556,7 @@ def test_asyncio_lock_waits_reach_the_exports(tmp_path: Path) -> None:
     named after the lock method, not a plain await."""
     import asyncio
 
-    from pyflight.export import task_waits
+    from pyflight.analysis.timeline import task_waits
 
     async def main() -> None:
         lock = asyncio.Lock()
