@@ -143,12 +143,17 @@ class Instant(NamedTuple):
 
 
 class Flow(NamedTuple):
+    """An arrow from ``source`` at ``source_time`` to ``target`` at ``target_time``.
+    ``target_thread``: the thread where the target end happened (for a task's track, the
+    thread its wake-up was seen on; formats whose arrows join threads only use it)."""
+
     id: int
     source: TrackKey
     source_time: int
     target: TrackKey
     target_time: int
     name: str
+    target_thread: int = 0
 
 
 @dataclasses.dataclass
@@ -495,7 +500,15 @@ class _TimelineBuilder:
                 for wt, waker in pending.pop(e[3]):
                     self.flow_id += 1
                     self.flows.append(
-                        Flow(self.flow_id, self.thread_track(waker), wt, ("task", e[3]), e[1], "wake (task)")
+                        Flow(
+                            self.flow_id,
+                            self.thread_track(waker),
+                            wt,
+                            ("task", e[3]),
+                            e[1],
+                            "wake (task)",
+                            e[2],
+                        )
                     )
 
     def finish(self) -> Timeline:
