@@ -1,5 +1,5 @@
 """``pyflight report``: terminal, --json (DESIGN.md contract) and --html (self-contained,
-escaped), through ``pyflight.report.command`` (the CLI's ``report`` subcommand)."""
+escaped), through ``pyflight.commands.report`` (the CLI's ``report`` verb)."""
 
 from __future__ import annotations
 
