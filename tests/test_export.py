@@ -659,3 +659,40 @@ def test_chrome_flows_pair_up_on_threads_and_async_events_nest(recorded: tuple[P
     doc = json.loads(export(recorded[1], "chrome"))
     assert any(e["ph"] == "s" for e in doc["traceEvents"])
     assert chrome_pairing_problems(doc) == []
+
+
+def _covered(spans: list[tuple[int, int]]) -> int:
+    """Nanoseconds covered by the union of ``spans``."""
+    total, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach[1]:
+            total += reach[1] - reach[0] if reach else 0
+            reach = [start, end]
+        else:
+            reach[1] = max(reach[1], end)
+    return total + (reach[1] - reach[0] if reach else 0)
+
+
+def test_the_timeline_and_the_report_agree_on_blocked_time(recorded: tuple[Path, Trace]) -> None:
+    """The exports' timeline pairs blocks itself (it keeps them whole, with their wakers):
+    per thread and reason it must cover exactly the model's blocked time."""
+    from pyflight.analysis.model import State
+    from pyflight.analysis.timeline import build_timeline
+
+    trace = recorded[1]
+    model, timeline = build(trace), build_timeline(trace)
+    checked = 0
+    for tid, thread in model.threads.items():
+        in_model: dict[str, list[tuple[int, int]]] = {}
+        for i in thread.intervals:
+            if i.state is State.BLOCKED and i.reason is not None:
+                in_model.setdefault(i.reason.name.lower(), []).append((i.start, i.end))
+        in_timeline: dict[str, list[tuple[int, int]]] = {}
+        for s in timeline.slices:
+            if s.track == ("thread", tid) and s.category == "block":
+                in_timeline.setdefault(str(s.args["reason"]), []).append((s.start, s.end))
+        assert in_model.keys() == in_timeline.keys(), thread.name
+        for reason, spans in in_model.items():
+            assert _covered(spans) == _covered(in_timeline[reason]), (thread.name, reason)
+            checked += 1
+    assert checked >= 2  # the holder's lock and the waiter's condition at least
