@@ -2,7 +2,7 @@
 
 ``pyflight export FILE --format F -o OUT`` with F one of :data:`FORMATS`; from Python,
 :func:`export`. Every exporter is a function ``(trace, profile) -> bytes``. The timelines
-(perfetto, chrome) are drawn from the raw events of a trace; the stack profiles (pprof,
+(perfetto, chrome) draw ``pyflight.analysis.timeline``; the stack profiles (pprof,
 folded, speedscope) are the analysis model's (``pyflight.analysis``), kept per sample or
 interval by :func:`profile_samples` so their totals equal the model's.
 """
@@ -14,7 +14,7 @@ import gc
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyflight.core.events import BlockReason, Kind, ThreadState
+from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame, Trace
 
 if TYPE_CHECKING:
@@ -71,16 +71,6 @@ def export(trace: Trace, fmt: str, profile: str | None = None) -> bytes:
     if profile is not None and profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     return _exporter(fmt)(trace, profile)
-
-
-# plain ints: comparing an event's kind with these is cheaper than with enum attributes
-_BLOCK_BEGIN, _BLOCK_END = int(Kind.BLOCK_BEGIN), int(Kind.BLOCK_END)
-_TASK_WAIT = int(Kind.TASK_WAIT)
-_TASK_BLOCK = int(Kind.TASK_BLOCK)
-_TASK_STEP_END = int(Kind.TASK_STEP_END)
-_TASK_WAIT_ENDS = frozenset(
-    int(k) for k in (Kind.TASK_READY, Kind.TASK_STEP_BEGIN, Kind.TASK_DONE, Kind.TASK_CREATE)
-)
 
 
 class StackSample(NamedTuple):
