@@ -30,8 +30,7 @@ def _size(n: int) -> str:
 def main() -> int:
     import pyflight
     from pyflight.core import BACKEND_NAME
-    from pyflight.export import FORMATS
-    from pyflight.export.command import export
+    from pyflight.export import FORMATS, export
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("trace", nargs="?", default=os.path.join(tempfile.mkdtemp(), "busy.pyfl"))

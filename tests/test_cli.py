@@ -123,3 +123,93 @@ def test_run_with_loop_stall_trigger_writes_a_named_snapshot(
     (triggered,) = tmp_path.glob("pyflight-*-loop-stall.pyfl")
     reasons = [e.arg("reason") for e in pyflight.load(triggered).events if e.kind == Kind.TRIGGER]
     assert reasons == ["loop-stall"]
+
+
+def test_every_verb_says_a_missing_file_in_one_line_and_exits_2(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "missing.pyfl")
+    for verb, args in (
+        ("info", [missing]),
+        ("report", [missing]),
+        ("report", [missing, "--json"]),
+        ("export", [missing, "--format", "chrome", "-o", str(tmp_path / "out.json")]),
+        ("view", [missing, "--no-browser", "--port", "0"]),
+        ("run", [str(tmp_path / "missing.py")]),
+    ):
+        result = _pyflight(verb, *args, env=subprocess_env, cwd=tmp_path)
+        assert result.returncode == 2, (verb, result)
+        assert result.stderr.startswith(f"pyflight {verb}: error: "), (verb, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, (verb, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_trace_verb_names_a_corrupt_trace_and_exits_1(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pyfl"
+    junk.write_bytes(b"PYFL but not really a trace" * 3)
+    for verb, args in (
+        ("info", []),
+        ("report", ["--json"]),
+        ("export", ["--format", "perfetto", "-o", str(tmp_path / "out.pftrace")]),
+        ("view", ["--no-browser", "--port", "0"]),
+    ):
+        result = _pyflight(verb, str(junk), *args, env=subprocess_env)
+        assert result.returncode == 1, (verb, result)
+        assert result.stderr.startswith(f"pyflight {verb}: error: {junk} is not a readable pyflight trace: ")
+        assert result.stderr.count("\n") == 1, (verb, result.stderr)
+        assert result.stdout == ""
+    assert not (tmp_path / "out.pftrace").exists()
+
+
+def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "trace.pyfl"
+    rec = pyflight.FlightRecorder(sources=[])
+    rec.start()
+    try:
+        rec.write_to(out)
+    finally:
+        rec.stop()
+    nowhere = str(tmp_path / "no-such-dir" / "x")
+    for verb, args in (
+        ("export", ["--format", "folded", "-o", nowhere]),
+        ("report", ["--html", nowhere]),
+    ):
+        result = _pyflight(verb, str(out), *args, env=subprocess_env)
+        assert result.returncode == 2, (verb, result)
+        assert result.stderr.startswith(f"pyflight {verb}: error: cannot write {nowhere}: "), result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+READING_SIDE = ("pyflight.format.reader", "pyflight.analysis", "pyflight.triggers.http", "pyflight.export")
+
+
+def test_import_pyflight_keeps_the_reading_side_out(subprocess_env: dict[str, str]) -> None:
+    """A recorded process pays only for the recording side; ``pyflight.load`` and
+    ``pyflight.serve`` still work, imported on first use."""
+    code = (
+        "import sys, pyflight\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({READING_SIDE!r})))\n"
+        "assert pyflight.load.__module__ == 'pyflight.format.reader'\n"
+        "assert pyflight.Trace.__name__ == 'Trace' and callable(pyflight.serve)\n"
+        "assert issubclass(pyflight.TraceFormatError, pyflight.PyflightError)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "ok"]
+
+
+def test_a_program_under_pyflight_run_does_not_carry_the_reading_side(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = tmp_path / "modules.py"
+    script.write_text(
+        f"import sys\nprint(sorted(m for m in sys.modules if m.startswith({READING_SIDE!r})))\n"
+    )
+    result = _pyflight("run", "-o", str(tmp_path / "out.pyfl"), str(script), env=subprocess_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "[]"

@@ -5,7 +5,6 @@ speedscope with ``json``; folded stacks line by line."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import gzip
@@ -23,10 +22,11 @@ from typing import Any
 import pytest
 
 import pyflight
+from pyflight.analysis.model import build
+from pyflight.cli import main as pyflight_main
 from pyflight.core.events import BlockReason, Kind
-from pyflight.export import PROFILES, profile_samples, sampling_interval_ns
-from pyflight.export.command import add_arguments, export, run
-from pyflight.format.reader import Trace
+from pyflight.export import PROFILES, export, profile_samples
+from pyflight.format.reader import Trace, loads
 
 PROTOS = Path(__file__).parent / "protos"
 
@@ -372,7 +372,7 @@ def test_pprof_cpu(recorded: tuple[Path, Trace], pb: dict[str, ModuleType]) -> N
         ("samples", "count"),
         ("cpu", "nanoseconds"),
     ]
-    assert prof.period == sampling_interval_ns(trace)
+    assert prof.period == build(trace).sampling_interval_ns
     stacks = pprof_stacks(prof, strings)
     ns = model_total(trace, "cpu")
     assert ns > 0
@@ -501,9 +501,7 @@ def test_folded(recorded: tuple[Path, Trace]) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pyflight export")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return pyflight_main(["export", *argv])
 
 
 @pytest.mark.parametrize("fmt", ["perfetto", "chrome", "pprof", "folded", "speedscope"])
@@ -523,9 +521,11 @@ def test_command_errors(
     out = tmp_path / "out"
     assert run_cli([str(bad), "--format", "chrome", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "bad.pyfl" in err
-    assert run_cli([str(tmp_path / "missing.pyfl"), "--format", "chrome", "-o", str(out)]) == 1
+    assert err.startswith("pyflight export: error: ") and err.count("\n") == 1 and "bad.pyfl" in err
+    assert run_cli([str(tmp_path / "missing.pyfl"), "--format", "chrome", "-o", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    assert run_cli([str(recorded[0]), "--format", "chrome", "-o", str(tmp_path / "no" / "dir")]) == 2
+    assert capsys.readouterr().err.startswith("pyflight export: error: cannot write ")
     assert run_cli([str(recorded[0]), "--format", "chrome", "--profile", "lock", "-o", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not out.exists()
@@ -556,8 +556,7 @@ def test_asyncio_lock_waits_reach_the_exports(tmp_path: Path) -> None:
     named after the lock method, not a plain await."""
     import asyncio
 
-    from pyflight.export import task_waits
-    from pyflight.export.command import export
+    from pyflight.analysis.timeline import task_waits
 
     async def main() -> None:
         lock = asyncio.Lock()
@@ -579,3 +578,121 @@ def test_asyncio_lock_waits_reach_the_exports(tmp_path: Path) -> None:
     assert what == "asyncio.Lock.acquire" and end - start >= 25_000_000
     assert stack and stack[0].function.endswith("hold")
     assert b"await: asyncio.Lock.acquire" in export(trace, "perfetto")
+
+
+# --------------------------------------------------------------------------------------
+# Chrome JSON as viewers pair it (catapult sorts events by time, stably)
+
+
+def chrome_pairing_problems(doc: dict[str, Any]) -> list[str]:
+    """What a viewer would drop: flows whose ``s``/``f`` do not pair up one to one, run
+    backwards, or end off a named thread (flows join thread slices); async ``b``/``e``
+    events of one id that do not nest (an ``e`` must close the innermost open ``b``)."""
+    events = doc["traceEvents"]
+    threads = {e["tid"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    problems: list[str] = []
+    ends: dict[str, dict[object, list[dict[str, Any]]]] = {"s": {}, "f": {}}
+    for e in events:
+        if e["ph"] in ends:
+            ends[e["ph"]].setdefault(e["id"], []).append(e)
+    for flow in set(ends["s"]) | set(ends["f"]):
+        starts, finishes = ends["s"].get(flow, []), ends["f"].get(flow, [])
+        if len(starts) != 1 or len(finishes) != 1:
+            problems.append(f"flow {flow}: {len(starts)} starts, {len(finishes)} ends")
+            continue
+        if starts[0]["ts"] > finishes[0]["ts"]:
+            problems.append(f"flow {flow} runs backwards")
+        problems += [
+            f"flow {flow} on tid {e['tid']}" for e in (*starts, *finishes) if e["tid"] not in threads
+        ]
+    by_id: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in events:
+        if e["ph"] in ("b", "e"):
+            by_id.setdefault((e["cat"], e["id2"]["local"]), []).append(e)
+    for key, pairs in by_id.items():
+        open_: list[str] = []
+        for e in sorted(pairs, key=lambda e: e["ts"]):
+            if e["ph"] == "b":
+                open_.append(e["name"])
+            elif open_ and open_[-1] == e["name"]:
+                open_.pop()
+            else:
+                problems.append(f"{key}: end of {e['name']!r} at {e['ts']} does not close {open_[-1:]}")
+                break
+        else:
+            problems += [f"{key}: {name!r} never ends" for name in open_]
+    return problems
+
+
+def _task_woken_by_another_thread() -> Trace:
+    """A task that awaits inside its step (the wait overlaps the step's end) and is woken
+    from another thread: the two cases viewers dropped."""
+    from tracegen import Gen, trace
+
+    ms = 1_000_000
+    gen = Gen(seq=1, start_ns=1 * ms, end_ns=100 * ms)
+    loop, other, task = 7, 8, 99
+    gen.event(loop, Kind.THREAD_INFO, 1 * ms, tid=loop, name="loop", ident=1)
+    gen.event(other, Kind.THREAD_INFO, 1 * ms, tid=other, name="other", ident=2)
+    gen.event(loop, Kind.TASK_CREATE, 10 * ms, task=task, name="Task-1", coro="main", parent=0)
+    gen.event(loop, Kind.TASK_STEP_BEGIN, 20 * ms, task=task)
+    gen.event(loop, Kind.TASK_WAIT, 25 * ms, task=task, reason=int(BlockReason.AWAIT), what="fut", stack=[])
+    gen.event(loop, Kind.TASK_STEP_END, 30 * ms, task=task)
+    gen.event(other, Kind.WAKE, 40 * ms, target=loop, task=task, reason=int(BlockReason.AWAIT), obj=1)
+    gen.event(loop, Kind.TASK_READY, 45 * ms, task=task)
+    gen.event(loop, Kind.TASK_STEP_BEGIN, 50 * ms, task=task)
+    gen.event(loop, Kind.TASK_STEP_END, 55 * ms, task=task)
+    gen.event(loop, Kind.TASK_DONE, 60 * ms, task=task, outcome=0, error="")
+    return loads(trace([gen]))
+
+
+def test_chrome_flows_pair_up_on_threads_and_async_events_nest(recorded: tuple[Path, Trace]) -> None:
+    synthetic = _task_woken_by_another_thread()
+    doc = json.loads(export(synthetic, "chrome"))
+    assert chrome_pairing_problems(doc) == []
+    (flow_end,) = [e for e in doc["traceEvents"] if e["ph"] == "f"]
+    assert flow_end["name"] == "wake (task)" and flow_end["tid"] == 7  # on the loop's thread
+    awaits = [e for e in doc["traceEvents"] if e["ph"] == "b" and e["name"] == "await: fut"]
+    steps = [e for e in doc["traceEvents"] if e["ph"] == "b" and e["name"] == "step"]
+    assert len(awaits) == 1 and len(steps) == 2
+    assert awaits[0]["id2"] != steps[0]["id2"]  # overlapping without nesting: another id
+    doc = json.loads(export(recorded[1], "chrome"))
+    assert any(e["ph"] == "s" for e in doc["traceEvents"])
+    assert chrome_pairing_problems(doc) == []
+
+
+def _covered(spans: list[tuple[int, int]]) -> int:
+    """Nanoseconds covered by the union of ``spans``."""
+    total, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach[1]:
+            total += reach[1] - reach[0] if reach else 0
+            reach = [start, end]
+        else:
+            reach[1] = max(reach[1], end)
+    return total + (reach[1] - reach[0] if reach else 0)
+
+
+def test_the_timeline_and_the_report_agree_on_blocked_time(recorded: tuple[Path, Trace]) -> None:
+    """The exports' timeline pairs blocks itself (it keeps them whole, with their wakers):
+    per thread and reason it must cover exactly the model's blocked time."""
+    from pyflight.analysis.model import State
+    from pyflight.analysis.timeline import build_timeline
+
+    trace = recorded[1]
+    model, timeline = build(trace), build_timeline(trace)
+    checked = 0
+    for tid, thread in model.threads.items():
+        in_model: dict[str, list[tuple[int, int]]] = {}
+        for i in thread.intervals:
+            if i.state is State.BLOCKED and i.reason is not None:
+                in_model.setdefault(i.reason.name.lower(), []).append((i.start, i.end))
+        in_timeline: dict[str, list[tuple[int, int]]] = {}
+        for s in timeline.slices:
+            if s.track == ("thread", tid) and s.category == "block":
+                in_timeline.setdefault(str(s.args["reason"]), []).append((s.start, s.end))
+        assert in_model.keys() == in_timeline.keys(), thread.name
+        for reason, spans in in_model.items():
+            assert _covered(spans) == _covered(in_timeline[reason]), (thread.name, reason)
+            checked += 1
+    assert checked >= 2  # the holder's lock and the waiter's condition at least

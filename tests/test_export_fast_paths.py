@@ -15,9 +15,8 @@ import random
 import pytest
 
 from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
-from pyflight.export import gc_paused
+from pyflight.export import export, gc_paused
 from pyflight.export.chrome import _us
-from pyflight.export.command import export
 from pyflight.export.protobuf import encode_varint, timestamp_varint_encoder
 from pyflight.format.reader import Trace, loads
 from tracegen import STACK_A, STACK_B, Gen, trace

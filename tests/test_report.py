@@ -1,5 +1,5 @@
 """``pyflight report``: terminal, --json (DESIGN.md contract) and --html (self-contained,
-escaped), through ``pyflight.report.command`` (the CLI's ``report`` subcommand)."""
+escaped), through ``pyflight.commands.report`` (the CLI's ``report`` verb)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pytest
 
 from programs import record_named
 from pyflight.analysis import build
+from pyflight.cli import dispatch
+from pyflight.commands.report import add_arguments
 from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
 from pyflight.format.reader import loads
 from pyflight.report import analyze
-from pyflight.report.command import add_arguments, run
 from pyflight.report.html import flame_svg, histogram_svg
 from pyflight.report.html import render as render_html
 from pyflight.report.text import render as render_text
@@ -80,7 +81,14 @@ def evil_trace(thread_name: str = EVIL) -> bytes:
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return parser.parse_args(list(argv))
+    args = parser.parse_args(list(argv))
+    args.command = "report"
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pyflight report`` with parsed ``args``, errors handled as the CLI does."""
+    return dispatch(args)
 
 
 class _Collect(HTMLParser):
@@ -235,7 +243,7 @@ def test_module_entry_point(traces: dict[str, Path]) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "pyflight.report.command", str(traces["slow_tasks"]), "--json"],
+        [sys.executable, "-m", "pyflight", "report", str(traces["slow_tasks"]), "--json"],
         env=env,
         capture_output=True,
         text=True,

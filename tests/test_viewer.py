@@ -264,7 +264,8 @@ def test_opens_the_browser_unless_told_not_to(evil: Path, viewer_of: Any, tmp_pa
 def test_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = _run(str(tmp_path / "nope.pyfl"))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"pyflight view: cannot read {tmp_path / 'nope.pyfl'}: No such file or directory\n"
+    missing = tmp_path / "nope.pyfl"
+    assert proc.stderr == f"pyflight view: error: cannot read {missing}: No such file or directory\n"
 
 
 def test_a_file_that_is_not_a_trace_exits_1_with_one_line(tmp_path: Path) -> None:
@@ -272,7 +273,7 @@ def test_a_file_that_is_not_a_trace_exits_1_with_one_line(tmp_path: Path) -> Non
     path.write_bytes(b"hello, world\n")
     proc = _run(str(path))
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.startswith(f"pyflight view: {path} is not a readable pyflight trace: ")
+    assert proc.stderr.startswith(f"pyflight view: error: {path} is not a readable pyflight trace: ")
     assert len(proc.stderr.splitlines()) == 1
 
 
@@ -284,7 +285,7 @@ def test_a_port_in_use_exits_2_with_one_line(evil: Path) -> None:
         proc = _run(str(evil), "--port", str(port))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (
-        f"pyflight view: cannot listen on 127.0.0.1:{port}: Address already in use (try --port 0)\n"
+        f"pyflight view: error: cannot listen on 127.0.0.1:{port}: Address already in use (try --port 0)\n"
     )
 
 

@@ -8,17 +8,50 @@ file when something goes wrong::
     ...
     rec.write_to("incident.pyfl")
     trace = pyflight.load("incident.pyfl")
+
+``import pyflight`` loads the recording side only: the reader (``load``, ``Trace``...)
+and the HTTP trigger (``serve``) are imported on first use (PEP 562), so a recorded
+process never carries them unless it uses them.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pyflight.annotate import log, region, task
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress, TraceFormatError
-from pyflight.format.reader import Event, Frame, Trace, TraceWarning, load
 from pyflight.recorder import FlightRecorder
-from pyflight.triggers.http import serve
+
+if TYPE_CHECKING:
+    from pyflight.format.reader import Event, Frame, Trace, TraceWarning, load
+    from pyflight.triggers.http import serve
+
+#: Public names imported on first use, and the module each comes from.
+_LAZY = {
+    "Event": "pyflight.format.reader",
+    "Frame": "pyflight.format.reader",
+    "Trace": "pyflight.format.reader",
+    "TraceWarning": "pyflight.format.reader",
+    "load": "pyflight.format.reader",
+    "serve": "pyflight.triggers.http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyflight' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Event",

@@ -191,12 +191,6 @@ _template: RunConfig | None = None
 _hooks_pid = -1
 
 
-def current_output() -> str | None:
-    """Where this process's window will be written at exit, if it is recorded by ``run``."""
-    state = _current
-    return state.output if state is not None and state.pid == os.getpid() else None
-
-
 def _install_process_hooks() -> None:
     global _hooks_pid
     if _hooks_pid != -1:

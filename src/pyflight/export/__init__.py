@@ -1,22 +1,20 @@
 """Exports of a trace to other tools' formats (docs/export.md).
 
-``pyflight export FILE --format F -o OUT`` with F one of :data:`FORMATS`. Every exporter
-is a function ``(trace, profile) -> bytes``. The timelines (perfetto, chrome) are drawn
-from the raw events of a :class:`~pyflight.format.reader.Trace`; the stack profiles
-(pprof, folded, speedscope) are the analysis model's (``pyflight.analysis``), kept per
-sample or interval by :func:`profile_samples` so their totals equal the model's.
+``pyflight export FILE --format F -o OUT`` with F one of :data:`FORMATS`; from Python,
+:func:`export`. Every exporter is a function ``(trace, profile) -> bytes``. The timelines
+(perfetto, chrome) draw ``pyflight.analysis.timeline``; the stack profiles (pprof,
+folded, speedscope) are the analysis model's (``pyflight.analysis``), kept per sample or
+interval by :func:`profile_samples` so their totals equal the model's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyflight.core.events import BlockReason, Kind, ThreadState
+from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame, Trace
 
 if TYPE_CHECKING:
@@ -28,12 +26,9 @@ __all__ = [
     "PROFILE_FORMATS",
     "StackSample",
     "build_model",
-    "frame_label",
+    "export",
     "gc_paused",
-    "is_pyflight_thread",
     "profile_samples",
-    "sampling_interval_ns",
-    "thread_name",
 ]
 
 FORMATS = ("perfetto", "chrome", "pprof", "folded", "speedscope")
@@ -44,14 +39,38 @@ PROFILES = ("cpu", "wall", *(r.name.lower() for r in BlockReason), "scheduling",
 
 DEFAULT_INTERVAL_NS = 10_000_000
 
-# plain ints: comparing an event's kind with these is cheaper than with enum attributes
-_BLOCK_BEGIN, _BLOCK_END = int(Kind.BLOCK_BEGIN), int(Kind.BLOCK_END)
-_TASK_WAIT = int(Kind.TASK_WAIT)
-_TASK_BLOCK = int(Kind.TASK_BLOCK)
-_TASK_STEP_END = int(Kind.TASK_STEP_END)
-_TASK_WAIT_ENDS = frozenset(
-    int(k) for k in (Kind.TASK_READY, Kind.TASK_STEP_BEGIN, Kind.TASK_DONE, Kind.TASK_CREATE)
-)
+
+def _exporter(fmt: str) -> Callable[[Trace, str | None], bytes]:
+    """The exporter of ``fmt``, imported when first used."""
+    if fmt == "perfetto":
+        from pyflight.export.perfetto import export_perfetto
+
+        return export_perfetto
+    if fmt == "chrome":
+        from pyflight.export.chrome import export_chrome
+
+        return export_chrome
+    if fmt == "pprof":
+        from pyflight.export.pprof import export_pprof
+
+        return export_pprof
+    if fmt == "folded":
+        from pyflight.export.folded import export_folded
+
+        return export_folded
+    from pyflight.export.speedscope import export_speedscope
+
+    return export_speedscope
+
+
+def export(trace: Trace, fmt: str, profile: str | None = None) -> bytes:
+    """The bytes of ``trace`` exported as ``fmt`` (ValueError for an unknown format or
+    profile); ``profile`` applies to the :data:`PROFILE_FORMATS` (default ``cpu``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+    return _exporter(fmt)(trace, profile)
 
 
 class StackSample(NamedTuple):
@@ -75,106 +94,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def is_pyflight_thread(trace: Trace, tid: int) -> bool:
-    info = trace.threads.get(tid)
-    return info is not None and info.name.startswith("pyflight-")
-
-
-def thread_name(trace: Trace, tid: int) -> str:
-    info = trace.threads.get(tid)
-    return info.name if info is not None and info.name else f"thread {tid}"
-
-
-def frame_label(frame: Frame) -> str:
-    """``function (file:line)`` with ``;`` and newlines made harmless, as the report's
-    folded stacks (``pyflight.analysis.profiles.frame_label``)."""
-    return f"{frame.function} ({frame.file}:{frame.line})".replace(";", ":").replace("\n", " ")
-
-
-def sampling_interval_ns(trace: Trace) -> int:
-    """The sampler's interval as the analysis model computes it: the median
-    ``sampler_interval_us`` counter, else the median gap between consecutive samples of
-    one thread, else 10 ms."""
-    values = [e[4] for e in trace.events if e[0] == Kind.COUNTER and e[3] == "sampler_interval_us"]
-    if values:
-        return int(statistics.median(values)) * 1000 or DEFAULT_INTERVAL_NS
-    last: dict[int, int] = {}
-    gaps: list[int] = []
-    for e in trace.events:
-        if e[0] == Kind.SAMPLE:
-            tid = e[3]
-            if tid in last and e[1] > last[tid]:
-                gaps.append(e[1] - last[tid])
-            last[tid] = e[1]
-    return int(statistics.median(gaps)) if gaps else DEFAULT_INTERVAL_NS
-
-
-@dataclasses.dataclass
-class _OpenBlock:
-    start: int
-    reason: int
-    stack: tuple[Frame, ...]
-
-
-def blocks(trace: Trace) -> Iterator[tuple[int, int, int, int, int, int, tuple[Frame, ...]]]:
-    """Thread blocks as ``(tid, start, end, reason, obj, waker, stack)``, in end order.
-
-    BLOCK_END closes the innermost open block of its reason on that thread; a block
-    still open at the end of the trace ends there (waker 0); an end with no begin in
-    the window starts at the trace start (stack unknown).
-    """
-    open_: dict[int, list[_OpenBlock]] = {}
-    for e in trace.events:
-        kind = e[0]
-        if kind == _BLOCK_BEGIN:
-            open_.setdefault(e[2], []).append(_OpenBlock(e[1], e[3], e[5]))
-        elif kind == _BLOCK_END:
-            stack = open_.get(e[2], [])
-            for i in range(len(stack) - 1, -1, -1):
-                if stack[i].reason == e[3]:
-                    b = stack.pop(i)
-                    yield (e[2], b.start, e[1], e[3], e[4], e[5], b.stack)
-                    break
-            else:
-                yield (e[2], trace.start_ns, e[1], e[3], e[4], e[5], ())
-    for tid, stack in open_.items():
-        for b in stack:
-            yield (tid, b.start, max(b.start, trace.end_ns), b.reason, 0, 0, b.stack)
-
-
-def task_waits(trace: Trace) -> Iterator[tuple[int, int, int, int, str, tuple[Frame, ...]]]:
-    """Asyncio task waits ``(task, start, end, reason, what, stack)``: from TASK_WAIT (or
-    the end of a step that recorded a TASK_BLOCK: an asyncio lock or queue, whose reason,
-    name and stack then win) to the task's next READY, STEP_BEGIN or DONE (or the trace
-    end). A TASK_BLOCK without a stack borrows the last one of its site."""
-    waiting: dict[int, tuple[int, int, str, tuple[Frame, ...]]] = {}
-    blocking: dict[int, tuple[int, str, tuple[Frame, ...]]] = {}  # TASK_BLOCK, until the step ends
-    from_block: set[int] = set()
-    site_stacks: dict[int, tuple[Frame, ...]] = {}
-    for e in trace.events:
-        kind = e[0]
-        if kind == _TASK_BLOCK:
-            stack = e[8] or site_stacks.get(e[7], ())
-            if e[8]:
-                site_stacks[e[7]] = e[8]
-            blocking[e[3]] = (e[4], e[6], stack)
-        elif kind == _TASK_STEP_END:
-            block = blocking.pop(e[3], None)
-            if block is not None:
-                waiting[e[3]] = (e[1], *block)
-                from_block.add(e[3])
-        elif kind == _TASK_WAIT:
-            if e[3] not in from_block:
-                waiting[e[3]] = (e[1], e[4], e[5], e[6])
-        elif kind in _TASK_WAIT_ENDS:
-            from_block.discard(e[3])
-            w = waiting.pop(e[3], None)
-            if w is not None:
-                yield (e[3], w[0], e[1], w[1], w[2], w[3])
-    for task, w in waiting.items():
-        yield (task, w[0], max(w[0], trace.end_ns), w[1], w[2], w[3])
 
 
 def _reason_of(profile: str) -> BlockReason:

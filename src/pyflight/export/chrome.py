@@ -20,9 +20,11 @@ import json
 from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps uses
 from typing import Any
 
+from pyflight.analysis.model import _sampling_interval
+from pyflight.analysis.profiles import frame_label
+from pyflight.analysis.timeline import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
 from pyflight.core.events import Kind
-from pyflight.export import frame_label, gc_paused, sampling_interval_ns
-from pyflight.export.perfetto import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
+from pyflight.export import DEFAULT_INTERVAL_NS, gc_paused
 from pyflight.format.reader import Frame, Trace
 
 __all__ = ["export_chrome"]
@@ -69,7 +71,7 @@ def export_chrome(trace: Trace, profile: str | None = None) -> bytes:
     with gc_paused():
         tl = build_timeline(trace)
         events = _timeline_events(tl, trace.start_ns)
-        stack_frames, samples = _samples(trace)
+        stack_frames, samples = _samples(trace, tl.counters)
         other = {k: v for k, v in trace.meta.items() if k in ("pyflight.version", "python", "pid", "reason")}
         # {"traceEvents": [...], "displayTimeUnit": "ns", "stackFrames": {...},
         #  "samples": [...], "otherData": {...}}
@@ -109,7 +111,11 @@ def _timeline_events(tl: Timeline, t0: int) -> list[str]:
                 begun = [s for _t, is_begin, s in lane if is_begin]
                 _complete_events(events, pid, tid, t0, begun)
         else:
-            _async_events(events, pid, f"{key[0]}:{key[1]}", tl.tracks[key], t0, slices)
+            # b/e pairs of one id must nest: slices that overlap without nesting (a wait
+            # that begins inside a step) go to a second id, as to a second Perfetto lane
+            for index, lane in enumerate(nest_lanes(slices)):
+                ident = f"{key[0]}:{key[1]}" + (f"#{index + 1}" if index else "")
+                _async_events(events, pid, ident, tl.tracks[key], t0, lane)
     for inst in tl.instants:
         tid = tid_of.get(inst.track, 0)
         scope = '"t"' if tid else '"p"'  # thread or process
@@ -120,7 +126,9 @@ def _timeline_events(tl: Timeline, t0: int) -> list[str]:
         )
     for f in tl.flows:
         src = f'"pid":{pid},"tid":{_int_repr(tid_of.get(f.source, 0))},"ts":{_us(f.source_time - t0)}'
-        dst = f'"pid":{pid},"tid":{_int_repr(tid_of.get(f.target, 0))},"ts":{_us(f.target_time - t0)}'
+        # flows join thread slices only: an arrow to a task ends on the thread that saw it woken
+        dst_tid = tid_of.get(f.target, f.target_thread)
+        dst = f'"pid":{pid},"tid":{_int_repr(dst_tid)},"ts":{_us(f.target_time - t0)}'
         name, flow_id = _json(f.name), _json(f.id)
         # an instant and the flow's start on the waker, an instant and its end on the woken
         events.append(f'{{"ph":"i","s":"t","name":{name},"cat":"flow",{src}}}')
@@ -153,30 +161,36 @@ def _async_events(
     ident: str,
     track_name: str,
     t0: int,
-    slices: list[Slice],
+    lane: list[tuple[int, bool, Slice]],
 ) -> None:
-    """A ``b`` and an ``e`` event per slice of an async track: {"cat", "pid", "tid": 0,
-    "id2": {"local": ident}, "name", "ph": "b", "ts", "args": {"track": ..., **args}}
-    and the same with "ph": "e", "ts" and no args."""
+    """A ``b`` and an ``e`` event per slice of one lane of an async track, in the lane's
+    order (inner ends before outer ones at the same time, as viewers pair them):
+    {"cat", "pid", "tid": 0, "id2": {"local": ident}, "name", "ph": "b", "ts", "args":
+    {"track": ..., **args}} and the same with "ph": "e", "ts" and no args."""
     where = f'"pid":{pid},"tid":0,"id2":{{"local":{_json(ident)}}}'
     track_arg = f'{{"track":{_json(track_name)}'  # the b event's args begin with it
     append, us, json_value, json_args = events.append, _us, _json, _json_args
-    for s in slices:
-        _track, start, end, name, category, args = s
+    for time, is_begin, s in lane:
+        _track, _start, _end, name, category, args = s
         common = f'{{"cat":{json_value(category)},{where},"name":{json_value(name)}'
+        if not is_begin:
+            append(f'{common},"ph":"e","ts":{us(time - t0)}}}')
+            continue
         if not args:
             b_args = track_arg + "}"
         elif "track" not in args:
             b_args = track_arg + "," + json_args(args)[1:]
         else:  # (no slice has a "track" arg; if one did, its value would replace ours)
             b_args = json_args({"track": track_name, **args})
-        append(f'{common},"ph":"b","ts":{us(start - t0)},"args":{b_args}}}')
-        append(f'{common},"ph":"e","ts":{us(end - t0)}}}')
+        append(f'{common},"ph":"b","ts":{us(time - t0)},"args":{b_args}}}')
 
 
-def _samples(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def _samples(
+    trace: Trace, counters: dict[str, list[tuple[int, int]]]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``stackFrames`` (keyed by id, each with its parent (outer) frame) and ``samples``:
-    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}."""
+    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}; the weight is the sampling
+    interval as the analysis model computes it (from the timeline's ``counters``)."""
     frames: dict[tuple[Frame, ...], str] = {}
     stack_frames: dict[str, dict[str, Any]] = {}
 
@@ -190,14 +204,18 @@ def _samples(trace: Trace) -> tuple[dict[str, dict[str, Any]], list[str]]:
             stack_frames[fid] = node
         return fid
 
-    samples: list[str] = []
-    weight = _json(sampling_interval_ns(trace))
-    t0 = trace.start_ns
+    sample_times: dict[int, list[int]] = {}
+    kept: list[tuple[int, int, str]] = []  # (tid, time, stack frame id)
     for e in trace.events:
-        if e[0] == Kind.SAMPLE and e[5]:
-            sf = frame_id(tuple(reversed(e[5])))
-            samples.append(
-                f'{{"cpu":0,"tid":{_json(e[3])},"ts":{_us(e[1] - t0)},"name":"sample",'
-                f'"sf":{_json(sf)},"weight":{weight}}}'
-            )
+        if e[0] == Kind.SAMPLE:
+            sample_times.setdefault(e[3], []).append(e[1])
+            if e[5]:
+                kept.append((e[3], e[1], frame_id(tuple(reversed(e[5])))))
+    weight = _json(_sampling_interval(counters, sample_times) or DEFAULT_INTERVAL_NS)
+    t0 = trace.start_ns
+    samples = [
+        f'{{"cpu":0,"tid":{_json(tid)},"ts":{_us(t - t0)},"name":"sample",'
+        f'"sf":{_json(sf)},"weight":{weight}}}'
+        for tid, t, sf in kept
+    ]
     return stack_frames, samples

@@ -7,7 +7,8 @@ without a stack is ``(no stack)``. The lines are those of the analysis model's
 
 from __future__ import annotations
 
-from pyflight.export import frame_label, profile_samples
+from pyflight.analysis.profiles import frame_label
+from pyflight.export import profile_samples
 from pyflight.format.reader import Trace
 
 __all__ = ["export_folded", "folded_lines"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import gzip
 
-from pyflight.export import StackSample, profile_samples, sampling_interval_ns, thread_name
+from pyflight.analysis.timeline import thread_name
+from pyflight.export import DEFAULT_INTERVAL_NS, StackSample, build_model, profile_samples
 from pyflight.export.protobuf import Message
 from pyflight.format.reader import Frame, Trace
 
@@ -30,8 +31,8 @@ def sample_types(profile: str) -> tuple[tuple[str, str], tuple[str, str]]:
     return ("contentions", "count"), ("delay", "nanoseconds")
 
 
-def encode_profile(trace: Trace, profile: str, samples: list[StackSample]) -> bytes:
-    """The uncompressed Profile message."""
+def encode_profile(trace: Trace, profile: str, samples: list[StackSample], interval_ns: int) -> bytes:
+    """The uncompressed Profile message (``interval_ns``: the sampling period, the model's)."""
     strings: dict[str, int] = {"": 0}
 
     def s(text: str) -> int:
@@ -85,7 +86,7 @@ def encode_profile(trace: Trace, profile: str, samples: list[StackSample]) -> by
         prof.message(5, m)  # function
     wall = trace.wall_time_ns(trace.start_ns)
     if profile in ("cpu", "wall"):
-        period_type, period = types[1], sampling_interval_ns(trace)
+        period_type, period = types[1], interval_ns
     else:
         period_type, period = types[0], 1
     tail = Message()
@@ -103,4 +104,7 @@ def encode_profile(trace: Trace, profile: str, samples: list[StackSample]) -> by
 def export_pprof(trace: Trace, profile: str | None = None) -> bytes:
     """The ``profile`` (default ``cpu``) as a gzipped pprof profile."""
     name = profile or "cpu"
-    return gzip.compress(encode_profile(trace, name, profile_samples(trace, name)), mtime=0)
+    model = build_model(trace)
+    samples = profile_samples(trace, name, model)
+    interval = model.sampling_interval_ns or DEFAULT_INTERVAL_NS  # the weight of each sample
+    return gzip.compress(encode_profile(trace, name, samples, interval), mtime=0)

@@ -12,7 +12,8 @@ import json
 from typing import Any
 
 from pyflight import __version__
-from pyflight.export import profile_samples, thread_name
+from pyflight.analysis.timeline import thread_name
+from pyflight.export import profile_samples
 from pyflight.format.reader import Frame, Trace
 
 __all__ = ["SCHEMA", "export_speedscope"]

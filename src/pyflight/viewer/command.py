@@ -1,4 +1,4 @@
-"""The ``view`` subcommand: ``pyflight view FILE [--port N] [--host H] [--no-browser]``.
+"""What ``pyflight view`` does once its arguments are parsed (pyflight.commands.view).
 
 Loads and analyses the trace once, as ``pyflight report`` does (same messages and exit
 status for a file that cannot be read or is not a trace), then serves the report on a
@@ -11,7 +11,6 @@ be read or the address cannot be listened on; 130 interrupted before serving.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
@@ -19,44 +18,12 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from pyflight.report.command import EXIT_BAD_TRACE, EXIT_NO_FILE, read_report
+from pyflight.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, gc_paused
 
 if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run` builds its parser
     from pyflight.viewer.server import Content
 
-__all__ = ["DEFAULT_PORT", "add_arguments", "run"]
-
-DEFAULT_PORT = 8780
-EXIT_INTERRUPTED = 130
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="a trace written by pyflight")
-    parser.add_argument(
-        "--port",
-        type=_port,
-        default=DEFAULT_PORT,
-        help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; anyone who can reach another can read the trace)",
-    )
-    parser.add_argument(
-        "--no-browser", dest="browser", action="store_false", help="do not open a web browser"
-    )
-
-
-def _port(text: str) -> int:
-    if not text.strip().isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
-    return int(text)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"pyflight view: {message}", file=sys.stderr)
-    return code
+__all__ = ["run"]
 
 
 class _Stop(Exception):
@@ -73,32 +40,23 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
-    if isinstance(content, int):
-        return content
     return _serve(args, content)
 
 
-def _prepare(path: str) -> Content | int:
-    """The pages to serve, or an exit status (the message already printed)."""
+def _prepare(path: str) -> Content:
+    """The pages to serve (CommandError if the trace cannot be read or analysed)."""
+    from pyflight.commands.report import load_report
     from pyflight.report.html import render
     from pyflight.report.json_report import dumps
     from pyflight.viewer.server import Content
 
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # the trace and its model are millions of long-lived objects
-    try:
-        loaded = read_report(path, _fail)
-        if isinstance(loaded, int):
-            return loaded
-        data, report = loaded
+    with gc_paused():  # the trace and its model are millions of long-lived objects
+        data, report = load_report(path)
         try:
             html = render(report).encode("utf-8", "replace")
             json = dumps(report).encode("utf-8", "replace")
         except Exception as exc:
-            return _fail(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+            raise CommandError(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_FAILED) from None
     return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path))
 
 
@@ -111,7 +69,9 @@ def _serve(args: argparse.Namespace, content: Content) -> int:
         server = ViewerServer(args.host, args.port, content)
     except OSError as exc:
         hint = " (try --port 0)" if args.port else ""
-        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", EXIT_NO_FILE)
+        raise CommandError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", EXIT_USAGE
+        ) from None
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         if not is_loopback(args.host):
