@@ -1,10 +1,12 @@
-"""``pyflight view``: the report served on a local web server, run as a subprocess
-(``python -m pyflight view TRACE --port 0 --no-browser``) and asked over HTTP.
+"""``pyflight view``: the timeline and the report served on a local web server, run as a
+subprocess (``python -m pyflight view TRACE --port 0 --no-browser``) and asked over HTTP.
 
-The server must answer ``/``, ``/report.json`` and ``/trace.pyfl`` with the same report
+The server must answer ``/`` (the timeline page), its ``/static/`` script and style, its
+``/api/`` JSON, and ``/report``, ``/report.json`` and ``/trace.pyfl`` with the same report
 ``pyflight report`` gives, refuse everything else, carry its security headers, stop
 cleanly on SIGINT and SIGTERM, and fail like ``pyflight report`` does (one line, an exit
-status) on a missing file, a file that is not a trace or a port that is taken.
+status) on a missing file, a file that is not a trace or a port that is taken. What the
+timeline shows in a browser is tests/test_viewer_browser.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pytest
 
 import test_report_browser
 from programs import record_named
-from pyflight.viewer.server import CSP
+from pyflight.viewer.server import CSP, TIMELINE_CSP
 from test_report import EVIL, evil_trace
 
 HERE = Path(__file__).parent
@@ -141,17 +143,29 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _security_headers(headers: http.client.HTTPMessage) -> None:
+def _security_headers(headers: http.client.HTTPMessage, csp: str = CSP) -> None:
     assert headers["Cache-Control"] == "no-store"
     assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Content-Security-Policy"] == CSP
+    assert headers["Content-Security-Policy"] == csp
+
+
+def _directives(csp: str) -> dict[str, str]:
+    return dict(d.strip().split(" ", 1) for d in csp.split(";"))
 
 
 def test_csp_forbids_scripts_and_fetches_but_lets_inline_styles_work() -> None:
-    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    directives = _directives(CSP)
     assert directives["default-src"] == "'none'"  # no script, image, font, fetch, frame
     assert directives["style-src"] == "'unsafe-inline'"  # the report's <style> and style=""
     assert "script-src" not in directives
+
+
+def test_timeline_csp_allows_only_the_servers_own_script_style_and_json() -> None:
+    directives = _directives(TIMELINE_CSP)
+    assert directives["default-src"] == "'none'"  # no image, font, frame, nothing elsewhere
+    for name in ("script-src", "style-src", "connect-src"):
+        assert directives[name] == "'self'", name  # no inline script, no eval, no CDN
+    assert directives["frame-ancestors"] == "'none'"
 
 
 def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
@@ -170,7 +184,7 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
     top = report["findings"][0]
     assert top["title"] and top["score"] >= 25
 
-    status, headers, page = viewer.request("/")
+    status, headers, page = viewer.request("/report")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     _security_headers(headers)
     text = page.decode("utf-8")
@@ -178,8 +192,32 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
     assert html.escape(top["title"]) in text
     assert int(headers["Content-Length"]) == len(page)
 
-    status, headers, head = viewer.request("/", method="HEAD")
+    status, headers, head = viewer.request("/report", method="HEAD")
     assert status == 200 and head == b"" and int(headers["Content-Length"]) == len(page)
+
+    # the timeline: its page links the report, its script and style are the package's own
+    status, headers, timeline = viewer.request("/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    _security_headers(headers, TIMELINE_CSP)
+    assert b'href="/report"' in timeline and b'src="/static/app.js"' in timeline
+    status, headers, script = viewer.request("/static/app.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    _security_headers(headers, TIMELINE_CSP)
+    for parser in (b"innerHTML", b"outerHTML", b"insertAdjacentHTML", b"document.write", b"eval("):
+        assert parser not in script, parser  # trace strings reach the page as text only
+    status, headers, meta_body = viewer.request("/api/meta")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    _security_headers(headers, TIMELINE_CSP)
+    meta = json.loads(meta_body)
+    assert meta["duration"] == report["summary"]["duration_ns"]
+    assert {"thread", "usertask", "counter"} <= {row["kind"] for row in meta["rows"]}
+    findings = json.loads(viewer.request("/api/findings")[2])
+    assert [f["title"] for f in findings] == [f["title"] for f in report["findings"]]
+    assert all(0 <= f["at"][0] <= f["at"][1] <= meta["duration"] for f in findings)
+    for path in ("/api/nope", "/static/nope.js", "/static/../server.py"):
+        assert viewer.request(path)[0] == 404, path
+    status, _, message = viewer.request("/api/slices?t0=0&t1=x&w=10")
+    assert (status, message) == (400, b"bad t1\n")
 
     status, headers, data = viewer.request("/trace.pyfl")
     assert status == 200 and headers["Content-Type"] == "application/octet-stream"
@@ -207,7 +245,7 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
 def test_markup_in_the_trace_and_its_name_is_escaped_and_sigterm_stops(evil: Path, viewer_of: Any) -> None:
     viewer = viewer_of(evil, "--no-browser")
     assert viewer.line.startswith(f"pyflight view: serving {str(evil)!a} at ")  # still one line
-    status, _, page = viewer.request("/")
+    status, _, page = viewer.request("/report")
     text = page.decode("utf-8")
     assert status == 200
     assert EVIL not in text and "<script" not in text.lower() and '<b>"x"' not in text
@@ -295,7 +333,7 @@ def test_a_bad_port_is_a_usage_error() -> None:
 
 
 def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: Any) -> None:
-    """The CSP lets the page's inline CSS and SVG work: nothing refused, nothing fetched."""
+    """The report's CSP lets its inline CSS and SVG work: nothing refused, nothing fetched."""
     viewer = viewer_of(slow_tasks, "--no-browser")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
@@ -305,9 +343,9 @@ def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: 
         console: list[str] = []
         context.on("request", lambda request: requests.append(request.url))
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.goto(viewer.url, wait_until="load")
+        page.goto(viewer.url + "report", wait_until="load")
         page.wait_for_timeout(200)
-        assert requests == [viewer.url]
+        assert requests == [viewer.url + "report"]
         assert console == []  # a refused inline style would be reported here
         assert page.get_by_role("heading", name="Findings", exact=True).is_visible()
         finding = page.locator(".finding").first

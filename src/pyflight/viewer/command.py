@@ -82,6 +82,7 @@ def _prepare(path: str) -> Content | int:
     """The pages to serve, or an exit status (the message already printed)."""
     from pyflight.report.html import render
     from pyflight.report.json_report import dumps
+    from pyflight.viewer.api import TimelineApi
     from pyflight.viewer.server import Content
 
     gc_was_enabled = gc.isenabled()
@@ -94,12 +95,13 @@ def _prepare(path: str) -> Content | int:
         try:
             html = render(report).encode("utf-8", "replace")
             json = dumps(report).encode("utf-8", "replace")
+            api = TimelineApi(report)
         except Exception as exc:
             return _fail(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_BAD_TRACE)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path))
+    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path), api=api)
 
 
 def _serve(args: argparse.Namespace, content: Content) -> int:
