@@ -78,7 +78,7 @@ class TimelineApi:
                 self._wakes_of_task[wake.task].append(wake)
             else:
                 self._wakes_of_thread[wake.target].append(wake)
-        self._functions: dict[str, list[tuple[int, int]]] | None = None
+        self._functions: dict[tuple[str, str, int], list[tuple[int, int]]] | None = None
         self._build_rows()
 
     # ------------------------------------------------------------------ layout
@@ -381,15 +381,15 @@ class TimelineApi:
                 )
                 if len(hits) >= limit:
                     return hits
-        for name, places in self._function_index().items():
-            if q in name.lower():
+        for (function, file, line), places in self._function_index().items():
+            if q in function.lower():
                 rid, k = max(places, key=lambda p: self._raw_duration(*p))
                 raw = self.rows[rid].lod.raw  # type: ignore[union-attr]
                 hits.append(
                     {
                         "kind": "function",
-                        "text": name,
-                        "detail": self.rows[rid].name,
+                        "text": function,
+                        "detail": f"{file}:{line} on {self.rows[rid].name}",
                         "row": rid,
                         "i": k,
                         "t0": raw.starts[k] - self.origin,
@@ -420,11 +420,11 @@ class TimelineApi:
         raw = self.rows[rid].lod.raw  # type: ignore[union-attr]
         return raw.ends[k] - raw.starts[k]
 
-    def _function_index(self) -> dict[str, list[tuple[int, int]]]:
-        """function label -> (row, raw slice) places whose stack holds it (a few each)."""
+    def _function_index(self) -> dict[tuple[str, str, int], list[tuple[int, int]]]:
+        """(function, file, line) -> (row, raw slice) places whose stack holds it (a few each)."""
         if self._functions is None:
-            index: dict[str, list[tuple[int, int]]] = {}
-            seen: dict[int, list[str]] = {}
+            index: dict[tuple[str, str, int], list[tuple[int, int]]] = {}
+            seen: dict[int, list[tuple[str, str, int]]] = {}
             for row in self.rows:
                 if row.kind not in ("thread", "task", "samples"):
                     continue
@@ -434,7 +434,7 @@ class TimelineApi:
                         continue
                     names = seen.get(id(stack))
                     if names is None:
-                        names = seen[id(stack)] = list({frame_label(f) for f in stack})
+                        names = seen[id(stack)] = list({(f.function, f.file, f.line) for f in stack})
                     for name in names:
                         places = index.setdefault(name, [])
                         if len(places) < 16:
@@ -482,15 +482,11 @@ class TimelineApi:
                 }
             return {"at": [t - self.origin, t - self.origin + max(length, 1_000)], "row": None, "i": None}
         if finding.culprit is not None:
-            places = self._function_index().get(
-                f"{finding.culprit.function} ({finding.culprit.file}:{finding.culprit.line})"
-            )
+            culprit = finding.culprit
+            places = self._function_index().get((culprit.function, culprit.file, culprit.line))
             if places is None:
                 places = [
-                    p
-                    for name, ps in self._function_index().items()
-                    if name.startswith(finding.culprit.function + " ")
-                    for p in ps
+                    p for key, ps in self._function_index().items() if key[0] == culprit.function for p in ps
                 ]
             if places:
                 rid, k = max(places, key=lambda p: self._raw_duration(*p))

@@ -470,7 +470,7 @@
 
   function zoomTo(t0, t1) {
     const span = Math.max(MIN_SPAN, t1 - t0);
-    setView(t0 - span * 0.5, t1 + span * 0.5);
+    setView(t0 - span * 0.25, t1 + span * 0.25);
   }
   function ensureRowVisible(rowId) {
     const row = S.rowById.get(rowId);
