@@ -11,6 +11,8 @@ text, which the page shows with ``textContent`` only.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ __all__ = ["Row", "TimelineApi"]
 
 MAX_WIDTH = 8192  # px: a request for more is answered at this width
 MAX_LANES = 12  # user tasks / regions of one name overlapping more than this share the last lane
+TASK_ROWS = 30  # a coroutine with more tasks than this gets lanes (tasks one after another), not a row each
+MAX_TASK_LANES = 200
 WAKE_SLACK = 2_000_000  # ns: a wake-up recorded this long after the end of a wait still counts
 FLAME_MAX_NODES = 4_000
 
@@ -45,6 +49,7 @@ class Row:
     refs: list[Any] = field(default_factory=list)
     tid: int = 0  # the thread a thread or samples row is about
     task: int = 0  # the asyncio task of a task row
+    owners: list[int] | None = None  # a lane of tasks: the task of each raw slice
     points: list[tuple[int, int]] = field(default_factory=list)  # counter rows
 
     def header(self) -> dict[str, Any]:
@@ -65,7 +70,8 @@ class TimelineApi:
         self._code_of: dict[str, int] = {}
         self.rows: list[Row] = []
         self._thread_row: dict[int, Row] = {}
-        self._task_row: dict[int, Row] = {}
+        self._tasks: list[tuple[Any, int]] = []  # (TaskTimeline, its row), for search
+        self._interval_codes: dict[tuple[Any, Any], int] = {}
         self._samples_by_time: list[Sample] = sorted(self.model.samples, key=lambda s: s.time)
         self._sample_times = [s.time for s in self._samples_by_time]
         self._samples_of: dict[int, list[Sample]] = collections.defaultdict(list)
@@ -91,10 +97,14 @@ class TimelineApi:
         return code
 
     def _interval_code(self, iv: Interval) -> int:
-        state = iv.state.value if isinstance(iv.state, State) else str(iv.state)
-        if iv.reason is not None and iv.state is State.BLOCKED:
-            return self.code(f"{state}:{iv.reason.name.lower()}")
-        return self.code(state)
+        key = (iv.state, iv.reason)
+        code = self._interval_codes.get(key)
+        if code is None:
+            state = iv.state.value if isinstance(iv.state, State) else str(iv.state)
+            if iv.reason is not None and iv.state is State.BLOCKED:
+                state = f"{state}:{iv.reason.name.lower()}"
+            code = self._interval_codes[key] = self.code(state)
+        return code
 
     def _add(
         self, kind: str, name: str, group: str, slices: list[tuple[int, int, int, Any]], **kw: Any
@@ -111,7 +121,7 @@ class TimelineApi:
         threads = sorted(model.threads.values(), key=lambda t: (t.is_pyflight, t.start, t.tid))
         for th in threads:
             group = "pyflight threads" if th.is_pyflight else "threads"
-            slices: list[tuple[int, int, int, Any]] = [
+            slices: list[tuple[Any, ...]] = [
                 (iv.start, iv.end, self._interval_code(iv), iv) for iv in th.intervals
             ]
             self._thread_row[th.tid] = self._add(
@@ -136,12 +146,23 @@ class TimelineApi:
         for tk in model.all_tasks():
             by_coro[tk.coro or tk.name or "task"].append(tk)
         for coro, tasks in sorted(by_coro.items(), key=lambda kv: -len(kv[1])):
-            for tk in sorted(tasks, key=lambda t: t.created):
-                slices = [(iv.start, iv.end, self._interval_code(iv), iv) for iv in tk.intervals]
-                row = self._add(
-                    "task", tk.name or f"task {tk.id}", f"tasks: {coro}", slices, task=tk.id, tid=tk.thread
-                )
-                self._task_row.setdefault(tk.id, row)
+            group = f"tasks: {coro}"
+            if len(tasks) <= TASK_ROWS:
+                for tk in sorted(tasks, key=lambda t: t.created):
+                    slices = [(iv.start, iv.end, self._interval_code(iv), iv) for iv in tk.intervals]
+                    name = tk.name or f"task {tk.id}"
+                    row = self._add("task", name, group, slices, task=tk.id, tid=tk.thread)
+                    self._tasks.append((tk, row.id))
+                continue
+            lifetimes = [(tk.created, max(tk.end, tk.created + 1), 0, tk) for tk in tasks]
+            for lane, members in enumerate(_lanes(lifetimes, MAX_TASK_LANES)):
+                slices = [
+                    (iv.start, iv.end, self._interval_code(iv), iv, m[3].id)
+                    for m in members
+                    for iv in m[3].intervals
+                ]
+                row = self._add("task", f"{coro} ({lane + 1})", group, _no_overlap(slices))
+                self._tasks.extend((m[3], row.id) for m in members)
         user_code = self.code("task")
         by_name: dict[str, list[tuple[int, int, int, Any]]] = collections.defaultdict(list)
         for ut in model.user_tasks.values():
@@ -209,7 +230,6 @@ class TimelineApi:
                 "n": got.counts,
                 "i": got.raw,
                 "l": [self._label(row, k) if k >= 0 else "" for k in got.raw],
-                "t": [None if t is None else {str(c): ns for c, ns in t.items()} for t in got.totals],
             }
         return {"t0": t0, "t1": t1, "ns_per_px": ns_per_px, "rows": out}
 
@@ -259,7 +279,10 @@ class TimelineApi:
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
             if ref.state is State.BLOCKED or ref.state is State.READY:
-                out["waker"] = self._waker(row, start, end)
+                task = row.owners[k] if row.owners is not None else row.task
+                out["waker"] = self._waker(row, task, start, end)
+            if row.owners is not None:
+                out["task"] = self._task_name(row.owners[k])
         elif row.kind == "samples":
             out["stack_start"] = _stack(ref.stack)
             out["reason"] = ref.reason.name.lower() if ref.reason is not None else None
@@ -295,9 +318,13 @@ class TimelineApi:
                 return nxt.stack
         return ()
 
-    def _waker(self, row: Row, start: int, end: int) -> dict[str, Any] | None:
+    def _task_name(self, task: int) -> str:
+        tk = self.model.tasks.get(task)
+        return (tk.name if tk is not None else "") or f"task {task}"
+
+    def _waker(self, row: Row, task: int, start: int, end: int) -> dict[str, Any] | None:
         wakes = (
-            self._wakes_of_task.get(row.task, [])
+            self._wakes_of_task.get(task, [])
             if row.kind == "task"
             else self._wakes_of_thread.get(row.tid, [])
         )
@@ -336,7 +363,7 @@ class TimelineApi:
         per_row = []
         overall: dict[str, int] = {}
         for row in rows:
-            if row.lod is None or row.kind not in ("thread", "task", "loop"):
+            if row.lod is None or (not row_ids and row.kind not in ("thread", "task", "loop")):
                 continue
             totals = row.lod.totals(a, b)
             if not totals:
@@ -364,8 +391,22 @@ class TimelineApi:
         if not q:
             return []
         hits: list[dict[str, Any]] = []
+        for tk, rid in self._tasks:
+            if q in (tk.name or "").lower() or q in (tk.coro or "").lower():
+                hits.append(
+                    {
+                        "kind": "task",
+                        "text": tk.name or f"task {tk.id}",
+                        "detail": self.rows[rid].group,
+                        "row": rid,
+                        "t0": tk.created - self.origin,
+                        "t1": max(tk.end, tk.created + 1) - self.origin,
+                    }
+                )
+                if len(hits) >= limit:
+                    return hits
         for row in self.rows:
-            if q in row.name.lower() or (row.kind == "task" and q in row.group.lower()):
+            if row.kind != "task" and q in row.name.lower():
                 first = row.lod.raw if row.lod and len(row.lod.raw) else None
                 t0 = first.starts[0] - self.origin if first else 0
                 t1 = first.ends[-1] - self.origin if first else self.duration
@@ -517,8 +558,10 @@ class TimelineApi:
         return out
 
 
-def _no_overlap(slices: list[tuple[int, int, int, Any]]) -> list[tuple[int, int, int, Any]]:
+def _no_overlap(slices: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Sorted, each slice cut where the next begins (a row never overlaps itself)."""
+    if all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):  # the usual case: as is
+        return slices
     slices = sorted((s for s in slices if s[1] > s[0]), key=lambda s: s[0])
     out = []
     for k, s in enumerate(slices):
@@ -526,27 +569,27 @@ def _no_overlap(slices: list[tuple[int, int, int, Any]]) -> list[tuple[int, int,
         if k + 1 < len(slices) and slices[k + 1][0] < end:
             end = slices[k + 1][0]
         if end > s[0]:
-            out.append((s[0], end, s[2], s[3]))
+            out.append((s[0], end, *s[2:]))
     return out
 
 
-def _lanes(items: list[tuple[int, int, int, Any]]) -> list[list[tuple[int, int, int, Any]]]:
-    """Overlapping slices spread over lanes (first that is free); past MAX_LANES they are cut."""
-    lanes: list[list[tuple[int, int, int, Any]]] = []
-    ends: list[int] = []
+def _lanes(items: list[tuple[Any, ...]], most: int = MAX_LANES) -> list[list[tuple[Any, ...]]]:
+    """Overlapping slices spread over lanes (the first that is free; a heap of lane ends);
+    past ``most`` lanes, the last lane takes the rest (and cuts them)."""
+    lanes: list[list[tuple[Any, ...]]] = []
+    free: list[tuple[int, int]] = []  # (end, lane) heap
     for item in sorted(items, key=lambda s: (s[0], -s[1])):
-        for n, lane_end in enumerate(ends):
-            if lane_end <= item[0]:
-                lanes[n].append(item)
-                ends[n] = item[1]
-                break
+        if free and free[0][0] <= item[0]:
+            _, n = heapq.heappop(free)
+        elif len(lanes) < most:
+            n = len(lanes)
+            lanes.append([])
         else:
-            if len(lanes) < MAX_LANES:
-                lanes.append([item])
-                ends.append(item[1])
-            else:
-                lanes[-1].append(item)
-                ends[-1] = max(ends[-1], item[1])
+            n = len(lanes) - 1
+            free = [(end, lane) for end, lane in free if lane != n]
+            heapq.heapify(free)
+        lanes[n].append(item)
+        heapq.heappush(free, (item[1], n))
     return [_no_overlap(lane) for lane in lanes]
 
 

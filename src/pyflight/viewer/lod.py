@@ -7,10 +7,11 @@ server, the network and the canvas for nothing. So slices shorter than a *grain*
 merged with their short neighbours into one *summary* slice that keeps how many slices
 it stands for and the time in each state (a summary is drawn in its dominant state).
 
-Levels are merged once, at grains 4 µs, 16 µs, 64 µs, ... until a level is small; a query
-for ``ns_per_px`` takes the coarsest level whose grain is at most one pixel, cuts the range
-out with bisect and merges again at one pixel: the work per query is bounded by the
-width in pixels, not by the number of events.
+Levels are merged on a row's first query, at grains g, 4g, 16g, ... until a level is
+small, where g is a few times the row's mean slice spacing (below g, the raw slices in a
+screen are already few); a query for ``ns_per_px`` takes the coarsest level whose grain
+is at most one pixel, cuts the range out with bisect and merges again at one pixel: the
+work per query is bounded by the width in pixels, not by the number of events.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["Level", "LodRow", "Slices"]
 
-FIRST_GRAIN = 4_000  # ns
+MIN_GRAIN = 4_000  # ns
+SPACINGS = 4  # the first level's grain, in mean slice spacings of the row
 GRAIN_STEP = 4
 SMALL_LEVEL = 2_000  # slices: no coarser level is built below this
 CHECKPOINT = 256  # per-state running totals every this many raw slices
@@ -141,17 +143,37 @@ class LodRow:
     def __init__(self, starts: list[int], ends: list[int], codes: list[int]) -> None:
         n = len(starts)
         self.raw = Level(0, starts, ends, codes, [1] * n, list(range(n)), [None] * n)
-        self.levels = [self.raw]
-        grain = FIRST_GRAIN
-        level = self.raw
-        while len(level) > SMALL_LEVEL:
-            merged = merge(level, 0, len(level), grain)
-            level = Level(
-                grain, merged.starts, merged.ends, merged.codes, merged.counts, merged.raw, merged.totals
-            )
-            self.levels.append(level)
-            grain *= GRAIN_STEP
-        self._checkpoints = self._running_totals()
+        self._levels: list[Level] | None = None
+        self._checkpoints: list[dict[int, int]] | None = None
+
+    @property
+    def levels(self) -> list[Level]:
+        """The raw level and the merged ones, coarser and coarser (built on first use)."""
+        if self._levels is None:
+            levels = [self.raw]
+            level = self.raw
+            n = len(level)
+            if n > SMALL_LEVEL:
+                spacing = (level.ends[-1] - level.starts[0]) // n
+                grain = max(MIN_GRAIN, SPACINGS * spacing)
+                while len(level) > SMALL_LEVEL:
+                    merged = merge(level, 0, len(level), grain)
+                    if len(merged.starts) > 0.9 * len(level):  # hardly merged: go coarser
+                        grain *= GRAIN_STEP
+                        continue
+                    level = Level(
+                        grain,
+                        merged.starts,
+                        merged.ends,
+                        merged.codes,
+                        merged.counts,
+                        merged.raw,
+                        merged.totals,
+                    )
+                    levels.append(level)
+                    grain *= GRAIN_STEP
+            self._levels = levels
+        return self._levels
 
     def _running_totals(self) -> list[dict[int, int]]:
         """``[k]``: time per code in raw slices ``[0, k * CHECKPOINT)``."""
@@ -180,6 +202,9 @@ class LodRow:
         out: dict[int, int] = {}
         if hi <= lo:
             return out
+        if self._checkpoints is None:
+            self._checkpoints = self._running_totals()
+        checkpoints = self._checkpoints
 
         def add(k: int, sign: int = 1) -> None:
             code = raw.codes[k]
@@ -192,8 +217,8 @@ class LodRow:
                 add(k)
             return out
         # whole slices [first_cp*C, last_cp*C) from checkpoints, the edges one by one
-        for code, ns in self._checkpoints[last_cp].items():
-            out[code] = out.get(code, 0) + ns - self._checkpoints[first_cp].get(code, 0)
+        for code, ns in checkpoints[last_cp].items():
+            out[code] = out.get(code, 0) + ns - checkpoints[first_cp].get(code, 0)
         for k in range(lo, first_cp * CHECKPOINT):
             add(k)
         for k in range(last_cp * CHECKPOINT, hi):

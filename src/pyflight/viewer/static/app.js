@@ -57,7 +57,7 @@
     meta: null, rows: [], layout: [], collapsed: new Set(), scrollY: 0,
     view: { t0: 0, t1: 1 }, duration: 1, cache: null, inflight: false, wanted: false, seq: 0,
     selected: null, details: null, highlight: null, range: null, drag: null, keys: new Set(),
-    ready: false, frames: [], rowById: new Map(),
+    ready: false, frames: [], rowById: new Map(), firstDraw: null,
   };
 
   function trackWidth() { return Math.max(10, canvas.clientWidth - LABEL_W); }
@@ -142,7 +142,8 @@
   async function fetchSlices() {
     const rows = visibleRows();
     const span = S.view.t1 - S.view.t0;
-    const t0 = Math.max(0, Math.floor(S.view.t0 - span)), t1 = Math.min(S.duration, Math.ceil(S.view.t1 + span));
+    // the view and half a view on each side: panning redraws from this until it runs out
+    const t0 = Math.max(0, Math.floor(S.view.t0 - span / 2)), t1 = Math.min(S.duration, Math.ceil(S.view.t1 + span / 2));
     const w = Math.max(1, Math.round((t1 - t0) / nsPerPx()));
     const ids = rows.map((r) => r.id).join(",");
     S.inflight = true;
@@ -251,6 +252,7 @@
     }
     document.getElementById("range").textContent =
       fmtNs(S.view.t0) + " – " + fmtNs(S.view.t1) + " (" + fmtNs(S.view.t1 - S.view.t0) + ")";
+    if (S.firstDraw === null && c) S.firstDraw = performance.now();
     S.frames.push(performance.now() - started);
     if (S.frames.length > 600) S.frames.splice(0, 300);
   }
@@ -381,7 +383,7 @@
     const box = document.getElementById("details");
     box.replaceChildren();
     box.append(kvTable([
-      ["row", d.row_name], ["state", swatch(d.state)], ["what", d.label], ["duration", fmtNs(d.duration)],
+      ["row", d.row_name], ["task", d.task], ["state", swatch(d.state)], ["what", d.label], ["duration", fmtNs(d.duration)],
       ["start", fmtNs(d.start)], ["end", fmtNs(d.end)], ["reason", d.reason], ["detail", d.detail],
       ["object", d.object ? "0x" + Number(d.object).toString(16) : null],
     ]));
@@ -407,13 +409,14 @@
       box.append(ol);
     }
   }
-  function showSummary(d, k) {
+  async function showSummary(row, d, k) {
     S.selected = null; S.details = null;
     const box = document.getElementById("details");
     box.replaceChildren();
-    const totals = d.t[k] || {};
-    const pairs = [["slices", d.n[k] + " merged (zoom in to see them)"], ["span", fmtNs(d.e[k] - d.s[k])]];
-    for (const [code, ns] of Object.entries(totals).sort((a, b) => b[1] - a[1])) pairs.push([S.meta.codes[code], fmtNs(ns)]);
+    const r = await getJSON("/api/range?t0=" + d.s[k] + "&t1=" + d.e[k] + "&rows=" + row.id);
+    const pairs = [["row", row.name], ["slices", d.n[k] + " merged (zoom in to see them)"], ["span", fmtNs(d.e[k] - d.s[k])]];
+    const totals = r.rows.length ? r.rows[0].totals : {};
+    for (const [code, ns] of Object.entries(totals).sort((a, b) => b[1] - a[1])) pairs.push([code, fmtNs(ns)]);
     box.append(kvTable(pairs));
   }
 
@@ -647,7 +650,7 @@
     const hit = sliceAt(item.row, x);
     if (!hit) return;
     if (hit.d.i[hit.k] >= 0) selectSlice(item.row.id, hit.d.i[hit.k]);
-    else showSummary(hit.d, hit.k);
+    else showSummary(item.row, hit.d, hit.k);
   }
   function onKey(ev, down) {
     if (ev.target && ev.target.tagName === "INPUT") return;
@@ -678,7 +681,7 @@
     for (const row of S.rows) S.rowById.set(row.id, row);
     const groupSizes = {};
     for (const row of S.rows) groupSizes[row.group] = (groupSizes[row.group] || 0) + 1;
-    for (const [group, n] of Object.entries(groupSizes)) if (COLLAPSED_GROUPS.has(group) || (group.startsWith("tasks: ") && n > 20)) S.collapsed.add(group);
+    for (const [group, n] of Object.entries(groupSizes)) if (COLLAPSED_GROUPS.has(group) || (group.startsWith("tasks: ") && n > 40)) S.collapsed.add(group);
     document.getElementById("trace-name").textContent = meta.name;
     document.title = "pyflight timeline — " + meta.name;
     buildLayout();
@@ -702,6 +705,7 @@
     get view() { return { t0: S.view.t0, t1: S.view.t1 }; },
     get ready() { return S.ready && S.cache !== null && !S.inflight; },
     get frames() { return S.frames.slice(); },
+    get firstDraw() { return S.firstDraw; },  // performance.now() of the first draw with slices
     get details() { return S.details; },
     get range() { return S.range; },
     setView: (t0, t1) => setView(t0, t1),
