@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import http.client
+import itertools
 import json
 import os
 import re
@@ -356,3 +357,61 @@ def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: 
     finally:
         context.close()
     assert viewer.stop()[0] == 0
+
+
+# ---------------------------------------------------------------- levels of detail (in process)
+
+
+def _dense_row() -> tuple[Any, dict[int, int]]:
+    """100,000 slices of 2-9 µs in three states over ~1 s, and the time in each state."""
+    from pyflight.viewer.lod import LodRow
+
+    starts, ends, codes = [], [], []
+    totals: dict[int, int] = {}
+    t = 0
+    for k in range(100_000):
+        length = 2_000 + (k * 7919) % 7_000
+        starts.append(t)
+        ends.append(t + length)
+        codes.append(k % 3)
+        totals[k % 3] = totals.get(k % 3, 0) + length
+        t += length + (k % 5) * 500  # and gaps
+    return LodRow(starts, ends, codes), totals
+
+
+def test_a_whole_trace_query_answers_about_one_slice_per_pixel_and_keeps_the_time_per_state() -> None:
+    row, totals = _dense_row()
+    end = row.raw.ends[-1]
+    got = row.query(0, end, end / 1000)  # 1000 px
+    assert 0 < len(got.starts) <= 2 * 1000
+    assert all(i == -1 for i in got.raw[:-1])  # summaries, each standing for many slices
+    assert sum(got.counts) == len(row.raw)  # every slice is in exactly one of them
+    assert got.starts == sorted(got.starts)
+    assert all(a <= b for a, b in zip(got.ends[:-1], got.starts[1:], strict=True))  # no overlaps
+    assert row.totals(0, end) == totals
+    # a range cut in the middle of slices counts only the part inside it
+    a, b = row.raw.starts[10] + 1_000, row.raw.ends[90_000] - 1_000
+    inside = {}
+    for s, e, c in zip(row.raw.starts, row.raw.ends, row.raw.codes, strict=True):
+        if min(e, b) > max(s, a):
+            inside[c] = inside.get(c, 0) + min(e, b) - max(s, a)
+    assert row.totals(a, b) == inside
+
+
+def test_zoomed_in_the_raw_slices_come_back_one_by_one() -> None:
+    row, _ = _dense_row()
+    a, b = row.raw.starts[50_000], row.raw.ends[50_020]
+    got = row.query(a, b, (b - a) / 1000)  # ~ 100 ns per pixel: every slice is wider than a pixel
+    assert got.raw == list(range(50_000, 50_021))
+    assert got.counts == [1] * 21
+
+
+def test_overlapping_runs_are_spread_over_lanes_that_never_overlap() -> None:
+    from pyflight.viewer.api import _lanes
+
+    items = [(k * 10, k * 10 + 35, 0, f"run {k}") for k in range(20)]  # up to 4 at once
+    lanes = _lanes(items)
+    assert len(lanes) == 4
+    assert sorted(s[3] for lane in lanes for s in lane) == sorted(s[3] for s in items)
+    for lane in lanes:
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(lane))
