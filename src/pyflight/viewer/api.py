@@ -195,6 +195,13 @@ class TimelineApi:
         for state in State:  # every state has a code, in the legend even if absent
             self.code(state.value)
 
+    def warm_up(self) -> None:
+        """Build every row's levels of detail, top rows first (run in a background thread
+        while the browser starts: a request for a row not built yet builds it itself)."""
+        for row in self.rows:
+            if row.lod is not None:
+                row.lod.levels  # noqa: B018 (built on first access)
+
     # ------------------------------------------------------------------ requests
 
     def meta(self) -> dict[str, Any]:

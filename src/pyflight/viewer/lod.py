@@ -16,6 +16,7 @@ work per query is bounded by the width in pixels, not by the number of events.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
@@ -137,6 +138,55 @@ def merge(level: Level, lo: int, hi: int, grain: int, origin: int = 0) -> Slices
     return out
 
 
+def merge_raw(level: Level, grain: int) -> Slices:
+    """``merge`` of a whole raw level (every count 1, no totals), in one tight loop: the
+    first level of a big row is where nearly all the merging work is."""
+    out = Slices([], [], [], [], [], [])
+    starts, ends, codes = level.starts, level.ends, level.codes
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
+        out.starts,
+        out.ends,
+        out.codes,
+        out.counts,
+        out.raw,
+        out.totals,
+    )
+    n = len(starts)
+    k = 0
+    while k < n:
+        a = starts[k]
+        b = ends[k]
+        first = k
+        k += 1
+        if b - a < grain:
+            run_end = b
+            tot = {codes[first]: b - a}
+            while k < n:
+                a2 = starts[k]
+                b2 = ends[k]
+                if b2 - a2 >= grain or a2 - run_end >= grain or run_end - a >= grain:
+                    break
+                c = codes[k]
+                tot[c] = tot.get(c, 0) + b2 - a2
+                run_end = b2
+                k += 1
+            if k - first > 1:
+                o_starts.append(a)
+                o_ends.append(run_end)
+                o_codes.append(max(tot, key=tot.__getitem__))
+                o_counts.append(k - first)
+                o_raw.append(-1)
+                o_totals.append(tot)
+                continue
+        o_starts.append(a)
+        o_ends.append(b)
+        o_codes.append(codes[first])
+        o_counts.append(1)
+        o_raw.append(first)
+        o_totals.append(None)
+    return out
+
+
 class LodRow:
     """One row's raw slices and its merged levels, plus running per-state totals."""
 
@@ -145,35 +195,40 @@ class LodRow:
         self.raw = Level(0, starts, ends, codes, [1] * n, list(range(n)), [None] * n)
         self._levels: list[Level] | None = None
         self._checkpoints: list[dict[int, int]] | None = None
+        self._lock = threading.Lock()  # requests and the warm-up thread build levels once
 
     @property
     def levels(self) -> list[Level]:
         """The raw level and the merged ones, coarser and coarser (built on first use)."""
-        if self._levels is None:
-            levels = [self.raw]
-            level = self.raw
-            n = len(level)
-            if n > SMALL_LEVEL:
-                spacing = (level.ends[-1] - level.starts[0]) // n
-                grain = max(MIN_GRAIN, SPACINGS * spacing)
-                while len(level) > SMALL_LEVEL:
-                    merged = merge(level, 0, len(level), grain)
-                    if len(merged.starts) > 0.9 * len(level):  # hardly merged: go coarser
-                        grain *= GRAIN_STEP
-                        continue
-                    level = Level(
-                        grain,
-                        merged.starts,
-                        merged.ends,
-                        merged.codes,
-                        merged.counts,
-                        merged.raw,
-                        merged.totals,
-                    )
-                    levels.append(level)
-                    grain *= GRAIN_STEP
-            self._levels = levels
-        return self._levels
+        if self._levels is not None:
+            return self._levels
+        with self._lock:
+            if self._levels is None:
+                self._levels = self._build_levels()
+            return self._levels
+
+    def _build_levels(self) -> list[Level]:
+        levels = [self.raw]
+        level = self.raw
+        n = len(level)
+        if n <= SMALL_LEVEL:
+            return levels
+        spacing = (level.ends[-1] - level.starts[0]) // n
+        grain = max(MIN_GRAIN, SPACINGS * spacing)
+        while len(level) > SMALL_LEVEL:
+            if level is self.raw:
+                merged = merge_raw(level, grain)
+            else:
+                merged = merge(level, 0, len(level), grain)
+            if len(merged.starts) > 0.9 * len(level):  # hardly merged: go coarser
+                grain *= GRAIN_STEP
+                continue
+            level = Level(
+                grain, merged.starts, merged.ends, merged.codes, merged.counts, merged.raw, merged.totals
+            )
+            levels.append(level)
+            grain *= GRAIN_STEP
+        return levels
 
     def _running_totals(self) -> list[dict[int, int]]:
         """``[k]``: time per code in raw slices ``[0, k * CHECKPOINT)``."""

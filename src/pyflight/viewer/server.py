@@ -22,6 +22,7 @@ import json
 import re
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -239,6 +240,8 @@ class ViewerServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
+        if content.api is not None:
+            threading.Thread(target=content.api.warm_up, name="pyflight-view-warm-up", daemon=True).start()
 
     @property
     def port(self) -> int:
