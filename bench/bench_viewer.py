@@ -14,7 +14,9 @@ user tasks and regions, GC, the sampler) and then, ROUNDS times:
   ``performance.now()``.
 
 Usage: python bench/bench_viewer.py [TRACE] [--seconds S] [--pace US]. Figures in
-docs/performance.md (the viewer section).
+docs/performance.md (the viewer section). ``--screenshot PNG TRACE`` instead takes the
+picture in docs/images/viewer.png: TRACE served, its top finding followed (its slice
+selected, the waker's arrow drawn), the page saved.
 """
 
 from __future__ import annotations
@@ -206,9 +208,32 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def screenshot(path: str, out: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    proc, url, _ = _serve(path)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 760})
+            page.goto(url, wait_until="load")
+            while not page.evaluate("() => window.pyflightViewer && window.pyflightViewer.ready"):
+                time.sleep(0.02)
+            page.locator("#findings .finding-link").first.click()
+            while not page.evaluate("() => window.pyflightViewer.details && window.pyflightViewer.ready"):
+                time.sleep(0.02)
+            page.wait_for_timeout(300)
+            page.screenshot(path=out)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("trace", nargs="?")
+    parser.add_argument("--screenshot", metavar="PNG", help="save a picture of TRACE's timeline and stop")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
         "--pace",
@@ -217,6 +242,9 @@ def main() -> int:
         help="µs each worker pauses per turn (~1.5 M events in 20 s here)",
     )
     args = parser.parse_args()
+    if args.screenshot:
+        screenshot(args.trace, args.screenshot)
+        return 0
     path = args.trace or os.path.join(tempfile.mkdtemp(), "viewer.pyfl")
     if not os.path.exists(path):
         make_trace(path, args.seconds, args.pace / 1e6)

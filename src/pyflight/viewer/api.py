@@ -11,6 +11,7 @@ text, which the page shows with ``textContent`` only.
 from __future__ import annotations
 
 import collections
+import gc
 import heapq
 import itertools
 from bisect import bisect_left, bisect_right
@@ -198,6 +199,9 @@ class TimelineApi:
     def warm_up(self) -> None:
         """Build every row's levels of detail, top rows first (run in a background thread
         while the browser starts: a request for a row not built yet builds it itself)."""
+        # the model is millions of long-lived objects: without this, the collections the
+        # levels' allocations trigger walk all of them, again and again (seconds each)
+        gc.freeze()
         for row in self.rows:
             if row.lod is not None:
                 row.lod.levels  # noqa: B018 (built on first access)
