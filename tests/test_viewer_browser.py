@@ -23,11 +23,16 @@ import pytest
 
 import test_report_browser
 from programs import record_program
+from pyflight import core
 from test_report_browser import EVIL_DIR, EVIL_FUNCTION, EVIL_PROGRAM, EVIL_THREAD, EVIL_TRACE, EVIL_USER_TASK
 from test_viewer import Viewer, _start
 
 browser = test_report_browser.browser  # Chromium (skips, saying why, without it)
 SPAN = "(window.pyflightViewer.view.t1 - window.pyflightViewer.view.t0)"  # the visible time, ns
+#: threading locks are traced by the C core only (sources/blocking.py): the pure-Python
+#: core records the loop stall but not the lock wait
+PURE = core.BACKEND_NAME != "c"
+needs_lock_waits = pytest.mark.skipif(PURE, reason="lock waits are traced by the C core only")
 
 PLANTED = """
 import asyncio
@@ -212,7 +217,7 @@ def test_the_timeline_loads_offline_with_nothing_fetched_from_elsewhere(
     assert r.page.title() == f"pyflight timeline — {r.viewer.line.split(' ')[3]}"
     assert r.page.locator("#report-link").get_attribute("href") == "/report"
     # the findings are listed and the canvas is drawn (non-blank pixels in the track area)
-    assert r.page.locator("#findings .finding-link").count() >= 2
+    assert r.page.locator("#findings .finding-link").count() >= (1 if PURE else 2)
     painted = r.page.evaluate(
         """() => { const c = document.getElementById('canvas');
                    const d = c.getContext('2d').getImageData(300, 30, 400, 300).data;
@@ -236,6 +241,7 @@ def test_the_wheel_zooms_in_at_the_pointer(open_viewer: Callable[..., Opened]) -
     r.wait_for(f"{SPAN} > {after['t1'] - after['t0']}")
 
 
+@needs_lock_waits
 def test_a_click_on_a_blocked_slice_shows_its_reason_stack_and_waker(
     open_viewer: Callable[..., Opened],
 ) -> None:
@@ -258,6 +264,7 @@ def test_a_click_on_a_blocked_slice_shows_its_reason_stack_and_waker(
     r.wait_for("window.pyflightViewer.details && window.pyflightViewer.details.row_name === 'lock-holder'")
 
 
+@needs_lock_waits
 def test_clicking_a_finding_zooms_to_its_worst_moment(open_viewer: Callable[..., Opened]) -> None:
     r = open_viewer("planted")
     findings = r.api("/api/findings")
@@ -274,10 +281,19 @@ def test_clicking_a_finding_zooms_to_its_worst_moment(open_viewer: Callable[...,
     details = r.page.evaluate("window.pyflightViewer.details")
     assert details["row_name"] == "lock-waiter" and details["state"] == "blocked:lock"
     assert "wait_for_the_lock" in r.page.locator("#details").inner_text()  # the culprit's stack
-    # the blocked loop's finding lands on its stall, whose stack holds the culprit
+
+
+def test_the_blocked_loop_finding_lands_on_its_stall(open_viewer: Callable[..., Opened]) -> None:
+    r = open_viewer("planted")
+    r.page.keyboard.press("w")  # move away first: the link must bring the stall back
+    r.page.evaluate("window.pyflightViewer.setView(0, 1000000)")
     r.page.locator("#findings .finding-link", has_text="Event loop blocked").click()
     r.wait_for("window.pyflightViewer.details && window.pyflightViewer.details.kind === 'stalls'")
-    assert "load_config_sync" in r.page.locator("#details").inner_text()
+    details = r.page.evaluate("window.pyflightViewer.details")
+    assert details["duration"] >= 150_000_000  # the 200 ms sleep on the loop
+    assert "load_config_sync" in r.page.locator("#details").inner_text()  # the culprit's stack
+    view = r.view()
+    assert view["t0"] <= details["start"] and details["end"] <= view["t1"]
 
 
 def test_search_finds_a_task_by_name_and_zooms_to_it(open_viewer: Callable[..., Opened]) -> None:
