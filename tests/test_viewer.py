@@ -415,3 +415,56 @@ def test_overlapping_runs_are_spread_over_lanes_that_never_overlap() -> None:
     assert sorted(s[3] for lane in lanes for s in lane) == sorted(s[3] for s in items)
     for lane in lanes:
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(lane))
+
+
+MANY_TASKS = """
+import asyncio
+
+
+async def fetch(i, gate):
+    await gate.wait()
+    await asyncio.sleep(0.001 * (i % 5))
+
+
+async def amain():
+    for batch in range(4):
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(fetch(i, gate), name=f"fetch-{batch}-{i}") for i in range(20)]
+        await asyncio.sleep(0.005)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+
+def main():
+    asyncio.run(amain())
+"""
+
+
+def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_path: Path) -> None:
+    import pyflight
+    from programs import record_program
+    from pyflight.report import analyze
+    from pyflight.viewer.api import TimelineApi
+
+    program = tmp_path / "many.py"
+    program.write_text(MANY_TASKS, encoding="utf-8")
+    api = TimelineApi(analyze(pyflight.load(str(record_program(program, tmp_path / "many.pyfl")))))
+    lanes = [row for row in api.rows if row.group == "tasks: fetch"]
+    assert 20 <= len(lanes) < 80  # 80 tasks, at most 20 at once: lanes, not a row each
+    names: set[str] = set()
+    for row in lanes:
+        assert row.lod is not None and row.owners is not None
+        raw = row.lod.raw
+        assert all(e <= s for e, s in zip(raw.ends[:-1], raw.starts[1:], strict=True))
+        names.update(owner.name for owner in row.owners)
+    assert names == {f"fetch-{b}-{i}" for b in range(4) for i in range(20)}
+    # a wait in a lane says which task waited
+    row = lanes[0]
+    assert row.lod is not None and row.owners is not None
+    k = next(k for k, code in enumerate(row.lod.raw.codes) if api.codes[code] == "blocked:await")
+    details = api.slice_details(row.id, k)
+    assert details is not None and details["task"] == row.owners[k].name
+    # search finds a task by name, in its lane
+    hits = [h for h in api.search("fetch-2-7") if h["kind"] == "task"]
+    assert [h["text"] for h in hits] == ["fetch-2-7"]
+    assert api.rows[hits[0]["row"]].group == "tasks: fetch"

@@ -50,7 +50,7 @@ class Row:
     refs: list[Any] = field(default_factory=list)
     tid: int = 0  # the thread a thread or samples row is about
     task: int = 0  # the asyncio task of a task row
-    owners: list[int] | None = None  # a lane of tasks: the task of each raw slice
+    owners: list[Any] | None = None  # a lane of tasks: the TaskTimeline of each raw slice
     points: list[tuple[int, int]] = field(default_factory=list)  # counter rows
 
     def header(self) -> dict[str, Any]:
@@ -107,13 +107,17 @@ class TimelineApi:
             code = self._interval_codes[key] = self.code(state)
         return code
 
-    def _add(
-        self, kind: str, name: str, group: str, slices: list[tuple[int, int, int, Any]], **kw: Any
-    ) -> Row:
-        slices = [s for s in slices if s[1] > s[0]]
-        slices.sort(key=lambda s: s[0])
-        lod = LodRow([s[0] for s in slices], [s[1] for s in slices], [s[2] for s in slices])
-        row = Row(len(self.rows), kind, name, group, lod, [s[3] for s in slices], **kw)
+    def _add(self, kind: str, name: str, group: str, slices: list[tuple[Any, ...]], **kw: Any) -> Row:
+        """A row of ``(start, end, code, ref[, owner task])`` slices (sorted here if need be)."""
+        if not all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):
+            slices = sorted((s for s in slices if s[1] > s[0]), key=lambda s: s[0])
+        elif slices and slices[-1][1] <= slices[-1][0]:
+            slices = slices[:-1]
+        starts, ends, codes, refs, *owners = zip(*slices, strict=True) if slices else ((), (), (), ())
+        lod = LodRow(list(starts), list(ends), list(codes))
+        row = Row(len(self.rows), kind, name, group, lod, list(refs), **kw)
+        if owners:
+            row.owners = list(owners[0])
         self.rows.append(row)
         return row
 
@@ -158,7 +162,7 @@ class TimelineApi:
             lifetimes = [(tk.created, max(tk.end, tk.created + 1), 0, tk) for tk in tasks]
             for lane, members in enumerate(_lanes(lifetimes, MAX_TASK_LANES)):
                 slices = [
-                    (iv.start, iv.end, self._interval_code(iv), iv, m[3].id)
+                    (iv.start, iv.end, self._interval_code(iv), iv, m[3])
                     for m in members
                     for iv in m[3].intervals
                 ]
@@ -290,10 +294,11 @@ class TimelineApi:
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
             if ref.state is State.BLOCKED or ref.state is State.READY:
-                task = row.owners[k] if row.owners is not None else row.task
+                task = row.owners[k].id if row.owners is not None else row.task
                 out["waker"] = self._waker(row, task, start, end)
-            if row.owners is not None:
-                out["task"] = self._task_name(row.owners[k])
+            if row.owners is not None:  # ids of finished tasks are reused: the object names it
+                owner = row.owners[k]
+                out["task"] = owner.name or f"task {owner.id}"
         elif row.kind == "samples":
             out["stack_start"] = _stack(ref.stack)
             out["reason"] = ref.reason.name.lower() if ref.reason is not None else None
@@ -328,10 +333,6 @@ class TimelineApi:
             if isinstance(nxt, Interval):
                 return nxt.stack
         return ()
-
-    def _task_name(self, task: int) -> str:
-        tk = self.model.tasks.get(task)
-        return (tk.name if tk is not None else "") or f"task {task}"
 
     def _waker(self, row: Row, task: int, start: int, end: int) -> dict[str, Any] | None:
         wakes = (
