@@ -14,6 +14,7 @@ import collections
 import gc
 import heapq
 import itertools
+import operator
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ TASK_ROWS = 30  # a coroutine with more tasks than this gets lanes (tasks one af
 MAX_TASK_LANES = 200
 WAKE_SLACK = 2_000_000  # ns: a wake-up recorded this long after the end of a wait still counts
 FLAME_MAX_NODES = 4_000
+_START = operator.itemgetter(0)
 
 
 @dataclass
@@ -107,10 +109,19 @@ class TimelineApi:
             code = self._interval_codes[key] = self.code(state)
         return code
 
-    def _add(self, kind: str, name: str, group: str, slices: list[tuple[Any, ...]], **kw: Any) -> Row:
-        """A row of ``(start, end, code, ref[, owner task])`` slices (sorted here if need be)."""
-        if not all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):
-            slices = sorted((s for s in slices if s[1] > s[0]), key=lambda s: s[0])
+    def _add(
+        self,
+        kind: str,
+        name: str,
+        group: str,
+        slices: list[tuple[Any, ...]],
+        ordered: bool = False,
+        **kw: Any,
+    ) -> Row:
+        """A row of ``(start, end, code, ref[, owner task])`` slices (sorted here unless
+        ``ordered``: the caller made them sorted and non-overlapping)."""
+        if not ordered and not all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):
+            slices = sorted((s for s in slices if s[1] > s[0]), key=_START)
         elif slices and slices[-1][1] <= slices[-1][0]:
             slices = slices[:-1]
         starts, ends, codes, refs, *owners = zip(*slices, strict=True) if slices else ((), (), (), ())
@@ -166,7 +177,7 @@ class TimelineApi:
                     for m in members
                     for iv in m[3].intervals
                 ]
-                row = self._add("task", f"{coro} ({lane + 1})", group, _no_overlap(slices))
+                row = self._add("task", f"{coro} ({lane + 1})", group, _no_overlap(slices), ordered=True)
                 self._tasks.extend((m[3], row.id) for m in members)
         user_code = self.code("task")
         by_name: dict[str, list[tuple[int, int, int, Any]]] = collections.defaultdict(list)
@@ -574,7 +585,7 @@ def _no_overlap(slices: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Sorted, each slice cut where the next begins (a row never overlaps itself)."""
     if all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):  # the usual case: as is
         return slices
-    slices = sorted((s for s in slices if s[1] > s[0]), key=lambda s: s[0])
+    slices = sorted((s for s in slices if s[1] > s[0]), key=_START)
     out = []
     for k, s in enumerate(slices):
         end = s[1]
