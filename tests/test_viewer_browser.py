@@ -241,6 +241,27 @@ def test_the_wheel_zooms_in_at_the_pointer(open_viewer: Callable[..., Opened]) -
     r.wait_for(f"{SPAN} > {after['t1'] - after['t0']}")
 
 
+def test_w_s_a_d_zoom_and_pan_as_in_perfetto(open_viewer: Callable[..., Opened]) -> None:
+    r = open_viewer("planted")
+    r.page.locator("#timeline").focus()
+    full = r.view()
+    r.page.keyboard.down("w")
+    r.wait_for(f"{SPAN} < {0.5 * (full['t1'] - full['t0'])}")
+    r.page.keyboard.up("w")
+    zoomed = r.view()
+    r.page.keyboard.down("d")
+    r.wait_for(f"window.pyflightViewer.view.t0 > {zoomed['t0'] + 0.5 * (zoomed['t1'] - zoomed['t0'])}")
+    r.page.keyboard.up("d")
+    panned = r.view()
+    assert abs((panned["t1"] - panned["t0"]) - (zoomed["t1"] - zoomed["t0"])) < 1  # a pan keeps the zoom
+    r.page.keyboard.down("a")
+    r.wait_for(f"window.pyflightViewer.view.t0 < {panned['t0']}")
+    r.page.keyboard.up("a")
+    r.page.keyboard.down("s")
+    r.wait_for(f"{SPAN} > {panned['t1'] - panned['t0']}")
+    r.page.keyboard.up("s")
+
+
 @needs_lock_waits
 def test_a_click_on_a_blocked_slice_shows_its_reason_stack_and_waker(
     open_viewer: Callable[..., Opened],
