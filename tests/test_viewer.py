@@ -1,16 +1,19 @@
-"""``pyflight view``: the report served on a local web server, run as a subprocess
-(``python -m pyflight view TRACE --port 0 --no-browser``) and asked over HTTP.
+"""``pyflight view``: the timeline and the report served on a local web server, run as a
+subprocess (``python -m pyflight view TRACE --port 0 --no-browser``) and asked over HTTP.
 
-The server must answer ``/``, ``/report.json`` and ``/trace.pyfl`` with the same report
+The server must answer ``/`` (the timeline page), its ``/static/`` script and style, its
+``/api/`` JSON, and ``/report``, ``/report.json`` and ``/trace.pyfl`` with the same report
 ``pyflight report`` gives, refuse everything else, carry its security headers, stop
 cleanly on SIGINT and SIGTERM, and fail like ``pyflight report`` does (one line, an exit
-status) on a missing file, a file that is not a trace or a port that is taken.
+status) on a missing file, a file that is not a trace or a port that is taken. What the
+timeline shows in a browser is tests/test_viewer_browser.py.
 """
 
 from __future__ import annotations
 
 import html
 import http.client
+import itertools
 import json
 import os
 import re
@@ -30,7 +33,7 @@ import pytest
 
 import test_report_browser
 from programs import record_named
-from pyflight.viewer.server import CSP
+from pyflight.viewer.server import CSP, TIMELINE_CSP
 from test_report import EVIL, evil_trace
 
 HERE = Path(__file__).parent
@@ -141,17 +144,29 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _security_headers(headers: http.client.HTTPMessage) -> None:
+def _security_headers(headers: http.client.HTTPMessage, csp: str = CSP) -> None:
     assert headers["Cache-Control"] == "no-store"
     assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Content-Security-Policy"] == CSP
+    assert headers["Content-Security-Policy"] == csp
+
+
+def _directives(csp: str) -> dict[str, str]:
+    return dict(d.strip().split(" ", 1) for d in csp.split(";"))
 
 
 def test_csp_forbids_scripts_and_fetches_but_lets_inline_styles_work() -> None:
-    directives = dict(d.strip().split(" ", 1) for d in CSP.split(";"))
+    directives = _directives(CSP)
     assert directives["default-src"] == "'none'"  # no script, image, font, fetch, frame
     assert directives["style-src"] == "'unsafe-inline'"  # the report's <style> and style=""
     assert "script-src" not in directives
+
+
+def test_timeline_csp_allows_only_the_servers_own_script_style_and_json() -> None:
+    directives = _directives(TIMELINE_CSP)
+    assert directives["default-src"] == "'none'"  # no image, font, frame, nothing elsewhere
+    for name in ("script-src", "style-src", "connect-src"):
+        assert directives[name] == "'self'", name  # no inline script, no eval, no CDN
+    assert directives["frame-ancestors"] == "'none'"
 
 
 def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
@@ -170,7 +185,7 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
     top = report["findings"][0]
     assert top["title"] and top["score"] >= 25
 
-    status, headers, page = viewer.request("/")
+    status, headers, page = viewer.request("/report")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     _security_headers(headers)
     text = page.decode("utf-8")
@@ -178,8 +193,32 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
     assert html.escape(top["title"]) in text
     assert int(headers["Content-Length"]) == len(page)
 
-    status, headers, head = viewer.request("/", method="HEAD")
+    status, headers, head = viewer.request("/report", method="HEAD")
     assert status == 200 and head == b"" and int(headers["Content-Length"]) == len(page)
+
+    # the timeline: its page links the report, its script and style are the package's own
+    status, headers, timeline = viewer.request("/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    _security_headers(headers, TIMELINE_CSP)
+    assert b'href="/report"' in timeline and b'src="/static/app.js"' in timeline
+    status, headers, script = viewer.request("/static/app.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    _security_headers(headers, TIMELINE_CSP)
+    for parser in (b"innerHTML", b"outerHTML", b"insertAdjacentHTML", b"document.write", b"eval("):
+        assert parser not in script, parser  # trace strings reach the page as text only
+    status, headers, meta_body = viewer.request("/api/meta")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    _security_headers(headers, TIMELINE_CSP)
+    meta = json.loads(meta_body)
+    assert meta["duration"] == report["summary"]["duration_ns"]
+    assert {"thread", "usertask", "counter"} <= {row["kind"] for row in meta["rows"]}
+    findings = json.loads(viewer.request("/api/findings")[2])
+    assert [f["title"] for f in findings] == [f["title"] for f in report["findings"]]
+    assert all(0 <= f["at"][0] <= f["at"][1] <= meta["duration"] for f in findings)
+    for path in ("/api/nope", "/static/nope.js", "/static/../server.py"):
+        assert viewer.request(path)[0] == 404, path
+    status, _, message = viewer.request("/api/slices?t0=0&t1=x&w=10")
+    assert (status, message) == (400, b"bad t1\n")
 
     status, headers, data = viewer.request("/trace.pyfl")
     assert status == 200 and headers["Content-Type"] == "application/octet-stream"
@@ -207,7 +246,7 @@ def test_serves_the_report_the_json_and_the_trace_then_stops_on_sigint(
 def test_markup_in_the_trace_and_its_name_is_escaped_and_sigterm_stops(evil: Path, viewer_of: Any) -> None:
     viewer = viewer_of(evil, "--no-browser")
     assert viewer.line.startswith(f"pyflight view: serving {str(evil)!a} at ")  # still one line
-    status, _, page = viewer.request("/")
+    status, _, page = viewer.request("/report")
     text = page.decode("utf-8")
     assert status == 200
     assert EVIL not in text and "<script" not in text.lower() and '<b>"x"' not in text
@@ -296,7 +335,7 @@ def test_a_bad_port_is_a_usage_error() -> None:
 
 
 def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: Any) -> None:
-    """The CSP lets the page's inline CSS and SVG work: nothing refused, nothing fetched."""
+    """The report's CSP lets its inline CSS and SVG work: nothing refused, nothing fetched."""
     viewer = viewer_of(slow_tasks, "--no-browser")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
@@ -306,9 +345,9 @@ def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: 
         console: list[str] = []
         context.on("request", lambda request: requests.append(request.url))
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.goto(viewer.url, wait_until="load")
+        page.goto(viewer.url + "report", wait_until="load")
         page.wait_for_timeout(200)
-        assert requests == [viewer.url]
+        assert requests == [viewer.url + "report"]
         assert console == []  # a refused inline style would be reported here
         assert page.get_by_role("heading", name="Findings", exact=True).is_visible()
         finding = page.locator(".finding").first
@@ -319,3 +358,114 @@ def test_the_served_page_in_chromium(browser: Any, slow_tasks: Path, viewer_of: 
     finally:
         context.close()
     assert viewer.stop()[0] == 0
+
+
+# ---------------------------------------------------------------- levels of detail (in process)
+
+
+def _dense_row() -> tuple[Any, dict[int, int]]:
+    """100,000 slices of 2-9 µs in three states over ~1 s, and the time in each state."""
+    from pyflight.viewer.lod import LodRow
+
+    starts, ends, codes = [], [], []
+    totals: dict[int, int] = {}
+    t = 0
+    for k in range(100_000):
+        length = 2_000 + (k * 7919) % 7_000
+        starts.append(t)
+        ends.append(t + length)
+        codes.append(k % 3)
+        totals[k % 3] = totals.get(k % 3, 0) + length
+        t += length + (k % 5) * 500  # and gaps
+    return LodRow(starts, ends, codes), totals
+
+
+def test_a_whole_trace_query_answers_about_one_slice_per_pixel_and_keeps_the_time_per_state() -> None:
+    row, totals = _dense_row()
+    end = row.raw.ends[-1]
+    got = row.query(0, end, end / 1000)  # 1000 px
+    assert 0 < len(got.starts) <= 2 * 1000
+    assert all(i == -1 for i in got.raw[:-1])  # summaries, each standing for many slices
+    assert sum(got.counts) == len(row.raw)  # every slice is in exactly one of them
+    assert got.starts == sorted(got.starts)
+    assert all(a <= b for a, b in zip(got.ends[:-1], got.starts[1:], strict=True))  # no overlaps
+    assert row.totals(0, end) == totals
+    # a range cut in the middle of slices counts only the part inside it
+    a, b = row.raw.starts[10] + 1_000, row.raw.ends[90_000] - 1_000
+    inside = {}
+    for s, e, c in zip(row.raw.starts, row.raw.ends, row.raw.codes, strict=True):
+        if min(e, b) > max(s, a):
+            inside[c] = inside.get(c, 0) + min(e, b) - max(s, a)
+    assert row.totals(a, b) == inside
+
+
+def test_zoomed_in_the_raw_slices_come_back_one_by_one() -> None:
+    row, _ = _dense_row()
+    a, b = row.raw.starts[50_000], row.raw.ends[50_020]
+    got = row.query(a, b, (b - a) / 1000)  # ~ 100 ns per pixel: every slice is wider than a pixel
+    assert got.raw == list(range(50_000, 50_021))
+    assert got.counts == [1] * 21
+
+
+def test_overlapping_runs_are_spread_over_lanes_that_never_overlap() -> None:
+    from pyflight.viewer.api import _lanes
+
+    items = [(k * 10, k * 10 + 35, 0, f"run {k}") for k in range(20)]  # up to 4 at once
+    lanes = _lanes(items)
+    assert len(lanes) == 4
+    assert sorted(s[3] for lane in lanes for s in lane) == sorted(s[3] for s in items)
+    for lane in lanes:
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(lane))
+
+
+MANY_TASKS = """
+import asyncio
+
+
+async def fetch(i, gate):
+    await gate.wait()
+    await asyncio.sleep(0.001 * (i % 5))
+
+
+async def amain():
+    for batch in range(4):
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(fetch(i, gate), name=f"fetch-{batch}-{i}") for i in range(20)]
+        await asyncio.sleep(0.005)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+
+def main():
+    asyncio.run(amain())
+"""
+
+
+def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_path: Path) -> None:
+    import pyflight
+    from programs import record_program
+    from pyflight.report import analyze
+    from pyflight.viewer.api import TimelineApi
+
+    program = tmp_path / "many.py"
+    program.write_text(MANY_TASKS, encoding="utf-8")
+    api = TimelineApi(analyze(pyflight.load(str(record_program(program, tmp_path / "many.pyfl")))))
+    lanes = [row for row in api.rows if row.group == "tasks: fetch"]
+    assert 20 <= len(lanes) < 80  # 80 tasks, at most 20 at once: lanes, not a row each
+    names: set[str] = set()
+    for row in lanes:
+        assert row.lod is not None and row.owners is not None
+        raw = row.lod.raw
+        assert all(e <= s for e, s in zip(raw.ends[:-1], raw.starts[1:], strict=True))
+        names.update(owner.name for owner in row.owners)
+    assert names == {f"fetch-{b}-{i}" for b in range(4) for i in range(20)}
+    # a wait in a lane says which task waited
+    row = lanes[0]
+    assert row.lod is not None and row.owners is not None
+    k = next(k for k, code in enumerate(row.lod.raw.codes) if api.codes[code] == "blocked:await")
+    details = api.slice_details(row.id, k)
+    assert details is not None and details["task"] == row.owners[k].name
+    # search finds a task by name, in its lane
+    hits = [h for h in api.search("fetch-2-7") if h["kind"] == "task"]
+    assert [h["text"] for h in hits] == ["fetch-2-7"]
+    assert api.rows[hits[0]["row"]].group == "tasks: fetch"

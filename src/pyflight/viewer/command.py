@@ -48,6 +48,7 @@ def _prepare(path: str) -> Content:
     from pyflight.commands.report import load_report
     from pyflight.report.html import render
     from pyflight.report.json_report import dumps
+    from pyflight.viewer.api import TimelineApi
     from pyflight.viewer.server import Content
 
     with gc_paused():  # the trace and its model are millions of long-lived objects
@@ -55,9 +56,10 @@ def _prepare(path: str) -> Content:
         try:
             html = render(report).encode("utf-8", "replace")
             json = dumps(report).encode("utf-8", "replace")
+            api = TimelineApi(report)
         except Exception as exc:
             raise CommandError(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_FAILED) from None
-    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path))
+    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path), api=api)
 
 
 def _serve(args: argparse.Namespace, content: Content) -> int:

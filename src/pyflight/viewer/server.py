@@ -1,10 +1,14 @@
-"""The HTTP server of ``pyflight view``: a few pages rendered once, served read-only.
+"""The HTTP server of ``pyflight view``: the interactive timeline and the report, read-only.
 
-Routes: ``/`` the HTML report, ``/report.json`` the JSON report, ``/trace.pyfl`` the
-trace file (a download); anything else is 404, any method but GET and HEAD is 405.
-Every response says ``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff``
-and carries a Content-Security-Policy that allows no script, no fetch and no frame: the
-report is inline CSS and SVG only.
+Routes: ``/`` the timeline page (``static/index.html``; the report when there is no
+timeline API), ``/static/<file>`` its script and style (shipped in the package),
+``/api/<query>`` the timeline's JSON (:mod:`pyflight.viewer.api`), ``/report`` the HTML
+report, ``/report.json`` the JSON report, ``/trace.pyfl`` the trace file (a download);
+anything else is 404, any method but GET and HEAD is 405. Every response says
+``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff`` and carries a
+Content-Security-Policy: the report's allows no script and no fetch (inline CSS and SVG
+only); the timeline's allows only the server's own script, style and JSON (``'self'``),
+no inline script, no frame, nothing from elsewhere.
 
 Bound to a loopback address, the server answers only requests whose ``Host`` is a
 loopback name or address, so a web page the user visits cannot read the trace through
@@ -14,20 +18,36 @@ a DNS name that it points at 127.0.0.1 (DNS rebinding).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import quote
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
 
-__all__ = ["CSP", "Content", "ViewerServer", "is_loopback"]
+if TYPE_CHECKING:
+    from pyflight.viewer.api import TimelineApi
+
+__all__ = ["CSP", "TIMELINE_CSP", "Content", "ViewerServer", "is_loopback"]
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
+TIMELINE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "viewer.css": "text/css; charset=utf-8",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,54 @@ class Content:
     json: bytes
     trace: bytes
     trace_name: str  # the file's base name, for Content-Disposition
+    api: TimelineApi | None = None  # None: no timeline, ``/`` is the report
+
+
+def _static(name: str) -> bytes:
+    return resources.files("pyflight.viewer").joinpath("static", name).read_bytes()
+
+
+class _BadQuery(ValueError):
+    pass
+
+
+def _int(query: dict[str, list[str]], name: str, default: int | None = None) -> int:
+    values = query.get(name)
+    if not values:
+        if default is None:
+            raise _BadQuery(f"missing {name}")
+        return default
+    try:
+        return int(float(values[0]))
+    except ValueError:
+        raise _BadQuery(f"bad {name}") from None
+
+
+def _ints(query: dict[str, list[str]], name: str) -> list[int]:
+    text = (query.get(name) or [""])[0]
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise _BadQuery(f"bad {name}") from None
+
+
+def api_answer(api: TimelineApi, route: str, query: dict[str, list[str]]) -> Any:
+    """The JSON-able answer of ``/api/<route>?query``; KeyError for an unknown route."""
+    if route == "meta":
+        return api.meta()
+    if route == "slices":
+        return api.slices(_int(query, "t0"), _int(query, "t1"), _int(query, "w"), _ints(query, "rows"))
+    if route == "slice":
+        return api.slice_details(_int(query, "row"), _int(query, "i"))
+    if route == "range":
+        return api.range_summary(_int(query, "t0"), _int(query, "t1"), _ints(query, "rows") or None)
+    if route == "search":
+        return api.search((query.get("q") or [""])[0])
+    if route == "findings":
+        return api.findings()
+    if route == "histograms":
+        return api.histograms()
+    raise KeyError(route)
 
 
 def is_loopback(host: str) -> bool:
@@ -92,8 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, b"forbidden host\n", "text/plain; charset=utf-8", body=body)
             return
         content = self.server.content
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
-        if path == "/":
+        path, _, query = self.path.split("#", 1)[0].partition("?")
+        self.csp = CSP
+        if content.api is not None and (path == "/" or path.startswith(("/static/", "/api/"))):
+            self.csp = TIMELINE_CSP
+            self._timeline(content.api, path, query, body)
+        elif path in ("/", "/report"):
             self._send(200, content.html, "text/html; charset=utf-8", body=body)
         elif path == "/report.json":
             self._send(200, content.json, "application/json", body=body)
@@ -102,6 +174,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, content.trace, "application/octet-stream", headers, body=body)
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
+
+    def _timeline(self, api: TimelineApi, path: str, query: str, body: bool) -> None:
+        if path == "/":
+            path = "/static/index.html"
+        if path.startswith("/static/"):
+            name = path[len("/static/") :]
+            kind = STATIC_TYPES.get(name)
+            if kind is None:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
+            else:
+                self._send(200, _static(name), kind, body=body)
+            return
+        try:
+            answer = api_answer(api, path[len("/api/") :], parse_qs(query))
+        except KeyError:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
+            return
+        except _BadQuery as exc:
+            self._send(400, f"{exc}\n".encode(), "text/plain; charset=utf-8", body=body)
+            return
+        payload = json.dumps(answer, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        self._send(200, payload, "application/json", body=body)
 
     def _send(
         self,
@@ -124,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         # every response, error pages of the base class included
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Content-Security-Policy", getattr(self, "csp", CSP))
         self.send_header("Referrer-Policy", "no-referrer")
         super().end_headers()
 
@@ -146,6 +240,8 @@ class ViewerServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
+        if content.api is not None:
+            threading.Thread(target=content.api.warm_up, name="pyflight-view-warm-up", daemon=True).start()
 
     @property
     def port(self) -> int:

@@ -1,0 +1,297 @@
+"""``pyflight view`` on a big trace: time to the first answer, first draw, panning frames.
+
+Records (once, cached at the path given) a ~20 s trace of a paced busy program (the
+workload of bench_analysis.py: threads on a lock and a queue, asyncio tasks on a queue,
+user tasks and regions, GC, the sampler) and then, ROUNDS times:
+
+- server: ``pyflight view TRACE --port 0 --no-browser`` started as a user starts it,
+  timed until ``/api/meta`` answers (read + analysis + timeline rows and levels of detail);
+  the in-process split of that time (load / analyze / TimelineApi) is printed once;
+- first draw: headless Chromium opens the page; ``performance.now()`` (0 = navigation
+  start) when the page has drawn the whole trace with its first slices;
+- panning: 240 animation frames panning by 1/120 of the view each, then 240 zooming in and
+  out; each frame's draw time and the interval between frames, measured in the page with
+  ``performance.now()``.
+
+Usage: python bench/bench_viewer.py [TRACE] [--seconds S] [--pace US]. Figures in
+docs/performance.md (the viewer section). ``--screenshot PNG TRACE`` instead takes the
+picture in docs/images/viewer.png: TRACE served, its top finding followed (its slice
+selected, the waker's arrow drawn), the page saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from _common import summary
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(HERE), "src")
+CHROMIUM = os.environ.get("PYFLIGHT_TEST_CHROMIUM", "/usr/bin/chromium")
+ROUNDS = 3
+SERVING = re.compile(r"at (http://\S+/) \(Ctrl-C to stop\)$")
+
+
+def _workload(stop: threading.Event, pace: float) -> None:
+    """Threads and an event loop keeping every source busy, each pausing ``pace`` s per turn."""
+    import pyflight
+
+    lock = threading.Lock()
+    jobs: queue.Queue[int] = queue.Queue(maxsize=8)
+
+    def contender() -> None:
+        while not stop.is_set():
+            with lock:
+                sum(range(200))
+            time.sleep(pace)
+
+    def producer() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                jobs.put(i, timeout=0.05)
+            except queue.Full:
+                pass
+            i += 1
+            time.sleep(pace)
+
+    def consumer() -> None:
+        while not stop.is_set():
+            try:
+                jobs.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            with pyflight.task("job"), pyflight.region("work"):
+                sum(range(100))
+
+    async def stepper(q: asyncio.Queue[int]) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(pace)
+            await q.put(1)
+
+    async def drainer(q: asyncio.Queue[int]) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(q.get(), 0.05)
+            except TimeoutError:
+                pass
+
+    async def main() -> None:
+        q: asyncio.Queue[int] = asyncio.Queue(maxsize=16)
+        tasks = [asyncio.create_task(stepper(q), name=f"stepper-{i}") for i in range(20)]
+        tasks += [asyncio.create_task(drainer(q), name=f"drainer-{i}") for i in range(10)]
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    threads = [
+        threading.Thread(target=f, name=f.__name__, daemon=True)
+        for f in (contender, contender, producer, consumer, consumer)
+    ]
+    threads.append(threading.Thread(target=lambda: asyncio.run(main()), name="loop", daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def make_trace(path: str, seconds: float, pace: float) -> None:
+    import pyflight
+
+    stop = threading.Event()
+    with pyflight.FlightRecorder(min_age=3600, max_bytes=2048 * 2**20) as rec:
+        runner = threading.Thread(target=_workload, args=(stop, pace), name="workload")
+        runner.start()
+        time.sleep(seconds)
+        stop.set()
+        runner.join()
+        rec.write_to(path)
+
+
+def _in_process_split(path: str) -> str:
+    import gc
+
+    import pyflight
+    from pyflight.report import analyze
+    from pyflight.viewer.api import TimelineApi
+
+    gc.disable()
+    t0 = time.perf_counter()
+    trace = pyflight.load(path)
+    t1 = time.perf_counter()
+    report = analyze(trace)
+    t2 = time.perf_counter()
+    TimelineApi(report)
+    t3 = time.perf_counter()
+    gc.enable()
+    return f"load {t1 - t0:.2f} s, analyze {t2 - t1:.2f} s, timeline rows {t3 - t2:.2f} s (levels: warm-up)"
+
+
+def _serve(path: str) -> tuple[subprocess.Popen[str], str, float]:
+    """Start ``pyflight view``; its URL and the seconds until /api/meta answered."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyflight", "view", path, "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    match = SERVING.search(proc.stdout.readline().strip())
+    assert match, "pyflight view did not start"
+    url = match.group(1)
+    with urllib.request.urlopen(url + "api/meta", timeout=600) as response:
+        json.load(response)
+    return proc, url, time.perf_counter() - started
+
+
+PAN = """async () => {
+  const v = window.pyflightViewer;
+  const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+  const full = v.view;
+  v.setView(full.t0 + (full.t1 - full.t0) * 0.4, full.t0 + (full.t1 - full.t0) * 0.45);
+  while (!v.ready) await frame();
+  await frame();
+  const skip = v.frames.length;
+  const gaps = [];
+  let last = performance.now();
+  for (let n = 0; n < 480; n++) {
+    const view = v.view, span = view.t1 - view.t0;
+    if (n < 240) v.setView(view.t0 + span / 120, view.t1 + span / 120);
+    else { const f = n % 60 < 30 ? 0.97 : 1 / 0.97, mid = (view.t0 + view.t1) / 2;
+           v.setView(mid - span * f / 2, mid + span * f / 2); }
+    await frame();
+    const now = performance.now();
+    gaps.push(now - last);
+    last = now;
+  }
+  return { draws: v.frames.slice(skip), gaps };
+}"""
+
+
+def _browser_round(playwright: object, url: str) -> tuple[float, list[float], list[float]]:
+    browser = playwright.chromium.launch(  # type: ignore[attr-defined]
+        executable_path=CHROMIUM, headless=True, args=["--disable-background-networking"]
+    )
+    try:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(url, wait_until="load")
+        first = None
+        while first is None:
+            first = page.evaluate("() => window.pyflightViewer && window.pyflightViewer.firstDraw")
+            if first is None:
+                time.sleep(0.01)
+        result = page.evaluate(PAN)
+        return float(first), list(result["draws"]), list(result["gaps"])
+    finally:
+        browser.close()
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def screenshot(path: str, out: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    proc, url, _ = _serve(path)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 760})
+            page.goto(url, wait_until="load")
+            while not page.evaluate("() => window.pyflightViewer && window.pyflightViewer.ready"):
+                time.sleep(0.02)
+            page.locator("#findings .finding-link").first.click()
+            while not page.evaluate("() => window.pyflightViewer.details && window.pyflightViewer.ready"):
+                time.sleep(0.02)
+            page.wait_for_timeout(300)
+            page.screenshot(path=out)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("trace", nargs="?")
+    parser.add_argument("--screenshot", metavar="PNG", help="save a picture of TRACE's timeline and stop")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=3500.0,
+        help="µs each worker pauses per turn (~1.5 M events in 20 s here)",
+    )
+    args = parser.parse_args()
+    if args.screenshot:
+        screenshot(args.trace, args.screenshot)
+        return 0
+    path = args.trace or os.path.join(tempfile.mkdtemp(), "viewer.pyfl")
+    if not os.path.exists(path):
+        make_trace(path, args.seconds, args.pace / 1e6)
+    import pyflight
+
+    trace = pyflight.load(path)
+    size = os.path.getsize(path) / 2**20
+    print(f"trace {path}: {len(trace.events):,} events, {size:.1f} MiB, {trace.duration_ns / 1e9:.1f} s")
+    del trace
+    print("in-process split:", _in_process_split(path))
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None  # type: ignore[assignment]
+    server_s: list[float] = []
+    first_ms: list[float] = []
+    draws: list[float] = []
+    gaps: list[float] = []
+    for _ in range(ROUNDS):
+        proc, url, seconds = _serve(path)
+        server_s.append(seconds)
+        try:
+            if sync_playwright is not None and os.access(CHROMIUM, os.X_OK):
+                with sync_playwright() as playwright:
+                    first, d, g = _browser_round(playwright, url)
+                first_ms.append(first)
+                draws += d
+                gaps += g
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(f"server: time to first answer (s)   {summary(server_s)}")
+    if first_ms:
+        print(f"browser: first draw (ms after navigation) {summary(first_ms)}")
+        print(
+            f"browser: draw per frame (ms) median {statistics.median(draws):.2f}, "
+            f"p95 {_pct(draws, 0.95):.2f}, max {max(draws):.2f} ({len(draws)} frames)"
+        )
+        print(
+            f"browser: frame interval (ms) median {statistics.median(gaps):.2f}, "
+            f"p95 {_pct(gaps, 0.95):.2f}, max {max(gaps):.2f}; "
+            f"late frames (over 1.5 vsync, 25 ms): {sum(g > 25 for g in gaps)} of {len(gaps)}"
+        )
+    else:
+        print("browser: skipped (no playwright or no Chromium)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

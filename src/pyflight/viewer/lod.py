@@ -1,0 +1,281 @@
+"""Levels of detail for one timeline row: what the browser gets for a time range and a width.
+
+A row is a time-sorted list of non-overlapping slices (a thread's state intervals, a
+task's steps and waits, a lane of user tasks). Drawn at 20 ms per pixel, a row of
+100,000 intervals is mostly slices thinner than a pixel: sending each would cost the
+server, the network and the canvas for nothing. So slices shorter than a *grain* are
+merged with their short neighbours into one *summary* slice that keeps how many slices
+it stands for and the time in each state (a summary is drawn in its dominant state).
+
+Levels are merged on a row's first query, at grains g, 4g, 16g, ... until a level is
+small, where g is a few times the row's mean slice spacing (below g, the raw slices in a
+screen are already few); a query for ``ns_per_px`` takes the coarsest level whose grain
+is at most one pixel, cuts the range out with bisect and merges again at one pixel: the
+work per query is bounded by the width in pixels, not by the number of events.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+
+__all__ = ["Level", "LodRow", "Slices"]
+
+MIN_GRAIN = 4_000  # ns
+SPACINGS = 4  # the first level's grain, in mean slice spacings of the row
+GRAIN_STEP = 4
+SMALL_LEVEL = 2_000  # slices: no coarser level is built below this
+CHECKPOINT = 256  # per-state running totals every this many raw slices
+
+
+@dataclass
+class Level:
+    """Parallel lists, one entry per slice. ``raw[k]`` is the index of the raw slice it
+    is, or -1 for a summary; ``totals[k]`` (summaries only) maps state code -> ns."""
+
+    grain: int
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    raw: list[int] = field(default_factory=list)
+    totals: list[dict[int, int] | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def span(self, t0: int, t1: int) -> tuple[int, int]:
+        """Index range of the slices overlapping ``[t0, t1)`` (ends are sorted too: no overlaps)."""
+        return bisect_right(self.ends, t0), bisect_left(self.starts, t1)
+
+
+@dataclass
+class Slices:
+    """What one query answers for one row (times relative to ``origin``)."""
+
+    starts: list[int]
+    ends: list[int]
+    codes: list[int]
+    counts: list[int]
+    raw: list[int]
+    totals: list[dict[int, int] | None]
+
+
+def merge(level: Level, lo: int, hi: int, grain: int, origin: int = 0) -> Slices:
+    """Slices ``lo:hi`` of ``level`` with runs of slices shorter than ``grain`` (and gaps
+    shorter than it) merged; a summary stops growing once it is ``grain`` long."""
+    out = Slices([], [], [], [], [], [])
+    s_starts, s_ends, s_codes, s_counts, s_raw, s_totals = (
+        level.starts,
+        level.ends,
+        level.codes,
+        level.counts,
+        level.raw,
+        level.totals,
+    )
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
+        out.starts,
+        out.ends,
+        out.codes,
+        out.counts,
+        out.raw,
+        out.totals,
+    )
+    acc_start = acc_end = acc_n = 0
+    acc_tot: dict[int, int] | None = None
+    acc_first = -1  # the level index of the only slice in the run (a run of one is no summary)
+
+    def flush() -> None:
+        if acc_tot is None:
+            return
+        if acc_first >= 0:  # a run of one slice is that slice
+            k = acc_first
+            o_starts.append(s_starts[k] - origin)
+            o_ends.append(s_ends[k] - origin)
+            o_codes.append(s_codes[k])
+            o_counts.append(s_counts[k])
+            o_raw.append(s_raw[k])
+            o_totals.append(s_totals[k])
+            return
+        o_starts.append(acc_start - origin)
+        o_ends.append(acc_end - origin)
+        o_codes.append(max(acc_tot, key=acc_tot.__getitem__))
+        o_counts.append(acc_n)
+        o_raw.append(-1)
+        o_totals.append(acc_tot)
+
+    for k in range(lo, hi):
+        a = s_starts[k]
+        b = s_ends[k]
+        if b - a >= grain:
+            flush()
+            acc_tot = None
+            o_starts.append(a - origin)
+            o_ends.append(b - origin)
+            o_codes.append(s_codes[k])
+            o_counts.append(s_counts[k])
+            o_raw.append(s_raw[k])
+            o_totals.append(s_totals[k])
+            continue
+        if acc_tot is not None and a - acc_end < grain and acc_end - acc_start < grain:
+            acc_end = b
+            acc_n += s_counts[k]
+            acc_first = -1
+            tot = s_totals[k]
+            if tot is None:
+                code = s_codes[k]
+                acc_tot[code] = acc_tot.get(code, 0) + b - a
+            else:
+                for code, ns in tot.items():
+                    acc_tot[code] = acc_tot.get(code, 0) + ns
+            continue
+        flush()
+        acc_start, acc_end, acc_n, acc_first = a, b, s_counts[k], k
+        tot = s_totals[k]
+        acc_tot = {s_codes[k]: b - a} if tot is None else dict(tot)
+    flush()
+    return out
+
+
+def merge_raw(level: Level, grain: int) -> Slices:
+    """``merge`` of a whole raw level (every count 1, no totals), in one tight loop: the
+    first level of a big row is where nearly all the merging work is."""
+    out = Slices([], [], [], [], [], [])
+    starts, ends, codes = level.starts, level.ends, level.codes
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
+        out.starts,
+        out.ends,
+        out.codes,
+        out.counts,
+        out.raw,
+        out.totals,
+    )
+    n = len(starts)
+    k = 0
+    while k < n:
+        a = starts[k]
+        b = ends[k]
+        first = k
+        k += 1
+        if b - a < grain:
+            run_end = b
+            tot = {codes[first]: b - a}
+            while k < n:
+                a2 = starts[k]
+                b2 = ends[k]
+                if b2 - a2 >= grain or a2 - run_end >= grain or run_end - a >= grain:
+                    break
+                c = codes[k]
+                tot[c] = tot.get(c, 0) + b2 - a2
+                run_end = b2
+                k += 1
+            if k - first > 1:
+                o_starts.append(a)
+                o_ends.append(run_end)
+                o_codes.append(max(tot, key=tot.__getitem__))
+                o_counts.append(k - first)
+                o_raw.append(-1)
+                o_totals.append(tot)
+                continue
+        o_starts.append(a)
+        o_ends.append(b)
+        o_codes.append(codes[first])
+        o_counts.append(1)
+        o_raw.append(first)
+        o_totals.append(None)
+    return out
+
+
+class LodRow:
+    """One row's raw slices and its merged levels, plus running per-state totals."""
+
+    def __init__(self, starts: list[int], ends: list[int], codes: list[int]) -> None:
+        n = len(starts)
+        self.raw = Level(0, starts, ends, codes, [1] * n, list(range(n)), [None] * n)
+        self._levels: list[Level] | None = None
+        self._checkpoints: list[dict[int, int]] | None = None
+        self._lock = threading.Lock()  # requests and the warm-up thread build levels once
+
+    @property
+    def levels(self) -> list[Level]:
+        """The raw level and the merged ones, coarser and coarser (built on first use)."""
+        if self._levels is not None:
+            return self._levels
+        with self._lock:
+            if self._levels is None:
+                self._levels = self._build_levels()
+            return self._levels
+
+    def _build_levels(self) -> list[Level]:
+        levels = [self.raw]
+        level = self.raw
+        n = len(level)
+        if n <= SMALL_LEVEL:
+            return levels
+        spacing = (level.ends[-1] - level.starts[0]) // n
+        grain = max(MIN_GRAIN, SPACINGS * spacing)
+        while len(level) > SMALL_LEVEL:
+            if level is self.raw:
+                merged = merge_raw(level, grain)
+            else:
+                merged = merge(level, 0, len(level), grain)
+            if len(merged.starts) > 0.9 * len(level):  # hardly merged: go coarser
+                grain *= GRAIN_STEP
+                continue
+            level = Level(
+                grain, merged.starts, merged.ends, merged.codes, merged.counts, merged.raw, merged.totals
+            )
+            levels.append(level)
+            grain *= GRAIN_STEP
+        return levels
+
+    def _running_totals(self) -> list[dict[int, int]]:
+        """``[k]``: time per code in raw slices ``[0, k * CHECKPOINT)``."""
+        out: list[dict[int, int]] = [{}]
+        running: dict[int, int] = {}
+        raw = self.raw
+        for k in range(len(raw)):
+            code = raw.codes[k]
+            running[code] = running.get(code, 0) + raw.ends[k] - raw.starts[k]
+            if (k + 1) % CHECKPOINT == 0:
+                out.append(dict(running))
+        return out
+
+    def query(self, t0: int, t1: int, ns_per_px: float, origin: int = 0) -> Slices:
+        level = self.raw
+        for candidate in self.levels:
+            if candidate.grain <= ns_per_px:
+                level = candidate
+        lo, hi = level.span(t0, t1)
+        return merge(level, lo, hi, max(1, int(ns_per_px)), origin)
+
+    def totals(self, t0: int, t1: int) -> dict[int, int]:
+        """Time per state code inside ``[t0, t1)`` (slices clipped to the range)."""
+        raw = self.raw
+        lo, hi = raw.span(t0, t1)
+        out: dict[int, int] = {}
+        if hi <= lo:
+            return out
+        if self._checkpoints is None:
+            self._checkpoints = self._running_totals()
+        checkpoints = self._checkpoints
+
+        def add(k: int, sign: int = 1) -> None:
+            code = raw.codes[k]
+            out[code] = out.get(code, 0) + sign * (min(raw.ends[k], t1) - max(raw.starts[k], t0))
+
+        first_cp = -(-(lo + 1) // CHECKPOINT)  # first checkpoint strictly after lo
+        last_cp = (hi - 1) // CHECKPOINT  # the last slice is clipped: never inside
+        if last_cp - first_cp < 2:
+            for k in range(lo, hi):
+                add(k)
+            return out
+        # whole slices [first_cp*C, last_cp*C) from checkpoints, the edges one by one
+        for code, ns in checkpoints[last_cp].items():
+            out[code] = out.get(code, 0) + ns - checkpoints[first_cp].get(code, 0)
+        for k in range(lo, first_cp * CHECKPOINT):
+            add(k)
+        for k in range(last_cp * CHECKPOINT, hi):
+            add(k)
+        return {code: ns for code, ns in out.items() if ns > 0}
