@@ -24,7 +24,7 @@ from pyflight.analysis.profiles import frame_label
 from pyflight.viewer.lod import LodRow
 
 if TYPE_CHECKING:
-    from pyflight.analysis.findings import Finding
+    from pyflight.analysis.rules.finding import Finding
     from pyflight.analysis.model import Model, Sample
     from pyflight.format.reader import Frame
     from pyflight.report import Report
