@@ -1,0 +1,9 @@
+"""Rules written while ``findings.py`` is being split into ``analysis/rules/``: they are
+registered into ``findings.RULES`` here until they move to their own modules there."""
+
+from __future__ import annotations
+
+from pyflight.analysis import findings
+from pyflight.analysis.slow_operations import rule_slow_operations
+
+findings.RULES.setdefault("slow-operations", rule_slow_operations)
