@@ -130,6 +130,8 @@ def rule_loop_many_steps(model: Model) -> list[Finding]:
             total = sum(group.durations)
             share = total / life
             median = int(statistics.median(group.durations))
+            if median >= _f.LONG_STEP:
+                continue  # long steps: the long-step loop-blocked finding names them
             score = _f._score(
                 min(
                     ramp(share, [(0.03, 0), (0.1, 50), (0.2, 78), (0.4, 90)]),

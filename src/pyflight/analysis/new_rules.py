@@ -8,8 +8,10 @@ from pyflight.analysis.busy_poll import rule_busy_poll
 from pyflight.analysis.library_waits import rule_library_waits
 from pyflight.analysis.loop_many_steps import rule_loop_many_steps
 from pyflight.analysis.slow_operations import rule_slow_operations
+from pyflight.analysis.stalled_holder import rule_stalled_holder
 
 findings.RULES.setdefault("slow-operations", rule_slow_operations)
 findings.RULES.setdefault("loop-blocked-steps", rule_loop_many_steps)
 findings.RULES.setdefault("busy-poll", rule_busy_poll)
 findings.RULES.setdefault("library-wait", rule_library_waits)
+findings.RULES.setdefault("stalled-holder", rule_stalled_holder)
