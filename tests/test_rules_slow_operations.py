@@ -63,3 +63,15 @@ def test_terminal_report_has_a_latency_table(tmp_path: Path) -> None:
     assert table[2].split()[1] == "/report/{year}"
     assert 200 <= float(report_row[4].replace(",", "")) < 2000
     assert float(health_row[4].replace(",", "")) < float(report_row[4].replace(",", ""))
+
+
+def test_html_report_has_the_latency_table(tmp_path: Path) -> None:
+    from pyflight.report.html import render as render_html
+
+    path = record_named("slow_route_asyncio", tmp_path)
+    page = render_html(analyze(loads(path.read_bytes())))
+    section = page.split("<h2>Latency of user tasks and regions</h2>")[1].split("<h2>")[0]
+    rows = section.split("<tr>")[2:]
+    assert "GET /inventory/{sku}" in rows[0]  # the operation covering most of the window first
+    assert any("GET /price/{sku}" in row for row in rows[1:])
+    assert '<td class="n">8</td>' in rows[0]
