@@ -12,18 +12,9 @@ import pytest
 from programs import record_named
 from pyflight import core
 from pyflight.analysis import build
-from pyflight.analysis.findings import (
-    INFO,
-    RULES,
-    WARNING,
-    Culprit,
-    Finding,
-    find,
-    is_library,
-    ramp,
-    severity,
-    user_frame,
-)
+from pyflight.analysis.frames import is_library, user_frame
+from pyflight.analysis.rules import INFO, RULES, WARNING, Culprit, Finding, Rule, find, severity
+from pyflight.analysis.rules.scoring import ramp
 from pyflight.core.events import Kind
 from pyflight.format.reader import Frame, loads
 from tracegen import Gen, trace
@@ -236,7 +227,7 @@ def test_a_failing_rule_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatch
     def broken(model: object) -> list[Finding]:
         raise ValueError("bad")
 
-    monkeypatch.setitem(RULES, "broken", broken)
+    monkeypatch.setitem(RULES, "broken", Rule("broken", ("broken",), broken))
     findings = find(build(loads(_data_loss_trace())))
     assert findings[0].rule == "data-loss"
     assert any(f.rule == "rule-error" and "broken" in f.title for f in findings)

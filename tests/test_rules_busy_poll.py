@@ -10,7 +10,7 @@ import pytest
 
 from programs import record_named
 from pyflight.analysis import build
-from pyflight.analysis.findings import WARNING, Finding, find
+from pyflight.analysis.rules import WARNING, Finding, find
 from pyflight.format.reader import loads
 
 PLANTED = {"busy_poll_asyncio": "wait_for_ready", "busy_poll_asyncio_queue": "poll_jobs"}

@@ -11,7 +11,7 @@ import pytest
 from programs import record_named
 from pyflight import core
 from pyflight.analysis import build
-from pyflight.analysis.findings import WARNING, Finding, find
+from pyflight.analysis.rules import WARNING, Finding, find
 from pyflight.format.reader import loads
 
 # program -> (kind, culprit function, words of the fix)

@@ -9,7 +9,7 @@ import pytest
 
 from programs import record_named
 from pyflight.analysis import build
-from pyflight.analysis.findings import WARNING, Finding, find
+from pyflight.analysis.rules import WARNING, Finding, find
 from pyflight.format.reader import loads
 
 # program -> {culprit function: the blocking call it made}

@@ -60,6 +60,3 @@ __all__ = [
     "thread_breakdown",
     "wall_profile",
 ]
-
-# registers the rules not yet in findings.RULES (after the imports above: no cycle)
-from pyflight.analysis import new_rules as _new_rules  # noqa: F401

@@ -16,8 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pyflight.analysis.findings import Finding, fmt_ns
 from pyflight.analysis.operations import operations
+from pyflight.analysis.rules import Finding
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 from pyflight.report import Report

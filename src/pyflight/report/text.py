@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.findings import INFO, Finding, fmt_ns
 from pyflight.analysis.operations import Operation, operations
+from pyflight.analysis.rules import INFO, Finding
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.report import Report
 

@@ -13,14 +13,17 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp
+from pyflight.analysis.queries import thread_name
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_busy_poll"]
+__all__ = ["RULE", "RULE_IDS", "rule_busy_poll"]
 
 RULE_IDS = ("busy-poll",)
 MS = 1_000_000
@@ -70,7 +73,7 @@ def rule_busy_poll(model: Model) -> list[Finding]:
         idle = _idle_share(loop, start, end) if loop is not None else 0.0
         if idle > 0.2:
             continue
-        score = _f._score(
+        score = clamp_score(
             min(
                 ramp(rate, [(MIN_RATE, 40), (20000, 80), (50000, 90)]),
                 ramp(span / MS, [(200, 50), (500, 78), (2000, 90)]),
@@ -92,7 +95,7 @@ def rule_busy_poll(model: Model) -> list[Finding]:
                 evidence={
                     "task": task.name,
                     "coroutine": task.coro,
-                    "thread": _f._thread_name(model, task.thread),
+                    "thread": thread_name(model, task.thread),
                     "steps": len(steps),
                     "steps_per_second": round(rate),
                     "median_step_ns": int(median),
@@ -108,3 +111,6 @@ def rule_busy_poll(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+RULE = Rule("busy-poll", RULE_IDS, rule_busy_poll)

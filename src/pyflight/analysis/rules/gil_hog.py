@@ -13,15 +13,20 @@ import itertools
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp, user_frame
+from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
+from pyflight.analysis.queries import interval_ns, lifetime, samples_in, thread_name, user_threads
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.loop_starved import _sampler_ticks
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_gil_hog"]
+__all__ = ["RULE", "RULE_IDS", "rule_gil_hog"]
 
 RULE_IDS = ("gil-hog",)
 MS = 1_000_000
@@ -32,7 +37,7 @@ MIN_GAP = 80 * MS
 def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
     """User threads that wanted to run in [start, end] (runnable, or their wait ended)."""
     out = []
-    for thread in _f._user_threads(model):
+    for thread in user_threads(model):
         if thread.tid == hog or thread.end < end or thread.start > start:
             continue
         for iv in thread.intervals:
@@ -48,7 +53,7 @@ def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
 def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
     """The one user thread that was running through the whole of [start, end]."""
     found = []
-    for thread in _f._user_threads(model):
+    for thread in user_threads(model):
         if thread.tid in skip:
             continue
         for iv in thread.intervals:
@@ -65,8 +70,8 @@ def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
     """Where the holder was: its first sample after the gap (still on the calling line),
     else its last one before it."""
-    after = _f._samples_in(model, tid, end - interval // 2, end + 2 * interval)
-    before = _f._samples_in(model, tid, start - 2 * interval, start)
+    after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
+    before = samples_in(model, tid, start - 2 * interval, start)
     for sample in after[:1] + before[-1:]:
         frame = user_frame(sample.stack)
         if frame is not None:
@@ -75,10 +80,10 @@ def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -
 
 
 def rule_gil_hog(model: Model) -> list[Finding]:
-    ticks = _f._sampler_ticks(model)
+    ticks = _sampler_ticks(model)
     if len(ticks) < 2:
         return []
-    interval = _f._interval_ns(model)
+    interval = interval_ns(model)
     limit = max(MIN_GAP, 4 * interval)
     pyflight_threads = {t.tid for t in model.threads.values() if t.is_pyflight}
     # per hog thread: gaps, the lines it was on after them, the starved threads
@@ -103,17 +108,17 @@ def rule_gil_hog(model: Model) -> list[Finding]:
         worst = max(spans)
         victims = starved[tid]
         thread = model.threads.get(tid)
-        life = max(1, _f._lifetime(thread)) if thread is not None else max(1, model.end - model.start)
-        score = _f._score(
+        life = max(1, lifetime(thread)) if thread is not None else max(1, model.end - model.start)
+        score = clamp_score(
             min(
                 ramp(worst / MS, [(80, 30), (150, 60), (300, 80), (600, 90)]),
                 ramp(total / life, [(0.05, 30), (0.15, 60), (0.3, 80), (0.6, 90)]),
                 ramp(len(victims), [(0, 35), (1, 70), (2, 85)]),
             )
         )
-        culprit, _ = _f._by_function(where[tid])
-        name = _f._thread_name(model, tid)
-        names = [_f._thread_name(model, v) for v, _ in victims.most_common(4)]
+        culprit, _ = by_function(where[tid])
+        name = thread_name(model, tid)
+        names = [thread_name(model, v) for v, _ in victims.most_common(4)]
         more = len(victims) - len(names)
         call = f" in {culprit.function} (line {culprit.line})" if culprit is not None else ""
         out.append(
@@ -143,3 +148,6 @@ def rule_gil_hog(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+RULE = Rule("gil-hog", RULE_IDS, rule_gil_hog)

@@ -14,16 +14,20 @@ import bisect
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp, user_frame
+from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
+from pyflight.analysis.queries import thread_name, user_threads
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_stalled_holder"]
+__all__ = ["RULE", "RULE_IDS", "rule_stalled_holder"]
 
 RULE_IDS = ("stalled-holder",)
 MS = 1_000_000
@@ -56,7 +60,7 @@ def _handed_to(
 
 
 def rule_stalled_holder(model: Model) -> list[Finding]:
-    threads = _f._user_threads(model)
+    threads = user_threads(model)
     waits_on: dict[int, list[tuple[int, Interval]]] = defaultdict(list)  # obj -> (tid, interval)
     for thread in threads:
         for iv in thread.intervals:
@@ -107,15 +111,15 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
                 where[frame] += duration
         if not stalls:
             continue
-        score = _f._score(
+        score = clamp_score(
             min(
                 ramp(caused / MS, [(100, 30), (300, 76), (1000, 88), (3000, 95)]),
                 ramp(len(victims), [(1, 50), (2, 78), (4, 85)]),
             )
         )
-        culprit, _ = _f._by_function(where)
-        name = _f._thread_name(model, thread.tid)
-        peers_named = [_f._thread_name(model, tid) for tid, _ in victims.most_common(4)]
+        culprit, _ = by_function(where)
+        name = thread_name(model, thread.tid)
+        peers_named = [thread_name(model, tid) for tid, _ in victims.most_common(4)]
         what = f" in {culprit.function} (line {culprit.line})" if culprit is not None else ""
         out.append(
             Finding(
@@ -142,3 +146,6 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+RULE = Rule("stalled-holder", RULE_IDS, rule_stalled_holder)

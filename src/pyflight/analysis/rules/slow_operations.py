@@ -13,15 +13,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp
+from pyflight.analysis.frames import by_function
 from pyflight.analysis.operations import Operation, operations
+from pyflight.analysis.queries import thread_name
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.scoring import ramp
+from pyflight.analysis.rules.slow_tasks import _asyncio_task_at, _culprit_in_window, _task_culprit
+from pyflight.analysis.units import fmt_ns
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_slow_operations"]
+__all__ = ["RULE", "RULE_IDS", "rule_slow_operations"]
 
 RULE_IDS = ("slow-operations",)
 MS = 1_000_000
@@ -44,20 +49,20 @@ def _culprit(model: Model, op: Operation) -> Frame | None:
     weights: Counter[Frame] = Counter()
     longest = sorted(op.instances, key=lambda it: it[0] - it[1])[:CULPRIT_INSTANCES]
     for start, end, tid, _ in longest:
-        task = _f._asyncio_task_at(model, tid, start, end)
-        frame = _f._task_culprit(model, task, start, end) if task is not None else None
+        task = _asyncio_task_at(model, tid, start, end)
+        frame = _task_culprit(model, task, start, end) if task is not None else None
         if frame is None and task is None:
             # on an event loop's thread the samples of a suspended task are the loop's
             # idle select under main(): they say nothing about where the task waited
-            frame = _f._culprit_in_window(model, tid, start, end)
+            frame = _culprit_in_window(model, tid, start, end)
         if frame is not None:
             weights[frame] += end - start
-    frame, _ = _f._by_function(dict(weights))
+    frame, _ = by_function(dict(weights))
     return frame
 
 
 def _threads(model: Model, op: Operation) -> str:
-    names = Counter(_f._thread_name(model, tid) for _, _, tid, _ in op.instances)
+    names = Counter(thread_name(model, tid) for _, _, tid, _ in op.instances)
     shown = [name for name, _ in names.most_common(3)]
     more = len(names) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
@@ -74,7 +79,7 @@ def rule_slow_operations(model: Model) -> list[Finding]:
         op = Operation(op.kind, op.name, instances, op.covered, op.window)
         p50 = op.quantile(0.5)
         score = score_operation(p50, op.share)
-        if score < _f.MIN_SCORE:
+        if score < MIN_SCORE:
             continue
         frame = _culprit(model, op)
         label = "Route/task" if op.kind == "task" else "Region"
@@ -118,3 +123,6 @@ def rule_slow_operations(model: Model) -> list[Finding]:
         if key is None or key not in best or best[key].score < finding.score:
             best[key if key is not None else Culprit("", str(id(finding)), 0)] = finding
     return list(best.values())
+
+
+RULE = Rule("slow-operations", RULE_IDS, rule_slow_operations)

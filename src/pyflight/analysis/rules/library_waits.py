@@ -16,16 +16,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp, user_frame
+from pyflight.analysis.frames import by_function, top_frame, user_frame
 from pyflight.analysis.model import State
+from pyflight.analysis.queries import interval_ns, lifetime, thread_name, user_threads
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_library_waits"]
+__all__ = ["RULE", "RULE_IDS", "rule_library_waits"]
 
 RULE_IDS = ("library-wait",)
 MS = 1_000_000
@@ -107,7 +111,7 @@ def rule_library_waits(model: Model) -> list[Finding]:
     where: dict[str, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     held: dict[str, Counter[Frame]] = defaultdict(Counter)
     by_kind = {p.kind: p for p in LIBRARY_WAITS}
-    for thread in _f._user_threads(model):
+    for thread in user_threads(model):
         for iv in thread.intervals:
             if iv.state is not State.BLOCKED or not iv.stack:
                 continue
@@ -125,7 +129,7 @@ def rule_library_waits(model: Model) -> list[Finding]:
                 inner = pattern.holds(iv.stack)
                 if inner is not None:
                     held[pattern.kind][inner] += iv.end - iv.start
-    interval = _f._interval_ns(model)
+    interval = interval_ns(model)
     for sample in model.samples:
         if _pattern(sample.stack) is not None:
             continue
@@ -137,19 +141,19 @@ def rule_library_waits(model: Model) -> list[Finding]:
     for kind, total in waited.items():
         pattern = by_kind[kind]
         tids = threads[kind]
-        lives = sum(_f._lifetime(model.threads[tid]) for tid in tids)
+        lives = sum(lifetime(model.threads[tid]) for tid in tids)
         share = total / max(1, lives)
-        score = _f._score(
+        score = clamp_score(
             min(
                 ramp(share, [(0.05, 20), (0.15, 60), (0.3, 80), (0.6, 92)]),
                 ramp(total / MS, [(50, 10), (200, 50), (500, 78), (2000, 90)]),
             )
         )
-        if score < _f.MIN_SCORE:
+        if score < MIN_SCORE:
             continue
-        culprit, _ = _f._by_function(where[kind])
-        holder = _f._top(held[kind])
-        names = [_f._thread_name(model, tid) for tid, _ in tids.most_common(4)]
+        culprit, _ = by_function(where[kind])
+        holder = top_frame(held[kind])
+        names = [thread_name(model, tid) for tid, _ in tids.most_common(4)]
         more = len(tids) - len(names)
         title = (
             f"{len(tids)} thread(s) {pattern.what}: {fmt_ns(total)} of waiting "
@@ -174,3 +178,6 @@ def rule_library_waits(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+RULE = Rule("library-wait", RULE_IDS, rule_library_waits)

@@ -15,16 +15,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyflight.analysis import findings as _f
-from pyflight.analysis.findings import Culprit, Finding, fmt_ns, ramp, step_frame
+from pyflight.analysis.frames import by_function, step_frame
 from pyflight.analysis.model import State
+from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
+from pyflight.analysis.rules._loop import LONG_STEP, loop_life
+from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason, ThreadState
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE_IDS", "rule_loop_many_steps"]
+__all__ = ["RULE", "RULE_IDS", "rule_loop_many_steps"]
 
 RULE_IDS = ("loop-blocked",)
 MS = 1_000_000
@@ -69,8 +74,8 @@ def _step_weights(
     weights: dict[Frame, float] = defaultdict(float)
     calls: Counter[str] = Counter()
     running = waiting = 0
-    interval = _f._interval_ns(model)
-    for sample in _f._samples_in(model, tid, start, end):
+    interval = interval_ns(model)
+    for sample in samples_in(model, tid, start, end):
         frame = step_frame(sample.stack)
         if frame is None:
             continue
@@ -104,7 +109,7 @@ def _groups(model: Model, loop: Any) -> list[_Group]:
         if duration < MEDIUM_STEP:
             continue
         weights, calls, running, waiting = _step_weights(model, loop.tid, iv.start, iv.end)
-        frame, _ = _f._by_function(weights)
+        frame, _ = by_function(weights)
         key = None if frame is None else (frame.function, frame.file)
         group = groups.get(key)
         if group is None:
@@ -122,23 +127,23 @@ def _groups(model: Model, loop: Any) -> list[_Group]:
 def rule_loop_many_steps(model: Model) -> list[Finding]:
     out: list[Finding] = []
     for loop in model.loops.values():
-        life = max(1, _f._loop_life(model, loop))
-        loop_name = _f._thread_name(model, loop.tid)
+        life = max(1, loop_life(model, loop))
+        loop_name = thread_name(model, loop.tid)
         for group in _groups(model, loop):
             if len(group.durations) < MIN_STEPS or group.culprit is None:
                 continue
             total = sum(group.durations)
             share = total / life
             median = int(statistics.median(group.durations))
-            if median >= _f.LONG_STEP:
+            if median >= LONG_STEP:
                 continue  # long steps: the long-step loop-blocked finding names them
-            score = _f._score(
+            score = clamp_score(
                 min(
                     ramp(share, [(0.03, 0), (0.1, 50), (0.2, 78), (0.4, 90)]),
                     ramp(len(group.durations), [(4, 0), (5, 50), (8, 80), (20, 90)]),
                 )
             )
-            if score < _f.MIN_SCORE:
+            if score < MIN_SCORE:
                 continue
             frame = group.culprit
             call = group.calls.most_common(1)[0][0] if group.calls else ""
@@ -162,7 +167,7 @@ def rule_loop_many_steps(model: Model) -> list[Finding]:
                         "worst_ns": max(group.durations),
                         "blocked_ns": total,
                         "share_of_loop_time": f"{100 * share:.0f}%",
-                        "first_at_s": _f._rel(model, group.first),
+                        "first_at_s": seconds_since_start(model, group.first),
                         "tasks": ", ".join(name for name, _ in group.tasks.most_common(3)),
                     },
                     hint=(
@@ -175,3 +180,6 @@ def rule_loop_many_steps(model: Model) -> list[Finding]:
                 )
             )
     return out
+
+
+RULE = Rule("loop-blocked-steps", RULE_IDS, rule_loop_many_steps)
