@@ -49,3 +49,12 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
 def test_loop_kept_free_gets_no_blocked_loop(program: str, tmp_path: Path) -> None:
     findings = _findings(record_named(program, tmp_path))
     assert not [f for f in findings if f.score >= WARNING], [(f.rule, f.title) for f in findings]
+
+
+def test_io_wait_says_the_waiting_thread_is_the_loops(tmp_path: Path) -> None:
+    findings = _findings(record_named("loop_medium_urllib", tmp_path))
+    io = next(f for f in findings if f.rule == "io-wait")
+    assert "event loop's thread (MainThread)" in io.title
+    assert io.evidence["on_event_loop_ns"] > 0
+    healthy = _findings(record_named("healthy_asyncio_http", tmp_path))
+    assert all("event loop" not in f.title for f in healthy if f.rule == "io-wait")
