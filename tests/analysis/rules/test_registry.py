@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyflight.analysis.model import build
-from pyflight.analysis.rules import RULES, find, rule_ids
+from pyflight.analysis.rules import RULES, Finding, Rule, find, rule_ids
 from pyflight.core.events import Kind
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
@@ -50,3 +50,15 @@ def test_queue_ids_and_name_are_accepted_unknown_is_not() -> None:
         assert find(model, rules=[name], strict=True) == []
     with pytest.raises(KeyError):
         find(model, rules=["no-such-rule"])
+
+
+def test_a_failing_rule_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: object) -> list[Finding]:
+        raise ValueError("bad")
+
+    monkeypatch.setitem(RULES, "broken", Rule("broken", ("broken",), broken))
+    findings = find(build(loads(_slow_task_and_region())))
+    assert {"slow-tasks", "slow-regions"} <= {f.rule for f in findings}
+    assert any(f.rule == "rule-error" and "broken" in f.title for f in findings)
+    with pytest.raises(ValueError):
+        find(build(loads(_slow_task_and_region())), strict=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import LoopTimeline, Model
 from pyflight.analysis.frames import step_frame
 from pyflight.analysis.queries import Queries, interval_ns, lifetime, samples_in
 from pyflight.analysis.units import MS
@@ -27,7 +27,7 @@ class LoopWindow:
         self.tasks: Counter[str] = Counter()
 
 
-def long_steps(model: Model, loop: Any) -> list[LoopWindow]:
+def long_steps(model: Model, loop: LoopTimeline) -> list[LoopWindow]:
     """Windows of long steps/stalls of ``loop`` that ran user code (cached per loop).
 
     A window in which neither the stall stacks nor the loop thread's samples show user
@@ -87,7 +87,7 @@ def long_steps(model: Model, loop: Any) -> list[LoopWindow]:
 LONG_STEP = 100 * MS
 
 
-def loop_life(model: Model, loop: Any) -> int:
+def loop_life(model: Model, loop: LoopTimeline) -> int:
     thread = model.threads.get(loop.tid)
     edges = [iv.start for iv in loop.busy[:1]] + [iv.start for iv in loop.idle[:1]]
     ends = [iv.end for iv in loop.busy[-1:]] + [iv.end for iv in loop.idle[-1:]]

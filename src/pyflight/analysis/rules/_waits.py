@@ -6,20 +6,23 @@ import bisect
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pyflight.analysis.model import State
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, user_frame
 from pyflight.analysis.queries import Spans, interval_ns, samples_by_thread, user_threads
 from pyflight.analysis.units import MS
 
+#: Who waited: a thread (``ThreadTimeline``) or an asyncio task (``TaskTimeline``).
+W = TypeVar("W")
 
-def blocked_waits(model: Model, reason: BlockReason) -> list[tuple[Any, Any]]:
+
+def blocked_waits(model: Model, reason: BlockReason) -> list[tuple[ThreadTimeline, Interval]]:
     """(thread, interval) for every interval of user threads blocked for ``reason``."""
     out = []
     for thread in user_threads(model):
@@ -38,26 +41,26 @@ def wakers(model: Model, reason: BlockReason, objs: set[int]) -> Counter[int]:
 
 
 @dataclass
-class Contention:
+class Contention(Generic[W]):
     """The waits of threads (or tasks) on one object, when they add up to something."""
 
     obj: int
-    waits: list[tuple[Any, Any]]  # (waiter, blocked interval)
-    waiters: dict[int, Any]  # by thread or task id
+    waits: list[tuple[W, Interval]]  # (waiter, blocked interval)
+    waiters: dict[int, W]  # by thread or task id
     total: int
     share: float  # of the waiters' lifetime
-    worst_waiter: Any
-    worst: Any
+    worst_waiter: W
+    worst: Interval
     where: Frame | None  # the user function they waited in, by wait time
 
 
 def contentions(
-    pairs: Iterable[tuple[Any, Any]],
-    owner_id: Callable[[Any], int],
-    owner_life: Callable[[Any], int],
+    pairs: Iterable[tuple[W, Interval]],
+    owner_id: Callable[[W], int],
+    owner_life: Callable[[W], int],
     min_total: int = 10 * MS,
-) -> Iterator[Contention]:
-    by_obj: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+) -> Iterator[Contention[W]]:
+    by_obj: dict[int, list[tuple[W, Interval]]] = defaultdict(list)
     for owner, iv in pairs:
         by_obj[iv.obj].append((owner, iv))
     for obj, waits in by_obj.items():
@@ -70,7 +73,7 @@ def contentions(
         yield Contention(obj, waits, waiters, total, total / life, worst_waiter, worst, wait_site(waits))
 
 
-def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[Any, Any]]:
+def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[TaskTimeline, Interval]]:
     """(task, interval) for every interval of asyncio tasks blocked for ``reason`` (recorded
     by TASK_BLOCK: asyncio locks, semaphores, events, conditions, queues)."""
     out = []
@@ -81,15 +84,15 @@ def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[Any, Any
     return out
 
 
-def task_life(task: Any) -> int:
+def task_life(task: TaskTimeline) -> int:
     return max(0, int(task.end) - int(task.created))
 
 
-def task_label_of(task: Any) -> str:
+def task_label_of(task: TaskTimeline) -> str:
     return task.coro or task.name or str(task.id)
 
 
-def wait_site(waits: Iterable[tuple[Any, Any]]) -> Frame | None:
+def wait_site(waits: Iterable[tuple[object, Interval]]) -> Frame | None:
     """The user function the waits happened in (by total wait time)."""
     weights: dict[Frame, float] = defaultdict(float)
     for _, iv in waits:
@@ -110,7 +113,7 @@ def overlap_ns(spans: Spans, start: int, end: int) -> int:
 
 
 def task_activity(
-    model: Model, task_spans: Iterable[tuple[Any, list[tuple[int, int]]]], exclude_obj: int = 0
+    model: Model, task_spans: Iterable[tuple[TaskTimeline, list[tuple[int, int]]]], exclude_obj: int = 0
 ) -> tuple[Frame | None, int, int]:
     """Where each task was during its spans: the user frame of its samples (running) and
     of its blocked intervals that have a stack (not those on ``exclude_obj``), weighted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
@@ -12,7 +12,7 @@ from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import Spans, interval_ns, thread_name
 from pyflight.analysis.rules._loop import long_steps, loop_life
@@ -133,7 +133,7 @@ def _lateness(pairs: list[tuple[int, int]], interval: int) -> int:
     return max(0, gaps[len(gaps) // 2] - interval)
 
 
-def _ready_delays(task: Any) -> list[tuple[int, int]]:
+def _ready_delays(task: TaskTimeline) -> list[tuple[int, int]]:
     return [(iv.start, iv.end - iv.start) for iv in task.intervals if iv.state is State.READY]
 
 

@@ -12,7 +12,7 @@ from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Interval, Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import (
     Queries,
@@ -141,7 +141,9 @@ def rule_queue(model: Model) -> list[Finding]:
     return out
 
 
-def _previous_steps(model: Model, waits: Iterable[tuple[Any, Any]], exclude: set[int]) -> Counter[int]:
+def _previous_steps(
+    model: Model, waits: Iterable[tuple[TaskTimeline, Interval]], exclude: set[int]
+) -> Counter[int]:
     """For each wait, the task whose step ran last on the loop before the waiter's next
     step (not a task in ``exclude``): most often the one that woke it (put into / took
     from the queue), as asyncio runs a woken task right after the callbacks ready before it."""

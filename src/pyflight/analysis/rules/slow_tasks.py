@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
 from pyflight.analysis.rules.finding import Culprit, Finding
@@ -40,7 +40,7 @@ def _culprit_in_window(model: Model, tid: int, start: int, end: int, task: int =
     return frame
 
 
-def _asyncio_task_at(model: Model, tid: int, start: int, end: int) -> Any:
+def _asyncio_task_at(model: Model, tid: int, start: int, end: int) -> TaskTimeline | None:
     """The asyncio task whose life best matches [start, end] on thread ``tid``."""
     best, best_d = None, float("inf")
     for task in model.all_tasks():
@@ -54,7 +54,7 @@ def _asyncio_task_at(model: Model, tid: int, start: int, end: int) -> Any:
     return best
 
 
-def _task_culprit(model: Model, task: Any, start: int, end: int) -> Frame | None:
+def _task_culprit(model: Model, task: TaskTimeline, start: int, end: int) -> Frame | None:
     weights: dict[Frame, float] = defaultdict(float)
     for iv in task.intervals:
         if iv.end < start or iv.start > end:
