@@ -1,4 +1,5 @@
-"""Rule ``loop-blocked`` (many medium steps): an event loop blocked again and again by
+"""Rule ``loop-blocked`` (many medium steps; run by ``loop_blocked.RULE``): an event loop
+blocked again and again by
 steps of a few tens of milliseconds, each one a synchronous call (an HTTP request with
 ``requests``/``urllib``, a ``time.sleep``, a database query) inside an async handler.
 
@@ -19,7 +20,6 @@ from pyflight.analysis.frames import by_function, step_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
 from pyflight.analysis.rules._loop import LONG_STEP, loop_life
-from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.format.reader import Frame
 
-__all__ = ["RULE", "RULE_IDS", "rule_loop_many_steps"]
+__all__ = ["RULE_IDS", "rule_loop_many_steps"]
 
 RULE_IDS = ("loop-blocked",)
 MS = 1_000_000
@@ -180,6 +180,3 @@ def rule_loop_many_steps(model: Model) -> list[Finding]:
                 )
             )
     return out
-
-
-RULE = Rule("loop-blocked-steps", RULE_IDS, rule_loop_many_steps)
