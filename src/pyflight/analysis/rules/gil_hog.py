@@ -21,6 +21,7 @@ from pyflight.analysis.rules.finding import Culprit, Finding
 from pyflight.analysis.rules.loop_starved import _sampler_ticks
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
+from pyflight.core.events import ThreadState
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
@@ -73,6 +74,8 @@ def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -
     after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
     before = samples_in(model, tid, start - 2 * interval, start)
     for sample in after[:1] + before[-1:]:
+        if sample.state is not State.RUNNING or sample.os_state != ThreadState.RUNNING:
+            continue  # already past the call (e.g. in the sleep after it): not the call's line
         frame = user_frame(sample.stack)
         if frame is not None:
             return frame
@@ -97,10 +100,9 @@ def rule_gil_hog(model: Model) -> list[Finding]:
         if tid is None:
             continue  # nobody or several ran through it: not one call holding the GIL
         frame = _holder_frame(model, tid, a, b, interval)
-        if frame is None:
-            continue
         gaps[tid].append(b - a)
-        where[tid][frame] += b - a
+        if frame is not None:
+            where[tid][frame] += b - a
         starved[tid].update(_starved(model, tid, a, b))
     out: list[Finding] = []
     for tid, spans in gaps.items():
