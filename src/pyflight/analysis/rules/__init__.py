@@ -15,16 +15,21 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.queries import Queries
 from pyflight.analysis.rules import (
+    busy_poll,
     cpu_hotspot,
     data_loss,
     gc_pauses,
+    gil_hog,
     io_wait,
+    library_waits,
     lock_contention,
     loop_blocked,
     loop_starved,
     pool_saturation,
     queue,
+    slow_operations,
     slow_tasks,
+    stalled_holder,
     untraced_wait,
 )
 from pyflight.analysis.rules.base import Rule
@@ -50,6 +55,11 @@ RULES: dict[str, Rule] = {
         slow_tasks.RULE,
         untraced_wait.RULE,
         data_loss.RULE,
+        slow_operations.RULE,
+        busy_poll.RULE,
+        library_waits.RULE,
+        stalled_holder.RULE,
+        gil_hog.RULE,
     )
 }
 

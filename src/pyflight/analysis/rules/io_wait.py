@@ -39,6 +39,16 @@ def rule_io_wait(model: Model) -> list[Finding]:
     where, where_ns = by_function(weights)
     worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
     score = clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)]))
+    # blocking I/O on an event loop's thread blocks every task of that loop
+    loop_threads = {loop.tid for loop in model.loops.values()}
+    on_loop = sum(iv.end - iv.start for t, iv in waits if t.tid in loop_threads)
+    loop_names = sorted(t.name for t in threads.values() if t.tid in loop_threads)
+    loop_note = (
+        f"; {fmt_ns(on_loop)} of it on the event loop's thread ({', '.join(loop_names)}), "
+        "blocking every task of that loop"
+        if on_loop >= 50 * MS
+        else ""
+    )
     return [
         Finding(
             rule="io-wait",
@@ -46,6 +56,7 @@ def rule_io_wait(model: Model) -> list[Finding]:
             title=(
                 f"Threads waited {fmt_ns(total)} on blocking I/O ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
+                + loop_note
             ),
             culprit=Culprit.of(where),
             evidence={
@@ -57,10 +68,16 @@ def rule_io_wait(model: Model) -> list[Finding]:
                 "worst_at_s": seconds_since_start(model, worst.start),
                 "worst_thread": worst_t.name,
                 "threads": sorted(t.name for t in threads.values()),
+                "on_event_loop_ns": on_loop or None,
             },
             hint=(
                 "Time goes to waiting for the network or disk. Issue requests concurrently "
                 "(a pool, asyncio), reuse connections, add timeouts, cache answers, or batch calls."
+                + (
+                    " On the event loop's thread, use an async client or `asyncio.to_thread(...)`."
+                    if loop_note
+                    else ""
+                )
             ),
         )
     ]

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.loop_many_steps import rule_loop_many_steps
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
@@ -73,4 +74,9 @@ def rule_loop_blocked(model: Model) -> list[Finding]:
     return out
 
 
-RULE = Rule("loop-blocked", ("loop-blocked",), rule_loop_blocked)
+def _long_and_many_medium_steps(model: Model) -> list[Finding]:
+    """One long step, or many medium ones (``loop_many_steps``): both a blocked loop."""
+    return rule_loop_blocked(model) + rule_loop_many_steps(model)
+
+
+RULE = Rule("loop-blocked", ("loop-blocked",), _long_and_many_medium_steps)

@@ -53,7 +53,13 @@ def rule_queue(model: Model) -> list[Finding]:
         elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py"):
             gets.append((thread, iv))
     interval = interval_ns(model)
-    for side, waits in (("put", puts), ("get", gets)):
+    # one finding per queue: the workers of an idle thread pool (anyio's, a web server's)
+    # are not the consumers of the program's own queue, nor its producers their producers
+    groups: dict[tuple[str, int], list[tuple[Any, Any]]] = defaultdict(list)
+    for side, side_waits in (("put", puts), ("get", gets)):
+        for thread, iv in side_waits:
+            groups[(side, iv.obj)].append((thread, iv))
+    for (side, _), waits in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
         total = sum(iv.end - iv.start for _, iv in waits)
         if total < 20 * MS:
             continue
