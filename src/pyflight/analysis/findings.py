@@ -1093,20 +1093,15 @@ def rule_gc(model: Model) -> list[Finding]:
 
 
 def rule_cpu_hotspot(model: Model) -> list[Finding]:
-    interval = _interval_ns(model)
-    running, unknown = ThreadState.RUNNING, ThreadState.UNKNOWN
+    from pyflight.analysis.cpu import cpu_samples
+
     total = 0
     self_w: dict[Frame, float] = defaultdict(float)
-    for sample in model.samples:
-        if not (sample.os_state == running or (sample.os_state == unknown and sample.state is State.RUNNING)):
-            continue
-        thread = model.threads.get(sample.tid)
-        if thread is not None and thread.is_pyflight:
-            continue
-        total += interval
+    for sample, ns in cpu_samples(model):  # measured CPU, charged where the thread ran
+        total += ns
         frame = next((f for f in sample.stack if not is_library(f)), None)
         if frame is not None:
-            self_w[frame] += interval
+            self_w[frame] += ns
     if total <= 0:
         return []
     frame, weight = _by_function(self_w)
@@ -1132,7 +1127,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             rule="cpu-hotspot",
             score=score,
             title=(
-                f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({_pct(cpu_share)} of samples)"
+                f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({_pct(cpu_share)} of all CPU)"
             ),
             culprit=Culprit.of(frame),
             evidence={
