@@ -118,26 +118,51 @@ def _ticks(samples: Iterable[Sample]) -> list[list[Sample]]:
     return ticks
 
 
+def _running_pieces(intervals: list[Interval], starts: list[int], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The RUNNING parts of ``intervals`` inside ``[lo, hi)``, latest first."""
+    out: list[tuple[int, int]] = []
+    i = bisect_left(starts, hi) - 1
+    while i >= 0 and intervals[i].end > lo:
+        iv = intervals[i]
+        if iv.state is State.RUNNING:
+            a, b = max(iv.start, lo), min(iv.end, hi)
+            if b > a:
+                out.append((a, b))
+        i -= 1
+    return out
+
+
 def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
     """Thread -> ``(start, end)`` windows it waited for the GIL (or a CPU), in time order.
 
-    Between two samples a thread not blocked in a traced call used ``cpu`` of ``span``;
-    of the rest, as much as the process's other threads were on a CPU meanwhile is
-    counted as waiting, right before the sample (where the sampler found it waiting).
-    """
+    Between two samples a thread was RUNNING (not blocked in a traced call) for some
+    time and on a CPU for ``cpu`` of it. The rest it was ready but not running: all of it
+    if the OS had it runnable (waiting for a CPU), else as much as the process's other
+    threads were on a CPU meanwhile (the GIL). Counted from the sample backwards."""
     ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
+    starts = {tid: [iv.start for iv in tl.intervals] for tid, tl in model.threads.items() if tid not in ours}
     waits: dict[int, list[tuple[int, int]]] = {}
     for tick in _ticks(model.samples):
         busy = sum(s.cpu for s in tick)
         for s in tick:
-            if s.tid in ours or s.state in _OFF_CPU:
+            tl = model.threads.get(s.tid)
+            if tl is None or s.tid in ours:
                 continue
-            idle = s.span - s.cpu
-            if idle <= MIN_READY_SHARE * s.span:
+            pieces = _running_pieces(tl.intervals, starts[s.tid], s.time - s.span, s.time)
+            idle = sum(b - a for a, b in pieces) - s.cpu
+            cap = s.span if s.os_state is ThreadState.RUNNING else busy - s.cpu
+            ready = min(idle, cap)
+            if ready <= MIN_READY_SHARE * s.span:
                 continue
-            ready = min(idle, busy - s.cpu)
-            if ready > MIN_READY_SHARE * s.span:
-                waits.setdefault(s.tid, []).append((s.time - ready, s.time))
+            found = waits.setdefault(s.tid, [])
+            for a, b in pieces:  # latest first
+                take = min(ready, b - a)
+                found.append((b - take, b))
+                ready -= take
+                if ready <= 0:
+                    break
+    for found in waits.values():
+        found.sort()
     return waits
 
 

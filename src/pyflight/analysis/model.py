@@ -568,9 +568,10 @@ def _is_own(file: str) -> bool:
 
 
 def _frame_stack(value: Any) -> Stack:
-    """The stack without pyflight's own innermost frames and without the launcher's
-    outermost ones (cached per stack object). A stack of pyflight's code only (the
-    recorder writing at exit on the main thread) becomes empty: not the program's."""
+    """The program's part of a stack (cached per stack object): without the launcher's
+    outermost frames (``pyflight run``, runpy) and pyflight's own wrapper frames (its
+    hooks, its thread bootstrap). A stack of pyflight's own work on a program thread
+    (set-up, the write at exit) becomes empty: none of it is the program's."""
     if not isinstance(value, tuple) or not value:
         return ()
     cached = _own_stripped.get(id(value))
@@ -579,12 +580,14 @@ def _frame_stack(value: Any) -> Stack:
     end = len(value)
     while end > 0 and _is_launcher(value[end - 1][1]):
         end -= 1
-    i = 0
-    while i < end - 1 and any(d in value[i][1] for d in _OWN_FRAME_DIRS):
-        i += 1
-    if end < len(value) and all(_is_own(f[1]) for f in value[i:end]):
-        i = end  # pyflight's own work under the launcher: nothing of the program
-    stripped = value[i:end] if i or end < len(value) else value
+    stripped: Stack
+    if end < len(value) and (end == 0 or _is_own(value[end - 1][1])):
+        stripped = ()  # called by the launcher, not through the program's code
+    else:
+        kept = tuple(f for f in value[:end] if not _is_own(f[1]))
+        stripped = kept if kept else value[:end]  # pyflight's own threads keep theirs
+        if len(stripped) == len(value):
+            stripped = value
     _own_stripped[id(value)] = (value, stripped)
     return stripped
 
