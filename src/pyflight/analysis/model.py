@@ -563,8 +563,14 @@ def _is_launcher(file: str) -> bool:
     return file.endswith(_LAUNCHER_FILES) or file == "<frozen runpy>"
 
 
+#: Shipped with pyflight but the program's code when it runs (``pyflight demo``).
+_PROGRAM_FILES = (f"{_OWN_PACKAGE}demo.py",)
+
+
 def _is_own(file: str) -> bool:
-    return file.startswith(_OWN_PACKAGE) or _is_launcher(file) or any(d in file for d in _OWN_FRAME_DIRS)
+    if file.startswith(_OWN_PACKAGE):
+        return not file.startswith(_PROGRAM_FILES)
+    return _is_launcher(file) or any(d in file for d in _OWN_FRAME_DIRS)
 
 
 def _frame_stack(value: Any) -> Stack:
