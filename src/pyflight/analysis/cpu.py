@@ -69,9 +69,12 @@ def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
         charged: list[Sample] = []
         ns: list[int] = []
         off: list[Sample] = []  # measured samples taken while the thread was blocked
+        # extra samples taken on demand (a loop-stall watchdog) carry no CPU measure: on
+        # a measured thread their CPU is in the next tick's delta already
+        measured = any(s.span for s in samples)
         for s in samples:
             if not s.span:
-                if s.stack and _on_cpu_unmeasured(s):
+                if not measured and s.stack and _on_cpu_unmeasured(s):
                     charged.append(s)
                     ns.append(interval)
             elif not s.stack:
