@@ -65,7 +65,9 @@ def test_hashing_under_one_lock_cpu_matches_kernel_and_hot_line(
 ) -> None:
     program = PROGRAMS / "gil_hashing_lock.py"
     out = tmp_path / "hash.pyfl"
-    stdout, process_cpu = _run(["-o", str(out), str(program)], subprocess_env, tmp_path, _pinned())
+    stdout, process_cpu = _run(
+        ["-o", str(out), "--min-age", "600", str(program)], subprocess_env, tmp_path, _pinned()
+    )
     measured = json.loads(stdout.strip().splitlines()[-1])["thread_cpu_s"]
     model = build(pyflight.load(out))
     hashers = {tid for tid, tl in model.threads.items() if tl.name.startswith("hasher-")}
@@ -117,7 +119,7 @@ def test_forked_worker_has_cpu_samples_and_no_phantom_thread(
 ) -> None:
     program = PROGRAMS / "fork_worker.py"
     out = tmp_path / "fork.pyfl"
-    stdout, _ = _run(["-o", str(out), str(program)], subprocess_env, tmp_path)
+    stdout, _ = _run(["-o", str(out), "--min-age", "600", str(program)], subprocess_env, tmp_path)
     child = json.loads(stdout.strip().splitlines()[-1])
     snapshot = tmp_path / f"fork-{child['pid']}.pyfl"
     assert snapshot.exists(), sorted(p.name for p in tmp_path.iterdir())

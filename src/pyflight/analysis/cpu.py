@@ -79,8 +79,8 @@ def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
                     ns.append(interval)
             elif not s.stack:
                 continue  # pyflight's own code on this thread: not the program's CPU
-            elif s.state in _OFF_CPU:
-                off.append(s)
+            elif s.state in _OFF_CPU or s.os_state is ThreadState.ZOMBIE:
+                off.append(s)  # blocked, or the thread's exit (its last CPU delta)
             else:
                 charged.append(s)
                 ns.append(s.cpu)
@@ -149,7 +149,7 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
         busy = sum(s.cpu for s in tick)
         for s in tick:
             tl = model.threads.get(s.tid)
-            if tl is None or s.tid in ours:
+            if tl is None or s.tid in ours or s.os_state is ThreadState.ZOMBIE:
                 continue
             pieces = _running_pieces(tl.intervals, starts[s.tid], s.time - s.span, s.time)
             idle = sum(b - a for a, b in pieces) - s.cpu

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from pyflight.analysis.model import Model, Stack, State
-from pyflight.core.events import BlockReason
+from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
 __all__ = [
@@ -77,7 +77,7 @@ def wall_profile(model: Model) -> Profile:
     ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
     prof = Profile("wall", "nanoseconds", "wall")
     for s in model.samples:
-        if s.tid not in ours:
+        if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE:  # not a thread's exit
             prof.add(s.stack, weight)
     return prof
 

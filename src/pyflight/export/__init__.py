@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyflight.core.events import BlockReason, Kind
+from pyflight.core.events import BlockReason, Kind, ThreadState
 from pyflight.format.reader import Frame, Trace
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def profile_samples(trace: Trace, profile: str, model: Model | None = None) -> l
         weight = m.sampling_interval_ns or DEFAULT_INTERVAL_NS
         ours = {tid for tid, tl in m.threads.items() if tl.is_pyflight}
         for smp in m.samples:
-            if smp.tid not in ours:  # the recorder's own threads are not the program's profile
+            if smp.tid not in ours and smp.os_state is not ThreadState.ZOMBIE:  # nor threads' exits
                 out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
     elif profile == "scheduling":
         for task in m.all_tasks():

@@ -45,7 +45,7 @@ from pyflight.core.events import Kind, ThreadState
 from pyflight.sources import register
 from pyflight.sources.base import Source
 
-__all__ = ["THREAD_NAME", "StackSampler", "sample_thread_now"]
+__all__ = ["THREAD_NAME", "StackSampler", "record_thread_exit", "sample_thread_now"]
 
 #: Name of the sampling thread (it never samples itself).
 THREAD_NAME: Final = "pyflight-sampler"
@@ -72,6 +72,7 @@ _COUNTER_NAME: Final = "sampler_interval_us"
 _SAMPLE: Final = int(Kind.SAMPLE)
 _UNKNOWN: Final = int(ThreadState.UNKNOWN)
 _RUNNING: Final = int(ThreadState.RUNNING)
+_ENDING: Final = int(ThreadState.ZOMBIE)
 _STAT_BYTES: Final = 128  # "tid (comm) S": comm is at most 15 bytes, the state follows it
 
 #: Field 3 of /proc/<pid>/task/<tid>/stat -> ThreadState.
@@ -592,3 +593,26 @@ def sample_thread_now(ident: int) -> bool:
         if sampler is None:
             sampler = _standby = StackSampler()
     return sampler._sample_now(ident, 2)
+
+
+def record_thread_exit() -> None:
+    """On a thread about to end: one last SAMPLE with the CPU it used since the sampler's
+    last look (lost otherwise: the sampler never sees it again). Its state is ZOMBIE, so
+    the analysis charges that CPU where the thread was last seen running, not to the
+    thread's exit code. Never raises."""
+    sampler = _installed
+    if sampler is None or not sampler._clock_ok:
+        return
+    try:
+        tid = threading.get_native_id()
+        proc = sampler._procs.get(tid)
+        if proc is None or not proc.wall or not backend.is_enabled():
+            return
+        now = time.monotonic_ns()
+        cpu = time.clock_gettime_ns(proc.clock)
+        ran, since = cpu - proc.cpu, now - proc.wall
+        proc.cpu, proc.wall = cpu, now  # the sampler's next look (if any) starts here
+        if ran > 0 and since > 0:
+            backend.record(_SAMPLE, tid, 0, sys._getframe(1), _ENDING, ran, since)
+    except Exception:
+        pass
