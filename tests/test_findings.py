@@ -12,18 +12,9 @@ import pytest
 from programs import record_named
 from pyflight import core
 from pyflight.analysis import build
-from pyflight.analysis.findings import (
-    INFO,
-    RULES,
-    WARNING,
-    Culprit,
-    Finding,
-    find,
-    is_library,
-    ramp,
-    severity,
-    user_frame,
-)
+from pyflight.analysis.frames import is_library, user_frame
+from pyflight.analysis.rules import INFO, WARNING, Culprit, Finding, find, severity
+from pyflight.analysis.rules.scoring import ramp
 from pyflight.core.events import Kind
 from pyflight.format.reader import Frame, loads
 from tracegen import Gen, trace
@@ -199,27 +190,6 @@ def test_finding_to_dict_matches_the_contract() -> None:
     assert Finding("y", 1, "t").to_dict()["culprit"] is None
 
 
-def _data_loss_trace() -> bytes:
-    gen = Gen(seq=1, start_ns=1_000_000, end_ns=2_000_000_000)
-    gen.event(7, Kind.THREAD_INFO, 1_000_000, tid=7, name="MainThread", ident=1)
-    gen.event(7, Kind.DATA_LOSS, 1_500_000, source="asyncio", events=5000, reason="buffer full")
-    gen.event(7, Kind.SOURCE_DISABLED, 1_600_000, source="blocking", reason="RuntimeError: boom")
-    gen.event(7, Kind.LOG, 1_900_000_000, task=0, category="x", message="y")
-    return trace([gen])
-
-
-def test_data_loss_rule() -> None:
-    findings = find(build(loads(_data_loss_trace())), strict=True)
-    loss = [f for f in findings if f.rule == "data-loss"]
-    assert len(loss) == 1
-    f = loss[0]
-    assert f.score >= WARNING and f.culprit is None
-    assert f.evidence["lost_events"] == 5000
-    assert f.evidence["by_source"] == {"asyncio": 5000}
-    assert "blocking" in f.evidence["disabled_sources"][0]
-    assert "5000 events lost" in f.title
-
-
 def test_damaged_file_is_data_loss(recorded: dict[str, Path]) -> None:
     data = recorded["healthy"].read_bytes()
     with pytest.warns(UserWarning):
@@ -232,83 +202,10 @@ def test_damaged_file_is_data_loss(recorded: dict[str, Path]) -> None:
     assert not [f for f in clean if f.rule == "data-loss"]
 
 
-def test_a_failing_rule_does_not_hide_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(model: object) -> list[Finding]:
-        raise ValueError("bad")
-
-    monkeypatch.setitem(RULES, "broken", broken)
-    findings = find(build(loads(_data_loss_trace())))
-    assert findings[0].rule == "data-loss"
-    assert any(f.rule == "rule-error" and "broken" in f.title for f in findings)
-    with pytest.raises(ValueError):
-        find(build(loads(_data_loss_trace())), strict=True)
-
-
 def test_empty_trace_has_no_findings() -> None:
     gen = Gen(seq=1, start_ns=1000, end_ns=2000)
     gen.event(7, Kind.LOG, 1500, task=0, category="db", message="hi")
     assert find(build(loads(trace([gen]))), strict=True) == []
-
-
-# ------------------------------------------------------------------ pool-saturation
-
-
-def _pool_trace(jobs: int, workers: int, run_ms: int, gap_ms: float = 0.0) -> bytes:
-    """One pool of ``workers`` threads fed ``jobs`` jobs of ``run_ms`` (``gap_ms`` apart):
-    the events the executors source records, FIFO as the pool runs them."""
-    ms = 1_000_000
-    gen = Gen(seq=1, start_ns=0, end_ns=int((jobs * (run_ms + gap_ms) + 1000) * ms))
-    gen.event(1, Kind.THREAD_INFO, 0, tid=1, name="MainThread", ident=1)
-    for w in range(workers):
-        gen.event(10 + w, Kind.THREAD_INFO, 0, tid=10 + w, name=f"images_{w}", ident=10 + w)
-    free = [ms] * workers  # when each worker is next free
-    begins: list[tuple[int, int, int, int]] = []
-    for job in range(1, jobs + 1):
-        queued = int(ms + (job - 1) * gap_ms * ms)
-        gen.event(
-            1,
-            Kind.POOL_JOB_QUEUED,
-            queued,
-            pool=77,
-            job=job,
-            function="resize_image",
-            file="/app/images.py",
-            line=12,
-            max_workers=workers,
-            task=0,
-        )
-        w = min(range(workers), key=lambda i: free[i])
-        begin = max(queued, free[w]) + 1000
-        free[w] = begin + run_ms * ms
-        begins.append((10 + w, begin, free[w], job))
-    for tid, begin, end, job in sorted(begins, key=lambda b: (b[0], b[1])):
-        gen.event(tid, Kind.POOL_JOB_BEGIN, begin, pool=77, job=job)
-        gen.event(tid, Kind.POOL_JOB_END, end, pool=77, job=job)
-    return trace([gen])
-
-
-def test_pool_saturation_from_jobs() -> None:
-    """24 jobs of 80 ms on 2 workers, all at once: the exact rule, from the jobs alone."""
-    model = build(loads(_pool_trace(24, 2, 80)))
-    pool = model.pools[77]
-    assert pool.name == "images" and pool.max_workers == 2 and len(pool.jobs) == 24
-    (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
-    assert finding.score >= WARNING
-    assert finding.culprit == Culprit("resize_image", "/app/images.py", 12)
-    ev = finding.evidence
-    assert ev["max_workers"] == 2 and ev["jobs"] == 24 and ev["jobs_waited"] == 22
-    assert 800e6 <= ev["wait_max_ns"] <= 900e6 and ev["wait_p50_ns"] < ev["wait_p90_ns"] <= ev["wait_max_ns"]
-    assert 900e6 <= ev["all_busy_ns"] <= 1000e6 and ev["backlog_ns"] <= ev["all_busy_ns"]
-    assert ev["worst_waiting"] == 24 and ev["culprit_jobs"] == 24  # all queued at once
-    assert "'images'" in finding.title and "2 workers" in finding.title
-    assert "max_workers" in finding.hint
-
-
-def test_pool_with_spare_capacity_is_no_finding() -> None:
-    """Jobs that arrive slower than the workers finish them never wait: nothing to say."""
-    model = build(loads(_pool_trace(40, 4, 20, gap_ms=10)))
-    assert model.pools[77].all_busy(model.end) == []
-    assert not [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
 
 
 @pytest.mark.parametrize(("program", "workers"), [("pool_saturation", 2), ("pool_saturation_asyncio", 3)])
@@ -339,18 +236,3 @@ def test_healthy_pool_jobs_recorded_without_finding(recorded: dict[str, Path]) -
     assert pool.max_workers == 4 and len(pool.jobs) == 60
     assert {j.function for j in pool.jobs} == {"small_job"}
     assert not [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
-
-
-def test_few_user_tasks_long_ones_only_and_not_lifetimes() -> None:
-    """Fewer than 5 runs of a task: no 'usual' to compare with. A long one (>= 1 s) is
-    reported as what it is; one that lasts the whole window (a worker's or a session's
-    lifetime) is not a latency at all."""
-    gen = Gen(seq=1, start_ns=0, end_ns=10 * SECOND_NS)
-    tid = 7
-    gen.event(tid, Kind.USER_TASK_BEGIN, 0, id=1, parent=0, name="session")  # the whole window
-    gen.event(tid, Kind.THREAD_INFO, 1, tid=tid, name="main", ident=1)
-    gen.event(tid, Kind.USER_TASK_BEGIN, 2 * SECOND_NS, id=2, parent=1, name="import batch")
-    gen.event(tid, Kind.USER_TASK_END, 5 * SECOND_NS, id=2)
-    gen.event(tid, Kind.USER_TASK_END, 10 * SECOND_NS - 1, id=1)
-    findings = [f for f in find(build(loads(trace([gen]))), strict=True) if f.rule == "slow-tasks"]
-    assert [f.title for f in findings] == ["User task 'import batch' took 3.00 s"], _describe(findings)

@@ -370,10 +370,6 @@ _AWAIT = BlockReason.AWAIT
 _OTHER = BlockReason.OTHER
 
 
-def _reason(value: Any) -> BlockReason:
-    return _REASONS.get(value, BlockReason.OTHER) if isinstance(value, int) else BlockReason.OTHER
-
-
 class _Thread:
     """Per-thread state machine. ``stack`` holds nested states: [state, reason, obj,
     stack, detail, begin_time, woken]; the base state is UNKNOWN until the thread's

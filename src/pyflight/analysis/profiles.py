@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pyflight.analysis.frames import frame_label
 from pyflight.analysis.model import Model, Stack, State
 from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
@@ -18,11 +19,6 @@ __all__ = [
     "stall_profile",
     "wall_profile",
 ]
-
-
-def frame_label(frame: Frame) -> str:
-    """``function (file:line)``, with ``;`` (the folded separator) made harmless."""
-    return f"{frame.function} ({frame.file}:{frame.line})".replace(";", ":").replace("\n", " ")
 
 
 @dataclasses.dataclass

@@ -16,7 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pyflight.analysis.findings import Finding, fmt_ns
+from pyflight.analysis.operations import operations
+from pyflight.analysis.rules import Finding
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 from pyflight.report import Report
@@ -326,6 +328,28 @@ def _breakdown_html(rows: Sequence[Any], limit: int = 50) -> str:
     return "".join(out)
 
 
+def _latency_table_html(report: Report, limit: int = 30) -> str:
+    """Per route / task / region: count, p50/p90/p99, max, total, share of the window."""
+    ops = operations(report.model)
+    if not ops:
+        return ""
+    head = ["operation", "kind", "count", "p50", "p90", "p99", "max", "total", "share"]
+    out = [
+        "<table><tr>"
+        + "".join(f'<th class="{"" if i < 2 else "n"}">{esc(h)}</th>' for i, h in enumerate(head))
+        + "</tr>"
+    ]
+    for op in ops[:limit]:
+        values = [op.quantile(0.5), op.quantile(0.9), op.quantile(0.99), op.maximum, op.total]
+        cells = "".join(f'<td class="n">{esc(fmt_ns(v))}</td>' for v in values)
+        out.append(
+            f'<tr><td>{esc(op.name)}</td><td>{esc(op.kind)}</td><td class="n">{op.count}</td>{cells}'
+            f'<td class="n">{100 * op.share:.0f}%</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
 def _histograms(report: Report, limit: int = 8) -> str:
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for ut in report.model.user_tasks.values():
@@ -372,7 +396,9 @@ def render(report: Report) -> str:
     body.append("<h2>Threads</h2>" + _breakdown_html(report.threads))
     if report.tasks:
         body.append("<h2>Asyncio tasks by coroutine</h2>" + _breakdown_html(report.tasks))
-    body.append("<h2>Latency of user tasks and regions</h2>" + _histograms(report))
+    body.append(
+        "<h2>Latency of user tasks and regions</h2>" + _latency_table_html(report) + _histograms(report)
+    )
     body.append(
         "<h2>CPU flame graph</h2><p class='meta'>Callers on top; width = CPU time. Hover for details.</p>"
         + flame_svg(report.cpu.stacks, report.cpu.unit)

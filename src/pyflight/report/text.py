@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.findings import INFO, Finding, fmt_ns
+from pyflight.analysis.operations import Operation, operations
+from pyflight.analysis.rules import INFO, Finding
+from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.report import Report
 
@@ -54,6 +56,29 @@ def breakdown_lines(rows: Sequence[BreakdownRow], limit: int = 20) -> list[str]:
     lines = _table(header, body, right_from=1)
     if len(rows) > limit:
         lines.append(f"  ... {len(rows) - limit} more")
+    return lines
+
+
+def latency_lines(ops: Sequence[Operation], limit: int = 15) -> list[str]:
+    """Per route / task / region: calls, latency quantiles, total and share of the window."""
+    header = ["operation", "kind", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "total ms", "share"]
+    body = [
+        [
+            _clean(op.name)[:40],
+            op.kind,
+            str(op.count),
+            _ms(op.quantile(0.5)),
+            _ms(op.quantile(0.9)),
+            _ms(op.quantile(0.99)),
+            _ms(op.maximum),
+            _ms(op.total),
+            f"{100 * op.share:.0f}%",
+        ]
+        for op in ops[:limit]
+    ]
+    lines = _table(header, body, right_from=2)
+    if len(ops) > limit:
+        lines.append(f"  ... {len(ops) - limit} more")
     return lines
 
 
@@ -113,6 +138,11 @@ def render(report: Report, *, color: bool = False, all_findings: bool = False) -
         lines.append("")
     if hidden:
         lines.append(f"  ({hidden} minor findings not shown; --json lists them)")
+        lines.append("")
+    ops = operations(report.model)
+    if ops:
+        lines.append("Latency by route / task / region (share: of the window in progress)")
+        lines.extend(latency_lines(ops))
         lines.append("")
     lines.append("Threads (ms)")
     lines.extend(breakdown_lines(report.threads) if report.threads else ["  (none)"])

@@ -1,0 +1,84 @@
+"""Which frame of a stack to name: the user's frame, library frames, the frame inside an event-loop step."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from pyflight.format.reader import Frame
+
+_LIB_RE = re.compile(
+    r"(^<)|([/\\]lib[/\\]python3\.\d+[/\\](?!site-packages))|([/\\]pyflight[/\\]"
+    r"(sources|core|format|triggers|integrations|analysis|report|export)[/\\])"
+    r"|([/\\]pyflight[/\\](annotate|recorder|__init__|run|cli)\.py$)"
+)
+
+
+THIRD_PARTY_RE = re.compile(r"[/\\](site|dist)-packages[/\\]")
+_PYFLIGHT_RE = re.compile(r"[/\\]pyflight[/\\]")
+
+
+def is_library(frame: Frame) -> bool:
+    """True for frames of the standard library or of pyflight itself."""
+    return bool(_LIB_RE.search(frame.file))
+
+
+def user_frame(stack: Sequence[Frame]) -> Frame | None:
+    """The innermost frame of the program's own code in ``stack`` (innermost first), else
+    of third-party code, else the innermost frame that is not pyflight's, else None."""
+    for frame in stack:
+        if not is_library(frame) and not THIRD_PARTY_RE.search(frame.file):
+            return frame
+    for frame in stack:
+        if not is_library(frame):
+            return frame
+    for frame in stack:
+        if not (_PYFLIGHT_RE.search(frame.file) and is_library(frame)):
+            return frame
+    return stack[0] if stack else None
+
+
+def short_file(path: str) -> str:
+    parts = re.split(r"[/\\]", path)
+    return "/".join(parts[-2:]) if len(parts) > 2 else path
+
+
+def top_frame(weights: Counter[Frame] | dict[Frame, float]) -> Frame | None:
+    if not weights:
+        return None
+    return max(weights.items(), key=lambda kv: (kv[1], kv[0].function))[0]
+
+
+def by_function(weights: dict[Frame, float]) -> tuple[Frame | None, float]:
+    """Sum weights per function; return the heaviest line of the heaviest function."""
+    per_function: dict[tuple[str, str], float] = defaultdict(float)
+    for frame, weight in weights.items():
+        per_function[(frame.function, frame.file)] += weight
+    if not per_function:
+        return None, 0.0
+    key = max(per_function, key=lambda k: per_function[k])
+    lines = {f: w for f, w in weights.items() if (f.function, f.file) == key}
+    return top_frame(lines), per_function[key]
+
+
+LOOP_FRAMES = ("_run_once", "Handle._run", "run_forever", "_run")
+
+
+def step_frame(stack: Sequence[Frame]) -> Frame | None:
+    """The innermost user frame *inside* an event-loop step: frames outer to asyncio's
+    ``_run_once`` / ``Handle._run`` (``main``, ``asyncio.run``) are not the step's."""
+    fallback = None
+    for frame in stack:
+        if frame.function.endswith(LOOP_FRAMES) and "asyncio" in frame.file:
+            return fallback
+        if not is_library(frame):
+            if not THIRD_PARTY_RE.search(frame.file):
+                return frame
+            fallback = fallback or frame
+    return fallback
+
+
+def frame_label(frame: Frame) -> str:
+    """``function (file:line)``, with ``;`` (the folded separator) made harmless."""
+    return f"{frame.function} ({frame.file}:{frame.line})".replace(";", ":").replace("\n", " ")

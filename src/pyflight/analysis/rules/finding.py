@@ -1,0 +1,60 @@
+"""What a rule reports: a ``Finding`` (score, title, culprit, evidence, hint) and its ``Culprit``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyflight.analysis.frames import short_file
+from pyflight.format.reader import Frame
+
+WARNING = 75
+INFO = 25
+#: Findings scoring below this are dropped altogether.
+MIN_SCORE = 5
+
+
+@dataclass(frozen=True)
+class Culprit:
+    function: str
+    file: str
+    line: int
+
+    @classmethod
+    def of(cls, frame: Frame | None) -> Culprit | None:
+        return None if frame is None else cls(frame.function, frame.file, frame.line)
+
+    def __str__(self) -> str:
+        return f"{self.function} ({short_file(self.file)}:{self.line})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "file": self.file, "line": self.line}
+
+
+@dataclass
+class Finding:
+    rule: str
+    score: int
+    title: str
+    culprit: Culprit | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    hint: str = ""
+
+    @property
+    def severity(self) -> str:
+        return severity(self.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "score": self.score,
+            "severity": self.severity,
+            "title": self.title,
+            "culprit": None if self.culprit is None else self.culprit.to_dict(),
+            "evidence": self.evidence,
+            "hint": self.hint,
+        }
+
+
+def severity(score: int) -> str:
+    return "warning" if score >= WARNING else "info" if score >= INFO else "ok"

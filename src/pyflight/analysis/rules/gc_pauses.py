@@ -1,0 +1,78 @@
+"""Rule ``gc`` (docs/report.md explains its score)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.rules.base import Rule
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model
+from pyflight.analysis.frames import by_function, user_frame
+from pyflight.analysis.queries import samples_in, seconds_since_start
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import MS, SECOND, fmt_ns, pct
+
+
+def rule_gc(model: Model) -> list[Finding]:
+    pauses = list(model.gc_pauses)
+    if not pauses:
+        return []
+    durations = [p.end - p.start for p in pauses]
+    total = sum(durations)
+    span = max(1, model.end - model.start)
+    ratio = total / span
+    worst_i = max(range(len(pauses)), key=lambda i: durations[i])
+    worst = pauses[worst_i]
+    if total < 50 * MS:
+        return []
+    per_gen: Counter[int] = Counter()
+    per_gen_ns: Counter[int] = Counter()
+    for p, d in zip(pauses, durations, strict=True):
+        per_gen[p.generation] += 1
+        per_gen_ns[p.generation] += d
+    # who triggered the collections: samples of the collecting thread during pauses
+    weights: dict[Frame, float] = defaultdict(float)
+    for p, d in zip(pauses, durations, strict=True):
+        for sample in samples_in(model, p.tid, p.start, p.end):
+            frame = user_frame(sample.stack)
+            if frame is not None:
+                weights[frame] += d
+    culprit, _ = by_function(weights)
+    score = clamp_score(
+        ramp(ratio, [(0.03, 10), (0.08, 30), (0.15, 60), (0.25, 80), (0.4, 92)]),
+        ramp(worst.end - worst.start, [(50 * MS, 10), (100 * MS, 30), (300 * MS, 60), (1 * SECOND, 85)]),
+    )
+    where = f", triggered in {culprit.function}" if culprit else ""
+    return [
+        Finding(
+            rule="gc-pauses",
+            score=score,
+            title=(
+                f"Garbage collection paused threads for {fmt_ns(total)} ({pct(ratio)} of the trace), "
+                f"worst {fmt_ns(worst.end - worst.start)}{where}"
+            ),
+            culprit=Culprit.of(culprit),
+            evidence={
+                "pauses": len(pauses),
+                "pause_ns": total,
+                "ratio": round(ratio, 4),
+                "worst_ns": worst.end - worst.start,
+                "worst_generation": worst.generation,
+                "worst_at_s": seconds_since_start(model, worst.start),
+                "collections_by_generation": {str(g): n for g, n in sorted(per_gen.items())},
+                "pause_ns_by_generation": {str(g): n for g, n in sorted(per_gen_ns.items())},
+            },
+            hint=(
+                "Many container objects are allocated and kept alive. Create fewer cyclic "
+                "structures, call gc.freeze() after start-up, or raise gc.set_threshold() for "
+                "generation 0; use weakref to break cycles."
+            ),
+        )
+    ]
+
+
+RULE = Rule("gc-pauses", ("gc-pauses",), rule_gc)

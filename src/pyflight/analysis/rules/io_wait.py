@@ -1,0 +1,86 @@
+"""Rule ``io-wait`` (docs/report.md explains its score)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.rules.base import Rule
+from pyflight.core.events import BlockReason
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model
+from pyflight.analysis.frames import by_function, user_frame
+from pyflight.analysis.queries import lifetime, seconds_since_start
+from pyflight.analysis.rules._waits import blocked_waits, in_function
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import MS, fmt_ns, pct
+
+
+def rule_io_wait(model: Model) -> list[Finding]:
+    waits = [
+        (t, iv)
+        for t, iv in blocked_waits(model, BlockReason.IO)
+        if not in_function(iv.stack, {"accept", "socket.accept"}, "socket.py")
+    ]
+    total = sum(iv.end - iv.start for _, iv in waits)
+    if total < 50 * MS:
+        return []
+    threads = {t.tid: t for t, _ in waits}
+    life = sum(lifetime(t) for t in threads.values()) or 1
+    share = total / life
+    weights: dict[Frame, float] = defaultdict(float)
+    for _, iv in waits:
+        frame = user_frame(iv.stack)
+        if frame is not None:
+            weights[frame] += iv.end - iv.start
+    where, where_ns = by_function(weights)
+    worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
+    score = clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)]))
+    # blocking I/O on an event loop's thread blocks every task of that loop
+    loop_threads = {loop.tid for loop in model.loops.values()}
+    on_loop = sum(iv.end - iv.start for t, iv in waits if t.tid in loop_threads)
+    loop_names = sorted(t.name for t in threads.values() if t.tid in loop_threads)
+    loop_note = (
+        f"; {fmt_ns(on_loop)} of it on the event loop's thread ({', '.join(loop_names)}), "
+        "blocking every task of that loop"
+        if on_loop >= 50 * MS
+        else ""
+    )
+    return [
+        Finding(
+            rule="io-wait",
+            score=score,
+            title=(
+                f"Threads waited {fmt_ns(total)} on blocking I/O ({pct(share)} of their time)"
+                + (f", mostly in {where.function}" if where else "")
+                + loop_note
+            ),
+            culprit=Culprit.of(where),
+            evidence={
+                "waits": len(waits),
+                "wait_ns": total,
+                "wait_share": round(share, 4),
+                "culprit_wait_ns": int(where_ns),
+                "worst_ns": worst.end - worst.start,
+                "worst_at_s": seconds_since_start(model, worst.start),
+                "worst_thread": worst_t.name,
+                "threads": sorted(t.name for t in threads.values()),
+                "on_event_loop_ns": on_loop or None,
+            },
+            hint=(
+                "Time goes to waiting for the network or disk. Issue requests concurrently "
+                "(a pool, asyncio), reuse connections, add timeouts, cache answers, or batch calls."
+                + (
+                    " On the event loop's thread, use an async client or `asyncio.to_thread(...)`."
+                    if loop_note
+                    else ""
+                )
+            ),
+        )
+    ]
+
+
+RULE = Rule("io-wait", ("io-wait",), rule_io_wait)

@@ -1,0 +1,152 @@
+"""Rule ``lock-contention`` (docs/report.md explains its score)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.rules.base import Rule
+from pyflight.core.events import BlockReason
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model
+from pyflight.analysis.frames import top_frame, user_frame
+from pyflight.analysis.queries import lifetime, samples_in, seconds_since_start, thread_name
+from pyflight.analysis.rules._waits import (
+    blocked_waits,
+    contentions,
+    task_activity,
+    task_blocked_waits,
+    task_label_of,
+    task_life,
+    wakers,
+)
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import fmt_ns, pct
+
+#: Lock contention score by the waiters' share of life spent waiting.
+_LOCK_RAMP = [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]
+
+
+def rule_lock_contention(model: Model) -> list[Finding]:
+    out: list[Finding] = []
+    for c in contentions(blocked_waits(model, BlockReason.LOCK), lambda t: t.tid, lifetime):
+        obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
+        worst_t, worst, where = c.worst_waiter, c.worst, c.where
+        holders = wakers(model, BlockReason.LOCK, {obj})
+        # where the holders were while others waited
+        held: Counter[Frame] = Counter()
+        for _, iv in waits:
+            for tid in holders:
+                for sample in samples_in(model, tid, iv.start, iv.end):
+                    frame = user_frame(sample.stack)
+                    if frame is not None:
+                        held[frame] += 1
+        holder_frame = top_frame(held)
+        score = clamp_score(ramp(share, _LOCK_RAMP))
+        title = f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
+        if where:
+            title += f" in {where.function}"
+        out.append(
+            Finding(
+                rule="lock-contention",
+                score=score,
+                title=title,
+                culprit=Culprit.of(where),
+                evidence={
+                    "lock": obj,
+                    "waits": len(waits),
+                    "wait_ns": total,
+                    "wait_share": round(share, 4),
+                    "worst_ns": worst.end - worst.start,
+                    "worst_at_s": seconds_since_start(model, worst.start),
+                    "worst_waiter": worst_t.name,
+                    "waiters": sorted(t.name for t in waiters.values()),
+                    "holders": [thread_name(model, tid) for tid, _ in holders.most_common(5)],
+                    "held_at": str(Culprit.of(holder_frame)) if holder_frame else None,
+                },
+                hint=(
+                    "Threads queue up on one lock. Hold it for less time (compute outside the "
+                    "`with lock:` block, copy then release), split it into finer locks, or hand "
+                    "work over with a queue instead of sharing state."
+                ),
+            )
+        )
+    out.extend(_asyncio_lock_contention(model))
+    return out
+
+
+def _asyncio_lock_contention(model: Model) -> list[Finding]:
+    """asyncio tasks queueing on one asyncio.Lock / Semaphore.
+
+    The holder is not recorded (that would cost on every release); it is inferred: an
+    asyncio.Lock with waiters goes to them in FIFO order (no barging), so a task whose
+    wait ended holds the lock until the next wait on it ends."""
+    out: list[Finding] = []
+    for c in contentions(task_blocked_waits(model, BlockReason.LOCK), lambda t: t.id, task_life):
+        obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
+        worst_t, worst, where = c.worst_waiter, c.worst, c.where
+        what = Counter(iv.detail for _, iv in waits).most_common(1)[0][0] or "asyncio.Lock.acquire"
+        kind = what.rsplit(".", 1)[0]  # asyncio.Lock, asyncio.Semaphore
+        # inferred holds: from the end of one wait to the end of the next
+        ends = sorted((iv.end, t.id) for t, iv in waits)
+        holds: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for (a, tid), (b, _next) in itertools.pairwise(ends):
+            if b > a:
+                holds[tid].append((a, b))
+        held_by: Counter[str] = Counter()
+        for tid, spans in holds.items():
+            held_by[task_label_of(waiters[tid])] += sum(b - a for a, b in spans)
+        holder_frame, holder_running, holder_waiting = task_activity(
+            model, [(waiters[tid], spans) for tid, spans in holds.items()]
+        )
+        score = clamp_score(ramp(share, _LOCK_RAMP))
+        title = f"asyncio lock contention: {len(waiters)} task(s) waited {fmt_ns(total)} for an {kind}"
+        if where:
+            title += f" in {where.function}"
+        held_ns = sum(held_by.values())
+        if holder_frame is not None:
+            title += f"; holders busy in {holder_frame.function}"
+        elif held_by:
+            title += f"; held by {held_by.most_common(1)[0][0]} tasks"
+            if held_ns and holder_waiting >= 0.5 * held_ns:
+                title += f", awaiting while holding it ({pct(holder_waiting / held_ns)} of the time)"
+        out.append(
+            Finding(
+                rule="lock-contention",
+                score=score,
+                title=title,
+                culprit=Culprit.of(where),
+                evidence={
+                    "lock": obj,
+                    "kind": kind,
+                    "waits": len(waits),
+                    "wait_ns": total,
+                    "wait_share": round(share, 4),
+                    "worst_ns": worst.end - worst.start,
+                    "worst_at_s": seconds_since_start(model, worst.start),
+                    "worst_waiter": worst_t.name or task_label_of(worst_t),
+                    "waiting_tasks": len(waiters),
+                    "waiting_in": sorted({task_label_of(t) for t in waiters.values()})[:10],
+                    "holders": [name for name, _ in held_by.most_common(5)],
+                    "held_at": str(Culprit.of(holder_frame)) if holder_frame else None,
+                    "held_ns": held_ns,
+                    "holders_running_ns": holder_running,
+                    "holders_awaiting_ns": holder_waiting,
+                },
+                hint=(
+                    f"Tasks queue up on one {kind}. A task holding it across an `await` (I/O, "
+                    "sleep, another lock) makes every other task wait that long: do the slow "
+                    "await outside the `async with` block, shorten the critical section, use a "
+                    "finer-grained lock per key, or a Semaphore if a few may run at once. "
+                    "Recording with task_wait='stack' shows where holders await."
+                ),
+            )
+        )
+    return out
+
+
+RULE = Rule("lock-contention", ("lock-contention",), rule_lock_contention)

@@ -1,0 +1,155 @@
+"""Rule ``slow-tasks`` (docs/report.md explains its score)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.model import State
+from pyflight.analysis.rules.base import Rule
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model, TaskTimeline
+from pyflight.analysis.frames import by_function, user_frame
+from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import MS, SECOND, fmt_ns, quantile
+
+
+def _culprit_in_window(model: Model, tid: int, start: int, end: int, task: int = 0) -> Frame | None:
+    weights: dict[Frame, float] = defaultdict(float)
+    interval = interval_ns(model)
+    thread = model.threads.get(tid)
+    if thread is not None:
+        for iv in thread.intervals:
+            if iv.end < start or iv.start > end or iv.state is not State.BLOCKED:
+                continue
+            frame = user_frame(iv.stack)
+            if frame is not None:
+                weights[frame] += min(end, iv.end) - max(start, iv.start)
+    for sample in samples_in(model, tid, start, end):
+        if task and sample.task and sample.task != task:
+            continue
+        frame = user_frame(sample.stack)
+        if frame is not None:
+            weights[frame] += interval
+    frame, _ = by_function(weights)
+    return frame
+
+
+def _asyncio_task_at(model: Model, tid: int, start: int, end: int) -> TaskTimeline | None:
+    """The asyncio task whose life best matches [start, end] on thread ``tid``."""
+    best, best_d = None, float("inf")
+    for task in model.all_tasks():
+        if task.thread != tid:
+            continue
+        done = task.done if task.done is not None else model.end
+        if task.created <= start + 5 * MS and done >= end - 5 * MS:
+            d = (start - task.created) + (done - end)
+            if d < best_d:
+                best, best_d = task, d
+    return best
+
+
+def _task_culprit(model: Model, task: TaskTimeline, start: int, end: int) -> Frame | None:
+    weights: dict[Frame, float] = defaultdict(float)
+    for iv in task.intervals:
+        if iv.end < start or iv.start > end:
+            continue
+        frame = user_frame(iv.stack)
+        if frame is not None and iv.state is State.BLOCKED:
+            weights[frame] += min(end, iv.end) - max(start, iv.start)
+    interval = interval_ns(model)
+    for sample in samples_in(model, task.thread, start, end):
+        if sample.task == task.id:
+            frame = user_frame(sample.stack)
+            if frame is not None:
+                weights[frame] += interval
+    frame, _ = by_function(weights)
+    return frame
+
+
+def rule_slow_user_tasks(model: Model) -> list[Finding]:
+    out: list[Finding] = []
+    groups: dict[tuple[str, str], list[tuple[int, int, int, int]]] = defaultdict(list)  # start,end,tid,id
+    for ut in model.user_tasks.values():
+        end = ut.end if ut.end is not None else model.end
+        groups[("task", ut.name)].append((ut.start, end, ut.thread, ut.id))
+    for region in model.regions:
+        end = region.end if region.end is not None else model.end
+        groups[("region", region.name)].append((region.start, end, region.thread, region.task))
+    window = max(model.end - model.start, 1)
+    for (what, name), items in groups.items():
+        if len(items) < 5:
+            # too few to know what is usual: only long ones count, and not those that
+            # last the whole window (a worker's or a session's lifetime, not a latency)
+            items = [it for it in items if it[1] - it[0] < 0.8 * window]
+            if not items:
+                continue
+        durations = sorted(b - a for a, b, _, _ in items)
+        median = statistics.median(durations)
+        worst = max(items, key=lambda it: it[1] - it[0])
+        worst_d = worst[1] - worst[0]
+        if len(items) >= 5:
+            limit = max(3 * median, median + 100 * MS)
+            outliers = [d for d in durations if d > limit]
+            if not outliers:
+                continue
+            ratio = worst_d / max(median, 1)
+            score = clamp_score(
+                min(
+                    ramp(ratio, [(3, 30), (10, 60), (30, 80), (100, 90)]),
+                    ramp(worst_d / MS, [(100, 25), (250, 50), (1000, 85), (5000, 95)]),
+                )
+            )
+        else:
+            if worst_d < SECOND:
+                continue
+            outliers = [d for d in durations if d >= SECOND]
+            score = clamp_score(ramp(worst_d / SECOND, [(1, 25), (5, 45), (30, 60)]))
+        start, end, tid, _ = worst
+        task = _asyncio_task_at(model, tid, start, end)
+        frame = _task_culprit(model, task, start, end) if task is not None else None
+        if frame is None:
+            frame = _culprit_in_window(model, tid, start, end)
+        label = "User task" if what == "task" else "Region"
+        if len(items) >= 5:
+            headline = (
+                f"{label} {name!r}: {len(outliers)} of {len(items)} took much longer than usual "
+                f"(worst {fmt_ns(worst_d)}, median {fmt_ns(median)})"
+            )
+        else:
+            headline = f"{label} {name!r} took {fmt_ns(worst_d)}" + (
+                f" (the longest of {len(items)})" if len(items) > 1 else ""
+            )
+        out.append(
+            Finding(
+                rule="slow-" + ("tasks" if what == "task" else "regions"),
+                score=score,
+                title=headline + (f"; worst spent in {frame.function}" if frame else ""),
+                culprit=Culprit.of(frame),
+                evidence={
+                    "kind": what,
+                    "name": name,
+                    "count": len(items),
+                    "outliers": len(outliers),
+                    "median_ns": int(median),
+                    "p99_ns": quantile(durations, 0.99),
+                    "worst_ns": worst_d,
+                    "worst_at_s": seconds_since_start(model, start),
+                    "worst_thread": thread_name(model, tid),
+                },
+                hint=(
+                    "Open the worst instance in the HTML report (`pyflight report FILE --html OUT`): "
+                    "the culprit is where it spent its time. Add a timeout, cache, or make that step "
+                    "concurrent."
+                ),
+            )
+        )
+    return out
+
+
+RULE = Rule("slow-tasks", ("slow-tasks", "slow-regions"), rule_slow_user_tasks)

@@ -1,0 +1,70 @@
+"""Rule ``untraced-wait`` (docs/report.md explains its score)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.model import State
+from pyflight.analysis.rules.base import Rule
+from pyflight.core.events import ThreadState
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model
+from pyflight.analysis.frames import by_function, is_library
+from pyflight.analysis.queries import interval_ns, lifetime, samples_by_thread, user_threads
+from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.scoring import clamp_score, ramp
+from pyflight.analysis.units import MS, fmt_ns
+
+
+def rule_untraced_wait(model: Model) -> list[Finding]:
+    """Threads often found off-CPU inside user code that no hook saw block: an untraced
+    lock (e.g. without the C core), the GIL, or a C extension waiting."""
+    interval = interval_ns(model)
+    off_cpu = (ThreadState.SLEEPING, ThreadState.DISK)
+    weights: dict[Frame, float] = defaultdict(float)
+    per_thread: Counter[int] = Counter()
+    for thread in user_threads(model):
+        for sample in samples_by_thread(model).get(thread.tid, ()):
+            if sample.os_state not in off_cpu or sample.state is not State.RUNNING or not sample.stack:
+                continue
+            innermost = sample.stack[0]
+            if is_library(innermost):
+                continue
+            weights[innermost] += interval
+            per_thread[thread.tid] += 1
+    frame, frame_ns = by_function(weights)
+    if frame is None or frame_ns < 100 * MS:
+        return []
+    threads = [model.threads[tid] for tid in per_thread]
+    life = sum(lifetime(t) for t in threads) or 1
+    share = sum(weights.values()) / life
+    score = clamp_score(ramp(share, [(0.1, 10), (0.2, 25), (0.5, 45), (0.8, 60)]))
+    return [
+        Finding(
+            rule="untraced-wait",
+            score=score,
+            title=(
+                f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} in no traced call "
+                "(an untraced lock, the GIL or a C call)"
+            ),
+            culprit=Culprit.of(frame),
+            evidence={
+                "wait_ns": int(frame_ns),
+                "wait_share": round(share, 4),
+                "threads": sorted(t.name for t in threads),
+                "samples": sum(per_thread.values()),
+            },
+            hint=(
+                "The sampler found these threads waiting on the line named, outside any call "
+                "pyflight hooks. If it takes a lock created before the recorder started (or "
+                "without the C core), the lock is not traced; if it calls a C extension, that "
+                "call blocks. Start the recorder earlier or look at what the line waits for."
+            ),
+        )
+    ]
+
+
+RULE = Rule("untraced-wait", ("untraced-wait",), rule_untraced_wait)

@@ -1,0 +1,45 @@
+"""Case 6 (issue 10): a long C call holding the GIL in a threaded server (a big sorted(),
+a backtracking regex) is named with the threads it starved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from programs import record_named
+from pyflight.analysis import build
+from pyflight.analysis.rules import WARNING, Finding, find
+from pyflight.format.reader import loads
+
+# program -> (holding thread, acceptable culprit functions: the call or the line making it)
+PLANTED = {
+    "gil_hog_sort": ("indexer", {"rebuild_index"}),
+    "gil_hog_regex": ("signup-validator", {"validate_username", "validator"}),
+}
+HEALTHY = ["healthy", "healthy_service_wsgi", "slow_operation_threads"]
+
+
+def _findings(path: Path) -> list[Finding]:
+    return find(build(loads(path.read_bytes())), strict=True)
+
+
+@pytest.mark.parametrize("program", sorted(PLANTED))
+def test_gil_holding_call_is_named_with_starved_threads(program: str, tmp_path: Path) -> None:
+    thread, functions = PLANTED[program]
+    findings = _findings(record_named(program, tmp_path))
+    top = [f for f in findings[:3] if f.rule == "gil-hog"]
+    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
+    finding = top[0]
+    assert finding.score >= WARNING
+    assert finding.evidence["thread"] == thread
+    assert finding.culprit is not None and finding.culprit.function in functions
+    assert finding.evidence["starved_threads"]
+
+
+@pytest.mark.parametrize("program", HEALTHY)
+def test_threads_that_share_the_gil_are_not_hogs(program: str, tmp_path: Path) -> None:
+    findings = _findings(record_named(program, tmp_path))
+    assert not [f for f in findings if f.rule == "gil-hog" and f.score >= 25], [
+        (f.rule, f.title) for f in findings
+    ]

@@ -1,0 +1,62 @@
+"""Case 5 (issue 10): waits inside libraries' own pools and locks are named as such, with
+the fix that fits (a bigger pool, a QueueHandler), and the lock holder is reported where
+holders were while holding (the slow stream's write), not where waiters waited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from programs import record_named
+from pyflight import core
+from pyflight.analysis import build
+from pyflight.analysis.rules import WARNING, Finding, find
+from pyflight.format.reader import loads
+
+# program -> (kind, culprit function, words of the fix)
+PLANTED = {
+    "pool_exhausted_requests": ("http connection pool", "fetch_order", "bigger pool"),
+    "pool_exhausted_urllib3": ("http connection pool", "get_quote", "bigger pool"),
+    "logging_slow_stream": ("logging handler lock", "record_event", "QueueHandler"),
+}
+HEALTHY = ["healthy_http_pool", "healthy"]
+#: Locks are traced by the C core only (sources/blocking.py): the logging handler's lock
+#: wait is invisible to the pure-Python core.
+LOCK_TRACED = core.BACKEND_NAME == "c"
+needs_locks = pytest.mark.skipif(not LOCK_TRACED, reason="locks are traced by the C core only")
+
+
+def _findings(path: Path) -> list[Finding]:
+    return find(build(loads(path.read_bytes())), strict=True)
+
+
+@pytest.mark.parametrize(
+    "program",
+    [pytest.param(p, marks=needs_locks) if "lock" in PLANTED[p][0] else p for p in sorted(PLANTED)],
+)
+def test_library_wait_is_named_with_its_fix(program: str, tmp_path: Path) -> None:
+    kind, function, fix = PLANTED[program]
+    findings = _findings(record_named(program, tmp_path))
+    top = [f for f in findings[:3] if f.rule == "library-wait"]
+    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
+    finding = top[0]
+    assert finding.score >= WARNING
+    assert finding.evidence["kind"] == kind
+    assert finding.culprit is not None and finding.culprit.function == function
+    assert fix in finding.hint
+
+
+@needs_locks
+def test_logging_lock_holder_is_where_holders_held_it(tmp_path: Path) -> None:
+    findings = _findings(record_named("logging_slow_stream", tmp_path))
+    finding = next(f for f in findings if f.rule == "library-wait")
+    assert finding.evidence["held_at"].startswith("SlowStream.write")
+
+
+@pytest.mark.parametrize("program", HEALTHY)
+def test_pools_big_enough_get_no_library_wait(program: str, tmp_path: Path) -> None:
+    findings = _findings(record_named(program, tmp_path))
+    assert not [f for f in findings if f.rule == "library-wait" and f.score >= 25], [
+        (f.rule, f.title) for f in findings
+    ]

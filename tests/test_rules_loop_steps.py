@@ -1,0 +1,60 @@
+"""Case 4 (issue 10): an event loop blocked by many medium steps (a synchronous HTTP call
+or sleep of 40-60 ms in async handlers) is a blocked loop naming each blocking call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from programs import record_named
+from pyflight.analysis import build
+from pyflight.analysis.rules import WARNING, Finding, find
+from pyflight.format.reader import loads
+
+# program -> {culprit function: the blocking call it made}
+PLANTED = {
+    "loop_medium_urllib": {"fetch_rates": "urlopen"},
+    "loop_medium_threads_asyncio": {"check_stock": "get"},
+    "loop_medium_two_calls": {"load_profile": "Session.get", "throttle_writes": "time.sleep"},
+}
+HEALTHY = ["healthy_asyncio_http", "healthy_asyncio"]
+
+
+def _findings(path: Path) -> list[Finding]:
+    return find(build(loads(path.read_bytes())), strict=True)
+
+
+@pytest.mark.parametrize("program", sorted(PLANTED))
+def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> None:
+    findings = _findings(record_named(program, tmp_path))
+    top = findings[:3]
+    shown = [(f.rule, f.score, f.title) for f in findings[:5]]
+    for function, call in PLANTED[program].items():
+        named = [
+            f
+            for f in top
+            if f.rule == "loop-blocked" and f.culprit is not None and f.culprit.function == function
+        ]
+        assert named, shown
+        finding = max(named, key=lambda f: f.score)
+        assert finding.score >= WARNING, shown
+        assert "problem_programs" in finding.culprit.file  # type: ignore[union-attr]
+        assert finding.evidence["blocking_call"] == call
+        assert call in finding.title
+        assert finding.evidence["steps"] >= 5
+
+
+@pytest.mark.parametrize("program", HEALTHY)
+def test_loop_kept_free_gets_no_blocked_loop(program: str, tmp_path: Path) -> None:
+    findings = _findings(record_named(program, tmp_path))
+    assert not [f for f in findings if f.score >= WARNING], [(f.rule, f.title) for f in findings]
+
+
+def test_io_wait_says_the_waiting_thread_is_the_loops(tmp_path: Path) -> None:
+    findings = _findings(record_named("loop_medium_urllib", tmp_path))
+    io = next(f for f in findings if f.rule == "io-wait")
+    assert "event loop's thread (MainThread)" in io.title
+    assert io.evidence["on_event_loop_ns"] > 0
+    healthy = _findings(record_named("healthy_asyncio_http", tmp_path))
+    assert all("event loop" not in f.title for f in healthy if f.rule == "io-wait")

@@ -1,0 +1,34 @@
+"""Case 10 (issue 10), its cause on its own: a worker that takes the one item its peers
+wait for and stalls before handing it back is named, with the stalling line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from programs import record_named
+from pyflight.analysis import build
+from pyflight.analysis.rules import WARNING, Finding, find
+from pyflight.format.reader import loads
+
+
+def _findings(path: Path) -> list[Finding]:
+    return find(build(loads(path.read_bytes())), strict=True)
+
+
+def test_worker_stalling_with_the_token_is_named(tmp_path: Path) -> None:
+    findings = _findings(record_named("stalled_holder_threads", tmp_path))
+    top = [f for f in findings[:3] if f.rule == "stalled-holder"]
+    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
+    finding = top[0]
+    assert finding.score >= WARNING
+    assert finding.evidence["thread"] == "worker-2"
+    assert finding.culprit is not None and finding.culprit.function == "flush_audit_log"
+    assert "worker-2" in finding.title
+
+
+@pytest.mark.parametrize("program", ["queue_idle", "queue_full", "healthy", "lock_held_long"])
+def test_producers_and_healthy_threads_are_not_stalled_holders(program: str, tmp_path: Path) -> None:
+    findings = _findings(record_named(program, tmp_path))
+    assert not [f for f in findings if f.rule == "stalled-holder"], [(f.rule, f.title) for f in findings]
