@@ -15,6 +15,7 @@ import pyflight
 from pyflight.analysis import (
     Model,
     Profile,
+    State,
     blocking_profile,
     build,
     cpu_profile,
@@ -112,7 +113,9 @@ def test_wall_profile_has_everyone_but_the_recorder(model: Model) -> None:
     assert _share(prof, "burn_cpu") > 0
     ours = {t.tid for t in model.threads.values() if t.is_pyflight}
     assert ours and prof.total == model.sampling_interval_ns * sum(
-        1 for s in model.samples if s.tid not in ours
+        1  # a thread's exit sample (its last CPU delta) is not a place it spent time
+        for s in model.samples
+        if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE
     )
     _check_folded(prof)
 
@@ -162,3 +165,60 @@ def test_profiles_of_a_hand_made_trace() -> None:
     sched = scheduling_profile(m)
     assert sched.stacks == {(Frame("job", "", 0),): 10 * MS}
     assert stall_profile(m).total == 0 and stall_profile(m).folded() == []
+
+
+def test_measured_cpu_is_charged_where_the_thread_ran_and_gil_waits_are_ready() -> None:
+    """A thread seen blocked at its lock line used its CPU where it was seen running; a
+    sample taken on demand (no CPU measure) adds nothing; time a thread neither blocked
+    nor spent on a CPU while another thread computed is READY."""
+    hashing = (("work", "/app/w.py", 21),)
+    waiting = (("work", "/app/w.py", 19),)
+    g = Gen(seq=1, start_ns=0, end_ns=100 * MS)
+    g.event(9, Kind.COUNTER, 1, name="sampler_interval_us", value=10_000)
+    g.event(1, Kind.THREAD_START, 1, tid=1, name="hasher", ident=1, parent=0)
+    g.event(2, Kind.THREAD_START, 1, tid=2, name="other", ident=2, parent=0)
+    g.event(
+        9,
+        Kind.SAMPLE,
+        10 * MS,
+        tid=1,
+        task=0,
+        stack=hashing,
+        state=ThreadState.SLEEPING,
+        cpu=4 * MS,
+        span=10 * MS,
+    )
+    g.event(
+        9,
+        Kind.SAMPLE,
+        10 * MS,
+        tid=2,
+        task=0,
+        stack=hashing,
+        state=ThreadState.SLEEPING,
+        cpu=6 * MS,
+        span=10 * MS,
+    )
+    g.event(1, Kind.BLOCK_BEGIN, 15 * MS, reason=BlockReason.LOCK, obj=7, stack=waiting)
+    g.event(
+        9,
+        Kind.SAMPLE,
+        20 * MS,
+        tid=1,
+        task=0,
+        stack=waiting,
+        state=ThreadState.SLEEPING,
+        cpu=3 * MS,
+        span=10 * MS,
+    )
+    g.event(9, Kind.SAMPLE, 21 * MS, tid=1, task=0, stack=waiting, state=ThreadState.RUNNING)  # on demand
+    g.event(1, Kind.BLOCK_END, 25 * MS, reason=BlockReason.LOCK, obj=7, waker=0)
+    m = build(loads(trace([g])))
+    cpu = cpu_profile(m)
+    key = tuple(Frame(*f) for f in hashing)
+    assert cpu.stacks == {key: 13 * MS}  # 4 + 3 (hasher) + 6 (other): none at the lock line
+    hasher = m.threads[1]
+    ready = [iv for iv in hasher.intervals if iv.state is State.READY]
+    # 10 ms running before the first sample, 4 on a CPU, the other thread used 6 meanwhile
+    assert abs(sum(iv.duration for iv in ready) - 6 * MS) <= 1000
+    assert all(iv.end <= 10 * MS for iv in ready)

@@ -199,7 +199,7 @@ def test_reader_loads_core_output(core):
 
     core.record(Kind.THREAD_NAME, 1, "a")
     core.seal()
-    core.record(Kind.SAMPLE, 1, 2, HERE, 3)
+    core.record(Kind.SAMPLE, 1, 2, HERE, 3, 0, 0)
     trace = reader.loads(encode_header({}) + b"".join(core.snapshot()), strict=True)
     assert [e[0] for e in trace.events] == [Kind.THREAD_NAME, Kind.SAMPLE]
     assert trace.events[1][5][0][0] == "test_reader_loads_core_output"
@@ -254,8 +254,8 @@ def _here_line() -> int:
 def test_here_and_frame_stacks(core):
     def inner():
         line = _here_line() + 1
-        core.record(Kind.SAMPLE, 1, 0, HERE, 0)
-        core.record(Kind.SAMPLE, 2, 0, sys._getframe(), 0)
+        core.record(Kind.SAMPLE, 1, 0, HERE, 0, 0, 0)
+        core.record(Kind.SAMPLE, 2, 0, sys._getframe(), 0, 0, 0)
         return line
 
     def outer():
@@ -279,14 +279,14 @@ def test_max_stack_depth(restart):
         if n:
             recurse(n - 1)
         else:
-            core.record(Kind.SAMPLE, 0, 0, HERE, 0)
+            core.record(Kind.SAMPLE, 0, 0, HERE, 0, 0, 0)
 
     recurse(10)
     core.record(Kind.BLOCK_BEGIN, 0, 0, HERE)
     stacks = [e[5] for e in events_of(snapshot()[0]) if e[0] == Kind.SAMPLE]
     assert [f.function for f in stacks[0]] == [recurse.__qualname__] * 3
     core = restart(max_stack_depth=0)
-    core.record(Kind.SAMPLE, 0, 0, HERE, 0)
+    core.record(Kind.SAMPLE, 0, 0, HERE, 0, 0, 0)
     assert events_of(snapshot()[0])[0][5] == ()
 
 
@@ -307,7 +307,7 @@ def test_max_stack_depth(restart):
         ((Kind.GC_BEGIN, b"x"), TypeError),
         ((Kind.COUNTER, type("S", (str,), {})("x"), 1), TypeError),
         ((Kind.COUNTER, "new-string", 1.5), TypeError),
-        ((Kind.SAMPLE, 0, 0, HERE, -5), OverflowError),
+        ((Kind.SAMPLE, 0, 0, HERE, -5, 0, 0), OverflowError),
     ],
 )
 def test_bad_arguments_record_nothing(core, args, error):
@@ -409,13 +409,13 @@ def test_no_references_leak(core):
     frame = sys._getframe()
 
     def f():
-        core.record(Kind.SAMPLE, 0, 0, HERE, 0)
+        core.record(Kind.SAMPLE, 0, 0, HERE, 0, 0, 0)
 
     code = f.__code__
     before = (sys.getrefcount(text), sys.getrefcount(frame), sys.getrefcount(code))
     for _ in range(10_000):
         core.record(Kind.LOG, 0, text, text)
-        core.record(Kind.SAMPLE, 0, 0, frame, 0)
+        core.record(Kind.SAMPLE, 0, 0, frame, 0, 0, 0)
         f()
     core.seal()  # the generation's string table held `text`
     assert (sys.getrefcount(text), sys.getrefcount(frame), sys.getrefcount(code)) == before
@@ -425,7 +425,7 @@ def test_code_objects_not_kept_alive(core):
     import weakref
 
     ns: dict[str, Any] = {}
-    exec("def g(rec, here):\n    rec(50, 0, 0, here, 0)\n", ns)
+    exec("def g(rec, here):\n    rec(50, 0, 0, here, 0, 0, 0)\n", ns)
     g = ns.pop("g")
     g(core.record, HERE)
     ref = weakref.ref(g.__code__)
@@ -465,7 +465,7 @@ def test_threads_with_small_generations_and_snapshots(restart):
         i = 0
         while not stop.is_set():
             core.record(Kind.LOG, n, f"c{i % 9}", "m")
-            core.record(Kind.SAMPLE, n, i, HERE, 0)
+            core.record(Kind.SAMPLE, n, i, HERE, 0, 0, 0)
             i += 1
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
@@ -496,7 +496,7 @@ def test_gc_callback_reentrancy_is_safe(core):
         for i in range(20_000):
             a: list[Any] = []
             a.append(a)  # garbage cycles make collections happen mid-record
-            core.record(Kind.SAMPLE, 0, i, HERE, 0)
+            core.record(Kind.SAMPLE, 0, i, HERE, 0, 0, 0)
             core.set_live("k", Kind.USER_TASK_INFO, i, 0, f"t{i % 50}")
     finally:
         gc.callbacks.remove(on_gc)
@@ -568,7 +568,7 @@ def _decode_batch(frame: bytes, gen: dict[str, Any], batch: dict[str, Any], **ov
 def _sample_generation(core: Any) -> bytes:
     core.record(Kind.THREAD_START, 2**63, "t\u00e9", 3, 4)
     for i in range(50):
-        core.record(Kind.SAMPLE, i, i * 1000, HERE, i % 6)
+        core.record(Kind.SAMPLE, i, i * 1000, HERE, i % 6, 0, 0)
         core.record(Kind.LOG, i, "cat", f"message {i % 3}")
     (frame,) = core.snapshot()
     return frame

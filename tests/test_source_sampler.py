@@ -375,3 +375,49 @@ def test_a_thread_that_stops_running_is_not_reported_running(tmp_path: Path) -> 
     ]
     assert late, "no samples while the thread was blocked"
     assert ThreadState.RUNNING not in late, late
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU clocks: Linux")
+def test_samples_carry_the_cpu_each_thread_used(tmp_path: Path) -> None:
+    """The CPU deltas of a thread's samples add up to what its own kernel clock says;
+    a thread that sleeps gets (almost) none."""
+    used: dict[str, float] = {}
+    go = threading.Event()
+
+    def burn() -> None:
+        go.wait()
+        began = time.thread_time()
+        while time.thread_time() - began < 0.4:
+            sum(range(1000))
+        used["burn"] = time.thread_time() - began
+
+    def nap() -> None:
+        go.wait()
+        time.sleep(0.4)
+
+    rec = pyflight.FlightRecorder(sources=["sampler"])
+    with rec:
+        threads = [threading.Thread(target=burn), threading.Thread(target=nap)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(samples_of_threads(rec, threads)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # both seen by the sampler before the work begins
+        go.set()
+        for t in threads:
+            t.join()
+        rec.write_to(tmp_path / "trace.pyfl")
+    trace = pyflight.load(tmp_path / "trace.pyfl")
+    burn_tid, nap_tid = (t.native_id for t in threads)
+    burned = sum(e.arg("cpu") for e in samples(trace, burn_tid)) / 1e9
+    assert all(e.arg("span") > 0 for e in samples(trace, burn_tid))
+    # the last span before the thread ended is not sampled: up to one (stretched) interval
+    assert 0.5 * used["burn"] <= burned <= used["burn"] * 1.05, (burned, used)
+    napped = sum(e.arg("cpu") for e in samples(trace, nap_tid)) / 1e9
+    assert napped < 0.1 * burned
+
+
+def samples_of_threads(rec: pyflight.FlightRecorder, threads: list[threading.Thread]) -> set[int]:
+    """Native ids of ``threads`` the sampler has sampled already."""
+    seen = set(sampler_of(rec)._procs)
+    return {t.native_id for t in threads if t.native_id in seen}

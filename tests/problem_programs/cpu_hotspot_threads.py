@@ -17,7 +17,7 @@ def worker(n: int) -> None:
 
 
 def main() -> None:
-    threads = [threading.Thread(target=worker, args=(600,), name=f"hasher-{i}") for i in range(2)]
+    threads = [threading.Thread(target=worker, args=(2000,), name=f"hasher-{i}") for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import gc
 import itertools
+import os
 import statistics
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
@@ -109,6 +110,9 @@ class Sample(NamedTuple):
     os_state: ThreadState
     state: State
     reason: BlockReason | None
+    #: CPU ns the thread used during the ``span`` ns before the sample (span 0: unknown)
+    cpu: int = 0
+    span: int = 0
 
 
 class Wake(NamedTuple):
@@ -531,20 +535,61 @@ class _Task:
 #: Frames of pyflight's own hooks (a wrapper around Condition.wait, time.sleep, ...)
 #: sit innermost in stacks sampled while the program blocks: they are not the program's.
 _OWN_FRAME_DIRS = tuple(f"{sep}pyflight{sep}{d}{sep}" for sep in ("/", "\\") for d in ("sources", "triggers"))
+#: Outermost frames that only start the program: ``pyflight run``'s own (the console
+#: script, cli.py, run.py, __main__.py) and runpy's. User code starts below them.
+_LAUNCHER_FILES = tuple(
+    f"{sep}{path}"
+    for sep in ("/", "\\")
+    for path in (
+        f"pyflight{sep}cli.py",
+        f"pyflight{sep}run.py",
+        f"pyflight{sep}__main__.py",
+        f"bin{sep}pyflight",
+        "runpy.py",
+    )
+)
 _own_stripped: dict[int, tuple[Stack, Stack]] = {}
 
 
+#: pyflight's package directory here (a trace read elsewhere falls back on _OWN_FRAME_DIRS).
+_OWN_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _is_launcher(file: str) -> bool:
+    return file.endswith(_LAUNCHER_FILES) or file == "<frozen runpy>"
+
+
+#: Shipped with pyflight but the program's code when it runs (``pyflight demo``).
+_PROGRAM_FILES = (f"{_OWN_PACKAGE}demo.py",)
+
+
+def _is_own(file: str) -> bool:
+    if file.startswith(_OWN_PACKAGE):
+        return not file.startswith(_PROGRAM_FILES)
+    return _is_launcher(file) or any(d in file for d in _OWN_FRAME_DIRS)
+
+
 def _frame_stack(value: Any) -> Stack:
-    """The stack without pyflight's own innermost frames (cached per stack object)."""
+    """The program's part of a stack (cached per stack object): without the launcher's
+    outermost frames (``pyflight run``, runpy) and pyflight's own wrapper frames (its
+    hooks, its thread bootstrap). A stack of pyflight's own work on a program thread
+    (set-up, the write at exit) becomes empty: none of it is the program's."""
     if not isinstance(value, tuple) or not value:
         return ()
     cached = _own_stripped.get(id(value))
     if cached is not None and cached[0] is value:
         return cached[1]
-    i = 0
-    while i < len(value) - 1 and any(d in value[i][1] for d in _OWN_FRAME_DIRS):
-        i += 1
-    stripped = value[i:] if i else value
+    end = len(value)
+    while end > 0 and _is_launcher(value[end - 1][1]):
+        end -= 1
+    stripped: Stack
+    if end < len(value) and (end == 0 or _is_own(value[end - 1][1])):
+        stripped = ()  # called by the launcher, not through the program's code
+    else:
+        kept = tuple(f for f in value[:end] if not _is_own(f[1]))
+        stripped = kept if kept else value[:end]  # pyflight's own threads keep theirs
+        if len(stripped) == len(value):
+            stripped = value
     _own_stripped[id(value)] = (value, stripped)
     return stripped
 
@@ -556,7 +601,11 @@ def build(trace: Trace, progress: Callable[[float], None] | None = None) -> Mode
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(trace, progress)
+        model = _build(trace, progress)
+        from pyflight.analysis.cpu import mark_gil_waits
+
+        mark_gil_waits(model)
+        return model
     finally:
         _own_stripped.clear()  # holds the trace's stacks only for the build
         if gc_was_enabled:
@@ -698,6 +747,8 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                                 _OS_STATES.get(e[6], ThreadState.UNKNOWN),
                                 target.base,
                                 None,
+                                e[7] if len(e) > 8 else 0,
+                                e[8] if len(e) > 8 else 0,
                             )
                         )
                     else:
@@ -710,6 +761,8 @@ def _build(trace: Trace, progress: Callable[[float], None] | None) -> Model:
                                 _OS_STATES.get(e[6], ThreadState.UNKNOWN),
                                 top[0],
                                 top[1],
+                                e[7] if len(e) > 8 else 0,
+                                e[8] if len(e) > 8 else 0,
                             )
                         )
                     continue

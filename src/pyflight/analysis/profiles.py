@@ -56,18 +56,14 @@ def _interval(model: Model) -> int:
 
 
 def cpu_profile(model: Model) -> Profile:
-    """Samples taken while one of the program's threads (not the recorder's) was on a
-    CPU: the OS said running (or, without OS states, the model said RUNNING), weighted
-    by the sampling interval."""
-    weight = _interval(model)
-    ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
+    """The CPU each of the program's threads (not the recorder's) used, by the stack it
+    ran at: measured per thread and charged where it was on a CPU, not where it waited
+    for the GIL (see :mod:`pyflight.analysis.cpu`)."""
+    from pyflight.analysis.cpu import cpu_samples
+
     prof = Profile("cpu", "nanoseconds", "cpu")
-    running, unknown = ThreadState.RUNNING, ThreadState.UNKNOWN
-    for s in model.samples:
-        if s.tid in ours:
-            continue
-        if s.os_state is running or (s.os_state is unknown and s.state is State.RUNNING):
-            prof.add(s.stack, weight)
+    for sample, ns in cpu_samples(model):
+        prof.add(sample.stack, ns)
     return prof
 
 
@@ -77,7 +73,7 @@ def wall_profile(model: Model) -> Profile:
     ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
     prof = Profile("wall", "nanoseconds", "wall")
     for s in model.samples:
-        if s.tid not in ours:
+        if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE:  # not a thread's exit
             prof.add(s.stack, weight)
     return prof
 

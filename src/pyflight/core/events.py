@@ -127,8 +127,10 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.WAKE: _args("target:u task:u reason:u obj:u"),
     Kind.GC_BEGIN: _args("generation:u"),
     Kind.GC_END: _args("generation:u collected:u uncollectable:u"),
-    # recorded by the sampler thread about thread `tid`; state is a ThreadState
-    Kind.SAMPLE: _args("tid:u task:u stack:k state:u"),
+    # recorded by the sampler thread about thread `tid`; state is a ThreadState; cpu the
+    # CPU ns the thread used (its CPU clock) during the span ns of wall time before this
+    # sample (since its previous sample); span 0: not measured (no CPU clocks, old traces)
+    Kind.SAMPLE: _args("tid:u task:u stack:k state:u cpu:u span:u"),
     Kind.USER_TASK_BEGIN: _args("id:u parent:u name:s"),
     Kind.USER_TASK_END: _args("id:u"),
     Kind.USER_TASK_INFO: _args("id:u parent:u name:s"),

@@ -127,18 +127,15 @@ def profile_samples(trace: Trace, profile: str, model: Model | None = None) -> l
 
     m = model if model is not None else build_model(trace)
     out: list[StackSample] = []
-    if profile in ("cpu", "wall"):
+    if profile == "cpu":  # measured CPU, where each thread ran (analysis.cpu)
+        from pyflight.analysis.cpu import cpu_samples
+
+        out.extend(StackSample(smp.time, smp.tid, smp.stack, ns) for smp, ns in cpu_samples(m))
+    elif profile == "wall":
         weight = m.sampling_interval_ns or DEFAULT_INTERVAL_NS
         ours = {tid for tid, tl in m.threads.items() if tl.is_pyflight}
         for smp in m.samples:
-            if smp.tid in ours:  # the recorder's own threads are not the program's profile
-                continue
-            if profile == "cpu":
-                if smp.os_state is ThreadState.RUNNING or (
-                    smp.os_state is ThreadState.UNKNOWN and smp.state is State.RUNNING
-                ):
-                    out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
-            else:
+            if smp.tid not in ours and smp.os_state is not ThreadState.ZOMBIE:  # nor threads' exits
                 out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
     elif profile == "scheduling":
         for task in m.all_tasks():

@@ -20,6 +20,11 @@ instant. Each thread's CPU clock (one cheap syscall, GIL kept) saves most reads:
   changed (the idle threads of a server cost no read at all);
 * on a CPU for most of the time since then: RUNNING. Such a thread runs Python code, and
   while the sampler holds the GIL it is parked waiting for it, which the OS shows as S.
+
+Each SAMPLE also carries the CPU the thread used since its previous sample and the wall
+time that covers (``cpu``, ``span``): the analysis charges a thread's *measured* CPU to its
+stacks, so CPU totals match the kernel's, and a thread that was neither blocked nor on a
+CPU between two samples is seen waiting (for the GIL, or for a CPU) rather than running.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from pyflight.core.events import Kind, ThreadState
 from pyflight.sources import register
 from pyflight.sources.base import Source
 
-__all__ = ["THREAD_NAME", "StackSampler", "sample_thread_now"]
+__all__ = ["THREAD_NAME", "StackSampler", "record_thread_exit", "sample_thread_now"]
 
 #: Name of the sampling thread (it never samples itself).
 THREAD_NAME: Final = "pyflight-sampler"
@@ -67,6 +72,7 @@ _COUNTER_NAME: Final = "sampler_interval_us"
 _SAMPLE: Final = int(Kind.SAMPLE)
 _UNKNOWN: Final = int(ThreadState.UNKNOWN)
 _RUNNING: Final = int(ThreadState.RUNNING)
+_ENDING: Final = int(ThreadState.ZOMBIE)
 _STAT_BYTES: Final = 128  # "tid (comm) S": comm is at most 15 bytes, the state follows it
 
 #: Field 3 of /proc/<pid>/task/<tid>/stat -> ThreadState.
@@ -149,7 +155,7 @@ def _thread_table() -> Mapping[int, Any]:
 class _Proc:
     """What the sampler keeps per native thread: its open stat file and CPU clock reading."""
 
-    __slots__ = ("clock", "cpu", "fd", "state", "wall")
+    __slots__ = ("clock", "cpu", "fd", "ran", "since", "state", "wall")
 
     def __init__(self, tid: int) -> None:
         self.clock = _cpu_clock(tid)
@@ -157,6 +163,9 @@ class _Proc:
         self.cpu = 0
         self.wall = 0  # monotonic ns of the CPU reading; 0 = none yet
         self.state = _UNKNOWN  # the state found then
+        # CPU ns used during the ``since`` ns before the last reading (since = 0: unknown)
+        self.ran = 0
+        self.since = 0
 
 
 _MAX_IDENTS = 256
@@ -164,6 +173,24 @@ _MAX_IDENTS = 256
 
 def _none() -> None:
     return None
+
+
+def _renew_native_id_after_fork() -> None:
+    """A forked child's only thread keeps the parent's native id on its Thread object
+    (CPython 3.11-3.13 reset ``ident`` after fork, not ``native_id``): every source would
+    file the child's main thread under the parent's tid, a phantom row in the child's trace."""
+    try:
+        thread = threading.current_thread()
+        if thread.native_id != threading.get_native_id():
+            renew = getattr(thread, "_set_native_id", None)
+            if renew is not None:
+                renew()
+    except Exception:
+        pass  # never break the program's fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_native_id_after_fork)
 
 
 @register
@@ -215,6 +242,7 @@ class StackSampler(Source):
         # thread while it lives, by uninstall once it is gone.
         self._procs: dict[int, _Proc] = {}
         self._seen: list[int] = []  # native tids sampled in the last tick
+        self._last_tick_ns = 0  # monotonic ns of the previous tick's CPU readings
         self._task_dicts: tuple[dict[Any, Any], ...] | None = None
 
     def _parse_options(self, options: Mapping[str, Any]) -> None:
@@ -248,6 +276,7 @@ class StackSampler(Source):
         self._cost_ns = None
         self._warm = False
         self._seen = []
+        self._last_tick_ns = 0
         self._report_interval(force=True)
         thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread = thread
@@ -342,7 +371,8 @@ class StackSampler(Source):
     def _tick(self, me: int) -> None:
         """One SAMPLE per thread but this one: states first (GIL released), then the
         stacks of all threads in one GIL hold."""
-        states = self._read_states() if self._proc_ok else None
+        now = time.monotonic_ns()
+        states = self._read_states(now) if self._proc_ok else None
         frames = backend.current_frames()
         late: list[tuple[int, int, FrameType]] = []
         seen: list[int] = []
@@ -359,21 +389,23 @@ class StackSampler(Source):
                 seen.append(tid)
                 task = tasks.get(ident, 0) if tasks else 0
                 if states is None:
-                    record(_SAMPLE, tid, task, frame, _UNKNOWN)
+                    record(_SAMPLE, tid, task, frame, _UNKNOWN, 0, 0)
                     continue
                 state = states.get(tid)
                 if state is None:  # new thread: read its state after the others' stacks
                     late.append((tid, task, frame))
                 else:
-                    record(_SAMPLE, tid, task, frame, state)
+                    record(_SAMPLE, tid, task, frame, state, *self._cpu_used(tid))
             for tid, task, frame in late:
-                record(_SAMPLE, tid, task, frame, self._state(tid, time.monotonic_ns()))
+                state = self._state(tid, time.monotonic_ns())
+                record(_SAMPLE, tid, task, frame, state, *self._cpu_used(tid))
             if len(self._idents) > len(frames) + 16:
                 self._idents = {i: e for i, e in self._idents.items() if i in frames}
         finally:
             del frames, late  # no frame outlives the tick
         self.samples += len(seen)
         self._seen = seen
+        self._last_tick_ns = now
         if len(self._procs) > len(seen):
             alive = set(seen)
             for tid in [t for t in self._procs if t not in alive]:
@@ -432,8 +464,12 @@ class StackSampler(Source):
 
     # thread states -------------------------------------------------------------
 
-    def _read_states(self) -> dict[int, int]:
-        now = time.monotonic_ns()
+    def _cpu_used(self, tid: int) -> tuple[int, int]:
+        """(CPU ns, wall ns) of ``tid`` between its last two readings; (0, 0): unknown."""
+        proc = self._procs.get(tid)
+        return (proc.ran, proc.since) if proc is not None else (0, 0)
+
+    def _read_states(self, now: int) -> dict[int, int]:
         return {tid: self._state(tid, now) for tid in self._seen}
 
     def _state(self, tid: int, now: int) -> int:
@@ -445,10 +481,19 @@ class StackSampler(Source):
             try:
                 cpu = time.clock_gettime_ns(proc.clock)
             except OSError:
+                proc.ran = proc.since = 0
                 return _UNKNOWN  # the thread is gone
             ran, since = cpu - proc.cpu, now - proc.wall
+            first = since == now
             proc.cpu, proc.wall = cpu, now
-            if since != now:  # not the first reading
+            if first:
+                # Seen for the first time: it started since the previous tick (or before
+                # the sampler did); charge no more than that tick's span.
+                span = now - self._last_tick_ns if self._last_tick_ns else round(self.current_interval * 1e9)
+                proc.ran, proc.since = min(ran, max(span, 0)), max(span, 0)
+            else:
+                proc.ran, proc.since = ran, since
+            if not first:
                 if ran >= BUSY_SHARE * since:
                     proc.state = _RUNNING
                     return _RUNNING
@@ -531,7 +576,7 @@ class StackSampler(Source):
             if frame is None:
                 return False
             task = self._running_tasks().get(ident, 0)
-            backend.record(_SAMPLE, tid, task, frame, state)
+            backend.record(_SAMPLE, tid, task, frame, state, 0, 0)  # CPU: the next tick says
             del frame
             return True
         except Exception:
@@ -548,3 +593,26 @@ def sample_thread_now(ident: int) -> bool:
         if sampler is None:
             sampler = _standby = StackSampler()
     return sampler._sample_now(ident, 2)
+
+
+def record_thread_exit() -> None:
+    """On a thread about to end: one last SAMPLE with the CPU it used since the sampler's
+    last look (lost otherwise: the sampler never sees it again). Its state is ZOMBIE, so
+    the analysis charges that CPU where the thread was last seen running, not to the
+    thread's exit code. Never raises."""
+    sampler = _installed
+    if sampler is None or not sampler._clock_ok:
+        return
+    try:
+        tid = threading.get_native_id()
+        proc = sampler._procs.get(tid)
+        if proc is None or not proc.wall or not backend.is_enabled():
+            return
+        now = time.monotonic_ns()
+        cpu = time.clock_gettime_ns(proc.clock)
+        ran, since = cpu - proc.cpu, now - proc.wall
+        proc.cpu, proc.wall = cpu, now  # the sampler's next look (if any) starts here
+        if ran > 0 and since > 0:
+            backend.record(_SAMPLE, tid, 0, sys._getframe(1), _ENDING, ran, since)
+    except Exception:
+        pass

@@ -24,6 +24,7 @@ from pyflight.core import backend
 from pyflight.core.events import Kind
 from pyflight.sources import register
 from pyflight.sources.base import Source
+from pyflight.sources.sampler import record_thread_exit
 
 #: Longest thread name / exception message recorded (they are interned per generation).
 MAX_NAME = 256
@@ -189,6 +190,7 @@ class ThreadsSource(Source):
         """On the ending thread, after ``run()`` and threading's own clean-up."""
         try:
             tid = backend.thread_id()
+            record_thread_exit()  # its CPU since the sampler's last look
             with self._live_lock:
                 backend.clear_live(("thread", tid))
                 backend.record(Kind.THREAD_END, tid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,11 @@ _INTERNAL_ERROR = Reply(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     debug: DebugServer
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # named as pyflight's own, so the program's thread table and profiles leave it out
+        threading.current_thread().name = "pyflight-http-request"
+        super().process_request_thread(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]

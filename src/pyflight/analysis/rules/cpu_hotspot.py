@@ -5,35 +5,27 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
-from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 from pyflight.analysis.frames import by_function, is_library
-from pyflight.analysis.queries import interval_ns
 from pyflight.analysis.rules.finding import Culprit, Finding
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
 
 def rule_cpu_hotspot(model: Model) -> list[Finding]:
-    interval = interval_ns(model)
-    running, unknown = ThreadState.RUNNING, ThreadState.UNKNOWN
+    from pyflight.analysis.cpu import cpu_samples
+
     total = 0
     self_w: dict[Frame, float] = defaultdict(float)
-    for sample in model.samples:
-        if not (sample.os_state == running or (sample.os_state == unknown and sample.state is State.RUNNING)):
-            continue
-        thread = model.threads.get(sample.tid)
-        if thread is not None and thread.is_pyflight:
-            continue
-        total += interval
+    for sample, ns in cpu_samples(model):  # measured CPU, charged where the thread ran
+        total += ns
         frame = next((f for f in sample.stack if not is_library(f)), None)
         if frame is not None:
-            self_w[frame] += interval
+            self_w[frame] += ns
     if total <= 0:
         return []
     frame, weight = by_function(self_w)
@@ -59,7 +51,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             rule="cpu-hotspot",
             score=score,
             title=(
-                f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of samples)"
+                f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of all CPU)"
             ),
             culprit=Culprit.of(frame),
             evidence={

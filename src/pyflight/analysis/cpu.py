@@ -1,0 +1,251 @@
+"""How CPU is attributed: each thread's *measured* CPU charged to where it ran, and the
+time it was ready to run but not on a CPU (waiting for the GIL) told apart from running.
+
+The sampler takes the GIL to read stacks, so it finds the other threads only where they
+let go of it: at a ``with lock:`` line, a socket call, or parked waiting to take the GIL
+back. Counting every sample there as CPU (as a plain sampler does) charges the CPU of
+hashing to the ``with lock:`` line and adds the GIL waits of four threads up into four
+CPUs' worth of "CPU" on one core. Each SAMPLE carries instead the CPU the thread used
+since its previous sample (its kernel CPU clock), so:
+
+* a thread's CPU is the sum of its measured deltas: totals match the kernel's;
+* a delta is charged to the sample's stack if the thread was not blocked in a traced
+  call then, else to its sample nearest in time that found it running (a thread seen
+  blocked at ``with lock:`` used its CPU elsewhere: where it was seen running);
+* the part of the time between two samples that a thread neither blocked nor spent on a
+  CPU, while other threads of the process were on one, is a wait for the GIL: READY in
+  the thread's timeline (the ``ready`` column of the thread table).
+
+Samples from older traces (no CPU measure) keep the old rule: a sample the OS saw on a
+CPU weighs one sampling interval.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from pyflight.analysis.model import Interval, Model, Sample, State
+from pyflight.core.events import BlockReason, ThreadState
+
+__all__ = ["cpu_samples", "mark_gil_waits", "program_samples"]
+
+DEFAULT_INTERVAL_NS = 10_000_000
+#: Samples of one tick are recorded within this of each other; ticks are >= 9 ms apart.
+TICK_GAP_NS = 2_000_000
+#: Waits shorter than this share of a span are noise (clock granularity, the GIL hand-off).
+MIN_READY_SHARE = 0.05
+
+_OFF_CPU = (State.BLOCKED, State.IDLE)
+#: Detail of a READY interval: woken by another thread, not yet running again.
+WOKEN = "woken, waiting for the GIL"
+
+
+def program_samples(model: Model) -> dict[int, list[Sample]]:
+    """Samples of the program's threads (not the recorder's), per thread, in time order;
+    samples taken in pyflight's own code (an empty stack once its frames are cut) left out."""
+    ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
+    out: dict[int, list[Sample]] = {}
+    for s in model.samples:
+        if s.tid in ours:
+            continue
+        out.setdefault(s.tid, []).append(s)
+    for samples in out.values():
+        samples.sort(key=lambda s: s.time)
+    return out
+
+
+def _on_cpu_unmeasured(s: Sample) -> bool:
+    return s.os_state is ThreadState.RUNNING or (
+        s.os_state is ThreadState.UNKNOWN and s.state is State.RUNNING
+    )
+
+
+def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
+    """Each program sample that CPU is charged to, with the CPU ns charged (> 0)."""
+    interval = model.sampling_interval_ns or DEFAULT_INTERVAL_NS
+    out: list[tuple[Sample, int]] = []
+    for samples in program_samples(model).values():
+        charged: list[Sample] = []
+        ns: list[int] = []
+        off: list[Sample] = []  # measured samples taken while the thread was blocked
+        # extra samples taken on demand (a loop-stall watchdog) carry no CPU measure: on
+        # a measured thread their CPU is in the next tick's delta already
+        measured = any(s.span for s in samples)
+        for s in samples:
+            if not s.span:
+                if not measured and s.stack and _on_cpu_unmeasured(s):
+                    charged.append(s)
+                    ns.append(interval)
+            elif not s.stack:
+                continue  # pyflight's own code on this thread: not the program's CPU
+            elif s.state in _OFF_CPU or s.os_state is ThreadState.ZOMBIE:
+                off.append(s)  # blocked, or the thread's exit (its last CPU delta)
+            else:
+                charged.append(s)
+                ns.append(s.cpu)
+        _charge_where_running(off, charged, ns)
+        out.extend((s, n) for s, n in zip(charged, ns, strict=True) if n > 0)
+    return out
+
+
+def _charge_where_running(off: list[Sample], charged: list[Sample], ns: list[int]) -> None:
+    """Charge the CPU of samples taken while the thread was blocked (a lock, the GIL after
+    a wake-up) to its sample nearest in time that found it running: the stack a blocked
+    thread shows is where it waits, not where it used the CPU. A thread never found
+    running keeps its CPU where it was seen."""
+    running = [i for i, s in enumerate(charged) if s.span and s.state not in _OFF_CPU]
+    if not running:
+        for s in off:
+            if s.cpu:
+                charged.append(s)
+                ns.append(s.cpu)
+        return
+    times = [charged[i].time for i in running]
+    for s in off:
+        j = bisect_left(times, s.time)
+        if j == len(times) or (j > 0 and s.time - times[j - 1] <= times[j] - s.time):
+            j -= 1
+        ns[running[j]] += s.cpu
+
+
+def _ticks(samples: Iterable[Sample]) -> list[list[Sample]]:
+    """Measured samples grouped by the sampler tick that took them."""
+    ticks: list[list[Sample]] = []
+    previous = None
+    for s in sorted((s for s in samples if s.span), key=lambda s: s.time):
+        if previous is None or s.time - previous > TICK_GAP_NS:
+            ticks.append([])
+        ticks[-1].append(s)
+        previous = s.time
+    return ticks
+
+
+def _running_pieces(intervals: list[Interval], starts: list[int], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The RUNNING parts of ``intervals`` inside ``[lo, hi)``, latest first."""
+    out: list[tuple[int, int]] = []
+    i = bisect_left(starts, hi) - 1
+    while i >= 0 and intervals[i].end > lo:
+        iv = intervals[i]
+        if iv.state is State.RUNNING:
+            a, b = max(iv.start, lo), min(iv.end, hi)
+            if b > a:
+                out.append((a, b))
+        i -= 1
+    return out
+
+
+def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
+    """Thread -> ``(start, end)`` windows it waited for the GIL (or a CPU), in time order.
+
+    Between two samples a thread was RUNNING (not blocked in a traced call) for some
+    time and on a CPU for ``cpu`` of it. The rest it was ready but not running: all of it
+    if the OS had it runnable (waiting for a CPU), else as much as the process's other
+    threads were on a CPU meanwhile (the GIL). Counted from the sample backwards."""
+    ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
+    starts = {tid: [iv.start for iv in tl.intervals] for tid, tl in model.threads.items() if tid not in ours}
+    waits: dict[int, list[tuple[int, int]]] = {}
+    for tick in _ticks(model.samples):
+        busy = sum(s.cpu for s in tick)
+        for s in tick:
+            tl = model.threads.get(s.tid)
+            if tl is None or s.tid in ours or s.os_state is ThreadState.ZOMBIE:
+                continue
+            pieces = _running_pieces(tl.intervals, starts[s.tid], s.time - s.span, s.time)
+            idle = sum(b - a for a, b in pieces) - s.cpu
+            cap = s.span if s.os_state is ThreadState.RUNNING else busy - s.cpu
+            ready = min(idle, cap)
+            if ready <= MIN_READY_SHARE * s.span:
+                continue
+            found = waits.setdefault(s.tid, [])
+            for a, b in pieces:  # latest first
+                take = min(ready, b - a)
+                found.append((b - take, b))
+                ready -= take
+                if ready <= 0:
+                    break
+    for found in waits.values():
+        found.sort()
+    return waits
+
+
+def _carve(intervals: list[Interval], windows: list[tuple[int, int]]) -> list[Interval]:
+    """``intervals`` with the RUNNING time inside ``windows`` turned into READY."""
+    starts = [w[0] for w in windows]
+    out: list[Interval] = []
+    for iv in intervals:
+        if iv.state is not State.RUNNING:
+            out.append(iv)
+            continue
+        cursor = iv.start
+        i = max(0, bisect_left(starts, iv.start) - 1)
+        while i < len(windows) and windows[i][0] < iv.end:
+            a, b = max(windows[i][0], cursor), min(windows[i][1], iv.end)
+            if b > a:
+                if a > cursor:
+                    out.append(iv._replace(start=cursor, end=a))
+                out.append(Interval(a, b, State.READY, None, 0, iv.stack, "waiting for the GIL"))
+                cursor = b
+            i += 1
+        if iv.end > cursor:
+            out.append(iv._replace(start=cursor))
+    return out
+
+
+def _split_woken(intervals: list[Interval], wake_times: list[int]) -> list[Interval]:
+    """Each blocked interval another thread ended (released the lock, notified) split at
+    the last wake-up in it: from there on the thread could go on, but had to take the
+    GIL (or a CPU) back first."""
+    out: list[Interval] = []
+    for iv in intervals:
+        if iv.state is State.BLOCKED:
+            j = bisect_left(wake_times, iv.end) - 1
+            if j >= 0 and iv.start < wake_times[j] < iv.end:
+                woke = wake_times[j]
+                out.append(iv._replace(end=woke))
+                out.append(Interval(woke, iv.end, State.READY, None, 0, iv.stack, WOKEN))
+                continue
+        out.append(iv)
+    return out
+
+
+def _wake_times(model: Model) -> dict[int, list[int]]:
+    """Thread -> times another thread let it go on (sorted).
+
+    A notify is recorded when it happens (WAKE). A contended lock's release is not: the
+    waiter names its releaser when it gets the lock. In a convoy the releaser asks for
+    the lock again right away and blocks, so its new wait's start is the release time;
+    a releaser that did not come back leaves the waiter's whole wait BLOCKED."""
+    lock_waits: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for tid, tl in model.threads.items():
+        for iv in tl.intervals:
+            if iv.state is State.BLOCKED and iv.reason == BlockReason.LOCK:
+                lock_waits.setdefault((tid, iv.obj), []).append((iv.start, iv.end))
+    out: dict[int, list[int]] = {}
+    for w in model.wakes:
+        if not w.target or w.task:
+            continue
+        t = w.time
+        if w.reason == BlockReason.LOCK:
+            waits = lock_waits.get((w.waker, w.obj))
+            j = bisect_left(waits, (w.time,)) - 1 if waits else -1
+            if j < 0 or waits is None or waits[j][1] <= w.time:
+                continue  # the releaser was not waiting for the lock again: unknown
+            t = waits[j][0]
+        out.setdefault(w.target, []).append(t)
+    for times in out.values():
+        times.sort()
+    return out
+
+
+def mark_gil_waits(model: Model) -> None:
+    """Turn the time each program thread waited for the GIL (or a CPU) into READY: after
+    another thread woke it, and between samples where it neither blocked nor ran."""
+    for tid, times in _wake_times(model).items():
+        tl = model.threads.get(tid)
+        if tl is not None and not tl.is_pyflight:
+            tl.intervals = _split_woken(tl.intervals, times)
+    for tid, windows in gil_waits(model).items():
+        found = model.threads.get(tid)
+        if found is not None:
+            found.intervals = _carve(found.intervals, windows)
