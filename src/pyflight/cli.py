@@ -161,6 +161,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="do not record child Python processes (by default each writes OUT-<pid>.pyfl)",
     )
     run.add_argument(
+        "--no-redact",
+        dest="redact",
+        action="store_false",
+        help="keep secret-looking arguments (--password=...) in the traces' argv",
+    )
+    run.add_argument(
         "--serve", type=_host_port, default=None, metavar="HOST:PORT", help="debug HTTP endpoint"
     )
     run.add_argument(
@@ -408,6 +414,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         serve=args.serve,
         token=args.token,
         allow_remote=args.allow_remote,
+        redact=args.redact,
         setup=_trigger_setup(args),
     )
     try:

@@ -83,6 +83,8 @@ class RunConfig:
     serve: tuple[str, int] | None = None
     token: str | None = None
     allow_remote: bool = False
+    #: Hide secret-looking arguments in the traces' argv (``--no-redact``: keep them).
+    redact: bool = True
     #: Called with the running recorder, in the parent only: automatic triggers go here.
     setup: list[Callable[[FlightRecorder], object]] = field(default_factory=list)
 
@@ -111,6 +113,7 @@ class RunConfig:
                 "quota_bytes": self.quota_bytes,
                 "control": self.control,
                 "source_options": self.source_options,
+                "redact": self.redact,
                 # read by the bootstrap before importing pyflight
                 "cache_tag": sys.implementation.cache_tag,
                 "package_parent": PACKAGE_PARENT,
@@ -130,6 +133,7 @@ class RunConfig:
             quota_bytes=None if data.get("quota_bytes") is None else int(data["quota_bytes"]),
             control=bool(data.get("control", True)),
             source_options=dict(data.get("source_options") or {}),
+            redact=bool(data.get("redact", True)),
         )
 
 
@@ -223,7 +227,10 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     """Start recording this process; its window goes to ``output`` when it ends."""
     global _current
     recorder = FlightRecorder(
-        min_age=config.min_age, max_bytes=config.max_bytes, source_options=config.source_options
+        min_age=config.min_age,
+        max_bytes=config.max_bytes,
+        source_options=config.source_options,
+        redact_argv=config.redact,
     ).start()
     state = _Recording(config, output, recorder, main)
     _current = state
