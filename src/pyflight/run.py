@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyflight.errors import PyflightError, RecorderError
+from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, _install_fork_hook
 from pyflight.triggers import control, signals
 from pyflight.triggers.signal_watch import HandlerWatch
@@ -49,6 +49,9 @@ BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boots
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: How long a SIGTERM handler waits for the window to be written before dying anyway.
 SIGTERM_WRITE_TIMEOUT_S = 10.0
+#: How long the exit write waits for a snapshot under way elsewhere (a signal's, an
+#: endpoint's) before giving up; and, after it, for snapshots that started meanwhile.
+EXIT_WAIT_S = 5.0
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
@@ -168,7 +171,7 @@ class _Recording:
             why = reason or self.exit_reason
             try:
                 mark(why)
-                size = self.recorder.write_to(self.output, reason=why)
+                size = _write_when_free(self.recorder, self.output, why, EXIT_WAIT_S)
                 if self.main:
                     say(f"wrote {size} bytes to {self.output}")
             except Exception as exc:
@@ -182,11 +185,36 @@ class _Recording:
                     self.recorder.stop()
                 except Exception:
                     pass
+                # a snapshot that slipped in before stop() ends before the interpreter
+                # does (its writer thread is a daemon): no half-written temporary file
+                _wait_for_snapshots(self.recorder, EXIT_WAIT_S)
         finally:
             self.finishing = False
             self._claim.release()
         if may_die and self.die_signal is not None:
             _die(self.die_signal)
+
+
+def _write_when_free(recorder: FlightRecorder, path: str, reason: str, wait: float) -> int:
+    """``recorder.write_to(path)``, first waiting up to ``wait`` seconds for a snapshot
+    under way on another thread: the exit window must not be lost to, say, a signal's."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return recorder.write_to(path, reason=reason)
+        except SnapshotInProgress:
+            if time.monotonic() >= deadline:
+                raise SnapshotInProgress(
+                    f"another snapshot was still being written after {wait:g} s"
+                ) from None
+            time.sleep(0.01)
+
+
+def _wait_for_snapshots(recorder: FlightRecorder, wait: float) -> None:
+    """Return once no snapshot of ``recorder`` is being written (at most ``wait`` s)."""
+    lock = recorder._snapshot_lock
+    if lock.acquire(timeout=wait):
+        lock.release()
 
 
 _current: _Recording | None = None
