@@ -100,3 +100,17 @@ def test_a_failed_exit_write_is_said_and_the_status_kept(
     assert result.returncode == 5, result.stderr
     line = next(line for line in result.stderr.splitlines() if "could not write" in line)
     assert line.count(str(tmp_path / "gone" / "out.pyfl")) >= 1 and ".tmp" not in line, line
+
+
+def test_os_exit_under_run_writes_the_window(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """``os._exit`` skips atexit; ``pyflight run`` still writes the window, bounded."""
+    source = """
+        import os, pyflight
+        pyflight.log("prog", "before os._exit")
+        os._exit(7)
+    """
+    result = _run(tmp_path, subprocess_env, source)
+    assert result.returncode == 7, result.stderr
+    trace = pyflight.load(tmp_path / "out.pyfl")
+    assert trace.meta["reason"] == "os._exit"
+    assert "before os._exit" in [e.arg("message") for e in trace.events if e.kind == Kind.LOG]

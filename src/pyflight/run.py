@@ -33,7 +33,7 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, _install_fork_hook
@@ -52,6 +52,8 @@ SIGTERM_WRITE_TIMEOUT_S = 10.0
 #: How long the exit write waits for a snapshot under way elsewhere (a signal's, an
 #: endpoint's) before giving up; and, after it, for snapshots that started meanwhile.
 EXIT_WAIT_S = 5.0
+#: How long ``os._exit`` waits for the window to be written before exiting regardless.
+OS_EXIT_WRITE_TIMEOUT_S = 5.0
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
@@ -235,9 +237,38 @@ def _install_process_hooks() -> None:
         return  # atexit and fork hooks are inherited by forked children: once per lineage
     _hooks_pid = os.getpid()
     atexit.register(_at_exit)
+    _wrap_os_exit()
     if hasattr(os, "register_at_fork"):
         _install_fork_hook()  # the recorder's own hook must run before ours in the child
         os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_real_os_exit = os._exit
+
+
+def _wrap_os_exit() -> None:
+    """``os._exit`` skips atexit: write the window first, bounded (the writer thread does
+    it, so locks the caller holds cannot deadlock it). What cannot be covered: the C
+    ``_exit``/``abort()``, SIGKILL, and a child's ``exec`` (docs/deploy.md)."""
+    if getattr(os._exit, "_pyflight", False):
+        return
+
+    def _exit(status: int) -> NoReturn:
+        state = _current
+        if state is not None and state.pid == os.getpid():
+            try:
+
+                def job() -> None:
+                    state.finish("os._exit", stop=False, may_die=False)
+
+                if not signals.run_off_handler(job, OS_EXIT_WRITE_TIMEOUT_S):
+                    say(f"os._exit: gave up writing {state.output} after {OS_EXIT_WRITE_TIMEOUT_S:g} s")
+            except BaseException:
+                pass
+        _real_os_exit(status)
+
+    _exit._pyflight = True  # type: ignore[attr-defined]
+    os._exit = _exit
 
 
 def _set_handler(signum: int, handler: Callable[[int, types.FrameType | None], Any]) -> bool:
