@@ -176,6 +176,8 @@ class _Recording:
                 size = _write_when_free(self.recorder, self.output, why, EXIT_WAIT_S)
                 if self.main:
                     say(f"wrote {size} bytes to {self.output}")
+                else:  # a child (a pre-fork server's worker): its exit belongs in the log
+                    say(f"pid {self.pid} ({why}) wrote {size} bytes to {self.output}")
             except Exception as exc:
                 say(f"could not write {self.output}: {exc}")
             try:
