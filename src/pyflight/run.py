@@ -257,7 +257,8 @@ def _wrap_os_exit() -> None:
 
     def _exit(status: int) -> NoReturn:
         state = _current
-        if state is not None and state.pid == os.getpid():
+        # not when the window is written or being written (SIGTERM's own exit path)
+        if state is not None and state.pid == os.getpid() and not state._done and not state.finishing:
             try:
 
                 def job() -> None:
