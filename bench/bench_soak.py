@@ -171,6 +171,10 @@ def soak(minutes: float, threads: int) -> dict[str, object]:
         "rss_mib_after_warmup_min": round(min(warm), 1) if warm else None,
         "rss_mib_after_warmup_max": round(max(warm), 1) if warm else None,
         "rss_mib_last": round(rss[-1], 1) if rss else None,
+        # RSS at each quarter of the run: a leak shows as a steady climb
+        "rss_mib_by_quarter": [round(rss[min(len(rss) - 1, len(rss) * q // 4)], 1) for q in (1, 2, 3, 4)]
+        if rss
+        else [],
         "snapshot_mib_median": round(statistics.median(sizes) / 2**20, 2) if sizes else None,
         "write_ms_median": round(statistics.median(write_ms), 1) if write_ms else None,
         "write_ms_first_tenth_median": round(statistics.median(write_ms[: max(1, len(write_ms) // 10)]), 1)
