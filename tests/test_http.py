@@ -210,6 +210,30 @@ def test_remote_peer_refused_by_default(recorder: pyflight.FlightRecorder) -> No
         assert _get(srv.port, STATUS_PATH, host=address)[0] == 200
 
 
+def test_a_foreign_host_header_is_refused(recorder: pyflight.FlightRecorder) -> None:
+    """DNS rebinding: a page at evil.example rebound to 127.0.0.1 sends its own name."""
+    with pyflight.serve() as srv:
+        for foreign in ("evil.example", f"evil.example:{srv.port}", "127.0.0.1.evil.example", "10.0.0.1"):
+            status, _, body = _get(srv.port, TRACE_PATH, headers={"Host": foreign})
+            assert status == 403 and b"host name" in body, foreign
+            assert b"PYFL" not in body
+        for local in ("127.0.0.1", f"127.0.0.1:{srv.port}", f"localhost:{srv.port}", "LOCALHOST", "[::1]:80"):
+            assert _get(srv.port, STATUS_PATH, headers={"Host": local})[0] == 200, local
+    with pyflight.serve(allowed_hosts=["debug.internal"]) as srv:
+        assert _get(srv.port, STATUS_PATH, headers={"Host": "debug.internal:8080"})[0] == 200
+        assert _get(srv.port, STATUS_PATH, headers={"Host": "localhost"})[0] == 200
+        assert _get(srv.port, STATUS_PATH, headers={"Host": "evil.example"})[0] == 403
+
+
+def test_host_header_names() -> None:
+    from pyflight._netcheck import host_allowed, host_header_name
+
+    assert host_header_name("[::1]:8080") == "::1" and host_header_name("LocalHost:1") == "localhost"
+    assert host_allowed(None) and host_allowed("localhost.") and host_allowed("127.1.2.3:9")
+    assert not host_allowed("localhost.evil.example") and not host_allowed("[2001:db8::1]:80")
+    assert host_allowed("Box.Example:80", frozenset({"box.example"}))
+
+
 def test_close_releases_the_port(recorder: pyflight.FlightRecorder) -> None:
     srv = pyflight.serve()
     port = srv.port

@@ -281,6 +281,17 @@ def test_remote_clients_are_refused_by_default(
     assert remote_app.status == 200, "only the endpoints are refused"
 
 
+def test_a_foreign_host_header_is_refused(framework: Framework, recorder: pyflight.FlightRecorder) -> None:
+    """DNS rebinding: loopback peer, but the browser thinks it talks to evil.example."""
+    with framework.serve(framework.app) as port:
+        rebound = get(port, "/debug/pyflight/trace", {"Host": "evil.example"})
+        local = get(port, "/debug/pyflight/status", {"Host": f"localhost:{port}"})
+        app = get(port, "/items/5", {"Host": "evil.example"})
+    assert rebound.status == 403 and b"host name" in rebound.body, rebound
+    assert local.status == 200, local
+    assert app.status == 200, "only the endpoints check the Host"
+
+
 def test_endpoint_rules() -> None:
     endpoints = DebugEndpoints()
     for local in ("127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"):
@@ -291,6 +302,10 @@ def test_endpoint_rules() -> None:
     via_proxy = endpoints.check("127.0.0.1", None, forwarded='for="[2001:db8::1]:4711";proto=https')
     assert via_proxy is not None and via_proxy.status == 403
     assert endpoints.check("127.0.0.1", None, forwarded="for=127.0.0.1:99") is None
+    rebound = endpoints.check("127.0.0.1", None, host="evil.example:80")
+    assert rebound is not None and rebound.status == 403
+    named = DebugEndpoints(allowed_hosts=["Debug.Internal"])
+    assert named.check("127.0.0.1", None, host="debug.internal:443") is None
     remote_ok = DebugEndpoints(allow_remote=True, token="t")
     assert remote_ok.check("10.1.2.3", "Bearer t") is None
     unauthorized = remote_ok.check("10.1.2.3", "Bearer nope")

@@ -223,7 +223,7 @@ def test_subprocess_and_fork_children(env: dict[str, str], tmp_path: Path) -> No
     result = _run("-o", "out.pyfl", "parent.py", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
-    child_pid = int(lines["subprocess"].split()[-1])
+    child_pid = int(lines["subprocess"].split()[0])  # then its stderr: where its window went
     assert (custom / f"ran-{child_pid}").exists()  # the environment's own sitecustomize still runs
     fork_pid = int(lines["fork"])
     assert "hello from the parent" in _logs(pyflight.load(tmp_path / "out.pyfl"))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import pyflight
+from pyflight.core.encoding import MAGIC
 from pyflight.core.events import Kind
 from pyflight.format.reader import Event, Trace
 from pyflight.triggers import auto
@@ -124,7 +125,7 @@ def test_a_gc_pause_writes_a_snapshot_holding_the_collection(
 
 def test_max_count_and_the_directory_quota(recorder: pyflight.FlightRecorder, tmp_path: Path) -> None:
     old = tmp_path / "pyflight-20000101T000000.000Z-1-old.pyfl"
-    old.write_bytes(b"x" * 1000)
+    old.write_bytes(MAGIC + b"x" * 1000)  # an earlier snapshot: our name and our magic
     os.utime(old, (946684800, 946684800))
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"y" * 10_000)

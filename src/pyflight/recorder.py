@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from pyflight import __version__
+from pyflight._redact import redact_argv as redacted_argv
 from pyflight.core import BACKEND_NAME, backend
 from pyflight.core.daemon import start_without_signals
 from pyflight.core.events import Kind, arg_counts
@@ -69,6 +70,7 @@ class FlightRecorder:
         max_stack_depth: int = 128,
         sources: Iterable[str] | None = None,
         source_options: Mapping[str, Mapping[str, Any]] | None = None,
+        redact_argv: bool = True,
     ) -> None:
         if not min_age > 0:
             raise ValueError(f"min_age must be > 0 seconds, got {min_age!r}")
@@ -92,6 +94,8 @@ class FlightRecorder:
         if unknown:
             raise ValueError(f"unknown source(s) {unknown}; available: {sorted(REGISTRY)}")
         self.source_options = {name: dict(opts) for name, opts in (source_options or {}).items()}
+        #: Hide secret-looking arguments (``--password=...``) in the trace's argv.
+        self.redact_argv = redact_argv
         self.sources: list[Source] = []
         self._running = False
         self._snapshot_lock = threading.Lock()
@@ -211,7 +215,7 @@ class FlightRecorder:
             "pid": str(os.getpid()),
             "python": sys.version.replace("\n", " "),
             "platform": sys.platform,
-            "argv": json.dumps(sys.argv),
+            "argv": json.dumps(redacted_argv(sys.argv) if self.redact_argv else sys.argv),
             "clock": "monotonic",
             "clock.monotonic_ns": str(mono),
             "clock.wall_ns": str(wall),

@@ -33,9 +33,9 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from pyflight.errors import PyflightError, RecorderError
+from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, _install_fork_hook
 from pyflight.triggers import control, signals
 from pyflight.triggers.signal_watch import HandlerWatch
@@ -49,6 +49,11 @@ BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boots
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: How long a SIGTERM handler waits for the window to be written before dying anyway.
 SIGTERM_WRITE_TIMEOUT_S = 10.0
+#: How long the exit write waits for a snapshot under way elsewhere (a signal's, an
+#: endpoint's) before giving up; and, after it, for snapshots that started meanwhile.
+EXIT_WAIT_S = 5.0
+#: How long ``os._exit`` waits for the window to be written before exiting regardless.
+OS_EXIT_WRITE_TIMEOUT_S = 5.0
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
@@ -83,6 +88,8 @@ class RunConfig:
     serve: tuple[str, int] | None = None
     token: str | None = None
     allow_remote: bool = False
+    #: Hide secret-looking arguments in the traces' argv (``--no-redact``: keep them).
+    redact: bool = True
     #: Called with the running recorder, in the parent only: automatic triggers go here.
     setup: list[Callable[[FlightRecorder], object]] = field(default_factory=list)
 
@@ -111,6 +118,7 @@ class RunConfig:
                 "quota_bytes": self.quota_bytes,
                 "control": self.control,
                 "source_options": self.source_options,
+                "redact": self.redact,
                 # read by the bootstrap before importing pyflight
                 "cache_tag": sys.implementation.cache_tag,
                 "package_parent": PACKAGE_PARENT,
@@ -130,6 +138,7 @@ class RunConfig:
             quota_bytes=None if data.get("quota_bytes") is None else int(data["quota_bytes"]),
             control=bool(data.get("control", True)),
             source_options=dict(data.get("source_options") or {}),
+            redact=bool(data.get("redact", True)),
         )
 
 
@@ -164,9 +173,11 @@ class _Recording:
             why = reason or self.exit_reason
             try:
                 mark(why)
-                size = self.recorder.write_to(self.output, reason=why)
+                size = _write_when_free(self.recorder, self.output, why, EXIT_WAIT_S)
                 if self.main:
                     say(f"wrote {size} bytes to {self.output}")
+                else:  # a child (a pre-fork server's worker): its exit belongs in the log
+                    say(f"pid {self.pid} ({why}) wrote {size} bytes to {self.output}")
             except Exception as exc:
                 say(f"could not write {self.output}: {exc}")
             try:
@@ -178,11 +189,36 @@ class _Recording:
                     self.recorder.stop()
                 except Exception:
                     pass
+                # a snapshot that slipped in before stop() ends before the interpreter
+                # does (its writer thread is a daemon): no half-written temporary file
+                _wait_for_snapshots(self.recorder, EXIT_WAIT_S)
         finally:
             self.finishing = False
             self._claim.release()
         if may_die and self.die_signal is not None:
             _die(self.die_signal)
+
+
+def _write_when_free(recorder: FlightRecorder, path: str, reason: str, wait: float) -> int:
+    """``recorder.write_to(path)``, first waiting up to ``wait`` seconds for a snapshot
+    under way on another thread: the exit window must not be lost to, say, a signal's."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return recorder.write_to(path, reason=reason)
+        except SnapshotInProgress:
+            if time.monotonic() >= deadline:
+                raise SnapshotInProgress(
+                    f"another snapshot was still being written after {wait:g} s"
+                ) from None
+            time.sleep(0.01)
+
+
+def _wait_for_snapshots(recorder: FlightRecorder, wait: float) -> None:
+    """Return once no snapshot of ``recorder`` is being written (at most ``wait`` s)."""
+    lock = recorder._snapshot_lock
+    if lock.acquire(timeout=wait):
+        lock.release()
 
 
 _current: _Recording | None = None
@@ -197,9 +233,39 @@ def _install_process_hooks() -> None:
         return  # atexit and fork hooks are inherited by forked children: once per lineage
     _hooks_pid = os.getpid()
     atexit.register(_at_exit)
+    _wrap_os_exit()
     if hasattr(os, "register_at_fork"):
         _install_fork_hook()  # the recorder's own hook must run before ours in the child
         os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_real_os_exit = os._exit
+
+
+def _wrap_os_exit() -> None:
+    """``os._exit`` skips atexit: write the window first, bounded (the writer thread does
+    it, so locks the caller holds cannot deadlock it). What cannot be covered: the C
+    ``_exit``/``abort()``, SIGKILL, and a child's ``exec`` (docs/deploy.md)."""
+    if getattr(os._exit, "_pyflight", False):
+        return
+
+    def _exit(status: int) -> NoReturn:
+        state = _current
+        # not when the window is written or being written (SIGTERM's own exit path)
+        if state is not None and state.pid == os.getpid() and not state._done and not state.finishing:
+            try:
+
+                def job() -> None:
+                    state.finish("os._exit", stop=False, may_die=False)
+
+                if not signals.run_off_handler(job, OS_EXIT_WRITE_TIMEOUT_S):
+                    say(f"os._exit: gave up writing {state.output} after {OS_EXIT_WRITE_TIMEOUT_S:g} s")
+            except BaseException:
+                pass
+        _real_os_exit(status)
+
+    _exit._pyflight = True  # type: ignore[attr-defined]
+    os._exit = _exit
 
 
 def _set_handler(signum: int, handler: Callable[[int, types.FrameType | None], Any]) -> bool:
@@ -217,7 +283,10 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     """Start recording this process; its window goes to ``output`` when it ends."""
     global _current
     recorder = FlightRecorder(
-        min_age=config.min_age, max_bytes=config.max_bytes, source_options=config.source_options
+        min_age=config.min_age,
+        max_bytes=config.max_bytes,
+        source_options=config.source_options,
+        redact_argv=config.redact,
     ).start()
     state = _Recording(config, output, recorder, main)
     _current = state

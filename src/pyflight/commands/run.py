@@ -32,6 +32,12 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="do not record child Python processes (by default each writes OUT-<pid>.pyfl)",
     )
     run.add_argument(
+        "--no-redact",
+        dest="redact",
+        action="store_false",
+        help="keep secret-looking arguments (--password=...) in the traces' argv",
+    )
+    run.add_argument(
         "--serve", type=types.host_port, default=None, metavar="HOST:PORT", help="debug HTTP endpoint"
     )
     run.add_argument(
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         min_age=args.min_age,
         max_bytes=args.max_bytes,
         children=args.children,
+        redact=args.redact,
         snapshot_signal=args.snapshot_signal,
         snapshot_dir=args.snapshot_dir,
         quota_bytes=args.quota,

@@ -24,4 +24,5 @@ def folded_lines(trace: Trace, profile: str = "cpu") -> list[str]:
 
 def export_folded(trace: Trace, profile: str | None = None) -> bytes:
     lines = folded_lines(trace, profile or "cpu")
-    return ("\n".join(lines) + "\n" if lines else "").encode()
+    # names decoded with surrogateescape (or holding a lone surrogate) are written escaped
+    return ("\n".join(lines) + "\n" if lines else "").encode("utf-8", "backslashreplace")

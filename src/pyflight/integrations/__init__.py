@@ -11,6 +11,7 @@ translate requests and responses. Importing this package needs no framework.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pyflight.triggers.endpoints import DEFAULT_PREFIX, DebugEndpoints, Reply, subpath
@@ -66,10 +67,15 @@ class Middleware(Generic[App, Resolver]):
         allow_remote: bool = False,
         recorder: FlightRecorder | None = None,
         route: Resolver | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         self.app = app
         self.prefix = prefix.rstrip("/")
         self.endpoints = (
-            DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder) if endpoints else None
+            DebugEndpoints(
+                token=token, allow_remote=allow_remote, recorder=recorder, allowed_hosts=allowed_hosts
+            )
+            if endpoints
+            else None
         )
         self.route = route

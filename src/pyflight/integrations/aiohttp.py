@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -65,10 +66,13 @@ def debug_routes(
     token: str | None = None,
     allow_remote: bool = False,
     recorder: FlightRecorder | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> list[web.RouteDef]:
     """``GET <prefix>/trace`` and ``GET <prefix>/status``, for ``app.add_routes``."""
     prefix = prefix.rstrip("/")
-    endpoints = DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder)
+    endpoints = DebugEndpoints(
+        token=token, allow_remote=allow_remote, recorder=recorder, allowed_hosts=allowed_hosts
+    )
 
     async def serve(request: web.Request) -> web.StreamResponse:
         handler = endpoints.route(request.method, subpath(request.path, prefix) or "/")
@@ -79,6 +83,7 @@ def debug_routes(
             headers.get("Authorization"),
             headers.get("X-Forwarded-For"),
             headers.get("Forwarded"),
+            headers.get("Host"),
         )
         if reply is None:
             # A snapshot takes milliseconds to tens of them: not on the loop it is recording.
@@ -99,7 +104,16 @@ def setup(
     token: str | None = None,
     allow_remote: bool = False,
     recorder: FlightRecorder | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> None:
     """Add the middleware and the debug routes to ``app``."""
     app.middlewares.append(middleware(prefix=prefix))
-    app.add_routes(debug_routes(prefix=prefix, token=token, allow_remote=allow_remote, recorder=recorder))
+    app.add_routes(
+        debug_routes(
+            prefix=prefix,
+            token=token,
+            allow_remote=allow_remote,
+            recorder=recorder,
+            allowed_hosts=allowed_hosts,
+        )
+    )

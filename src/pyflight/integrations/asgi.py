@@ -97,6 +97,7 @@ async def _serve(endpoints: DebugEndpoints, scope: Scope, send: Send, sub: str) 
         headers.get("authorization"),
         headers.get("x-forwarded-for"),
         headers.get("forwarded"),
+        headers.get("host"),
     )
     if reply is None:
         # A snapshot takes milliseconds to tens of them: not on the loop it is recording.
@@ -155,9 +156,16 @@ class DebugApp:
     """
 
     def __init__(
-        self, *, token: str | None = None, allow_remote: bool = False, recorder: FlightRecorder | None = None
+        self,
+        *,
+        token: str | None = None,
+        allow_remote: bool = False,
+        recorder: FlightRecorder | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
-        self.endpoints = DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder)
+        self.endpoints = DebugEndpoints(
+            token=token, allow_remote=allow_remote, recorder=recorder, allowed_hosts=allowed_hosts
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -76,6 +76,7 @@ def _serve(
             environ.get("HTTP_AUTHORIZATION"),
             environ.get("HTTP_X_FORWARDED_FOR"),
             environ.get("HTTP_FORWARDED"),
+            environ.get("HTTP_HOST"),
         )
         or handler()
     )
@@ -161,9 +162,16 @@ class DebugApp:
     """The debug endpoints as a WSGI app of their own: ``/trace`` and ``/status``."""
 
     def __init__(
-        self, *, token: str | None = None, allow_remote: bool = False, recorder: FlightRecorder | None = None
+        self,
+        *,
+        token: str | None = None,
+        allow_remote: bool = False,
+        recorder: FlightRecorder | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
-        self.endpoints = DebugEndpoints(token=token, allow_remote=allow_remote, recorder=recorder)
+        self.endpoints = DebugEndpoints(
+            token=token, allow_remote=allow_remote, recorder=recorder, allowed_hosts=allowed_hosts
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         served = _serve(self.endpoints, environ, start_response, environ.get("PATH_INFO", "") or "/")

@@ -89,7 +89,11 @@ class _Handler(BaseHTTPRequestHandler):
         peer = str(self.client_address[0]) if self.client_address else ""
         headers = self.headers
         refusal = endpoints.check(
-            peer, headers.get("Authorization"), headers.get("X-Forwarded-For"), headers.get("Forwarded")
+            peer,
+            headers.get("Authorization"),
+            headers.get("X-Forwarded-For"),
+            headers.get("Forwarded"),
+            headers.get("Host"),
         )
         if refusal is not None:
             self._send(refusal)

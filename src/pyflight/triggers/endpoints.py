@@ -8,11 +8,11 @@ snapshot itself come from :class:`DebugEndpoints`, so they behave the same every
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from pyflight._netcheck import host_allowed, is_loopback_address
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers import snapshots
@@ -25,13 +25,7 @@ RETRY_AFTER_SECONDS = 1
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    return is_loopback_address(host)
 
 
 def token_matches(header: str | None, token: str) -> bool:
@@ -86,8 +80,12 @@ def _json(status: int, payload: object, headers: list[tuple[str, str]] | None = 
 class DebugEndpoints:
     """What ``GET <prefix>/trace`` and ``GET <prefix>/status`` answer, for every integration.
 
-    Remote clients get 403 unless ``allow_remote``; with a ``token``, requests without
-    ``Authorization: Bearer <token>`` get 401. A trace request while another snapshot is
+    Remote clients get 403 unless ``allow_remote``; so does a ``Host`` header that is
+    not a loopback name (``localhost``, ``127.0.0.1``, ``[::1]``, any port) or one of
+    ``allowed_hosts``: a page whose DNS name was rebound to 127.0.0.1 cannot read traces
+    through a local browser. With ``allow_remote`` and no ``allowed_hosts`` any Host
+    passes (the server is reached by names we cannot know). With a ``token``, requests
+    without ``Authorization: Bearer <token>`` get 401. A trace request while another snapshot is
     being written gets 429 with Retry-After rather than waiting or a corrupt file.
     """
 
@@ -98,9 +96,13 @@ class DebugEndpoints:
         allow_remote: bool = False,
         recorder: FlightRecorder | None = None,
         reason: str = REASON,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         self.token = token
         self.allow_remote = allow_remote
+        self.allowed_hosts = (
+            None if allowed_hosts is None else frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts)
+        )
         self.recorder = recorder
         self.reason = reason
 
@@ -110,8 +112,16 @@ class DebugEndpoints:
         authorization: str | None,
         forwarded_for: str | None = None,
         forwarded: str | None = None,
+        host: str | None = None,
     ) -> Reply | None:
-        """The refusal for this client, or None if it may use the endpoints."""
+        """The refusal for this client, or None if it may use the endpoints.
+        ``host`` is the request's Host header (None when it had none)."""
+        if (not self.allow_remote or self.allowed_hosts is not None) and not host_allowed(
+            host, self.allowed_hosts
+        ):
+            return _json(
+                403, {"error": "pyflight debug endpoints answer requests for a local host name only"}
+            )
         if not self.allow_remote:
             # A missing or non-IP client (a Unix socket behind a proxy, a test client's
             # placeholder) counts as remote, and so does any client a proxy reports.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterable
 
 from pyflight.core.daemon import start_without_signals
 from pyflight.recorder import FlightRecorder
@@ -47,12 +48,17 @@ class DebugServer:
         token: str | None = None,
         recorder: FlightRecorder | None = None,
         allow_remote: bool = False,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         self.token = token or None
         self.recorder = recorder
         self.allow_remote = allow_remote
         self.endpoints = DebugEndpoints(
-            token=self.token, allow_remote=allow_remote, recorder=recorder, reason=REASON
+            token=self.token,
+            allow_remote=allow_remote,
+            recorder=recorder,
+            reason=REASON,
+            allowed_hosts=allowed_hosts,
         )
         self.pid = os.getpid()
         self._one_at_a_time = threading.Lock()
@@ -107,13 +113,18 @@ def serve(
     token: str | None = None,
     recorder: FlightRecorder | None = None,
     allow_remote: bool = False,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> DebugServer:
     """Serve ``GET /debug/pyflight/trace`` and ``/status`` on a daemon thread.
 
     ``port=0`` picks a free port (see ``.port`` / ``.url``). Snapshots are of
-    ``recorder``, or of whichever recorder runs when a request comes.
+    ``recorder``, or of whichever recorder runs when a request comes. Requests whose
+    Host header is not a loopback name get 403 (DNS rebinding) unless the name is in
+    ``allowed_hosts``.
     """
-    return DebugServer(host, port, token=token, recorder=recorder, allow_remote=allow_remote)
+    return DebugServer(
+        host, port, token=token, recorder=recorder, allow_remote=allow_remote, allowed_hosts=allowed_hosts
+    )
 
 
 _servers: list[DebugServer] = []

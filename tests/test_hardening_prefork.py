@@ -1,0 +1,130 @@
+"""Pre-fork servers under ``pyflight run``: real gunicorn (sync and gthread workers) and
+uvicorn --workers. Each worker records its own window, answers ``pyflight snapshot PID``,
+and writes ``OUT-<pid>.pyfl`` when the master stops it, saying so on stderr."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import pyflight
+from webservers import get
+
+APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi\\n"]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hi\\n"})
+"""
+
+
+def _wait_for(text: list[str], pattern: str, count: int, deadline: float) -> list[str]:
+    while time.monotonic() < deadline:
+        found = re.findall(pattern, "".join(text))
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise TimeoutError(f"no {count} x {pattern!r} in: {''.join(text)[-2000:]}")
+
+
+def _serve(tmp_path: Path, env: dict[str, str], server_args: list[str]) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = dict(env, XDG_RUNTIME_DIR=str(runtime))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyflight", "run", "-o", "out.pyfl", "--signal", "none", *server_args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        port = int(
+            _wait_for(
+                lines,
+                r"(?:Listening at: http://127\.0\.0\.1:|running on http://127\.0\.0\.1:)(\d+)",
+                1,
+                deadline,
+            )[0]
+        )
+        workers = [
+            int(p)
+            for p in _wait_for(
+                lines, r"(?:Booting worker with pid: |Started server process \[)(\d+)", 2, deadline
+            )
+        ]
+        workers = sorted(set(workers) - {proc.pid})
+        assert len(workers) == 2, lines
+        for _ in range(4):
+            assert get(port, "/").status == 200
+        for pid in workers:
+            out = tmp_path / f"asked-{pid}.pyfl"
+            asked = subprocess.run(
+                [sys.executable, "-m", "pyflight", "snapshot", str(pid), "-o", str(out)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert asked.returncode == 0, asked.stderr
+            assert pyflight.load(out).meta["pid"] == str(pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(lines)
+    assert pyflight.load(tmp_path / "out.pyfl").meta["pid"] == str(proc.pid)
+    for pid in workers:
+        path = tmp_path / f"out-{pid}.pyfl"
+        assert pyflight.load(path).meta["pid"] == str(pid), stderr
+        assert f"pid {pid} " in stderr and str(path) in stderr, "a worker's exit file is announced"
+    assert not list(tmp_path.glob(".pyflight-*"))
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_gunicorn_workers_each_leave_a_window(
+    subprocess_env: dict[str, str], tmp_path: Path, worker_class: str
+) -> None:
+    pytest.importorskip("gunicorn")
+    args = [
+        "-m",
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        worker_class,
+        "-b",
+        "127.0.0.1:0",
+        "--no-control-socket",
+        "app:app",
+    ]
+    _serve(tmp_path, subprocess_env, args)
+
+
+def test_uvicorn_workers_each_leave_a_window(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    _serve(tmp_path, subprocess_env, ["-m", "uvicorn", "--workers", "2", "--port", "0", "app:asgi"])
