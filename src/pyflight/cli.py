@@ -112,6 +112,28 @@ def _source_options(pairs: list[tuple[str, str, object]] | None) -> dict[str, di
     return options
 
 
+def _source_list(text: str) -> list[str]:
+    """``a,b,c``: names of registered sources (an unknown one is a usage error)."""
+    from pyflight.sources import REGISTRY
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown or not names:
+        what = f"no source {', '.join(map(repr, unknown))}" if unknown else f"no source named in {text!r}"
+        raise argparse.ArgumentTypeError(f"{what} (sources: {', '.join(sorted(REGISTRY))})")
+    return names
+
+
+def _chosen_sources(only: list[str] | None, without: list[list[str]] | None) -> list[str] | None:
+    """The sources ``--sources`` and ``--no-source`` leave on (None: the defaults)."""
+    if only is None and not without:
+        return None
+    from pyflight.sources import default_source_names
+
+    left_out = {name for names in without or () for name in names}
+    return [name for name in (only if only is not None else default_source_names()) if name not in left_out]
+
+
 def _signal_or_none(text: str) -> int | None:
     from pyflight.triggers.signals import parse_signal
 
@@ -179,6 +201,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=_source_option,
         metavar="SOURCE.OPTION=VALUE",
         help="a source option, e.g. asyncio.task_wait=stack or asyncio.sync_waits=true (repeatable)",
+    )
+    run.add_argument(
+        "--sources",
+        dest="sources",
+        type=_source_list,
+        default=None,
+        metavar="A,B,...",
+        help="record only these sources (default: every default source; `pyflight info --self` lists them)",
+    )
+    run.add_argument(
+        "--no-source",
+        dest="no_sources",
+        action="append",
+        type=_source_list,
+        default=None,
+        metavar="NAME",
+        help="leave this source out (repeatable), e.g. --no-source sampler",
     )
     _add_trigger_arguments(run)
     run.add_argument("-m", dest="module", default=None, help="run a library module as a script")
@@ -397,6 +436,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     config = RunConfig(
         output=args.output or f"pyflight-{os.getpid()}.pyfl",
+        sources=_chosen_sources(args.sources, args.no_sources),
         source_options=source_options,
         min_age=args.min_age,
         max_bytes=args.max_bytes,

@@ -221,6 +221,7 @@ class FlightRecorder:
             "snapshot_ns": str(mono),
             "reason": reason,
             "dropped_events": str(stats.get("dropped_events", 0)),
+            "sources": json.dumps([source.name for source in self.sources]),
         }
 
     def _install_sources(self) -> None:

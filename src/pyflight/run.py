@@ -77,6 +77,8 @@ class RunConfig:
     quota_bytes: int | None = None
     #: Serve ``pyflight snapshot PID`` requests on a Unix socket.
     control: bool = True
+    #: The sources to record (None: the defaults).
+    sources: list[str] | None = None
     #: Options of the event sources, by source (``{"asyncio": {"task_wait": "stack"}}``).
     source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``(host, port)`` for the debug HTTP endpoint (parent process only).
@@ -110,6 +112,7 @@ class RunConfig:
                 "snapshot_dir": self.snapshot_dir,
                 "quota_bytes": self.quota_bytes,
                 "control": self.control,
+                "sources": self.sources,
                 "source_options": self.source_options,
                 # read by the bootstrap before importing pyflight
                 "cache_tag": sys.implementation.cache_tag,
@@ -129,6 +132,7 @@ class RunConfig:
             snapshot_dir=data.get("snapshot_dir"),
             quota_bytes=None if data.get("quota_bytes") is None else int(data["quota_bytes"]),
             control=bool(data.get("control", True)),
+            sources=None if data.get("sources") is None else [str(name) for name in data["sources"]],
             source_options=dict(data.get("source_options") or {}),
         )
 
@@ -223,7 +227,10 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     """Start recording this process; its window goes to ``output`` when it ends."""
     global _current
     recorder = FlightRecorder(
-        min_age=config.min_age, max_bytes=config.max_bytes, source_options=config.source_options
+        min_age=config.min_age,
+        max_bytes=config.max_bytes,
+        sources=config.sources,
+        source_options=config.source_options,
     ).start()
     state = _Recording(config, output, recorder, main)
     _current = state
