@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,17 +133,19 @@ def _tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 60.0) -> None:
+def _wait_until_serving(port: int, proc: subprocess.Popen[bytes], deadline: float = 120.0) -> None:
+    """Until the server answers a request (gunicorn listens before its worker is ready)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as reply:
+                if reply.status == 200:
+                    return
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start listening")
+            time.sleep(0.2)
+    raise RuntimeError("server did not answer")
 
 
 WRK_SCRIPT = """
@@ -217,24 +220,28 @@ def _load_own(port: int, seconds: float, connections: int) -> tuple[int, float, 
     return count, rps, lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
 
 
-def _trace_figures(path: Path, requests: int, measured: tuple[int, int]) -> dict[str, float]:
-    """Bytes per event (whole file), events per request and events per second (in the
-    measured interval), and the seconds the default window holds at that rate."""
+def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) -> dict[str, float]:
+    """Bytes per event (whole files), events per request and per second (in the measured
+    interval), and the seconds the default window holds at that rate. A server with
+    workers (gunicorn) writes one trace per process: all of them count."""
     sys.path.insert(0, str(HERE.parent / "src"))
     import pyflight
 
-    trace = pyflight.load(path)
-    events = trace.events
-    if len(events) < 2:
-        return {}
     began, ended = measured
-    inside = sum(1 for event in events if began <= event.time <= ended)
+    total = inside = size = 0
+    for path in paths:
+        events = pyflight.load(path).events
+        total += len(events)
+        inside += sum(1 for event in events if began <= event.time <= ended)
+        size += path.stat().st_size
+    if not total or not inside:
+        return {}
     per_s = inside / ((ended - began) / 1e9)
-    bytes_per_event = path.stat().st_size / len(events)
+    bytes_per_event = size / total
     return {
         "bytes_per_event": bytes_per_event,
-        "events_per_request": inside / requests if requests else 0.0,
-        "window_seconds": WINDOW_BYTES / (bytes_per_event * per_s) if per_s else 0.0,
+        "events_per_request": inside / requests,
+        "window_seconds": WINDOW_BYTES / (bytes_per_event * per_s),
     }
 
 
@@ -257,7 +264,7 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
     spy: subprocess.Popen[bytes] | None = None
     try:
         try:
-            _wait_for_port(port, proc)
+            _wait_until_serving(port, proc)
         except RuntimeError as exc:
             log.flush()
             tail = (tmp / "server.log").read_text(errors="replace")[-2000:]
@@ -305,8 +312,9 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
     if requests == 0:
         raise RuntimeError(f"{server} ({mode.name}): no request completed (machine too loaded?)")
     result = Result(cpu / requests * 1e4, rps, p50, p99)
-    if out.exists():
-        result.trace = _trace_figures(out, requests, measured)
+    traces = sorted(tmp.glob("*.pyfl"))
+    if traces:
+        result.trace = _trace_figures(traces, requests, measured)
     shutil.rmtree(tmp, ignore_errors=True)
     return result
 

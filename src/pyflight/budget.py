@@ -19,6 +19,7 @@ header carries ``budget.*`` metadata, which ``pyflight info`` prints.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -173,3 +174,28 @@ class CpuBudget:
             "changes": self.changes,
             "order": list(LEVELS[1:]),
         }
+
+
+def describe_budget(meta: dict[str, str]) -> list[str]:
+    """What ``pyflight info`` says about the recorder's cost and what it left out (from a
+    snapshot's ``budget.*`` metadata; nothing for traces written without a budget)."""
+    if "budget.cpu_budget" not in meta:
+        return []
+    try:
+        budget = float(meta["budget.cpu_budget"])
+        cost = float(meta.get("budget.cost", "0"))
+        threads = float(meta.get("budget.recorder_threads_cpu_s", "0"))
+        hooks = float(meta.get("budget.hooks_cpu_s_estimated", "0"))
+        process = float(meta.get("budget.process_cpu_s", "0"))
+        shed = json.loads(meta.get("budget.shed", "[]"))
+        over = int(meta.get("budget.periods_over_budget", "0"))
+    except (ValueError, TypeError):
+        return ["recorder cost: unreadable budget metadata"]
+    lines = [
+        f"{'recorder':<13}cost {cost * 100:.3g}% of the process's CPU (budget {budget * 100:.3g}%): "
+        f"its threads {threads:.3f} s + hooks ~{hooks:.3f} s (estimated) of {process:.3f} s",
+        f"{'shed':<13}"
+        + (", ".join(shed) if shed else "nothing")
+        + (f" ({over} check(s) over budget; the LOG events in category {CATEGORY} say when)" if over else ""),
+    ]
+    return lines

@@ -124,6 +124,20 @@ def _source_list(text: str) -> list[str]:
     return names
 
 
+def _cpu_budget(text: str) -> float | None:
+    """``0.01``, ``1%`` or ``none``."""
+    word = text.strip().lower()
+    if word in ("none", "off", "no"):
+        return None
+    try:
+        share = float(word[:-1]) / 100 if word.endswith("%") else float(word)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"not a CPU share: {text!r} (try 0.01, 1% or none)")
+    return share
+
+
 def _chosen_sources(only: list[str] | None, without: list[list[str]] | None) -> list[str] | None:
     """The sources ``--sources`` and ``--no-source`` leave on (None: the defaults)."""
     if only is None and not without:
@@ -218,6 +232,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help="leave this source out (repeatable), e.g. --no-source sampler",
+    )
+    run.add_argument(
+        "--cpu-budget",
+        type=_cpu_budget,
+        default=0.01,
+        metavar="SHARE",
+        help="the recorder's CPU cap, a share of the process's CPU: 0.01 (default, 1%%), 2%%, or none;"
+        " over it, detail is shed (the trace says what)",
     )
     _add_trigger_arguments(run)
     run.add_argument("-m", dest="module", default=None, help="run a library module as a script")
@@ -417,7 +439,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
     except TraceFormatError as exc:
         return _fail(f"{args.file} is not a readable pyflight trace: {exc}", EXIT_BAD_TRACE)
+    from pyflight.budget import describe_budget
+
     print(describe(trace))
+    budget = describe_budget(trace.meta)
+    if budget:
+        print("\n" + "\n".join(budget))
     return 0
 
 
@@ -437,6 +464,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(
         output=args.output or f"pyflight-{os.getpid()}.pyfl",
         sources=_chosen_sources(args.sources, args.no_sources),
+        cpu_budget=args.cpu_budget,
         source_options=source_options,
         min_age=args.min_age,
         max_bytes=args.max_bytes,

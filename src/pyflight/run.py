@@ -79,6 +79,8 @@ class RunConfig:
     control: bool = True
     #: The sources to record (None: the defaults).
     sources: list[str] | None = None
+    #: The recorder's CPU cap, a share of the process's CPU (None: no cap).
+    cpu_budget: float | None = 0.01
     #: Options of the event sources, by source (``{"asyncio": {"task_wait": "stack"}}``).
     source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``(host, port)`` for the debug HTTP endpoint (parent process only).
@@ -113,6 +115,7 @@ class RunConfig:
                 "quota_bytes": self.quota_bytes,
                 "control": self.control,
                 "sources": self.sources,
+                "cpu_budget": self.cpu_budget,
                 "source_options": self.source_options,
                 # read by the bootstrap before importing pyflight
                 "cache_tag": sys.implementation.cache_tag,
@@ -134,6 +137,7 @@ class RunConfig:
             control=bool(data.get("control", True)),
             sources=None if data.get("sources") is None else [str(name) for name in data["sources"]],
             source_options=dict(data.get("source_options") or {}),
+            cpu_budget=None if data.get("cpu_budget") is None else float(data["cpu_budget"]),
         )
 
 
@@ -231,6 +235,7 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
         max_bytes=config.max_bytes,
         sources=config.sources,
         source_options=config.source_options,
+        cpu_budget=config.cpu_budget,
     ).start()
     state = _Recording(config, output, recorder, main)
     _current = state
