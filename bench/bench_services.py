@@ -47,17 +47,12 @@ def _free_port() -> int:
 
 def server_command(server: str, port: int) -> list[str]:
     """The server's own command line (without python and without the recorder)."""
-    if server == "fastapi":
-        return [
-            "-m",
-            "uvicorn",
-            "--factory",
-            "_service_apps:make_fastapi",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
+    if server in ("fastapi", "fastapi-uvloop"):
+        # uvicorn picks uvloop when installed; pyflight instruments asyncio's own loop
+        # (uvloop gets the sampler only), so "fastapi" asks for that loop explicitly
+        loop = "uvloop" if server == "fastapi-uvloop" else "asyncio"
+        return ["-m", "uvicorn", "--factory", "_service_apps:make_fastapi", "--port", str(port),
+                "--loop", loop, "--log-level", "warning"]  # fmt: skip
     if server == "flask-waitress":
         return [
             "-m",
@@ -88,7 +83,7 @@ def server_command(server: str, port: int) -> list[str]:
     raise ValueError(server)
 
 
-SERVERS = ("fastapi", "flask-waitress", "flask-gunicorn", "aiohttp")
+SERVERS = ("fastapi", "flask-waitress", "flask-gunicorn", "aiohttp")  # also: fastapi-uvloop
 
 
 @dataclass
@@ -362,7 +357,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"comma-separated ({', '.join(SERVERS)})"
+        "--servers", default=",".join(SERVERS), help=f"comma-separated ({', '.join(SERVERS)}, fastapi-uvloop)"
     )
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load per run")
