@@ -39,6 +39,12 @@ PATHS = ("/json", "/sleep", "/cpu")
 WINDOW_BYTES = 10 * 2**20
 
 
+def _tool(name: str) -> str | None:
+    """An executable from this Python's environment (a venv's bin), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -252,7 +258,7 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
         env.update(
             DD_PROFILING_ENABLED="true", DD_TRACE_ENABLED="false", DD_TRACE_AGENT_URL="http://127.0.0.1:9"
         )
-        prefix = [shutil.which("ddtrace-run") or "ddtrace-run", sys.executable]
+        prefix = [_tool("ddtrace-run") or "ddtrace-run", sys.executable]
     command = ["taskset", "-c", SERVER_CPU, *prefix, *server_command(server, port)]
     log = (tmp / "server.log").open("wb")  # a pipe nobody reads would fill and stall the server
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -270,7 +276,7 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
                     "taskset",
                     "-c",
                     LOAD_CPU,
-                    "py-spy",
+                    _tool("py-spy") or "py-spy",
                     "record",
                     "--pid",
                     str(proc.pid),
@@ -379,9 +385,9 @@ def main() -> int:
 
         modes += [Mode(f"only {name}", ["--sources", name]) for name in default_source_names()]
     if args.peers:
-        if shutil.which("py-spy"):
+        if _tool("py-spy"):
             modes.append(Mode("py-spy record", peer="py-spy"))
-        if shutil.which("ddtrace-run"):
+        if _tool("ddtrace-run"):
             modes.append(Mode("ddtrace profiler", peer="ddtrace"))
     print(
         f"python {sys.version.split()[0]}, load: {'wrk' if wrk else 'built-in'} "
