@@ -153,6 +153,9 @@ def test_exit_with_a_message_and_bad_commands(env: dict[str, str], tmp_path: Pat
         ["--source-option", "asyncio", "msg.py"],
         ["--source-option", "nosuch.x=1", "msg.py"],
         ["--source-option", "asyncio.task_wait=sometimes", "msg.py"],
+        ["--sources", "threads,nosuch", "msg.py"],
+        ["--sources", ",", "msg.py"],
+        ["--no-source", "nosuch", "msg.py"],
     ):
         bad = _run(*args, env=env, cwd=tmp_path)
         assert bad.returncode == 2, (args, bad)
@@ -382,6 +385,41 @@ def test_source_options_reach_the_program_and_its_children(env: dict[str, str], 
         assert len(blocked) == 2, path  # the 2nd and 3rd holder waited on the lock
     result = _run("-o", "off.pyfl", "locks.py", env=env, cwd=tmp_path)  # off by default
     assert not [e for e in pyflight.load(tmp_path / "off.pyfl").events if e.kind == Kind.TASK_BLOCK]
+
+
+SPIN = """
+import subprocess, sys, time
+end = time.monotonic() + 0.5
+while time.monotonic() < end:  # long enough for the sampler's first samples
+    sum(range(1000))
+if sys.argv[1:] == ["parent"]:
+    subprocess.run([sys.executable, __file__], check=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--sources", "threads,gc"], ["threads", "gc"]),
+        (["--no-source", "sampler", "--no-source", "gc,metrics"], None),
+    ],
+)
+def test_sources_chosen_on_the_command_line_reach_the_program_and_its_children(
+    env: dict[str, str], tmp_path: Path, args: list[str], expected: list[str] | None
+) -> None:
+    from pyflight.sources import default_source_names
+
+    if expected is None:
+        expected = [n for n in default_source_names() if n not in ("sampler", "gc", "metrics")]
+    _write(tmp_path / "spin.py", SPIN)
+    result = _run(*args, "-o", "out.pyfl", "spin.py", "parent", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    traces = sorted(tmp_path.glob("*.pyfl"))
+    assert len(traces) == 2, traces  # the parent and its child
+    for path in traces:
+        trace = pyflight.load(path)
+        assert json.loads(trace.meta["sources"]) == expected, path
+        assert not [e for e in trace.events if e.kind == Kind.SAMPLE], path  # the sampler was left out
 
 
 def test_the_recorded_program_never_imports_the_analysis_side(env: dict[str, str], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from pyflight import __version__
 from pyflight._redact import redact_argv as redacted_argv
+from pyflight.budget import CHECK_SECONDS, CpuBudget
 from pyflight.core import BACKEND_NAME, backend
 from pyflight.core.daemon import start_without_signals
 from pyflight.core.events import Kind, arg_counts
@@ -30,6 +31,7 @@ TICK_SECONDS = 0.1
 #: Every this many ticks the ticker re-reads the thread table (names, ended threads).
 THREAD_REFRESH_TICKS = 10
 MIN_MAX_BYTES = 64 * 1024
+BUDGET_CHECK_TICKS = max(1, round(CHECK_SECONDS / TICK_SECONDS))
 
 _active_lock = threading.Lock()
 _active: FlightRecorder | None = None
@@ -71,6 +73,7 @@ class FlightRecorder:
         sources: Iterable[str] | None = None,
         source_options: Mapping[str, Mapping[str, Any]] | None = None,
         redact_argv: bool = True,
+        cpu_budget: float | None = 0.01,
     ) -> None:
         if not min_age > 0:
             raise ValueError(f"min_age must be > 0 seconds, got {min_age!r}")
@@ -96,6 +99,13 @@ class FlightRecorder:
         self.source_options = {name: dict(opts) for name, opts in (source_options or {}).items()}
         #: Hide secret-looking arguments (``--password=...``) in the trace's argv.
         self.redact_argv = redact_argv
+        if cpu_budget is not None and not 0 < cpu_budget <= 1:
+            raise ValueError(
+                f"cpu_budget must be > 0 and <= 1 (a share of the process's CPU), got {cpu_budget!r}"
+            )
+        #: Share of the process's CPU the recorder may cost before it sheds detail (None: no cap).
+        self.cpu_budget = cpu_budget
+        self.budget: CpuBudget | None = None
         self.sources: list[Source] = []
         self._running = False
         self._snapshot_lock = threading.Lock()
@@ -135,6 +145,7 @@ class FlightRecorder:
             _active = self
         self._register_threads()
         self._install_sources()
+        self.budget = None if self.cpu_budget is None else CpuBudget(self.cpu_budget, self.sources)
         self._ticker_stop.clear()
         self._ticker = threading.Thread(target=self._tick, name="pyflight-ticker", daemon=True)
         start_without_signals(self._ticker)
@@ -148,6 +159,8 @@ class FlightRecorder:
                 return
             self._running = False
             _active = None
+            if self.budget is not None:
+                self.budget.restore_all()
             self._uninstall_sources()
             backend.stop()
         self._ticker_stop.set()
@@ -202,6 +215,8 @@ class FlightRecorder:
             generation_bytes=self.generation_bytes,
             snapshots=self._snapshots_taken,
         )
+        if self.budget is not None:
+            info["budget"] = self.budget.status()
         return info
 
     # internals -------------------------------------------------------------
@@ -225,6 +240,23 @@ class FlightRecorder:
             "snapshot_ns": str(mono),
             "reason": reason,
             "dropped_events": str(stats.get("dropped_events", 0)),
+            "sources": json.dumps([source.name for source in self.sources]),
+            **self._budget_metadata(),
+        }
+
+    def _budget_metadata(self) -> dict[str, str]:
+        """What the recorder cost and what it shed, for ``pyflight info``."""
+        if self.budget is None:
+            return {}
+        status = self.budget.status()
+        return {
+            "budget.cpu_budget": str(status["cpu_budget"]),
+            "budget.cost": f"{status['cost']:.6f}",
+            "budget.recorder_threads_cpu_s": f"{status['recorder_threads_cpu_s']:.6f}",
+            "budget.hooks_cpu_s_estimated": f"{status['hooks_cpu_s_estimated']:.6f}",
+            "budget.process_cpu_s": f"{status['process_cpu_s']:.6f}",
+            "budget.shed": json.dumps(status["shed"]),
+            "budget.periods_over_budget": str(status["periods_over_budget"]),
         }
 
     def _install_sources(self) -> None:
@@ -272,6 +304,9 @@ class FlightRecorder:
             try:
                 if ticks % THREAD_REFRESH_TICKS == 0:
                     self._register_threads()
+                budget = self.budget
+                if budget is not None and ticks % BUDGET_CHECK_TICKS == 0:
+                    budget.check()
                 backend.maybe_seal()
             except Exception as exc:  # never let the ticker die silently
                 failures += 1

@@ -82,6 +82,10 @@ class RunConfig:
     quota_bytes: int | None = None
     #: Serve ``pyflight snapshot PID`` requests on a Unix socket.
     control: bool = True
+    #: The sources to record (None: the defaults).
+    sources: list[str] | None = None
+    #: The recorder's CPU cap, a share of the process's CPU (None: no cap).
+    cpu_budget: float | None = 0.01
     #: Options of the event sources, by source (``{"asyncio": {"task_wait": "stack"}}``).
     source_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``(host, port)`` for the debug HTTP endpoint (parent process only).
@@ -117,6 +121,8 @@ class RunConfig:
                 "snapshot_dir": self.snapshot_dir,
                 "quota_bytes": self.quota_bytes,
                 "control": self.control,
+                "sources": self.sources,
+                "cpu_budget": self.cpu_budget,
                 "source_options": self.source_options,
                 "redact": self.redact,
                 # read by the bootstrap before importing pyflight
@@ -137,8 +143,10 @@ class RunConfig:
             snapshot_dir=data.get("snapshot_dir"),
             quota_bytes=None if data.get("quota_bytes") is None else int(data["quota_bytes"]),
             control=bool(data.get("control", True)),
+            sources=None if data.get("sources") is None else [str(name) for name in data["sources"]],
             source_options=dict(data.get("source_options") or {}),
             redact=bool(data.get("redact", True)),
+            cpu_budget=None if data.get("cpu_budget") is None else float(data["cpu_budget"]),
         )
 
 
@@ -285,8 +293,10 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     recorder = FlightRecorder(
         min_age=config.min_age,
         max_bytes=config.max_bytes,
-        source_options=config.source_options,
         redact_argv=config.redact,
+        sources=config.sources,
+        source_options=config.source_options,
+        cpu_budget=config.cpu_budget,
     ).start()
     state = _Recording(config, output, recorder, main)
     _current = state

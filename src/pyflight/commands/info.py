@@ -36,5 +36,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("info needs a FILE (or --self)")
     from pyflight.format.reader import describe
 
-    print(describe(read_trace(args.file)))
+    trace = read_trace(args.file)
+    print(describe(trace))
+    from pyflight.budget import describe_budget
+
+    budget = describe_budget(trace.meta)
+    if budget:
+        print("\n" + "\n".join(budget))
     return 0

@@ -57,6 +57,31 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         metavar="SOURCE.OPTION=VALUE",
         help="a source option, e.g. asyncio.task_wait=stack or asyncio.sync_waits=true (repeatable)",
     )
+    run.add_argument(
+        "--sources",
+        dest="sources",
+        type=types.source_list,
+        default=None,
+        metavar="A,B,...",
+        help="record only these sources (default: every default source; `pyflight info --self` lists them)",
+    )
+    run.add_argument(
+        "--no-source",
+        dest="no_sources",
+        action="append",
+        type=types.source_list,
+        default=None,
+        metavar="NAME",
+        help="leave this source out (repeatable), e.g. --no-source sampler",
+    )
+    run.add_argument(
+        "--cpu-budget",
+        type=types.cpu_budget,
+        default=0.01,
+        metavar="SHARE",
+        help="the recorder's CPU cap, a share of the process's CPU: 0.01 (default, 1%%), 2%%, or none;"
+        " over it, detail is shed (the trace says what)",
+    )
     _add_trigger_arguments(run)
     run.add_argument("-m", dest="module", default=None, help="run a library module as a script")
     run.add_argument("target", nargs="?", metavar="SCRIPT", help="script path")
@@ -168,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         children=args.children,
         redact=args.redact,
+        sources=_chosen_sources(args.sources, args.no_sources),
+        cpu_budget=args.cpu_budget,
         snapshot_signal=args.snapshot_signal,
         snapshot_dir=args.snapshot_dir,
         quota_bytes=args.quota,
@@ -181,3 +208,13 @@ def run(args: argparse.Namespace) -> int:
         return run_program(config, module=module, script=script, args=program_args)
     except RunError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
+
+
+def _chosen_sources(only: list[str] | None, without: list[list[str]] | None) -> list[str] | None:
+    """The sources ``--sources`` and ``--no-source`` leave on (None: the defaults)."""
+    if only is None and not without:
+        return None
+    from pyflight.sources import default_source_names
+
+    left_out = {name for names in without or () for name in names}
+    return [name for name in (only if only is not None else default_source_names()) if name not in left_out]

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["host_port", "pid", "port", "seconds", "signal_or_none", "size", "source_option"]
+__all__ = [
+    "cpu_budget",
+    "host_port",
+    "pid",
+    "port",
+    "seconds",
+    "signal_or_none",
+    "size",
+    "source_list",
+    "source_option",
+]
 
 
 def size(text: str) -> int:
@@ -95,3 +105,29 @@ def signal_or_none(text: str) -> int | None:
         return parse_signal(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cpu_budget(text: str) -> float | None:
+    """``0.01``, ``1%`` or ``none``."""
+    word = text.strip().lower()
+    if word in ("none", "off", "no"):
+        return None
+    try:
+        share = float(word[:-1]) / 100 if word.endswith("%") else float(word)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"not a CPU share: {text!r} (try 0.01, 1% or none)")
+    return share
+
+
+def source_list(text: str) -> list[str]:
+    """``a,b,c``: names of registered sources (an unknown one is a usage error)."""
+    from pyflight.sources import REGISTRY
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown or not names:
+        what = f"no source {', '.join(map(repr, unknown))}" if unknown else f"no source named in {text!r}"
+        raise argparse.ArgumentTypeError(f"{what} (sources: {', '.join(sorted(REGISTRY))})")
+    return names
