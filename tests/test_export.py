@@ -377,7 +377,6 @@ def test_pprof_cpu(recorded: tuple[Path, Trace], pb: dict[str, ModuleType]) -> N
     ns = model_total(trace, "cpu")
     assert ns > 0
     assert sum(v[1] for _, v in stacks) == ns
-    from pyflight.analysis import build
     from pyflight.analysis.cpu import cpu_samples
 
     assert sum(v[0] for _, v in stacks) == len(cpu_samples(build(trace)))  # each weighs its measured CPU

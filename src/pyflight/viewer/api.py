@@ -24,8 +24,8 @@ from pyflight.analysis.profiles import frame_label
 from pyflight.viewer.lod import LodRow
 
 if TYPE_CHECKING:
-    from pyflight.analysis.rules.finding import Finding
     from pyflight.analysis.model import Model, Sample
+    from pyflight.analysis.rules.finding import Finding
     from pyflight.format.reader import Frame
     from pyflight.report import Report
 
