@@ -10,8 +10,10 @@ spread of the per-round ratios. Tools that are not installed are skipped.
 
 Ablation: a tool ``pyflight:gc+threads`` runs the recorder with only those sources,
 ``pyflight:blocking/locks=0`` with a source option, ``pyflight:`` with none (the cost
-of the core and the recorder's own threads). Scale rows (not run by default):
-``--workloads handoffs_1,handoffs_8,handoffs_64,tasks_100,tasks_10000``.
+of the core and the recorder's own threads). ``pyflight@DIR`` imports pyflight from
+DIR (e.g. an older build's ``src``), to compare two builds in one interleaved run.
+Scale rows (not run by default): ``--workloads handoffs_1,handoffs_8,handoffs_64,
+tasks_100,tasks_10000``.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def run_with(tool: str, workload: Callable[[], None]) -> tuple[float, float]:
 
 
 def available(tool: str) -> bool:
-    module = {"viztracer": "viztracer", "yappi": "yappi"}.get(tool)
+    module = {"viztracer": "viztracer", "yappi": "yappi"}.get(tool.partition("@")[0])
     if module is None:
         return True
     try:
@@ -241,6 +243,9 @@ def child(workload: str, tool: str) -> None:
 def measure(workload: str, tool: str) -> tuple[float, float]:
     env = dict(os.environ)
     env["PYFLIGHT_PURE_PYTHON"] = "1" if tool == "pyflight-pure" else "0"
+    tool, _, build = tool.partition("@")
+    if build:  # "pyflight@/tmp/old/src": another build of pyflight, side by side
+        env["PYTHONPATH"] = build
     out = subprocess.run(
         [sys.executable, __file__, "--child", workload, tool],
         env=env,
