@@ -7,6 +7,13 @@ the figure is the median time with the tool over the median time without, with t
 spread of the per-round ratios. Tools that are not installed are skipped.
 
     python bench/bench_overhead.py [--rounds 5] [--tools none,pyflight,...]
+
+Ablation: a tool ``pyflight:gc+threads`` runs the recorder with only those sources,
+``pyflight:blocking/locks=0`` with a source option, ``pyflight:`` with none (the cost
+of the core and the recorder's own threads). ``pyflight@DIR`` imports pyflight from
+DIR (e.g. an older build's ``src``), to compare two builds in one interleaved run.
+Scale rows (not run by default): ``--workloads handoffs_1,handoffs_8,handoffs_64,
+tasks_100,tasks_10000``.
 """
 
 from __future__ import annotations
@@ -104,14 +111,87 @@ def gc_heavy() -> None:
     gc.collect()
 
 
+def thread_handoffs(n_threads: int) -> Callable[[], None]:
+    """n_threads threads (at least 2) passing one token round a ring of queue.Queue
+    (every hand-off blocks one thread and wakes another), 40,000 hand-offs in all."""
+
+    def run() -> None:
+        handoffs = 40_000
+        queues: list[queue.Queue[int]] = [queue.Queue() for _ in range(max(2, n_threads))]
+        n = len(queues)
+
+        def member(i: int) -> None:
+            inbox, outbox = queues[i], queues[(i + 1) % n]
+            while True:
+                token = inbox.get()
+                if token >= handoffs:
+                    outbox.put(token)
+                    return
+                outbox.put(token + 1)
+
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        queues[0].put(0)
+        for t in threads:
+            t.join()
+
+    return run
+
+
+def live_tasks(n_idle: int) -> Callable[[], None]:
+    """The same 200,000 asyncio steps (ten tasks yielding to the loop) with n_idle
+    other tasks alive and waiting all along: the cost must not grow with live tasks."""
+
+    def run() -> None:
+        async def main() -> None:
+            forever = asyncio.Event()
+            idle = [asyncio.create_task(forever.wait()) for _ in range(n_idle)]
+            await asyncio.sleep(0)
+
+            async def pinger(rounds: int) -> None:
+                for _ in range(rounds):
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(pinger(20_000) for _ in range(10)))
+            forever.set()
+            await asyncio.gather(*idle)
+
+        asyncio.run(main())
+
+    return run
+
+
 WORKLOADS: dict[str, Callable[[], None]] = {
     "asyncio_queue": asyncio_queue,
     "thread_pipeline": thread_pipeline,
     "cpu_bound": cpu_bound,
     "gc_heavy": gc_heavy,
+    "handoffs_1": thread_handoffs(1),
+    "handoffs_8": thread_handoffs(8),
+    "handoffs_64": thread_handoffs(64),
+    "tasks_100": live_tasks(100),
+    "tasks_10000": live_tasks(10_000),
 }
+DEFAULT_WORKLOADS = ("asyncio_queue", "thread_pipeline", "cpu_bound", "gc_heavy")
 
 # ---------------------------------------------------------------- tools
+
+
+def recorder_args(tool: str) -> dict[str, object]:
+    """FlightRecorder arguments for a tool name: "pyflight" is the default recorder;
+    "pyflight:gc+blocking/locks=0" runs only the sources named (an ablation), with
+    options after "/" (0/1 become booleans); "pyflight:" runs none."""
+    if ":" not in tool:
+        return {}
+    names, options = [], {}
+    for spec in filter(None, tool.split(":", 1)[1].split("+")):
+        name, *opts = spec.split("/")
+        names.append(name)
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            options.setdefault(name, {})[key] = {"0": False, "1": True}.get(value, value)
+    return {"sources": names, "source_options": options}
 
 
 def run_with(tool: str, workload: Callable[[], None]) -> tuple[float, float]:
@@ -122,7 +202,7 @@ def run_with(tool: str, workload: Callable[[], None]) -> tuple[float, float]:
     if tool.startswith("pyflight"):
         import pyflight
 
-        recorder = pyflight.FlightRecorder()
+        recorder = pyflight.FlightRecorder(**recorder_args(tool))
         recorder.start()
         stop = recorder.stop
     elif tool == "viztracer":
@@ -145,7 +225,7 @@ def run_with(tool: str, workload: Callable[[], None]) -> tuple[float, float]:
 
 
 def available(tool: str) -> bool:
-    module = {"viztracer": "viztracer", "yappi": "yappi"}.get(tool)
+    module = {"viztracer": "viztracer", "yappi": "yappi"}.get(tool.partition("@")[0])
     if module is None:
         return True
     try:
@@ -163,6 +243,9 @@ def child(workload: str, tool: str) -> None:
 def measure(workload: str, tool: str) -> tuple[float, float]:
     env = dict(os.environ)
     env["PYFLIGHT_PURE_PYTHON"] = "1" if tool == "pyflight-pure" else "0"
+    tool, _, build = tool.partition("@")
+    if build:  # "pyflight@/tmp/old/src": another build of pyflight, side by side
+        env["PYTHONPATH"] = build
     out = subprocess.run(
         [sys.executable, __file__, "--child", workload, tool],
         env=env,
@@ -193,7 +276,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tools", default="none,pyflight,pyflight-pure,viztracer,yappi")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"of {','.join(WORKLOADS)}")
     args = parser.parse_args()
     if args.child:
         child(*args.child)

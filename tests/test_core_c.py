@@ -272,6 +272,31 @@ def test_here_and_frame_stacks(core):
     assert frame_stack[1:] == here_stack[1:]
 
 
+def test_repeated_stacks_keep_exact_lines_and_names(core):
+    """Stacks seen again are looked up in a cache: it must still tell two lines of one
+    function apart, and a function re-created (same name, other body) from the old one."""
+
+    def at_two_lines() -> list[int]:
+        lines = []
+        for _ in range(3):
+            lines.append(_here_line() + 1)
+            core.record(Kind.SAMPLE, 1, 0, HERE, 0)
+            lines.append(_here_line() + 1)
+            core.record(Kind.SAMPLE, 1, 0, HERE, 0)
+        return lines
+
+    lines = at_two_lines()
+    for body in ("    rec(50, 1, 0, here, 0)\n", "    x = 1\n    rec(50, 1, 0, here, 0)\n"):
+        ns: dict[str, Any] = {}
+        exec(compile("def made(rec, here):\n" + body, "<made>", "exec"), ns)
+        ns.pop("made")(core.record, HERE)
+    evs = events_of(snapshot()[0])
+    seen = [ev[5][0] for ev in evs if ev[0] == Kind.SAMPLE]
+    assert [f.line for f in seen[:6]] == lines
+    assert {f.function for f in seen[:6]} == {at_two_lines.__qualname__}
+    assert seen[6:] == [Frame("made", "<made>", 2), Frame("made", "<made>", 3)]
+
+
 def test_max_stack_depth(restart):
     core = restart(max_stack_depth=3)
 

@@ -554,8 +554,17 @@ typedef struct {
 
 static PyTypeObject WaiterLockType;
 
-/* acquire(*args, **kwargs): the inner lock's, untouched. */
+/* acquire(*args, **kwargs): the inner lock's, untouched (same arguments, result and
+ * errors). Called as a method of the inner lock without making a bound method when the
+ * arguments fit a small array (every call Condition.wait makes). */
 static PyObject *wl_acquire(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    if (total < 4) {
+        PyObject *stack[4] = {self->inner, NULL, NULL, NULL};
+        for (Py_ssize_t i = 0; i < total; i++)
+            stack[i + 1] = args[i];
+        return PyObject_VectorcallMethod(L.s_acquire, stack, (size_t)(nargs + 1), kwnames);
+    }
     PyObject *method = PyObject_GetAttr(self->inner, L.s_acquire);
     if (!method) return NULL;
     PyObject *r = PyObject_Vectorcall(method, args, nargsf, kwnames);
