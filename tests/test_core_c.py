@@ -280,13 +280,13 @@ def test_repeated_stacks_keep_exact_lines_and_names(core):
         lines = []
         for _ in range(3):
             lines.append(_here_line() + 1)
-            core.record(Kind.SAMPLE, 1, 0, HERE, 0)
+            core.record(Kind.SAMPLE, 1, 0, HERE, 0, 0, 0)
             lines.append(_here_line() + 1)
-            core.record(Kind.SAMPLE, 1, 0, HERE, 0)
+            core.record(Kind.SAMPLE, 1, 0, HERE, 0, 0, 0)
         return lines
 
     lines = at_two_lines()
-    for body in ("    rec(50, 1, 0, here, 0)\n", "    x = 1\n    rec(50, 1, 0, here, 0)\n"):
+    for body in ("    rec(50, 1, 0, here, 0, 0, 0)\n", "    x = 1\n    rec(50, 1, 0, here, 0, 0, 0)\n"):
         ns: dict[str, Any] = {}
         exec(compile("def made(rec, here):\n" + body, "<made>", "exec"), ns)
         ns.pop("made")(core.record, HERE)

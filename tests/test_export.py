@@ -677,7 +677,10 @@ def _covered(spans: list[tuple[int, int]]) -> int:
 
 def test_the_timeline_and_the_report_agree_on_blocked_time(recorded: tuple[Path, Trace]) -> None:
     """The exports' timeline pairs blocks itself (it keeps them whole, with their wakers):
-    per thread and reason it must cover exactly the model's blocked time."""
+    per thread and reason it must cover exactly the model's blocked time, together with
+    the READY time after a wake-up (the model splits a woken block there: the thread
+    could go on but had to take the GIL back)."""
+    from pyflight.analysis.cpu import WOKEN
     from pyflight.analysis.model import State
     from pyflight.analysis.timeline import build_timeline
 
@@ -686,9 +689,20 @@ def test_the_timeline_and_the_report_agree_on_blocked_time(recorded: tuple[Path,
     checked = 0
     for tid, thread in model.threads.items():
         in_model: dict[str, list[tuple[int, int]]] = {}
+        previous = None
         for i in thread.intervals:
             if i.state is State.BLOCKED and i.reason is not None:
                 in_model.setdefault(i.reason.name.lower(), []).append((i.start, i.end))
+            elif (
+                i.state is State.READY
+                and i.detail == WOKEN
+                and previous is not None
+                and previous.state is State.BLOCKED
+                and previous.reason is not None
+                and previous.end == i.start
+            ):
+                in_model[previous.reason.name.lower()].append((i.start, i.end))
+            previous = i
         in_timeline: dict[str, list[tuple[int, int]]] = {}
         for s in timeline.slices:
             if s.track == ("thread", tid) and s.category == "block":

@@ -10,7 +10,8 @@ Like Datadog's profiler (capped at 1% of CPU), the recorder keeps its own cost u
   in the period x ``HOOK_NS_PER_EVENT`` (a documented constant: the hooks cost
   200-1,200 ns per event on this project's benchmarks).
 
-Shedding order, one level per over-budget period, restored one level per period under
+Shedding order, one level per over-budget period in which the recorder's own threads
+(the part shedding lowers) use at least half the budget, restored one level per period under
 half the budget: (1) sampler rate /4, (2) sampler rate /16, (3) sampler at its slowest
 rate (MAX_INTERVAL). Each change is a LOG in category ``pyflight.budget`` plus the live
 counters ``pyflight.budget.cost_ppm`` and ``pyflight.budget.shed_level``; the snapshot
@@ -34,6 +35,9 @@ CHECK_SECONDS = 1.0
 #: A period in which the process used less CPU than this is not judged (an idle
 #: process's ratio is noise).
 MIN_PROCESS_CPU_NS = 20_000_000
+#: Shed only when the recorder's own threads (what shedding lowers) use at least this
+#: share of the budget.
+SHEDDABLE_SHARE = 0.5
 #: Restore a level only when the cost is under this share of the budget.
 RESTORE_BELOW = 0.5
 #: What each level sheds, in order (what ``status()``/the trace say).
@@ -117,7 +121,10 @@ class CpuBudget:
             backend.set_live(("budget", "cost"), Kind.COUNTER, "pyflight.budget.cost_ppm", round(cost * 1e6))
             if cost > self.budget:
                 self.periods_over += 1
-                if self.level < len(LEVELS) - 1:
+                # Every level sheds the sampler, which only lowers the recorder threads'
+                # part: when the hooks alone break the budget, shedding would lose
+                # detail and save nothing, so the period is counted, not acted on.
+                if self.level < len(LEVELS) - 1 and threads > SHEDDABLE_SHARE * self.budget * process:
                     self._set_level(self.level + 1, cost)
             elif cost < self.budget * RESTORE_BELOW and self.level > 0:
                 self._set_level(self.level - 1, cost)

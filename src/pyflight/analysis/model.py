@@ -536,12 +536,14 @@ class _Task:
 #: sit innermost in stacks sampled while the program blocks: they are not the program's.
 _OWN_FRAME_DIRS = tuple(f"{sep}pyflight{sep}{d}{sep}" for sep in ("/", "\\") for d in ("sources", "triggers"))
 #: Outermost frames that only start the program: ``pyflight run``'s own (the console
-#: script, cli.py, run.py, __main__.py) and runpy's. User code starts below them.
+#: script, cli.py, commands/run.py, run.py, __main__.py) and runpy's. User code starts below them.
 _LAUNCHER_FILES = tuple(
     f"{sep}{path}"
     for sep in ("/", "\\")
     for path in (
         f"pyflight{sep}cli.py",
+        f"pyflight{sep}commands{sep}__init__.py",
+        f"pyflight{sep}commands{sep}run.py",
         f"pyflight{sep}run.py",
         f"pyflight{sep}__main__.py",
         f"bin{sep}pyflight",

@@ -33,6 +33,12 @@ RULE_IDS = ("gil-hog",)
 MS = 1_000_000
 #: A gap in the samples this long (and several sampling intervals) is a GIL hold.
 MIN_GAP = 80 * MS
+#: ... and longer than this many sampling intervals (a tick comes every interval +-10%).
+GAP_INTERVALS = 2.5
+#: The holder ran without a break through at least this share of the gap.
+HOLD_SHARE = 0.6
+#: A sample this close after the holder's running stretch ended still shows the call.
+SAMPLE_SLACK = MS // 2
 
 
 def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
@@ -52,17 +58,15 @@ def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
 
 
 def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
-    """The one user thread that was running through the whole of [start, end]."""
+    """The one user thread that ran through most of [start, end] in one stretch (the
+    gap can begin before the call did: the sampler ticks once per interval)."""
+    need = max(MIN_GAP, int(HOLD_SHARE * (end - start)))
     found = []
     for thread in user_threads(model):
         if thread.tid in skip:
             continue
         for iv in thread.intervals:
-            if (
-                iv.state is State.RUNNING
-                and iv.start <= start + (end - start) // 10
-                and iv.end >= end - (end - start) // 10
-            ):
+            if iv.state is State.RUNNING and min(iv.end, end) - max(iv.start, start) >= need:
                 found.append(thread.tid)
                 break
     return found[0] if len(found) == 1 else None
@@ -70,10 +74,22 @@ def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
 
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
     """Where the holder was: its first sample after the gap (still on the calling line),
-    else its last one before it."""
+    else its last one before it; only samples inside the stretch it ran through the gap
+    (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere)."""
+    thread = model.threads.get(tid)
+    spans = [
+        (iv.start, iv.end)
+        for iv in (thread.intervals if thread is not None else ())
+        if iv.state is State.RUNNING and iv.end > start and iv.start < end
+    ]
+    if not spans:
+        return None
+    run_start, run_end = max(spans, key=lambda span: min(span[1], end) - max(span[0], start))
     after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
     before = samples_in(model, tid, start - 2 * interval, start)
     for sample in after[:1] + before[-1:]:
+        if not run_start <= sample.time <= run_end + SAMPLE_SLACK:
+            continue
         if sample.state is not State.RUNNING or sample.os_state != ThreadState.RUNNING:
             continue  # already past the call (e.g. in the sleep after it): not the call's line
         frame = user_frame(sample.stack)
@@ -87,7 +103,9 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     if len(ticks) < 2:
         return []
     interval = interval_ns(model)
-    limit = max(MIN_GAP, 4 * interval)
+    # The sampler stretches its own interval while a hog holds the GIL (its ticks cost
+    # more), so a multiple of the stretched interval would hide the very gaps it caused.
+    limit = max(MIN_GAP, int(GAP_INTERVALS * interval))
     pyflight_threads = {t.tid for t in model.threads.values() if t.is_pyflight}
     # per hog thread: gaps, the lines it was on after them, the starved threads
     gaps: dict[int, list[int]] = defaultdict(list)
