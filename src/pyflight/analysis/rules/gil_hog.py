@@ -75,7 +75,8 @@ def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
     """Where the holder was: its first sample after the gap (still on the calling line),
     else its last one before it; only samples inside the stretch it ran through the gap
-    (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere)."""
+    (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere).
+    A guess: a sampler that needs the GIL never sees inside the call itself."""
     thread = model.threads.get(tid)
     spans = [
         (iv.start, iv.end)
