@@ -388,7 +388,7 @@ def test_pprof_cpu(recorded: tuple[Path, Trace], pb: dict[str, ModuleType]) -> N
 
 def test_pprof_contention_profile(recorded: tuple[Path, Trace], pb: dict[str, ModuleType]) -> None:
     trace = recorded[1]
-    reason, _, begin, end = lock_block(trace)
+    reason, tid, begin, end = lock_block(trace)
     prof, strings = read_pprof(export(trace, "pprof", reason), pb["profile_pb2"])
     assert [(strings[t.type], strings[t.unit]) for t in prof.sample_type] == [
         ("contentions", "count"),
@@ -396,7 +396,15 @@ def test_pprof_contention_profile(recorded: tuple[Path, Trace], pb: dict[str, Mo
     ]
     stacks = pprof_stacks(prof, strings)
     waiter_stacks = [v for names, v in stacks if "waiter" in names]
-    assert [1, end - begin] in waiter_stacks
+    # As Go's block profile: the delay runs until the waiter was let go (a recorded
+    # notify ends it there; after it the thread is READY, taking the GIL back).
+    from pyflight.analysis.model import State
+
+    blocked = next(
+        i for i in build(trace).threads[tid].intervals if i.state is State.BLOCKED and i.start == begin
+    )
+    assert begin < blocked.end <= end
+    assert [1, blocked.end - begin] in waiter_stacks
     expected = sum(s.weight for s in profile_samples(trace, reason))
     assert sum(v[1] for _, v in stacks) == expected
 
