@@ -22,7 +22,7 @@ if os.environ.get(FORCE_PURE_ENV, "").strip() not in ("", "0"):
     fallback_reason = f"forced by {FORCE_PURE_ENV}"
 else:
     try:
-        from pyflight import _core as _c_core  # type: ignore[attr-defined]
+        from pyflight import _core as _c_core
     except ImportError as exc:  # pragma: no cover - depends on the build
         backend = _pycore
         fallback_reason = f"C extension not available: {exc}"

@@ -1,0 +1,68 @@
+"""The C core's type stub (src/pyflight/_core.pyi) names what the built extension has."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+import pyflight
+from pyflight.core import _pycore
+
+_core = pytest.importorskip("pyflight._core")
+STUB = Path(pyflight.__file__).with_name("_core.pyi")
+
+
+def _stub() -> tuple[set[str], dict[str, set[str]]]:
+    """Top-level names of the stub, and the members declared in each of its classes."""
+    names: set[str] = set()
+    classes: dict[str, set[str]] = {}
+    for node in ast.parse(STUB.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        if isinstance(node, ast.ClassDef):
+            members = set()
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    members.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members.add(item.target.id)
+            classes[node.name] = members
+    return names, classes
+
+
+def test_the_stub_is_shipped_beside_the_extension() -> None:
+    assert STUB.is_file()
+    assert Path(pyflight.__file__).with_name("py.typed").is_file()
+
+
+def test_the_stub_and_the_extension_name_the_same_things() -> None:
+    names, classes = _stub()
+    built = {n for n in dir(_core) if not n.startswith("__")}
+    assert built == names - {"_Here"}
+    for cls, members in classes.items():
+        if cls == "_Here":
+            continue
+        own = {n for n in vars(getattr(_core, cls)) if not n.startswith("__") or n in members}
+        assert members - {"__init__", "__call__", "__get__"} <= own | {"name", "id"}, cls
+        assert {n for n in own if not n.startswith("__")} <= members, cls
+
+
+def test_the_shared_functions_match_the_pure_core() -> None:
+    """Every public function of the pure core is in the stub with the same parameters."""
+    tree = ast.parse(STUB.read_text())
+    stub_params = {
+        node.name: [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+    }
+    for name in _pycore.__all__:
+        obj = getattr(_pycore, name)
+        if not callable(obj) or isinstance(obj, type) or name in ("now", "thread_id"):
+            continue  # now / thread_id are aliases of time and threading functions there
+        params = [p.name for p in inspect.signature(obj).parameters.values() if p.kind is not p.VAR_POSITIONAL]
+        assert stub_params.get(name) == params, name
