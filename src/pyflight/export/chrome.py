@@ -20,7 +20,7 @@ import json
 from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps uses
 from typing import Any
 
-from pyflight.analysis.model import _sampling_interval
+from pyflight.analysis.builder import sampling_interval as _sampling_interval
 from pyflight.analysis.profiles import frame_label
 from pyflight.analysis.timeline import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
 from pyflight.core.events import Kind

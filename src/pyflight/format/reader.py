@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyflight.core.encoding import FRAME_FIXED, GENERATION_TAG, HEADER_FIXED, MAGIC, MAX_VARINT_BYTES, VERSION
 from pyflight.core.events import ARGS, KIND_TABLE_SIZE, BlockReason, Kind, TaskOutcome, ThreadState
@@ -84,6 +84,16 @@ def _enum_args() -> dict[tuple[int, str], Callable[[int], Any]]:
 _ENUM_OF_ARG = _enum_args()
 
 
+def _field(index: int, doc: str) -> Any:
+    """A fast read-only accessor of item ``index`` (namedtuple's own, where it exists)."""
+    try:
+        from collections import _tuplegetter  # type: ignore[attr-defined]
+
+        return _tuplegetter(index, doc)
+    except ImportError:  # another Python implementation
+        return property(itemgetter(index), doc=doc)
+
+
 class Event(tuple[Any, ...]):
     """One recorded event: ``(kind, time_ns, thread_tid, *args)`` with ids resolved.
 
@@ -93,19 +103,23 @@ class Event(tuple[Any, ...]):
 
     __slots__ = ()
 
-    @property
-    def kind(self) -> Kind:
-        return self[0]  # type: ignore[no-any-return]
+    if TYPE_CHECKING:
 
-    @property
-    def time(self) -> int:
-        """Monotonic nanoseconds (``CLOCK_MONOTONIC``)."""
-        return self[1]  # type: ignore[no-any-return]
+        @property
+        def kind(self) -> Kind: ...
 
-    @property
-    def thread(self) -> int:
-        """Native id of the thread that recorded the event."""
-        return self[2]  # type: ignore[no-any-return]
+        @property
+        def time(self) -> int:
+            """Monotonic nanoseconds (``CLOCK_MONOTONIC``)."""
+
+        @property
+        def thread(self) -> int:
+            """Native id of the thread that recorded the event."""
+
+    else:  # C-level getters (as namedtuple's): the model reads millions of events by them
+        kind = _field(0, "The event's ``Kind`` (an int for a kind this pyflight does not know).")
+        time = _field(1, "Monotonic nanoseconds (``CLOCK_MONOTONIC``).")
+        thread = _field(2, "Native id of the thread that recorded the event.")
 
     @property
     def args(self) -> dict[str, Any]:

@@ -1,0 +1,667 @@
+"""How the model is built: one pass over the events, one small handler per event kind.
+
+As in Go's ``internal/trace/order.go``: a table maps each ``Kind`` to the handler that
+advances the per-thread, per-task and per-loop state machines; a kind without a handler
+only marks its thread alive. Each handler unpacks its event by the vocabulary's argument
+names (``pyflight.core.events.ARGS``: an event of a known kind is exactly
+``(kind, time, thread, *args)``, the reader guarantees it), so nothing here reads an event
+by position. After the pass, ``finish()`` closes what is still open and returns the
+``Model``. Traces are windows cut out of a longer run and may be damaged: an end without
+its begin means "since before the window", a begin without its end "until the end of the
+window", and an event with odd arguments is skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pyflight.analysis.loops import attach_stalls, loop_timelines
+from pyflight.analysis.machines import TaskMachine, ThreadMachine, _ready_after_idle
+from pyflight.analysis.model import (
+    GCPause,
+    Interval,
+    Log,
+    Model,
+    Region,
+    Sample,
+    Stack,
+    State,
+    Step,
+    TaskTimeline,
+    ThreadTimeline,
+    UserTask,
+    Wake,
+)
+from pyflight.analysis.own_frames import program_stack
+from pyflight.analysis.pools import pools_of
+from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
+from pyflight.format.reader import Event, Trace
+
+_REASONS: dict[int, BlockReason] = {int(r): r for r in BlockReason}
+_OS_STATES: dict[int, ThreadState] = {int(s): s for s in ThreadState}
+_OUTCOMES: dict[int, TaskOutcome] = {int(o): o for o in TaskOutcome}
+
+RUNNING, READY, BLOCKED, GC, IDLE, UNKNOWN = (
+    State.RUNNING,
+    State.READY,
+    State.BLOCKED,
+    State.GC,
+    State.IDLE,
+    State.UNKNOWN,
+)
+_AWAIT = BlockReason.AWAIT
+_OTHER = BlockReason.OTHER
+#: Ends that may close a state begun before the window: they do not by themselves say the
+#: thread ran (every other event of a thread does).
+_NO_TOUCH = frozenset({Kind.BLOCK_END, Kind.GC_END, Kind.LOOP_IDLE_END})
+_ODD_EVENT = (IndexError, TypeError, AttributeError, KeyError, ValueError)
+_CHUNK = 1 << 16  # events between progress reports
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class Builder:
+    """The state of one pass over a trace's events (see the module docstring)."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        events = trace.events
+        if trace.generations:
+            start, end = trace.start_ns, trace.end_ns
+            if events:
+                start = min(start, events[0].time)
+                end = max(end, events[-1].time)
+        elif events:
+            start, end = events[0].time, events[-1].time
+        else:
+            start = end = 0
+        self.start = start
+        self.end = max(start, end)
+        self.last_gen_start = trace.generations[-1].start_ns if trace.generations else start
+        self.threads: dict[int, ThreadMachine] = {}
+        self.tasks: dict[int, TaskMachine] = {}
+        self.finished: list[TaskMachine] = []  # tasks whose id was reused or that ended
+        self.samples: list[Sample] = []
+        self.wakes: list[Wake] = []
+        self.counters: dict[str, list[tuple[int, int]]] = {}
+        self.logs: list[Log] = []
+        self.stall_events: list[tuple[int, int, int, int, Stack]] = []  # time, loop, task, duration, stack
+        self.idle_by_loop: dict[int, list[Interval]] = {}
+        self.idle_open: dict[int, int] = {}  # loop -> begin time
+        self.idle_ends: dict[int, list[int]] = {}  # loop thread -> times its loop woke from idle
+        self.loop_tid: dict[int, int] = {}
+        self.gc_pauses: list[GCPause] = []
+        self.pending_gc: list[
+            tuple[ThreadMachine, int, int, int, int]
+        ] = []  # retro: thread, end, gen, coll, unc
+        self.utasks: dict[int, UserTask] = {}
+        self.regions: list[Region] = []
+        self.open_regions: dict[tuple[int, int], list[Region]] = {}  # (thread, task) -> open regions
+        self.site_stacks: dict[int, Stack] | None = None  # TASK_BLOCK site -> a stack recorded for it
+        self.pool_events: list[Event] = []  # POOL_JOB_QUEUED / BEGIN / END, in time order
+        self.handlers = self._handler_table()
+
+    def _handler_table(self) -> dict[Kind, Callable[[Event, ThreadMachine], None]]:
+        """Kind -> its handler; kinds not here only mark their thread alive."""
+
+        def pool(e: Event, _th: ThreadMachine) -> None:
+            self.pool_events.append(e)
+
+        return {
+            Kind.SAMPLE: self.sample,
+            Kind.TASK_STEP_BEGIN: self.task_step_begin,
+            Kind.TASK_STEP_END: self.task_step_end,
+            Kind.TASK_WAIT: self.task_wait,
+            Kind.TASK_BLOCK: self.task_block,
+            Kind.TASK_CREATE: self.task_create,
+            Kind.TASK_INFO: self.task_info,
+            Kind.TASK_READY: self.task_ready,
+            Kind.TASK_DONE: self.task_done,
+            Kind.CALLBACK_BEGIN: self.callback_begin,
+            Kind.CALLBACK_END: self.callback_end,
+            Kind.LOOP_IDLE_BEGIN: self.loop_idle_begin,
+            Kind.LOOP_IDLE_END: self.loop_idle_end,
+            Kind.LOOP_STALL: self.loop_stall,
+            Kind.BLOCK_BEGIN: self.block_begin,
+            Kind.BLOCK_END: self.block_end,
+            Kind.WAKE: self.wake,
+            Kind.GC_BEGIN: self.gc_begin,
+            Kind.GC_END: self.gc_end,
+            Kind.COUNTER: self.counter,
+            Kind.THREAD_START: self.thread_start,
+            Kind.THREAD_END: self.thread_end,
+            Kind.THREAD_INFO: self.thread_info,
+            Kind.THREAD_NAME: self.thread_info,
+            Kind.USER_TASK_BEGIN: self.user_task_begin,
+            Kind.USER_TASK_INFO: self.user_task_info,
+            Kind.USER_TASK_END: self.user_task_end,
+            Kind.REGION_BEGIN: self.region_begin,
+            Kind.REGION_END: self.region_end,
+            Kind.LOG: self.log,
+            Kind.POOL_JOB_QUEUED: pool,
+            Kind.POOL_JOB_BEGIN: pool,
+            Kind.POOL_JOB_END: pool,
+        }
+
+    # ----------------------------------------------------------------------------------
+    # the pass
+
+    def thread_of(self, tid: int) -> ThreadMachine:
+        th = self.threads.get(tid)
+        if th is None:
+            th = self.threads[tid] = ThreadMachine(tid)
+        return th
+
+    def task_of(self, task_id: int, t: int, tid: int) -> TaskMachine:
+        """The live task ``task_id``; a new one if unknown or done (its create was lost)."""
+        tk = self.tasks.get(task_id)
+        if tk is None or tk.done is not None:
+            if tk is not None:
+                self.finished.append(tk)
+            info = self.trace.tasks.get(task_id)
+            if info is not None:
+                tk = TaskMachine(task_id, t, UNKNOWN, info.name, info.coro, info.parent, tid)
+            else:
+                tk = TaskMachine(task_id, t, UNKNOWN, "", "", 0, tid)
+            self.tasks[task_id] = tk
+        return tk
+
+    def run(self, progress: Callable[[float], None] | None = None) -> None:
+        """Feed every event to its handler, in time order."""
+        events = self.trace.events
+        n = len(events)
+        threads = self.threads
+        handlers = self.handlers
+        no_touch = _NO_TOUCH
+        last_tid = -1  # events come in runs from one thread: skip the dict lookup then
+        th = ThreadMachine(-1)
+        for lo in range(0, n, _CHUNK):
+            if progress is not None and lo:
+                _report(progress, lo / n)
+            for e in events[lo : lo + _CHUNK]:
+                try:
+                    kind = e.kind
+                    t = e.time
+                    tid = e.thread
+                    if tid != last_tid:
+                        th = threads.get(tid)  # type: ignore[assignment]
+                        if th is None:
+                            th = threads[tid] = ThreadMachine(tid)
+                        last_tid = tid
+                    if th.first < 0:
+                        th.first = t
+                    th.last = t
+                    if not th.touched and kind not in no_touch:
+                        th.touch(t)
+                    handler = handlers.get(kind)
+                    if handler is not None:
+                        handler(e, th)
+                except _ODD_EVENT:
+                    continue  # an event with missing or odd arguments: skip it
+        if progress is not None:
+            _report(progress, 1.0)
+
+    # ----------------------------------------------------------------------------------
+    # handlers, one per kind: (event, the recording thread's state machine)
+
+    def sample(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, target_tid, task, stack, os_state, cpu, span = e
+        target = self.threads.get(target_tid)
+        if target is None:
+            target = self.threads[target_tid] = ThreadMachine(target_tid)
+        if target.first < 0:
+            target.first = t
+        target.last = t
+        top = target.stack[-1] if target.stack else None
+        state, reason = (target.base, None) if top is None else (top[0], top[1])
+        self.samples.append(
+            Sample(
+                t,
+                target_tid,
+                task,
+                program_stack(stack),
+                _OS_STATES.get(os_state, ThreadState.UNKNOWN),
+                state,
+                reason,
+                cpu,
+                span,
+            )
+        )
+
+    def task_step_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id = e
+        tk = self.tasks.get(task_id)
+        if tk is None or tk.done is not None:
+            tk = self.task_of(task_id, t, tid)
+        if not tk.steps and tk.step_open is None:
+            tk.thread = tid
+        tk.switch(t, RUNNING, detail="")
+        tk.pending = None
+        tk.step_open = t
+        th.open_step = (t, task_id)
+
+    def task_step_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id = e
+        tk = self.tasks.get(task_id)
+        if tk is None or tk.done is not None:
+            tk = self.task_of(task_id, t, tid)
+        if tk.step_open is None:
+            # begun before the window (or the begin was lost): running since the task's
+            # first sign of life if nothing else is known
+            if not tk.intervals and tk.open[1] is UNKNOWN:
+                if tk.open[0] == t:  # its first sign of life: began before the window
+                    tk.open[0] = tk.created = tk.first = self.start
+                tk.open[1] = RUNNING
+                tk.steps.append(Step(tk.open[0], t, tid))
+                if th.open_step is None:
+                    th.busy.append((tk.open[0], t, task_id, ""))
+        else:
+            tk.steps.append(Step(tk.step_open, t, tid))
+        tk.step_open = None
+        pending = tk.pending
+        if pending is None:
+            tk.switch(t, BLOCKED, _AWAIT)
+            tk.open[6] = True  # post-step: TASK_WAIT / TASK_DONE refine it
+        else:  # blocked on an asyncio lock/queue/...: TASK_WAIT cannot say better
+            tk.pending = None
+            tk.switch(t, BLOCKED, pending[0], pending[2], pending[3], pending[1])
+        step = th.open_step
+        if step is not None and step[1] == task_id:
+            th.busy.append((step[0], t, task_id, ""))
+            th.open_step = None
+
+    def task_wait(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, reason, what, stack = e
+        tk = self.tasks.get(task_id) or self.task_of(task_id, t, tid)
+        o = tk.open
+        if (
+            tk.done is None
+            and (o[6] or o[1] is BLOCKED or o[1] is UNKNOWN)
+            and (o[2] is None or o[2] is _AWAIT)
+        ):
+            # An empty `what` is a plain Future or a bare yield (the C core records both
+            # as ""): the common case, a wait, is assumed.
+            o[1], o[2] = BLOCKED, _REASONS.get(reason, _OTHER)
+            o[4] = program_stack(stack)
+            o[5] = _text(what)
+            o[6] = False
+
+    def task_block(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, reason, obj, what, site, stack = e
+        tk = self.tasks.get(task_id) or self.task_of(task_id, t, tid)
+        if tk.done is not None:
+            return
+        frames = program_stack(stack)
+        if not frames and site:
+            if self.site_stacks is None:
+                self.site_stacks = _site_stacks(self.trace.events)
+            frames = self.site_stacks.get(site, ())
+        block = (_REASONS.get(reason, _OTHER), obj, frames, _text(what))
+        if tk.step_open is not None:
+            tk.pending = block
+        else:  # not inside a step we know of (an eager task's first step)
+            tk.switch(t, BLOCKED, block[0], frames, block[3], obj)
+
+    def task_create(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, name, coro, parent = e
+        old = self.tasks.get(task_id)
+        if old is not None:
+            old.stop = t
+            self.finished.append(old)
+        self.tasks[task_id] = TaskMachine(task_id, t, READY, name, coro, parent, tid)
+
+    def task_info(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, name, coro, parent = e
+        tk = self.tasks.get(task_id)
+        if tk is None:
+            self.tasks[task_id] = TaskMachine(task_id, t, UNKNOWN, name, coro, parent, tid)
+        else:
+            tk.name = name or tk.name
+            tk.coro = coro or tk.coro
+            tk.parent = parent or tk.parent
+
+    def task_ready(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, task_id = e
+        tk = self.tasks.get(task_id)
+        if tk is not None and tk.open[1] is not RUNNING and tk.done is None:
+            tk.switch(t, READY)
+
+    def task_done(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, outcome, error = e
+        tk = self.tasks.get(task_id) or self.task_of(task_id, t, tid)
+        if tk.done is not None:
+            return
+        o = tk.open
+        if o[6] and tk.intervals and tk.intervals[-1].state is RUNNING:
+            # the done event follows the last step's end: no wait in between
+            tk.intervals[-1] = tk.intervals[-1]._replace(end=t)
+            o[0] = t
+        if tk.step_open is not None:
+            tk.steps.append(Step(tk.step_open, t, tid))
+            tk.step_open = None
+        tk.switch(t, UNKNOWN)
+        tk.done = t
+        tk.outcome = _OUTCOMES.get(outcome)
+        tk.error = _text(error)
+
+    def callback_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, loop, name = e
+        th.on_loop(t, loop)
+        self.loop_tid.setdefault(loop, tid)
+        th.open_cb = (t, _text(name))
+
+    def callback_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, loop = e
+        th.on_loop(t, loop)
+        self.loop_tid.setdefault(loop, tid)
+        cb = th.open_cb
+        if cb is not None:
+            th.busy.append((cb[0], t, 0, cb[1]))
+            th.open_cb = None
+
+    def loop_idle_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, loop = e
+        th.on_loop(t, loop)
+        self.loop_tid.setdefault(loop, tid)
+        self.idle_open[loop] = t
+        th.push(t, [IDLE, None, loop, (), "", t, False])
+
+    def loop_idle_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, loop, _ready_events = e
+        th.on_loop(t, loop)
+        self.loop_tid.setdefault(loop, tid)
+        began = self.idle_open.pop(loop, None)
+        ends = self.idle_ends.get(tid)
+        if ends is None:
+            ends = self.idle_ends[tid] = []
+        ends.append(t)
+        entry = th.pop(t, IDLE, None)
+        if entry is None and th.retro(t, IDLE, None, loop):
+            began = self.start
+        if began is not None:
+            self.idle_by_loop.setdefault(loop, []).append(Interval(began, t, IDLE, None, loop, (), ""))
+        if not th.touched:
+            th.touch(t)
+
+    def loop_stall(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, loop, task_id, duration, stack = e
+        self.stall_events.append((t, loop, task_id, duration, program_stack(stack)))
+
+    def block_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, reason, obj, stack = e
+        th.push(t, [BLOCKED, _REASONS.get(reason, _OTHER), obj, program_stack(stack), "", t, False])
+
+    def block_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, reason_v, obj, waker = e
+        reason = _REASONS.get(reason_v, _OTHER)
+        entry = th.pop(t, BLOCKED, reason)
+        woken = False
+        if entry is not None:
+            woken = entry[6]
+        elif not th.retro(t, BLOCKED, reason, obj) and not th.touched:
+            th.touch(t)
+        if waker and not woken:
+            self.wakes.append(Wake(t, waker, tid, 0, reason, obj))
+
+    def wake(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, target_tid, task_id, reason_v, obj = e
+        self.wakes.append(Wake(t, tid, target_tid, task_id, _REASONS.get(reason_v, _OTHER), obj))
+        if task_id:
+            tk = self.tasks.get(task_id)
+            if tk is not None and tk.done is None and tk.open[1] is BLOCKED:
+                tk.switch(t, READY)
+            return
+        target = self.threads.get(target_tid)
+        if target is not None:
+            for entry in reversed(target.stack):
+                if entry[0] is BLOCKED and entry[2] == obj:
+                    entry[6] = True  # its end is this wake, not a wake of its own
+                    break
+
+    def gc_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, generation = e
+        th.push(t, [GC, None, generation, (), "", t, False])
+
+    def gc_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, generation, collected, uncollectable = e
+        entry = th.pop(t, GC, None)
+        if entry is not None:
+            self.gc_pauses.append(GCPause(entry[5], t, generation, collected, uncollectable, tid))
+        elif th.retro(t, GC, None, generation):
+            self.pending_gc.append((th, t, generation, collected, uncollectable))
+        elif not th.touched:
+            th.touch(t)
+
+    def counter(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, _tid, name, value = e
+        series = self.counters.get(name)
+        if series is None:
+            series = self.counters[name] = []
+        series.append((t, value))
+
+    def thread_start(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, target_tid, _name, _ident, _parent = e
+        target = self.thread_of(target_tid or tid)
+        if target.start_evt < 0:
+            target.start_evt = t
+        target.info_last = t
+
+    def thread_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, target_tid = e
+        self.thread_of(target_tid or tid).end_evt = t
+
+    def thread_info(self, e: Event, th: ThreadMachine) -> None:
+        """THREAD_INFO and THREAD_NAME: the thread was alive then."""
+        target = self.thread_of(e.arg("tid") or e.thread)
+        if target.first < 0:
+            target.first = e.time
+        target.info_last = e.time
+
+    def user_task_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, parent, name = e
+        self.utasks[task_id] = UserTask(task_id, name, parent, t, None, tid, [], [])
+
+    def user_task_info(self, e: Event, th: ThreadMachine) -> None:
+        _kind, _t, tid, task_id, parent, name = e
+        if task_id not in self.utasks:
+            self.utasks[task_id] = UserTask(
+                task_id, name, parent, self.start, None, tid, [], [], clipped=True
+            )
+
+    def user_task_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id = e
+        ut = self.utasks.get(task_id)
+        if ut is None:
+            info = self.trace.user_tasks.get(task_id)
+            name, parent = (info.name, info.parent) if info is not None else ("", 0)
+            ut = self.utasks[task_id] = UserTask(
+                task_id, name, parent, self.start, None, tid, [], [], clipped=True
+            )
+        if ut.end is None:
+            ut.end = t
+
+    def region_begin(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, name = e
+        region = Region(name, t, None, tid, task_id)
+        self.regions.append(region)
+        self.open_regions.setdefault((tid, task_id), []).append(region)
+
+    def region_end(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, name = e
+        opened = self.open_regions.get((tid, task_id))
+        if opened:
+            for i in range(len(opened) - 1, -1, -1):
+                if opened[i].name == name:
+                    opened.pop(i).end = t
+                    return
+        self.regions.append(Region(name, self.start, t, tid, task_id, clipped=True))
+
+    def log(self, e: Event, th: ThreadMachine) -> None:
+        _kind, t, tid, task_id, category, message = e
+        self.logs.append(Log(t, tid, task_id, category, message))
+
+    # ----------------------------------------------------------------------------------
+    # after the pass: close what is still open
+
+    def finish(self) -> Model:
+        threads = self._thread_timelines()
+        tasks = {task_id: self._task_timeline(tk) for task_id, tk in self.tasks.items()}
+        finished = [self._task_timeline(tk) for tk in self.finished]
+        loops = loop_timelines(self, tasks)
+        sample_times = attach_stalls(self, loops)
+        self._attach_to_user_tasks()
+        return Model(
+            pools=pools_of(self.pool_events, threads, self.start, self.end),
+            trace=self.trace,
+            start=self.start,
+            end=self.end,
+            threads=dict(sorted(threads.items())),
+            tasks=tasks,
+            finished_tasks=finished,
+            loops=loops,
+            user_tasks=self.utasks,
+            regions=self.regions,
+            gc_pauses=self.gc_pauses,
+            samples=self.samples,
+            wakes=self.wakes,
+            counters=self.counters,
+            logs=self.logs,
+            data_loss=list(self.trace.data_loss),
+            sampling_interval_ns=sampling_interval(self.counters, sample_times),
+        )
+
+    def _thread_timelines(self) -> dict[int, ThreadTimeline]:
+        """Each thread's bounds (start/end events, else its first and last sign of life)."""
+        start, end = self.start, self.end
+        names = self.trace.threads
+        out: dict[int, ThreadTimeline] = {}
+        for tid, th in self.threads.items():
+            signs = [x for x in (th.start_evt, th.first) if x >= 0]
+            first = start if th.early else min(signs) if signs else -1
+            if first < 0:
+                first = th.info_last if th.info_last >= 0 else start
+            t_start = max(start, min(first, end))
+            if th.end_evt >= 0:
+                t_end = th.end_evt
+            elif max(th.last, th.info_last) >= self.last_gen_start:
+                t_end = end
+            else:
+                t_end = max(th.last, th.info_last, t_start)
+            t_end = max(t_start, min(t_end, end))
+            last_seg = th.segs[-1][1] if th.segs else t_start
+            if last_seg > t_end:
+                t_end = last_seg
+            th.close(t_end)
+            intervals: list[Interval] = []
+            for seg in th.segs:
+                s = t_start if seg[0] is None else max(seg[0], t_start)
+                en = min(seg[1], t_end)
+                if en > s:
+                    intervals.append(Interval(s, en, seg[2], seg[3], seg[4], seg[5], seg[6]))
+            if not intervals and t_end > t_start:
+                intervals.append(Interval(t_start, t_end, UNKNOWN))
+            tinfo = names.get(tid)
+            name = tinfo.name if tinfo is not None else ""
+            out[tid] = ThreadTimeline(
+                tid=tid,
+                name=name,
+                start=t_start,
+                end=t_end,
+                intervals=intervals,
+                is_loop_thread=bool(th.busy or th.loop_marks or th.open_step or th.open_cb),
+                is_pyflight=name.startswith("pyflight-"),
+            )
+        for th, t, generation, collected, uncollectable in self.pending_gc:
+            tl = out[th.tid]
+            self.gc_pauses.append(GCPause(min(tl.start, t), t, generation, collected, uncollectable, th.tid))
+        self.gc_pauses.sort()
+        return out
+
+    def _task_timeline(self, tk: TaskMachine) -> TaskTimeline:
+        t_end = tk.done if tk.done is not None else tk.stop if tk.stop is not None else self.end
+        if tk.step_open is not None:
+            tk.steps.append(Step(tk.step_open, t_end, tk.thread))
+        o = tk.open
+        if tk.done is None and t_end > o[0]:
+            tk.intervals.append(Interval(o[0], t_end, o[1], o[2], o[3], o[4], o[5]))
+        ends = self.idle_ends.get(tk.thread)
+        if ends:
+            tk.intervals = _ready_after_idle(tk.intervals, ends)
+            tk.delays = [
+                a.end - a.start
+                for a, b in zip(tk.intervals, tk.intervals[1:], strict=False)
+                if a.state is READY and b.state is RUNNING
+            ]
+        info = self.trace.tasks.get(tk.id)
+        return TaskTimeline(
+            id=tk.id,
+            name=tk.name or (info.name if info else ""),
+            coro=tk.coro or (info.coro if info else ""),
+            parent=tk.parent,
+            thread=tk.thread,
+            created=tk.created,
+            done=tk.done,
+            outcome=tk.outcome,
+            error=tk.error,
+            steps=tk.steps,
+            intervals=tk.intervals,
+            scheduling_delays=tk.delays,
+            end=t_end,
+        )
+
+    def _attach_to_user_tasks(self) -> None:
+        utasks = self.utasks
+        for region in self.regions:
+            ut = utasks.get(region.task)
+            if ut is not None:
+                ut.regions.append(region)
+        for log in self.logs:
+            if log.task:
+                ut = utasks.get(log.task)
+                if ut is not None:
+                    ut.logs.append((log.time, log.category, log.message))
+        for ut in utasks.values():
+            info = self.trace.user_tasks.get(ut.id)
+            if info is not None and not ut.name:
+                ut.name = info.name
+
+
+def _report(progress: Callable[[float], None], fraction: float) -> None:
+    try:
+        progress(fraction)
+    except Exception:
+        pass  # a progress bar must not stop the build
+
+
+def _site_stacks(events: Sequence[Event]) -> dict[int, Stack]:
+    """TASK_BLOCK's site -> the first stack recorded with it (most TASK_BLOCKs of a site
+    leave the stack out; it is recorded at most once a second per site)."""
+    out: dict[int, Stack] = {}
+    k_block = Kind.TASK_BLOCK
+    for e in events:
+        if e.kind is k_block:
+            try:
+                _kind, _t, _tid, _task, _reason, _obj, _what, site, stack = e
+            except ValueError:
+                continue
+            if site and stack and site not in out:
+                out[site] = program_stack(stack)
+    return out
+
+
+def sampling_interval(counters: dict[str, list[tuple[int, int]]], sample_times: dict[int, list[int]]) -> int:
+    """The sampler's period: what it said it used, else the typical gap between samples."""
+    said = counters.get("sampler_interval_us")
+    if said:
+        return int(statistics.median(v for _t, v in said)) * 1000
+    gaps: list[int] = []
+    for times in sample_times.values():
+        gaps.extend(b - a for a, b in itertools.pairwise(times) if b > a)
+        if len(gaps) > 10000:
+            break
+    return int(statistics.median(gaps)) if gaps else 0

@@ -1,0 +1,199 @@
+"""The per-thread and per-task state machines the model builder advances (builder.py).
+
+A thread's machine keeps a stack of nested states (a GC pause inside a block, a block
+inside a loop's idle wait) and cuts its timeline into segments at every change; a task's
+machine keeps its open interval and the block a step announced (TASK_BLOCK), applied when
+the step ends.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+from pyflight.analysis.model import Interval, Stack, State, Step
+from pyflight.core.events import BlockReason, TaskOutcome
+
+RUNNING, READY, BLOCKED, UNKNOWN = State.RUNNING, State.READY, State.BLOCKED, State.UNKNOWN
+
+
+class ThreadMachine:
+    """Per-thread state machine. ``stack`` holds nested states: [state, reason, obj,
+    stack, detail, begin_time, woken]; the base state is UNKNOWN until the thread's
+    first own event, RUNNING after it."""
+
+    __slots__ = (
+        "base",
+        "busy",
+        "early",
+        "end_evt",
+        "first",
+        "info_last",
+        "last",
+        "loop_marks",
+        "open_cb",
+        "open_step",
+        "seg_start",
+        "segs",
+        "stack",
+        "start_evt",
+        "tid",
+        "touched",
+    )
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        self.segs: list[list[Any]] = []  # [start|None, end, state, reason, obj, stack, detail]
+        self.seg_start: int | None = None  # None: the thread's (yet unknown) start
+        self.base = UNKNOWN
+        self.stack: list[list[Any]] = []
+        self.touched = False  # had its first own event (the UNKNOWN prefix is closed)
+        self.first = -1  # first / last sign of life (own event or sample), -1 none
+        self.last = -1
+        self.info_last = -1
+        self.start_evt = -1
+        self.end_evt = -1
+        self.loop_marks: list[tuple[int, int]] = []  # (time, loop id) changes
+        self.busy: list[tuple[int, int, int, str]] = []  # (start, end, task id, callback name)
+        self.open_cb: tuple[int, str] | None = None
+        self.open_step: tuple[int, int] | None = None  # (start, task id)
+        self.early = False  # an end without its begin came first: alive before the window
+
+    def close(self, t: int) -> None:
+        """End the current segment at ``t`` (the next one starts there)."""
+        start = self.seg_start
+        if start is None or t > start:
+            top = self.stack[-1] if self.stack else None
+            if top is None:
+                self.segs.append([start, t, self.base, None, 0, (), ""])
+            else:
+                self.segs.append([start, t, top[0], top[1], top[2], top[3], top[4]])
+            self.seg_start = t
+
+    def touch(self, t: int) -> None:
+        """First own event: the thread is known to be alive and running from here."""
+        self.touched = True
+        if not self.stack:
+            self.close(t)
+        self.base = RUNNING
+        if self.seg_start is None:
+            self.seg_start = t
+
+    def push(self, t: int, entry: list[Any]) -> None:
+        self.close(t)
+        if self.seg_start is None:
+            self.seg_start = t
+        self.stack.append(entry)
+
+    def pop(self, t: int, state: State, reason: Any) -> list[Any] | None:
+        """Pop the innermost entry matching (state, reason); None if there is none."""
+        stack = self.stack
+        for i in range(len(stack) - 1, -1, -1):
+            entry = stack[i]
+            if entry[0] is state and (reason is None or entry[1] == reason):
+                self.close(t)
+                if self.seg_start is None:
+                    self.seg_start = t
+                del stack[i:]
+                return entry
+        return None
+
+    def retro(self, t: int, state: State, reason: Any, obj: int) -> bool:
+        """An end without its begin: if nothing is known of the thread before ``t``, it
+        was in ``state`` since the start of its timeline. True if applied."""
+        if self.segs or self.stack or self.seg_start is not None:
+            return False
+        self.segs.append([None, t, state, reason, obj, (), ""])
+        self.seg_start = t
+        self.base = RUNNING
+        self.touched = True
+        self.early = True
+        return True
+
+    def on_loop(self, t: int, loop: int) -> None:
+        """A loop event: remember which loop runs on this thread from ``t``."""
+        if not self.loop_marks or self.loop_marks[-1][1] != loop:
+            self.loop_marks.append((t, loop))
+
+
+class TaskMachine:
+    """Per-task state machine; ``open``: [start, state, reason, obj, stack, detail, post_step]."""
+
+    __slots__ = (
+        "coro",
+        "created",
+        "delays",
+        "done",
+        "error",
+        "first",
+        "id",
+        "intervals",
+        "name",
+        "open",
+        "outcome",
+        "parent",
+        "pending",
+        "step_open",
+        "steps",
+        "stop",
+        "thread",
+    )
+
+    def __init__(
+        self, task_id: int, t: int, state: State, name: str, coro: str, parent: int, thread: int
+    ) -> None:
+        self.id = task_id
+        self.first = t
+        self.created = t
+        self.name = name
+        self.coro = coro
+        self.parent = parent
+        self.thread = thread
+        self.done: int | None = None
+        self.outcome: TaskOutcome | None = None
+        self.error = ""
+        self.steps: list[Step] = []
+        self.intervals: list[Interval] = []
+        self.delays: list[int] = []
+        self.open: list[Any] = [t, state, None, 0, (), "", False]
+        self.step_open: int | None = None
+        self.stop: int | None = None  # its id was reused by a new task at this time
+        # TASK_BLOCK seen during the open step: (reason, obj, stack, what), applied at its end
+        self.pending: tuple[BlockReason, int, Stack, str] | None = None
+
+    def switch(
+        self,
+        t: int,
+        state: State,
+        reason: BlockReason | None = None,
+        stack: Stack = (),
+        detail: str = "",
+        obj: int = 0,
+    ) -> None:
+        o = self.open
+        if t > o[0]:
+            self.intervals.append(Interval(o[0], t, o[1], o[2], o[3], o[4], o[5]))
+            if o[1] is READY and state is RUNNING:
+                self.delays.append(t - o[0])
+        o[0], o[1], o[2], o[3], o[4], o[5], o[6] = t, state, reason, obj, stack, detail, False
+
+
+def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> list[Interval]:
+    """Split each wait that ends in a step at the last time the loop woke from idle in it.
+
+    A loop only sleeps in its selector when nothing is ready, so the task became ready
+    after that wake-up at the earliest: from there to its step is (an estimate of) its
+    scheduling delay, e.g. the loop thread waiting for the GIL or other steps running.
+    """
+    out: list[Interval] = []
+    last = len(intervals) - 1
+    for index, iv in enumerate(intervals):
+        if iv.state is BLOCKED and index < last and intervals[index + 1].state is RUNNING:
+            j = bisect_left(idle_ends, iv.end) - 1
+            if j >= 0 and idle_ends[j] > iv.start:
+                woke = idle_ends[j]
+                out.append(iv._replace(end=woke))
+                out.append(Interval(woke, iv.end, READY, None, 0, iv.stack, iv.detail))
+                continue
+        out.append(iv)
+    return out
