@@ -64,5 +64,6 @@ def test_the_shared_functions_match_the_pure_core() -> None:
         obj = getattr(_pycore, name)
         if not callable(obj) or isinstance(obj, type) or name in ("now", "thread_id"):
             continue  # now / thread_id are aliases of time and threading functions there
-        params = [p.name for p in inspect.signature(obj).parameters.values() if p.kind is not p.VAR_POSITIONAL]
+        parameters = inspect.signature(obj).parameters.values()
+        params = [p.name for p in parameters if p.kind is not p.VAR_POSITIONAL]
         assert stub_params.get(name) == params, name
