@@ -528,3 +528,23 @@ def test_wait_becomes_ready_when_the_loop_wakes() -> None:
     ]
     assert task.intervals[3].stack[0].function == "f"
     assert task.scheduling_delays == [100, 600]
+
+
+def test_events_are_read_by_name_outside_the_reader() -> None:
+    """The analysis side reads raw events through named accessors (``e.time``, handlers
+    unpacking by the vocabulary's names), never by position (``e[3]``)."""
+    import re
+    from pathlib import Path
+
+    import pyflight
+
+    root = Path(pyflight.__file__).parent
+    positional = re.compile(r"\b(?:e|ev|evt|event)\[\d+\]")
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for package in ("analysis", "export", "report", "viewer")
+        for path in sorted((root / package).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if positional.search(line)
+    ]
+    assert found == []

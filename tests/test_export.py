@@ -127,6 +127,17 @@ def lock_block(trace: Trace) -> tuple[str, int, int, int]:
     raise AssertionError("the waiter's block was not recorded")
 
 
+def blocked_until(trace: Trace, tid: int, begin: int, end: int) -> int:
+    """Where the model says the block ``begin..end`` stopped being blocked: its end, or
+    earlier where another thread woke it (READY from there: waiting for the GIL)."""
+    from pyflight.analysis.model import State
+
+    for i in build(trace).threads[tid].intervals:
+        if i.state is State.BLOCKED and i.start == begin:
+            return i.end
+    return end
+
+
 def span(
     trace: Trace, begin_kind: Kind, end_kind: Kind, generation: int | None = None
 ) -> tuple[int, int, int]:
@@ -280,12 +291,13 @@ def test_perfetto_lock_block_and_flow(recorded: tuple[Path, Trace], perfetto: Pe
     reason, tid, begin, end = lock_block(trace)
     assert end - begin > 40_000_000  # the holder spins 60 ms / 120 ms before waking it
     track = perfetto.thread_track(tid)
+    until = blocked_until(trace, tid, begin, end)
     blocks = [
         s
         for s in perfetto.slices
-        if s[0] in perfetto.track_family(track) and s[1] == f"blocked: {reason}" and s[3] == end
+        if s[0] in perfetto.track_family(track) and s[1] == f"blocked: {reason}" and s[2] == begin
     ]
-    assert [(s[2], s[3]) for s in blocks] == [(begin, end)]
+    assert [(s[2], s[3]) for s in blocks] == [(begin, until)]
     assert blocks[0][4]["waker"] == tid_named(trace, "holder")
     # flow: an instant on the holder's track starting it, one on the waiter's ending it
     holder_track = perfetto.thread_track(tid_named(trace, "holder"))
@@ -442,7 +454,9 @@ def test_chrome_json(recorded: tuple[Path, Trace]) -> None:
     ]
     assert len(blocks) == 1
     assert blocks[0]["ts"] == pytest.approx((begin - trace.start_ns) / 1000, abs=0.002)
-    assert blocks[0]["dur"] == pytest.approx((end - begin) / 1000, abs=0.002)
+    assert blocks[0]["dur"] == pytest.approx(
+        (blocked_until(trace, tid, begin, end) - begin) / 1000, abs=0.002
+    )
     _, gb, ge = span(trace, Kind.GC_BEGIN, Kind.GC_END, generation=2)
     gcs = [e for e in events if e["ph"] == "X" and e["name"] == "GC gen 2"]
     assert [g["dur"] for g in gcs] == [pytest.approx((ge - gb) / 1000, abs=0.002)]
@@ -665,7 +679,9 @@ def test_chrome_flows_pair_up_on_threads_and_async_events_nest(recorded: tuple[P
     awaits = [e for e in doc["traceEvents"] if e["ph"] == "b" and e["name"] == "await: fut"]
     steps = [e for e in doc["traceEvents"] if e["ph"] == "b" and e["name"] == "step"]
     assert len(awaits) == 1 and len(steps) == 2
-    assert awaits[0]["id2"] != steps[0]["id2"]  # overlapping without nesting: another id
+    # the wait recorded inside the step begins when the step ends, as in the model
+    step_ends = [e["ts"] for e in doc["traceEvents"] if e["ph"] == "e" and e["name"] == "step"]
+    assert awaits[0]["ts"] == step_ends[0]
     doc = json.loads(export(recorded[1], "chrome"))
     assert any(e["ph"] == "s" for e in doc["traceEvents"])
     assert chrome_pairing_problems(doc) == []
@@ -684,39 +700,77 @@ def _covered(spans: list[tuple[int, int]]) -> int:
 
 
 def test_the_timeline_and_the_report_agree_on_blocked_time(recorded: tuple[Path, Trace]) -> None:
-    """The exports' timeline pairs blocks itself (it keeps them whole, with their wakers):
-    per thread and reason it must cover exactly the model's blocked time, together with
-    the READY time after a wake-up (the model splits a woken block there: the thread
-    could go on but had to take the GIL back)."""
-    from pyflight.analysis.cpu import WOKEN
+    """The exports' timeline draws the model's blocks: per thread and reason its block
+    slices cover exactly the model's blocked time (a block ends where another thread let
+    the thread go on), and its READY slices the model's READY time (woken or runnable,
+    waiting for the GIL)."""
     from pyflight.analysis.model import State
-    from pyflight.analysis.timeline import build_timeline
+    from pyflight.analysis.timeline import READY_CATEGORY, build_timeline
 
     trace = recorded[1]
-    model, timeline = build(trace), build_timeline(trace)
+    model = build(trace)
+    timeline = build_timeline(model)
     checked = 0
     for tid, thread in model.threads.items():
         in_model: dict[str, list[tuple[int, int]]] = {}
-        previous = None
         for i in thread.intervals:
             if i.state is State.BLOCKED and i.reason is not None:
                 in_model.setdefault(i.reason.name.lower(), []).append((i.start, i.end))
-            elif (
-                i.state is State.READY
-                and i.detail == WOKEN
-                and previous is not None
-                and previous.state is State.BLOCKED
-                and previous.reason is not None
-                and previous.end == i.start
-            ):
-                in_model[previous.reason.name.lower()].append((i.start, i.end))
-            previous = i
+            elif i.state is State.READY:
+                in_model.setdefault("ready", []).append((i.start, i.end))
         in_timeline: dict[str, list[tuple[int, int]]] = {}
         for s in timeline.slices:
             if s.track == ("thread", tid) and s.category == "block":
                 in_timeline.setdefault(str(s.args["reason"]), []).append((s.start, s.end))
+            elif s.track == ("thread", tid) and s.category == READY_CATEGORY:
+                in_timeline.setdefault("ready", []).append((s.start, s.end))
         assert in_model.keys() == in_timeline.keys(), thread.name
         for reason, spans in in_model.items():
             assert _covered(spans) == _covered(in_timeline[reason]), (thread.name, reason)
             checked += 1
     assert checked >= 2  # the holder's lock and the waiter's condition at least
+
+
+def test_a_block_is_the_same_in_the_model_perfetto_and_chrome(
+    recorded: tuple[Path, Trace], perfetto: PerfettoView
+) -> None:
+    """Every block of the program's threads has one start, end and reason: the model's
+    blocked interval (up to where another thread let it go on), the Perfetto slice and the
+    Chrome slice; the wait for the GIL after it is a READY slice of its own."""
+    from pyflight.analysis.model import State
+
+    trace = recorded[1]
+    model = build(trace)
+    chrome = json.loads(export(trace, "chrome"))
+    t0 = trace.start_ns
+    checked = 0
+    for b in model.blocks:
+        tl = model.threads[b.tid]
+        blocked = [i for i in tl.intervals if i.state is State.BLOCKED and b.start <= i.start < b.end]
+        if tl.is_pyflight or not blocked or blocked[0].start != b.start:
+            continue
+        assert {i.reason for i in blocked} == {b.reason}
+        end = blocked[-1].end
+        name = f"blocked: {b.reason.name.lower()}"
+        family = perfetto.track_family(perfetto.thread_track(b.tid))
+        in_perfetto = [
+            (s[2], s[3]) for s in perfetto.slices if s[0] in family and s[1] == name and s[2] == b.start
+        ]
+        assert in_perfetto == [(b.start, end)], (tl.name, name)
+        in_chrome = [
+            e
+            for e in chrome["traceEvents"]
+            if e["ph"] == "X"
+            and e["name"] == name
+            and (e["tid"] == b.tid or e["tid"] // -16 == b.tid)  # or an overflow lane of it
+            and abs(e["ts"] * 1000 - (b.start - t0)) < 1
+        ]
+        assert len(in_chrome) == 1, (tl.name, name)
+        assert abs(in_chrome[0]["dur"] * 1000 - (end - b.start)) < 1
+        if end < b.end:  # woken: READY until the thread ran again
+            ready = [
+                s for s in perfetto.slices if s[0] in family and s[2] == end and s[1].startswith("ready:")
+            ]
+            assert [s[3] for s in ready] == [b.end]
+        checked += 1
+    assert checked >= 2  # the waiter's block woken by the holder, the main thread's joins

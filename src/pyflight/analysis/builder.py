@@ -21,6 +21,7 @@ from typing import Any
 from pyflight.analysis.loops import attach_stalls, loop_timelines
 from pyflight.analysis.machines import TaskMachine, ThreadMachine, _ready_after_idle
 from pyflight.analysis.model import (
+    Block,
     GCPause,
     Interval,
     Log,
@@ -103,6 +104,8 @@ class Builder:
         self.regions: list[Region] = []
         self.open_regions: dict[tuple[int, int], list[Region]] = {}  # (thread, task) -> open regions
         self.site_stacks: dict[int, Stack] | None = None  # TASK_BLOCK site -> a stack recorded for it
+        self.blocks: list[Block] = []
+        self.marks: list[Event] = []  # THREAD_EXCEPTION, TRIGGER
         self.pool_events: list[Event] = []  # POOL_JOB_QUEUED / BEGIN / END, in time order
         self.handlers = self._handler_table()
 
@@ -143,6 +146,8 @@ class Builder:
             Kind.REGION_BEGIN: self.region_begin,
             Kind.REGION_END: self.region_end,
             Kind.LOG: self.log,
+            Kind.THREAD_EXCEPTION: self.marks_append,
+            Kind.TRIGGER: self.marks_append,
             Kind.POOL_JOB_QUEUED: pool,
             Kind.POOL_JOB_BEGIN: pool,
             Kind.POOL_JOB_END: pool,
@@ -278,6 +283,12 @@ class Builder:
     def task_wait(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, task_id, reason, what, stack = e
         tk = self.tasks.get(task_id) or self.task_of(task_id, t, tid)
+        if tk.step_open is not None and tk.done is None:
+            # recorded inside the step: the wait begins when the step ends (a TASK_BLOCK
+            # of the same step says more and wins)
+            if tk.pending is None:
+                tk.pending = (_REASONS.get(reason, _OTHER), 0, program_stack(stack), _text(what))
+            return
         o = tk.open
         if (
             tk.done is None
@@ -403,7 +414,10 @@ class Builder:
         woken = False
         if entry is not None:
             woken = entry[6]
-        elif not th.retro(t, BLOCKED, reason, obj) and not th.touched:
+            self.blocks.append(Block(tid, entry[5], t, reason, obj, waker, entry[3]))
+        elif th.retro(t, BLOCKED, reason, obj):
+            self.blocks.append(Block(tid, -1, t, reason, obj, waker, ()))  # -1: the thread's start
+        elif not th.touched:
             th.touch(t)
         if waker and not woken:
             self.wakes.append(Wake(t, waker, tid, 0, reason, obj))
@@ -501,6 +515,9 @@ class Builder:
                     return
         self.regions.append(Region(name, self.start, t, tid, task_id, clipped=True))
 
+    def marks_append(self, e: Event, th: ThreadMachine) -> None:
+        self.marks.append(e)
+
     def log(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, task_id, category, message = e
         self.logs.append(Log(t, tid, task_id, category, message))
@@ -533,7 +550,26 @@ class Builder:
             logs=self.logs,
             data_loss=list(self.trace.data_loss),
             sampling_interval_ns=sampling_interval(self.counters, sample_times),
+            blocks=self._blocks(threads),
+            marks=self.marks,
         )
+
+    def _blocks(self, threads: dict[int, ThreadTimeline]) -> list[Block]:
+        """Blocks clipped to their thread's timeline, those still open ending with it."""
+        out: list[Block] = []
+        for b in self.blocks:
+            tl = threads.get(b.tid)
+            if tl is not None and (b.start < tl.start or b.end > tl.end):
+                b = b._replace(start=max(b.start, tl.start), end=min(max(b.end, tl.start), tl.end))
+            out.append(b)
+        for tid, th in self.threads.items():
+            tl = threads[tid]
+            for entry in th.stack:
+                if entry[0] is BLOCKED:
+                    begin = min(max(entry[5], tl.start), tl.end)
+                    out.append(Block(tid, begin, tl.end, entry[1], entry[2], 0, entry[3]))
+        out.sort(key=lambda b: b.start)
+        return out
 
     def _thread_timelines(self) -> dict[int, ThreadTimeline]:
         """Each thread's bounds (start/end events, else its first and last sign of life)."""

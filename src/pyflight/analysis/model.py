@@ -19,6 +19,7 @@ from pyflight.core.events import BlockReason, TaskOutcome, ThreadState
 from pyflight.format.reader import Event, Frame, Trace
 
 __all__ = [
+    "Block",
     "GCPause",
     "Interval",
     "Log",
@@ -67,6 +68,20 @@ class Interval(NamedTuple):
     @property
     def duration(self) -> int:
         return self.end - self.start
+
+
+class Block(NamedTuple):
+    """One thread block whole, from BLOCK_BEGIN to BLOCK_END (the thread's intervals cut
+    it where a GC pause or the wake-up falls); ``waker`` the thread that ended it, 0 if
+    unknown; a block still open at the end of the thread's timeline ends there."""
+
+    tid: int
+    start: int
+    end: int
+    reason: BlockReason
+    obj: int
+    waker: int
+    stack: Stack
 
 
 class Step(NamedTuple):
@@ -337,6 +352,9 @@ class Model:
     data_loss: list[Event]
     sampling_interval_ns: int
     pools: dict[int, ThreadPool] = dataclasses.field(default_factory=dict)
+    blocks: list[Block] = dataclasses.field(default_factory=list)
+    #: THREAD_EXCEPTION and TRIGGER events (DATA_LOSS and SOURCE_DISABLED: ``data_loss``)
+    marks: list[Event] = dataclasses.field(default_factory=list)
 
     @property
     def duration(self) -> int:

@@ -1,11 +1,13 @@
 """One timeline of a trace: the slices, instants, flows and counters of every thread,
-asyncio task and user task, that the Perfetto and Chrome exports (and any view that
-draws a trace over time) all draw.
+asyncio task and user task that the Perfetto and Chrome exports (and any view that draws
+a trace over time) all draw, from the analysis model and only from it.
 
-Blocks and asyncio task waits are paired here and only here (:func:`blocks`,
-:func:`task_waits`). The model's thread intervals are flattened states (a GC pause inside
-a block cuts it in two, a block carries no waker); the timeline keeps each block whole,
-nested with the rest, and the flow from the thread that ended it.
+Nothing here reads raw events: blocks are the model's whole blocks (``Model.blocks``),
+cut where the model says the thread was woken (READY, waiting for the GIL, drawn as its
+own slice), task waits and scheduling delays are the model's task intervals (asyncio task
+ids reused by a later task stay apart), and the rest (GC, steps, callbacks, regions, user
+tasks, logs, stalls, counters, samples) the model's lists. So a block, a wait or a delay
+has the same start, end and reason in the report and in every export.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from pyflight.core.events import BlockReason, Kind, TaskOutcome
+from pyflight.analysis.model import State
+from pyflight.core.events import BlockReason, Kind
 from pyflight.format.reader import Frame, Trace
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Model, TaskTimeline
 
 __all__ = [
     "ArgValue",
@@ -35,14 +41,8 @@ __all__ = [
     "thread_name",
 ]
 
-# plain ints: comparing an event's kind with these is cheaper than with enum attributes
-_BLOCK_BEGIN, _BLOCK_END = int(Kind.BLOCK_BEGIN), int(Kind.BLOCK_END)
-_TASK_WAIT = int(Kind.TASK_WAIT)
-_TASK_BLOCK = int(Kind.TASK_BLOCK)
-_TASK_STEP_END = int(Kind.TASK_STEP_END)
-_TASK_WAIT_ENDS = frozenset(
-    int(k) for k in (Kind.TASK_READY, Kind.TASK_STEP_BEGIN, Kind.TASK_DONE, Kind.TASK_CREATE)
-)
+#: The category of READY slices: woken or runnable, waiting for the GIL (or a CPU)
+READY_CATEGORY = "ready"
 
 
 def is_pyflight_thread(trace: Trace, tid: int) -> bool:
@@ -55,70 +55,30 @@ def thread_name(trace: Trace, tid: int) -> str:
     return info.name if info is not None and info.name else f"thread {tid}"
 
 
-@dataclasses.dataclass
-class _OpenBlock:
-    start: int
-    reason: int
-    stack: tuple[Frame, ...]
+def _model(source: Model | Trace) -> Model:
+    if isinstance(source, Trace):
+        from pyflight.analysis.model import build
+
+        return build(source)
+    return source
 
 
-def blocks(trace: Trace) -> Iterator[tuple[int, int, int, int, int, int, tuple[Frame, ...]]]:
-    """Thread blocks as ``(tid, start, end, reason, obj, waker, stack)``, in end order.
-
-    BLOCK_END closes the innermost open block of its reason on that thread; a block
-    still open at the end of the trace ends there (waker 0); an end with no begin in
-    the window starts at the trace start (stack unknown).
-    """
-    open_: dict[int, list[_OpenBlock]] = {}
-    for e in trace.events:
-        kind = e[0]
-        if kind == _BLOCK_BEGIN:
-            open_.setdefault(e[2], []).append(_OpenBlock(e[1], e[3], e[5]))
-        elif kind == _BLOCK_END:
-            stack = open_.get(e[2], [])
-            for i in range(len(stack) - 1, -1, -1):
-                if stack[i].reason == e[3]:
-                    b = stack.pop(i)
-                    yield (e[2], b.start, e[1], e[3], e[4], e[5], b.stack)
-                    break
-            else:
-                yield (e[2], trace.start_ns, e[1], e[3], e[4], e[5], ())
-    for tid, stack in open_.items():
-        for b in stack:
-            yield (tid, b.start, max(b.start, trace.end_ns), b.reason, 0, 0, b.stack)
+def blocks(source: Model | Trace) -> Iterator[tuple[int, int, int, int, int, int, tuple[Frame, ...]]]:
+    """Thread blocks as ``(tid, start, end, reason, obj, waker, stack)``, in start order:
+    the model's whole blocks (``Model.blocks``)."""
+    for b in _model(source).blocks:
+        yield (b.tid, b.start, b.end, b.reason, b.obj, b.waker, b.stack)
 
 
-def task_waits(trace: Trace) -> Iterator[tuple[int, int, int, int, str, tuple[Frame, ...]]]:
-    """Asyncio task waits ``(task, start, end, reason, what, stack)``: from TASK_WAIT (or
-    the end of a step that recorded a TASK_BLOCK: an asyncio lock or queue, whose reason,
-    name and stack then win) to the task's next READY, STEP_BEGIN or DONE (or the trace
-    end). A TASK_BLOCK without a stack borrows the last one of its site."""
-    waiting: dict[int, tuple[int, int, str, tuple[Frame, ...]]] = {}
-    blocking: dict[int, tuple[int, str, tuple[Frame, ...]]] = {}  # TASK_BLOCK, until the step ends
-    from_block: set[int] = set()
-    site_stacks: dict[int, tuple[Frame, ...]] = {}
-    for e in trace.events:
-        kind = e[0]
-        if kind == _TASK_BLOCK:
-            stack = e[8] or site_stacks.get(e[7], ())
-            if e[8]:
-                site_stacks[e[7]] = e[8]
-            blocking[e[3]] = (e[4], e[6], stack)
-        elif kind == _TASK_STEP_END:
-            block = blocking.pop(e[3], None)
-            if block is not None:
-                waiting[e[3]] = (e[1], *block)
-                from_block.add(e[3])
-        elif kind == _TASK_WAIT:
-            if e[3] not in from_block:
-                waiting[e[3]] = (e[1], e[4], e[5], e[6])
-        elif kind in _TASK_WAIT_ENDS:
-            from_block.discard(e[3])
-            w = waiting.pop(e[3], None)
-            if w is not None:
-                yield (e[3], w[0], e[1], w[1], w[2], w[3])
-    for task, w in waiting.items():
-        yield (task, w[0], max(w[0], trace.end_ns), w[1], w[2], w[3])
+def task_waits(source: Model | Trace) -> Iterator[tuple[int, int, int, int, str, tuple[Frame, ...]]]:
+    """Asyncio task waits ``(task, start, end, reason, what, stack)``: the model's blocked
+    task intervals (from the end of a step, or a TASK_BLOCK's lock or queue, to the wake-up
+    or the next step), every task apart even where a later task reused its id."""
+    for task in _model(source).all_tasks():
+        for i in task.intervals:
+            if i.state is State.BLOCKED and i.end > i.start:
+                reason = i.reason if i.reason is not None else BlockReason.OTHER
+                yield (task.id, i.start, i.end, reason, i.detail, i.stack)
 
 
 TrackKey = tuple[str, int] | tuple[str, str]
@@ -158,7 +118,7 @@ class Flow(NamedTuple):
 
 @dataclasses.dataclass
 class Timeline:
-    """What both the Perfetto and the Chrome exports draw, from a trace's events."""
+    """What both the Perfetto and the Chrome exports draw, from the analysis model."""
 
     pid: int
     process_name: str
@@ -167,12 +127,15 @@ class Timeline:
     instants: list[Instant]
     flows: list[Flow]
     counters: dict[str, list[tuple[int, int]]]
+    model: Model | None = None
 
 
 _REASON_NAMES = {int(r): r.name.lower() for r in BlockReason}
 
 
-def _reason_name(reason: int) -> str:
+def _reason_name(reason: int | None) -> str:
+    if reason is None:
+        return "other"
     name = _REASON_NAMES.get(reason)
     return name if name is not None else f"reason {reason}"
 
@@ -192,57 +155,6 @@ def _process(trace: Trace) -> tuple[int, str]:
     return pid, name
 
 
-_K_CALLBACK_BEGIN = int(Kind.CALLBACK_BEGIN)
-_K_CALLBACK_END = int(Kind.CALLBACK_END)
-_K_COUNTER = int(Kind.COUNTER)
-_K_DATA_LOSS = int(Kind.DATA_LOSS)
-_K_GC_BEGIN = int(Kind.GC_BEGIN)
-_K_GC_END = int(Kind.GC_END)
-_K_LOG = int(Kind.LOG)
-_K_LOOP_STALL = int(Kind.LOOP_STALL)
-_K_REGION_BEGIN = int(Kind.REGION_BEGIN)
-_K_REGION_END = int(Kind.REGION_END)
-_K_SAMPLE = int(Kind.SAMPLE)
-_K_SOURCE_DISABLED = int(Kind.SOURCE_DISABLED)
-_K_TASK_CREATE = int(Kind.TASK_CREATE)
-_K_TASK_DONE = int(Kind.TASK_DONE)
-_K_TASK_INFO = int(Kind.TASK_INFO)
-_K_TASK_READY = int(Kind.TASK_READY)
-_K_TASK_STEP_BEGIN = int(Kind.TASK_STEP_BEGIN)
-_K_TASK_STEP_END = int(Kind.TASK_STEP_END)
-_K_THREAD_EXCEPTION = int(Kind.THREAD_EXCEPTION)
-_K_TRIGGER = int(Kind.TRIGGER)
-_K_USER_TASK_BEGIN = int(Kind.USER_TASK_BEGIN)
-_K_USER_TASK_END = int(Kind.USER_TASK_END)
-_K_WAKE = int(Kind.WAKE)
-_TIMELINE_KINDS = frozenset(
-    (
-        _K_CALLBACK_BEGIN,
-        _K_CALLBACK_END,
-        _K_COUNTER,
-        _K_DATA_LOSS,
-        _K_GC_BEGIN,
-        _K_GC_END,
-        _K_LOG,
-        _K_LOOP_STALL,
-        _K_REGION_BEGIN,
-        _K_REGION_END,
-        _K_SOURCE_DISABLED,
-        _K_TASK_CREATE,
-        _K_TASK_DONE,
-        _K_TASK_INFO,
-        _K_TASK_READY,
-        _K_TASK_STEP_BEGIN,
-        _K_TASK_STEP_END,
-        _K_THREAD_EXCEPTION,
-        _K_TRIGGER,
-        _K_USER_TASK_BEGIN,
-        _K_USER_TASK_END,
-        _K_WAKE,
-    )
-)
-
-
 def _last_at_or_before(times: list[int] | None, end: int) -> int:
     """The latest of the sorted ``times`` not after ``end``, else ``end``.
 
@@ -257,280 +169,285 @@ def _last_at_or_before(times: list[int] | None, end: int) -> int:
     return end
 
 
-def build_timeline(trace: Trace) -> Timeline:
-    """Slices, instants, flows and counters of every thread, task and user task."""
-    b = _TimelineBuilder(trace)
-    b.add_blocks()
-    b.add_events()
-    b.add_unfinished()
-    b.add_task_waits()
-    b.add_task_wake_flows()
+def build_timeline(source: Model | Trace) -> Timeline:
+    """Slices, instants, flows and counters of every thread, task and user task, drawn
+    from the model (built here if a trace is given)."""
+    model = _model(source)
+    b = _TimelineBuilder(model)
+    b.add_thread_states()
+    b.add_gc()
+    b.add_loops()
+    b.add_tasks()
+    b.add_user_tasks()
+    b.add_instants()
     return b.finish()
 
 
-class _ThreadTracks(dict[int, TrackKey]):
-    """tid -> ``("thread", tid)``, adding the thread's track to ``tracks`` on first use.
-    A dict, so that the lookup made for nearly every slice is a hit in C."""
-
-    def __init__(self, trace: Trace, tracks: dict[TrackKey, str]) -> None:
-        super().__init__()
-        self.trace = trace
-        self.tracks = tracks
-
-    def __missing__(self, tid: int) -> TrackKey:
-        key: TrackKey = ("thread", tid)
-        if key not in self.tracks:
-            self.tracks[key] = thread_name(self.trace, tid)
-        self[tid] = key
-        return key
+def _task_name(task: TaskTimeline) -> str:
+    return task.name or f"task {task.id}"
 
 
 class _TimelineBuilder:
-    """The state of :func:`build_timeline`: one method per pass over the trace's events.
+    """The state of :func:`build_timeline`: one method per part of the model."""
 
-    The passes run over every event of the trace (a million or more), so their loops bind
-    what they use to locals and test the most frequent kinds first.
-    """
-
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.trace = model.trace
         self.tracks: dict[TrackKey, str] = {}
         self.slices: list[Slice] = []
         self.instants: list[Instant] = []
         self.flows: list[Flow] = []
-        self.counters: dict[str, list[tuple[int, int]]] = {}
         self.flow_id = 0
-        self.task_names: dict[int, str] = {task.id: task.name for task in trace.tasks.values()}
-        # what add_events leaves open at the end of the trace, for add_unfinished
-        self.gc_open: dict[int, tuple[int, int]] = {}  # tid -> begin, generation
-        self.regions_open: dict[tuple[int, str], list[tuple[int, int]]] = {}  # -> [(begin, tid)]
-        self.steps_open: dict[int, tuple[int, int]] = {}  # task -> begin, tid
-        self.utask_open: dict[int, tuple[int, str]] = {}  # user task -> begin, name
-        self.task_info: dict[int, tuple[str, str, int]] = {}  # task -> name, coro, created
-        #: tid -> its track's key, naming the track on first use
-        self.thread_track: Callable[[int], TrackKey] = _ThreadTracks(trace, self.tracks).__getitem__
-        for tid in trace.threads:
+        self._thread_keys: dict[int, TrackKey] = {}
+        for tid in self.trace.threads:
+            self.thread_track(tid)
+        for tid in model.threads:
             self.thread_track(tid)
 
-    def add_blocks(self) -> None:
-        """Blocks, and flows from the thread that ended each to the blocked thread."""
-        trace, slices, thread_track = self.trace, self.slices, self.thread_track
+    def thread_track(self, tid: int) -> TrackKey:
+        """tid -> ``("thread", tid)``, naming the track on first use."""
+        key = self._thread_keys.get(tid)
+        if key is None:
+            key = self._thread_keys[tid] = ("thread", tid)
+            self.tracks.setdefault(key, thread_name(self.trace, tid))
+        return key
+
+    def add_thread_states(self) -> None:
+        """Blocks (up to the wake-up), READY stretches, and the flow from each block's
+        waker to the blocked thread."""
+        model, slices = self.model, self.slices
+        woken_at: dict[tuple[int, int], int] = {}  # (tid, block end) -> READY start
+        for tid, tl in model.threads.items():
+            track = self.thread_track(tid)
+            for i in tl.intervals:
+                if i.state is State.READY:
+                    woken_at[(tid, i.end)] = i.start
+                    label = i.detail or "waiting for the GIL"
+                    slices.append(Slice(track, i.start, i.end, f"ready: {label}", READY_CATEGORY, {}))
         wakes: dict[tuple[int, int, int], list[int]] = {}  # (waker, target, obj) -> times
-        for e in trace.events:
-            if e[0] == _K_WAKE and e[4] == 0:
-                wakes.setdefault((e[2], e[3], e[6]), []).append(e[1])
+        for w in model.wakes:
+            if not w.task:
+                wakes.setdefault((w.waker, w.target, w.obj), []).append(w.time)
         for times in wakes.values():
             times.sort()  # for _last_at_or_before's bisection
-        t_end = trace.end_ns
-        for tid, start, end, reason, obj, waker, _stack in sorted(blocks(trace), key=itemgetter(1)):
-            rname = _reason_name(reason)
-            args: dict[str, ArgValue] = {"reason": rname, "obj": obj}
-            if waker:
-                args["waker"] = waker
-            slices.append(Slice(thread_track(tid), start, end, f"blocked: {rname}", "block", args))
-            if waker and waker != tid and end < t_end:
-                src_time = _last_at_or_before(wakes.get((waker, tid, obj)), end)
+        t_end = model.end
+        for b in model.blocks:
+            rname = _reason_name(b.reason)
+            args: dict[str, ArgValue] = {"reason": rname, "obj": b.obj}
+            if b.waker:
+                args["waker"] = b.waker
+            blocked_until = woken_at.get((b.tid, b.end), b.end)
+            if not b.start < blocked_until <= b.end:
+                blocked_until = b.end
+            track = self.thread_track(b.tid)
+            slices.append(Slice(track, b.start, blocked_until, f"blocked: {rname}", "block", args))
+            if b.waker and b.waker != b.tid and b.end < t_end:
+                src_time = _last_at_or_before(wakes.get((b.waker, b.tid, b.obj)), b.end)
                 self.flow_id += 1
                 self.flows.append(
-                    Flow(
-                        self.flow_id, thread_track(waker), src_time, thread_track(tid), end, f"wake ({rname})"
-                    )
+                    Flow(self.flow_id, self.thread_track(b.waker), src_time, track, b.end, f"wake ({rname})")
                 )
 
-    def add_events(self) -> None:
-        """GC, regions, callbacks, user tasks, asyncio tasks, counters, instants."""
-        trace, tracks, slices, instants = self.trace, self.tracks, self.slices, self.instants
-        thread_track, task_names, counters = self.thread_track, self.task_names, self.counters
-        gc_open, regions_open, steps_open = self.gc_open, self.regions_open, self.steps_open
-        utask_open, task_info = self.utask_open, self.task_info
-        callbacks_open: dict[int, list[tuple[int, str]]] = {}
-        ready_at: dict[int, int] = {}
-        start_ns = trace.start_ns
-        for e in trace.events:
-            kind = e[0]
-            if kind not in _TIMELINE_KINDS:
-                continue
-            t, tid = e[1], e[2]
-            # asyncio task steps first: the most frequent kinds of a busy program
-            if kind == _K_TASK_STEP_BEGIN:
-                steps_open[e[3]] = (t, tid)
-                ready = ready_at.pop(e[3], None)
-                if ready is not None and ready <= t:
-                    slices.append(Slice(("task", e[3]), ready, t, "ready (scheduling delay)", "asyncio", {}))
-            elif kind == _K_TASK_STEP_END:
-                begin, on = steps_open.pop(e[3], (start_ns, tid))
-                name = task_names.get(e[3], f"task {e[3]}")
-                slices.append(Slice(thread_track(on), begin, t, f"step: {name}", "asyncio", {"task": e[3]}))
-                slices.append(Slice(("task", e[3]), begin, t, "step", "asyncio", {"thread": on}))
-            elif kind == _K_GC_BEGIN:
-                gc_open[tid] = (t, e[3])
-            elif kind == _K_GC_END:
-                begin, gen = gc_open.pop(tid, (start_ns, e[3]))
-                slices.append(
-                    Slice(
-                        thread_track(tid),
-                        begin,
-                        t,
-                        f"GC gen {gen}",
-                        "gc",
-                        {"generation": gen, "collected": e[4], "uncollectable": e[5]},
-                    )
-                )
-            elif kind == _K_REGION_BEGIN:
-                regions_open.setdefault((e[3], e[4]), []).append((t, tid))
-            elif kind == _K_REGION_END:
-                opened = regions_open.get((e[3], e[4]))
-                begin, on = opened.pop() if opened else (start_ns, tid)
-                slices.append(Slice(thread_track(on), begin, t, e[4], "region", {"user_task": e[3]}))
-            elif kind == _K_CALLBACK_BEGIN:
-                callbacks_open.setdefault(tid, []).append((t, e[4]))
-            elif kind == _K_CALLBACK_END:
-                cbs = callbacks_open.get(tid)
-                begin, name = cbs.pop() if cbs else (start_ns, "?")
-                slices.append(
-                    Slice(thread_track(tid), begin, t, f"callback: {name}", "asyncio", {"loop": e[3]})
-                )
-            elif kind == _K_TASK_CREATE or kind == _K_TASK_INFO:
-                if kind == _K_TASK_CREATE or e[3] not in task_info:
-                    task_info[e[3]] = (e[4], e[5], t)
-                task_names[e[3]] = e[4]
-                if kind == _K_TASK_CREATE and e[6]:
-                    instants.append(Instant(("task", e[6]), t, f"create {e[4]}", "asyncio", {"task": e[3]}))
-            elif kind == _K_TASK_READY:
-                ready_at[e[3]] = t
-            elif kind == _K_TASK_DONE:
-                name, coro, created = task_info.pop(e[3], (task_names.get(e[3], "?"), "", start_ns))
-                try:
-                    outcome = TaskOutcome(e[4]).name.lower()
-                except ValueError:
-                    outcome = str(e[4])
-                key: TrackKey = ("task", e[3])
-                slices.append(
-                    Slice(
-                        key,
-                        created,
-                        t,
-                        f"{name} ({coro})" if coro else name,
-                        "asyncio",
-                        {"outcome": outcome, **({"error": e[5]} if e[5] else {})},
-                    )
-                )
-                tracks.setdefault(key, f"asyncio {name}")
-            elif kind == _K_USER_TASK_BEGIN:
-                utask_open[e[3]] = (t, e[5])
-            elif kind == _K_USER_TASK_END:
-                begin, name = utask_open.pop(e[3], (start_ns, ""))
-                if not name:
-                    info = trace.user_tasks.get(e[3])
-                    name = info.name if info is not None else f"user task {e[3]}"
-                ukey: TrackKey = ("user_task", e[3])
-                tracks.setdefault(ukey, f"task: {name}")
-                slices.append(Slice(ukey, begin, t, name, "user_task", {"id": e[3], "thread": tid}))
-            elif kind == _K_COUNTER:
-                counters.setdefault(e[3], []).append((t, e[4]))
-            elif kind == _K_LOG:
-                instants.append(
-                    Instant(thread_track(tid), t, f"log: {e[4]}", "log", {"message": e[5], "task": e[3]})
-                )
-            elif kind == _K_LOOP_STALL:
-                instants.append(
-                    Instant(
-                        thread_track(tid), t, "loop stall", "asyncio", {"task": e[4], "duration_ns": e[5]}
-                    )
-                )
-            elif kind == _K_THREAD_EXCEPTION:
-                instants.append(
-                    Instant(thread_track(tid), t, f"exception: {e[4]}", "thread", {"message": e[5]})
-                )
-            elif kind == _K_TRIGGER or kind == _K_DATA_LOSS or kind == _K_SOURCE_DISABLED:
-                args: dict[str, ArgValue] = dict(zip(("a", "b", "c"), (str(x) for x in e[3:]), strict=False))
-                instants.append(Instant(thread_track(tid), t, kind.name.lower(), "pyflight", args))
-            # WAKE of a task: add_task_wake_flows (needs the task's next READY / STEP_BEGIN)
-
-    def add_unfinished(self) -> None:
-        """What is still open at the end of the trace ends there."""
-        t_end, slices, tracks, thread_track = self.trace.end_ns, self.slices, self.tracks, self.thread_track
-        for (task_id, name), opened in self.regions_open.items():
-            for begin, on in opened:
-                slices.append(
-                    Slice(thread_track(on), begin, max(begin, t_end), name, "region", {"user_task": task_id})
-                )
-        for uid, (begin, name) in self.utask_open.items():
-            ukey: TrackKey = ("user_task", uid)
-            tracks.setdefault(ukey, f"task: {name}")
-            slices.append(Slice(ukey, begin, max(begin, t_end), name, "user_task", {"id": uid, "open": 1}))
-        for task_id, (name, coro, created) in self.task_info.items():
-            key: TrackKey = ("task", task_id)
-            tracks.setdefault(key, f"asyncio {name}")
-            slices.append(
-                Slice(key, created, max(created, t_end), f"{name} ({coro})" if coro else name, "asyncio", {})
-            )
-        for tid, (begin, gen) in self.gc_open.items():
-            slices.append(
-                Slice(thread_track(tid), begin, max(begin, t_end), f"GC gen {gen}", "gc", {"generation": gen})
-            )
-        for task_id, (begin, on) in self.steps_open.items():
-            slices.append(
-                Slice(("task", task_id), begin, max(begin, t_end), "step", "asyncio", {"thread": on})
-            )
-
-    def add_task_waits(self) -> None:
+    def add_gc(self) -> None:
+        """GC pauses, and collections still running at the end of a thread."""
         slices = self.slices
-        for task_id, start, end, reason, what, _stack in task_waits(self.trace):
-            label = what or _reason_name(reason)
+        paused = set()
+        for p in self.model.gc_pauses:
+            paused.add((p.tid, p.start))
+            args: dict[str, ArgValue] = {
+                "generation": p.generation,
+                "collected": p.collected,
+                "uncollectable": p.uncollectable,
+            }
             slices.append(
-                Slice(
-                    ("task", task_id),
-                    start,
-                    end,
-                    f"await: {label}",
-                    "asyncio",
-                    {"reason": _reason_name(reason)},
-                )
+                Slice(self.thread_track(p.tid), p.start, p.end, f"GC gen {p.generation}", "gc", args)
             )
+        for tid, tl in self.model.threads.items():
+            last = tl.intervals[-1] if tl.intervals else None
+            if last is not None and last.state is State.GC and (tid, last.start) not in paused:
+                gen = last.obj
+                track = self.thread_track(tid)
+                slices.append(Slice(track, last.start, last.end, f"GC gen {gen}", "gc", {"generation": gen}))
 
-    def add_task_wake_flows(self) -> None:
-        """Wake-ups of asyncio tasks: WAKE(task) -> the task's next READY or STEP_BEGIN."""
-        pending: dict[int, list[tuple[int, int]]] = {}
-        for e in self.trace.events:
-            kind = e[0]
-            if kind == _K_WAKE and e[4]:
-                pending.setdefault(e[4], []).append((e[1], e[2]))
-            elif (kind == _K_TASK_READY or kind == _K_TASK_STEP_BEGIN) and e[3] in pending:
-                for wt, waker in pending.pop(e[3]):
-                    self.flow_id += 1
-                    self.flows.append(
-                        Flow(
-                            self.flow_id,
-                            self.thread_track(waker),
-                            wt,
-                            ("task", e[3]),
-                            e[1],
-                            "wake (task)",
-                            e[2],
+    def add_loops(self) -> None:
+        """Callbacks on their loop's thread (task steps: add_tasks)."""
+        for lt in self.model.loops.values():
+            track = self.thread_track(lt.tid)
+            for i in lt.busy:
+                if not i.obj:
+                    self.slices.append(
+                        Slice(track, i.start, i.end, f"callback: {i.detail}", "asyncio", {"loop": lt.loop})
+                    )
+
+    def add_tasks(self) -> None:
+        """Each asyncio task: its life, steps, waits, scheduling delays, wake-up flows."""
+        model, slices, tracks = self.model, self.slices, self.tracks
+        tasks = sorted(model.all_tasks(), key=lambda t: t.created)
+        by_id: dict[int, list[TaskTimeline]] = {}
+        for task in tasks:
+            by_id.setdefault(task.id, []).append(task)
+            key: TrackKey = ("task", task.id)
+            name = _task_name(task)
+            tracks.setdefault(key, f"asyncio {name}")
+            label = f"{name} ({task.coro})" if task.coro else name
+            end = task.done if task.done is not None else task.end
+            args: dict[str, ArgValue] = {}
+            if task.done is not None:
+                args["outcome"] = task.outcome.name.lower() if task.outcome is not None else "unknown"
+                if task.error:
+                    args["error"] = task.error
+            slices.append(Slice(key, task.created, max(task.created, end), label, "asyncio", args))
+            if task.parent and task.created > model.start:
+                self.instants.append(
+                    Instant(
+                        ("task", task.parent), task.created, f"create {name}", "asyncio", {"task": task.id}
+                    )
+                )
+            for step in task.steps:
+                slices.append(
+                    Slice(
+                        self.thread_track(step.thread),
+                        step.start,
+                        step.end,
+                        f"step: {name}",
+                        "asyncio",
+                        {"task": task.id},
+                    )
+                )
+                slices.append(Slice(key, step.start, step.end, "step", "asyncio", {"thread": step.thread}))
+            for i in task.intervals:
+                if i.end <= i.start:
+                    continue
+                if i.state is State.BLOCKED:
+                    rname = _reason_name(i.reason)
+                    slices.append(
+                        Slice(
+                            key, i.start, i.end, f"await: {i.detail or rname}", "asyncio", {"reason": rname}
                         )
                     )
+                elif i.state is State.READY:
+                    slices.append(Slice(key, i.start, i.end, "ready (scheduling delay)", READY_CATEGORY, {}))
+        self._task_wake_flows(by_id)
+
+    def _task_wake_flows(self, by_id: dict[int, list[TaskTimeline]]) -> None:
+        """WAKE of a task -> where that task became ready or ran next."""
+        for w in self.model.wakes:
+            if not w.task:
+                continue
+            task = _task_at(by_id.get(w.task), w.time)
+            if task is None:
+                continue
+            starts = [i.start for i in task.intervals]
+            j = bisect.bisect_left(starts, w.time)
+            while j < len(task.intervals) and task.intervals[j].state not in (State.READY, State.RUNNING):
+                j += 1
+            if j == len(task.intervals):
+                continue
+            self.flow_id += 1
+            self.flows.append(
+                Flow(
+                    self.flow_id,
+                    self.thread_track(w.waker),
+                    w.time,
+                    ("task", task.id),
+                    task.intervals[j].start,
+                    "wake (task)",
+                    task.thread,
+                )
+            )
+
+    def add_user_tasks(self) -> None:
+        """User tasks (``pyflight.task``) on their own tracks, regions on their threads."""
+        end = self.model.end
+        for ut in self.model.user_tasks.values():
+            name = ut.name or f"user task {ut.id}"
+            ukey: TrackKey = ("user_task", ut.id)
+            self.tracks.setdefault(ukey, f"task: {name}")
+            args: dict[str, ArgValue] = {"id": ut.id, "thread": ut.thread}
+            if ut.end is None:
+                args["open"] = 1
+            finish = ut.end if ut.end is not None else max(ut.start, end)
+            self.slices.append(Slice(ukey, ut.start, finish, name, "user_task", args))
+        for r in self.model.regions:
+            finish = r.end if r.end is not None else max(r.start, end)
+            self.slices.append(
+                Slice(self.thread_track(r.thread), r.start, finish, r.name, "region", {"user_task": r.task})
+            )
+
+    def add_instants(self) -> None:
+        """Logs, loop stalls, thread exceptions and the recorder's own notes."""
+        instants = self.instants
+        for log in self.model.logs:
+            instants.append(
+                Instant(
+                    self.thread_track(log.thread),
+                    log.time,
+                    f"log: {log.category}",
+                    "log",
+                    {"message": log.message, "task": log.task},
+                )
+            )
+        for lt in self.model.loops.values():
+            for stall in lt.stalls:
+                instants.append(
+                    Instant(
+                        self.thread_track(lt.tid),
+                        stall.end,
+                        "loop stall",
+                        "asyncio",
+                        {"task": stall.task, "duration_ns": stall.duration},
+                    )
+                )
+        for e in sorted([*self.model.marks, *self.model.data_loss], key=lambda e: e.time):
+            track = self.thread_track(e.thread)
+            if e.kind is Kind.THREAD_EXCEPTION:
+                instants.append(
+                    Instant(
+                        track,
+                        e.time,
+                        f"exception: {e.arg('type', '')}",
+                        "thread",
+                        {"message": str(e.arg("message", ""))},
+                    )
+                )
+                continue
+            args = {k: v if isinstance(v, int | str) else str(v) for k, v in e.args.items()}
+            kind = e.kind
+            instants.append(
+                Instant(
+                    track,
+                    e.time,
+                    kind.name.lower() if isinstance(kind, Kind) else str(kind),
+                    "pyflight",
+                    args,
+                )
+            )
 
     def finish(self) -> Timeline:
-        """Name the tracks met only in slices, instants and flows; sort the slices."""
-        tracks, task_names, slices = self.tracks, self.task_names, self.slices
-        # each slice's track once, in order of first appearance (dict.fromkeys: in C)
-        for track in dict.fromkeys(map(itemgetter(0), slices)):
-            if track not in tracks:
-                tracks[track] = (
-                    f"asyncio {task_names.get(int(track[1]), track[1])}" if track[0] == "task" else str(track)
-                )
+        """Name the tracks met only in flows; sort the slices."""
+        tracks, slices = self.tracks, self.slices
         for i in self.instants:
-            if i.track not in tracks:
-                tracks[i.track] = f"asyncio {task_names.get(int(i.track[1]), i.track[1])}"
+            tracks.setdefault(i.track, f"asyncio task {i.track[1]}")
         for f in self.flows:
-            tracks.setdefault(f.target, f"asyncio {task_names.get(int(f.target[1]), f.target[1])}")
+            tracks.setdefault(f.target, f"asyncio task {f.target[1]}")
         # by (start, -end), stably, as two stable sorts with C key functions: three
         # times faster than one sort with a Python key building a tuple per slice
         slices.sort(key=itemgetter(2), reverse=True)
         slices.sort(key=itemgetter(1))
         pid, pname = _process(self.trace)
-        return Timeline(pid, pname, tracks, slices, self.instants, self.flows, self.counters)
+        return Timeline(
+            pid, pname, tracks, slices, self.instants, self.flows, self.model.counters, self.model
+        )
+
+
+def _task_at(tasks: list[TaskTimeline] | None, t: int) -> TaskTimeline | None:
+    """Of the tasks that had one id (reused), the one alive at ``t``."""
+    if not tasks:
+        return None
+    for task in tasks:
+        if task.created <= t <= task.end:
+            return task
+    return tasks[-1] if t >= tasks[-1].created else None
 
 
 def nest_lanes(slices: Iterable[Slice]) -> list[list[tuple[int, bool, Slice]]]:
@@ -558,16 +475,3 @@ def nest_lanes(slices: Iterable[Slice]) -> list[list[tuple[int, bool, Slice]]]:
             done = stack.pop()
             events.append((done[2], False, done))
     return [events for events, _stack in lanes]
-
-
-# --------------------------------------------------------------------------------------
-# Encoding
-#
-# A 1M-event trace makes about two million TracePackets, so they are not built with
-# Message (a bytearray per nested message, a method call per field) but joined from
-# pre-encoded pieces: field keys as byte constants, names/categories/track ids encoded
-# once and cached per export, and each packet framed as a Trace.packet as soon as it is
-# made. Every timestamped packet has the same layout:
-#   timestamp(8) trusted_packet_sequence_id(10)=1 <track_event(11) or perf_sample(66)>
-#   sequence_flags(13)=SEQ_NEEDS_INCREMENTAL_STATE
-# (the layout the Message-based encoder of earlier versions wrote, byte for byte).

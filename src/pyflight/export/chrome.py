@@ -20,11 +20,10 @@ import json
 from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps uses
 from typing import Any
 
-from pyflight.analysis.builder import sampling_interval as _sampling_interval
+from pyflight.analysis.model import Model
 from pyflight.analysis.profiles import frame_label
 from pyflight.analysis.timeline import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
-from pyflight.core.events import Kind
-from pyflight.export import DEFAULT_INTERVAL_NS, gc_paused
+from pyflight.export import DEFAULT_INTERVAL_NS, build_model, gc_paused
 from pyflight.format.reader import Frame, Trace
 
 __all__ = ["export_chrome"]
@@ -69,9 +68,10 @@ def export_chrome(trace: Trace, profile: str | None = None) -> bytes:
     """The trace as Trace Event JSON (``profile`` is ignored)."""
     del profile
     with gc_paused():
-        tl = build_timeline(trace)
+        model = build_model(trace)
+        tl = build_timeline(model)
         events = _timeline_events(tl, trace.start_ns)
-        stack_frames, samples = _samples(trace, tl.counters)
+        stack_frames, samples = _samples(model)
         other = {k: v for k, v in trace.meta.items() if k in ("pyflight.version", "python", "pid", "reason")}
         # {"traceEvents": [...], "displayTimeUnit": "ns", "stackFrames": {...},
         #  "samples": [...], "otherData": {...}}
@@ -185,12 +185,10 @@ def _async_events(
         append(f'{common},"ph":"b","ts":{us(time - t0)},"args":{b_args}}}')
 
 
-def _samples(
-    trace: Trace, counters: dict[str, list[tuple[int, int]]]
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def _samples(model: Model) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``stackFrames`` (keyed by id, each with its parent (outer) frame) and ``samples``:
-    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}; the weight is the sampling
-    interval as the analysis model computes it (from the timeline's ``counters``)."""
+    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}: the model's samples (the
+    program's frames), each weighing the model's sampling interval."""
     frames: dict[tuple[Frame, ...], str] = {}
     stack_frames: dict[str, dict[str, Any]] = {}
 
@@ -204,18 +202,12 @@ def _samples(
             stack_frames[fid] = node
         return fid
 
-    sample_times: dict[int, list[int]] = {}
-    kept: list[tuple[int, int, str]] = []  # (tid, time, stack frame id)
-    for e in trace.events:
-        if e[0] == Kind.SAMPLE:
-            sample_times.setdefault(e[3], []).append(e[1])
-            if e[5]:
-                kept.append((e[3], e[1], frame_id(tuple(reversed(e[5])))))
-    weight = _json(_sampling_interval(counters, sample_times) or DEFAULT_INTERVAL_NS)
-    t0 = trace.start_ns
+    weight = _json(model.sampling_interval_ns or DEFAULT_INTERVAL_NS)
+    t0 = model.trace.start_ns
     samples = [
-        f'{{"cpu":0,"tid":{_json(tid)},"ts":{_us(t - t0)},"name":"sample",'
-        f'"sf":{_json(sf)},"weight":{weight}}}'
-        for tid, t, sf in kept
+        f'{{"cpu":0,"tid":{_json(smp.tid)},"ts":{_us(smp.time - t0)},"name":"sample",'
+        f'"sf":{_json(frame_id(tuple(reversed(smp.stack))))},"weight":{weight}}}'
+        for smp in model.samples
+        if smp.stack
     ]
     return stack_frames, samples

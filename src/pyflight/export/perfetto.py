@@ -22,9 +22,9 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from pyflight.analysis.model import Sample
 from pyflight.analysis.timeline import ArgValue, Slice, TrackKey, build_timeline, nest_lanes
-from pyflight.core.events import Kind
-from pyflight.export import gc_paused
+from pyflight.export import build_model, gc_paused
 from pyflight.export.protobuf import (
     I64,
     LEN,
@@ -39,7 +39,6 @@ from pyflight.format.reader import Frame, Trace
 
 __all__ = ["export_perfetto"]
 
-_K_SAMPLE = int(Kind.SAMPLE)
 
 _SEQ = 1  # trusted_packet_sequence_id of every packet
 _SEQ_INCREMENTAL_STATE_CLEARED = 1
@@ -228,7 +227,7 @@ def export_perfetto(trace: Trace, profile: str | None = None) -> bytes:
 def _export_perfetto(trace: Trace) -> bytes:
     """Track descriptors (few: built with Message) and the timestamped packets (many:
     see _Packets, _TrackEvents, _add_lane), then both in order: descriptors first."""
-    tl = build_timeline(trace)
+    tl = build_timeline(build_model(trace))
     packets = _Packets()
     events = _TrackEvents()
 
@@ -301,7 +300,7 @@ def _export_perfetto(trace: Trace) -> bytes:
         for t, v in values:
             packets.add(t, _TRACK_EVENT, head + _TE_COUNTER_VALUE + encode_varint(int(v)))
 
-    interned = _add_samples(trace, tl.pid, packets)
+    interned = _add_samples(tl.model.samples if tl.model is not None else [], tl.pid, packets)
 
     ordered = packets.in_order()
     start = min(trace.start_ns, packets.items[0][0]) if ordered else trace.start_ns
@@ -323,8 +322,9 @@ def _head(start: int, interned: Message, header: list[Message]) -> bytes:
     return bytes(out)
 
 
-def _add_samples(trace: Trace, pid: int, packets: _Packets) -> Message:
-    """Stack samples as PerfSample packets; returns the InternedData of their callstacks."""
+def _add_samples(model_samples: list[Sample], pid: int, packets: _Packets) -> Message:
+    """The model's stack samples (the program's frames) as PerfSample packets; returns the
+    InternedData of their callstacks."""
     interned = Message()
     strings: dict[tuple[int, str], int] = {}
 
@@ -340,10 +340,8 @@ def _add_samples(trace: Trace, pid: int, packets: _Packets) -> Message:
     callstacks: dict[tuple[Frame, ...], int] = {}
     build_id = intern_string(16, "python")  # build_ids
     samples: list[tuple[int, int, int]] = []  # time, tid, callstack id
-    for e in trace.events:
-        if e[0] != _K_SAMPLE:
-            continue
-        stack: tuple[Frame, ...] = e[5]
+    for smp in model_samples:
+        stack = smp.stack
         if not stack:
             continue
         cs = callstacks.get(stack)
@@ -368,7 +366,7 @@ def _add_samples(trace: Trace, pid: int, packets: _Packets) -> Message:
                 ids.append(fid)
             cs = callstacks[stack] = len(callstacks) + 1
             interned.message(7, Message().varint(1, cs).repeated_varints(2, ids))  # Callstack
-        samples.append((e[1], e[3], cs))
+        samples.append((smp.time, smp.tid, cs))
     pid_field = Message().varint(2, pid).bytes()  # PerfSample.pid
     for t, tid, cs in samples:
         ps = Message().varint(3, tid).varint(4, cs).bytes()  # PerfSample.tid, callstack_iid
