@@ -774,3 +774,39 @@ def test_a_block_is_the_same_in_the_model_perfetto_and_chrome(
             assert [s[3] for s in ready] == [b.end]
         checked += 1
     assert checked >= 2  # the waiter's block woken by the holder, the main thread's joins
+
+
+def test_a_reused_task_id_is_two_tasks_in_the_timeline() -> None:
+    """CPython reuses a done task's id for a new task: the timeline keeps their lives and
+    waits apart, as the model does (a wait of the first never runs into the second)."""
+    from pyflight.analysis.timeline import build_timeline, task_waits
+    from tracegen import Gen, trace
+
+    ms = 1_000_000
+    gen = Gen(seq=1, start_ns=1 * ms, end_ns=100 * ms)
+    loop, task = 7, 99
+    gen.event(loop, Kind.THREAD_INFO, 1 * ms, tid=loop, name="loop", ident=1)
+    for name, t0 in (("first", 10), ("second", 50)):
+        gen.event(loop, Kind.TASK_CREATE, t0 * ms, task=task, name=name, coro=name, parent=0)
+        gen.event(loop, Kind.TASK_STEP_BEGIN, (t0 + 1) * ms, task=task)
+        gen.event(loop, Kind.TASK_STEP_END, (t0 + 2) * ms, task=task)
+        gen.event(
+            loop, Kind.TASK_WAIT, (t0 + 2) * ms, task=task, reason=int(BlockReason.AWAIT), what=name, stack=[]
+        )
+        gen.event(loop, Kind.TASK_READY, (t0 + 20) * ms, task=task)
+        gen.event(loop, Kind.TASK_STEP_BEGIN, (t0 + 21) * ms, task=task)
+        gen.event(loop, Kind.TASK_STEP_END, (t0 + 22) * ms, task=task)
+        gen.event(loop, Kind.TASK_DONE, (t0 + 22) * ms, task=task, outcome=0, error="")
+    model = build(loads(trace([gen])))
+    assert len(model.all_tasks()) == 2
+    timeline = build_timeline(model)
+    lives = [
+        (s.name, s.start, s.end)
+        for s in timeline.slices
+        if s.track == ("task", task) and s.args.get("outcome")
+    ]
+    assert lives == [("first (first)", 10 * ms, 32 * ms), ("second (second)", 50 * ms, 72 * ms)]
+    waits = sorted((start, end, what) for _task, start, end, _reason, what, _stack in task_waits(model))
+    assert waits == [(12 * ms, 30 * ms, "first"), (52 * ms, 70 * ms, "second")]
+    awaits = [(s.start, s.end) for s in timeline.slices if s.name.startswith("await:")]
+    assert sorted(awaits) == [(w[0], w[1]) for w in waits]

@@ -331,13 +331,16 @@ class _TimelineBuilder:
 
     def _task_wake_flows(self, by_id: dict[int, list[TaskTimeline]]) -> None:
         """WAKE of a task -> where that task became ready or ran next."""
+        starts_of: dict[int, list[int]] = {}
         for w in self.model.wakes:
             if not w.task:
                 continue
             task = _task_at(by_id.get(w.task), w.time)
             if task is None:
                 continue
-            starts = [i.start for i in task.intervals]
+            starts = starts_of.get(id(task))
+            if starts is None:  # once per task: a task woken a thousand times has many intervals
+                starts = starts_of[id(task)] = [i.start for i in task.intervals]
             j = bisect.bisect_left(starts, w.time)
             while j < len(task.intervals) and task.intervals[j].state not in (State.READY, State.RUNNING):
                 j += 1
@@ -441,13 +444,14 @@ class _TimelineBuilder:
 
 
 def _task_at(tasks: list[TaskTimeline] | None, t: int) -> TaskTimeline | None:
-    """Of the tasks that had one id (reused), the one alive at ``t``."""
+    """Of the tasks that had one id (reused; sorted by creation), the latest created at
+    or before ``t``."""
     if not tasks:
         return None
-    for task in tasks:
-        if task.created <= t <= task.end:
-            return task
-    return tasks[-1] if t >= tasks[-1].created else None
+    if len(tasks) == 1 or t >= tasks[-1].created:
+        return tasks[-1] if t >= tasks[-1].created else None
+    j = bisect.bisect_right([task.created for task in tasks], t) - 1
+    return tasks[j] if j >= 0 else None
 
 
 def nest_lanes(slices: Iterable[Slice]) -> list[list[tuple[int, bool, Slice]]]:

@@ -20,8 +20,8 @@ import json
 from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps uses
 from typing import Any
 
+from pyflight.analysis.frames import frame_label
 from pyflight.analysis.model import Model
-from pyflight.analysis.profiles import frame_label
 from pyflight.analysis.timeline import ArgValue, Slice, Timeline, TrackKey, build_timeline, nest_lanes
 from pyflight.export import DEFAULT_INTERVAL_NS, build_model, gc_paused
 from pyflight.format.reader import Frame, Trace
