@@ -3,23 +3,22 @@ _core_asyncio.c, _core_annotate.c).
 
 The functions shared with the pure-Python core have the signatures of
 ``pyflight.core._pycore`` (its docstrings say what they do); the rest exist only in C.
-Keep this file in step with the C sources' method tables: tests/test_core_c.py checks
-that every public name here exists in the built extension and the other way round.
+Keep this file in step with the C sources' method tables: tests/test_core_stub.py checks
+that every name here exists in the built extension and the other way round, and runs
+``python -m mypy.stubtest pyflight._core`` on the signatures.
 """
 
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, final
 
 # ----------------------------------------------------------------------------------
 # the recording core (_core.c): the same API as pyflight.core._pycore
 
 BACKEND: Final[str]  # "c"
 
-class _Here: ...
-
-#: Passed as an argument of ``record``: the stack of record's caller.
-HERE: Final[_Here]
+#: Passed as an argument of ``record``: the stack of record's caller (a sentinel object).
+HERE: Final[object]
 
 def configure(
     arg_counts: bytes,
@@ -66,6 +65,7 @@ def decode_events(
 HOOK_CONDITION_WAIT: Final[int]
 _BLOCKING_CONSTANTS: Final[tuple[Any, ...]]
 
+@final
 class TracedLock:
     """A threading.Lock that records when acquiring it blocks."""
 
@@ -79,6 +79,7 @@ class TracedLock:
     def __exit__(self, *exc: object) -> None: ...
     def _at_fork_reinit(self) -> None: ...
 
+@final
 class TracedRLock:
     """A threading.RLock that records when acquiring it blocks."""
 
@@ -92,11 +93,12 @@ class TracedRLock:
     def _recursion_count(self) -> int: ...
     def _at_fork_reinit(self) -> None: ...
 
+@final
 class BlockingHook:
     """A Condition method that records blocking: ``BlockingHook(func, role)``."""
 
     __func__: Callable[..., Any]
-    def __init__(self, func: Callable[..., Any], role: int, /) -> None: ...
+    def __new__(cls, func: Callable[..., Any], role: int, /) -> BlockingHook: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
 
@@ -137,6 +139,7 @@ class AnnotationTask:
     def __init__(self, name: Any) -> None: ...
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: object) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def _fresh(self) -> Any: ...
 
 class AnnotationRegion:
@@ -146,8 +149,10 @@ class AnnotationRegion:
     def __init__(self, name: Any) -> None: ...
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: object) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def _fresh(self) -> Any: ...
 
+@final
 class AnnotationWrapper:
     """A function decorated by pyflight.task or pyflight.region."""
 
