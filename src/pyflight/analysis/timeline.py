@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import gc
 import json
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyflight.analysis.model import State
-from pyflight.core.events import BlockReason, Kind
+from pyflight.core.events import BlockReason, Kind, TaskOutcome
 from pyflight.format.reader import Frame, Trace
 
 if TYPE_CHECKING:
@@ -131,6 +132,10 @@ class Timeline:
 
 
 _REASON_NAMES = {int(r): r.name.lower() for r in BlockReason}
+_OUTCOME_NAMES: dict[TaskOutcome | None, str] = {o: o.name.lower() for o in TaskOutcome}
+# enum members bound once: reading them (and their names) in loops over millions of
+# intervals is slow on Python 3.11
+_BLOCKED, _READY, _RUNNING, _GC = State.BLOCKED, State.READY, State.RUNNING, State.GC
 
 
 def _reason_name(reason: int | None) -> str:
@@ -173,14 +178,22 @@ def build_timeline(source: Model | Trace) -> Timeline:
     """Slices, instants, flows and counters of every thread, task and user task, drawn
     from the model (built here if a trace is given)."""
     model = _model(source)
-    b = _TimelineBuilder(model)
-    b.add_thread_states()
-    b.add_gc()
-    b.add_loops()
-    b.add_tasks()
-    b.add_user_tasks()
-    b.add_instants()
-    return b.finish()
+    # a slice per state change: millions of small acyclic objects, that the cyclic GC
+    # would scan again and again with the model's (as in the reader and the model)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        b = _TimelineBuilder(model)
+        b.add_thread_states()
+        b.add_gc()
+        b.add_loops()
+        b.add_tasks()
+        b.add_user_tasks()
+        b.add_instants()
+        return b.finish()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _task_name(task: TaskTimeline) -> str:
@@ -220,7 +233,7 @@ class _TimelineBuilder:
         for tid, tl in model.threads.items():
             track = self.thread_track(tid)
             for i in tl.intervals:
-                if i.state is State.READY:
+                if i.state is _READY:
                     woken_at[(tid, i.end)] = i.start
                     label = i.detail or "waiting for the GIL"
                     slices.append(Slice(track, i.start, i.end, f"ready: {label}", READY_CATEGORY, {}))
@@ -264,7 +277,7 @@ class _TimelineBuilder:
             )
         for tid, tl in self.model.threads.items():
             last = tl.intervals[-1] if tl.intervals else None
-            if last is not None and last.state is State.GC and (tid, last.start) not in paused:
+            if last is not None and last.state is _GC and (tid, last.start) not in paused:
                 gen = last.obj
                 track = self.thread_track(tid)
                 slices.append(Slice(track, last.start, last.end, f"GC gen {gen}", "gc", {"generation": gen}))
@@ -293,7 +306,7 @@ class _TimelineBuilder:
             end = task.done if task.done is not None else task.end
             args: dict[str, ArgValue] = {}
             if task.done is not None:
-                args["outcome"] = task.outcome.name.lower() if task.outcome is not None else "unknown"
+                args["outcome"] = _OUTCOME_NAMES.get(task.outcome, "unknown")
                 if task.error:
                     args["error"] = task.error
             slices.append(Slice(key, task.created, max(task.created, end), label, "asyncio", args))
@@ -318,14 +331,14 @@ class _TimelineBuilder:
             for i in task.intervals:
                 if i.end <= i.start:
                     continue
-                if i.state is State.BLOCKED:
+                if i.state is _BLOCKED:
                     rname = _reason_name(i.reason)
                     slices.append(
                         Slice(
                             key, i.start, i.end, f"await: {i.detail or rname}", "asyncio", {"reason": rname}
                         )
                     )
-                elif i.state is State.READY:
+                elif i.state is _READY:
                     slices.append(Slice(key, i.start, i.end, "ready (scheduling delay)", READY_CATEGORY, {}))
         self._task_wake_flows(by_id)
 
@@ -342,7 +355,11 @@ class _TimelineBuilder:
             if starts is None:  # once per task: a task woken a thousand times has many intervals
                 starts = starts_of[id(task)] = [i.start for i in task.intervals]
             j = bisect.bisect_left(starts, w.time)
-            while j < len(task.intervals) and task.intervals[j].state not in (State.READY, State.RUNNING):
+            while (
+                j < len(task.intervals)
+                and task.intervals[j].state is not _READY
+                and task.intervals[j].state is not _RUNNING
+            ):
                 j += 1
             if j == len(task.intervals):
                 continue
