@@ -671,3 +671,36 @@ def test_notify_is_not_wrapped_and_waiter_locks_behave(rec: pyflight.FlightRecor
     assert [e.arg("target") for e in wakes] == [t.native_id]
     ends = [e for _, e in blocks(trace, BlockReason.CONDITION, id(cond))]
     assert [e.arg("waker") for e in ends] == [threading.get_native_id(), 0]
+
+
+@pytest.mark.skipif(C is None, reason="the waiter-lock wake-up is the C core's")
+def test_waiter_lock_that_outlives_its_wait_stays_a_plain_lock(
+    rec: pyflight.FlightRecorder, tmp_path: Path
+) -> None:
+    """A wait's bookkeeping lives on the hook's C stack (nothing allocated per wait): a
+    waiter lock kept after its wait returned must neither write to it nor record a WAKE
+    when released later, and must behave as the lock it wraps."""
+    kept: list[Any] = []
+
+    def stand_in_wait(cond: object, timeout: float | None = None) -> bool:
+        waiter = threading._allocate_lock()  # type: ignore[attr-defined]
+        waiter.acquire()
+        kept.append(waiter)
+        return True
+
+    assert C is not None
+    hook = C.BlockingHook(stand_in_wait, C.HOOK_CONDITION_WAIT)
+    cond = object()
+    assert hook(cond) is True and hook(cond, timeout=1.0) is True
+    for lock in kept:
+        assert type(lock).__name__ == "_WaiterLock" and lock.locked()
+        spare = [0] * 64  # reuse the C stack the wait ran on
+        assert sum(spare) == 0
+        lock.release()
+        assert not lock.locked()
+        assert lock.acquire(False) and lock.locked()
+        lock.release()
+    trace = snapshot(rec, tmp_path)
+    assert not [e for e in of_kind(trace, Kind.WAKE) if e.arg("obj") == id(cond)]
+    ends = [e for _, e in blocks(trace, BlockReason.CONDITION, id(cond))]
+    assert [e.arg("waker") for e in ends] == [0, 0]

@@ -706,6 +706,30 @@ void pyfl_record_ints(int kind, int n, const uint64_t *vals) {
     commit(&ev);
 }
 
+void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f) {
+    if (!S.enabled) return;
+    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS || stack_at < 0 || stack_at >= n) {
+        S.dropped++;
+        return;
+    }
+    Ev ev;
+    ev.kind = (uint8_t)kind;
+    ev.n = (uint8_t)n;
+    ev.n_stacks = 0;
+    for (int i = 0; i < n; i++) {
+        ev.type[i] = 'u';
+        ev.val[i] = vals[i];
+    }
+    if (f) {
+        ev.type[stack_at] = 'k';
+        ev.obj[stack_at] = (PyObject *)f;
+        ev.n_stacks = 1;
+    } else {
+        ev.val[stack_at] = 0;
+    }
+    commit(&ev);
+}
+
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {
     Ev ev;
     if (!S.enabled) return 0;

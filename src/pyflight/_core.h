@@ -20,6 +20,11 @@ uint64_t pyfl_now_ns(void);
  * in dropped_events). No-op when stopped. */
 void pyfl_record_ints(int kind, int n, const uint64_t *vals);
 
+/* Records `kind` with n unsigned integer arguments, except argument `stack_at`, which
+ * is the stack from frame f outwards (no stack if f is NULL; vals[stack_at] is ignored).
+ * Same guarantees as pyfl_record_ints; must be called with no exception set. */
+void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f);
+
 /* Exactly record(kind, *args) as called from Python (args[0] is the kind): 0, or -1
  * with an exception set on bad arguments. Use it for events with strings or stacks. */
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs);
