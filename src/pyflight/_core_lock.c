@@ -51,6 +51,7 @@ static struct {
     PyObject *s_release_save, *s_acquire_restore, *s_is_owned, *s_recursion_count;
     PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_acquire, *s_release;
     double timeout_max;       /* _thread.TIMEOUT_MAX */
+    uint64_t stack_min_ns;    /* condition waits shorter than this are recorded without a stack */
 } L;
 
 /* Set while this thread is inside a Condition.wait hook. */
@@ -691,7 +692,11 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
 
     PyObject *cond = args[0];
     WaitSlot slot = {my_tid(), 0, cond, NULL};
-    record_block_begin(R_CONDITION, cond);
+    /* BLOCK_BEGIN is written when the wait ends (or before a seal), its stack only for a
+     * wait that lasted at least L.stack_min_ns: the waiter's frames are the same then */
+    PyflPending begin = {.tid = slot.tid, .vals = {R_CONDITION, (uint64_t)(uintptr_t)cond, 0, 0},
+                         .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
+    pyfl_pending_begin(&begin);
 
     WaitSlot *outer_slot = tls_wait_slot;
     int outer = tls_in_wait;
@@ -702,6 +707,10 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     tls_wait_slot = outer_slot;
     if (slot.lock) slot.lock->slot = NULL; /* the waiter lock outlived the wait: unlink it */
 
+    SavedExc saved;
+    exc_save(&saved);
+    pyfl_pending_end(&begin, L.stack_min_ns);
+    exc_restore(&saved);
     if (recording()) record_block_end(R_CONDITION, cond, slot.waker);
     return r;
 
@@ -785,11 +794,14 @@ static PyTypeObject HookType = {
 
 /* ------------------------------------------------------------------ control */
 
-/* _blocking_setup(rlock_factory, on_fault): what TracedRLock() calls to make its inner
- * lock, and the fault handler (None for none). Forgets tracked waiters. */
+/* _blocking_setup(rlock_factory, on_fault, stack_min_ns=0): what TracedRLock() calls to
+ * make its inner lock, the fault handler (None for none), and how long a condition wait
+ * must last for its BLOCK_BEGIN to carry a stack. */
 static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
     PyObject *factory, *handler;
-    if (!PyArg_ParseTuple(args, "OO:_blocking_setup", &factory, &handler)) return NULL;
+    unsigned long long stack_min_ns = 0;
+    if (!PyArg_ParseTuple(args, "OO|K:_blocking_setup", &factory, &handler, &stack_min_ns)) return NULL;
+    L.stack_min_ns = (uint64_t)stack_min_ns;
     if (!PyCallable_Check(factory) || (handler != Py_None && !PyCallable_Check(handler)))
         return PyErr_Format(PyExc_TypeError, "_blocking_setup() needs callables");
     Py_XSETREF(L.rlock_factory, Py_NewRef(factory));
@@ -808,7 +820,7 @@ static PyObject *blocking_control(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef lock_functions[] = {
-    {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault)"},
+    {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault, stack_min_ns=0)"},
     {"_blocking_control", blocking_control, METH_VARARGS, "_blocking_control(active, inject_fault=False)"},
     {NULL, NULL, 0, NULL},
 };
