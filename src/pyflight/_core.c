@@ -694,8 +694,9 @@ static void pending_ev(const PyflPending *p, Ev *ev, int with_stack) {
 /* Writes pending block p's BLOCK_BEGIN (at its start time, into its thread's batch),
  * with its stack if with_stack, unless it was written meanwhile. Frames are collected
  * first, which may run Python code (another thread may then end p, or a seal write it):
- * p is only touched again if it is still in the list with the same start and thread. */
-static void pending_write(PyflPending *p, int with_stack) {
+ * unless `own` (called by p's thread, whose node cannot go away), p is only touched again
+ * if it is still in the list with the same start and thread. */
+static void pending_write(PyflPending *p, int with_stack, int own) {
     PyObject *local[LOCAL_FRAMES], **frames = local;
     Ev ev;
     uint64_t t0 = p->t0, tid = p->tid, epoch = p->epoch;
@@ -705,12 +706,13 @@ static void pending_write(PyflPending *p, int with_stack) {
         depth = collect_frames((PyFrameObject *)ev.obj[p->stack_at], frames, max);
         ev.depth[p->stack_at] = depth;
     }
-    int found = 0;
-    for (PyflPending *q = pending_head; q; q = q->next)
+    int found = own; /* the owner's node cannot go away meanwhile: no list walk */
+    for (PyflPending *q = own ? NULL : pending_head; q; q = q->next)
         if (q == p && q->t0 == t0 && q->tid == tid) found = 1;
     if (found && !p->flushed && S.enabled && !S.busy && S.gen.epoch == epoch) {
         S.busy = 1;
-        if (append_event_to(&ev, frames, t0, tid) < 0) S.dropped++;
+        /* the owner's batch through its thread-local pointer: no search of the batches */
+        if (append_event_to(&ev, frames, t0, own ? 0 : tid) < 0) S.dropped++;
         S.busy = 0;
         p->flushed = 1;
     }
@@ -726,7 +728,7 @@ static void pending_flush(void) {
         PyflPending *p = pending_head;
         while (p && (p->flushed || p->epoch != S.gen.epoch)) p = p->next;
         if (!p) break;
-        pending_write(p, 1);
+        pending_write(p, 1, 0);
         if (!p->flushed) break; /* could not (re-entered, stopped): seal_gen writes it without a stack */
     }
     pending_flushing = 0;
@@ -748,7 +750,7 @@ void pyfl_pending_begin(PyflPending *p) {
 void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns) {
     if (!p->linked || p->fork_gen != pending_fork_gen) return;
     if (!p->flushed && S.enabled && p->epoch == S.gen.epoch)
-        pending_write(p, now_ns() - p->t0 >= stack_min_ns);
+        pending_write(p, now_ns() - p->t0 >= stack_min_ns, 1);
     if (p->prev) p->prev->next = p->next;
     else pending_head = p->next;
     if (p->next) p->next->prev = p->prev;
