@@ -14,14 +14,9 @@
  */
 #include "_core.h"
 #include <limits.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
-#if PY_VERSION_HEX < 0x030C0000
-#include <structmember.h> /* PyMemberDef (in Python.h since 3.12) */
-#define Py_T_BOOL T_BOOL
-#endif
 
 #ifdef Py_GIL_DISABLED
 #error "pyflight._core relies on the GIL; free-threaded builds use the pure-Python core"
@@ -1198,103 +1193,6 @@ static PyObject *core_decode_events(PyObject *mod, PyObject *const *a, Py_ssize_
     return list;
 }
 
-/* ------------------------------------------------------------------ gc.callbacks entry */
-
-/* GCCallback(begin_kind, end_kind): the gc source's gc.callbacks entry, in C. CPython
- * calls it as callback(phase, info) around every collection; it records
- * begin_kind(info["generation"]) for phase "start" and end_kind(generation, collected,
- * uncollectable) for "stop", straight into the core: no Python frame, no int objects
- * (a Python callback costs ~1-2 us more per collection). Guarantees: never raises and
- * never runs Python code (info must be an exact dict, its values exact ints, else the
- * event is not recorded); records only while `active` (the source clears it to stop)
- * and the core records. */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    int begin_kind, end_kind;
-    char active;
-} GCCallback;
-
-static PyObject *s_start, *s_generation, *s_collected, *s_uncollectable;
-
-/* info[key] as an unsigned int in *out: 1, or 0 (no exception) if missing or not an
- * exact non-negative int. */
-static int gc_info_uint(PyObject *info, PyObject *key, uint64_t *out) {
-    PyObject *v = PyDict_GetItemWithError(info, key); /* exact str key in an exact dict: no Python code */
-    if (!v || !PyLong_CheckExact(v)) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = PyLong_AsUnsignedLongLong(v);
-    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
-
-/* callback(phase, info) -> None: see GCCallback. */
-static PyObject *gccb_call(GCCallback *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (!self->active || !S.enabled || nargs != 2 || kwnames || !PyDict_CheckExact(args[1])
-        || !PyUnicode_CheckExact(args[0]))
-        Py_RETURN_NONE;
-    PyObject *phase = args[0], *info = args[1];
-    uint64_t v[3];
-    if (!gc_info_uint(info, s_generation, &v[0])) Py_RETURN_NONE;
-    if (phase == s_start || PyUnicode_Compare(phase, s_start) == 0) {
-        pyfl_record_ints(self->begin_kind, 1, v);
-    } else if (gc_info_uint(info, s_collected, &v[1]) && gc_info_uint(info, s_uncollectable, &v[2])) {
-        pyfl_record_ints(self->end_kind, 3, v);
-    }
-    if (PyErr_Occurred()) PyErr_Clear(); /* PyUnicode_Compare cannot fail on exact str; be sure */
-    Py_RETURN_NONE;
-}
-
-/* GCCallback(begin_kind, end_kind): a new, active callback. */
-static PyObject *gccb_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    int begin, end;
-    if (kwds && PyDict_GET_SIZE(kwds)) return PyErr_Format(PyExc_TypeError, "GCCallback() takes no keyword arguments");
-    if (!PyArg_ParseTuple(args, "ii:GCCallback", &begin, &end)) return NULL;
-    if (begin < 0 || begin >= N_KINDS || end < 0 || end >= N_KINDS)
-        return PyErr_Format(PyExc_ValueError, "GCCallback(): event kinds out of range");
-    GCCallback *self = (GCCallback *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    self->vectorcall = (vectorcallfunc)gccb_call;
-    self->begin_kind = begin;
-    self->end_kind = end;
-    self->active = 1;
-    return (PyObject *)self;
-}
-
-static PyMemberDef gccb_members[] = {
-    {"active", Py_T_BOOL, offsetof(GCCallback, active), 0, "records only while true"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject GCCallbackType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pyflight._core.GCCallback",
-    .tp_doc = "GCCallback(begin_kind, end_kind): a gc.callbacks entry recording collections (pyflight).",
-    .tp_basicsize = sizeof(GCCallback),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = gccb_new,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(GCCallback, vectorcall),
-    .tp_members = gccb_members,
-};
-
-/* Adds GCCallback to the module: 0, or -1 with an exception. */
-static int gc_callback_init(PyObject *mod) {
-    if ((!s_start && !(s_start = PyUnicode_InternFromString("start")))
-        || (!s_generation && !(s_generation = PyUnicode_InternFromString("generation")))
-        || (!s_collected && !(s_collected = PyUnicode_InternFromString("collected")))
-        || (!s_uncollectable && !(s_uncollectable = PyUnicode_InternFromString("uncollectable"))))
-        return -1;
-    if (PyType_Ready(&GCCallbackType) < 0) return -1;
-    return PyModule_AddObjectRef(mod, "GCCallback", (PyObject *)&GCCallbackType);
-}
-
 /* ------------------------------------------------------------------ module */
 
 #define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
@@ -1330,7 +1228,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (!mod) return NULL;
     if ((!S.here && !(S.here = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
         || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0
-        || gc_callback_init(mod) < 0 || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0 || pyfl_annotate_init(mod) < 0) {
+        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0 || pyfl_annotate_init(mod) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -3,10 +3,6 @@
 ``gc.callbacks`` is the only hook CPython offers around a collection and it costs
 ~1-3 us per collection (DESIGN.md), so the pause a request suffered can be pinned on
 the GC without any per-allocation cost. The callback does the minimum: one ``record``.
-With the C core it is ``_core.GCCallback``, a C callable that records straight into the
-core (no Python frame: ~1-2 us less per collection, which counts on allocation-heavy code
-running thousands of collections a second); without it (or when ``backend.record`` was
-replaced, as the fault tests do) a Python function.
 """
 
 from __future__ import annotations
@@ -43,13 +39,6 @@ class GCSource(Source):
             raise ValueError(f"unknown option(s) {sorted(self.options)}")
         self._remove_callback()  # left behind by an earlier fault, if any
         record = backend.record  # bound once: the callback is the hot path of this source
-        c_callback = getattr(backend, "GCCallback", None)
-        if c_callback is not None and getattr(record, "__self__", None) is backend:  # the C record
-            # the C entry records nothing it cannot (it never raises): no fault path needed
-            self._callback = c_callback(_GC_BEGIN, _GC_END)
-            self._active = True
-            gc.callbacks.append(self._callback)
-            return
         source = self
 
         def callback(phase: str, info: dict[str, int]) -> None:
@@ -73,8 +62,6 @@ class GCSource(Source):
 
     def _uninstall(self) -> None:
         self._active = False
-        if self._callback is not None and hasattr(self._callback, "active"):
-            self._callback.active = False  # the C entry: inert from now on
         if self._in_fault:
             # CPython walks gc.callbacks by index while calling them: removing ourselves
             # now would make it skip the next callback once. The callback is inert; it
