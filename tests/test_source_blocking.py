@@ -64,7 +64,10 @@ def originals() -> Iterator[dict[tuple[Any, str], Any]]:
 
 @pytest.fixture
 def rec(originals: dict[tuple[Any, str], Any]) -> Iterator[pyflight.FlightRecorder]:
-    recorder = pyflight.FlightRecorder(sources=["blocking"]).start()
+    # every condition wait with its stack, however short (the default skips stacks of
+    # waits under 100 us: see the stack_min_us tests)
+    options = {"blocking": {"stack_min_us": 0}}
+    recorder = pyflight.FlightRecorder(sources=["blocking"], source_options=options).start()
     try:
         yield recorder
     finally:
@@ -671,3 +674,98 @@ def test_notify_is_not_wrapped_and_waiter_locks_behave(rec: pyflight.FlightRecor
     assert [e.arg("target") for e in wakes] == [t.native_id]
     ends = [e for _, e in blocks(trace, BlockReason.CONDITION, id(cond))]
     assert [e.arg("waker") for e in ends] == [threading.get_native_id(), 0]
+
+
+@pytest.mark.skipif(C is None, reason="the waiter-lock wake-up is the C core's")
+def test_waiter_lock_that_outlives_its_wait_stays_a_plain_lock(
+    rec: pyflight.FlightRecorder, tmp_path: Path
+) -> None:
+    """A wait's bookkeeping lives on the hook's C stack (nothing allocated per wait): a
+    waiter lock kept after its wait returned must neither write to it nor record a WAKE
+    when released later, and must behave as the lock it wraps."""
+    kept: list[Any] = []
+
+    def stand_in_wait(cond: object, timeout: float | None = None) -> bool:
+        waiter = threading._allocate_lock()  # type: ignore[attr-defined]
+        waiter.acquire()
+        kept.append(waiter)
+        return True
+
+    assert C is not None
+    hook = C.BlockingHook(stand_in_wait, C.HOOK_CONDITION_WAIT)
+    cond = object()
+    assert hook(cond) is True and hook(cond, timeout=1.0) is True
+    for lock in kept:
+        assert type(lock).__name__ == "_WaiterLock" and lock.locked()
+        spare = [0] * 64  # reuse the C stack the wait ran on
+        assert sum(spare) == 0
+        lock.release()
+        assert not lock.locked()
+        assert lock.acquire(False) and lock.locked()
+        lock.release()
+    trace = snapshot(rec, tmp_path)
+    assert not [e for e in of_kind(trace, Kind.WAKE) if e.arg("obj") == id(cond)]
+    ends = [e for _, e in blocks(trace, BlockReason.CONDITION, id(cond))]
+    assert [e.arg("waker") for e in ends] == [0, 0]
+
+
+def wait_for_waiter(cond: threading.Condition) -> None:
+    deadline = time.monotonic() + 10
+    while not cond._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.005)
+    assert cond._waiters  # type: ignore[attr-defined]
+
+
+def blocked_waiter(event: threading.Event) -> None:
+    event.wait()
+
+
+@pytest.mark.skipif(C is None, reason="BLOCK_BEGIN written at the end of a wait is the C core's")
+def test_wait_below_stack_threshold_has_no_stack_but_its_times(
+    originals: dict[tuple[Any, str], Any], tmp_path: Path
+) -> None:
+    """Below stack_min_us a condition wait is recorded with its start time and no stack;
+    at or above it (here a wait of >= 50 ms against the default 100 us) with its stack."""
+    for option, expect_stack in ((10_000_000, False), (None, True)):
+        options = {} if option is None else {"blocking": {"stack_min_us": option}}
+        rec = pyflight.FlightRecorder(sources=["blocking"], source_options=options).start()
+        try:
+            event = threading.Event()
+            t = run_thread(event.wait)
+            wait_for_waiter(event._cond)  # type: ignore[attr-defined]
+            time.sleep(0.05)
+            released_at = backend.now()
+            event.set()
+            t.join(10)
+            trace = snapshot(rec, tmp_path)
+        finally:
+            rec.stop()
+        ((begin, end),) = blocks(trace, BlockReason.CONDITION, id(event._cond))  # type: ignore[attr-defined]
+        assert begin.thread == end.thread == t.native_id
+        assert begin.time < released_at <= end.time
+        assert ("Event.wait" in functions(begin)) is expect_stack
+
+
+@pytest.mark.skipif(C is None, reason="BLOCK_BEGIN written at the end of a wait is the C core's")
+def test_wait_across_seals_and_snapshots_keeps_one_begin_with_its_stack(
+    rec: pyflight.FlightRecorder, tmp_path: Path
+) -> None:
+    """A wait still blocked when a generation is sealed, or when a snapshot is taken, has
+    its BLOCK_BEGIN (with stack) in that generation, written once."""
+    event = threading.Event()
+    t = run_thread(lambda: blocked_waiter(event))
+    wait_for_waiter(event._cond)  # type: ignore[attr-defined]
+    backend.seal()
+    backend.record(int(Kind.LOG), 0, "test", "after the seal")  # events after it, any thread
+    during = snapshot(rec, tmp_path)
+    event.set()
+    t.join(10)
+    backend.seal()
+    after = snapshot(rec, tmp_path)
+    cond_id = id(event._cond)  # type: ignore[attr-defined]
+    (begin,) = [e for e in of_kind(during, Kind.BLOCK_BEGIN) if e.arg("obj") == cond_id]
+    assert begin.thread == t.native_id and "blocked_waiter" in functions(begin)
+    assert not [e for e in of_kind(during, Kind.BLOCK_END) if e.arg("obj") == cond_id]
+    ((begin2, end),) = blocks(after, BlockReason.CONDITION, cond_id)
+    assert begin2.time == begin.time < end.time
+    assert "blocked_waiter" in functions(begin2)

@@ -232,6 +232,7 @@ static struct {
     RingMeta *meta;      /* parallel to ring */
     size_t meta_cap;
     uint64_t ring_bytes, events, sealed, evicted, dropped;
+    uint64_t last_t;     /* time of the last event appended (any thread): commit's seal decision */
     PyObject *live;      /* dict key -> tuple (kind, *args), insertion ordered */
     Buf scratch;         /* the stack key being built */
     PyObject *here;      /* the HERE sentinel */
@@ -242,6 +243,13 @@ static _Thread_local struct {
     TBuf *buf;
     uint64_t epoch;
 } tls;
+
+/* Pending blocks (see _core.h, PyflPending): a list of nodes on the blocked threads' C
+ * stacks, changed only with the GIL held. pending_fork_gen changes in a forked child,
+ * where the list is dropped (its nodes belong to threads that do not exist there). */
+static PyflPending *pending_head;
+static uint64_t pending_fork_gen = 1;
+static int pending_flushing;
 
 /* A parsed record() call. */
 typedef struct {
@@ -498,8 +506,20 @@ static int append_event(const Ev *ev, PyObject **frames, uint64_t t);
  * event (if memory runs out it is dropped and its events counted), evicts, opens the
  * next generation at t and re-records the live entries in insertion order. An empty
  * generation is not emitted; the next one reuses its number. */
+static void pending_ev(const PyflPending *p, Ev *ev, int with_stack);
+static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t tid);
+
 static void seal_gen(uint64_t t) {
     uint64_t seq = S.gen.seq;
+    /* pending blocks not flushed with their stacks (a seal forced while one was being
+     * flushed): their BLOCK_BEGIN without a stack, so that this generation has it */
+    for (PyflPending *p = pending_head; p; p = p->next) {
+        if (p->flushed || p->epoch != S.gen.epoch) continue;
+        Ev ev;
+        pending_ev(p, &ev, 0);
+        if (append_event_to(&ev, NULL, p->t0, p->tid) < 0) S.dropped++;
+        p->flushed = 1;
+    }
     if (S.gen.n_events) {
         PyObject *frame = gen_encode(&S.gen, t);
         if (frame && ring_push(frame, S.gen.start_ns, t) == 0) {
@@ -586,23 +606,39 @@ static int parse_event(PyObject *const *args, Py_ssize_t nargs, Ev *ev, int allo
 
 /* The calling thread's batch in the open generation, created with its first event at t
  * if needed; NULL if out of memory. */
+static TBuf *batch_for(uint64_t tid, uint64_t t);
+
 static inline TBuf *thread_buf(uint64_t t) {
     if (tls.epoch == S.gen.epoch) return tls.buf;
+    TBuf *b = batch_for((uint64_t)PyThread_get_thread_native_id(), t);
+    if (!b) return NULL;
+    tls.buf = b;
+    tls.epoch = S.gen.epoch;
+    return b;
+}
+
+/* The batch of thread `tid` in the open generation (one per thread: a pending block's
+ * flush may have made it for a thread that had recorded nothing yet), created with its
+ * first event at t if needed; NULL if out of memory. */
+static TBuf *batch_for(uint64_t tid, uint64_t t) {
+    for (TBuf *b = S.gen.batches; b; b = b->next)
+        if (b->tid == tid) return b;
     TBuf *b = PyMem_RawCalloc(1, sizeof *b);
     if (!b) return NULL;
-    b->tid = (uint64_t)PyThread_get_thread_native_id();
+    b->tid = tid;
     b->base_ns = b->last_ns = t;
     b->next = S.gen.batches;
     S.gen.batches = b;
-    tls.buf = b;
-    tls.epoch = S.gen.epoch;
     return b;
 }
 
 /* Busy section: interns the event's strings and stacks (`frames` holds each stack
  * argument's collected frames, in argument order) and appends the event at time t to the
  * calling thread's batch. 0, or -1 if out of memory (event not appended). */
-static int append_event(const Ev *ev, PyObject **frames, uint64_t t) {
+static int append_event(const Ev *ev, PyObject **frames, uint64_t t) { return append_event_to(ev, frames, t, 0); }
+
+/* append_event into the batch of thread `tid` (0: the calling thread's). */
+static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t tid) {
     uint64_t v[MAX_ARGS];
     for (int i = 0; i < ev->n; i++) {
         int64_t id = 0;
@@ -615,7 +651,7 @@ static int append_event(const Ev *ev, PyObject **frames, uint64_t t) {
         if (id < 0) return -1;
         v[i] = ev->type[i] == 'u' ? ev->val[i] : (uint64_t)id;
     }
-    TBuf *b = thread_buf(t);
+    TBuf *b = tid ? batch_for(tid, t) : thread_buf(t);
     if (!b || buf_reserve(&b->ev, 1 + VARINT_MAX * (1 + (size_t)ev->n)) < 0) return -1;
     uint8_t *start = b->ev.data + b->ev.len, *p = start;
     *p++ = ev->kind;
@@ -629,7 +665,91 @@ static int append_event(const Ev *ev, PyObject **frames, uint64_t t) {
     S.gen.ev_bytes += (uint64_t)(p - start);
     S.gen.n_events++;
     S.events++;
+    if (t > S.last_t) S.last_t = t;
     return 0;
+}
+
+/* The BLOCK_BEGIN event of pending block p, its stack argument the frame (borrowed) if
+ * with_stack and there is one, else 0. */
+static void pending_ev(const PyflPending *p, Ev *ev, int with_stack) {
+    ev->kind = (uint8_t)p->kind;
+    ev->n = (uint8_t)p->n;
+    ev->n_stacks = 0;
+    for (int i = 0; i < p->n; i++) {
+        ev->type[i] = 'u';
+        ev->val[i] = i == p->stack_at ? 0 : p->vals[i];
+    }
+    if (with_stack && p->frame) {
+        ev->type[p->stack_at] = 'k';
+        ev->obj[p->stack_at] = (PyObject *)p->frame;
+        ev->n_stacks = 1;
+    }
+}
+
+/* Writes pending block p's BLOCK_BEGIN (at its start time, into its thread's batch),
+ * with its stack if with_stack, unless it was written meanwhile. Frames are collected
+ * first, which may run Python code (another thread may then end p, or a seal write it):
+ * unless `own` (called by p's thread, whose node cannot go away), p is only touched again
+ * if it is still in the list with the same start and thread. */
+static void pending_write(PyflPending *p, int with_stack, int own) {
+    PyObject *local[LOCAL_FRAMES], **frames = local;
+    Ev ev;
+    uint64_t t0 = p->t0, tid = p->tid, epoch = p->epoch;
+    Py_ssize_t depth = 0, max = S.max_depth < LOCAL_FRAMES ? S.max_depth : LOCAL_FRAMES;
+    pending_ev(p, &ev, with_stack);
+    if (ev.n_stacks) {
+        depth = collect_frames((PyFrameObject *)ev.obj[p->stack_at], frames, max);
+        ev.depth[p->stack_at] = depth;
+    }
+    int found = own; /* the owner's node cannot go away meanwhile: no list walk */
+    for (PyflPending *q = own ? NULL : pending_head; q; q = q->next)
+        if (q == p && q->t0 == t0 && q->tid == tid) found = 1;
+    if (found && !p->flushed && S.enabled && !S.busy && S.gen.epoch == epoch) {
+        S.busy = 1;
+        /* the owner's batch through its thread-local pointer: no search of the batches */
+        if (append_event_to(&ev, frames, t0, own ? 0 : tid) < 0) S.dropped++;
+        S.busy = 0;
+        p->flushed = 1;
+    }
+    for (Py_ssize_t i = 0; i < depth; i++)
+        Py_DECREF(frames[i]);
+}
+
+/* Before a seal: writes every pending block of the open generation with its stack. */
+static void pending_flush(void) {
+    if (pending_flushing || !S.enabled) return;
+    pending_flushing = 1;
+    for (int rounds = 0; rounds < 100000; rounds++) {
+        PyflPending *p = pending_head;
+        while (p && (p->flushed || p->epoch != S.gen.epoch)) p = p->next;
+        if (!p) break;
+        pending_write(p, 1, 0);
+        if (!p->flushed) break; /* could not (re-entered, stopped): seal_gen writes it without a stack */
+    }
+    pending_flushing = 0;
+}
+
+void pyfl_pending_begin(PyflPending *p) {
+    p->linked = p->flushed = 0;
+    if (!S.enabled) return;
+    p->t0 = now_ns();
+    p->epoch = S.gen.epoch;
+    p->fork_gen = pending_fork_gen;
+    p->prev = NULL;
+    p->next = pending_head;
+    if (pending_head) pending_head->prev = p;
+    pending_head = p;
+    p->linked = 1;
+}
+
+void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns) {
+    if (!p->linked || p->fork_gen != pending_fork_gen) return;
+    if (!p->flushed && S.enabled && p->epoch == S.gen.epoch)
+        pending_write(p, now_ns() - p->t0 >= stack_min_ns, 1);
+    if (p->prev) p->prev->next = p->next;
+    else pending_head = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->linked = 0;
 }
 
 /* Records a parsed event; never raises. Its frame chains are collected first (this may
@@ -649,12 +769,19 @@ static void commit(Ev *ev) {
             n_frames += (size_t)ev->depth[i];
         }
     }
+    /* with blocks pending, a generation is sealed one event late: the event after the one
+     * that made it due writes their BLOCK_BEGINs (with stacks, outside the busy section) first */
+    int pending_due = 0;
+    if (pending_head && S.enabled && !S.busy && S.last_t >= S.gen.start_ns && gen_due(S.last_t)) {
+        pending_flush();
+        pending_due = 1;
+    }
     if (S.enabled && S.busy) {
         S.dropped++;
     } else if (S.enabled) {
         S.busy = 1;
         uint64_t t = now_ns();
-        if (gen_due(t)) {
+        if (gen_due(t) && (pending_due || !pending_head)) {
             seal_gen(t);
             t = now_ns();
         }
@@ -697,6 +824,30 @@ void pyfl_record_ints(int kind, int n, const uint64_t *vals) {
     for (int i = 0; i < n; i++) {
         ev.type[i] = 'u';
         ev.val[i] = vals[i];
+    }
+    commit(&ev);
+}
+
+void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f) {
+    if (!S.enabled) return;
+    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS || stack_at < 0 || stack_at >= n) {
+        S.dropped++;
+        return;
+    }
+    Ev ev;
+    ev.kind = (uint8_t)kind;
+    ev.n = (uint8_t)n;
+    ev.n_stacks = 0;
+    for (int i = 0; i < n; i++) {
+        ev.type[i] = 'u';
+        ev.val[i] = vals[i];
+    }
+    if (f) {
+        ev.type[stack_at] = 'k';
+        ev.obj[stack_at] = (PyObject *)f;
+        ev.n_stacks = 1;
+    } else {
+        ev.val[stack_at] = 0;
     }
     commit(&ev);
 }
@@ -756,6 +907,7 @@ static PyObject *core_clear_live(PyObject *mod, PyObject *key) {
 
 /* seal(): seals the open generation now. No-op when stopped or re-entered. */
 static PyObject *core_seal(PyObject *mod, PyObject *unused) {
+    if (S.enabled && !S.busy) pending_flush(); /* may run Python code: check again */
     if (S.enabled && !S.busy) {
         S.busy = 1;
         seal_gen(now_ns());
@@ -767,6 +919,9 @@ static PyObject *core_seal(PyObject *mod, PyObject *unused) {
 /* maybe_seal(): seals if the open generation is due, else just evicts (by age). No-op
  * when stopped or re-entered. */
 static PyObject *core_maybe_seal(PyObject *mod, PyObject *unused) {
+    if (S.enabled && !S.busy) {
+        if (pending_head && gen_due(now_ns())) pending_flush();
+    }
     if (S.enabled && !S.busy) {
         S.busy = 1;
         uint64_t t = now_ns();
@@ -782,6 +937,9 @@ static PyObject *core_maybe_seal(PyObject *mod, PyObject *unused) {
 /* snapshot(): seals, then returns a new list of the ring's framed generations, oldest
  * first. RuntimeError when stopped or re-entered. */
 static PyObject *core_snapshot(PyObject *mod, PyObject *unused) {
+    if (!S.enabled || S.busy)
+        return PyErr_Format(PyExc_RuntimeError, "%s", S.enabled ? "pyflight core re-entered while busy" : "not recording");
+    pending_flush(); /* may run Python code: check again */
     if (!S.enabled || S.busy)
         return PyErr_Format(PyExc_RuntimeError, "%s", S.enabled ? "pyflight core re-entered while busy" : "not recording");
     S.busy = 1;
@@ -871,6 +1029,9 @@ static PyObject *core_stop(PyObject *mod, PyObject *unused) {
 static PyObject *core_after_fork_child(PyObject *mod, PyObject *unused) {
     S.busy = 0;
     discard_all();
+    pending_head = NULL; /* nodes of threads that do not exist here */
+    pending_fork_gen++;
+    pending_flushing = 0;
     S.events = S.sealed = S.evicted = S.dropped = 0;
     Py_RETURN_NONE;
 }

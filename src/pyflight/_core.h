@@ -20,6 +20,32 @@ uint64_t pyfl_now_ns(void);
  * in dropped_events). No-op when stopped. */
 void pyfl_record_ints(int kind, int n, const uint64_t *vals);
 
+/* Records `kind` with n unsigned integer arguments, except argument `stack_at`, which
+ * is the stack from frame f outwards (no stack if f is NULL; vals[stack_at] is ignored).
+ * Same guarantees as pyfl_record_ints; must be called with no exception set. */
+void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f);
+
+/* A block whose BLOCK_BEGIN is written when it ends (or, if a generation is sealed
+ * meanwhile, just before that seal), so that a short block can skip its stack. It lives
+ * on the caller's C stack between pyfl_pending_begin and pyfl_pending_end; the caller
+ * fills kind, n, vals (vals[stack_at] is ignored), stack_at, frame (borrowed: the blocked
+ * thread's frame, alive while it blocks) and tid (the native id of the calling thread). */
+typedef struct PyflPending {
+    struct PyflPending *prev, *next;
+    uint64_t tid, t0, epoch, fork_gen;
+    uint64_t vals[4];
+    int kind, n, stack_at, linked, flushed;
+    PyFrameObject *frame;
+} PyflPending;
+
+/* Starts a pending block at now (nothing is written yet; a no-op when stopped). */
+void pyfl_pending_begin(PyflPending *p);
+
+/* Ends it: unless already written by a seal, writes its BLOCK_BEGIN at its start time,
+ * with the stack only if it lasted at least stack_min_ns. Never raises; may run Python
+ * code (frames are materialised), so the caller saves a pending exception. */
+void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns);
+
 /* Exactly record(kind, *args) as called from Python (args[0] is the kind): 0, or -1
  * with an exception set on bad arguments. Use it for events with strings or stacks. */
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs);

@@ -48,10 +48,10 @@ static struct {
     PyObject *allocate_lock;  /* _thread.allocate_lock: makes TracedLock's inner lock */
     PyObject *rlock_factory;  /* threading.RLock as found at setup (default _thread.RLock) */
     PyObject *on_fault;       /* the source's fault handler, called with the exception */
-    PyObject *kind_begin, *reason_lock, *reason_cond; /* ints for pyfl_record_args */
     PyObject *s_release_save, *s_acquire_restore, *s_is_owned, *s_recursion_count;
     PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_acquire, *s_release;
     double timeout_max;       /* _thread.TIMEOUT_MAX */
+    uint64_t stack_min_ns;    /* condition waits shorter than this are recorded without a stack */
 } L;
 
 /* Set while this thread is inside a Condition.wait hook. */
@@ -134,24 +134,18 @@ static void fault(void) {
     Py_DECREF(exc);
 }
 
-/* Records BLOCK_BEGIN(reason, obj, stack of the calling Python frame). Must be called
- * with no exception set; returns with none set (a failure goes to fault()). */
-static void record_block_begin(PyObject *reason, const void *obj) {
-    if (L.inject_fault && reason == L.reason_lock) {
+/* Records BLOCK_BEGIN(reason, obj, stack of the calling Python frame) straight into the
+ * core (no int objects, no argument parsing). Must be called with no exception set;
+ * returns with none set (the test-injected failure goes to fault()). */
+static void record_block_begin(uint64_t reason, const void *obj) {
+    if (L.inject_fault && reason == R_LOCK) {
         L.inject_fault = 0;
         PyErr_SetString(PyExc_RuntimeError, "injected fault (pyflight test)");
         fault();
         return;
     }
-    PyObject *id = PyLong_FromVoidPtr((void *)obj);
-    if (!id) {
-        fault();
-        return;
-    }
-    PyObject *frame = (PyObject *)PyEval_GetFrame();
-    PyObject *args[4] = {L.kind_begin, reason, id, frame ? frame : Py_None};
-    if (pyfl_record_args(args, 4) < 0) fault();
-    Py_DECREF(id);
+    uint64_t v[3] = {reason, (uint64_t)(uintptr_t)obj, 0};
+    pyfl_record_stack(K_BLOCK_BEGIN, 3, v, 2, PyEval_GetFrame());
 }
 
 /* Records BLOCK_END(reason, obj, waker). Safe with an exception pending (kept as is);
@@ -339,7 +333,7 @@ static PyObject *tl_acquire(TracedLock *self, PyObject *const *args, Py_ssize_t 
     self->blocked++;
     uint64_t wakes = self->wakes;
     int record = !tls_in_wait;
-    if (record) record_block_begin(L.reason_lock, self);
+    if (record) record_block_begin(R_LOCK, self);
     r = acquired(self, PyObject_Vectorcall(self->acquire, args, (size_t)nargs, kwnames));
     self->blocked--;
     if (record && recording())
@@ -522,69 +516,87 @@ static PyTypeObject TracedRLockType = {
 
 /* ------------------------------------------------------------------ Condition hooks */
 
-/* One Condition.wait that may block: the waiter's tid, the condition, and once its
- * waiter lock is released (the notification), the notifier's tid. */
+struct WaiterLock;
+
+/* One Condition.wait that may block, on the C stack of its wait hook (nothing is
+ * allocated per wait): the waiter's tid, the condition, the waiter lock made for it
+ * (borrowed; NULL once that lock is gone) and, once the waiter lock is released (the
+ * notification), the notifier's tid. The hook and the lock unlink each other when
+ * either ends, so the lock never writes to a slot whose wait has returned. */
 typedef struct {
-    PyObject_HEAD
     uint64_t tid, waker;
     const void *cond;
+    struct WaiterLock *lock;
 } WaitSlot;
 
-static PyTypeObject WaitSlotType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pyflight._core._WaitSlot",
-    .tp_basicsize = sizeof(WaitSlot),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-};
-
 /* The slot of the Condition.wait this thread is entering, until its waiter lock takes
- * it (borrowed: the wait hook owns it). */
+ * it. */
 static _Thread_local WaitSlot *tls_wait_slot;
 
 /* The private lock Condition.wait blocks on and notify releases ("waiter"), made by
  * threading._allocate_lock while a wait hook runs on this thread. It is the inner
- * _thread.lock plus the wait's slot: the release that wakes the waiter records
- * WAKE(waiter tid, 0, CONDITION, id(cond)) and leaves its tid in the slot. So notify
- * itself is not hooked, and a notify with nobody to wake costs nothing. */
-typedef struct {
+ * _thread.lock plus a pointer to the wait's slot: the release that wakes the waiter
+ * records WAKE(waiter tid, 0, CONDITION, id(cond)) and leaves its tid in the slot. So
+ * notify itself is not hooked, and a notify with nobody to wake costs nothing. It has
+ * every method of _thread.lock as its own (no __getattr__ fallback), so `waiter.acquire()`
+ * in Python takes the method-call fast path (no bound method per call). */
+typedef struct WaiterLock {
     PyObject_HEAD
-    PyObject *inner;  /* the real _thread.lock */
-    WaitSlot *slot;   /* until the waking release, then NULL */
+    PyObject *inner;        /* the real _thread.lock */
+    WaitSlot *slot;         /* the live wait's slot until the waking release, else NULL */
+    uint64_t fork_gen;      /* fork_generation when made: a slot from before a fork is never touched */
 } WaiterLock;
 
 static PyTypeObject WaiterLockType;
 
-/* acquire(*args, **kwargs): the inner lock's, untouched (same arguments, result and
- * errors). Called as a method of the inner lock without making a bound method when the
- * arguments fit a small array (every call Condition.wait makes). */
-static PyObject *wl_acquire(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+/* Calls inner.<name>(*args, **kw) as a method (no bound method when the arguments fit a
+ * small array: every call Condition.wait makes); same result and errors. */
+static PyObject *wl_forward(WaiterLock *self, PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
     if (total < 4) {
         PyObject *stack[4] = {self->inner, NULL, NULL, NULL};
         for (Py_ssize_t i = 0; i < total; i++)
             stack[i + 1] = args[i];
-        return PyObject_VectorcallMethod(L.s_acquire, stack, (size_t)(nargs + 1), kwnames);
+        return PyObject_VectorcallMethod(name, stack, (size_t)(nargs + 1), kwnames);
     }
-    PyObject *method = PyObject_GetAttr(self->inner, L.s_acquire);
+    PyObject *method = PyObject_GetAttr(self->inner, name);
     if (!method) return NULL;
     PyObject *r = PyObject_Vectorcall(method, args, nargsf, kwnames);
     Py_DECREF(method);
     return r;
 }
 
+/* acquire(*args, **kwargs) / acquire_lock / __enter__: the inner lock's acquire, untouched. */
+static PyObject *wl_acquire(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    return wl_forward(self, L.s_acquire, args, nargsf, kwnames);
+}
+
+/* locked(): the inner lock's. */
+static PyObject *wl_locked(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    return wl_forward(self, L.s_locked, args, nargsf, kwnames);
+}
+
+/* _at_fork_reinit(): the inner lock's; the wait it served does not exist in the child. */
+static PyObject *wl_at_fork_reinit(WaiterLock *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    self->slot = NULL;
+    return wl_forward(self, L.s_at_fork_reinit, args, nargsf, kwnames);
+}
+
 /* release(): the inner lock's; if it succeeded and is the first since the wait began,
  * the waker's WAKE edge and tid (never raises for recording). */
 static PyObject *wl_release(WaiterLock *self, PyObject *unused) {
-    PyObject *r = PyObject_CallMethodNoArgs(self->inner, L.s_release);
-    if (r && self->slot) {
-        WaitSlot *slot = self->slot;
+    PyObject *r = wl_forward(self, L.s_release, NULL, 0, NULL);
+    WaitSlot *slot = self->slot;
+    if (r && slot) {
         self->slot = NULL;
-        if (recording()) {
-            slot->waker = my_tid();
-            uint64_t v[4] = {slot->tid, 0, R_CONDITION, (uint64_t)(uintptr_t)slot->cond};
-            pyfl_record_ints(K_WAKE, 4, v);
+        if (self->fork_gen == fork_generation) {
+            slot->lock = NULL;
+            if (recording()) {
+                slot->waker = my_tid();
+                uint64_t v[4] = {slot->tid, 0, R_CONDITION, (uint64_t)(uintptr_t)slot->cond};
+                pyfl_record_ints(K_WAKE, 4, v);
+            }
         }
-        Py_DECREF(slot);
     }
     return r;
 }
@@ -597,26 +609,26 @@ static PyObject *wl_exit(WaiterLock *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
-/* Anything else (locked, _at_fork_reinit, acquire_lock, ...): the inner lock's. */
-static PyObject *wl_getattro(WaiterLock *self, PyObject *name) {
-    PyObject *r = PyObject_GenericGetAttr((PyObject *)self, name);
-    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
-    PyErr_Clear();
-    return PyObject_GetAttr(self->inner, name);
-}
+/* repr(): the inner lock's. */
+static PyObject *wl_repr(WaiterLock *self) { return PyObject_Repr(self->inner); }
 
-/* Frees the lock (no cycles: it holds a lock and a slot). */
+/* Frees the lock (no cycles: it holds only a lock); unlinks its wait's slot. */
 static void wl_dealloc(WaiterLock *self) {
+    if (self->slot && self->fork_gen == fork_generation) self->slot->lock = NULL;
     Py_XDECREF(self->inner);
-    Py_XDECREF(self->slot);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef wl_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))wl_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"acquire_lock", (PyCFunction)(void (*)(void))wl_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"__enter__", (PyCFunction)(void (*)(void))wl_acquire, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"release", (PyCFunction)wl_release, METH_NOARGS, NULL},
+    {"release_lock", (PyCFunction)wl_release, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))wl_exit, METH_FASTCALL, NULL},
+    {"locked", (PyCFunction)(void (*)(void))wl_locked, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"locked_lock", (PyCFunction)(void (*)(void))wl_locked, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_at_fork_reinit", (PyCFunction)(void (*)(void))wl_at_fork_reinit, METH_FASTCALL | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -627,7 +639,7 @@ static PyTypeObject WaiterLockType = {
     .tp_basicsize = sizeof(WaiterLock),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)wl_dealloc,
-    .tp_getattro = (getattrofunc)wl_getattro,
+    .tp_repr = (reprfunc)wl_repr,
     .tp_methods = wl_methods,
 };
 
@@ -644,7 +656,9 @@ static PyObject *waiter_allocate_lock(PyObject *unused, PyObject *noargs) {
         return lock;
     }
     w->inner = lock;
-    w->slot = (WaitSlot *)Py_NewRef((PyObject *)slot);
+    w->slot = slot;
+    w->fork_gen = fork_generation;
+    slot->lock = w;
     return (PyObject *)w;
 }
 
@@ -677,26 +691,27 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     if (timeout && timeout != Py_None && !(exact_seconds(timeout, &d) && d > 0)) goto passthrough;
 
     PyObject *cond = args[0];
-    WaitSlot *slot = PyObject_New(WaitSlot, &WaitSlotType);
-    if (!slot) {
-        fault();
-        goto passthrough;
-    }
-    slot->tid = my_tid();
-    slot->waker = 0;
-    slot->cond = cond;
-    record_block_begin(L.reason_cond, cond);
+    WaitSlot slot = {my_tid(), 0, cond, NULL};
+    /* BLOCK_BEGIN is written when the wait ends (or before a seal), its stack only for a
+     * wait that lasted at least L.stack_min_ns: the waiter's frames are the same then */
+    PyflPending begin = {.tid = slot.tid, .vals = {R_CONDITION, (uint64_t)(uintptr_t)cond, 0, 0},
+                         .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
+    pyfl_pending_begin(&begin);
 
     WaitSlot *outer_slot = tls_wait_slot;
     int outer = tls_in_wait;
-    tls_wait_slot = slot;
+    tls_wait_slot = &slot;
     tls_in_wait = 1;
     PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
     tls_in_wait = outer;
     tls_wait_slot = outer_slot;
+    if (slot.lock) slot.lock->slot = NULL; /* the waiter lock outlived the wait: unlink it */
 
-    if (recording()) record_block_end(R_CONDITION, cond, slot->waker);
-    Py_DECREF(slot);
+    SavedExc saved;
+    exc_save(&saved);
+    pyfl_pending_end(&begin, L.stack_min_ns);
+    exc_restore(&saved);
+    if (recording()) record_block_end(R_CONDITION, cond, slot.waker);
     return r;
 
 passthrough:
@@ -779,11 +794,14 @@ static PyTypeObject HookType = {
 
 /* ------------------------------------------------------------------ control */
 
-/* _blocking_setup(rlock_factory, on_fault): what TracedRLock() calls to make its inner
- * lock, and the fault handler (None for none). Forgets tracked waiters. */
+/* _blocking_setup(rlock_factory, on_fault, stack_min_ns=0): what TracedRLock() calls to
+ * make its inner lock, the fault handler (None for none), and how long a condition wait
+ * must last for its BLOCK_BEGIN to carry a stack. */
 static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
     PyObject *factory, *handler;
-    if (!PyArg_ParseTuple(args, "OO:_blocking_setup", &factory, &handler)) return NULL;
+    unsigned long long stack_min_ns = 0;
+    if (!PyArg_ParseTuple(args, "OO|K:_blocking_setup", &factory, &handler, &stack_min_ns)) return NULL;
+    L.stack_min_ns = (uint64_t)stack_min_ns;
     if (!PyCallable_Check(factory) || (handler != Py_None && !PyCallable_Check(handler)))
         return PyErr_Format(PyExc_TypeError, "_blocking_setup() needs callables");
     Py_XSETREF(L.rlock_factory, Py_NewRef(factory));
@@ -802,7 +820,7 @@ static PyObject *blocking_control(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef lock_functions[] = {
-    {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault)"},
+    {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault, stack_min_ns=0)"},
     {"_blocking_control", blocking_control, METH_VARARGS, "_blocking_control(active, inject_fault=False)"},
     {NULL, NULL, 0, NULL},
 };
@@ -815,7 +833,7 @@ static int intern(PyObject **slot, const char *text) {
 
 /* Adds the types and functions above to the module: 0, or -1 with an exception. */
 int pyfl_lock_init(PyObject *mod) {
-    if (PyType_Ready(&TracedLockType) < 0 || PyType_Ready(&TracedRLockType) < 0 || PyType_Ready(&WaitSlotType) < 0
+    if (PyType_Ready(&TracedLockType) < 0 || PyType_Ready(&TracedRLockType) < 0
         || PyType_Ready(&WaiterLockType) < 0
         || PyType_Ready(&HookType) < 0)
         return -1;
@@ -825,9 +843,6 @@ int pyfl_lock_init(PyObject *mod) {
         || intern(&L.s_timeout, "timeout") < 0 || intern(&L.s_blocking, "blocking") < 0 || intern(&L.s_acquire, "acquire") < 0
         || intern(&L.s_release, "release") < 0)
         return -1;
-    if (!L.kind_begin && !(L.kind_begin = PyLong_FromLong(K_BLOCK_BEGIN))) return -1;
-    if (!L.reason_lock && !(L.reason_lock = PyLong_FromLong(R_LOCK))) return -1;
-    if (!L.reason_cond && !(L.reason_cond = PyLong_FromLong(R_CONDITION))) return -1;
     if (!L.allocate_lock) {
         PyObject *thread = PyImport_ImportModule("_thread");
         if (!thread) return -1;

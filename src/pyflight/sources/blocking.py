@@ -13,7 +13,10 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   lock: that wait is recorded once, as CONDITION.
 - ``threading.Condition.wait`` (so ``queue.Queue``, ``Event``, ``Semaphore``,
   ``Barrier``, ``concurrent.futures`` waits): BLOCK(CONDITION, id(cond), stack) around a
-  wait that may block. The wake-up is recorded where it happens: the private waiter
+  wait that may block. With the C core its BLOCK_BEGIN (at the wait's start time) is
+  written when the wait ends, or just before a generation is sealed or a snapshot taken
+  while it still waits, and carries the stack only if the wait lasted at least
+  ``stack_min_us`` (default 100 us; 0: always). The wake-up is recorded where it happens: the private waiter
   lock the wait blocks on comes from ``threading._allocate_lock``, which the C core
   replaces so that, inside a wait, it makes a lock whose release (by ``notify`` or
   ``notify_all``) records WAKE(waiter tid, 0, CONDITION, id(cond)); the waiter's
@@ -96,6 +99,12 @@ SOCKET_METHODS = (
 #: What the source can hook; each can be turned off with an option of the same name.
 OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select")
 
+#: Option: a Condition.wait that blocked for less than this many microseconds is
+#: recorded without its stack (C core only). Walking and interning a stack is most of
+#: what a short hand-off costs (~30 ns a frame); a wait that lasts has it.
+STACK_MIN_US_OPTION = "stack_min_us"
+DEFAULT_STACK_MIN_US = 100.0
+
 _MISSING: Any = object()
 _gettimeout = _socket.socket.gettimeout
 
@@ -170,10 +179,13 @@ class BlockingSource(Source):
             return
         if _owner is not None:
             raise RuntimeError("the blocking source is already installed by another recorder")
-        unknown = sorted(set(self.options) - set(OPTIONS))
+        unknown = sorted(set(self.options) - set(OPTIONS) - {STACK_MIN_US_OPTION})
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; available: {list(OPTIONS)}")
+            raise ValueError(f"unknown option(s) {unknown}; available: {[*OPTIONS, STACK_MIN_US_OPTION]}")
         on = {name: bool(self.options.get(name, True)) for name in OPTIONS}
+        stack_min_us = float(self.options.get(STACK_MIN_US_OPTION, DEFAULT_STACK_MIN_US))
+        if not stack_min_us >= 0:
+            raise ValueError(f"{STACK_MIN_US_OPTION} must be >= 0, not {stack_min_us}")
         c = _c_core()
         if c is not None:
             expected = (_BLOCK_BEGIN, _BLOCK_END, _WAKE, int(BlockReason.LOCK), _CONDITION)
@@ -188,7 +200,7 @@ class BlockingSource(Source):
             rlock = threading.RLock
             if rlock is c.TracedRLock:
                 raise RuntimeError("threading.RLock is already traced")
-            c._blocking_setup(rlock, self._on_c_fault)
+            c._blocking_setup(rlock, self._on_c_fault, round(stack_min_us * 1000))
             if on["locks"]:
                 # threading.Lock is the type _thread.lock from 3.13, the function
                 # _thread.allocate_lock before: replaced by the same kind of object
