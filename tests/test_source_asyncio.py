@@ -521,22 +521,26 @@ def test_foreign_loop_noted_once(tmp_path: Path) -> None:
 def test_fault_disables_source_and_program_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implementation: str
 ) -> None:
-    real = backend.record
+    class Faulty(asyncio.Task):  # type: ignore[type-arg]
+        """A task whose name cannot be read: recording its creation fails (C and Python alike)."""
 
-    def record(kind: int, *args: Any) -> None:
-        if kind == Kind.TASK_CREATE:
+        def get_name(self) -> str:
             raise RuntimeError("injected fault")
-        real(kind, *args)
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: Faulty(coro, loop=loop, **kw))
+        result: str = await asyncio.create_task(sleeper(0.01))
+        loop.set_task_factory(None)
+        return result
 
     before = patched_attributes()
     rec = recorder(implementation).start()
     try:
-        monkeypatch.setattr(backend, "record", record)
         with pytest.warns(SourceWarning, match="injected fault"):
-            result = asyncio.run(sleeper(0.01))
+            result = asyncio.run(main())
         assert result == "slept"
         assert patched_attributes() == before  # removed itself
-        monkeypatch.setattr(backend, "record", real)
         trace = snapshot(rec, tmp_path)
     finally:
         rec.stop()

@@ -247,6 +247,24 @@ def _sync_sites() -> tuple[dict[int, tuple[int, str, bool]], dict[int, str]]:
     return sites, outer
 
 
+def _sync_site_codes() -> tuple[
+    tuple[tuple[types.CodeType, int, str, bool], ...], tuple[tuple[types.CodeType, str], ...]
+]:
+    """The tables of _sync_sites for the C ``_get_loop``: ((code, reason, what, refine), ...)
+    and ((code, what), ...), holding the code objects (the C side compares identities)."""
+    sites = []
+    for module, cls, method, reason, what in _SYNC_SITES:
+        code = _method_code(module, cls, method)
+        if code is not None:
+            sites.append((code, reason, what, reason == _CONDITION and not what.startswith("asyncio.Queue")))
+    outer = []
+    for module, cls, method, what in _SYNC_OUTER:
+        code = _method_code(module, cls, method)
+        if code is not None:
+            outer.append((code, what))
+    return tuple(sites), tuple(outer)
+
+
 def _describe(exc: BaseException) -> str:
     try:
         text = f"{type(exc).__qualname__}: {exc}"
@@ -380,6 +398,14 @@ class _Hooks:
         ]
         self.active = True
         if self.use_c:
+            backend.asyncio_tasks_setup(
+                self.tasks.current_task,
+                self.live_tasks,
+                self.fault,
+                _describe,
+                (_TASK_CREATE, _TASK_INFO, _TASK_DONE, _TASK_BLOCK),
+                (int(TaskOutcome.OK), int(TaskOutcome.CANCELLED), int(TaskOutcome.FAILED)),
+            )
             run = backend.asyncio_install(
                 handle,
                 exc_helper,
@@ -396,7 +422,12 @@ class _Hooks:
             run = self._make_py_run(exc_helper)
         try:
             self._patch(handle, "_run", original_run, run)
-            self._patch(patches[0][0], "create_task", patches[0][2], self._wrap_create_task(patches[0][2]))
+            create_task = (
+                backend.asyncio_create_task(patches[0][2])
+                if self.use_c
+                else self._wrap_create_task(patches[0][2])
+            )
+            self._patch(patches[0][0], "create_task", patches[0][2], create_task)
             self._patch(patches[1][0], "run_forever", patches[1][2], self._wrap_run_forever(patches[1][2]))
             set_task_name = self.tasks.__dict__.get("_set_task_name")
             if isinstance(set_task_name, types.FunctionType):
@@ -421,6 +452,18 @@ class _Hooks:
         original = getattr(mixin, "__dict__", {}).get("_get_loop")
         if not isinstance(original, types.FunctionType):
             return  # not the asyncio we know: no sync waits
+        if self.use_c:
+            c_sites, c_outer = _sync_site_codes()
+            if c_sites:
+                own = tuple(
+                    m.__dict__
+                    for m in (sys.modules.get("asyncio.locks"), sys.modules.get("asyncio.queues"))
+                    if m
+                )
+                self._patch(
+                    mixin, "_get_loop", original, backend.asyncio_get_loop(original, c_sites, c_outer, own)
+                )
+            return
         sites, outer = _sync_sites()
         if sites:
             self._patch(mixin, "_get_loop", original, self._make_get_loop(original, sites, outer))
