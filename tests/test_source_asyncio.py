@@ -230,11 +230,11 @@ def test_task_done_outcomes(tmp_path: Path, implementation: str) -> None:
     assert done[ids["bad"]].arg("outcome") == TaskOutcome.FAILED
     assert done[ids["bad"]].arg("error") == "ValueError: boom"
     assert done[ids["cancelled"]].arg("outcome") == TaskOutcome.CANCELLED
-    # TASK_WAIT after the steps that suspend on a future: the sleeps
-    waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["cancelled"]]
-    assert waits and waits[0].arg("reason") == 7  # BlockReason.AWAIT
-    assert waits[0].arg("what") == ""  # a plain Future
+    # "what": a wait on a plain Future (the sleeps) says no more than the step's end: no
+    # TASK_WAIT; a wait on anything else is named
+    assert [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["cancelled"]] == []
     gathering = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["main"]]
+    assert gathering and gathering[-1].arg("reason") == 7  # BlockReason.AWAIT
     assert gathering[-1].arg("what") == "_GatheringFuture"
 
 
@@ -277,7 +277,13 @@ def test_task_wait_stack(tmp_path: Path) -> None:
     waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
     assert waits
     assert waits[0].stack and waits[0].stack[0].function == "sleep"  # asyncio.sleep, innermost
-    _, trace = run_traced(main, tmp_path)  # the default: off
+    assert waits[0].arg("what") == ""  # a plain Future: "stack" records it all the same
+    task_id, trace = run_traced(main, tmp_path)  # the default: "what", no stacks
+    default_waits = of_kind(trace, Kind.TASK_WAIT)
+    assert [e.arg("what") for e in default_waits] == ["Task"]  # main awaits the task
+    assert not default_waits[0].stack
+    assert all(e.arg("task") != task_id for e in default_waits)  # the sleep: a plain Future
+    _, trace = run_traced(main, tmp_path, task_wait="off")
     assert of_kind(trace, Kind.TASK_WAIT) == []
 
 
@@ -688,3 +694,30 @@ def test_uvloop_gets_a_warning_and_sampling_only_coverage(tmp_path: Path) -> Non
     sampled = [e for e in of_kind(trace, Kind.SAMPLE) if e.arg("tid") == me]
     functions = {frame[0].rpartition(".")[2] for e in sampled for frame in e.arg("stack")}
     assert "block_the_loop" in functions, "the sampler shows the blocking call"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_more_live_tasks_than_a_generation_holds(tmp_path: Path, implementation: str) -> None:
+    """Live TASK_INFO entries re-recorded at each generation's start do not count towards
+    sealing it: with more of them than a generation holds, each event used to seal one."""
+    n_idle, n_steps = 3_000, 2_000
+
+    async def main() -> None:
+        forever = asyncio.Event()
+        idle = [asyncio.create_task(forever.wait(), name=f"idle-{i}") for i in range(n_idle)]
+        await asyncio.sleep(0)
+        for _ in range(n_steps):
+            await asyncio.sleep(0)
+        forever.set()
+        await asyncio.gather(*idle)
+
+    opts = {"implementation": implementation}
+    with pyflight.FlightRecorder(
+        sources=["asyncio"], source_options={"asyncio": opts}, generation_bytes=16_384
+    ) as rec:
+        sealed = backend.stats()["sealed"]
+        asyncio.run(main())
+        sealed = backend.stats()["sealed"] - sealed
+        trace = snapshot(rec, tmp_path)
+    assert sealed < n_steps // 10, sealed  # ~40 bytes per step event pair: a few dozen generations
+    assert sum(1 for e in of_kind(trace, Kind.TASK_STEP_BEGIN)) >= n_steps

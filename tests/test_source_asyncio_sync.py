@@ -52,7 +52,7 @@ def line_of(func: Callable[..., Any], marker: str) -> int:
     raise AssertionError(marker)
 
 
-SYNC_WAITS = {"asyncio": {"sync_waits": True}}  # opt-in
+SYNC_WAITS = {"asyncio": {"sync_waits": True}}  # the default, said explicitly
 
 
 def run_traced(
@@ -289,10 +289,16 @@ def test_sync_waits_off(tmp_path: Path) -> None:
     assert blocks(trace) == []
 
 
-def test_off_by_default_for_its_cost() -> None:
-    with pyflight.FlightRecorder(sources=["asyncio"]):
-        assert _get_loop() is ORIGINAL_GET_LOOP
-        assert asyncio.run(lock_case())
+def test_on_by_default(tmp_path: Path) -> None:
+    """The default recorder (no option) records the wait on a contended lock."""
+    path = tmp_path / "t.pyfl"
+    with pyflight.FlightRecorder(sources=["asyncio"]) as rec:
+        assert _get_loop() is not ORIGINAL_GET_LOOP
+        lock_id = asyncio.run(lock_case())
+        rec.write_to(path)
+    assert _get_loop() is ORIGINAL_GET_LOOP
+    blocks = [e for e in pyflight.load(path).events if e.kind == Kind.TASK_BLOCK and e.arg("obj") == lock_id]
+    assert [e.arg("what") for e in blocks] == ["asyncio.Lock.acquire"]
 
 
 def test_hook_installed_while_running_and_removed() -> None:

@@ -400,18 +400,20 @@ static inline uint64_t coarse_now_ns(void);
  *
  * loop.create_task and the end of a task are recorded here, without a Python frame: the
  * Python wrapper this replaces cost ~4.5 us per task created (bench_overhead tasks_10000).
- * The state is shared with the Python source through `live_tasks` (task id -> (coro name,
- * parent id): what a later rename needs, and what uninstall clears). */
+ * The state is shared with the Python source through `live_tasks` (task id -> parent id:
+ * what a later rename needs, and what uninstall clears). Live keys are the task ids
+ * themselves and the values ints: no GC-tracked object per task beyond the core's entry
+ * (GC passes over such tuples were most of the cost of a created task). */
 
 static struct {
     PyObject *current_task;          /* asyncio.current_task(loop) */
     PyObject *set_live, *clear_live; /* this module's set_live / clear_live */
-    PyObject *live_tasks;            /* dict shared with the Python source; NULL: not set up */
+    PyObject *live_tasks;            /* dict shared with the Python source, task id -> parent id
+                                      * (the task id is also its live key); NULL: not set up */
     PyObject *on_fault;              /* on_fault(exc): a recording error, the source reports it */
     PyObject *describe;              /* describe(exc) -> "Type: message" (TASK_DONE's error) */
     PyObject *k_create, *k_info, *k_done, *k_block;
     PyObject *ok, *cancelled, *failed; /* TaskOutcome values */
-    PyObject *str_task;              /* "task": live keys are ("task", id) */
 } TK;
 
 static PyObject *str_get_name, *str_cancelled, *str_exception, *str_coro_kw;
@@ -435,8 +437,7 @@ static int fault(void) {
  * its live TASK_INFO. 0, or -1 with a non-Exception exception set (Exceptions go to
  * fault()). */
 static int record_task_done(PyObject *task) {
-    PyObject *tid = PyLong_FromVoidPtr(task), *outcome = TK.ok, *error = Py_NewRef(A.empty), *key = NULL,
-             *live = NULL;
+    PyObject *tid = PyLong_FromVoidPtr(task), *outcome = TK.ok, *error = Py_NewRef(A.empty), *live = NULL;
     if (!tid) goto failed;
     PyObject *c = PyObject_CallMethodNoArgs(task, str_cancelled);
     if (!c) goto failed;
@@ -468,8 +469,8 @@ static int record_task_done(PyObject *task) {
     live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
     PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
     if (known) {
-        if (PyDict_DelItem(live, tid) < 0 || !(key = PyTuple_Pack(2, TK.str_task, tid))) goto failed;
-        PyObject *r = PyObject_CallOneArg(TK.clear_live, key);
+        if (PyDict_DelItem(live, tid) < 0) goto failed;
+        PyObject *r = PyObject_CallOneArg(TK.clear_live, tid);
         if (!r) goto failed;
         Py_DECREF(r);
     } else if (PyErr_Occurred()) {
@@ -478,7 +479,6 @@ static int record_task_done(PyObject *task) {
 failed:
     Py_XDECREF(tid);
     Py_XDECREF(error);
-    Py_XDECREF(key);
     Py_XDECREF(live);
     return fault();
 }
@@ -498,8 +498,7 @@ static int task_done(PyObject *task) {
  * once for an eager task that already finished. `coro` may be NULL (not found in the
  * arguments). 0, or -1 with a non-Exception exception set (Exceptions go to fault()). */
 static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
-    PyObject *tid = NULL, *name = NULL, *coro_name = NULL, *parent = NULL, *pid = NULL, *key = NULL, *info = NULL,
-             *tasks = NULL;
+    PyObject *tid = NULL, *name = NULL, *coro_name = NULL, *parent = NULL, *pid = NULL, *tasks = NULL;
     int rc = -1;
     if (!(tid = PyLong_FromVoidPtr(task))) goto out;
     name = PyObject_CallMethodNoArgs(task, str_get_name); /* a task factory may return anything */
@@ -516,14 +515,12 @@ static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
     pid = parent != Py_None && parent != task ? PyLong_FromVoidPtr(parent) : PyLong_FromLong(0);
     if (!pid) goto out;
     PyObject *ev[5] = {TK.k_create, tid, name, coro_name, pid};
-    if (pyfl_record_args(ev, 5) < 0 || !(key = PyTuple_Pack(2, TK.str_task, tid))) goto out;
-    PyObject *live[6] = {key, TK.k_info, tid, name, coro_name, pid};
+    if (pyfl_record_args(ev, 5) < 0) goto out;
+    PyObject *live[6] = {tid, TK.k_info, tid, name, coro_name, pid}; /* key: the id (no tuple to track) */
     PyObject *r = PyObject_Vectorcall(TK.set_live, live, 6, NULL);
     if (!r) goto out;
     Py_DECREF(r);
-    if (!TK.live_tasks || !(tasks = Py_NewRef(TK.live_tasks)) || !(info = PyTuple_Pack(2, coro_name, pid))
-        || PyDict_SetItem(tasks, tid, info) < 0)
-        goto out;
+    if (!TK.live_tasks || !(tasks = Py_NewRef(TK.live_tasks)) || PyDict_SetItem(tasks, tid, pid) < 0) goto out;
     if (is_task(task)) { /* an eager task (3.12+ eager_task_factory) may be done already */
         PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
         if (!done) goto out;
@@ -538,8 +535,6 @@ out:
     Py_XDECREF(coro_name);
     Py_XDECREF(parent);
     Py_XDECREF(pid);
-    Py_XDECREF(key);
-    Py_XDECREF(info);
     Py_XDECREF(tasks);
     return rc == 0 ? 0 : fault();
 }
@@ -723,7 +718,9 @@ static int after_step(PyObject *task) {
         what = Py_TYPE(waiter) == A.plain_future ? A.empty : type_name(Py_TYPE(waiter));
         Py_DECREF(waiter);
     }
-    if (A.wait_mode <= 0) return 0;
+    /* Mode 1 ("what") records only waits that say more than the step's end does: a wait
+     * on a plain Future or a bare yield ("") is what TASK_STEP_END already implies. */
+    if (A.wait_mode <= 0 || (A.wait_mode == 1 && what == A.empty)) return 0;
     PyObject *frame = A.wait_mode >= 2 ? awaiting_frame(task) : NULL;
     if (what == A.empty && !frame) { /* no string, no stack: the cheap path (ids 0 are "" and ()) */
         uint64_t vals[4] = {(uint64_t)(uintptr_t)task, (uint64_t)A.reason, 0, 0};
@@ -1003,7 +1000,7 @@ static int int_tuple(PyObject *t, int n, PyObject **out, const char *what) {
  * what the C create_task, task-done and _get_loop hooks need (call before
  * asyncio_install, which turns recording on). kinds: (TASK_CREATE, TASK_INFO, TASK_DONE,
  * TASK_BLOCK); outcomes: (OK, CANCELLED, FAILED). live_tasks: the source's dict, task id
- * -> (coro name, parent id), kept up to date from C. */
+ * -> parent id, kept up to date from C. */
 static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
     PyObject *current_task, *live_tasks, *on_fault, *describe, *kinds, *outcomes;
     PyObject *k[4] = {NULL}, *o[3] = {NULL};
@@ -1015,7 +1012,7 @@ static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
     if (int_tuple(kinds, 4, k, "asyncio_tasks_setup() kinds") < 0) return NULL;
     if (int_tuple(outcomes, 3, o, "asyncio_tasks_setup() outcomes") < 0) goto fail;
     PyObject *set_live = PyObject_GetAttrString(mod, "set_live"), *clear_live = PyObject_GetAttrString(mod, "clear_live");
-    if (!set_live || !clear_live || (!TK.str_task && !(TK.str_task = PyUnicode_InternFromString("task")))) {
+    if (!set_live || !clear_live) {
         Py_XDECREF(set_live);
         Py_XDECREF(clear_live);
         goto fail;
