@@ -621,6 +621,9 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
         i++;
     Py_DECREF(code); /* SW keeps the site codes alive: the comparison stays valid */
     if (i == SW.n_sites) return 0;
+    /* held: current_task may run Python code (a patched one) that re-installs the tables */
+    PyObject *what = Py_NewRef(SW.site_what[i]), *reason = Py_NewRef(SW.site_reason[i]);
+    int refine = SW.site_refine[i];
     PyObject *task = PyObject_CallOneArg(TK.current_task, loop), *tid = NULL, *oid = NULL, *site = NULL;
     PyFrameObject *f = NULL;
     int rc = -1;
@@ -629,8 +632,6 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
         rc = 0;
         goto out;
     }
-    PyObject *what = SW.site_what[i];
-    int refine = SW.site_refine[i];
     /* out of asyncio (__aenter__, wait_for, Barrier, Queue.join): the user's line innermost */
     f = PyFrame_GetBack(caller);
     while (f) {
@@ -642,7 +643,7 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
             PyCodeObject *fc = PyFrame_GetCode(f);
             for (int j = 0; j < SW.n_outer; j++)
                 if ((PyObject *)fc == SW.outer_code[j]) {
-                    what = SW.outer_what[j];
+                    Py_SETREF(what, Py_NewRef(SW.outer_what[j]));
                     refine = 0;
                     break;
                 }
@@ -666,9 +667,11 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
     if (!(tid = PyLong_FromVoidPtr(task)) || !(oid = PyLong_FromVoidPtr(obj))
         || !(site = PyLong_FromUnsignedLongLong(site_id)))
         goto out;
-    PyObject *ev[7] = {TK.k_block, tid, SW.site_reason[i], oid, what, site, with_stack ? (PyObject *)f : Py_None};
+    PyObject *ev[7] = {TK.k_block, tid, reason, oid, what, site, with_stack ? (PyObject *)f : Py_None};
     rc = pyfl_record_args(ev, 7);
 out:
+    Py_DECREF(what);
+    Py_DECREF(reason);
     Py_XDECREF(task);
     Py_XDECREF(tid);
     Py_XDECREF(oid);
