@@ -721,3 +721,25 @@ def test_more_live_tasks_than_a_generation_holds(tmp_path: Path, implementation:
         trace = snapshot(rec, tmp_path)
     assert sealed < n_steps // 10, sealed  # ~40 bytes per step event pair: a few dozen generations
     assert sum(1 for e in of_kind(trace, Kind.TASK_STEP_BEGIN)) >= n_steps
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_eager_task_finished_at_creation_is_created_then_done(tmp_path: Path, implementation: str) -> None:
+    async def quick() -> int:
+        return 1
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        task = asyncio.create_task(quick())
+        assert task.done()  # ran to its end inside create_task
+        await task
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path, implementation)
+    kinds = [
+        e.kind
+        for e in trace.events
+        if e.kind in (Kind.TASK_CREATE, Kind.TASK_DONE) and e.arg("task") == task_id
+    ]
+    assert kinds[:2] == [Kind.TASK_CREATE, Kind.TASK_DONE]
