@@ -230,11 +230,11 @@ def test_task_done_outcomes(tmp_path: Path, implementation: str) -> None:
     assert done[ids["bad"]].arg("outcome") == TaskOutcome.FAILED
     assert done[ids["bad"]].arg("error") == "ValueError: boom"
     assert done[ids["cancelled"]].arg("outcome") == TaskOutcome.CANCELLED
-    # TASK_WAIT after the steps that suspend on a future: the sleeps
-    waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["cancelled"]]
-    assert waits and waits[0].arg("reason") == 7  # BlockReason.AWAIT
-    assert waits[0].arg("what") == ""  # a plain Future
+    # "what": a wait on a plain Future (the sleeps) says no more than the step's end: no
+    # TASK_WAIT; a wait on anything else is named
+    assert [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["cancelled"]] == []
     gathering = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == ids["main"]]
+    assert gathering and gathering[-1].arg("reason") == 7  # BlockReason.AWAIT
     assert gathering[-1].arg("what") == "_GatheringFuture"
 
 
@@ -277,7 +277,13 @@ def test_task_wait_stack(tmp_path: Path) -> None:
     waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
     assert waits
     assert waits[0].stack and waits[0].stack[0].function == "sleep"  # asyncio.sleep, innermost
-    _, trace = run_traced(main, tmp_path)  # the default: off
+    assert waits[0].arg("what") == ""  # a plain Future: "stack" records it all the same
+    task_id, trace = run_traced(main, tmp_path)  # the default: "what", no stacks
+    default_waits = of_kind(trace, Kind.TASK_WAIT)
+    assert [e.arg("what") for e in default_waits] == ["Task"]  # main awaits the task
+    assert not default_waits[0].stack
+    assert all(e.arg("task") != task_id for e in default_waits)  # the sleep: a plain Future
+    _, trace = run_traced(main, tmp_path, task_wait="off")
     assert of_kind(trace, Kind.TASK_WAIT) == []
 
 
@@ -521,22 +527,26 @@ def test_foreign_loop_noted_once(tmp_path: Path) -> None:
 def test_fault_disables_source_and_program_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implementation: str
 ) -> None:
-    real = backend.record
+    class Faulty(asyncio.Task):  # type: ignore[type-arg]
+        """A task whose name cannot be read: recording its creation fails (C and Python alike)."""
 
-    def record(kind: int, *args: Any) -> None:
-        if kind == Kind.TASK_CREATE:
+        def get_name(self) -> str:
             raise RuntimeError("injected fault")
-        real(kind, *args)
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: Faulty(coro, loop=loop, **kw))
+        result: str = await asyncio.create_task(sleeper(0.01))
+        loop.set_task_factory(None)
+        return result
 
     before = patched_attributes()
     rec = recorder(implementation).start()
     try:
-        monkeypatch.setattr(backend, "record", record)
         with pytest.warns(SourceWarning, match="injected fault"):
-            result = asyncio.run(sleeper(0.01))
+            result = asyncio.run(main())
         assert result == "slept"
         assert patched_attributes() == before  # removed itself
-        monkeypatch.setattr(backend, "record", real)
         trace = snapshot(rec, tmp_path)
     finally:
         rec.stop()
@@ -684,3 +694,52 @@ def test_uvloop_gets_a_warning_and_sampling_only_coverage(tmp_path: Path) -> Non
     sampled = [e for e in of_kind(trace, Kind.SAMPLE) if e.arg("tid") == me]
     functions = {frame[0].rpartition(".")[2] for e in sampled for frame in e.arg("stack")}
     assert "block_the_loop" in functions, "the sampler shows the blocking call"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_more_live_tasks_than_a_generation_holds(tmp_path: Path, implementation: str) -> None:
+    """Live TASK_INFO entries re-recorded at each generation's start do not count towards
+    sealing it: with more of them than a generation holds, each event used to seal one."""
+    n_idle, n_steps = 3_000, 2_000
+
+    async def main() -> None:
+        forever = asyncio.Event()
+        idle = [asyncio.create_task(forever.wait(), name=f"idle-{i}") for i in range(n_idle)]
+        await asyncio.sleep(0)
+        for _ in range(n_steps):
+            await asyncio.sleep(0)
+        forever.set()
+        await asyncio.gather(*idle)
+
+    opts = {"implementation": implementation}
+    with pyflight.FlightRecorder(
+        sources=["asyncio"], source_options={"asyncio": opts}, generation_bytes=16_384
+    ) as rec:
+        sealed = backend.stats()["sealed"]
+        asyncio.run(main())
+        sealed = backend.stats()["sealed"] - sealed
+        trace = snapshot(rec, tmp_path)
+    assert sealed < n_steps // 10, sealed  # ~40 bytes per step event pair: a few dozen generations
+    assert sum(1 for e in of_kind(trace, Kind.TASK_STEP_BEGIN)) >= n_steps
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_eager_task_finished_at_creation_is_created_then_done(tmp_path: Path, implementation: str) -> None:
+    async def quick() -> int:
+        return 1
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        task = asyncio.create_task(quick())
+        assert task.done()  # ran to its end inside create_task
+        await task
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path, implementation)
+    kinds = [
+        e.kind
+        for e in trace.events
+        if e.kind in (Kind.TASK_CREATE, Kind.TASK_DONE) and e.arg("task") == task_id
+    ]
+    assert kinds[:2] == [Kind.TASK_CREATE, Kind.TASK_DONE]

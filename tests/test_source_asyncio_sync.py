@@ -21,7 +21,6 @@ import pyflight.sources.asyncio_loop as asyncio_loop
 from pyflight.analysis import build
 from pyflight.analysis.breakdown import task_breakdown
 from pyflight.analysis.model import Model, State, TaskTimeline
-from pyflight.core import backend
 from pyflight.core.events import BlockReason, Kind
 from pyflight.format.reader import loads
 from pyflight.sources import SourceWarning
@@ -53,7 +52,7 @@ def line_of(func: Callable[..., Any], marker: str) -> int:
     raise AssertionError(marker)
 
 
-SYNC_WAITS = {"asyncio": {"sync_waits": True}}  # opt-in
+SYNC_WAITS = {"asyncio": {"sync_waits": True}}  # the default, said explicitly
 
 
 def run_traced(
@@ -290,10 +289,16 @@ def test_sync_waits_off(tmp_path: Path) -> None:
     assert blocks(trace) == []
 
 
-def test_off_by_default_for_its_cost() -> None:
-    with pyflight.FlightRecorder(sources=["asyncio"]):
-        assert _get_loop() is ORIGINAL_GET_LOOP
-        assert asyncio.run(lock_case())
+def test_on_by_default(tmp_path: Path) -> None:
+    """The default recorder (no option) records the wait on a contended lock."""
+    path = tmp_path / "t.pyfl"
+    with pyflight.FlightRecorder(sources=["asyncio"]) as rec:
+        assert _get_loop() is not ORIGINAL_GET_LOOP
+        lock_id = asyncio.run(lock_case())
+        rec.write_to(path)
+    assert _get_loop() is ORIGINAL_GET_LOOP
+    blocks = [e for e in pyflight.load(path).events if e.kind == Kind.TASK_BLOCK and e.arg("obj") == lock_id]
+    assert [e.arg("what") for e in blocks] == ["asyncio.Lock.acquire"]
 
 
 def test_hook_installed_while_running_and_removed() -> None:
@@ -326,20 +331,22 @@ def test_errors_of_asyncio_pass_through() -> None:
 
 
 def test_fault_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = backend.record
+    real = asyncio.tasks.current_task
+    locks = asyncio.locks.__dict__
 
-    def record(kind: int, *args: Any) -> None:
-        if kind == Kind.TASK_BLOCK:
+    def current_task(loop: Any = None) -> Any:
+        """Fails when asked by the sync-wait hook (called from a lock's frame, by C or Python)."""
+        caller = sys._getframe(1)
+        if caller.f_globals is locks or (caller.f_back is not None and caller.f_back.f_globals is locks):
             raise RuntimeError("injected block fault")
-        real(kind, *args)
+        return real(loop)
 
-    monkeypatch.setattr(backend, "record", record)  # the hook binds it when installed
+    monkeypatch.setattr(asyncio.tasks, "current_task", current_task)  # the hooks bind it when installed
     with pyflight.FlightRecorder(sources=["asyncio"], source_options=SYNC_WAITS) as rec:
         with pytest.warns(SourceWarning, match="injected block fault"):
             lock_id = asyncio.run(lock_case())
         assert lock_id
         assert _get_loop() is ORIGINAL_GET_LOOP
-        monkeypatch.setattr(backend, "record", real)
         path = tmp_path / "t.pyfl"
         rec.write_to(path)
     trace = pyflight.load(path)

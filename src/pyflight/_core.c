@@ -210,6 +210,7 @@ typedef struct {
     uint64_t seq, start_ns;
     uint64_t epoch;      /* unique over the process lifetime; 0 = none open */
     uint64_t n_events, ev_bytes;
+    uint64_t live_bytes; /* what re-recording the live table took at open: not counted by gen_due */
     PyObject *str_ids;   /* dict str -> int id, created on first use */
     Buf strs;            /* strings section body */
     uint32_t n_strs;
@@ -404,10 +405,12 @@ static void gen_open(uint64_t seq, uint64_t t) {
     S.gen.epoch = ++S.epoch;
 }
 
-/* True if the open generation must be sealed before an event at time t. */
+/* True if the open generation must be sealed before an event at time t. The live table's
+ * copy does not count: with more live entries than a generation holds (40,000 live asyncio
+ * tasks), each event would otherwise seal and re-record them all. */
 static inline int gen_due(uint64_t t) {
     const Gen *g = &S.gen;
-    return g->ev_bytes + g->strs.len + g->frames.enc.len + g->stacks.enc.len >= S.gen_max_bytes
+    return g->ev_bytes + g->strs.len + g->frames.enc.len + g->stacks.enc.len - g->live_bytes >= S.gen_max_bytes
            || t - g->start_ns >= S.gen_interval_ns;
 }
 
@@ -544,6 +547,7 @@ static void seal_gen(uint64_t t) {
             S.dropped++;
         }
     }
+    S.gen.live_bytes = S.gen.ev_bytes + S.gen.strs.len + S.gen.frames.enc.len + S.gen.stacks.enc.len;
 }
 
 /* Discards ring, open generation and live table and disables recording; keeps the

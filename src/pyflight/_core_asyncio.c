@@ -394,6 +394,313 @@ static PyObject *call_hook(PyObject *hook, PyObject *arg) {
     return r;
 }
 
+static inline uint64_t coarse_now_ns(void);
+
+/* ------------------------------------------------------------------ task lifetimes in C
+ *
+ * loop.create_task and the end of a task are recorded here, without a Python frame: the
+ * Python wrapper this replaces cost ~4.5 us per task created (bench_overhead tasks_10000).
+ * The state is shared with the Python source through `live_tasks` (task id -> parent id:
+ * what a later rename needs, and what uninstall clears). Live keys are the task ids
+ * themselves and the values ints: no GC-tracked object per task beyond the core's entry
+ * (GC passes over such tuples were most of the cost of a created task). */
+
+static struct {
+    PyObject *current_task;          /* asyncio.current_task(loop) */
+    PyObject *set_live, *clear_live; /* this module's set_live / clear_live */
+    PyObject *live_tasks;            /* dict shared with the Python source, task id -> parent id
+                                      * (the task id is also its live key); NULL: not set up */
+    PyObject *on_fault;              /* on_fault(exc): a recording error, the source reports it */
+    PyObject *describe;              /* describe(exc) -> "Type: message" (TASK_DONE's error) */
+    PyObject *k_create, *k_info, *k_done, *k_block;
+    PyObject *ok, *cancelled, *failed; /* TaskOutcome values */
+} TK;
+
+static PyObject *str_get_name, *str_cancelled, *str_exception, *str_coro_kw;
+
+/* After a failed recording step: an Exception is handed to on_fault (the source reports
+ * it and disables itself) and cleared, 0; anything else (KeyboardInterrupt, ...) stays set
+ * for the caller to propagate, -1. Never leaves an Exception set. */
+static int fault(void) {
+    if (!PyErr_Occurred()) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyObject *exc = take_exception();
+    PyObject *r = call_hook(TK.on_fault, exc ? exc : Py_None);
+    Py_XDECREF(exc);
+    if (!r) return swallow();
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Records TASK_DONE(task, outcome, error) for a task that a step just finished (error read
+ * from `_exception`, never through exception(): that would mark it retrieved) and forgets
+ * its live TASK_INFO. 0, or -1 with a non-Exception exception set (Exceptions go to
+ * fault()). */
+static int record_task_done(PyObject *task) {
+    PyObject *tid = PyLong_FromVoidPtr(task), *outcome = TK.ok, *error = Py_NewRef(A.empty), *live = NULL;
+    if (!tid) goto failed;
+    PyObject *c = PyObject_CallMethodNoArgs(task, str_cancelled);
+    if (!c) goto failed;
+    int is_cancelled = PyObject_IsTrue(c);
+    Py_DECREF(c);
+    if (is_cancelled < 0) goto failed;
+    if (is_cancelled) {
+        outcome = TK.cancelled;
+    } else {
+        PyObject *exc = PyObject_GetAttr(task, str_exception);
+        if (!exc) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto failed;
+            PyErr_Clear();
+        } else if (PyExceptionInstance_Check(exc)) {
+            outcome = TK.failed;
+            PyObject *text = call_hook(TK.describe, exc); /* the rare path: Python formats it */
+            Py_DECREF(exc);
+            if (!text) goto failed;
+            if (PyUnicode_CheckExact(text))
+                Py_SETREF(error, text);
+            else
+                Py_DECREF(text);
+        } else {
+            Py_DECREF(exc);
+        }
+    }
+    PyObject *ev[4] = {TK.k_done, tid, outcome, error};
+    if (pyfl_record_args(ev, 4) < 0 || !TK.live_tasks) goto failed;
+    live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
+    PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
+    if (known) {
+        if (PyDict_DelItem(live, tid) < 0) goto failed;
+        PyObject *r = PyObject_CallOneArg(TK.clear_live, tid);
+        if (!r) goto failed;
+        Py_DECREF(r);
+    } else if (PyErr_Occurred()) {
+        goto failed;
+    }
+failed:
+    Py_XDECREF(tid);
+    Py_XDECREF(error);
+    Py_XDECREF(live);
+    return fault();
+}
+
+/* The task is done: record it in C once set up, else through the Python hook. 0, or -1
+ * with a non-Exception exception set. */
+static int task_done(PyObject *task) {
+    if (TK.live_tasks) return record_task_done(task);
+    PyObject *r = call_hook(A.on_task_done, task);
+    if (!r) return swallow();
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Records TASK_CREATE(task, name, coro, parent) and the live TASK_INFO of a task that
+ * loop.create_task just returned, remembers it in live_tasks, and records TASK_DONE at
+ * once for an eager task that already finished. `coro` may be NULL (not found in the
+ * arguments). 0, or -1 with a non-Exception exception set (Exceptions go to fault()). */
+static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
+    PyObject *tid = NULL, *name = NULL, *coro_name = NULL, *parent = NULL, *pid = NULL, *tasks = NULL;
+    int rc = -1;
+    if (!(tid = PyLong_FromVoidPtr(task))) goto out;
+    name = PyObject_CallMethodNoArgs(task, str_get_name); /* a task factory may return anything */
+    if (!name) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto out;
+        PyErr_Clear();
+        name = Py_NewRef(A.empty);
+    } else if (!PyUnicode_CheckExact(name)) {
+        Py_SETREF(name, PyObject_Str(name));
+        if (!name) goto out;
+    }
+    coro_name = coro ? callback_name(coro) : Py_NewRef(A.empty);
+    if (!(parent = PyObject_CallOneArg(TK.current_task, loop))) goto out;
+    pid = parent != Py_None && parent != task ? PyLong_FromVoidPtr(parent) : PyLong_FromLong(0);
+    if (!pid) goto out;
+    PyObject *ev[5] = {TK.k_create, tid, name, coro_name, pid};
+    if (pyfl_record_args(ev, 5) < 0) goto out;
+    PyObject *live[6] = {tid, TK.k_info, tid, name, coro_name, pid}; /* key: the id (no tuple to track) */
+    PyObject *r = PyObject_Vectorcall(TK.set_live, live, 6, NULL);
+    if (!r) goto out;
+    Py_DECREF(r);
+    if (!TK.live_tasks || !(tasks = Py_NewRef(TK.live_tasks)) || PyDict_SetItem(tasks, tid, pid) < 0) goto out;
+    if (is_task(task)) { /* an eager task (3.12+ eager_task_factory) may be done already */
+        PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
+        if (!done) goto out;
+        int is_done = PyObject_IsTrue(done);
+        Py_DECREF(done);
+        if (is_done < 0 || (is_done && task_done(task) < 0)) goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(tid);
+    Py_XDECREF(name);
+    Py_XDECREF(coro_name);
+    Py_XDECREF(parent);
+    Py_XDECREF(pid);
+    Py_XDECREF(tasks);
+    return rc == 0 ? 0 : fault();
+}
+
+/* The C BaseEventLoop.create_task: m_self is the original (bound per install, so a
+ * wrapper left behind by an uninstall still calls its own original). Calls it with the
+ * same arguments (args[0] is the loop) and returns what it returns or raises what it
+ * raises; then, while recording, note_created(). */
+static PyObject *create_task(PyObject *original, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *task = PyObject_Vectorcall(original, args, nargsf, kwnames);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (!task || nargs < 1 || !A.active || !TK.live_tasks || !pyfl_enabled()) return task;
+    PyObject *coro = nargs >= 2 ? args[1] : NULL;
+    for (Py_ssize_t i = 0; !coro && kwnames && i < PyTuple_GET_SIZE(kwnames); i++)
+        if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), str_coro_kw) == 0) coro = args[nargs + i];
+    PyErr_Clear(); /* PyUnicode_Compare cannot fail on str; nothing else set here */
+    if (note_created(args[0], coro, task) < 0) {
+        Py_DECREF(task);
+        return NULL;
+    }
+    return task;
+}
+
+static PyMethodDef create_task_def = {
+    "create_task", (PyCFunction)(void (*)(void))create_task, METH_FASTCALL | METH_KEYWORDS,
+    "Schedule a coroutine as a Task (BaseEventLoop.create_task, recorded by pyflight).",
+};
+
+/* ------------------------------------------------------------------ asyncio lock/queue waits in C
+ *
+ * asyncio's Lock/Semaphore/Event/Condition/Queue call self._get_loop() only on the path
+ * that blocks (to make the waiter future); the C _get_loop below records TASK_BLOCK there.
+ * See the Python source's docstring for what is recorded; this is the same, without a
+ * Python frame. */
+
+#define MAX_SYNC_SITES 8
+#define SITE_TABLE 16384            /* power of two */
+#define MAX_SITES 10000             /* waiting lines remembered before the table is cleared */
+#define SITE_STACK_INTERVAL 1000000000u /* ns between two full stacks of one waiting line */
+
+typedef struct {
+    const void *code; /* identity only (the code may be gone: a stale entry costs a stack) */
+    int lasti;
+    uint32_t site;
+    uint64_t stack_ns; /* when its stack was last recorded */
+} SiteEntry;
+
+static struct {
+    int n_sites, n_outer;
+    PyObject *site_code[MAX_SYNC_SITES], *site_reason[MAX_SYNC_SITES], *site_what[MAX_SYNC_SITES];
+    int site_refine[MAX_SYNC_SITES];
+    PyObject *outer_code[MAX_SYNC_SITES], *outer_what[MAX_SYNC_SITES];
+    PyObject *own[2]; /* globals of asyncio.locks and asyncio.queues */
+    SiteEntry table[SITE_TABLE];
+    int used;
+    uint32_t next_site;
+} SW;
+
+/* The entry of waiting line (code, lasti), added (fresh stack_ns 0) if new; the table is
+ * cleared when MAX_SITES lines are known. Never fails. */
+static SiteEntry *site_entry(const void *code, int lasti) {
+    if (SW.used >= MAX_SITES) {
+        memset(SW.table, 0, sizeof SW.table);
+        SW.used = 0;
+    }
+    size_t h = ((((uintptr_t)code) >> 4) * 31u + (size_t)lasti) & (SITE_TABLE - 1);
+    while (SW.table[h].code && !(SW.table[h].code == code && SW.table[h].lasti == lasti))
+        h = (h + 1) & (SITE_TABLE - 1);
+    SiteEntry *e = &SW.table[h];
+    if (!e->code) {
+        *e = (SiteEntry){code, lasti, ++SW.next_site, 0};
+        SW.used++;
+    }
+    return e;
+}
+
+/* Records TASK_BLOCK for the blocking path of the asyncio method running in `caller`, if
+ * it is one of the known sites and a task of `loop` is running. 0, or -1 with a
+ * non-Exception exception set (Exceptions go to fault()). */
+static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) {
+    PyCodeObject *code = PyFrame_GetCode(caller);
+    int i = 0;
+    while (i < SW.n_sites && (PyObject *)code != SW.site_code[i])
+        i++;
+    Py_DECREF(code); /* SW keeps the site codes alive: the comparison stays valid */
+    if (i == SW.n_sites) return 0;
+    /* held: current_task may run Python code (a patched one) that re-installs the tables */
+    PyObject *what = Py_NewRef(SW.site_what[i]), *reason = Py_NewRef(SW.site_reason[i]);
+    int refine = SW.site_refine[i];
+    PyObject *task = PyObject_CallOneArg(TK.current_task, loop), *tid = NULL, *oid = NULL, *site = NULL;
+    PyFrameObject *f = NULL;
+    int rc = -1;
+    if (!task) goto out;
+    if (task == Py_None) {
+        rc = 0;
+        goto out;
+    }
+    /* out of asyncio (__aenter__, wait_for, Barrier, Queue.join): the user's line innermost */
+    f = PyFrame_GetBack(caller);
+    while (f) {
+        PyObject *g = PyFrame_GetGlobals(f);
+        int own = g == SW.own[0] || g == SW.own[1];
+        Py_XDECREF(g);
+        if (!own) break;
+        if (refine) { /* Event/Condition waits inside Queue.join, Barrier.wait */
+            PyCodeObject *fc = PyFrame_GetCode(f);
+            for (int j = 0; j < SW.n_outer; j++)
+                if ((PyObject *)fc == SW.outer_code[j]) {
+                    Py_SETREF(what, Py_NewRef(SW.outer_what[j]));
+                    refine = 0;
+                    break;
+                }
+            Py_DECREF(fc);
+        }
+        Py_SETREF(f, PyFrame_GetBack(f));
+    }
+    uint64_t site_id = 0;
+    int with_stack = 0;
+    if (f) {
+        PyCodeObject *fc = PyFrame_GetCode(f);
+        SiteEntry *e = site_entry(fc, PyFrame_GetLasti(f));
+        Py_DECREF(fc);
+        uint64_t t = coarse_now_ns();
+        site_id = e->site;
+        if (!e->stack_ns || t - e->stack_ns >= SITE_STACK_INTERVAL) { /* the walk is most of the cost */
+            e->stack_ns = t ? t : 1;
+            with_stack = 1;
+        }
+    }
+    if (!(tid = PyLong_FromVoidPtr(task)) || !(oid = PyLong_FromVoidPtr(obj))
+        || !(site = PyLong_FromUnsignedLongLong(site_id)))
+        goto out;
+    PyObject *ev[7] = {TK.k_block, tid, reason, oid, what, site, with_stack ? (PyObject *)f : Py_None};
+    rc = pyfl_record_args(ev, 7);
+out:
+    Py_DECREF(what);
+    Py_DECREF(reason);
+    Py_XDECREF(task);
+    Py_XDECREF(tid);
+    Py_XDECREF(oid);
+    Py_XDECREF(site);
+    Py_XDECREF(f);
+    return rc == 0 ? 0 : fault();
+}
+
+/* The C asyncio.mixins._LoopBoundMixin._get_loop: m_self is the original. Returns what
+ * the original returns (or raises what it raises, before anything is recorded); then,
+ * while recording, note_sync_wait() for its caller. */
+static PyObject *get_loop(PyObject *original, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *loop = PyObject_Vectorcall(original, args, nargsf, kwnames);
+    if (!loop || loop == Py_None || PyVectorcall_NARGS(nargsf) != 1 || kwnames || !A.active || !SW.n_sites
+        || !TK.live_tasks || !pyfl_enabled())
+        return loop;
+    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the Python frame that called us */
+    if (caller && note_sync_wait(args[0], loop, caller) < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    return loop;
+}
+
+static PyMethodDef get_loop_def = {
+    "_get_loop", (PyCFunction)(void (*)(void))get_loop, METH_FASTCALL | METH_KEYWORDS,
+    "The loop this object is bound to (asyncio's _LoopBoundMixin._get_loop, recorded by pyflight).",
+};
+
 /* After a task step that returned: TASK_WAIT (what it awaits), or on_task_done(task) if
  * the step finished it. 0, or -1 with a non-Exception exception to propagate. */
 static int after_step(PyObject *task) {
@@ -406,12 +713,7 @@ static int after_step(PyObject *task) {
         int is_done = PyObject_IsTrue(done);
         Py_DECREF(done);
         if (is_done < 0) return swallow();
-        if (is_done) {
-            PyObject *r = call_hook(A.on_task_done, task);
-            if (!r) return swallow();
-            Py_DECREF(r);
-            return 0;
-        }
+        if (is_done) return task_done(task);
         what = A.empty; /* yielded to the loop without a future: ready again */
     } else {
         /* a plain Future (most waits: sleep, Queue, Event, streams) says nothing its stack
@@ -419,7 +721,9 @@ static int after_step(PyObject *task) {
         what = Py_TYPE(waiter) == A.plain_future ? A.empty : type_name(Py_TYPE(waiter));
         Py_DECREF(waiter);
     }
-    if (A.wait_mode <= 0) return 0;
+    /* Mode 1 ("what") records only waits that say more than the step's end does: a wait
+     * on a plain Future or a bare yield ("") is what TASK_STEP_END already implies. */
+    if (A.wait_mode <= 0 || (A.wait_mode == 1 && what == A.empty)) return 0;
     PyObject *frame = A.wait_mode >= 2 ? awaiting_frame(task) : NULL;
     if (what == A.empty && !frame) { /* no string, no stack: the cheap path (ids 0 are "" and ()) */
         uint64_t vals[4] = {(uint64_t)(uintptr_t)task, (uint64_t)A.reason, 0, 0};
@@ -676,9 +980,152 @@ static PyObject *running_steps(PyObject *mod, PyObject *unused) {
     return list;
 }
 
+/* Reads n small ints (event kinds, outcomes) from a tuple into new int objects; 0, or -1
+ * with TypeError/ValueError (out[] then holds nothing). */
+static int int_tuple(PyObject *t, int n, PyObject **out, const char *what) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != n) {
+        PyErr_Format(PyExc_TypeError, "%s must be a tuple of %d ints", what, n);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(t, i));
+        if ((v == -1 && PyErr_Occurred()) || v < 0 || v > 255 || !(out[i] = PyLong_FromLong(v))) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: bad value %ld", what, v);
+            while (--i >= 0)
+                Py_CLEAR(out[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* asyncio_tasks_setup(current_task, live_tasks, on_fault, describe, kinds, outcomes):
+ * what the C create_task, task-done and _get_loop hooks need (call before
+ * asyncio_install, which turns recording on). kinds: (TASK_CREATE, TASK_INFO, TASK_DONE,
+ * TASK_BLOCK); outcomes: (OK, CANCELLED, FAILED). live_tasks: the source's dict, task id
+ * -> parent id, kept up to date from C. */
+static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
+    PyObject *current_task, *live_tasks, *on_fault, *describe, *kinds, *outcomes;
+    PyObject *k[4] = {NULL}, *o[3] = {NULL};
+    if (!PyArg_ParseTuple(args, "OO!OOOO:asyncio_tasks_setup", &current_task, &PyDict_Type, &live_tasks, &on_fault,
+                          &describe, &kinds, &outcomes))
+        return NULL;
+    if (!PyCallable_Check(current_task) || !PyCallable_Check(on_fault) || !PyCallable_Check(describe))
+        return PyErr_Format(PyExc_TypeError, "asyncio_tasks_setup() hooks must be callable");
+    if (int_tuple(kinds, 4, k, "asyncio_tasks_setup() kinds") < 0) return NULL;
+    if (int_tuple(outcomes, 3, o, "asyncio_tasks_setup() outcomes") < 0) goto fail;
+    PyObject *set_live = PyObject_GetAttrString(mod, "set_live"), *clear_live = PyObject_GetAttrString(mod, "clear_live");
+    if (!set_live || !clear_live) {
+        Py_XDECREF(set_live);
+        Py_XDECREF(clear_live);
+        goto fail;
+    }
+    Py_XSETREF(TK.set_live, set_live);
+    Py_XSETREF(TK.clear_live, clear_live);
+    Py_XSETREF(TK.current_task, Py_NewRef(current_task));
+    Py_XSETREF(TK.on_fault, Py_NewRef(on_fault));
+    Py_XSETREF(TK.describe, Py_NewRef(describe));
+    Py_XSETREF(TK.k_create, k[0]);
+    Py_XSETREF(TK.k_info, k[1]);
+    Py_XSETREF(TK.k_done, k[2]);
+    Py_XSETREF(TK.k_block, k[3]);
+    Py_XSETREF(TK.ok, o[0]);
+    Py_XSETREF(TK.cancelled, o[1]);
+    Py_XSETREF(TK.failed, o[2]);
+    Py_XSETREF(TK.live_tasks, Py_NewRef(live_tasks)); /* last: non-NULL means set up */
+    Py_RETURN_NONE;
+fail:
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(k[i]);
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(o[i]);
+    return NULL;
+}
+
+/* A method for a class attribute from a C function bound to `original` (instancemethod:
+ * binds the instance like a Python function does). New reference, or NULL. */
+static PyObject *wrap_method(PyMethodDef *def, PyObject *original) {
+    if (!PyCallable_Check(original)) return PyErr_Format(PyExc_TypeError, "%s: the original must be callable", def->ml_name);
+    PyObject *f = PyCFunction_NewEx(def, original, NULL);
+    if (!f) return NULL;
+    PyObject *m = PyInstanceMethod_New(f);
+    Py_DECREF(f);
+    return m;
+}
+
+/* asyncio_create_task(original) -> a BaseEventLoop.create_task that records from C. */
+static PyObject *asyncio_create_task(PyObject *mod, PyObject *original) {
+    return wrap_method(&create_task_def, original);
+}
+
+/* asyncio_get_loop(original, sites, outer, own) -> a _LoopBoundMixin._get_loop that
+ * records TASK_BLOCK from C. sites: ((code, reason, what, refine), ...) of the blocking
+ * methods; outer: ((code, what), ...) of the callers that name a wait better; own: the
+ * globals dicts of the modules whose frames are asyncio's. Replaces the previous tables. */
+static PyObject *asyncio_get_loop(PyObject *mod, PyObject *args) {
+    PyObject *original, *sites, *outer, *own;
+    if (!PyArg_ParseTuple(args, "OO!O!O!:asyncio_get_loop", &original, &PyTuple_Type, &sites, &PyTuple_Type, &outer,
+                          &PyTuple_Type, &own))
+        return NULL;
+    if (PyTuple_GET_SIZE(sites) > MAX_SYNC_SITES || PyTuple_GET_SIZE(outer) > MAX_SYNC_SITES
+        || PyTuple_GET_SIZE(own) > 2)
+        return PyErr_Format(PyExc_ValueError, "asyncio_get_loop(): too many sites");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sites); i++) {
+        PyObject *e = PyTuple_GET_ITEM(sites, i);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 4 || !PyCode_Check(PyTuple_GET_ITEM(e, 0))
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(e, 1)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(e, 2)))
+            return PyErr_Format(PyExc_TypeError, "asyncio_get_loop(): sites are (code, reason, what, refine)");
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(outer); i++) {
+        PyObject *e = PyTuple_GET_ITEM(outer, i);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 2 || !PyCode_Check(PyTuple_GET_ITEM(e, 0))
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(e, 1)))
+            return PyErr_Format(PyExc_TypeError, "asyncio_get_loop(): outer entries are (code, what)");
+    }
+    PyObject *method = wrap_method(&get_loop_def, original);
+    if (!method) return NULL;
+    int n_sites = SW.n_sites;
+    SW.n_sites = 0; /* off while the tables change */
+    for (int i = 0; i < n_sites; i++) {
+        Py_CLEAR(SW.site_code[i]);
+        Py_CLEAR(SW.site_reason[i]);
+        Py_CLEAR(SW.site_what[i]);
+    }
+    for (int i = 0; i < SW.n_outer; i++) {
+        Py_CLEAR(SW.outer_code[i]);
+        Py_CLEAR(SW.outer_what[i]);
+    }
+    SW.n_outer = 0;
+    for (int i = 0; i < 2; i++)
+        Py_CLEAR(SW.own[i]);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(own); i++)
+        SW.own[i] = Py_NewRef(PyTuple_GET_ITEM(own, i));
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(outer); i++) {
+        PyObject *e = PyTuple_GET_ITEM(outer, i);
+        SW.outer_code[i] = Py_NewRef(PyTuple_GET_ITEM(e, 0));
+        SW.outer_what[i] = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+    }
+    SW.n_outer = (int)PyTuple_GET_SIZE(outer);
+    memset(SW.table, 0, sizeof SW.table);
+    SW.used = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(sites); i++) {
+        PyObject *e = PyTuple_GET_ITEM(sites, i);
+        SW.site_code[i] = Py_NewRef(PyTuple_GET_ITEM(e, 0));
+        SW.site_reason[i] = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+        SW.site_what[i] = Py_NewRef(PyTuple_GET_ITEM(e, 2));
+        SW.site_refine[i] = PyObject_IsTrue(PyTuple_GET_ITEM(e, 3)) == 1;
+    }
+    PyErr_Clear(); /* a refine flag whose truth failed reads as false */
+    SW.n_sites = (int)PyTuple_GET_SIZE(sites);
+    return method;
+}
+
 static PyMethodDef asyncio_methods[] = {
     {"asyncio_install", asyncio_install, METH_VARARGS, "Set the asyncio hooks; return the C Handle._run."},
     {"asyncio_uninstall", asyncio_uninstall, METH_NOARGS, "Stop recording asyncio steps."},
+    {"asyncio_tasks_setup", asyncio_tasks_setup, METH_VARARGS, "Set what the C task and sync-wait hooks need."},
+    {"asyncio_create_task", asyncio_create_task, METH_O, "A BaseEventLoop.create_task recording from C."},
+    {"asyncio_get_loop", asyncio_get_loop, METH_VARARGS, "A _LoopBoundMixin._get_loop recording TASK_BLOCK from C."},
     {"running_steps", running_steps, METH_NOARGS,
      "[(thread_ident, loop_id, task_id, start_ns)] of the asyncio steps running now."},
     {NULL, NULL, 0, NULL},
@@ -702,6 +1149,10 @@ int pyfl_asyncio_init(PyObject *mod) {
     INTERN(str_qualname, "__qualname__");
     INTERN(str_func, "func");
     INTERN(A.empty, "");
+    INTERN(str_get_name, "get_name");
+    INTERN(str_cancelled, "cancelled");
+    INTERN(str_exception, "_exception");
+    INTERN(str_coro_kw, "coro");
     handle_fields[0] = str_context;
     handle_fields[1] = str_callback;
     handle_fields[2] = str_args;

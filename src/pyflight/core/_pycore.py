@@ -175,6 +175,8 @@ class _Gen:
         "frames",
         "kids",
         "limit",
+        "live_events",
+        "live_table_bytes",
         "run",
         "seq",
         "sids",
@@ -194,6 +196,9 @@ class _Gen:
         # events before the size trigger fires: ceil((gen_max_bytes - table_bytes) / 8)
         self.limit = -(-run.gen_max_bytes // _EVENT_BYTES)
         self.table_bytes = 0
+        # the live table's copy at the start: not counted towards sealing (see _emit_live)
+        self.live_events = 0
+        self.live_table_bytes = 0
         self.events: deque[_Event] = deque()
         self.sids: dict[str, int] = {"": 0}  # id 0 reads as the empty string
         self.strings: dict[int, str] = {}
@@ -550,7 +555,9 @@ def _varint_len(value: int) -> int:
 
 def _add_table_bytes(gen: _Gen, n: int) -> None:
     gen.table_bytes += n  # an estimate: a lost update under a race is harmless
-    gen.limit = -((gen.table_bytes - gen.run.gen_max_bytes) // _EVENT_BYTES)
+    gen.limit = gen.live_events - (
+        (gen.table_bytes - gen.live_table_bytes - gen.run.gen_max_bytes) // _EVENT_BYTES
+    )
 
 
 def _new_string(gen: _Gen, text: str) -> int:
@@ -647,13 +654,11 @@ def _seal_locked(run: _Run) -> None:
     if not old.events:
         old.start_ns = t
         old.deadline = t + run.gen_interval_ns
-        for kind, values in list(run.live.values()):
-            _emit(old, kind, values)
+        _emit_live(old, run)
         _evict(run, t)
         return
     new = _Gen(run, old.seq + 1, t)
-    for kind, values in list(run.live.values()):
-        _emit(new, kind, values)
+    _emit_live(new, run)
     _gen = new  # from here on, a record that still appends to `old` will notice it (_late)
     if _run is not run:  # stop() ran meanwhile (a signal handler interrupting this seal)
         _gen = None
@@ -673,6 +678,17 @@ def _seal_locked(run: _Run) -> None:
         run.sealed += 1
         run.sealed_events += len(taken)
     _evict(run, _now())
+
+
+def _emit_live(gen: _Gen, run: _Run) -> None:
+    """Record the live table into a generation not yet published; its copy does not count
+    towards sealing (with more live entries than a generation holds, e.g. 40,000 live
+    asyncio tasks, each event would otherwise seal a generation and re-record them all)."""
+    for kind, values in list(run.live.values()):
+        _emit(gen, kind, values)
+    gen.live_events = len(gen.events)
+    gen.live_table_bytes = gen.table_bytes
+    _add_table_bytes(gen, 0)
 
 
 def _emit(gen: _Gen, kind: int, values: tuple[_Value, ...]) -> None:

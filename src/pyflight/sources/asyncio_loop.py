@@ -11,15 +11,18 @@ TASK_DONE(task, outcome, "Type: message"), the exception read without marking it
 retrieved. With the pure-Python core, a Python ``_run`` of identical behaviour does the
 same, at Python cost (~2x on small-step code).
 
-TASK_WAIT(task, AWAIT, what, stack) after each step that leaves a task waiting is opt-in
-(``task_wait``), as it costs ~1% more on small-step code: ``"what"`` records the type name
-of the future it awaits (``_fut_waiter``), "" for a plain ``asyncio.Future`` (most
-waits: sleep, queues, events, streams) or a bare yield; ``"stack"`` adds the innermost
-awaiting frame of the coroutine chain (+5-8%). Without it, a task between a
-TASK_STEP_END and its next TASK_STEP_BEGIN (or TASK_DONE) is waiting.
+A task between a TASK_STEP_END and its next TASK_STEP_BEGIN (or TASK_DONE) is waiting.
+TASK_WAIT(task, AWAIT, what, stack) says on what (``task_wait``): ``"what"`` (the default)
+records, after a step that leaves the task waiting on something other than a plain
+``asyncio.Future`` or a bare yield, the type name of that future (``_fut_waiter``: "Task",
+"_GatheringFuture", ...); a plain Future (most waits: sleep, queues, events, streams, whose
+lock/queue part ``sync_waits`` names) says no more than the step's end, so it records
+nothing and costs one type comparison. ``"stack"`` records every wait with the innermost
+awaiting frame of the coroutine chain ("" for a plain Future; +10-30% on small-step code);
+``"off"`` records none.
 
-TASK_BLOCK(task, reason, obj, what, site, stack), opt-in (``sync_waits=True``: ~1.2 us per
-wait that blocks, +45% on code where every queue hand-off blocks):
+TASK_BLOCK(task, reason, obj, what, site, stack), on by default (``sync_waits``; with the C
+core the hook is C, see bench/bench_asyncio_sync.py and docs/performance.md for its cost):
 asyncio's ``Lock.acquire``, ``Semaphore.acquire``, ``Event.wait``, ``Condition.wait`` (so
 ``Barrier``) and ``Queue.get``/``put`` call ``self._get_loop()``
 (``asyncio.mixins._LoopBoundMixin``) only on the path that blocks, to make the waiter
@@ -31,19 +34,19 @@ the object, ``"asyncio.Queue.put"`` etc. (Event/Condition waits inside ``Queue.j
 ``Barrier.wait`` are named after those), the site (a small number per waiting line: the
 first frame outside asyncio) and the stack from that frame outwards. Walking the stack
 costs the core 2-3 us, so it is recorded at most once a second per site (readers share
-it between the events of a site); a blocking wait then costs ~1.2 us with the C core, ~3
-us with the Python one (bench/bench_asyncio_sync.py). Not recorded: who holds an
+it between the events of a site). Not recorded: who holds an
 asyncio.Lock or who wakes the waiter (that would cost on every release); the analysis
 infers lock holders from the hand-over order.
 
 Also: ``BaseEventLoop.create_task`` is wrapped (TASK_CREATE + a live TASK_INFO, parent =
-the current task; 3.11/3.12 name tasks after creating them, so ``tasks._set_task_name``
-is wrapped to update TASK_INFO); each loop's selector instance gets a ``select`` recording
-LOOP_IDLE_BEGIN/END around waits that may block (a zero-timeout poll is not idle) and the
-``_pyflight_loop_selector`` mark (the blocking source then leaves it alone); a daemon
-thread "pyflight-stalls" records LOOP_STALL(loop, task, duration so far, the loop
-thread's stack *now*) when a step runs longer than ``stall_threshold``, at 1x, 2x, 4x, ...
-the threshold. The step table it reads is ``running_steps()``.
+the current task; recorded in C with the C core; 3.11/3.12 name tasks after creating them,
+so ``tasks._set_task_name`` is wrapped to update TASK_INFO); each loop's selector instance
+gets a ``select`` recording LOOP_IDLE_BEGIN/END around waits that may block (a zero-
+timeout poll is not idle) and the ``_pyflight_loop_selector`` mark (the blocking source
+then leaves it alone); a daemon thread "pyflight-stalls" records LOOP_STALL(loop, task,
+duration so far, the loop thread's stack *now*) when a step runs longer than
+``stall_threshold``, at 1x, 2x, 4x, ... the threshold. The step table it reads is
+``running_steps()``.
 
 Loops are instrumented lazily (``run_forever`` and the first step a thread runs of a
 loop), so every loop built on ``asyncio.BaseEventLoop`` is covered: ``asyncio.run``,
@@ -57,7 +60,7 @@ on ``sys.meta_path`` installs the hooks right after ``import asyncio`` completes
 watchdog thread starts with the recorder and stays idle until then).
 
 Options: ``stall_threshold`` (seconds, default 0.1; 0 or None: no watchdog),
-``task_wait`` ("off" default, "what", "stack"), ``sync_waits`` (False default),
+``task_wait`` ("what" default, "stack", "off"), ``sync_waits`` (True default),
 ``implementation`` ("auto" default, "python" forces the Python ``Handle._run``).
 """
 
@@ -247,6 +250,24 @@ def _sync_sites() -> tuple[dict[int, tuple[int, str, bool]], dict[int, str]]:
     return sites, outer
 
 
+def _sync_site_codes() -> tuple[
+    tuple[tuple[types.CodeType, int, str, bool], ...], tuple[tuple[types.CodeType, str], ...]
+]:
+    """The tables of _sync_sites for the C ``_get_loop``: ((code, reason, what, refine), ...)
+    and ((code, what), ...), holding the code objects (the C side compares identities)."""
+    sites = []
+    for module, cls, method, reason, what in _SYNC_SITES:
+        code = _method_code(module, cls, method)
+        if code is not None:
+            sites.append((code, reason, what, reason == _CONDITION and not what.startswith("asyncio.Queue")))
+    outer = []
+    for module, cls, method, what in _SYNC_OUTER:
+        code = _method_code(module, cls, method)
+        if code is not None:
+            outer.append((code, what))
+    return tuple(sites), tuple(outer)
+
+
 def _describe(exc: BaseException) -> str:
     try:
         text = f"{type(exc).__qualname__}: {exc}"
@@ -343,7 +364,9 @@ class _Hooks:
             weakref.WeakKeyDictionary()
         )
         self.loops_lock = threading.Lock()
-        self.live_tasks: dict[int, tuple[str, int]] = {}  # task id -> (coro name, parent id)
+        # task id -> parent id of the tasks whose TASK_INFO is live (key: the task id, an int;
+        # no other source uses int keys). Values are ints: no GC-tracked tuple per task.
+        self.live_tasks: dict[int, int] = {}
         self.foreign: set[str] = set()
         self.py_running: dict[int, tuple[int, int, int]] = {}
         self.next_foreign_check = 0
@@ -380,6 +403,14 @@ class _Hooks:
         ]
         self.active = True
         if self.use_c:
+            backend.asyncio_tasks_setup(
+                self.tasks.current_task,
+                self.live_tasks,
+                self.fault,
+                _describe,
+                (_TASK_CREATE, _TASK_INFO, _TASK_DONE, _TASK_BLOCK),
+                (int(TaskOutcome.OK), int(TaskOutcome.CANCELLED), int(TaskOutcome.FAILED)),
+            )
             run = backend.asyncio_install(
                 handle,
                 exc_helper,
@@ -396,7 +427,12 @@ class _Hooks:
             run = self._make_py_run(exc_helper)
         try:
             self._patch(handle, "_run", original_run, run)
-            self._patch(patches[0][0], "create_task", patches[0][2], self._wrap_create_task(patches[0][2]))
+            create_task = (
+                backend.asyncio_create_task(patches[0][2])
+                if self.use_c
+                else self._wrap_create_task(patches[0][2])
+            )
+            self._patch(patches[0][0], "create_task", patches[0][2], create_task)
             self._patch(patches[1][0], "run_forever", patches[1][2], self._wrap_run_forever(patches[1][2]))
             set_task_name = self.tasks.__dict__.get("_set_task_name")
             if isinstance(set_task_name, types.FunctionType):
@@ -421,6 +457,18 @@ class _Hooks:
         original = getattr(mixin, "__dict__", {}).get("_get_loop")
         if not isinstance(original, types.FunctionType):
             return  # not the asyncio we know: no sync waits
+        if self.use_c:
+            c_sites, c_outer = _sync_site_codes()
+            if c_sites:
+                own = tuple(
+                    m.__dict__
+                    for m in (sys.modules.get("asyncio.locks"), sys.modules.get("asyncio.queues"))
+                    if m
+                )
+                self._patch(
+                    mixin, "_get_loop", original, backend.asyncio_get_loop(original, c_sites, c_outer, own)
+                )
+            return
         sites, outer = _sync_sites()
         if sites:
             self._patch(mixin, "_get_loop", original, self._make_get_loop(original, sites, outer))
@@ -528,7 +576,7 @@ class _Hooks:
         del loops
         try:
             for tid in list(self.live_tasks):
-                backend.clear_live(("task", tid))
+                backend.clear_live(tid)
             for key in list(self.foreign):
                 backend.clear_live(("asyncio-foreign", key))
         except Exception as exc:
@@ -678,10 +726,8 @@ class _Hooks:
                 coro = _callback_name(task.get_coro())
             except Exception:  # a foreign Task-like object: skip it
                 continue
-            backend.set_live(
-                ("task", tid), _TASK_INFO, tid, name if type(name) is str else str(name), coro, 0
-            )
-            self.live_tasks[tid] = (coro, 0)
+            backend.set_live(tid, _TASK_INFO, tid, name if type(name) is str else str(name), coro, 0)
+            self.live_tasks[tid] = 0
 
     def _wrap_create_task(self, original: Any) -> Any:
         hooks = self
@@ -705,8 +751,8 @@ class _Hooks:
                     parent = current_task(loop)
                     pid = id(parent) if parent is not None and parent is not task else 0
                     backend.record(_TASK_CREATE, tid, name, coro_name, pid)
-                    backend.set_live(("task", tid), _TASK_INFO, tid, name, coro_name, pid)
-                    live_tasks[tid] = (coro_name, pid)
+                    backend.set_live(tid, _TASK_INFO, tid, name, coro_name, pid)
+                    live_tasks[tid] = pid
                     if isinstance(task, task_types) and task.done():  # an eager task, finished already
                         hooks.task_done(task)
                 except Exception as exc:
@@ -730,7 +776,7 @@ class _Hooks:
                     outcome, error = TaskOutcome.OK, ""
             backend.record(_TASK_DONE, tid, int(outcome), error)
             if self.live_tasks.pop(tid, None) is not None:
-                backend.clear_live(("task", tid))
+                backend.clear_live(tid)
         except Exception as exc:
             self.fault(exc)
 
@@ -750,12 +796,11 @@ class _Hooks:
         name the task after ``loop.create_task``: record its info again with the name."""
         try:
             tid = id(task)
-            known = self.live_tasks.get(tid)
-            if known is not None and backend.is_enabled():
+            pid = self.live_tasks.get(tid)
+            if pid is not None and backend.is_enabled():
                 name = task.get_name()
-                backend.set_live(
-                    ("task", tid), _TASK_INFO, tid, name if type(name) is str else str(name), *known
-                )
+                coro = _callback_name(task.get_coro())
+                backend.set_live(tid, _TASK_INFO, tid, name if type(name) is str else str(name), coro, pid)
         except Exception as exc:
             self.fault(exc)
 
@@ -847,7 +892,7 @@ class _Hooks:
                 what = ""
             else:
                 what = "" if type(waiter) is self.plain_future else type(waiter).__name__
-            if self.wait_mode:
+            if self.wait_mode >= 2 or (self.wait_mode and what):  # "what": "" says no more than the step end
                 frame = _awaiting_frame(task) if self.wait_mode >= 2 else None
                 backend.record(_TASK_WAIT, id(task), _AWAIT, what, frame)
         except Exception as exc:
@@ -917,8 +962,8 @@ class AsyncioSource(Source):
     def __init__(self, **options: Any) -> None:
         opts = dict(options)
         threshold = opts.pop("stall_threshold", STALL_THRESHOLD)
-        task_wait = opts.pop("task_wait", "off")
-        sync_waits = opts.pop("sync_waits", False)
+        task_wait = opts.pop("task_wait", "what")
+        sync_waits = opts.pop("sync_waits", True)
         implementation = opts.pop("implementation", "auto")
         if opts:
             raise ValueError(f"unknown option(s) {sorted(opts)}")
