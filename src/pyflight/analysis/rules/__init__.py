@@ -25,6 +25,7 @@ from pyflight.analysis.rules import (
     lock_contention,
     loop_blocked,
     loop_starved,
+    n_plus_one,
     pool_saturation,
     queue,
     slow_operations,
@@ -60,6 +61,7 @@ RULES: dict[str, Rule] = {
         library_waits.RULE,
         stalled_holder.RULE,
         gil_hog.RULE,
+        n_plus_one.RULE,
     )
 }
 
