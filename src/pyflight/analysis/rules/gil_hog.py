@@ -5,6 +5,9 @@ The in-process sampler needs the GIL too, so such a call shows as a *gap* in the
 of all threads; the first sample after the gap finds the holder still on the calling
 line (it gives the GIL up as soon as the call returns), running. Other threads that
 wanted to run meanwhile (their wait ended, or they were runnable) are the starved ones.
+A gap in which another thread used CPU (its CPU clock) is not a hold: on an overloaded
+machine the OS leaves the sampler off the CPU while the program's threads still take
+turns with the GIL.
 """
 
 from __future__ import annotations
@@ -57,19 +60,70 @@ def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
     return out
 
 
-def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
-    """The one user thread that ran through most of [start, end] in one stretch (the
-    gap can begin before the call did: the sampler ticks once per interval)."""
-    need = max(MIN_GAP, int(HOLD_SHARE * (end - start)))
-    found = []
-    for thread in user_threads(model):
-        if thread.tid in skip:
+def _stretch(thread_intervals: list, start: int, end: int) -> int:  # type: ignore[type-arg]
+    """The longest run of RUNNING/READY time (no block in between) inside [start, end]:
+    a holder the OS left off the CPU on a loaded machine is READY in the model's
+    estimate, yet still holds the GIL."""
+    best = run = 0
+    for iv in thread_intervals:
+        if iv.end <= start or iv.start >= end:
             continue
-        for iv in thread.intervals:
-            if iv.state is State.RUNNING and min(iv.end, end) - max(iv.start, start) >= need:
-                found.append(thread.tid)
-                break
+        if iv.state is State.RUNNING or iv.state is State.READY:
+            run += min(iv.end, end) - max(iv.start, start)
+            best = max(best, run)
+        else:
+            run = 0
+    return best
+
+
+def _cpu_share_after(model: Model, tid: int, end: int, interval: int) -> float | None:
+    """CPU / wall of ``tid``'s first sample after ``end`` (None: not measured)."""
+    after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
+    if not after or not after[0].span:
+        return None
+    return after[0].cpu / after[0].span
+
+
+def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -> int | None:
+    """The one user thread that ran (or stood runnable) through most of [start, end] in
+    one stretch and, where CPU clocks tell, was the one on CPU (the gap can begin before
+    the call did: the sampler ticks once per interval)."""
+    need = max(MIN_GAP, int(HOLD_SHARE * (end - start)))
+    found = [
+        thread.tid
+        for thread in user_threads(model)
+        if thread.tid not in skip and _stretch(thread.intervals, start, end) >= need
+    ]
+    if len(found) > 1:  # threads waiting for the GIL are runnable too: the holder used the CPU
+        on_cpu = [
+            tid for tid in found if (_cpu_share_after(model, tid, end, interval) or 0) >= HOLDER_CPU_SHARE
+        ]
+        found = on_cpu
     return found[0] if len(found) == 1 else None
+
+
+#: Among threads runnable through a gap, the holder is the one on CPU this share of it.
+HOLDER_CPU_SHARE = 0.15
+#: Another thread on CPU this share of a gap ran in it: the GIL changed hands (a thread
+#: starved by a real hold measured < 1%: it ran at most until the call began).
+OTHERS_RAN_SHARE = 0.05
+
+
+def _others_ran(model: Model, hog: int, start: int, end: int, interval: int) -> bool:
+    """True when another user thread used CPU through the gap (its CPU clock, from its
+    first sample after the gap): then no one call held the GIL, the machine or the OS
+    stretched the sampler's ticks (an overloaded CPU delays every thread alike)."""
+    gap = end - start
+    for thread in user_threads(model):
+        if thread.tid == hog:
+            continue
+        after = samples_in(model, thread.tid, end - interval // 2, end + 2 * interval)
+        if not after or not after[0].span:
+            continue
+        sample = after[0]
+        if sample.span >= min(gap // 4, 20 * MS) and sample.cpu >= OTHERS_RAN_SHARE * sample.span:
+            return True
+    return False
 
 
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
@@ -115,8 +169,8 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     for a, b in itertools.pairwise(ticks):
         if b - a < limit:
             continue
-        tid = _holder(model, a, b, pyflight_threads)
-        if tid is None:
+        tid = _holder(model, a, b, pyflight_threads, interval)
+        if tid is None or _others_ran(model, tid, a, b, interval):
             continue  # nobody or several ran through it: not one call holding the GIL
         frame = _holder_frame(model, tid, a, b, interval)
         gaps[tid].append(b - a)
