@@ -22,7 +22,10 @@ What is wrapped:
   ``sqlite3``, before or after install): a connection made without a
   ``factory`` is of a ``sqlite3.Connection`` subclass whose ``execute``/``executemany``/
   ``executescript`` and whose cursors' (from ``cursor()`` without a factory) are
-  recorded. The type stays a ``sqlite3.Connection`` (``isinstance`` holds);
+  recorded, and its ``commit``/``rollback`` as the statements ``COMMIT``/``ROLLBACK``
+  (where a write transaction ends: who held the write lock until when; also the
+  commit/rollback of ``with connection:`` and the rollback of closing one
+  mid-transaction). The type stays a ``sqlite3.Connection`` (``isinstance`` holds);
 - Django's ``CursorWrapper.execute``/``executemany`` (every Django backend goes through
   it), patched when ``django.db.backends.utils`` is imported, before or after install;
 - ``record_cursor_class(cls)``: the same for any DB-API cursor class written in Python.
@@ -207,6 +210,18 @@ def _recorded(original: Callable[..., Any]) -> Callable[..., Any]:
     return execute
 
 
+def _recorded_as(original: Callable[..., Any], statement: str) -> Callable[..., Any]:
+    """``original(self)`` (``commit``, ``rollback``) recorded as the query ``statement``:
+    where a write transaction ends tells who held a database's write lock until when."""
+    recorded = _recorded(lambda self, _sql: original(self))
+
+    @functools.wraps(original)
+    def method(self: Any) -> Any:
+        return recorded(self, statement)
+
+    return method
+
+
 _QUERY_METHODS = ("execute", "executemany")
 
 
@@ -255,6 +270,9 @@ def _sqlite_connect_wrapper(sqlite3: ModuleType) -> Callable[..., Any]:
         executemany = _recorded(sqlite3.Cursor.executemany)
         executescript = _recorded(sqlite3.Cursor.executescript)
 
+    _exit = _recorded(lambda self, _sql, *args: sqlite3.Connection.__exit__(self, *args))
+    _close = _recorded(lambda self, _sql: sqlite3.Connection.close(self))
+
     class RecordedConnection(sqlite3.Connection):  # type: ignore[name-defined,misc]
         """A ``sqlite3.Connection`` whose statements (its own and its cursors') are recorded."""
 
@@ -262,6 +280,19 @@ def _sqlite_connect_wrapper(sqlite3: ModuleType) -> Callable[..., Any]:
         execute = _recorded(_plain_cursor_call(sqlite3, "execute"))
         executemany = _recorded(_plain_cursor_call(sqlite3, "executemany"))
         executescript = _recorded(_plain_cursor_call(sqlite3, "executescript"))
+        commit = _recorded_as(sqlite3.Connection.commit, "COMMIT")
+        rollback = _recorded_as(sqlite3.Connection.rollback, "ROLLBACK")
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+            """``with connection:`` commits (or rolls back) in C: recorded as such."""
+            return _exit(self, "COMMIT" if exc_type is None else "ROLLBACK", exc_type, exc, tb)
+
+        def close(self) -> None:
+            """Closing drops an open transaction: recorded as its ROLLBACK."""
+            if self.in_transaction:
+                _close(self, "ROLLBACK")
+            else:
+                sqlite3.Connection.close(self)
 
         def cursor(self, factory: Any = None) -> Any:
             return super().cursor(RecordedCursor if factory is None else factory)

@@ -8,6 +8,8 @@ inside it that carries the normalised statement and the user's line that issued 
 WSGI/ASGI middleware), else the thread. Per unit, the statement most repeated from one
 line is the suspect; units of the same name (a route) are grouped into one finding.
 
+An N+1 is a tight loop: the repeated queries must follow each other closely (median
+pause under 5 ms), so a worker thread saving one order per iteration is not one.
 The share of time reported is the span from the first to the last of those repeated
 queries (the loop that issued them, ORM work between queries included) over the unit's
 duration; the queries' own time is in the evidence.
@@ -16,6 +18,7 @@ duration; the queries' own time is in the evidence.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +40,9 @@ DB = "db"
 MS = 1_000_000
 #: Fewer repeats of one statement from one line than this in a unit is not an N+1.
 MIN_REPEATS = 10
+#: An N+1 is a tight loop: the median pause between the repeated queries is below this
+#: (a worker saving one order every few ms between sleeps or waits is not one).
+MAX_MEDIAN_GAP = 5 * MS
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ def rule_n_plus_one(model: Model) -> list[Finding]:
         if repeats < MIN_REPEATS:
             continue
         same = [q for q in unit.queries if q.statement == statement and q.site == site]
+        if _median([b.start - a.end for a, b in itertools.pairwise(same)]) > MAX_MEDIAN_GAP:
+            continue
         group = groups.setdefault((unit.label, statement, site), _Group(unit.label, statement, site))
         group.units += 1
         group.repeats.append(repeats)

@@ -18,6 +18,10 @@ from pyflight.analysis.rules.finding import Culprit, Finding
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, quantile
 
+#: The dbapi source's region name for one query (sources/dbapi.py; not imported: the
+#: analysis side does not import the recording side's sources).
+DB_REGION = "db"
+
 
 def _culprit_in_window(model: Model, tid: int, start: int, end: int, task: int = 0) -> Frame | None:
     weights: dict[Frame, float] = defaultdict(float)
@@ -79,6 +83,8 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
         end = ut.end if ut.end is not None else model.end
         groups[("task", ut.name)].append((ut.start, end, ut.thread, ut.id))
     for region in model.regions:
+        if region.name == DB_REGION:
+            continue  # each query of the dbapi source: n-plus-one and library-wait judge those
         end = region.end if region.end is not None else model.end
         groups[("region", region.name)].append((region.start, end, region.thread, region.task))
     window = max(model.end - model.start, 1)
