@@ -43,6 +43,8 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
         assert finding.evidence["blocking_call"] == call
         assert call in finding.title
         assert finding.evidence["steps"] >= 5
+    # the late wake-ups are those blocking steps' doing, not another thread's GIL
+    assert not [f for f in findings if f.rule == "loop-starved" and f.score >= 25], shown
 
 
 @pytest.mark.parametrize("program", HEALTHY)

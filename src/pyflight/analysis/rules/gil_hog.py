@@ -182,13 +182,15 @@ def rule_gil_hog(model: Model) -> list[Finding]:
         total = sum(spans)
         worst = max(spans)
         victims = starved[tid]
+        if not victims:
+            continue  # a hold that kept no thread from running is a CPU hotspot, not a GIL hog
         thread = model.threads.get(tid)
         life = max(1, lifetime(thread)) if thread is not None else max(1, model.end - model.start)
         score = clamp_score(
             min(
                 ramp(worst / MS, [(80, 30), (150, 60), (300, 80), (600, 90)]),
                 ramp(total / life, [(0.05, 30), (0.15, 60), (0.3, 80), (0.6, 90)]),
-                ramp(len(victims), [(0, 35), (1, 70), (2, 85)]),
+                ramp(len(victims), [(1, 70), (2, 85)]),
             )
         )
         culprit, _ = by_function(where[tid])
@@ -203,7 +205,7 @@ def rule_gil_hog(model: Model) -> list[Finding]:
                 title=(
                     f"{name} held the GIL in one long call{call}: {len(spans)} time(s), up to "
                     f"{fmt_ns(worst)} ({fmt_ns(total)} in all), while "
-                    + (f"{len(victims)} other thread(s) could not run" if victims else "nothing else ran")
+                    + f"{len(victims)} other thread(s) could not run"
                 ),
                 culprit=Culprit.of(culprit),
                 evidence={
