@@ -5,7 +5,10 @@ driver's execute), with the ORM fix; the queries are recorded by the dbapi sourc
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,11 @@ def test_n_plus_one_is_a_top_warning_at_the_views_line(program: str, tmp_path: P
     source_line = Path(finding.culprit.file).read_text().splitlines()[finding.culprit.line - 1]
     assert line_text in source_line
     assert "select_related" in finding.hint
+    # the raw evidence: one moment per call, on the thread and task that ran the queries
+    assert len(finding.moments) == finding.evidence["calls"] >= 2
+    for moment in finding.moments:
+        assert moment.duration_ns > 0 and moment.at_s >= 0
+        assert moment.task == unit and moment.thread
 
 
 @pytest.mark.parametrize("program", HEALTHY)
@@ -81,6 +89,28 @@ def test_sqlite_queries_are_recorded_with_statement_and_callers_line() -> None:
     assert "the line to name" in Path(__file__).read_text().splitlines()[lookup.site.line - 1]
     assert model.user_tasks[lookup.task].name == "lookup"
     assert all(q.end >= q.start for q in queries.values())
+
+
+def test_report_lists_the_moments_a_finding_came_from(tmp_path: Path) -> None:
+    path = record_named("sqlite_n_plus_one_threads", tmp_path)
+    doc = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "pyflight", "report", str(path), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    finding = next(f for f in doc["findings"] if f["rule"] == "n-plus-one")
+    threads = {m["thread"] for m in finding["moments"]}
+    assert threads == {"invoicer-0", "invoicer-1"}
+    assert all(m["task"] == "nightly-invoices" and m["what"].startswith("800 of") for m in finding["moments"])
+    html_path = tmp_path / "report.html"
+    subprocess.run(
+        [sys.executable, "-m", "pyflight", "report", str(path), "--html", str(html_path)], check=True
+    )
+    html = html_path.read_text()
+    assert "moment(s) it was derived from" in html and "invoicer-1" in html
 
 
 def test_connections_after_stop_are_plain_and_unrecorded() -> None:

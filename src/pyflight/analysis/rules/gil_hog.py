@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
-from pyflight.analysis.queries import interval_ns, lifetime, samples_in, thread_name, user_threads
+from pyflight.analysis.queries import (
+    interval_ns,
+    lifetime,
+    samples_in,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.loop_starved import _sampler_ticks
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
@@ -166,6 +173,7 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     gaps: dict[int, list[int]] = defaultdict(list)
     where: dict[int, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     starved: dict[int, Counter[int]] = defaultdict(Counter)
+    held: dict[int, list[Moment]] = defaultdict(list)
     for a, b in itertools.pairwise(ticks):
         if b - a < limit:
             continue
@@ -174,6 +182,9 @@ def rule_gil_hog(model: Model) -> list[Finding]:
             continue  # nobody or several ran through it: not one call holding the GIL
         frame = _holder_frame(model, tid, a, b, interval)
         gaps[tid].append(b - a)
+        held[tid].append(
+            Moment(seconds_since_start(model, a), b - a, thread_name(model, tid), "", "no thread sampled")
+        )
         if frame is not None:
             where[tid][frame] += b - a
         starved[tid].update(_starved(model, tid, a, b))
@@ -215,6 +226,7 @@ def rule_gil_hog(model: Model) -> list[Finding]:
                     "held_ns": total,
                     "starved_threads": ", ".join(names) + (f" and {more} more" if more > 0 else ""),
                 },
+                moments=moments_of(held[tid]),
                 hint=(
                     "A single C call (a big sort, a backtracking regex, a C extension) runs "
                     "without letting other threads in. Do it in a process pool, in smaller "

@@ -24,9 +24,16 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, top_frame, user_frame
 from pyflight.analysis.model import State
-from pyflight.analysis.queries import interval_ns, lifetime, samples_in, thread_name, user_threads
+from pyflight.analysis.queries import (
+    interval_ns,
+    lifetime,
+    samples_in,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.n_plus_one import Query, db_queries
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
@@ -259,6 +266,7 @@ def database_lock_waits(model: Model) -> list[Finding]:
     holders: Counter[int] = Counter()
     opened_by: Counter[str] = Counter()
     held_at: Counter[Frame] = Counter()
+    moments: list[Moment] = []
     interval = interval_ns(model)
     for q in queries:
         duration = q.end - q.start
@@ -278,6 +286,16 @@ def database_lock_waits(model: Model) -> list[Finding]:
         waited += duration
         waits += 1
         threads[q.thread] += duration
+        ut = model.user_tasks.get(q.task) if q.task else None
+        moments.append(
+            Moment(
+                seconds_since_start(model, q.start),
+                duration,
+                thread_name(model, q.thread),
+                ut.name if ut is not None else "",
+                q.statement[:120],
+            )
+        )
         if q.site is not None:
             where[Frame(q.site.function, q.site.file, q.site.line)] += duration
         for tid, start, end, first in overlaps:
@@ -336,6 +354,7 @@ def database_lock_waits(model: Model) -> list[Finding]:
                 "held_at": str(Culprit.of(holder_frame)) if holder_frame is not None else "",
             },
             hint=DB_LOCK_FIX,
+            moments=moments_of(moments),
         )
     ]
 

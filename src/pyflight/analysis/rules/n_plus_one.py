@@ -24,9 +24,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.queries import thread_name
+from pyflight.analysis.queries import seconds_since_start, thread_name
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import ramp
 from pyflight.analysis.units import fmt_ns
 
@@ -98,6 +98,7 @@ class _Unit:
     label: str
     start: int
     end: int
+    task_name: str = ""
     queries: list[Query] = field(default_factory=list)
 
 
@@ -111,6 +112,7 @@ class _Group:
     units: int = 0
     repeats: list[int] = field(default_factory=list)
     totals: list[int] = field(default_factory=list)
+    moments: list[Moment] = field(default_factory=list)
     loop_ns: int = 0
     query_ns: int = 0
     db_ns: int = 0
@@ -126,7 +128,7 @@ def _units(model: Model, queries: list[Query]) -> list[_Unit]:
             unit = units.get(key)
             if unit is None:
                 end = ut.end if ut.end is not None else model.end
-                unit = units[key] = _Unit(f"Route/task {ut.name!r}", ut.start, end)
+                unit = units[key] = _Unit(f"Route/task {ut.name!r}", ut.start, end, ut.name)
         else:
             key = ("thread", q.thread)
             unit = units.get(key)
@@ -176,6 +178,15 @@ def rule_n_plus_one(model: Model) -> list[Finding]:
             continue
         group = groups.setdefault((unit.label, statement, site), _Group(unit.label, statement, site))
         group.units += 1
+        group.moments.append(
+            Moment(
+                seconds_since_start(model, same[0].start),
+                max(q.end for q in same) - same[0].start,
+                thread_name(model, same[0].thread),
+                unit.task_name,
+                f"{repeats:,} of {len(unit.queries):,} queries",
+            )
+        )
         group.repeats.append(repeats)
         group.totals.append(len(unit.queries))
         group.loop_ns += max(q.end for q in same) - same[0].start
@@ -217,6 +228,7 @@ def rule_n_plus_one(model: Model) -> list[Finding]:
                     "all_query_time": fmt_ns(group.db_ns),
                     "unit_time": fmt_ns(group.unit_ns),
                 },
+                moments=moments_of(group.moments),
                 hint=(
                     "One query per row (an N+1): fetch the related rows with the first query "
                     "instead (Django: select_related for a foreign key, prefetch_related for "
