@@ -70,7 +70,11 @@ def test_sqlite_queries_are_recorded_with_statement_and_callers_line() -> None:
     with pyflight.FlightRecorder() as rec:
         conn = sqlite3.connect(":memory:")
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
-        conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "a"), (2, "b")])
+        with conn:  # commits in C: recorded as COMMIT all the same
+            conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "a"), (2, "b")])
+        conn.row_factory = sqlite3.Row
+        assert dict(conn.execute("SELECT * FROM t WHERE id = 1").fetchone()) == {"id": 1, "name": "a"}
+        conn.row_factory = None
         with pyflight.task("lookup"):
             cursor = conn.cursor()
             cursor.execute("SELECT name FROM t WHERE id = 2 AND name = 'b'")  # the line to name
@@ -82,7 +86,11 @@ def test_sqlite_queries_are_recorded_with_statement_and_callers_line() -> None:
     assert isinstance(conn, sqlite3.Connection)
     model = build(loads(buf.getvalue()))
     queries = {q.statement: q for q in db_queries(model)}
-    assert set(queries) >= {"INSERT INTO t VALUES (...)", "SELECT name FROM t WHERE id = ? AND name = ?"}
+    assert set(queries) >= {
+        "INSERT INTO t VALUES (...)",
+        "COMMIT",
+        "SELECT name FROM t WHERE id = ? AND name = ?",
+    }
     assert "SELECT nope FROM t" in queries  # a failing query is recorded too
     lookup = queries["SELECT name FROM t WHERE id = ? AND name = ?"]
     assert lookup.site is not None and lookup.site.file == __file__
