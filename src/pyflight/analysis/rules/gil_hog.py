@@ -101,11 +101,10 @@ def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -
         for thread in user_threads(model)
         if thread.tid not in skip and _stretch(thread.intervals, start, end) >= need
     ]
-    if len(found) > 1:  # threads waiting for the GIL are runnable too: the holder used the CPU
-        on_cpu = [
-            tid for tid in found if (_cpu_share_after(model, tid, end, interval) or 0) >= HOLDER_CPU_SHARE
-        ]
-        found = on_cpu
+    # threads waiting for the GIL are runnable too: the holder is the one on the CPU (a
+    # long call runs; a thread the OS left off the CPU holds nobody up by its own doing)
+    shares = {tid: _cpu_share_after(model, tid, end, interval) for tid in found}
+    found = [tid for tid in found if shares[tid] is None or shares[tid] >= HOLDER_CPU_SHARE]  # type: ignore[operator]
     return found[0] if len(found) == 1 else None
 
 
