@@ -120,6 +120,7 @@ def _others_ran(model: Model, hog: int, start: int, end: int, interval: int) -> 
     first sample after the gap): then no one call held the GIL, the machine or the OS
     stretched the sampler's ticks (an overloaded CPU delays every thread alike)."""
     gap = end - start
+    holder_share = _cpu_share_after(model, hog, end, interval) or 0.0
     for thread in user_threads(model):
         if thread.tid == hog:
             continue
@@ -127,7 +128,10 @@ def _others_ran(model: Model, hog: int, start: int, end: int, interval: int) -> 
         if not after or not after[0].span:
             continue
         sample = after[0]
-        if sample.span >= min(gap // 4, 20 * MS) and sample.cpu >= OTHERS_RAN_SHARE * sample.span:
+        share = sample.cpu / sample.span
+        # against the holder's too: a thread that ran a bit before a real hold began
+        # shows a few % where the holder shows tens
+        if sample.span >= min(gap // 4, 20 * MS) and share >= max(OTHERS_RAN_SHARE, holder_share / 4):
             return True
     return False
 
