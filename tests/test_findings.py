@@ -236,3 +236,14 @@ def test_healthy_pool_jobs_recorded_without_finding(recorded: dict[str, Path]) -
     assert pool.max_workers == 4 and len(pool.jobs) == 60
     assert {j.function for j in pool.jobs} == {"small_job"}
     assert not [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+
+
+@pytest.mark.skipif(core.BACKEND_NAME != "c", reason="locks are traced by the C core only")
+def test_lock_contention_lists_the_waits_it_counted(tmp_path: Path) -> None:
+    """Raw evidence: the moments are the waits themselves, by the threads it names."""
+    findings = find(build(loads(record_named("lock_contention", tmp_path).read_bytes())), strict=True)
+    finding = next(f for f in findings if f.rule == "lock-contention")
+    assert 0 < len(finding.moments) <= min(20, finding.evidence["waits"])
+    assert {m.thread for m in finding.moments} <= set(finding.evidence["waiters"])
+    assert max(m.duration_ns for m in finding.moments) == finding.evidence["worst_ns"]
+    assert [m.at_s for m in finding.moments] == sorted(m.at_s for m in finding.moments)

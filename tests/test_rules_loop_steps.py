@@ -43,6 +43,12 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
         assert finding.evidence["blocking_call"] == call
         assert call in finding.title
         assert finding.evidence["steps"] >= 5
+        # raw evidence: the blocking steps themselves, on the loop's thread
+        assert len(finding.moments) == min(20, finding.evidence["steps"])
+        assert {m.thread for m in finding.moments} == {finding.evidence["thread"]}
+        assert all(m.duration_ns >= 20_000_000 for m in finding.moments)
+    # the late wake-ups are those blocking steps' doing, not another thread's GIL
+    assert not [f for f in findings if f.rule == "loop-starved" and f.score >= 25], shown
 
 
 @pytest.mark.parametrize("program", HEALTHY)

@@ -59,7 +59,10 @@ def by_function(weights: dict[Frame, float]) -> tuple[Frame | None, float]:
         return None, 0.0
     key = max(per_function, key=lambda k: per_function[k])
     lines = {f: w for f, w in weights.items() if (f.function, f.file) == key}
-    return top_frame(lines), per_function[key]
+    # line 0 (a frame caught between instructions, e.g. by the pure-Python sampler) names
+    # no line: any real line of the function is a better culprit
+    known = {f: w for f, w in lines.items() if f.line > 0}
+    return top_frame(known or lines), per_function[key]
 
 
 LOOP_FRAMES = ("_run_once", "Handle._run", "run_forever", "_run")

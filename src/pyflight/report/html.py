@@ -298,10 +298,26 @@ def _finding_html(finding: Finding) -> str:
             text = fmt_ns(value) if key.endswith("_ns") and isinstance(value, int) else str(value)
             items.append(f"<li>{esc(key)}: {esc(text[:300])}</li>")
         parts.append(f'<ul class="ev">{"".join(items)}</ul>')
+    if finding.moments:
+        parts.append(_moments_html(finding))
     if finding.hint:
         parts.append(f'<div class="hint">{esc(finding.hint)}</div>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _moments_html(finding: Finding) -> str:
+    """The stretches of the trace the finding was derived from, to check it by."""
+    rows = "".join(
+        f'<tr><td class="n">{m.at_s:.3f} s</td><td class="n">{esc(fmt_ns(m.duration_ns))}</td>'
+        f"<td>{esc(m.thread)}</td><td>{esc(m.task)}</td><td>{esc(m.what[:200])}</td></tr>"
+        for m in finding.moments
+    )
+    return (
+        f'<details class="moments"><summary>{len(finding.moments)} moment(s) it was derived from'
+        '</summary><table><tr><th class="n">at</th><th class="n">lasting</th><th>thread</th>'
+        f"<th>task</th><th>what</th></tr>{rows}</table></details>"
+    )
 
 
 def _breakdown_html(rows: Sequence[Any], limit: int = 50) -> str:

@@ -97,6 +97,14 @@ def finding_lines(finding: Finding, color: bool) -> list[str]:
             continue
         text = fmt_ns(value) if key.endswith("_ns") and isinstance(value, int) else _clean(value)
         out.append(f"         {key}: {text[:150]}")
+    if finding.moments:
+        shown = "; ".join(
+            f"{m.at_s:.3f} s +{fmt_ns(m.duration_ns)} {_clean(m.thread)}"
+            + (f" [{_clean(m.task)}]" if m.task else "")
+            for m in finding.moments[:3]
+        )
+        more = len(finding.moments) - 3
+        out.append(f"         moments: {shown}" + (f" (+{more} more in --json/--html)" if more > 0 else ""))
     if finding.hint:
         out.append(f"         hint: {_clean(finding.hint)}")
     return out

@@ -13,7 +13,16 @@ from pyflight.sources.base import Source, SourceWarning
 REGISTRY: dict[str, type[Source]] = {}
 
 #: Source modules, in installation order.
-SOURCE_MODULES = ("threads", "gc_events", "metrics", "executors", "sampler", "blocking", "asyncio_loop")
+SOURCE_MODULES = (
+    "threads",
+    "gc_events",
+    "metrics",
+    "executors",
+    "sampler",
+    "blocking",
+    "asyncio_loop",
+    "dbapi",
+)
 
 
 def register(cls: type[Source]) -> type[Source]:

@@ -25,6 +25,7 @@ from pyflight.analysis.rules import (
     lock_contention,
     loop_blocked,
     loop_starved,
+    n_plus_one,
     pool_saturation,
     queue,
     slow_operations,
@@ -33,12 +34,12 @@ from pyflight.analysis.rules import (
     untraced_wait,
 )
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import INFO, MIN_SCORE, WARNING, Culprit, Finding, severity
+from pyflight.analysis.rules.finding import INFO, MIN_SCORE, WARNING, Culprit, Finding, Moment, severity
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 
-__all__ = ["INFO", "RULES", "WARNING", "Culprit", "Finding", "Rule", "find", "rule_ids", "severity"]
+__all__ = ["INFO", "RULES", "WARNING", "Culprit", "Finding", "Moment", "Rule", "find", "rule_ids", "severity"]
 
 #: Every rule by name, in the order they run.
 RULES: dict[str, Rule] = {
@@ -60,6 +61,7 @@ RULES: dict[str, Rule] = {
         library_waits.RULE,
         stalled_holder.RULE,
         gil_hog.RULE,
+        n_plus_one.RULE,
     )
 }
 

@@ -11,6 +11,7 @@ tiny, while the loop is never idle.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.queries import thread_name
@@ -45,13 +46,18 @@ def _idle_share(loop: Any, start: int, end: int) -> float:
 
 
 def _frame_of(model: Model, coro: str) -> Frame | None:
-    """A frame of the coroutine's function seen anywhere in the trace (for its file/line)."""
+    """The line of the coroutine's function seen most in the trace's samples (the polling
+    loop's ``while`` or ``await`` line). A sampler that needs the GIL catches the loop
+    thread mostly in ``select``, so it may see the coroutine a few times or never: then
+    there is no culprit, and the title names the coroutine alone."""
     name = coro.rsplit(".", 1)[-1]
+    seen: Counter[Frame] = Counter()
     for sample in model.samples:
         for frame in sample.stack:
             if frame.function == coro or frame.function.endswith("." + name) or frame.function == name:
-                return frame
-    return None
+                seen[frame] += 1
+                break
+    return max(seen, key=lambda f: (seen[f], -f.line)) if seen else None
 
 
 def rule_busy_poll(model: Model) -> list[Finding]:

@@ -31,6 +31,38 @@ class Culprit:
         return {"function": self.function, "file": self.file, "line": self.line}
 
 
+@dataclass(frozen=True)
+class Moment:
+    """One stretch of the trace a finding was derived from (raw evidence to check it by):
+    ``at_s`` seconds since the trace start, its duration, the thread and the task (a
+    route, ``pyflight.task`` or asyncio task name; "" if none) and what happened."""
+
+    at_s: float
+    duration_ns: int
+    thread: str
+    task: str = ""
+    what: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at_s": self.at_s,
+            "duration_ns": self.duration_ns,
+            "thread": self.thread,
+            "task": self.task,
+            "what": self.what,
+        }
+
+
+#: A finding lists at most this many moments (the heaviest).
+MAX_MOMENTS = 20
+
+
+def moments_of(items: list[Moment]) -> list[Moment]:
+    """The longest ``MAX_MOMENTS`` of ``items``, in time order."""
+    kept = sorted(items, key=lambda m: -m.duration_ns)[:MAX_MOMENTS]
+    return sorted(kept, key=lambda m: m.at_s)
+
+
 @dataclass
 class Finding:
     rule: str
@@ -39,6 +71,8 @@ class Finding:
     culprit: Culprit | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     hint: str = ""
+    #: the stretches of the trace it was derived from (see ``Moment``), in time order
+    moments: list[Moment] = field(default_factory=list)
 
     @property
     def severity(self) -> str:
@@ -53,6 +87,7 @@ class Finding:
             "culprit": None if self.culprit is None else self.culprit.to_dict(),
             "evidence": self.evidence,
             "hint": self.hint,
+            "moments": [m.to_dict() for m in self.moments],
         }
 
 

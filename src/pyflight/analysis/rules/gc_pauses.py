@@ -11,8 +11,8 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import samples_in, seconds_since_start
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.queries import samples_in, seconds_since_start, thread_name
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, pct
 
@@ -66,6 +66,18 @@ def rule_gc(model: Model) -> list[Finding]:
                 "collections_by_generation": {str(g): n for g, n in sorted(per_gen.items())},
                 "pause_ns_by_generation": {str(g): n for g, n in sorted(per_gen_ns.items())},
             },
+            moments=moments_of(
+                [
+                    Moment(
+                        seconds_since_start(model, p.start),
+                        d,
+                        thread_name(model, p.tid),
+                        "",
+                        f"generation {p.generation} collection",
+                    )
+                    for p, d in zip(pauses, durations, strict=True)
+                ]
+            ),
             hint=(
                 "Many container objects are allocated and kept alive. Create fewer cyclic "
                 "structures, call gc.freeze() after start-up, or raise gc.set_threshold() for "

@@ -5,6 +5,9 @@ The in-process sampler needs the GIL too, so such a call shows as a *gap* in the
 of all threads; the first sample after the gap finds the holder still on the calling
 line (it gives the GIL up as soon as the call returns), running. Other threads that
 wanted to run meanwhile (their wait ended, or they were runnable) are the starved ones.
+A gap in which another thread used CPU (its CPU clock) is not a hold: on an overloaded
+machine the OS leaves the sampler off the CPU while the program's threads still take
+turns with the GIL.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
-from pyflight.analysis.queries import interval_ns, lifetime, samples_in, thread_name, user_threads
+from pyflight.analysis.queries import (
+    interval_ns,
+    lifetime,
+    samples_in,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.loop_starved import _sampler_ticks
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
@@ -57,19 +67,73 @@ def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
     return out
 
 
-def _holder(model: Model, start: int, end: int, skip: set[int]) -> int | None:
-    """The one user thread that ran through most of [start, end] in one stretch (the
-    gap can begin before the call did: the sampler ticks once per interval)."""
-    need = max(MIN_GAP, int(HOLD_SHARE * (end - start)))
-    found = []
-    for thread in user_threads(model):
-        if thread.tid in skip:
+def _stretch(thread_intervals: list, start: int, end: int) -> int:  # type: ignore[type-arg]
+    """The longest run of RUNNING/READY time (no block in between) inside [start, end]:
+    a holder the OS left off the CPU on a loaded machine is READY in the model's
+    estimate, yet still holds the GIL."""
+    best = run = 0
+    for iv in thread_intervals:
+        if iv.end <= start or iv.start >= end:
             continue
-        for iv in thread.intervals:
-            if iv.state is State.RUNNING and min(iv.end, end) - max(iv.start, start) >= need:
-                found.append(thread.tid)
-                break
+        if iv.state is State.RUNNING or iv.state is State.READY:
+            run += min(iv.end, end) - max(iv.start, start)
+            best = max(best, run)
+        else:
+            run = 0
+    return best
+
+
+def _cpu_share_after(model: Model, tid: int, end: int, interval: int) -> float | None:
+    """CPU / wall of ``tid``'s first sample after ``end`` (None: not measured)."""
+    after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
+    if not after or not after[0].span:
+        return None
+    return after[0].cpu / after[0].span
+
+
+def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -> int | None:
+    """The one user thread that ran (or stood runnable) through most of [start, end] in
+    one stretch and, where CPU clocks tell, was the one on CPU (the gap can begin before
+    the call did: the sampler ticks once per interval)."""
+    need = max(MIN_GAP, int(HOLD_SHARE * (end - start)))
+    found = [
+        thread.tid
+        for thread in user_threads(model)
+        if thread.tid not in skip and _stretch(thread.intervals, start, end) >= need
+    ]
+    # threads waiting for the GIL are runnable too: the holder is the one on the CPU (a
+    # long call runs; a thread the OS left off the CPU holds nobody up by its own doing)
+    shares = {tid: _cpu_share_after(model, tid, end, interval) for tid in found}
+    found = [tid for tid in found if shares[tid] is None or shares[tid] >= HOLDER_CPU_SHARE]  # type: ignore[operator]
     return found[0] if len(found) == 1 else None
+
+
+#: Among threads runnable through a gap, the holder is the one on CPU this share of it.
+HOLDER_CPU_SHARE = 0.15
+#: Another thread on CPU this share of a gap ran in it: the GIL changed hands (a thread
+#: starved by a real hold measured < 1%: it ran at most until the call began).
+OTHERS_RAN_SHARE = 0.05
+
+
+def _others_ran(model: Model, hog: int, start: int, end: int, interval: int) -> bool:
+    """True when another user thread used CPU through the gap (its CPU clock, from its
+    first sample after the gap): then no one call held the GIL, the machine or the OS
+    stretched the sampler's ticks (an overloaded CPU delays every thread alike)."""
+    gap = end - start
+    holder_share = _cpu_share_after(model, hog, end, interval) or 0.0
+    for thread in user_threads(model):
+        if thread.tid == hog:
+            continue
+        after = samples_in(model, thread.tid, end - interval // 2, end + 2 * interval)
+        if not after or not after[0].span:
+            continue
+        sample = after[0]
+        share = sample.cpu / sample.span
+        # against the holder's too: a thread that ran a bit before a real hold began
+        # shows a few % where the holder shows tens
+        if sample.span >= min(gap // 4, 20 * MS) and share >= max(OTHERS_RAN_SHARE, holder_share / 4):
+            return True
+    return False
 
 
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
@@ -112,14 +176,18 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     gaps: dict[int, list[int]] = defaultdict(list)
     where: dict[int, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     starved: dict[int, Counter[int]] = defaultdict(Counter)
+    held: dict[int, list[Moment]] = defaultdict(list)
     for a, b in itertools.pairwise(ticks):
         if b - a < limit:
             continue
-        tid = _holder(model, a, b, pyflight_threads)
-        if tid is None:
+        tid = _holder(model, a, b, pyflight_threads, interval)
+        if tid is None or _others_ran(model, tid, a, b, interval):
             continue  # nobody or several ran through it: not one call holding the GIL
         frame = _holder_frame(model, tid, a, b, interval)
         gaps[tid].append(b - a)
+        held[tid].append(
+            Moment(seconds_since_start(model, a), b - a, thread_name(model, tid), "", "no thread sampled")
+        )
         if frame is not None:
             where[tid][frame] += b - a
         starved[tid].update(_starved(model, tid, a, b))
@@ -128,13 +196,15 @@ def rule_gil_hog(model: Model) -> list[Finding]:
         total = sum(spans)
         worst = max(spans)
         victims = starved[tid]
+        if not victims:
+            continue  # a hold that kept no thread from running is a CPU hotspot, not a GIL hog
         thread = model.threads.get(tid)
         life = max(1, lifetime(thread)) if thread is not None else max(1, model.end - model.start)
         score = clamp_score(
             min(
                 ramp(worst / MS, [(80, 30), (150, 60), (300, 80), (600, 90)]),
                 ramp(total / life, [(0.05, 30), (0.15, 60), (0.3, 80), (0.6, 90)]),
-                ramp(len(victims), [(0, 35), (1, 70), (2, 85)]),
+                ramp(len(victims), [(1, 70), (2, 85)]),
             )
         )
         culprit, _ = by_function(where[tid])
@@ -149,7 +219,7 @@ def rule_gil_hog(model: Model) -> list[Finding]:
                 title=(
                     f"{name} held the GIL in one long call{call}: {len(spans)} time(s), up to "
                     f"{fmt_ns(worst)} ({fmt_ns(total)} in all), while "
-                    + (f"{len(victims)} other thread(s) could not run" if victims else "nothing else ran")
+                    + f"{len(victims)} other thread(s) could not run"
                 ),
                 culprit=Culprit.of(culprit),
                 evidence={
@@ -159,6 +229,7 @@ def rule_gil_hog(model: Model) -> list[Finding]:
                     "held_ns": total,
                     "starved_threads": ", ".join(names) + (f" and {more} more" if more > 0 else ""),
                 },
+                moments=moments_of(held[tid]),
                 hint=(
                     "A single C call (a big sort, a backtracking regex, a C extension) runs "
                     "without letting other threads in. Do it in a process pool, in smaller "

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import lifetime, seconds_since_start
 from pyflight.analysis.rules._waits import blocked_waits, in_function
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -70,6 +70,18 @@ def rule_io_wait(model: Model) -> list[Finding]:
                 "threads": sorted(t.name for t in threads.values()),
                 "on_event_loop_ns": on_loop or None,
             },
+            moments=moments_of(
+                [
+                    Moment(
+                        seconds_since_start(model, iv.start),
+                        iv.end - iv.start,
+                        t.name or f"thread {t.tid}",
+                        "",
+                        "blocked on socket I/O",
+                    )
+                    for t, iv in waits
+                ]
+            ),
             hint=(
                 "Time goes to waiting for the network or disk. Issue requests concurrently "
                 "(a pool, asyncio), reuse connections, add timeouts, cache answers, or batch calls."

@@ -7,10 +7,16 @@ in ``logging.Handler.acquire`` is not a contended lock of the program's, it is e
 call queueing behind one slow handler. The generic lock/queue rules see the primitive;
 this rule sees the library frames around the wait, and reports where the holders were
 while they held it (``held_at``: e.g. the handler's slow ``write``).
+
+A database's own lock comes from the ``dbapi`` source's queries instead: a statement
+that took >= 20 ms, its thread mostly off the CPU, while another thread had a write
+transaction open (from the end of a write statement to its COMMIT/ROLLBACK) through at
+least half of it, waited for that transaction (SQLite's busy handler, a row lock).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,16 +24,24 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, top_frame, user_frame
 from pyflight.analysis.model import State
-from pyflight.analysis.queries import interval_ns, lifetime, thread_name, user_threads
+from pyflight.analysis.queries import (
+    interval_ns,
+    lifetime,
+    samples_in,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
+from pyflight.analysis.rules.n_plus_one import Query, db_queries
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
-from pyflight.core.events import BlockReason
+from pyflight.core.events import BlockReason, ThreadState
+from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-    from pyflight.format.reader import Frame
 
 __all__ = ["RULE", "RULE_IDS", "rule_library_waits"]
 
@@ -105,6 +119,10 @@ def _pattern(stack: Stack) -> LibraryWait | None:
 
 
 def rule_library_waits(model: Model) -> list[Finding]:
+    return _primitive_waits(model) + database_lock_waits(model)
+
+
+def _primitive_waits(model: Model) -> list[Finding]:
     waited: dict[str, int] = defaultdict(int)
     count: Counter[str] = Counter()
     threads: dict[str, Counter[int]] = defaultdict(Counter)
@@ -178,6 +196,167 @@ def rule_library_waits(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# a database's own lock (SQLite's one writer at a time), from the dbapi source's queries
+
+#: A query this long, spent mostly off the CPU while another thread held a write
+#: transaction open, waited for the database's lock.
+DB_WAIT_MIN = 20 * MS
+_WRITE = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|BEGIN\s+(IMMEDIATE|EXCLUSIVE))\b", re.I
+)
+_END_TX = re.compile(r"^\s*(COMMIT|ROLLBACK|END)\b", re.I)
+DB_LOCK_FIX = (
+    "Another connection kept a write transaction open (SQLite has one writer at a time; "
+    "other databases lock the rows it wrote), so these statements waited for it: commit "
+    "before slow work (network calls, sleeps, big computations) and keep write "
+    "transactions short; with SQLite, `PRAGMA journal_mode=WAL` lets readers run beside "
+    "the writer, and a `timeout` shorter than the transaction turns these waits into "
+    "'database is locked' errors."
+)
+
+
+def _write_transactions(queries: list[Query]) -> dict[int, list[tuple[int, int, Query]]]:
+    """Per thread: spans from the end of a write statement (the lock is its from then on:
+    while it runs it may itself be waiting) to the end of the COMMIT/ROLLBACK that ended
+    it (or of the queries), with the write that opened the span."""
+    spans: dict[int, list[tuple[int, int, Query]]] = defaultdict(list)
+    open_at: dict[int, Query] = {}
+    for q in queries:
+        first = open_at.get(q.thread)
+        if first is None and _WRITE.match(q.statement):
+            open_at[q.thread] = q
+        elif first is not None and _END_TX.match(q.statement):
+            spans[q.thread].append((first.end, q.end, first))
+            del open_at[q.thread]
+    end = max((q.end for q in queries), default=0)
+    for tid, first in open_at.items():
+        spans[tid].append((first.end, end, first))
+    return spans
+
+
+def _off_cpu(model: Model, q: Query) -> bool:
+    """The thread was mostly off the CPU during the query (its CPU clock, from samples
+    inside it; unmeasured samples: their OS state); True when nothing tells."""
+    cpu = span = 0
+    asleep = seen = 0
+    for sample in samples_in(model, q.thread, q.start, q.end):
+        seen += 1
+        asleep += sample.os_state != ThreadState.RUNNING
+        if sample.span:
+            cpu += sample.cpu
+            span += sample.span
+    if span:
+        return cpu < 0.3 * span
+    return seen == 0 or asleep * 2 >= seen
+
+
+def database_lock_waits(model: Model) -> list[Finding]:
+    """Statements that waited for another connection's write transaction."""
+    queries = db_queries(model)
+    if not queries:
+        return []
+    transactions = _write_transactions(queries)
+    waited = 0
+    waits = 0
+    threads: Counter[int] = Counter()
+    where: dict[Frame, float] = defaultdict(float)
+    holders: Counter[int] = Counter()
+    opened_by: Counter[str] = Counter()
+    held_at: Counter[Frame] = Counter()
+    moments: list[Moment] = []
+    interval = interval_ns(model)
+    for q in queries:
+        duration = q.end - q.start
+        if duration < DB_WAIT_MIN:
+            continue
+        overlaps = [
+            (tid, start, end, first)
+            for tid, spans in transactions.items()
+            if tid != q.thread
+            for start, end, first in spans
+            if end > q.start and start < q.end
+        ]
+        # one writer at a time: the other threads' transactions rarely overlap each other
+        covered = sum(min(end, q.end) - max(start, q.start) for _, start, end, _ in overlaps)
+        if covered < duration // 2 or not _off_cpu(model, q):
+            continue
+        waited += duration
+        waits += 1
+        threads[q.thread] += duration
+        ut = model.user_tasks.get(q.task) if q.task else None
+        moments.append(
+            Moment(
+                seconds_since_start(model, q.start),
+                duration,
+                thread_name(model, q.thread),
+                ut.name if ut is not None else "",
+                q.statement[:120],
+            )
+        )
+        if q.site is not None:
+            where[Frame(q.site.function, q.site.file, q.site.line)] += duration
+        for tid, start, end, first in overlaps:
+            lo, hi = max(start, q.start), min(end, q.end)
+            holders[tid] += hi - lo
+            opened_by[first.statement] += hi - lo
+            for sample in samples_in(model, tid, lo, hi):
+                frame = user_frame(sample.stack)
+                if frame is not None:
+                    held_at[frame] += interval
+            thread = model.threads.get(tid)
+            for iv in thread.intervals if thread is not None else ():
+                if iv.state is State.BLOCKED and iv.end > lo and iv.start < hi and iv.stack:
+                    frame = user_frame(iv.stack)
+                    if frame is not None:
+                        held_at[frame] += min(iv.end, hi) - max(iv.start, lo)
+    if not waits:
+        return []
+    lives = sum(lifetime(model.threads[tid]) for tid in threads if tid in model.threads)
+    share = waited / max(1, lives)
+    score = clamp_score(
+        min(
+            ramp(share, [(0.05, 20), (0.15, 60), (0.3, 80), (0.6, 92)]),
+            ramp(waited / MS, [(50, 10), (200, 50), (500, 78), (2000, 90)]),
+        )
+    )
+    if score < MIN_SCORE:
+        return []
+    culprit, _ = by_function(where)
+    holder_frame = top_frame(held_at)
+    names = [thread_name(model, tid) for tid, _ in threads.most_common(4)]
+    more = len(threads) - len(names)
+    holder_names = [thread_name(model, tid) for tid, _ in holders.most_common(3)]
+    title = (
+        f"{len(threads)} thread(s) waited for the database's write lock while "
+        f"{', '.join(holder_names)} kept a write transaction open: {fmt_ns(waited)} of waiting "
+        f"({100 * share:.0f}% of their time)"
+    )
+    if culprit is not None:
+        title += f", in {culprit.function}"
+    if holder_frame is not None:
+        title += f"; the holder was in {holder_frame.function}"
+    return [
+        Finding(
+            rule="library-wait",
+            score=score,
+            title=title,
+            culprit=Culprit.of(culprit),
+            evidence={
+                "kind": "database lock",
+                "waits": waits,
+                "wait_ns": waited,
+                "threads": ", ".join(names) + (f" and {more} more" if more > 0 else ""),
+                "holders": ", ".join(holder_names),
+                "transaction_opened_by": opened_by.most_common(1)[0][0],
+                "held_at": str(Culprit.of(holder_frame)) if holder_frame is not None else "",
+            },
+            hint=DB_LOCK_FIX,
+            moments=moments_of(moments),
+        )
+    ]
 
 
 RULE = Rule("library-wait", RULE_IDS, rule_library_waits)

@@ -23,7 +23,7 @@ from pyflight.analysis.rules._waits import (
     task_life,
     wakers,
 )
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns, pct
 
@@ -68,6 +68,18 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                     "holders": [thread_name(model, tid) for tid, _ in holders.most_common(5)],
                     "held_at": str(Culprit.of(holder_frame)) if holder_frame else None,
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, iv.start),
+                            iv.end - iv.start,
+                            thread.name or f"thread {thread.tid}",
+                            "",
+                            "waited for the lock",
+                        )
+                        for thread, iv in waits
+                    ]
+                ),
                 hint=(
                     "Threads queue up on one lock. Hold it for less time (compute outside the "
                     "`with lock:` block, copy then release), split it into finer locks, or hand "

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 from pyflight.analysis.frames import by_function
 from pyflight.analysis.queries import seconds_since_start, thread_name
 from pyflight.analysis.rules._loop import long_steps, loop_life
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns
 
@@ -64,6 +64,18 @@ def rule_loop_blocked(model: Model) -> list[Finding]:
                     "worst_at_s": seconds_since_start(model, worst_a),
                     "tasks": [name for name, _ in tasks.most_common(3)],
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, w.start),
+                            w.end - w.start,
+                            thread_name(model, loop.tid),
+                            ", ".join(name for name, _ in w.tasks.most_common(2)),
+                            "long step",
+                        )
+                        for w in merged
+                    ]
+                ),
                 hint=(
                     "Nothing else runs on the loop while a step runs. Move the blocking call off "
                     "the loop (await an async equivalent, or `await loop.run_in_executor(None, ...)` "

@@ -20,7 +20,7 @@ from pyflight.analysis.frames import by_function, step_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
 from pyflight.analysis.rules._loop import LONG_STEP, loop_life
-from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason, ThreadState
@@ -58,6 +58,8 @@ class _Group:
     running: int = 0
     waiting: int = 0
     first: int = 0
+    #: (start, duration, task name) of each step
+    steps: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def _callee(stack: Any, frame: Frame) -> str:
@@ -115,6 +117,7 @@ def _groups(model: Model, loop: Any) -> list[_Group]:
         if group is None:
             group = groups[key] = _Group(frame, first=iv.start)
         group.durations.append(duration)
+        group.steps.append((iv.start, duration, str(iv.detail or "")))
         if frame is not None:
             group.calls.update({c: n for c, n in calls.items() if c})
         if iv.detail:
@@ -170,6 +173,12 @@ def rule_loop_many_steps(model: Model) -> list[Finding]:
                         "first_at_s": seconds_since_start(model, group.first),
                         "tasks": ", ".join(name for name, _ in group.tasks.most_common(3)),
                     },
+                    moments=moments_of(
+                        [
+                            Moment(seconds_since_start(model, t), d, loop_name, task, what)
+                            for t, d, task in group.steps
+                        ]
+                    ),
                     hint=(
                         "Each of these steps is too short to look alarming, but together they "
                         "keep the loop from serving anything else. Use the async equivalent "

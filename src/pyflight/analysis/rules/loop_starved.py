@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model, TaskTimeline
+    from pyflight.analysis.model import LoopTimeline, Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import Spans, interval_ns, thread_name
 from pyflight.analysis.rules._loop import long_steps, loop_life
@@ -30,7 +31,10 @@ def rule_loop_starved(model: Model) -> list[Finding]:
         # only steps seen running user code are the loop's own doing; a long step with no
         # sample or stall stack in it may itself be a GIL wait (the sampler needs the GIL
         # too), which is what this rule is about
-        excluded = Spans((w.start, w.end + 200 * MS) for w in long_steps(model, loop) if w.weights)
+        excluded = Spans(
+            [(w.start, w.end + 200 * MS) for w in long_steps(model, loop) if w.weights]
+            + [(start, end + 200 * MS) for start, end in _blocking_steps(model, loop)]
+        )
 
         # a wait that overlaps a long step is that step's doing (loop-blocked), not starvation
         def outside(a: int, b: int, excluded: Spans = excluded) -> bool:
@@ -112,6 +116,35 @@ def rule_loop_starved(model: Model) -> list[Finding]:
                 hint=hint,
             )
         )
+    return out
+
+
+#: A step this long that spent most of it blocked (I/O, sleep, a lock) made the loop late
+#: by itself: ``loop-blocked`` (many medium steps) reports it, this rule does not.
+BLOCKING_STEP = 20 * MS
+
+
+def _blocking_steps(model: Model, loop: LoopTimeline) -> list[tuple[int, int]]:
+    """Steps >= 20 ms in which the loop thread was BLOCKED for at least half the step (a
+    synchronous call in a handler); a GIL wait is READY, not BLOCKED, so starved steps stay."""
+    thread = model.threads.get(loop.tid)
+    if thread is None:
+        return []
+    intervals = thread.intervals
+    starts = [iv.start for iv in intervals]
+    out = []
+    for step in loop.busy:
+        if step.end - step.start < BLOCKING_STEP:
+            continue
+        blocked = 0
+        i = max(0, bisect.bisect_right(starts, step.start) - 1)
+        while i < len(intervals) and intervals[i].start < step.end:
+            iv = intervals[i]
+            if iv.state is State.BLOCKED:
+                blocked += max(0, min(iv.end, step.end) - max(iv.start, step.start))
+            i += 1
+        if 2 * blocked >= step.end - step.start:
+            out.append((step.start, step.end))
     return out
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function
 from pyflight.analysis.operations import Operation, operations
-from pyflight.analysis.queries import thread_name
+from pyflight.analysis.queries import seconds_since_start, thread_name
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding
+from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import ramp
 from pyflight.analysis.rules.slow_tasks import _asyncio_task_at, _culprit_in_window, _task_culprit
 from pyflight.analysis.units import fmt_ns
@@ -59,6 +59,11 @@ def _culprit(model: Model, op: Operation) -> Frame | None:
             weights[frame] += end - start
     frame, _ = by_function(dict(weights))
     return frame
+
+
+def _task_name(model: Model, task: int) -> str:
+    ut = model.user_tasks.get(task) if task else None
+    return ut.name if ut is not None else ""
 
 
 def _threads(model: Model, op: Operation) -> str:
@@ -108,6 +113,18 @@ def rule_slow_operations(model: Model) -> list[Finding]:
                     "share_of_window": f"{100 * op.share:.0f}%",
                     "threads": _threads(model, op),
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, start),
+                            end - start,
+                            thread_name(model, tid),
+                            op.name if op.kind == "task" else _task_name(model, task),
+                            f"{op.kind} {op.name}",
+                        )
+                        for start, end, tid, task in op.instances
+                    ]
+                ),
                 hint=(
                     "This operation is slow every time, not now and then: make the culprit "
                     "line cheaper (cache its result, batch or index the query, move the work "

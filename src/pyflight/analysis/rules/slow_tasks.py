@@ -14,9 +14,18 @@ if TYPE_CHECKING:
     from pyflight.analysis.model import Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, quantile
+
+#: The dbapi source's region name for one query (sources/dbapi.py; not imported: the
+#: analysis side does not import the recording side's sources).
+DB_REGION = "db"
+
+
+def _user_task_name(model: Model, task: int) -> str:
+    ut = model.user_tasks.get(task) if task else None
+    return ut.name if ut is not None else ""
 
 
 def _culprit_in_window(model: Model, tid: int, start: int, end: int, task: int = 0) -> Frame | None:
@@ -79,6 +88,8 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
         end = ut.end if ut.end is not None else model.end
         groups[("task", ut.name)].append((ut.start, end, ut.thread, ut.id))
     for region in model.regions:
+        if region.name == DB_REGION:
+            continue  # each query of the dbapi source: n-plus-one and library-wait judge those
         end = region.end if region.end is not None else model.end
         groups[("region", region.name)].append((region.start, end, region.thread, region.task))
     window = max(model.end - model.start, 1)
@@ -105,10 +116,12 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
                     ramp(worst_d / MS, [(100, 25), (250, 50), (1000, 85), (5000, 95)]),
                 )
             )
+            cutoff = limit
         else:
             if worst_d < SECOND:
                 continue
             outliers = [d for d in durations if d >= SECOND]
+            cutoff = SECOND
             score = clamp_score(ramp(worst_d / SECOND, [(1, 25), (5, 45), (30, 60)]))
         start, end, tid, _ = worst
         task = _asyncio_task_at(model, tid, start, end)
@@ -142,6 +155,19 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
                     "worst_at_s": seconds_since_start(model, start),
                     "worst_thread": thread_name(model, tid),
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, a),
+                            b - a,
+                            thread_name(model, t),
+                            name if what == "task" else _user_task_name(model, i),
+                            "slower than usual",
+                        )
+                        for a, b, t, i in items
+                        if b - a > cutoff or (len(items) < 5 and b - a >= cutoff)
+                    ]
+                ),
                 hint=(
                     "Open the worst instance in the HTML report (`pyflight report FILE --html OUT`): "
                     "the culprit is where it spent its time. Add a timeout, cache, or make that step "
