@@ -434,10 +434,15 @@ def test_the_recorded_program_never_imports_the_analysis_side(env: dict[str, str
 
 
 WATCHED = """
-import multiprocessing as mp, sys, threading
+import multiprocessing as mp, sys, threading, time
 
 def threads(_):
-    return sorted(t.name for t in threading.enumerate() if t.name == "pyflight-sigwatch")
+    deadline = time.monotonic() + 30  # a forked worker's recorder threads start a moment later
+    while True:
+        names = sorted(t.name for t in threading.enumerate() if t.name == "pyflight-sigwatch")
+        if names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.05)
 
 if __name__ == "__main__":
     with mp.get_context(sys.argv[1]).Pool(1) as pool:

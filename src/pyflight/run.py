@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from pyflight.core import daemon
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, _install_fork_hook
 from pyflight.triggers import control, signals
@@ -54,6 +55,9 @@ SIGTERM_WRITE_TIMEOUT_S = 10.0
 EXIT_WAIT_S = 5.0
 #: How long ``os._exit`` waits for the window to be written before exiting regardless.
 OS_EXIT_WRITE_TIMEOUT_S = 5.0
+#: How long a forked child runs before its recorder's threads (sampler, ticker, control
+#: channel...) start; its events are recorded from the fork on.
+CHILD_THREADS_DELAY_S = 0.5
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
@@ -409,6 +413,9 @@ def _after_fork_in_child() -> None:
     if config is None or not config.children:
         return
     try:
+        # the child's recorder threads start a moment later: code that checks right after
+        # fork() that it is the only thread (CPython's test_threading does) sees no others
+        daemon.defer_starts(CHILD_THREADS_DELAY_S)
         _begin(config, config.child_output(os.getpid()), main=False)
         _patch_multiprocessing()
     except Exception as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import is_deferred, start_without_signals
 from pyflight.errors import SnapshotInProgress
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers.snapshots import write_snapshot_file
@@ -65,8 +65,9 @@ class _Writer:
     def ensure_started(self) -> None:
         """Start the thread (again, in a forked child). Call this outside signal handlers."""
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
-                return
+            thread = self._thread
+            if self._pid == os.getpid() and thread is not None and (thread.is_alive() or is_deferred(thread)):
+                return  # running, or queued to start in a moment (a forked child)
             self._jobs = queue.SimpleQueue()
             self._pid = os.getpid()
             thread = threading.Thread(
