@@ -28,7 +28,7 @@ if pid == 0:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # busy, so that the sampler has something to see
         later = [t.name for t in threading.enumerate() if t.name.startswith("pyflight")]
-        if later:
+        if "pyflight-ticker" in later:
             break
         sum(range(10_000))
     end = time.monotonic() + 1.0
