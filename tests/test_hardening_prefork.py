@@ -1,20 +1,26 @@
 """Pre-fork servers under ``pyflight run``: real gunicorn (sync and gthread workers) and
 uvicorn --workers. Each worker records its own window, answers ``pyflight snapshot PID``,
-and writes ``OUT-<pid>.pyfl`` when the master stops it, saying so on stderr."""
+and writes ``OUT-<pid>.pyfl`` when the master stops it, saying so on stderr. A snapshot
+through the master (``pyflight snapshot MASTER --workers``, the master's ``--serve``
+endpoint) gathers the workers' windows too."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 import pyflight
+from pyflight.core.events import Kind
 from webservers import get
 
 APP = """
@@ -40,13 +46,61 @@ def _wait_for(text: list[str], pattern: str, count: int, deadline: float) -> lis
     raise TimeoutError(f"no {count} x {pattern!r} in: {''.join(text)[-2000:]}")
 
 
-def _serve(tmp_path: Path, env: dict[str, str], server_args: list[str]) -> None:
+def _samples(data: bytes, path: Path) -> int:
+    path.write_bytes(data)
+    return sum(1 for event in pyflight.load(path).events if event.kind == Kind.SAMPLE)
+
+
+def _gathered_through_the_master(
+    tmp_path: Path, env: dict[str, str], master: int, serve_port: int, workers: list[int]
+) -> None:
+    """The master's endpoint and ``pyflight snapshot MASTER --workers``: every worker's window."""
+    status = json.loads(get(serve_port, "/debug/pyflight/status").body)
+    assert sorted(status["workers"]) == workers
+    reply = get(serve_port, "/debug/pyflight/trace-all")
+    assert reply.status == 200 and reply.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(reply.body)) as archive:
+        names = sorted(archive.namelist())
+        assert names == sorted(f"pyflight-{pid}.pyfl" for pid in [master, *workers]), names
+        for pid in workers:
+            data = archive.read(f"pyflight-{pid}.pyfl")
+            assert _samples(data, tmp_path / "unzipped.pyfl") > 0, f"worker {pid} is sampled"
+            assert pyflight.load(tmp_path / "unzipped.pyfl").meta["pid"] == str(pid)
+    gathered = subprocess.run(
+        [sys.executable, "-m", "pyflight", "snapshot", str(master), "--workers", "-o", "all.pyfl"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gathered.returncode == 0, gathered.stderr
+    assert pyflight.load(tmp_path / "all.pyfl").meta["pid"] == str(master)
+    for pid in workers:
+        assert pyflight.load(tmp_path / f"all-{pid}.pyfl").meta["pid"] == str(pid)
+        assert f"all-{pid}.pyfl" in gathered.stdout
+
+
+def _serve(
+    tmp_path: Path, env: dict[str, str], server_args: list[str], run_args: tuple[str, ...] = ()
+) -> str:
     (tmp_path / "app.py").write_text(APP)
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     env = dict(env, XDG_RUNTIME_DIR=str(runtime))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyflight", "run", "-o", "out.pyfl", "--signal", "none", *server_args],
+        [
+            sys.executable,
+            "-m",
+            "pyflight",
+            "run",
+            "-o",
+            "out.pyfl",
+            "--serve",
+            "127.0.0.1:0",
+            *run_args,
+            *server_args,
+        ],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -60,6 +114,7 @@ def _serve(tmp_path: Path, env: dict[str, str], server_args: list[str]) -> None:
     reader.start()
     try:
         deadline = time.monotonic() + 90
+        serve_port = int(_wait_for(lines, r"serving http://127\.0\.0\.1:(\d+)/", 1, deadline)[0])
         port = int(
             _wait_for(
                 lines,
@@ -89,6 +144,7 @@ def _serve(tmp_path: Path, env: dict[str, str], server_args: list[str]) -> None:
             )
             assert asked.returncode == 0, asked.stderr
             assert pyflight.load(out).meta["pid"] == str(pid)
+        _gathered_through_the_master(tmp_path, env, proc.pid, serve_port, workers)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         reader.join(timeout=10)
@@ -103,6 +159,7 @@ def _serve(tmp_path: Path, env: dict[str, str], server_args: list[str]) -> None:
         assert pyflight.load(path).meta["pid"] == str(pid), stderr
         assert f"pid {pid} " in stderr and str(path) in stderr, "a worker's exit file is announced"
     assert not list(tmp_path.glob(".pyflight-*"))
+    return stderr
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
@@ -122,9 +179,16 @@ def test_gunicorn_workers_each_leave_a_window(
         "--no-control-socket",
         "app:app",
     ]
-    _serve(tmp_path, subprocess_env, args)
+    stderr = _serve(tmp_path, subprocess_env, args)
+    # gunicorn's USR2 (binary upgrade; default action in its workers) is left alone by default
+    assert "gunicorn uses SIGUSR2 itself" in stderr
 
 
 def test_uvicorn_workers_each_leave_a_window(subprocess_env: dict[str, str], tmp_path: Path) -> None:
     pytest.importorskip("uvicorn")
-    _serve(tmp_path, subprocess_env, ["-m", "uvicorn", "--workers", "2", "--port", "0", "app:asgi"])
+    _serve(
+        tmp_path,
+        subprocess_env,
+        ["-m", "uvicorn", "--workers", "2", "--port", "0", "app:asgi"],
+        ("--signal", "none"),
+    )
