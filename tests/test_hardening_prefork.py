@@ -52,7 +52,12 @@ def _samples(data: bytes, path: Path) -> int:
 
 
 def _gathered_through_the_master(
-    tmp_path: Path, env: dict[str, str], master: int, serve_port: int, workers: list[int]
+    tmp_path: Path,
+    env: dict[str, str],
+    master: int,
+    serve_port: int,
+    workers: list[int],
+    master_recorded: bool,
 ) -> None:
     """The master's endpoint and ``pyflight snapshot MASTER --workers``: every worker's window."""
     status = json.loads(get(serve_port, "/debug/pyflight/status").body)
@@ -61,7 +66,9 @@ def _gathered_through_the_master(
     assert reply.status == 200 and reply.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(reply.body)) as archive:
         names = sorted(archive.namelist())
-        assert names == sorted(f"pyflight-{pid}.pyfl" for pid in [master, *workers]), names
+        expected = [f"pyflight-{pid}.pyfl" for pid in workers]
+        expected += [f"pyflight-{master}.pyfl"] if master_recorded else ["errors.txt"]
+        assert names == sorted(expected), names
         for pid in workers:
             data = archive.read(f"pyflight-{pid}.pyfl")
             assert _samples(data, tmp_path / "unzipped.pyfl") > 0, f"worker {pid} is sampled"
@@ -75,7 +82,10 @@ def _gathered_through_the_master(
         timeout=120,
     )
     assert gathered.returncode == 0, gathered.stderr
-    assert pyflight.load(tmp_path / "all.pyfl").meta["pid"] == str(master)
+    if master_recorded:
+        assert pyflight.load(tmp_path / "all.pyfl").meta["pid"] == str(master)
+    else:
+        assert not (tmp_path / "all.pyfl").exists()
     for pid in workers:
         assert pyflight.load(tmp_path / f"all-{pid}.pyfl").meta["pid"] == str(pid)
         assert f"all-{pid}.pyfl" in gathered.stdout
@@ -144,7 +154,8 @@ def _serve(
             )
             assert asked.returncode == 0, asked.stderr
             assert pyflight.load(out).meta["pid"] == str(pid)
-        _gathered_through_the_master(tmp_path, env, proc.pid, serve_port, workers)
+        master_recorded = "--children-only" not in run_args
+        _gathered_through_the_master(tmp_path, env, proc.pid, serve_port, workers, master_recorded)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         reader.join(timeout=10)
@@ -153,7 +164,10 @@ def _serve(
             proc.kill()
             proc.wait()
     stderr = "".join(lines)
-    assert pyflight.load(tmp_path / "out.pyfl").meta["pid"] == str(proc.pid)
+    if master_recorded:
+        assert pyflight.load(tmp_path / "out.pyfl").meta["pid"] == str(proc.pid)
+    else:
+        assert not (tmp_path / "out.pyfl").exists(), "the master records nothing"
     for pid in workers:
         path = tmp_path / f"out-{pid}.pyfl"
         assert pyflight.load(path).meta["pid"] == str(pid), stderr
@@ -162,9 +176,11 @@ def _serve(
     return stderr
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize(
+    ("worker_class", "run_args"), [("sync", ()), ("gthread", ()), ("sync", ("--children-only",))]
+)
 def test_gunicorn_workers_each_leave_a_window(
-    subprocess_env: dict[str, str], tmp_path: Path, worker_class: str
+    subprocess_env: dict[str, str], tmp_path: Path, worker_class: str, run_args: tuple[str, ...]
 ) -> None:
     pytest.importorskip("gunicorn")
     args = [
@@ -179,7 +195,7 @@ def test_gunicorn_workers_each_leave_a_window(
         "--no-control-socket",
         "app:app",
     ]
-    stderr = _serve(tmp_path, subprocess_env, args)
+    stderr = _serve(tmp_path, subprocess_env, args, run_args)
     # gunicorn's USR2 (binary upgrade; default action in its workers) is left alone by default
     assert "gunicorn uses SIGUSR2 itself" in stderr
 

@@ -458,3 +458,11 @@ def test_pool_workers_have_the_sigterm_watch(env: dict[str, str], tmp_path: Path
     result = _run("-o", "out.pyfl", "watched.py", method, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['pyflight-sigwatch']"
+
+
+def test_children_only_needs_children(env: dict[str, str], tmp_path: Path) -> None:
+    _write(tmp_path / "noop.py", "pass\n")
+    result = _run("--children-only", "--no-children", "-o", "out.pyfl", "noop.py", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "leave nothing to record" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.pyfl"))

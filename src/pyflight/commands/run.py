@@ -39,6 +39,12 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="do not record child Python processes (by default each writes OUT-<pid>.pyfl)",
     )
     run.add_argument(
+        "--children-only",
+        dest="record_self",
+        action="store_false",
+        help="record only the child processes (a pre-fork server's workers), not the program itself",
+    )
+    run.add_argument(
         "--no-redact",
         dest="redact",
         action="store_false",
@@ -200,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         min_age=args.min_age,
         max_bytes=args.max_bytes,
         children=args.children,
+        record_self=args.record_self,
         redact=args.redact,
         sources=_chosen_sources(args.sources, args.no_sources),
         cpu_budget=args.cpu_budget,

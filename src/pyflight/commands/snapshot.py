@@ -5,6 +5,8 @@ below it too (a pre-fork server's workers), each into ``<OUT stem>-<pid>.pyfl``.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from pyflight.commands import types
 from pyflight.commands.common import EXIT_FAILED, EXIT_USAGE, CommandError
@@ -34,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = request_snapshot(args.pid, timeout=args.timeout)
     except NoControlChannel as exc:  # the pid named on the command line is not one of ours
+        if args.workers and _has_recorded_workers(args.pid):  # a master run with --children-only
+            print(f"pyflight: pid {args.pid} itself is not recorded; its workers are", file=sys.stderr)
+            return _workers(args, output)
         raise CommandError(str(exc), EXIT_USAGE) from None
     except ControlError as exc:
         raise CommandError(str(exc), EXIT_FAILED) from None
@@ -45,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     return _workers(args, output)
 
 
+def _has_recorded_workers(pid: int) -> bool:
+    from pyflight.triggers import workers
+
+    return bool(workers.recorded_descendants(pid))
+
+
 def _workers(args: argparse.Namespace, output: str) -> int:
     """With --workers, snapshot the recorded processes below PID; without, say they exist."""
-    import os
-    import sys
-
     from pyflight.triggers import workers
     from pyflight.triggers.control import write_private_file
 

@@ -184,14 +184,19 @@ class DebugEndpoints:
         those that could not answer."""
         from pyflight.triggers import workers
 
+        pids = workers.recorded_descendants()
         try:
-            own = snapshots.snapshot_bytes(self.recorder, reason=self.reason, detail=detail)
+            own = workers.WorkerSnapshot(
+                os.getpid(), data=snapshots.snapshot_bytes(self.recorder, reason=self.reason, detail=detail)
+            )
         except SnapshotInProgress:
             return self.busy()
         except RecorderError as exc:
-            return _json(503, {"error": str(exc)})
-        gathered = workers.gather(workers.recorded_descendants(), timeout=WORKERS_TIMEOUT_S)
-        data = workers.zip_archive([workers.WorkerSnapshot(os.getpid(), data=own), *gathered])
+            if not pids:
+                return _json(503, {"error": str(exc)})
+            own = workers.WorkerSnapshot(os.getpid(), error=str(exc))  # `pyflight run --children-only`
+        gathered = workers.gather(pids, timeout=WORKERS_TIMEOUT_S)
+        data = workers.zip_archive([own, *gathered])
         name = snapshots.snapshot_filename(self.reason).removesuffix(".pyfl") + "-all.zip"
         return Reply(
             200,
@@ -223,6 +228,7 @@ class DebugEndpoints:
         from pyflight.triggers import workers
 
         info = snapshots.status(self.recorder)
-        if info.get("enabled", True):
-            info["workers"] = workers.recorded_descendants()
+        pids = workers.recorded_descendants()
+        if pids or info.get("enabled", True):
+            info["workers"] = pids
         return _json(200, info, [("Cache-Control", "no-store")])
