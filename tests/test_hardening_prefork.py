@@ -208,3 +208,20 @@ def test_uvicorn_workers_each_leave_a_window(subprocess_env: dict[str, str], tmp
         ["-m", "uvicorn", "--workers", "2", "--port", "0", "app:asgi"],
         ("--signal", "none"),
     )
+
+
+def test_a_worker_that_cannot_answer_is_named_not_fatal(tmp_path: Path) -> None:
+    """The gathered zip keeps the snapshots it got and says which process gave none, and why."""
+    from pyflight.triggers import workers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists
+    with pyflight.FlightRecorder() as recorder:
+        pyflight.log("here", "the one that answers")
+        own = tmp_path / "own.pyfl"
+        recorder.write_to(own)
+    snapshots = [workers.WorkerSnapshot(1234, data=own.read_bytes()), *workers.gather([gone.pid], timeout=10)]
+    with zipfile.ZipFile(io.BytesIO(workers.zip_archive(snapshots))) as archive:
+        assert sorted(archive.namelist()) == ["errors.txt", "pyflight-1234.pyfl"]
+        assert archive.read("pyflight-1234.pyfl") == own.read_bytes()
+        assert archive.read("errors.txt").decode() == f"{gone.pid}: no process with pid {gone.pid}\n"
