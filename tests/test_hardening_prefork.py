@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -92,7 +93,10 @@ def _gathered_through_the_master(
 
 
 def _serve(
-    tmp_path: Path, env: dict[str, str], server_args: list[str], run_args: tuple[str, ...] = ()
+    tmp_path: Path,
+    env: dict[str, str],
+    server_args: list[str],
+    run_args: tuple[str, ...] = (),
 ) -> str:
     (tmp_path / "app.py").write_text(APP)
     runtime = tmp_path / "runtime"
@@ -206,7 +210,7 @@ def test_uvicorn_workers_each_leave_a_window(subprocess_env: dict[str, str], tmp
         tmp_path,
         subprocess_env,
         ["-m", "uvicorn", "--workers", "2", "--port", "0", "app:asgi"],
-        ("--signal", "none"),
+        ("--signal", "none"),  # uvicorn's supervisor takes USR1/USR2 itself (and ignores them)
     )
 
 
@@ -225,3 +229,57 @@ def test_a_worker_that_cannot_answer_is_named_not_fatal(tmp_path: Path) -> None:
         assert sorted(archive.namelist()) == ["errors.txt", "pyflight-1234.pyfl"]
         assert archive.read("pyflight-1234.pyfl") == own.read_bytes()
         assert archive.read("errors.txt").decode() == f"{gone.pid}: no process with pid {gone.pid}\n"
+
+
+POOL = """
+import multiprocessing as mp, os, sys, time
+
+def pid(_):
+    time.sleep(0.2)
+    return os.getpid()
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        workers = sorted(set(pool.map(pid, range(8), chunksize=1)))
+        print(" ".join(map(str, workers)), flush=True)
+        sys.stdin.readline()  # the test sends the signal, then lets us go
+"""
+
+
+def test_the_snapshot_signal_to_the_parent_gathers_its_workers(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """USR2 to the recorded program writes its snapshot and one of each recorded worker beside it."""
+    (tmp_path / "pool.py").write_text(POOL)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyflight", "run", "-o", "out.pyfl", "pool.py"],
+        cwd=tmp_path,
+        env=dict(subprocess_env, XDG_RUNTIME_DIR=str(runtime)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGUSR2)
+        wanted = {proc.pid, *workers}
+        written: dict[int, Path] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and set(written) != wanted:
+            time.sleep(0.1)
+            written = {int(p.name.split("-")[2]): p for p in tmp_path.glob("pyflight-*-signal.pyfl")}
+        assert set(written) == wanted
+        for pid, path in written.items():
+            assert pyflight.load(path).meta["pid"] == str(pid)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

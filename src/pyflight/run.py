@@ -319,7 +319,8 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     if config.snapshot_signal is not None:
         try:
             if signal.getsignal(config.snapshot_signal) == signal.SIG_DFL:
-                signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes)
+                # the program's own process also gathers its workers' (pre-fork servers)
+                signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes, workers=main)
         except (ValueError, OSError) as exc:
             say(f"no snapshot signal for pid {os.getpid()}: {exc}")
     return state
