@@ -434,10 +434,15 @@ def test_the_recorded_program_never_imports_the_analysis_side(env: dict[str, str
 
 
 WATCHED = """
-import multiprocessing as mp, sys, threading
+import multiprocessing as mp, sys, threading, time
 
 def threads(_):
-    return sorted(t.name for t in threading.enumerate() if t.name == "pyflight-sigwatch")
+    deadline = time.monotonic() + 30  # a forked worker's recorder threads start a moment later
+    while True:
+        names = sorted(t.name for t in threading.enumerate() if t.name == "pyflight-sigwatch")
+        if names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.05)
 
 if __name__ == "__main__":
     with mp.get_context(sys.argv[1]).Pool(1) as pool:
@@ -453,3 +458,11 @@ def test_pool_workers_have_the_sigterm_watch(env: dict[str, str], tmp_path: Path
     result = _run("-o", "out.pyfl", "watched.py", method, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['pyflight-sigwatch']"
+
+
+def test_children_only_needs_children(env: dict[str, str], tmp_path: Path) -> None:
+    _write(tmp_path / "noop.py", "pass\n")
+    result = _run("--children-only", "--no-children", "-o", "out.pyfl", "noop.py", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "leave nothing to record" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.pyfl"))

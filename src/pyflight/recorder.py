@@ -20,7 +20,7 @@ from pyflight import __version__
 from pyflight._redact import redact_argv as redacted_argv
 from pyflight.budget import CHECK_SECONDS, CpuBudget
 from pyflight.core import BACKEND_NAME, backend
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import start_deferred, start_without_signals
 from pyflight.core.events import Kind, arg_counts
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.format.writer import encode_header, write_file_atomically, write_stream
@@ -154,6 +154,7 @@ class FlightRecorder:
     def stop(self) -> None:
         """Stop recording and drop the window. A no-op if not running."""
         global _active
+        start_deferred()  # threads queued in a forked child: started, so they can be joined
         with _active_lock:
             if not self._running:
                 return

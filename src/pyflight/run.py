@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from pyflight.core import daemon
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress
 from pyflight.recorder import FlightRecorder, _install_fork_hook
 from pyflight.triggers import control, signals
@@ -54,6 +55,9 @@ SIGTERM_WRITE_TIMEOUT_S = 10.0
 EXIT_WAIT_S = 5.0
 #: How long ``os._exit`` waits for the window to be written before exiting regardless.
 OS_EXIT_WRITE_TIMEOUT_S = 5.0
+#: How long a forked child runs before its recorder's threads (sampler, ticker, control
+#: channel...) start; its events are recorded from the fork on.
+CHILD_THREADS_DELAY_S = 0.5
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
@@ -74,6 +78,9 @@ class RunConfig:
     max_bytes: int = 10 * 2**20
     #: Record child Python processes too.
     children: bool = True
+    #: Record this process itself (False: only its children, e.g. a pre-fork server's
+    #: workers without the idle master; ``--children-only``).
+    record_self: bool = True
     #: Signal that writes a snapshot into ``snapshot_dir`` (None: none).
     snapshot_signal: int | None = int(signal.SIGUSR2)
     #: Where signal (and trigger) snapshots go; default: OUT's directory.
@@ -312,7 +319,8 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
     if config.snapshot_signal is not None:
         try:
             if signal.getsignal(config.snapshot_signal) == signal.SIG_DFL:
-                signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes)
+                # the program's own process also gathers its workers' (pre-fork servers)
+                signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes, workers=main)
         except (ValueError, OSError) as exc:
             say(f"no snapshot signal for pid {os.getpid()}: {exc}")
     return state
@@ -409,6 +417,9 @@ def _after_fork_in_child() -> None:
     if config is None or not config.children:
         return
     try:
+        # the child's recorder threads start a moment later: code that checks right after
+        # fork() that it is the only thread (CPython's test_threading does) sees no others
+        daemon.defer_starts(CHILD_THREADS_DELAY_S)
         _begin(config, config.child_output(os.getpid()), main=False)
         _patch_multiprocessing()
     except Exception as exc:
@@ -580,25 +591,10 @@ def run_program(
     main.__builtins__ = builtins  # type: ignore[attr-defined]
 
     _take_over_from_child_recording()
-    try:
-        state = _begin(config, config.output, main=True)
-    except RecorderError as exc:
-        raise RunError(str(exc)) from None
-    if config.children:
-        _export_to_children(config)
-    if config.serve is not None:
-        from pyflight.triggers.http import TRACE_PATH, serve
-
-        host, port = config.serve
-        try:
-            server = serve(host, port, token=config.token, allow_remote=config.allow_remote)
-        except OSError as exc:
-            state._done = True
-            state.recorder.stop()
-            raise RunError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-        say(f"serving {server.url}{TRACE_PATH}")
-    for hook in config.setup:
-        hook(state.recorder)
+    if not config.record_self:
+        _record_children_only(config)
+    else:
+        _record_this_process(config)
 
     sys.argv = [argv0, *args]
     sys.modules["__main__"] = main
@@ -608,14 +604,62 @@ def run_program(
         return _exit_status(exc)
     except KeyboardInterrupt:
         _print_unhandled()
-        state.exit_reason = "sigint"
-        state.die_signal = int(signal.SIGINT)  # as Python does: exit by the signal, after atexit
+        state = _current
+        if state is not None:  # (--children-only: no state here; exit status 130)
+            state.exit_reason = "sigint"
+            state.die_signal = int(signal.SIGINT)  # as Python does: exit by the signal, after atexit
         return 130
     except BaseException:
         _print_unhandled()
-        state.exit_reason = "exception"
+        if _current is not None:
+            _current.exit_reason = "exception"
         return 1
     return 0
+
+
+def _record_this_process(config: RunConfig) -> None:
+    """Start this process's recorder, its children's settings and the endpoint."""
+    try:
+        state = _begin(config, config.output, main=True)
+    except RecorderError as exc:
+        raise RunError(str(exc)) from None
+    if config.children:
+        _export_to_children(config)
+    try:
+        _serve_endpoint(config)
+    except RunError:
+        state._done = True
+        state.recorder.stop()
+        raise
+    for hook in config.setup:
+        hook(state.recorder)
+
+
+def _record_children_only(config: RunConfig) -> None:
+    """Record no event here (no recorder, no thread, no exit file): only the children
+    do, forked (fork hook with ``_template``) or started anew (environment)."""
+    global _template
+    if not config.children:
+        raise RunError("--children-only and --no-children leave nothing to record")
+    if config.setup:
+        raise RunError("automatic triggers (--on-...) watch the recorded process: not with --children-only")
+    _template = config
+    _install_process_hooks()
+    _export_to_children(config)
+    _serve_endpoint(config)  # /trace-all and /status still gather the children
+
+
+def _serve_endpoint(config: RunConfig) -> None:
+    if config.serve is None:
+        return
+    from pyflight.triggers.http import TRACE_PATH, serve
+
+    host, port = config.serve
+    try:
+        server = serve(host, port, token=config.token, allow_remote=config.allow_remote)
+    except OSError as exc:
+        raise RunError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    say(f"serving {server.url}{TRACE_PATH}")
 
 
 def _take_over_from_child_recording() -> None:

@@ -15,6 +15,13 @@ from pyflight.commands.common import EXIT_USAGE, CommandError
 if TYPE_CHECKING:
     from pyflight.recorder import FlightRecorder
 
+#: ``--signal`` not given: USR2, unless the program is known to use it itself.
+_DEFAULT_SIGNAL = -1
+#: Programs whose own USR2 handling a snapshot signal would collide with: gunicorn (binary
+#: upgrade in the master; its workers reset USR2 to the default action, which kills them)
+#: and Celery (USR1/USR2 for its debugging aids).
+_PROGRAMS_USING_USR2 = ("gunicorn", "celery")
+
 HELP = "run a program under the recorder, write the window when it exits"
 USAGE = "pyflight run [options] (-m MODULE | SCRIPT) [ARGS...]"
 
@@ -30,6 +37,12 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         dest="children",
         action="store_false",
         help="do not record child Python processes (by default each writes OUT-<pid>.pyfl)",
+    )
+    run.add_argument(
+        "--children-only",
+        dest="record_self",
+        action="store_false",
+        help="record only the child processes (a pre-fork server's workers), not the program itself",
     )
     run.add_argument(
         "--no-redact",
@@ -99,9 +112,10 @@ def _add_trigger_arguments(run: argparse.ArgumentParser) -> None:
         "--signal",
         dest="snapshot_signal",
         type=types.signal_or_none,
-        default=int(signal.SIGUSR2),
+        default=_DEFAULT_SIGNAL,
         metavar="SIG",
-        help="signal that writes a snapshot into --snapshot-dir (default USR2; 'none' for none)",
+        help="signal that writes a snapshot into --snapshot-dir (default USR2, none for programs that"
+        " use USR2 themselves: gunicorn, celery; 'none' for none)",
     )
     group.add_argument(
         "--snapshot-dir",
@@ -192,10 +206,11 @@ def run(args: argparse.Namespace) -> int:
         min_age=args.min_age,
         max_bytes=args.max_bytes,
         children=args.children,
+        record_self=args.record_self,
         redact=args.redact,
         sources=_chosen_sources(args.sources, args.no_sources),
         cpu_budget=args.cpu_budget,
-        snapshot_signal=args.snapshot_signal,
+        snapshot_signal=_snapshot_signal(args.snapshot_signal, module, script),
         snapshot_dir=args.snapshot_dir,
         quota_bytes=args.quota,
         control=args.control,
@@ -208,6 +223,22 @@ def run(args: argparse.Namespace) -> int:
         return run_program(config, module=module, script=script, args=program_args)
     except RunError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
+
+
+def _snapshot_signal(chosen: int | None, module: str | None, script: str | None) -> int | None:
+    """The snapshot signal: the one chosen, else USR2 unless the program uses it itself."""
+    if chosen != _DEFAULT_SIGNAL:
+        return chosen
+    program = module.split(".")[0] if module else os.path.basename(script or "").removesuffix(".py")
+    if program in _PROGRAMS_USING_USR2:
+        from pyflight.run import say
+
+        say(
+            f"{program} uses SIGUSR2 itself: no snapshot signal (take snapshots with "
+            "`pyflight snapshot PID --workers`, or choose one with --signal)"
+        )
+        return None
+    return int(signal.SIGUSR2)
 
 
 def _chosen_sources(only: list[str] | None, without: list[list[str]] | None) -> list[str] | None:

@@ -12,8 +12,13 @@ first instruction, and threads it starts (an HTTP server's request threads) are 
 
 from __future__ import annotations
 
+import _thread
+import collections
+import functools
+import os
 import signal
 import threading
+from typing import Any
 
 #: Signals raised by a faulting instruction: they go to the thread that caused them and
 #: must never be blocked (blocking them is undefined behaviour).
@@ -31,16 +36,106 @@ _BLOCKED: frozenset[int] = (
 
 
 def start_without_signals(thread: threading.Thread) -> None:
-    """``thread.start()``, with the program's signals blocked in the new thread."""
-    if not _BLOCKED:
-        thread.start()
-        return
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-    except (OSError, ValueError):  # cannot change the mask here: start as usual
-        thread.start()
-        return
+    """``thread.start()``, with the program's signals blocked in the new thread; in a
+    forked child, queued for a moment (see ``defer_starts``)."""
+    deferral = _deferral
+    if deferral is not None and deferral[0] == os.getpid():
+        with _deferral_lock:
+            if _deferral is deferral:
+                deferral[1].append(thread)
+                return
+    _start_now(thread)
+
+
+def _start_now(thread: threading.Thread) -> None:
+    previous = _block_signals()
     try:
         thread.start()
     finally:
+        _restore_signals(previous)
+
+
+def _block_signals() -> Any:
+    """Block the program's signals in this thread; the previous mask (None: unchanged)."""
+    if not _BLOCKED:
+        return None
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    except (OSError, ValueError):  # cannot change the mask here: start as usual
+        return None
+
+
+def _restore_signals(previous: Any) -> None:
+    if previous is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# Deferred starts (forked children) -----------------------------------------------------
+#
+# A child forked by a recorded program used to have all of pyflight's threads the moment
+# fork() returned; code that checks right after a fork that it is single-threaded (CPython's
+# own test_threading does, so may a library) saw them. In a forked child the threads are
+# queued instead and started a moment later, by a timer that is not a Python thread
+# while it waits (see _start_after), or earlier when the recorder stops.
+
+_deferral_lock = threading.Lock()
+#: (pid, threads queued in that process, the timer's gate); None: start threads at once.
+_deferral: tuple[int, list[threading.Thread], Any] | None = None
+
+
+def defer_starts(delay: float) -> None:
+    """Queue every thread started through ``start_without_signals`` in this process for
+    ``delay`` seconds (or until ``start_deferred`` runs): called in a forked child."""
+    global _deferral, _deferral_lock
+    _deferral_lock = threading.Lock()  # another thread may have held it at the fork
+    gate = _thread.allocate_lock()
+    gate.acquire()
+    _deferral = (os.getpid(), [], gate)
+    _start_after(delay, gate)
+
+
+def start_deferred() -> None:
+    """Start the threads queued by ``defer_starts`` and stop queuing. Idempotent."""
+    global _deferral
+    with _deferral_lock:
+        deferral = _deferral
+        _deferral = None
+    if deferral is None or deferral[0] != os.getpid():
+        return
+    _, threads, gate = deferral
+    try:
+        gate.release()  # ends the timer thread if it is still waiting
+    except RuntimeError:
+        pass
+    for thread in threads:
+        try:
+            _start_now(thread)
+        except Exception:  # a thread that cannot start must not stop the others
+            pass
+
+
+def is_deferred(thread: threading.Thread) -> bool:
+    """True if ``thread`` is queued and not started yet."""
+    deferral = _deferral
+    return deferral is not None and deferral[0] == os.getpid() and thread in deferral[1]
+
+
+def _start_after(delay: float, gate: Any) -> None:
+    """Call ``start_deferred`` after ``delay`` s from a raw thread that runs no Python
+    frame while it waits (C callables only: ``deque`` draining ``map`` over a timed
+    ``acquire``), so neither ``threading.enumerate()`` nor ``sys._current_frames()``
+    sees it. ``start_deferred`` releases the gate: the wait ends and the thread with it."""
+
+    def fire(_: object) -> None:
+        try:
+            start_deferred()
+        except BaseException:
+            pass
+
+    timed_waits = iter(functools.partial(gate.acquire, True, delay), True)  # False on timeout
+    drain: Any = collections.deque  # deque(iterable, maxlen=0) consumes the iterable in C
+    previous = _block_signals()
+    try:
+        _thread.start_new_thread(drain, (map(fire, timed_waits), 0))
+    finally:
+        _restore_signals(previous)

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import is_deferred, start_without_signals
 from pyflight.errors import PyflightError, SnapshotInProgress
 from pyflight.format.writer import write_bytes_atomically
 from pyflight.recorder import FlightRecorder
@@ -145,7 +145,8 @@ class ControlServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self.pid == os.getpid() and self._thread is not threading.current_thread():
+        started = not is_deferred(self._thread)  # a forked child's thread may not be started yet
+        if started and self.pid == os.getpid() and self._thread is not threading.current_thread():
             try:  # wake the accepting thread (closing or shutting down a socket does not)
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as poke:
                     poke.settimeout(0.5)

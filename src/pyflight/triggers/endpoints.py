@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -21,6 +22,8 @@ from pyflight.triggers import snapshots
 DEFAULT_PREFIX = "/debug/pyflight"
 REASON = "http"
 RETRY_AFTER_SECONDS = 1
+#: How long ``/trace-all`` waits for the workers' snapshots, all together.
+WORKERS_TIMEOUT_S = 30.0
 
 
 def is_loopback(host: str) -> bool:
@@ -143,15 +146,17 @@ class DebugEndpoints:
         Returned as a callable so async frameworks can run the snapshot off the event loop.
         """
         subpath = subpath.rstrip("/") or "/"
-        if subpath not in ("/trace", "/status", "/"):
+        if subpath not in ("/trace", "/trace-all", "/status", "/"):
             return None
         if method != "GET":
             return lambda: _json(405, {"error": "use GET"}, [("Allow", "GET")])
         if subpath == "/trace":
             return lambda: self.trace(detail)
+        if subpath == "/trace-all":
+            return lambda: self.trace_all(detail)
         if subpath == "/status":
             return self.status
-        return lambda: _json(200, {"endpoints": ["trace", "status"]})
+        return lambda: _json(200, {"endpoints": ["trace", "trace-all", "status"]})
 
     def trace(self, detail: str = "debug endpoint") -> Reply:
         """A fresh snapshot as a download."""
@@ -173,6 +178,37 @@ class DebugEndpoints:
             data,
         )
 
+    def trace_all(self, detail: str = "debug endpoint") -> Reply:
+        """A zip of this process's snapshot and one from every recorded process below it
+        (a pre-fork server's workers), ``pyflight-<pid>.pyfl`` each; ``errors.txt`` names
+        those that could not answer."""
+        from pyflight.triggers import workers
+
+        pids = workers.recorded_descendants()
+        try:
+            own = workers.WorkerSnapshot(
+                os.getpid(), data=snapshots.snapshot_bytes(self.recorder, reason=self.reason, detail=detail)
+            )
+        except SnapshotInProgress:
+            return self.busy()
+        except RecorderError as exc:
+            if not pids:
+                return _json(503, {"error": str(exc)})
+            own = workers.WorkerSnapshot(os.getpid(), error=str(exc))  # `pyflight run --children-only`
+        gathered = workers.gather(pids, timeout=WORKERS_TIMEOUT_S)
+        data = workers.zip_archive([own, *gathered])
+        name = snapshots.snapshot_filename(self.reason).removesuffix(".pyfl") + "-all.zip"
+        return Reply(
+            200,
+            [
+                ("Content-Type", "application/zip"),
+                ("Content-Disposition", f'attachment; filename="{name}"'),
+                ("Content-Length", str(len(data))),
+                ("Cache-Control", "no-store"),
+            ],
+            data,
+        )
+
     @staticmethod
     def busy() -> Reply:
         """429: a snapshot is being taken (retry shortly) rather than waiting or a torn file."""
@@ -187,5 +223,12 @@ class DebugEndpoints:
         return _json(404, {"error": "not found"})
 
     def status(self) -> Reply:
-        """Window, bytes held, generations, sources, data loss, snapshots taken."""
-        return _json(200, snapshots.status(self.recorder), [("Cache-Control", "no-store")])
+        """Window, bytes held, generations, sources, data loss, snapshots taken, and the
+        recorded processes below this one (``workers``: their pids)."""
+        from pyflight.triggers import workers
+
+        info = snapshots.status(self.recorder)
+        pids = workers.recorded_descendants()
+        if pids or info.get("enabled", True):
+            info["workers"] = pids
+        return _json(200, info, [("Cache-Control", "no-store")])

@@ -18,13 +18,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import is_deferred, start_without_signals
 from pyflight.errors import SnapshotInProgress
 from pyflight.recorder import FlightRecorder
 from pyflight.triggers.snapshots import write_snapshot_file
 
 DEFAULT_SIGNAL = signal.SIGUSR2
 REASON = "signal"
+#: How long a signal snapshot waits for the workers' snapshots, all together.
+WORKERS_TIMEOUT_S = 30.0
 
 _Job = Callable[[], None]
 
@@ -65,8 +67,9 @@ class _Writer:
     def ensure_started(self) -> None:
         """Start the thread (again, in a forked child). Call this outside signal handlers."""
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
-                return
+            thread = self._thread
+            if self._pid == os.getpid() and thread is not None and (thread.is_alive() or is_deferred(thread)):
+                return  # running, or queued to start in a moment (a forked child)
             self._jobs = queue.SimpleQueue()
             self._pid = os.getpid()
             thread = threading.Thread(
@@ -141,8 +144,11 @@ class SignalTrigger:
         signum: int = DEFAULT_SIGNAL,
         quota_bytes: int | None = None,
         recorder: FlightRecorder | None = None,
+        workers: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        #: Also ask every recorded process below this one (a pre-fork server's workers).
+        self.workers = workers
         self.signum = parse_signal(signum)
         self.quota_bytes = quota_bytes
         self.recorder = recorder
@@ -190,6 +196,27 @@ class SignalTrigger:
             say(f"{self.signal_name}: could not write a snapshot to {self.directory}: {exc}")
         else:
             say(f"{self.signal_name}: wrote {self.last_path}")
+        if self.workers:
+            self._write_workers()
+
+    def _write_workers(self) -> None:
+        """The workers' snapshots beside ours, ``pyflight-<time>-<worker pid>-signal.pyfl``."""
+        from pyflight.triggers import workers
+        from pyflight.triggers.control import write_private_file
+        from pyflight.triggers.snapshots import enforce_quota, snapshot_filename
+
+        try:
+            for snapshot in workers.gather(workers.recorded_descendants(), timeout=WORKERS_TIMEOUT_S):
+                if snapshot.data is None:
+                    say(f"{self.signal_name}: no snapshot from worker {snapshot.pid}: {snapshot.error}")
+                    continue
+                path = self.directory / snapshot_filename(REASON, pid=snapshot.pid)
+                write_private_file(path, snapshot.data)
+                if self.quota_bytes is not None:
+                    enforce_quota(self.directory, self.quota_bytes, keep=path)
+                say(f"{self.signal_name}: wrote {path}")
+        except Exception as exc:
+            say(f"{self.signal_name}: could not write the workers' snapshots: {exc}")
 
 
 _installed: dict[int, SignalTrigger] = {}
@@ -201,16 +228,19 @@ def install(
     quota_bytes: int | None = None,
     *,
     recorder: FlightRecorder | None = None,
+    workers: bool = False,
 ) -> SignalTrigger:
     """On ``signum``, write a snapshot of ``recorder`` (default: the running one) into
     ``directory`` as ``pyflight-<time>-<pid>-signal.pyfl``; with ``quota_bytes``, the
     oldest pyflight files there are removed to fit. Replaces an earlier install for the
-    same signal. Call from the main thread."""
+    same signal. With ``workers``, every recorded process below this one (a pre-fork
+    server's workers) is asked for its snapshot too, written beside it under its own pid.
+    Call from the main thread."""
     number = parse_signal(signum)
     old = _installed.pop(number, None)
     if old is not None:
         old.uninstall()
-    trigger = SignalTrigger(directory, number, quota_bytes, recorder).install()
+    trigger = SignalTrigger(directory, number, quota_bytes, recorder, workers).install()
     _installed[number] = trigger
     return trigger
 

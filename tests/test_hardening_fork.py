@@ -1,0 +1,64 @@
+"""A child forked by a recorded program is single-threaded when ``fork()`` returns (code
+that checks that, like CPython's own test_threading, keeps working); its recorder's
+threads start a moment later and it still records and writes its own window."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyflight
+from pyflight.core.events import Kind
+
+FORKS = """
+import json, os, sys, threading, time
+
+workers = [threading.Thread(target=time.sleep, args=(0.5,)) for _ in range(4)]
+for worker in workers:
+    worker.start()
+pid = os.fork()
+if pid == 0:
+    right_after = {
+        "frames": len(sys._current_frames()),
+        "threads": [t.name for t in threading.enumerate()],
+    }
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # busy, so that the sampler has something to see
+        later = [t.name for t in threading.enumerate() if t.name.startswith("pyflight")]
+        if "pyflight-ticker" in later:
+            break
+        sum(range(10_000))
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        sum(range(10_000))
+    print(json.dumps({"pid": os.getpid(), "right_after": right_after, "later": later}), flush=True)
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+for worker in workers:
+    worker.join()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_forked_child_starts_recorder_threads_later(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    (tmp_path / "forks.py").write_text(textwrap.dedent(FORKS))
+    result = subprocess.run(
+        [sys.executable, "-m", "pyflight", "run", "-o", "out.pyfl", "forks.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(subprocess_env, XDG_RUNTIME_DIR=str(runtime)),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    child = json.loads(result.stdout)
+    assert child["right_after"] == {"frames": 1, "threads": ["MainThread"]}
+    assert "pyflight-ticker" in child["later"], child  # then the recorder runs in full
+    trace = pyflight.load(tmp_path / f"out-{child['pid']}.pyfl")
+    assert trace.meta["pid"] == str(child["pid"])
+    assert any(event.kind == Kind.SAMPLE for event in trace.events), "the child is sampled"
