@@ -674,7 +674,14 @@
 
   // ------------------------------------------------------------------ start
   async function start() {
-    const meta = await getJSON("/api/meta");
+    // the server answers while it still analyses the trace: show how far, ask again
+    let meta = await getJSON("/api/meta");
+    while (meta.loading !== undefined && meta.error === undefined) {
+      statusEl.textContent = "analysing the trace… " + Math.round(100 * meta.loading) + "%";
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      meta = await getJSON("/api/meta");
+    }
+    if (meta.error !== undefined) throw new Error(meta.error);
     S.meta = meta;
     S.duration = meta.duration;
     S.rows = meta.rows;
