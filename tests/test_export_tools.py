@@ -6,16 +6,19 @@
 - speedscope by speedscope's own app (npm ``speedscope``; ``npm install speedscope``
   in the repository, globally, or ``PYFLIGHT_SPEEDSCOPE=<its package dir>``) in Debian's
   Chromium, loaded the way its command line loads a file: the profile imports, and its
-  sandwich view lists the hot function.
+  sandwich view lists the hot function; the Chrome JSON imports there too (speedscope
+  reads the trace event format and refuses events that do not nest).
 
 A tool that is absent skips its test, saying which tool and how to install it. (The
-Perfetto protobuf is read back with the upstream .proto in tests/test_export.py;
-Perfetto's own trace_processor downloads its binary at first use, so it is not used here.)
+Perfetto protobuf is read back with the upstream .proto in tests/test_export.py, and the
+Chrome JSON's flows checked there by catapult's pairing rules; Perfetto's own
+trace_processor downloads its binary at first use, so it is not used here.)
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -129,29 +132,59 @@ def _speedscope_app() -> Path:
     )
 
 
-def test_speedscope_imports_the_export_and_lists_the_hot_function(
-    browser: Any, hotspot: Path, tmp_path: Path
-) -> None:
+def _open_in_speedscope(browser: Any, data: bytes, name: str, tmp_path: Path) -> Any:
+    """speedscope's page with ``data`` imported as file ``name``, loaded the way its command
+    line loads a file (a script that hands the file over, named in the URL); the page stays
+    open for the caller (who closes it). Fails on any page error or alert (a failed import)."""
     app = _speedscope_app()
-    data = export(pyflight.load(str(hotspot)), "speedscope")
-    # what `speedscope FILE` does: a script that hands the file to the app, named in the URL
     loader = tmp_path / "load-profile.js"
-    name = "hotspot.speedscope.json"
-    loader.write_text(f'speedscope.loadFileFromBase64("{name}", "{base64.b64encode(data).decode()}")')
+    loader.write_text(
+        f"speedscope.loadFileFromBase64({json.dumps(name)}, {json.dumps(base64.b64encode(data).decode())})"
+    )
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: (errors.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{app.as_uri()}#localProfilePath={loader}")
+    deadline = time.monotonic() + 60
+    # imported, the app is titled after the profile: "<name> - speedscope"
+    while page.title() == "speedscope" and time.monotonic() < deadline and not errors:
+        page.wait_for_timeout(100)
+    assert not errors, errors
+    assert page.title().endswith(" - speedscope"), f"not imported: {page.title()!r}"
+    page.errors = errors  # checked again after the caller's clicks
+    return page
+
+
+def test_speedscope_imports_the_export_and_lists_the_hot_function(
+    browser: Any, hotspot: Path, tmp_path: Path
+) -> None:
+    data = export(pyflight.load(str(hotspot)), "speedscope")
+    page = _open_in_speedscope(browser, data, "hotspot.speedscope.json", tmp_path)
     try:
-        page.goto(f"{app.as_uri()}#localProfilePath={loader}")
-        deadline = time.monotonic() + 60
-        # imported, the app is titled after the profile's own name
-        while "pyflight" not in page.title() and time.monotonic() < deadline and not errors:
-            page.wait_for_timeout(100)
-        assert not errors, errors
-        assert page.title().startswith("pyflight cpu profile of "), f"not imported: {page.title()!r}"
+        assert page.title().startswith("pyflight cpu profile of "), page.title()
         page.keyboard.press("3")  # the sandwich view: a table of every function, in the DOM
         page.get_by_text("compute_primes").first.wait_for(timeout=30_000)
-        assert not errors, errors
+        assert not page.errors, page.errors
+    finally:
+        page.close()
+
+
+def test_speedscope_imports_the_chrome_json_as_a_trace_event_file(
+    browser: Any, contention: Path, tmp_path: Path
+) -> None:
+    """speedscope reads Chrome's trace event format too (it pairs B/E and nests X per
+    thread, and refuses a file whose events do not nest)."""
+    data = export(pyflight.load(str(contention)), "chrome")
+    page = _open_in_speedscope(browser, data, "contention.json", tmp_path)
+    try:
+        # one profile per thread, each slice's stack (the export's stackFrames): the
+        # sandwich view lists the functions of the thread shown, the program's own among them
+        page.keyboard.press("3")
+        deadline = time.monotonic() + 30
+        while "lock_contention.py" not in page.inner_text("body") and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert "lock_contention.py" in page.inner_text("body"), page.inner_text("body")[:2000]
+        assert not page.errors, page.errors
     finally:
         page.close()
