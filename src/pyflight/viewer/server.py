@@ -207,8 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/report", "/report.json"):
             try:
                 page = content.page("html" if path == "/report" else "json")
-            except RuntimeError as exc:
-                self._send(500, f"{exc}\n".encode(), "text/plain; charset=utf-8", body=body)
+            except Exception as exc:  # no analysis, or the report cannot be rendered: say so
+                message = f"cannot render the report: {type(exc).__name__}: {exc}\n"
+                self._send(500, message.encode("utf-8", "replace"), "text/plain; charset=utf-8", body=body)
                 return
             kind = "text/html; charset=utf-8" if path == "/report" else "application/json"
             self._send(200, page, kind, body=body)
