@@ -5,15 +5,20 @@ workload of bench_analysis.py: threads on a lock and a queue, asyncio tasks on a
 user tasks and regions, GC, the sampler) and then, ROUNDS times:
 
 - server: ``pyflight view TRACE --port 0 --no-browser`` started as a user starts it,
-  timed until ``/api/meta`` answers (read + analysis + timeline rows and levels of detail);
-  the in-process split of that time (load / analyze / TimelineApi) is printed once;
-- first draw: headless Chromium opens the page; ``performance.now()`` (0 = navigation
-  start) when the page has drawn the whole trace with its first slices;
+  timed until ``/api/meta`` first answers (the trace read; the analysis then runs in the
+  background and the page shows its progress) and until it answers with the timeline's
+  rows (analysis + rows done); the in-process split (load / analyze / TimelineApi) is
+  printed once, with the server's peak RSS;
+- first draw: headless Chromium opens the page as soon as the server answers;
+  ``performance.now()`` (0 = navigation start) when it has drawn the whole trace with its
+  first slices (this waits for the analysis); then the page is loaded again on the ready
+  server (a second visit, or a browser opened later) and timed the same way;
 - panning: 240 animation frames panning by 1/120 of the view each, then 240 zooming in and
   out; each frame's draw time and the interval between frames, measured in the page with
   ``performance.now()``.
 
-Usage: python bench/bench_viewer.py [TRACE] [--seconds S] [--pace US]. Figures in
+Usage: python bench/bench_viewer.py [TRACE] [--seconds S] [--pace US] [--events N]
+(``--events``: record long enough for about N events at the default pace). Figures in
 docs/performance.md (the viewer section). ``--screenshot PNG TRACE`` instead takes the
 picture in docs/images/viewer.png: TRACE served, its top finding followed (its slice
 selected, the waker's arrow drawn), the page saved.
@@ -41,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 CHROMIUM = os.environ.get("PYFLIGHT_TEST_CHROMIUM", "/usr/bin/chromium")
 ROUNDS = 3
+EVENTS_IN_20_S = 1.43e6  # at the default pace, on this machine
 SERVING = re.compile(r"at (http://\S+/) \(Ctrl-C to stop\)$")
 
 
@@ -142,7 +148,7 @@ def _in_process_split(path: str) -> str:
 
 
 def _serve(path: str) -> tuple[subprocess.Popen[str], str, float]:
-    """Start ``pyflight view``; its URL and the seconds until /api/meta answered."""
+    """Start ``pyflight view``; its URL and the seconds until /api/meta first answered."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -159,6 +165,23 @@ def _serve(path: str) -> tuple[subprocess.Popen[str], str, float]:
     with urllib.request.urlopen(url + "api/meta", timeout=600) as response:
         json.load(response)
     return proc, url, time.perf_counter() - started
+
+
+def _wait_ready(url: str, started: float) -> float:
+    """Seconds from ``started`` until /api/meta answers with the timeline's rows."""
+    while True:
+        with urllib.request.urlopen(url + "api/meta", timeout=600) as response:
+            if "rows" in json.load(response):
+                return time.perf_counter() - started
+        time.sleep(0.05)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 PAN = """async () => {
@@ -185,20 +208,32 @@ PAN = """async () => {
 }"""
 
 
-def _browser_round(playwright: object, url: str) -> tuple[float, list[float], list[float]]:
+def _first_draw(page: object) -> float:
+    first = None
+    while first is None:
+        first = page.evaluate("() => window.pyflightViewer && window.pyflightViewer.firstDraw")  # type: ignore[attr-defined]
+        if first is None:
+            time.sleep(0.01)
+    return float(first)
+
+
+def _browser_round(
+    playwright: object, url: str, started: float
+) -> tuple[float, float, float, list[float], list[float]]:
+    """First draw opened at once (ms), seconds from the command's start until analysed,
+    first draw on the ready server (ms), then the panning frames."""
     browser = playwright.chromium.launch(  # type: ignore[attr-defined]
         executable_path=CHROMIUM, headless=True, args=["--disable-background-networking"]
     )
     try:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(url, wait_until="load")
-        first = None
-        while first is None:
-            first = page.evaluate("() => window.pyflightViewer && window.pyflightViewer.firstDraw")
-            if first is None:
-                time.sleep(0.01)
+        cold = _first_draw(page)
+        ready = _wait_ready(url, started)
+        page.reload(wait_until="load")
+        warm = _first_draw(page)
         result = page.evaluate(PAN)
-        return float(first), list(result["draws"]), list(result["gaps"])
+        return cold, ready, warm, list(result["draws"]), list(result["gaps"])
     finally:
         browser.close()
 
@@ -235,6 +270,7 @@ def main() -> int:
     parser.add_argument("trace", nargs="?")
     parser.add_argument("--screenshot", metavar="PNG", help="save a picture of TRACE's timeline and stop")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--events", type=float, help="record about this many events (scales --seconds)")
     parser.add_argument(
         "--pace",
         type=float,
@@ -247,7 +283,8 @@ def main() -> int:
         return 0
     path = args.trace or os.path.join(tempfile.mkdtemp(), "viewer.pyfl")
     if not os.path.exists(path):
-        make_trace(path, args.seconds, args.pace / 1e6)
+        seconds = args.seconds if not args.events else 20.0 * args.events / EVENTS_IN_20_S
+        make_trace(path, seconds, args.pace / 1e6)
     import pyflight
 
     trace = pyflight.load(path)
@@ -260,25 +297,38 @@ def main() -> int:
     except ImportError:
         sync_playwright = None  # type: ignore[assignment]
     server_s: list[float] = []
-    first_ms: list[float] = []
+    ready_s: list[float] = []
+    cold_ms: list[float] = []
+    warm_ms: list[float] = []
+    rss: list[float] = []
     draws: list[float] = []
     gaps: list[float] = []
+    browser_ok = sync_playwright is not None and os.access(CHROMIUM, os.X_OK)
     for _ in range(ROUNDS):
+        started = time.perf_counter()
         proc, url, seconds = _serve(path)
         server_s.append(seconds)
         try:
-            if sync_playwright is not None and os.access(CHROMIUM, os.X_OK):
+            if browser_ok:
                 with sync_playwright() as playwright:
-                    first, d, g = _browser_round(playwright, url)
-                first_ms.append(first)
+                    cold, ready, warm, d, g = _browser_round(playwright, url, started)
+                cold_ms.append(cold)
+                warm_ms.append(warm)
                 draws += d
                 gaps += g
+            else:
+                ready = _wait_ready(url, started)
+            ready_s.append(ready)
+            rss.append(_peak_rss_mib(proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    print(f"server: time to first answer (s)   {summary(server_s)}")
-    if first_ms:
-        print(f"browser: first draw (ms after navigation) {summary(first_ms)}")
+    print(f"server: start to first answer (s)        {summary(server_s)}")
+    print(f"server: start to timeline ready (s)      {summary(ready_s)}")
+    print(f"server: peak RSS (MiB)                   {summary(rss)}")
+    if cold_ms:
+        print(f"browser: first draw, opened at once (ms) {summary(cold_ms)}")
+        print(f"browser: first draw, ready server (ms)   {summary(warm_ms)}")
         print(
             f"browser: draw per frame (ms) median {statistics.median(draws):.2f}, "
             f"p95 {_pct(draws, 0.95):.2f}, max {max(draws):.2f} ({len(draws)} frames)"

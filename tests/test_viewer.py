@@ -469,3 +469,45 @@ def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_p
     hits = [h for h in api.search("fetch-2-7") if h["kind"] == "task"]
     assert [h["text"] for h in hits] == ["fetch-2-7"]
     assert api.rows[hits[0]["row"]].group == "tasks: fetch"
+
+
+def test_the_server_answers_while_it_analyses_and_the_page_waits_for_the_analysis(evil: Path) -> None:
+    """A big trace takes seconds to analyse: the server answers at once, says how far the
+    analysis got, and serves the timeline and the report once it is handed over."""
+    import threading
+
+    import pyflight
+    from pyflight.report import analyze
+    from pyflight.viewer.api import TimelineApi
+    from pyflight.viewer.server import Content, ViewerServer
+
+    content = Content(trace=evil.read_bytes(), trace_name=evil.name)
+    content.progress = 0.4
+    server = ViewerServer("127.0.0.1", 0, content)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    try:
+        assert get("/api/meta") == (200, b'{"loading": 0.4}')
+        status, _ = get("/api/slices?t0=0&t1=10&w=10&rows=0")
+        assert status == 503
+        status, page = get("/")
+        assert status == 200 and b"app.js" in page
+        report = analyze(pyflight.load(str(evil)))
+        late = threading.Timer(0.2, content.set_analysis, (report, TimelineApi(report)))
+        late.start()
+        status, page = get("/report")  # waits for the analysis, then renders it
+        assert status == 200 and b"<html" in page.lower()
+        status, meta = get("/api/meta")
+        assert status == 200 and json.loads(meta)["rows"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -38,6 +38,10 @@ MAX_TASK_LANES = 200
 WAKE_SLACK = 2_000_000  # ns: a wake-up recorded this long after the end of a wait still counts
 FLAME_MAX_NODES = 4_000
 _START = operator.itemgetter(0)
+_GET_START = operator.attrgetter("start")
+_GET_END = operator.attrgetter("end")
+_GET_STATE = operator.attrgetter("state")
+_GET_REASON = operator.attrgetter("reason")
 
 
 @dataclass
@@ -100,14 +104,56 @@ class TimelineApi:
         return code
 
     def _interval_code(self, iv: Interval) -> int:
-        key = (iv.state, iv.reason)
+        return self._state_code(iv.state, iv.reason)
+
+    def _state_code(self, state_: Any, reason: Any) -> int:
+        # keyed by identity: the states and reasons are enum members, whose hash is Python code
+        key = (id(state_), id(reason))
         code = self._interval_codes.get(key)
         if code is None:
-            state = iv.state.value if isinstance(iv.state, State) else str(iv.state)
-            if iv.reason is not None and iv.state is State.BLOCKED:
-                state = f"{state}:{iv.reason.name.lower()}"
+            state = state_.value if isinstance(state_, State) else str(state_)
+            if reason is not None and state_ is State.BLOCKED:
+                state = f"{state}:{reason.name.lower()}"
             code = self._interval_codes[key] = self.code(state)
         return code
+
+    def _interval_columns(self, intervals: list[Interval]) -> tuple[list[int], list[int], list[int]]:
+        """Starts, ends and state codes of model intervals, as parallel lists (no tuple per
+        interval: a big trace has millions)."""
+        starts = list(map(_GET_START, intervals))
+        ends = list(map(_GET_END, intervals))
+        codes = self._interval_codes
+        ids = list(
+            zip(map(id, map(_GET_STATE, intervals)), map(id, map(_GET_REASON, intervals)), strict=True)
+        )
+        missing = {key for key in set(ids) if key not in codes}
+        for iv in intervals if missing else ():
+            key = (id(iv.state), id(iv.reason))
+            if key in missing:
+                self._interval_code(iv)
+                missing.discard(key)
+                if not missing:
+                    break
+        return starts, ends, list(map(codes.__getitem__, ids))
+
+    def _add_columns(
+        self,
+        kind: str,
+        name: str,
+        group: str,
+        starts: list[int],
+        ends: list[int],
+        codes: list[int],
+        refs: list[Any],
+        **kw: Any,
+    ) -> Row:
+        """A row from parallel lists; sorted here unless already sorted and non-overlapping."""
+        if _ordered(starts, ends):
+            lod = LodRow(starts, ends, codes)
+            row = Row(len(self.rows), kind, name, group, lod, refs, **kw)
+            self.rows.append(row)
+            return row
+        return self._add(kind, name, group, list(zip(starts, ends, codes, refs, strict=True)), **kw)
 
     def _add(
         self,
@@ -120,7 +166,7 @@ class TimelineApi:
     ) -> Row:
         """A row of ``(start, end, code, ref[, owner task])`` slices (sorted here unless
         ``ordered``: the caller made them sorted and non-overlapping)."""
-        if not ordered and not all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):
+        if not ordered and not _ordered([s[0] for s in slices], [s[1] for s in slices]):
             slices = sorted((s for s in slices if s[1] > s[0]), key=_START)
         elif slices and slices[-1][1] <= slices[-1][0]:
             slices = slices[:-1]
@@ -137,17 +183,22 @@ class TimelineApi:
         threads = sorted(model.threads.values(), key=lambda t: (t.is_pyflight, t.start, t.tid))
         for th in threads:
             group = "pyflight threads" if th.is_pyflight else "threads"
-            slices: list[tuple[Any, ...]] = [
-                (iv.start, iv.end, self._interval_code(iv), iv) for iv in th.intervals
-            ]
-            self._thread_row[th.tid] = self._add(
-                "thread", th.name or f"thread {th.tid}", group, slices, tid=th.tid
+            starts, ends, codes = self._interval_columns(th.intervals)
+            self._thread_row[th.tid] = self._add_columns(
+                "thread",
+                th.name or f"thread {th.tid}",
+                group,
+                starts,
+                ends,
+                codes,
+                list(th.intervals),
+                tid=th.tid,
             )
         for loop in model.loops.values():
             owner = model.threads.get(loop.tid)
             label = f"loop on {owner.name if owner else loop.tid}"
             running, idle = self.code("running"), self.code("idle")
-            slices = [(iv.start, iv.end, running, iv) for iv in loop.busy]
+            slices: list[tuple[Any, ...]] = [(iv.start, iv.end, running, iv) for iv in loop.busy]
             slices += [(iv.start, iv.end, idle, iv) for iv in loop.idle]
             self._add("loop", label, "event loops", _no_overlap(slices), tid=loop.tid)
             if loop.stalls:
@@ -165,9 +216,19 @@ class TimelineApi:
             group = f"tasks: {coro}"
             if len(tasks) <= TASK_ROWS:
                 for tk in sorted(tasks, key=lambda t: t.created):
-                    slices = [(iv.start, iv.end, self._interval_code(iv), iv) for iv in tk.intervals]
+                    starts, ends, codes = self._interval_columns(tk.intervals)
                     name = tk.name or f"task {tk.id}"
-                    row = self._add("task", name, group, slices, task=tk.id, tid=tk.thread)
+                    row = self._add_columns(
+                        "task",
+                        name,
+                        group,
+                        starts,
+                        ends,
+                        codes,
+                        list(tk.intervals),
+                        task=tk.id,
+                        tid=tk.thread,
+                    )
                     self._tasks.append((tk, row.id))
                 continue
             lifetimes = [(tk.created, max(tk.end, tk.created + 1), 0, tk) for tk in tasks]
@@ -581,11 +642,21 @@ class TimelineApi:
         return out
 
 
+def _ordered(starts: list[int], ends: list[int]) -> bool:
+    """Each slice non-empty and ending before the next begins (checked at C speed)."""
+    return all(map(operator.lt, starts, ends)) and all(
+        map(operator.le, ends[:-1], itertools.islice(starts, 1, None))
+    )
+
+
 def _no_overlap(slices: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Sorted, each slice cut where the next begins (a row never overlaps itself)."""
-    if all(a[0] < a[1] <= b[0] for a, b in itertools.pairwise(slices)):  # the usual case: as is
+    if _ordered([s[0] for s in slices], [s[1] for s in slices]):  # the usual case: as is
         return slices
-    slices = sorted((s for s in slices if s[1] > s[0]), key=_START)
+    slices = [s for s in slices if s[1] > s[0]]
+    if _ordered([s[0] for s in slices], [s[1] for s in slices]):  # only empty slices were in the way
+        return slices
+    slices.sort(key=_START)
     out = []
     for k, s in enumerate(slices):
         end = s[1]

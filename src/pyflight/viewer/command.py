@@ -1,16 +1,20 @@
 """What ``pyflight view`` does once its arguments are parsed (pyflight.commands.view).
 
-Loads and analyses the trace once, as ``pyflight report`` does (same messages and exit
-status for a file that cannot be read or is not a trace), then serves the report on a
-local web server until Ctrl-C or SIGTERM (exit status 0).
+Reads the trace as ``pyflight report`` does (same messages and exit status for a file
+that cannot be read or is not a trace), starts serving at once and analyses it (the one
+model, the findings, the timeline's rows) in a background thread while the browser
+starts: on a big trace the page shows the analysis' progress instead of nothing. Serves
+until Ctrl-C or SIGTERM (exit status 0).
 
-Exit status: 0 served and stopped, 1 the file is not a readable trace, 2 the file cannot
-be read or the address cannot be listened on; 130 interrupted before serving.
+Exit status: 0 served and stopped, 1 the file is not a readable trace or cannot be
+analysed, 2 the file cannot be read or the address cannot be listened on; 130
+interrupted before serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -21,7 +25,8 @@ from typing import TYPE_CHECKING
 from pyflight.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError, gc_paused
 
 if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run` builds its parser
-    from pyflight.viewer.server import Content
+    from pyflight.format.reader import Trace
+    from pyflight.viewer.server import Content, ViewerServer
 
 __all__ = ["run"]
 
@@ -35,34 +40,46 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyflight.commands.common import read_trace, read_trace_bytes
+    from pyflight.viewer.server import Content
+
     try:
-        content = _prepare(args.file)
+        data = read_trace_bytes(args.file)
+        with gc_paused():  # the trace is millions of long-lived objects
+            trace = read_trace(args.file, data)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
-    return _serve(args, content)
+    return _serve(args, trace, Content(trace=data, trace_name=os.path.basename(args.file)))
 
 
-def _prepare(path: str) -> Content:
-    """The pages to serve (CommandError if the trace cannot be read or analysed)."""
-    from pyflight.commands.report import load_report
-    from pyflight.report.html import render
-    from pyflight.report.json_report import dumps
+def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) -> None:
+    """The report and the timeline's rows, handed to ``content``; on failure, say why on
+    stderr and stop the server (the command then exits 1)."""
+    from pyflight.report import analyze
     from pyflight.viewer.api import TimelineApi
-    from pyflight.viewer.server import Content
 
-    with gc_paused():  # the trace and its model are millions of long-lived objects
-        data, report = load_report(path)
-        try:
-            html = render(report).encode("utf-8", "replace")
-            json = dumps(report).encode("utf-8", "replace")
-            api = TimelineApi(report)
-        except Exception as exc:
-            raise CommandError(f"cannot render {path}: {type(exc).__name__}: {exc}", EXIT_FAILED) from None
-    return Content(html=html, json=json, trace=data, trace_name=os.path.basename(path), api=api)
+    def progress(done: float) -> None:
+        content.progress = 0.85 * done
+
+    gc.disable()  # the model is millions of long-lived objects: see warm_up
+    try:
+        report = analyze(trace, progress=progress)
+        api = TimelineApi(report)
+    except Exception as exc:
+        message = f"cannot analyse {path}: {type(exc).__name__}: {exc}"
+        content.set_error(message)
+        print(f"pyflight view: {message}", file=sys.stderr, flush=True)
+        server.analysis_failed = True
+        server.shutdown()
+        return
+    finally:
+        gc.enable()
+    content.set_analysis(report, api)
+    api.warm_up()  # every row's levels of detail, while the page asks for its first ones
 
 
-def _serve(args: argparse.Namespace, content: Content) -> int:
+def _serve(args: argparse.Namespace, trace: Trace, content: Content) -> int:
     import webbrowser
 
     from pyflight.viewer.server import ViewerServer, is_loopback
@@ -92,7 +109,13 @@ def _serve(args: argparse.Namespace, content: Content) -> int:
             threading.Thread(
                 target=webbrowser.open, args=(url,), name="pyflight-view-browser", daemon=True
             ).start()
+        threading.Thread(
+            target=_analyse, args=(name, trace, content, server), name="pyflight-view-analysis", daemon=True
+        ).start()
+        del trace  # the analysis thread holds it as long as it needs it
         server.serve_forever()
+        if server.analysis_failed:
+            return EXIT_FAILED
     except (KeyboardInterrupt, _Stop):
         pass
     finally:

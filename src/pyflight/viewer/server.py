@@ -10,6 +10,12 @@ Content-Security-Policy: the report's allows no script and no fetch (inline CSS 
 only); the timeline's allows only the server's own script, style and JSON (``'self'``),
 no inline script, no frame, nothing from elsewhere.
 
+The server answers as soon as the trace is read: the analysis (the model, the findings,
+the timeline's rows) runs in a background thread meanwhile. Until it is done
+``/api/meta`` answers ``{"loading": fraction}`` (the page shows the progress and asks
+again), the other ``/api/`` routes answer 503, and ``/report`` and ``/report.json`` wait
+for it (the HTML report is rendered on its first request, not before).
+
 Bound to a loopback address, the server answers only requests whose ``Host`` is a
 loopback name or address, so a web page the user visits cannot read the trace through
 a DNS name that it points at 127.0.0.1 (DNS rebinding).
@@ -17,20 +23,21 @@ a DNS name that it points at 127.0.0.1 (DNS rebinding).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import socket
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
+from pyflight._netcheck import host_header_name, is_loopback_name
+
 if TYPE_CHECKING:
+    from pyflight.report import Report
     from pyflight.viewer.api import TimelineApi
 
 __all__ = ["CSP", "TIMELINE_CSP", "Content", "ViewerServer", "is_loopback"]
@@ -50,15 +57,58 @@ STATIC_TYPES = {
 }
 
 
-@dataclass(frozen=True)
 class Content:
-    """What the server hands out, all prepared before it starts."""
+    """What the server hands out: the trace file at once, the analysis when it is done.
 
-    html: bytes
-    json: bytes
-    trace: bytes
-    trace_name: str  # the file's base name, for Content-Disposition
-    api: TimelineApi | None = None  # None: no timeline, ``/`` is the report
+    The command reads the trace, starts the server, then analyses in a background thread
+    and hands the result over with :meth:`set_analysis` (or :meth:`set_error`);
+    ``progress`` (0..1) says how far it got meanwhile. The HTML and JSON reports are
+    rendered on their first request and kept."""
+
+    def __init__(self, trace: bytes, trace_name: str) -> None:
+        self.trace = trace
+        self.trace_name = trace_name  # the file's base name, for Content-Disposition
+        self.progress = 0.0
+        self.error: str | None = None
+        self.api: TimelineApi | None = None
+        self._report: Report | None = None
+        self._pages: dict[str, bytes] = {}
+        self._done = threading.Event()
+        self._render_lock = threading.Lock()
+
+    def set_analysis(self, report: Report, api: TimelineApi) -> None:
+        self._report, self.api, self.progress = report, api, 1.0
+        self._done.set()
+
+    def set_error(self, message: str) -> None:
+        self.error = message
+        self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set() and self.error is None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the analysis; True once it is there (False: failed or timed out)."""
+        return self._done.wait(timeout) and self.error is None
+
+    def page(self, kind: str) -> bytes:
+        """The report as ``html`` or ``json``, rendered once (waits for the analysis)."""
+        if not self.wait() or self._report is None:
+            raise RuntimeError(self.error or "no analysis")
+        with self._render_lock:
+            page = self._pages.get(kind)
+            if page is None:
+                if kind == "html":
+                    from pyflight.report.html import render
+
+                    page = render(self._report).encode("utf-8", "replace")
+                else:
+                    from pyflight.report.json_report import dumps
+
+                    page = dumps(self._report).encode("utf-8", "replace")
+                self._pages[kind] = page
+            return page
 
 
 def _static(name: str) -> bytes:
@@ -109,20 +159,9 @@ def api_answer(api: TimelineApi, route: str, query: dict[str, list[str]]) -> Any
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(header: str) -> str:
-    """The host of a ``Host`` header, without its port: ``[::1]:80`` -> ``::1``."""
-    if header.startswith("["):
-        return header[1:].partition("]")[0]
-    return header.rpartition(":")[0] if header.count(":") == 1 else header
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); the check every local
+    server of pyflight shares (:mod:`pyflight._netcheck`), kept here by its old name."""
+    return is_loopback_name(host)
 
 
 def _attachment(name: str) -> str:
@@ -156,26 +195,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         host = self.headers.get("Host")
-        if self.server.loopback_only and host is not None and not is_loopback(_host_name(host)):
+        if self.server.loopback_only and host is not None and not is_loopback_name(host_header_name(host)):
             self._send(403, b"forbidden host\n", "text/plain; charset=utf-8", body=body)
             return
         content = self.server.content
         path, _, query = self.path.split("#", 1)[0].partition("?")
         self.csp = CSP
-        if content.api is not None and (path == "/" or path.startswith(("/static/", "/api/"))):
+        if path == "/" or path.startswith(("/static/", "/api/")):
             self.csp = TIMELINE_CSP
-            self._timeline(content.api, path, query, body)
-        elif path in ("/", "/report"):
-            self._send(200, content.html, "text/html; charset=utf-8", body=body)
-        elif path == "/report.json":
-            self._send(200, content.json, "application/json", body=body)
+            self._timeline(content, path, query, body)
+        elif path in ("/report", "/report.json"):
+            try:
+                page = content.page("html" if path == "/report" else "json")
+            except Exception as exc:  # no analysis, or the report cannot be rendered: say so
+                message = f"cannot render the report: {type(exc).__name__}: {exc}\n"
+                self._send(500, message.encode("utf-8", "replace"), "text/plain; charset=utf-8", body=body)
+                return
+            kind = "text/html; charset=utf-8" if path == "/report" else "application/json"
+            self._send(200, page, kind, body=body)
         elif path == "/trace.pyfl":
             headers = {"Content-Disposition": _attachment(content.trace_name)}
             self._send(200, content.trace, "application/octet-stream", headers, body=body)
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
 
-    def _timeline(self, api: TimelineApi, path: str, query: str, body: bool) -> None:
+    def _timeline(self, content: Content, path: str, query: str, body: bool) -> None:
         if path == "/":
             path = "/static/index.html"
         if path.startswith("/static/"):
@@ -185,6 +229,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, b"not found\n", "text/plain; charset=utf-8", body=body)
             else:
                 self._send(200, _static(name), kind, body=body)
+            return
+        api = content.api
+        if api is None:  # still analysing (or failed): say how far, ask again later
+            if path == "/api/meta":
+                answer: Any = {"error": content.error} if content.error else {"loading": content.progress}
+                self._send(200, json.dumps(answer).encode("ascii"), "application/json", body=body)
+            else:
+                self._send(503, b"analysing\n", "text/plain; charset=utf-8", {"Retry-After": "1"}, body=body)
             return
         try:
             answer = api_answer(api, path[len("/api/") :], parse_qs(query))
@@ -233,6 +285,7 @@ class ViewerServer(ThreadingHTTPServer):
     """Serves ``content`` on ``(host, port)`` (port 0: a free one); binds on creation."""
 
     daemon_threads = True
+    analysis_failed = False  # set (and the server shut down) when the trace cannot be analysed
 
     def __init__(self, host: str, port: int, content: Content) -> None:
         self.content = content
@@ -240,8 +293,6 @@ class ViewerServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
-        if content.api is not None:
-            threading.Thread(target=content.api.warm_up, name="pyflight-view-warm-up", daemon=True).start()
 
     @property
     def port(self) -> int:

@@ -139,6 +139,9 @@
     if (S.inflight) { S.wanted = true; return; }
     fetchSlices();
   }
+  // the first slices are what the user waits for: the side panel's requests go after them
+  let firstSlicesDone = null;
+  const firstSlices = new Promise((resolve) => { firstSlicesDone = resolve; });
   async function fetchSlices() {
     const rows = visibleRows();
     const span = S.view.t1 - S.view.t0;
@@ -162,6 +165,7 @@
     } finally {
       S.inflight = false;
       redraw();
+      firstSlicesDone();
       if (S.wanted) { S.wanted = false; requestData(); }
     }
   }
@@ -674,7 +678,14 @@
 
   // ------------------------------------------------------------------ start
   async function start() {
-    const meta = await getJSON("/api/meta");
+    // the server answers while it still analyses the trace: show how far, ask again
+    let meta = await getJSON("/api/meta");
+    while (meta.loading !== undefined && meta.error === undefined) {
+      statusEl.textContent = "analysing the trace… " + Math.round(100 * meta.loading) + "%";
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      meta = await getJSON("/api/meta");
+    }
+    if (meta.error !== undefined) throw new Error(meta.error);
     S.meta = meta;
     S.duration = meta.duration;
     S.rows = meta.rows;
@@ -696,6 +707,7 @@
     window.addEventListener("resize", () => { requestData(); redraw(); });
     window.addEventListener("hashchange", viewFromHash);
     document.getElementById("search").addEventListener("input", onSearch);
+    await firstSlices;
     await Promise.all([loadFindings(), loadHistograms()]);
     S.ready = true;
   }
