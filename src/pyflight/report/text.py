@@ -117,6 +117,8 @@ def stack_lines(profile: Profile, n: int = 5, depth: int = 6) -> list[str]:
         share = weight / total
         amount = fmt_ns(weight) if profile.unit == "nanoseconds" else str(weight)
         out.append(f"  {100 * share:5.1f}%  {amount}")
+        if not stack:  # a thread in native code, or only pyflight's own frames (a launcher serving)
+            out.append("           (no frames of the program)")
         for frame in stack[:depth]:
             out.append(f"           {_clean(frame.function)}  {_clean(frame.file)}:{frame.line}")
         if len(stack) > depth:
