@@ -124,6 +124,23 @@ def asyncio_install(
     /,
 ) -> Any: ...
 def asyncio_uninstall() -> None: ...
+def asyncio_tasks_setup(
+    current_task: Callable[..., Any],
+    live_tasks: dict[int, int],
+    on_fault: Callable[..., Any],
+    describe: Callable[..., Any],
+    kinds: tuple[int, int, int, int],
+    outcomes: tuple[int, int, int],
+    /,
+) -> None: ...
+def asyncio_create_task(original: Callable[..., Any], /) -> Callable[..., Any]:
+    """A ``BaseEventLoop.create_task`` that records TASK_CREATE/TASK_INFO from C."""
+
+def asyncio_get_loop(
+    original: Callable[..., Any], sites: tuple[Any, ...], outer: tuple[Any, ...], own: tuple[Any, ...], /
+) -> Callable[..., Any]:
+    """A ``_LoopBoundMixin._get_loop`` that records TASK_BLOCK (asyncio sync waits) from C."""
+
 def running_steps() -> list[tuple[int, int, int, int]]:
     """``[(thread_ident, loop_id, task_id, start_ns)]`` of the asyncio steps running now."""
 
