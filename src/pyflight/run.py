@@ -57,7 +57,7 @@ EXIT_WAIT_S = 5.0
 OS_EXIT_WRITE_TIMEOUT_S = 5.0
 #: How long a forked child runs before its recorder's threads (sampler, ticker, control
 #: channel...) start; its events are recorded from the fork on.
-CHILD_THREADS_DELAY_S = 0.5
+CHILD_THREADS_DELAY_S = 0.1
 #: Children started for multiprocessing's own housekeeping: not recorded (their forks are).
 _HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 

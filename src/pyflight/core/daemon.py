@@ -128,6 +128,7 @@ def _start_after(delay: float, gate: Any) -> None:
 
     def fire(_: object) -> None:
         try:
+            _name_timer_thread()
             start_deferred()
         except BaseException:
             pass
@@ -139,3 +140,13 @@ def _start_after(delay: float, gate: Any) -> None:
         _thread.start_new_thread(drain, (map(fire, timed_waits), 0))
     finally:
         _restore_signals(previous)
+
+
+def _name_timer_thread() -> None:
+    """Name the timer's raw thread in the trace: starting the queued threads records waits
+    on it, and a nameless row would read as one of the program's threads."""
+    from pyflight.core import backend
+    from pyflight.core.events import Kind
+
+    if backend.is_enabled():
+        backend.record(Kind.THREAD_NAME, backend.thread_id(), "pyflight-fork-timer")
