@@ -383,7 +383,13 @@ def test_source_options_reach_the_program_and_its_children(env: dict[str, str], 
     for path in traces:
         blocked = [e for e in pyflight.load(path).events if e.kind == Kind.TASK_BLOCK]
         assert len(blocked) == 2, path  # the 2nd and 3rd holder waited on the lock
-    result = _run("-o", "off.pyfl", "locks.py", env=env, cwd=tmp_path)  # off by default
+    # on by default; the option turns it off
+    result = _run("-o", "on.pyfl", "locks.py", env=env, cwd=tmp_path)
+    assert len([e for e in pyflight.load(tmp_path / "on.pyfl").events if e.kind == Kind.TASK_BLOCK]) == 2
+    result = _run(
+        "--source-option", "asyncio.sync_waits=false", "-o", "off.pyfl", "locks.py", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
     assert not [e for e in pyflight.load(tmp_path / "off.pyfl").events if e.kind == Kind.TASK_BLOCK]
 
 
