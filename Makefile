@@ -4,7 +4,7 @@ VENV := .venv
 
 .PHONY: demo test bench cpython-tests clean
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/*.c src/pyflight/*.h)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/core/c/*.c src/pyflight/core/c/*.h)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e .

@@ -37,12 +37,12 @@ setup(
         Extension(
             "pyflight._core",
             [
-                "src/pyflight/_core.c",
-                "src/pyflight/_core_asyncio.c",
-                "src/pyflight/_core_lock.c",
-                "src/pyflight/_core_annotate.c",
+                "src/pyflight/core/c/_core.c",
+                "src/pyflight/core/c/_core_asyncio.c",
+                "src/pyflight/core/c/_core_lock.c",
+                "src/pyflight/core/c/_core_annotate.c",
             ],
-            depends=["src/pyflight/_core.h"],
+            depends=["src/pyflight/core/c/_core.h"],
             extra_compile_args=flags,
         )
     ],
