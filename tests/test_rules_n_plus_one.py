@@ -23,7 +23,7 @@ from pyflight.sources.dbapi import normalize_sql
 
 # program -> (unit in the title, repeated statement fragment, culprit function, culprit line's text)
 PLANTED = {
-    "django_n_plus_one": ("GET books/", 'WHERE "shop_author"."id" = ?', "book_list", "book.author.name"),
+    "django_n_plus_one": ("GET /books/", 'WHERE "shop_author"."id" = ?', "book_list", "book.author.name"),
     "sqlite_n_plus_one_threads": ("nightly-invoices", "WHERE order_id = ?", "order_total", "conn.execute"),
 }
 HEALTHY = ["healthy_django", "healthy_sqlite_threads"]

@@ -31,7 +31,11 @@ __all__ = [
 
 
 def task_name(method: str, route: str) -> str:
-    """The user-task name of a request: ``"GET /items/{item_id}"``."""
+    """The user-task name of a request: ``"GET /items/{item_id}"``. A route without its
+    leading slash (Django's resolver gives ``books/<int:pk>/``) gets one, so routes read
+    the same whatever the framework."""
+    if route and not route.startswith("/"):
+        route = "/" + route
     return f"{method} {route}"
 
 
