@@ -32,6 +32,7 @@ import pytest
 import pyflight
 import test_report_browser
 from programs import record_named
+from pyflight.core import BACKEND_NAME
 from pyflight.export import export
 
 HERE = Path(__file__).parent
@@ -101,6 +102,8 @@ def test_go_tool_pprof_reads_the_cpu_profile_and_the_hot_function_tops_it(
 def test_go_tool_pprof_reads_the_lock_profile_with_the_waiting_function(
     contention: Path, tmp_path: Path
 ) -> None:
+    if BACKEND_NAME != "c":
+        pytest.skip("lock waits are traced by the C core only")
     output = _pprof_top(export(pyflight.load(str(contention)), "pprof", "lock"), tmp_path)
     rows = _top_rows(output)
     assert rows, output
