@@ -76,7 +76,7 @@ def busy_and_blocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     spinner.start()
     waiter.start()
     try:
-        trace = record(tmp_path_factory.mktemp("sampler"), 0.8)
+        trace = record(tmp_path_factory.mktemp("sampler"), 2.0)
     finally:
         stop.set()
         spinner.join()

@@ -55,6 +55,8 @@ DEFAULT_CPU_BUDGET: Final = 0.01
 MAX_INTERVAL: Final = 1.0
 #: Weight of the newest tick in the moving average of the cost per tick.
 COST_SMOOTHING: Final = 0.2
+#: One tick's cost counts at most this many times the average (see ``_adapt``).
+OUTLIER_FACTOR: Final = 3.0
 #: A new interval is recorded when it differs from the last recorded one by more than this.
 REPORT_CHANGE: Final = 0.2
 #: Each wait is the interval +-10%, so periodic work in the program does not alias.
@@ -355,6 +357,11 @@ class StackSampler(Source):
             self._warm = True  # the first tick pays for thread start-up and first-seen threads
             return
         avg = self._cost_ns
+        if avg is not None:
+            # One tick can pay for a garbage collection its allocations happened to start
+            # (55 ms over a program's big lists): the program's cost, not the sampler's.
+            # A lasting rise still lifts the average by a third of itself per tick.
+            cost = min(cost, int(OUTLIER_FACTOR * avg) + 1)
         avg = float(cost) if avg is None else avg + COST_SMOOTHING * (cost - avg)
         self._cost_ns = avg
         self.current_interval = min(MAX_INTERVAL, max(self.interval, avg / 1e9 / self.cpu_budget))
