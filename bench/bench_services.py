@@ -11,6 +11,7 @@ events per request and how many seconds the default 10 MiB window holds at that 
     python bench/bench_services.py --quick         # 2 pairs, 2 s each: a smoke run
     python bench/bench_services.py --ablation      # each source alone (--sources NAME)
     python bench/bench_services.py --servers fastapi --peers   # + py-spy / ddtrace if installed
+    python bench/bench_services.py --mode "no sockets=--source-option blocking.sockets=false"
 """
 
 from __future__ import annotations
@@ -375,13 +376,27 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 pairs of 2 s: a smoke run")
     parser.add_argument("--ablation", action="store_true", help="also each source alone (--sources NAME)")
     parser.add_argument("--peers", action="store_true", help="also py-spy and ddtrace, where installed")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="also the recorder with these `pyflight run` arguments, e.g. "
+        "'no sockets=--source-option blocking.sockets=false' (repeatable)",
+    )
+    parser.add_argument("--no-default", action="store_true", help="leave out the default recorder")
     parser.add_argument("--own-load", action="store_true", help="the built-in load generator, not wrk")
     parser.add_argument("--json", default=None, help="also write the medians here")
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.seconds, args.warmup = 2, 2.0, 1.0
     wrk = shutil.which("wrk") is not None and not args.own_load
-    modes = [Mode("default recorder", [])]
+    modes = [] if args.no_default else [Mode("default recorder", [])]
+    for spec in args.mode:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name:
+            parser.error(f"--mode wants NAME=ARGS, not {spec!r}")
+        modes.append(Mode(name, rest.split()))
     if args.ablation:
         sys.path.insert(0, str(HERE.parent / "src"))
         from pyflight.sources import default_source_names

@@ -656,12 +656,17 @@ def test_concurrent_threads_lose_nothing(core: ModuleType) -> None:
     _start(core, gen_max_bytes=4096, gen_interval_ns=2 * MS)
     n_threads, n = 8, 2000
     barrier = threading.Barrier(n_threads + 1)
+    halfway = threading.Barrier(n_threads + 1)  # one seal surely falls mid-stream
+    resume = threading.Event()
     tids: dict[int, int] = {}
 
     def work(index: int) -> None:
         tids[index] = core.thread_id()
         barrier.wait()
         for i in range(n):
+            if i == n // 2:
+                halfway.wait()
+                resume.wait()
             core.record(Kind.WAKE, index, i, 0, 0)
             if i % 10 == 0:
                 core.record(Kind.LOG, index, f"thread {index}", f"message {i % 70}")
@@ -673,6 +678,9 @@ def test_concurrent_threads_lose_nothing(core: ModuleType) -> None:
         for w in workers:
             w.start()
         barrier.wait()
+        halfway.wait()  # on a loaded machine the workers may otherwise all finish unsealed
+        core.snapshot()
+        resume.set()
         snapshots = 0
         while any(w.is_alive() for w in workers):
             core.snapshot()  # seals concurrently with the recording threads

@@ -580,19 +580,23 @@ def test_fault_in_python_hook_disables_source(
 ) -> None:
     real = backend.record
 
+    # Thread.join is a Python wrapper with either core (sleep, select and sockets are C
+    # stand-ins with the C core)
     def record(kind: int, *args: Any) -> None:
-        if kind == Kind.BLOCK_BEGIN and args[0] == BlockReason.SLEEP:
+        if kind == Kind.BLOCK_BEGIN and args[0] == BlockReason.JOIN:
             raise RuntimeError("injected fault")
         real(kind, *args)
 
     recorder = pyflight.FlightRecorder(sources=["blocking"]).start()
     try:
+        sleeper = threading.Thread(target=time.sleep, args=(0.05,))
+        sleeper.start()
         monkeypatch.setattr(backend, "record", record)
-        start = time.monotonic()
         with pytest.warns(SourceWarning, match="injected fault"):
-            time.sleep(0.02)
-        assert time.monotonic() - start >= 0.015
+            sleeper.join()
+        assert not sleeper.is_alive()  # the join itself went on
         monkeypatch.setattr(backend, "record", real)
+        assert threading.Thread.join is originals[(threading.Thread, "join")]
         assert time.sleep is originals[(time, "sleep")]
         trace = snapshot(recorder, tmp_path)
     finally:
@@ -769,3 +773,48 @@ def test_wait_across_seals_and_snapshots_keeps_one_begin_with_its_stack(
     ((begin2, end),) = blocks(after, BlockReason.CONDITION, cond_id)
     assert begin2.time == begin.time < end.time
     assert "blocked_waiter" in functions(begin2)
+
+
+@pytest.mark.skipif(C is None, reason="the C stand-ins for sleep, select and sockets are the C core's")
+def test_sleep_select_and_socket_stand_ins_keep_stacks_only_past_the_threshold(
+    originals: dict[tuple[Any, str], Any], tmp_path: Path
+) -> None:
+    """With the C core, time.sleep, select and socket calls are BlockingHooks that carry
+    the original's name; a call shorter than stack_min_us is a block without a stack, a
+    longer one has the caller's stack; exceptions and results pass through."""
+
+    def sleeps_here(seconds: float) -> None:
+        time.sleep(seconds)
+
+    options = {"blocking": {"stack_min_us": 30_000}}
+    rec = pyflight.FlightRecorder(sources=["blocking"], source_options=options).start()
+    try:
+        assert isinstance(time.sleep, C.BlockingHook) and time.sleep.__name__ == "sleep"
+        assert socket.socket.recv.__name__ == "recv"
+        assert select.select.__wrapped__ is originals[(select, "select")]
+        sleeps_here(0.001)
+        sleeps_here(0.05)
+        a, b = socket.socketpair()
+        with a, b:
+            b.sendall(b"x")
+            assert a.recv(1) == b"x"
+            a.settimeout(0.01)
+            with pytest.raises(TimeoutError):
+                a.recv(1)  # a socket timeout passes through as the original's exception
+        assert select.select([], [], [], 0.04) == ([], [], [])
+        trace = snapshot(rec, tmp_path)
+    finally:
+        rec.stop()
+    sleeps = blocks(trace, BlockReason.SLEEP)
+    mine = [(begin, end) for begin, end in sleeps if begin.thread == threading.get_native_id()]
+    assert len(mine) == 2, mine
+    (short_begin, short_end), (long_begin, long_end) = sorted(mine, key=lambda p: p[0].time)
+    assert short_end.time - short_begin.time < 30_000_000 and not short_begin.stack
+    assert long_end.time - long_begin.time >= 45_000_000 and "sleeps_here" in functions(long_begin)
+    io = blocks(trace, BlockReason.IO)
+    assert len(io) >= 3  # sendall, recv, the recv that timed out
+    timed_out = max(io, key=lambda p: p[1].time - p[0].time)
+    assert timed_out[1].time - timed_out[0].time >= 8_000_000
+    ((begin, end),) = blocks(trace, BlockReason.SELECT)
+    assert end.time - begin.time >= 35_000_000
+    assert "test_sleep_select_and_socket_stand_ins_keep_stacks_only_past_the_threshold" in functions(begin)

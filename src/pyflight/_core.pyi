@@ -63,6 +63,10 @@ def decode_events(
 # blocking (_core_lock.c): traced locks and Condition hooks, C core only
 
 HOOK_CONDITION_WAIT: Final[int]
+HOOK_SLEEP: Final[int]
+HOOK_SELECT: Final[int]
+HOOK_SELECTOR: Final[int]
+HOOK_SOCKET: Final[int]
 _BLOCKING_CONSTANTS: Final[tuple[Any, ...]]
 
 @final
@@ -95,10 +99,12 @@ class TracedRLock:
 
 @final
 class BlockingHook:
-    """A Condition method that records blocking: ``BlockingHook(func, role)``."""
+    """A blocking call that records its blocks: ``BlockingHook(func, role, helper=None)``."""
 
     __func__: Callable[..., Any]
-    def __new__(cls, func: Callable[..., Any], role: int, /) -> BlockingHook: ...
+    def __new__(
+        cls, func: Callable[..., Any], role: int, helper: Callable[..., Any] | None = None, /
+    ) -> BlockingHook: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
 

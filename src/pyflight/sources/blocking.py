@@ -30,8 +30,10 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
   ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
   marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its
-  loop's idle time itself). These are Python wrappers (microseconds are nothing next to
-  a sleep, a syscall or a thread end).
+  loop's idle time itself). With the C core, sleep, select and the socket methods are
+  C stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
+  BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions; join,
+  and everything without the C core, are Python wrappers.
 
 Calls that cannot block are not recorded: a non-blocking or zero-timeout acquire, a
 wait/select/sleep with a timeout <= 0, a join of a thread that is not running. Socket
@@ -99,9 +101,9 @@ SOCKET_METHODS = (
 #: What the source can hook; each can be turned off with an option of the same name.
 OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select")
 
-#: Option: a Condition.wait that blocked for less than this many microseconds is
-#: recorded without its stack (C core only). Walking and interning a stack is most of
-#: what a short hand-off costs (~30 ns a frame); a wait that lasts has it.
+#: Option: a Condition.wait, sleep, select or socket call that blocked for less than this
+#: many microseconds is recorded without its stack (C core only). Walking and interning a
+#: stack is most of what a short hand-off costs (~30 ns a frame); a wait that lasts has it.
 STACK_MIN_US_OPTION = "stack_min_us"
 DEFAULT_STACK_MIN_US = 100.0
 
@@ -122,6 +124,12 @@ def _single_arg(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, defaul
     if len(args) + len(kwargs) > 1 or (kwargs and name not in kwargs):
         return False, None
     return True, args[0] if args else kwargs.get(name, default)
+
+
+def _c_hook(c: ModuleType, orig: Callable[..., Any], role: int, *helper: Any) -> Any:
+    """The C core's recording stand-in for ``orig`` (``_core_lock.c``, BlockingHook),
+    carrying its name and docs as the Python wrappers do."""
+    return functools.update_wrapper(c.BlockingHook(orig, role, *helper), orig)
 
 
 def _c_core() -> ModuleType | None:
@@ -212,11 +220,11 @@ class BlockingSource(Source):
         if on["join"]:
             patches.append(self._join_patch())
         if on["sleep"]:
-            patches.append(self._sleep_patch())
+            patches.append(self._sleep_patch(c))
         if on["sockets"]:
-            patches += self._socket_patches()
+            patches += self._socket_patches(c)
         if on["select"]:
-            patches += self._select_patches()
+            patches += self._select_patches(c)
         self._patches = patches
         self._active = True
         _owner = self
@@ -411,8 +419,10 @@ class BlockingSource(Source):
 
         return _Patch(cls, "join", join)
 
-    def _sleep_patch(self) -> _Patch:
+    def _sleep_patch(self, c: ModuleType | None) -> _Patch:
         orig_sleep = time.sleep
+        if c is not None:
+            return _Patch(time, "sleep", _c_hook(c, orig_sleep, c.HOOK_SLEEP))
         source = self
 
         @functools.wraps(orig_sleep)
@@ -427,8 +437,14 @@ class BlockingSource(Source):
 
     # sockets, select --------------------------------------------------------------------
 
-    def _socket_patches(self) -> list[_Patch]:
+    def _socket_patches(self, c: ModuleType | None) -> list[_Patch]:
         cls = socket.socket
+        if c is not None:
+            return [
+                _Patch(cls, name, _c_hook(c, getattr(cls, name), c.HOOK_SOCKET, _gettimeout))
+                for name in SOCKET_METHODS
+                if hasattr(cls, name)
+            ]
         source = self
 
         def make(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -447,10 +463,12 @@ class BlockingSource(Source):
 
         return [_Patch(cls, name, make(getattr(cls, name))) for name in SOCKET_METHODS if hasattr(cls, name)]
 
-    def _select_patches(self) -> list[_Patch]:
+    def _select_patches(self, c: ModuleType | None) -> list[_Patch]:
         source = self
         patches = []
         orig_select = select.select
+        if c is not None:
+            patches.append(_Patch(select, "select", _c_hook(c, orig_select, c.HOOK_SELECT)))
 
         @functools.wraps(orig_select)
         def select_(*args: Any, **kwargs: Any) -> Any:
@@ -463,9 +481,13 @@ class BlockingSource(Source):
                 return source._blocked(_SELECT, 0, sys._getframe(1), orig_select, args, {})
             return orig_select(*args, **kwargs)
 
-        patches.append(_Patch(select, "select", select_))
+        if c is None:
+            patches.append(_Patch(select, "select", select_))
 
         def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+            if c is not None:
+                return _c_hook(c, orig, c.HOOK_SELECTOR)  # type: ignore[no-any-return]
+
             @functools.wraps(orig)
             def select(sel: Any, *args: Any, **kwargs: Any) -> Any:
                 if source._active:

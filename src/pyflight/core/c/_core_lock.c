@@ -15,6 +15,10 @@
  *   waiter_allocate_lock, which inside a wait hook wraps it in a WaiterLock; notify
  *   releases that lock, and the release records WAKE(waiter tid, 0, CONDITION,
  *   id(cond)). notify itself is not hooked: with nobody waiting it costs nothing.
+ * - BlockingHook also stands in for time.sleep, select.select, the selectors' select
+ *   and the socket methods that block (roles HOOK_SLEEP .. HOOK_SOCKET): a call that may
+ *   block (the same tests as the pure-Python wrappers) is recorded as BLOCK(SLEEP / SELECT
+ *   / IO); one that cannot costs an argument check and the call.
  *
  * Lock blocks inside Condition.wait (re-acquiring the condition's lock after the
  * notification) are part of the CONDITION block and not recorded again (tls_in_wait).
@@ -39,8 +43,16 @@
 #define K_WAKE 32
 #define R_LOCK 1
 #define R_CONDITION 2
+#define R_SLEEP 3
+#define R_IO 5
+#define R_SELECT 6
 
-#define HOOK_CONDITION_WAIT 1
+/* BlockingHook roles: what the hook stands in for. */
+#define HOOK_CONDITION_WAIT 1 /* threading.Condition.wait(self, timeout=None) */
+#define HOOK_SLEEP 2          /* time.sleep(secs) */
+#define HOOK_SELECT 3         /* select.select(r, w, x[, timeout]) */
+#define HOOK_SELECTOR 4       /* <a selectors class>.select(self, timeout=None) */
+#define HOOK_SOCKET 5         /* socket.socket.<recv, send, accept, ...>(self, ...) */
 
 static struct {
     int active;               /* the source is installed: hooks record (when the core records) */
@@ -50,8 +62,9 @@ static struct {
     PyObject *on_fault;       /* the source's fault handler, called with the exception */
     PyObject *s_release_save, *s_acquire_restore, *s_is_owned, *s_recursion_count;
     PyObject *s_at_fork_reinit, *s_locked, *s_timeout, *s_blocking, *s_acquire, *s_release;
+    PyObject *s_loop_mark;    /* "_pyflight_loop_selector": the asyncio source's mark */
     double timeout_max;       /* _thread.TIMEOUT_MAX */
-    uint64_t stack_min_ns;    /* condition waits shorter than this are recorded without a stack */
+    uint64_t stack_min_ns;    /* blocks shorter than this are recorded without a stack */
 } L;
 
 /* Set while this thread is inside a Condition.wait hook. */
@@ -673,6 +686,7 @@ typedef struct {
     PyObject *func;       /* the original function */
     PyObject *dict;       /* __dict__: __wrapped__, __name__, ... (functools.update_wrapper) */
     vectorcallfunc vectorcall;
+    PyObject *helper;     /* HOOK_SOCKET: the socket type's gettimeout; else NULL */
     int role;
 } Hook;
 
@@ -718,19 +732,112 @@ passthrough:
     return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
 }
 
-/* BlockingHook(func, role): role 1 wraps Condition.wait (the only role). */
+/* A timeout that lets a call block: None, or an exact int/float above 0. Never raises. */
+static inline int may_block(PyObject *timeout) {
+    double d;
+    return timeout == Py_None || (exact_seconds(timeout, &d) && d > 0);
+}
+
+/* True if `sel` carries the asyncio source's mark (its loop's idle time is recorded
+ * there) or cannot be asked: such a selector's select is not recorded. Never raises. */
+static int is_loop_selector(PyObject *sel) {
+    PyObject *mark = NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    int found = PyObject_GetOptionalAttr(sel, L.s_loop_mark, &mark);
+#else
+    int found = _PyObject_LookupAttr(sel, L.s_loop_mark, &mark);
+#endif
+    if (found < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    int marked = found && mark == Py_True;
+    Py_XDECREF(mark);
+    return marked;
+}
+
+/* True if `sock`'s operations may block: its gettimeout() (h->helper) is not 0.0. A
+ * failing call means "do not record" (the original will raise). Never raises. */
+static int socket_may_block(Hook *h, PyObject *sock) {
+    PyObject *timeout = PyObject_CallOneArg(h->helper, sock);
+    if (!timeout) {
+        PyErr_Clear();
+        return 0;
+    }
+    int blocks = !(PyFloat_CheckExact(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0);
+    Py_DECREF(timeout);
+    return blocks;
+}
+
+/* time.sleep, select.select, a selector's select or a socket method: the original,
+ * inside BLOCK_BEGIN/END(reason, obj) when the call may block (the same tests as the
+ * pure-Python wrappers of sources/blocking.py: a positive or no timeout, a socket whose
+ * timeout is not 0, a selector without the loop mark). BLOCK_BEGIN is written when the
+ * call returns, with the stack only if it lasted L.stack_min_ns (see hook_wait).
+ * Arguments, result and exceptions are the original's. */
+static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    uint64_t reason;
+    PyObject *obj = NULL, *timeout = NULL;
+    if (!recording()) goto passthrough;
+    switch (h->role) {
+    case HOOK_SLEEP:
+        if (nargs != 1 || kwnames || Py_IsNone(args[0]) || !may_block(args[0])) goto passthrough;
+        reason = R_SLEEP;
+        break;
+    case HOOK_SELECT:
+        if (kwnames || nargs < 3 || nargs > 4 || (nargs == 4 && !may_block(args[3]))) goto passthrough;
+        reason = R_SELECT;
+        break;
+    case HOOK_SELECTOR:
+        if (nargs < 1 || nargs > 2) goto passthrough;
+        if (nargs == 2) timeout = args[1];
+        if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
+            goto passthrough;
+        if ((timeout && !may_block(timeout)) || is_loop_selector(args[0])) goto passthrough;
+        reason = R_SELECT;
+        obj = args[0];
+        break;
+    case HOOK_SOCKET:
+        if (nargs < 1 || !socket_may_block(h, args[0])) goto passthrough;
+        reason = R_IO;
+        obj = args[0];
+        break;
+    default:
+        goto passthrough;
+    }
+    PyflPending begin = {.tid = my_tid(), .vals = {reason, (uint64_t)(uintptr_t)obj, 0, 0},
+                         .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
+    pyfl_pending_begin(&begin);
+    PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+    SavedExc saved;
+    exc_save(&saved);
+    pyfl_pending_end(&begin, L.stack_min_ns);
+    exc_restore(&saved);
+    if (recording()) record_block_end(reason, obj, 0);
+    return r;
+
+passthrough:
+    return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+}
+
+/* BlockingHook(func, role, helper=None): a replacement for `func` recording its blocking
+ * (the HOOK_* roles above); HOOK_SOCKET needs the socket type's gettimeout as helper. */
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *func;
+    PyObject *func, *helper = Py_None;
     int role;
-    if (!PyArg_ParseTuple(args, "Oi:BlockingHook", &func, &role)) return NULL;
+    if (!PyArg_ParseTuple(args, "Oi|O:BlockingHook", &func, &role, &helper)) return NULL;
     if (!PyCallable_Check(func)) return PyErr_Format(PyExc_TypeError, "BlockingHook() needs a callable");
-    if (role != HOOK_CONDITION_WAIT)
+    if (role < HOOK_CONDITION_WAIT || role > HOOK_SOCKET)
         return PyErr_Format(PyExc_ValueError, "unknown BlockingHook role %d", role);
+    if (role == HOOK_SOCKET && !PyCallable_Check(helper))
+        return PyErr_Format(PyExc_TypeError, "a socket BlockingHook needs the socket's gettimeout");
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) return NULL;
     h->func = Py_NewRef(func);
+    h->helper = role == HOOK_SOCKET ? Py_NewRef(helper) : NULL;
     h->role = role;
-    h->vectorcall = (vectorcallfunc)hook_wait;
+    h->vectorcall = role == HOOK_CONDITION_WAIT ? (vectorcallfunc)hook_wait : (vectorcallfunc)hook_call;
     return (PyObject *)h;
 }
 
@@ -738,6 +845,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
     Py_VISIT(h->func);
     Py_VISIT(h->dict);
+    Py_VISIT(h->helper);
     return 0;
 }
 
@@ -745,6 +853,7 @@ static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 static int hook_clear(Hook *h) {
     Py_CLEAR(h->func);
     Py_CLEAR(h->dict);
+    Py_CLEAR(h->helper);
     return 0;
 }
 
@@ -776,7 +885,7 @@ static PyGetSetDef hook_getset[] = {
 static PyTypeObject HookType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pyflight._core.BlockingHook",
-    .tp_doc = "BlockingHook(func, role): a Condition method that records blocking (pyflight).",
+    .tp_doc = "BlockingHook(func, role, helper=None): a blocking call that records its blocks (pyflight).",
     .tp_basicsize = sizeof(Hook),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_new = hook_new,
@@ -795,8 +904,8 @@ static PyTypeObject HookType = {
 /* ------------------------------------------------------------------ control */
 
 /* _blocking_setup(rlock_factory, on_fault, stack_min_ns=0): what TracedRLock() calls to
- * make its inner lock, the fault handler (None for none), and how long a condition wait
- * must last for its BLOCK_BEGIN to carry a stack. */
+ * make its inner lock, the fault handler (None for none), and how long a hooked wait or
+ * call must last for its BLOCK_BEGIN to carry a stack. */
 static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
     PyObject *factory, *handler;
     unsigned long long stack_min_ns = 0;
@@ -841,7 +950,7 @@ int pyfl_lock_init(PyObject *mod) {
         || intern(&L.s_is_owned, "_is_owned") < 0 || intern(&L.s_recursion_count, "_recursion_count") < 0
         || intern(&L.s_at_fork_reinit, "_at_fork_reinit") < 0 || intern(&L.s_locked, "locked") < 0
         || intern(&L.s_timeout, "timeout") < 0 || intern(&L.s_blocking, "blocking") < 0 || intern(&L.s_acquire, "acquire") < 0
-        || intern(&L.s_release, "release") < 0)
+        || intern(&L.s_release, "release") < 0 || intern(&L.s_loop_mark, "_pyflight_loop_selector") < 0)
         return -1;
     if (!L.allocate_lock) {
         PyObject *thread = PyImport_ImportModule("_thread");
@@ -870,6 +979,10 @@ int pyfl_lock_init(PyObject *mod) {
     Py_DECREF(constants);
     if (added < 0) return -1;
     if (PyModule_AddIntConstant(mod, "HOOK_CONDITION_WAIT", HOOK_CONDITION_WAIT) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_SLEEP", HOOK_SLEEP) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_SELECT", HOOK_SELECT) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_SELECTOR", HOOK_SELECTOR) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_SOCKET", HOOK_SOCKET) < 0
         || PyModule_AddObjectRef(mod, "TracedLock", (PyObject *)&TracedLockType) < 0
         || PyModule_AddObjectRef(mod, "TracedRLock", (PyObject *)&TracedRLockType) < 0
         || PyModule_AddObjectRef(mod, "BlockingHook", (PyObject *)&HookType) < 0)
