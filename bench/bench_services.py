@@ -100,6 +100,7 @@ class Mode:
     name: str
     recorder_args: list[str] | None = None  # None: no recorder
     peer: str | None = None  # "py-spy" or "ddtrace"
+    src: str | None = None  # another build's source tree (its C core built in place)
 
 
 @dataclass
@@ -253,7 +254,8 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
     port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="pyflight-bench-"))
     out = tmp / "server.pyfl"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent / "src")]))
+    src = mode.src or str(HERE.parent / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src]))
     prefix = [sys.executable]
     if mode.recorder_args is not None:
         prefix += ["-m", "pyflight", "run", "-o", str(out), *mode.recorder_args]
@@ -382,7 +384,8 @@ def main() -> int:
         default=[],
         metavar="NAME=ARGS",
         help="also the recorder with these `pyflight run` arguments, e.g. "
-        "'no sockets=--source-option blocking.sockets=false' (repeatable)",
+        "'no sockets=--source-option blocking.sockets=false'; ARGS starting with @DIR "
+        "run another build's source tree, e.g. 'before=@/tmp/before/src' (repeatable)",
     )
     parser.add_argument("--no-default", action="store_true", help="leave out the default recorder")
     parser.add_argument("--own-load", action="store_true", help="the built-in load generator, not wrk")
@@ -396,7 +399,9 @@ def main() -> int:
         name, sep, rest = spec.partition("=")
         if not sep or not name:
             parser.error(f"--mode wants NAME=ARGS, not {spec!r}")
-        modes.append(Mode(name, rest.split()))
+        words = rest.split()
+        src = words.pop(0)[1:] if words and words[0].startswith("@") else None
+        modes.append(Mode(name, words, src=src))
     if args.ablation:
         sys.path.insert(0, str(HERE.parent / "src"))
         from pyflight.sources import default_source_names
