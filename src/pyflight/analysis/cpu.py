@@ -11,7 +11,10 @@ since its previous sample (its kernel CPU clock), so:
 * a thread's CPU is the sum of its measured deltas: totals match the kernel's;
 * a delta is charged to the sample's stack if the thread was not blocked in a traced
   call then, else to its sample nearest in time that found it running (a thread seen
-  blocked at ``with lock:`` used its CPU elsewhere: where it was seen running);
+  blocked at ``with lock:`` used its CPU elsewhere: where it was seen running); a thread
+  never found running (in a lock convoy on one CPU the sampler may only ever catch it
+  waiting) is charged where another thread in the same function was found running at
+  the nearest time: a worker pool's threads run the same code;
 * the part of the time between two samples that a thread neither blocked nor spent on a
   CPU, while other threads of the process were on one, is a wait for the GIL: READY in
   the thread's timeline (the ``ready`` column of the thread table).
@@ -64,7 +67,7 @@ def _on_cpu_unmeasured(s: Sample) -> bool:
 def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
     """Each program sample that CPU is charged to, with the CPU ns charged (> 0)."""
     interval = model.sampling_interval_ns or DEFAULT_INTERVAL_NS
-    out: list[tuple[Sample, int]] = []
+    threads: list[tuple[list[Sample], list[int], list[Sample]]] = []
     for samples in program_samples(model).values():
         charged: list[Sample] = []
         ns: list[int] = []
@@ -84,29 +87,64 @@ def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
             else:
                 charged.append(s)
                 ns.append(s.cpu)
-        _charge_where_running(off, charged, ns)
-        out.extend((s, n) for s, n in zip(charged, ns, strict=True) if n > 0)
+        threads.append((charged, ns, off))
+    never_running = [
+        s for charged, ns, off in threads if not _charge_where_running(off, charged, ns) for s in off if s.cpu
+    ]
+    out = [(s, n) for charged, ns, _ in threads for s, n in zip(charged, ns, strict=True) if n > 0]
+    out.extend(_charge_like_siblings(never_running, out))
     return out
 
 
-def _charge_where_running(off: list[Sample], charged: list[Sample], ns: list[int]) -> None:
+def _is_running(s: Sample) -> bool:
+    return bool(s.span) and s.state not in _OFF_CPU
+
+
+def _nearest(times: list[int], t: int) -> int:
+    j = bisect_left(times, t)
+    if j == len(times) or (j > 0 and t - times[j - 1] <= times[j] - t):
+        j -= 1
+    return j
+
+
+def _charge_where_running(off: list[Sample], charged: list[Sample], ns: list[int]) -> bool:
     """Charge the CPU of samples taken while the thread was blocked (a lock, the GIL after
     a wake-up) to its sample nearest in time that found it running: the stack a blocked
-    thread shows is where it waits, not where it used the CPU. A thread never found
-    running keeps its CPU where it was seen."""
-    running = [i for i, s in enumerate(charged) if s.span and s.state not in _OFF_CPU]
+    thread shows is where it waits, not where it used the CPU. False (nothing charged)
+    if the thread was never found running."""
+    running = [i for i, s in enumerate(charged) if _is_running(s)]
     if not running:
-        for s in off:
-            if s.cpu:
-                charged.append(s)
-                ns.append(s.cpu)
-        return
+        return False
     times = [charged[i].time for i in running]
     for s in off:
-        j = bisect_left(times, s.time)
-        if j == len(times) or (j > 0 and s.time - times[j - 1] <= times[j] - s.time):
-            j -= 1
-        ns[running[j]] += s.cpu
+        ns[running[_nearest(times, s.time)]] += s.cpu
+    return True
+
+
+def _charge_like_siblings(
+    blocked: list[Sample], charged: list[tuple[Sample, int]]
+) -> list[tuple[Sample, int]]:
+    """The CPU of threads never found running, each delta charged (still to its own
+    thread) to the stack of the running sample nearest in time of another thread whose
+    innermost frame is in the same function; with none, where the thread was seen."""
+    by_function: dict[tuple[str, str], list[Sample]] = {}
+    for s, _ in charged:
+        if s.stack and _is_running(s):
+            by_function.setdefault((s.stack[0].file, s.stack[0].function), []).append(s)
+    times: dict[tuple[str, str], list[int]] = {}
+    for key, found in by_function.items():
+        found.sort(key=lambda s: s.time)
+        times[key] = [x.time for x in found]
+    out = []
+    for s in blocked:
+        key = (s.stack[0].file, s.stack[0].function) if s.stack else ("", "")
+        siblings = by_function.get(key)
+        if not siblings:
+            out.append((s, s.cpu))
+            continue
+        like = siblings[_nearest(times[key], s.time)]
+        out.append((s._replace(stack=like.stack, state=like.state, reason=like.reason), s.cpu))
+    return out
 
 
 def _ticks(samples: Iterable[Sample]) -> list[list[Sample]]:

@@ -1,0 +1,63 @@
+"""CPU charged where threads ran (analysis/cpu.py), on hand-made samples: the cases a
+recorded program hits only now and then (a thread the sampler never catches running)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from pyflight.analysis.cpu import cpu_samples
+from pyflight.analysis.model import Sample, State
+from pyflight.core.events import BlockReason, ThreadState
+from pyflight.format.reader import Frame
+
+MS = 1_000_000
+LOCK_LINE = Frame("worker", "app.py", 19)
+HASH_LINE = Frame("worker", "app.py", 21)
+ELSEWHERE = Frame("poll", "other.py", 7)
+
+
+def _sample(t_ms: int, tid: int, frame: Frame, running: bool, cpu_ms: int) -> Sample:
+    return Sample(
+        time=t_ms * MS,
+        tid=tid,
+        task=0,
+        stack=(frame, Frame("run", "threading.py", 1)),
+        os_state=ThreadState.RUNNING if running else ThreadState.SLEEPING,
+        state=State.RUNNING if running else State.BLOCKED,
+        reason=None if running else BlockReason.LOCK,
+        cpu=cpu_ms * MS,
+        span=10 * MS,
+    )
+
+
+def _model(samples: list[Sample]) -> SimpleNamespace:
+    threads = {s.tid: SimpleNamespace(is_pyflight=False) for s in samples}
+    return SimpleNamespace(samples=samples, threads=threads, sampling_interval_ns=10 * MS)
+
+
+def _by_thread_and_line(charged: list[tuple[Sample, int]]) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    for s, ns in charged:
+        key = (s.tid, s.stack[0].line)
+        out[key] = out.get(key, 0) + ns // MS
+    return out
+
+
+def test_a_thread_seen_blocked_is_charged_where_it_was_seen_running() -> None:
+    samples = [_sample(10, 1, HASH_LINE, True, 4), _sample(20, 1, LOCK_LINE, False, 3)]
+    assert _by_thread_and_line(cpu_samples(_model(samples))) == {(1, 21): 7}  # type: ignore[arg-type]
+
+
+def test_a_thread_never_seen_running_is_charged_like_its_siblings_but_stays_its_own() -> None:
+    """In a lock convoy on one CPU the sampler can find one worker waiting at `with lock:`
+    every time: its CPU goes to the line where the other workers in the same function
+    ran (nearest in time), still counted for its own thread, not to the lock line."""
+    samples = [
+        _sample(10, 1, HASH_LINE, True, 5),
+        _sample(20, 1, HASH_LINE, True, 5),
+        _sample(11, 2, LOCK_LINE, False, 4),
+        _sample(21, 2, LOCK_LINE, False, 4),
+        _sample(12, 3, ELSEWHERE, False, 2),  # no sibling in its function: kept where seen
+    ]
+    charged = _by_thread_and_line(cpu_samples(_model(samples)))  # type: ignore[arg-type]
+    assert charged == {(1, 21): 10, (2, 21): 8, (3, 7): 2}
