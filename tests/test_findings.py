@@ -107,6 +107,16 @@ def test_planted_problem_is_the_top_finding(program: str, recorded: dict[str, Pa
     # the rule's headline number is backed by evidence
     assert any(k.endswith("_ns") and isinstance(v, int) and v > 0 for k, v in finding.evidence.items()), text
     assert [f.score for f in findings] == sorted((f.score for f in findings), reverse=True)
+    # and by the moments it came from: stretches of this trace a user can go and look at
+    model = build(loads(recorded[program].read_bytes()))
+    span_s = (model.end - model.start) / SECOND_NS
+    assert finding.moments, f"{finding.rule} lists no moments"
+    assert [m.at_s for m in finding.moments] == sorted(m.at_s for m in finding.moments)
+    for moment in finding.moments:
+        assert 0 <= moment.at_s <= span_s + 0.001 and moment.at_s * SECOND_NS + moment.duration_ns <= (
+            span_s * SECOND_NS + 1_000_000
+        ), (moment, span_s)
+        assert moment.thread and moment.what, moment
 
 
 def test_warning_level_where_the_problem_is_severe(recorded: dict[str, Path]) -> None:

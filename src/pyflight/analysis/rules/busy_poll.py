@@ -14,9 +14,9 @@ import statistics
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pyflight.analysis.queries import thread_name
+from pyflight.analysis.queries import seconds_since_start, thread_name
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
 
@@ -98,6 +98,15 @@ def rule_busy_poll(model: Model) -> list[Finding]:
                     "ready again at once, so the event loop never sleeps"
                 ),
                 culprit=Culprit.of(frame),
+                moments=[
+                    Moment(
+                        seconds_since_start(model, start),
+                        span,
+                        thread_name(model, task.thread),
+                        task.name or who,
+                        f"{len(steps):,} steps, the loop idle {100 * idle:.0f}% of the time",
+                    )
+                ],
                 evidence={
                     "task": task.name,
                     "coroutine": task.coro,

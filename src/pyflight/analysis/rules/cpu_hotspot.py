@@ -9,9 +9,10 @@ from pyflight.analysis.rules.base import Rule
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Model, Sample
 from pyflight.analysis.frames import by_function, is_library
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.queries import interval_ns, seconds_since_start, thread_name
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of, stretches
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -21,11 +22,13 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
 
     total = 0
     self_w: dict[Frame, float] = defaultdict(float)
+    charged = []
     for sample, ns in cpu_samples(model):  # measured CPU, charged where the thread ran
         total += ns
         frame = next((f for f in sample.stack if not is_library(f)), None)
         if frame is not None:
             self_w[frame] += ns
+            charged.append((sample, ns, frame))
     if total <= 0:
         return []
     frame, weight = by_function(self_w)
@@ -54,6 +57,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
                 f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of all CPU)"
             ),
             culprit=Culprit.of(frame),
+            moments=_moments(model, charged, frame),
             evidence={
                 "cpu_ns": int(weight),
                 "cpu_share": round(cpu_share, 4),
@@ -68,6 +72,28 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             ),
         )
     ]
+
+
+def _moments(model: Model, charged: list[tuple[Sample, int, Frame]], hot: Frame) -> list[Moment]:
+    """The sampled stretches in which threads used CPU in the hot function."""
+    interval = interval_ns(model)
+    pieces = [
+        (s.tid, max(model.start, s.time - (s.span or interval)), s.time, ns)
+        for s, ns, frame in charged
+        if (frame.function, frame.file) == (hot.function, hot.file)
+    ]
+    return moments_of(
+        [
+            Moment(
+                seconds_since_start(model, start),
+                end - start,
+                thread_name(model, tid),
+                "",
+                f"used {fmt_ns(cpu)} of CPU in {hot.function}",
+            )
+            for tid, start, end, cpu in stretches(pieces, interval // 2)
+        ]
+    )
 
 
 RULE = Rule("cpu-hotspot", ("cpu-hotspot",), rule_cpu_hotspot)

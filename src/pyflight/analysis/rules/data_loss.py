@@ -10,7 +10,8 @@ from pyflight.core.events import Kind
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.rules.finding import Finding
+from pyflight.analysis.queries import seconds_since_start, thread_name
+from pyflight.analysis.rules.finding import MAX_MOMENTS, Finding, Moment
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 
 
@@ -20,6 +21,7 @@ def rule_data_loss(model: Model) -> list[Finding]:
     sources: Counter[str] = Counter()
     disabled: list[str] = []
     reasons: list[str] = []
+    moments: list[Moment] = []
     for event in model.data_loss:
         if event.kind == Kind.DATA_LOSS:
             n = int(event.arg("events", 0) or 0)
@@ -28,8 +30,21 @@ def rule_data_loss(model: Model) -> list[Finding]:
             reason = str(event.arg("reason", "") or "")
             if reason and reason not in reasons:
                 reasons.append(reason)
+            what = f"{n} event(s) of {event.arg('source', '?')} lost" + (f": {reason}" if reason else "")
+            moments.append(
+                Moment(seconds_since_start(model, event.time), 0, thread_name(model, event.thread), "", what)
+            )
         elif event.kind == Kind.SOURCE_DISABLED:
             disabled.append(f"{event.arg('source', '?')}: {event.arg('reason', '')}")
+            moments.append(
+                Moment(
+                    seconds_since_start(model, event.time),
+                    0,
+                    thread_name(model, event.thread),
+                    "",
+                    f"source {event.arg('source', '?')} disabled: {event.arg('reason', '')}",
+                )
+            )
     bytes_lost = int(getattr(trace, "bytes_lost", 0) or 0)
     warnings = list(getattr(trace, "warnings", []) or [])
     if not (lost_events or disabled or bytes_lost or warnings or sources):
@@ -60,6 +75,8 @@ def rule_data_loss(model: Model) -> list[Finding]:
             score=score,
             title="Recording incomplete: " + ", ".join(parts),
             culprit=None,
+            # the first ones (each moment is an instant: where coverage began to be lost)
+            moments=sorted(moments, key=lambda m: m.at_s)[:MAX_MOMENTS],
             evidence={
                 "lost_events": lost_events,
                 "lost_share": round(lost_share, 4),

@@ -93,3 +93,20 @@ class Finding:
 
 def severity(score: int) -> str:
     return "warning" if score >= WARNING else "info" if score >= INFO else "ok"
+
+
+def stretches(pieces: list[tuple[int, int, int, int]], gap_ns: int) -> list[tuple[int, int, int, int]]:
+    """``(thread, start, end, weight)`` pieces (sampled stretches of one thread) merged per
+    thread where one starts within ``gap_ns`` of the previous one's end, weights summed:
+    the runs of samples a moment stands for, not one moment per sample."""
+    out: list[tuple[int, int, int, int]] = []
+    last: dict[int, int] = {}  # thread -> index of its open stretch in out
+    for tid, start, end, weight in sorted(pieces, key=lambda p: (p[1], p[0])):
+        i = last.get(tid)
+        if i is not None and start - out[i][2] <= gap_ns:
+            _, a, b, w = out[i]
+            out[i] = (tid, a, max(b, end), w + weight)
+        else:
+            last[tid] = len(out)
+            out.append((tid, start, end, weight))
+    return out

@@ -132,6 +132,18 @@ def _asyncio_lock_contention(model: Model) -> list[Finding]:
                 score=score,
                 title=title,
                 culprit=Culprit.of(where),
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, iv.start),
+                            iv.end - iv.start,
+                            thread_name(model, t.thread),
+                            task_label_of(t),
+                            f"waited in {iv.detail or 'asyncio.Lock.acquire'}",
+                        )
+                        for t, iv in waits
+                    ]
+                ),
                 evidence={
                     "lock": obj,
                     "kind": kind,

@@ -15,9 +15,10 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import LoopTimeline, Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import Spans, interval_ns, thread_name
+from pyflight.analysis.queries import Spans, interval_ns, seconds_since_start, thread_name
 from pyflight.analysis.rules._loop import long_steps, loop_life
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules._waits import task_label_of
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, quantile
 
@@ -92,6 +93,30 @@ def rule_loop_starved(model: Model) -> list[Finding]:
                 "work to other processes."
             )
         score = clamp_score(ramp(late / MS, [(5, 20), (20, 45), (50, 65), (100, 80), (500, 92)]))
+        loop_thread = thread_name(model, loop.tid)
+        late_ones = [
+            Moment(
+                seconds_since_start(model, t - lag),
+                lag,
+                loop_thread,
+                "",
+                f"the loop woke up {fmt_ns(lag)} late",
+            )
+            for t, lag in loop.lag
+            if lag >= 5 * MS and outside(t - lag, t)
+        ] + [
+            Moment(
+                seconds_since_start(model, start),
+                d,
+                loop_thread,
+                task_label_of(task),
+                f"ready, waited {fmt_ns(d)} for the loop",
+            )
+            for task in model.all_tasks()
+            if task.thread == loop.tid
+            for start, d in _ready_delays(task)
+            if d >= 5 * MS and outside(start, start + d)
+        ]
         where = f" ({culprit.function})" if culprit else ""
         out.append(
             Finding(
@@ -101,6 +126,7 @@ def rule_loop_starved(model: Model) -> list[Finding]:
                     f"Event loop starved: wake-ups late by {fmt_ns(late)} with no long step, {cause}{where}"
                 ),
                 culprit=Culprit.of(culprit),
+                moments=moments_of(late_ones),
                 evidence={
                     "loop": loop.loop,
                     "thread": thread_name(model, loop.tid),

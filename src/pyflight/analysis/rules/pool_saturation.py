@@ -16,9 +16,16 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import Spans, interval_ns, samples_by_thread, seconds_since_start, user_threads
+from pyflight.analysis.queries import (
+    Spans,
+    interval_ns,
+    samples_by_thread,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules._waits import blocked_waits, overlap_ns
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, pct, quantile
 
@@ -198,6 +205,22 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
                     "longest_wait_at_s": longest_at,
                     "worker_states": states,
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, job.queued),
+                            (job.begin if job.begin is not None else model.end) - job.queued,
+                            thread_name(model, job.submitter) if job.submitter else "",
+                            model.user_tasks[job.task].name if job.task in model.user_tasks else "",
+                            f"{job.function or 'a job'} waited in the pool's queue"
+                            + ("" if job.begin is not None else " (still at the end)"),
+                        )
+                        for job in jobs
+                        if job.queued is not None
+                        and not job.clipped
+                        and (job.begin is not None or job.state == "queued")
+                    ]
+                ),
                 hint=(
                     f"Every worker was busy running {label}, so new jobs queued behind them "
                     f"(p90 wait {fmt_ns(p90)}, median run {fmt_ns(median_run)}).{doing} " + _POOL_HINT

@@ -32,7 +32,7 @@ from pyflight.analysis.rules._waits import (
     wait_site,
     wakers,
 )
-from pyflight.analysis.rules.finding import INFO, Culprit, Finding
+from pyflight.analysis.rules.finding import INFO, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -97,6 +97,18 @@ def rule_queue(model: Model) -> list[Finding]:
             "other_side_busy_in": str(Culprit.of(other_frame)) if other_frame else None,
             "other_side_busy_ns": sum(busy.values()) * interval,
         }
+        moments = moments_of(
+            [
+                Moment(
+                    seconds_since_start(model, iv.start),
+                    iv.end - iv.start,
+                    thread_name(model, t.tid),
+                    "",
+                    f"waited in Queue.{side}",
+                )
+                for t, iv in waits
+            ]
+        )
         if side == "put":
             culprit = other_frame or where
             score = clamp_score(ramp(share, _BACKLOG_RAMP))
@@ -108,6 +120,7 @@ def rule_queue(model: Model) -> list[Finding]:
                     title=f"Producers blocked on a full queue for {fmt_ns(total)} ({pct(share)}){slow}",
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
+                    moments=moments,
                     hint=(
                         "The queue is full: consumers do not keep up. Make the consumer faster "
                         "(see the culprit), add consumers, or accept a bigger maxsize if bursts "
@@ -131,6 +144,7 @@ def rule_queue(model: Model) -> list[Finding]:
                     ),
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
+                    moments=moments,
                     hint=(
                         "Consumers wait for work most of the time: the producer side is the "
                         "bottleneck (see the culprit), or there are more consumers than needed."
@@ -232,6 +246,18 @@ def _asyncio_queue(model: Model) -> list[Finding]:
             "other_side_awaiting_ns": other_waiting_ns,
         }
         culprit = other_frame or where
+        moments = moments_of(
+            [
+                Moment(
+                    seconds_since_start(model, iv.start),
+                    iv.end - iv.start,
+                    thread_name(model, task.thread),
+                    task_label_of(task),
+                    f"waited in asyncio.Queue.{side}",
+                )
+                for task, iv in waits
+            ]
+        )
         if side == "put":
             score = clamp_score(ramp(share, _BACKLOG_RAMP))
             slow = f": consumers busy in {other_frame.function}" if other_frame else ""
@@ -245,6 +271,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                     ),
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
+                    moments=moments,
                     hint=(
                         "The asyncio.Queue is full: its consumer tasks do not keep up. Make the "
                         "consumer faster (see the culprit), start more consumer tasks, or accept a "
@@ -270,6 +297,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                     ),
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
+                    moments=moments,
                     hint=(
                         "Consumer tasks wait for work most of the time: the producer side is the "
                         "bottleneck (see the culprit), or there are more consumers than needed."

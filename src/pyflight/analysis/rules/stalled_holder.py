@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
-from pyflight.analysis.queries import thread_name, user_threads
+from pyflight.analysis.queries import seconds_since_start, thread_name, user_threads
 from pyflight.analysis.rules.base import Rule
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
@@ -84,6 +84,7 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
         victims: Counter[int] = Counter()
         where: dict[Frame, float] = defaultdict(float)
         objs: Counter[int] = Counter()
+        moments: list[Moment] = []
         for iv in thread.intervals:
             duration = iv.end - iv.start
             if iv.state is not State.BLOCKED or iv.reason not in _STALLS or duration < MIN_STALL:
@@ -103,6 +104,16 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
             if waited < duration:  # fewer than one peer-stall's worth of waiting
                 continue
             stalls += 1
+            moments.append(
+                Moment(
+                    seconds_since_start(model, iv.start),
+                    duration,
+                    thread_name(model, thread.tid),
+                    "",
+                    f"stalled ({iv.reason.name.lower() if iv.reason is not None else 'blocked'}) "
+                    f"while others waited {fmt_ns(waited)} for the item",
+                )
+            )
             worst = max(worst, duration)
             caused += waited
             objs[obj] += 1
@@ -131,6 +142,7 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
                     "waiting"
                 ),
                 culprit=Culprit.of(culprit),
+                moments=moments_of(moments),
                 evidence={
                     "thread": name,
                     "stalls": stalls,

@@ -13,8 +13,15 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 from pyflight.analysis.frames import by_function, is_library
-from pyflight.analysis.queries import interval_ns, lifetime, samples_by_thread, user_threads
-from pyflight.analysis.rules.finding import Culprit, Finding
+from pyflight.analysis.queries import (
+    interval_ns,
+    lifetime,
+    samples_by_thread,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
+from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of, stretches
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns
 
@@ -26,6 +33,7 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
     off_cpu = (ThreadState.SLEEPING, ThreadState.DISK)
     weights: dict[Frame, float] = defaultdict(float)
     per_thread: Counter[int] = Counter()
+    seen: list[tuple[int, int, Frame]] = []  # (thread, time, where) of each sample counted
     for thread in user_threads(model):
         for sample in samples_by_thread(model).get(thread.tid, ()):
             if sample.os_state not in off_cpu or sample.state is not State.RUNNING or not sample.stack:
@@ -35,6 +43,7 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                 continue
             weights[innermost] += interval
             per_thread[thread.tid] += 1
+            seen.append((thread.tid, sample.time, innermost))
     frame, frame_ns = by_function(weights)
     if frame is None or frame_ns < 100 * MS:
         return []
@@ -51,6 +60,25 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                 "(an untraced lock, the GIL or a C call)"
             ),
             culprit=Culprit.of(frame),
+            moments=moments_of(
+                [
+                    Moment(
+                        seconds_since_start(model, start),
+                        end - start,
+                        thread_name(model, tid),
+                        "",
+                        f"found off-CPU in {frame.function} {n // interval} time(s), in no traced call",
+                    )
+                    for tid, start, end, n in stretches(
+                        [
+                            (tid, max(model.start, t - interval), t, interval)
+                            for tid, t, where in seen
+                            if (where.function, where.file) == (frame.function, frame.file)
+                        ],
+                        interval // 2,
+                    )
+                ]
+            ),
             evidence={
                 "wait_ns": int(frame_ns),
                 "wait_share": round(share, 4),
