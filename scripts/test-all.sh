@@ -68,6 +68,19 @@ install_chromium() {
 }
 install_chromium
 
+# speedscope's app (npm package) for tests/test_export_tools.py, into .tools/ once per
+# checkout; the tests skip, saying why, without npm or the registry. PYFLIGHT_INSTALL_SPEEDSCOPE=0 skips.
+install_speedscope() {
+    [ -f .tools/node_modules/speedscope/dist/release/index.html ] && return 0
+    [ "${PYFLIGHT_INSTALL_SPEEDSCOPE:-1}" = 0 ] && return 0
+    command -v npm >/dev/null 2>&1 || { echo "=== no npm: the speedscope tests will skip"; return 0; }
+    echo "=== installing speedscope for the export tests (npm install speedscope into .tools/)"
+    timeout 300 npm install --no-save --no-package-lock --no-audit --no-fund --silent --prefix .tools speedscope \
+        </dev/null >/dev/null 2>&1 || echo "=== speedscope could not be installed: its tests will skip"
+    return 0
+}
+install_speedscope
+
 found=0
 linted=0
 for v in $VERSIONS; do

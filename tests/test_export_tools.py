@@ -119,6 +119,7 @@ def _speedscope_app() -> Path:
     candidates = []
     if os.environ.get("PYFLIGHT_SPEEDSCOPE"):
         candidates.append(Path(os.environ["PYFLIGHT_SPEEDSCOPE"]))
+    candidates.append(HERE.parent / ".tools" / "node_modules" / "speedscope")  # make test installs it there
     candidates.append(HERE.parent / "node_modules" / "speedscope")
     npm = shutil.which("npm")
     if npm is not None:
@@ -130,8 +131,8 @@ def _speedscope_app() -> Path:
         if app.exists():
             return app
     pytest.skip(
-        "speedscope: its npm package is not installed (npm install speedscope in the repository, "
-        "or set PYFLIGHT_SPEEDSCOPE to its package directory)"
+        "speedscope: its npm package is not installed (`make test` installs it into .tools/ when npm "
+        "can reach the registry; or set PYFLIGHT_SPEEDSCOPE to its package directory)"
     )
 
 
@@ -188,6 +189,9 @@ def test_speedscope_imports_the_chrome_json_as_a_trace_event_file(
         while "lock_contention.py" not in page.inner_text("body") and time.monotonic() < deadline:
             page.wait_for_timeout(200)
         assert "lock_contention.py" in page.inner_text("body"), page.inner_text("body")[:2000]
+        # each thread's profile is named after the process and the thread (the samples
+        # carry the pid speedscope groups them by: no "pid NaN")
+        assert "NaN" not in page.inner_text("body") and "(pid " in page.inner_text("body")
         assert not page.errors, page.errors
     finally:
         page.close()

@@ -71,7 +71,7 @@ def export_chrome(trace: Trace, profile: str | None = None) -> bytes:
         model = build_model(trace)
         tl = build_timeline(model)
         events = _timeline_events(tl, trace.start_ns)
-        stack_frames, samples = _samples(model)
+        stack_frames, samples = _samples(model, tl.pid)
         other = {k: v for k, v in trace.meta.items() if k in ("pyflight.version", "python", "pid", "reason")}
         # {"traceEvents": [...], "displayTimeUnit": "ns", "stackFrames": {...},
         #  "samples": [...], "otherData": {...}}
@@ -185,10 +185,12 @@ def _async_events(
         append(f'{common},"ph":"b","ts":{us(time - t0)},"args":{b_args}}}')
 
 
-def _samples(model: Model) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def _samples(model: Model, pid: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``stackFrames`` (keyed by id, each with its parent (outer) frame) and ``samples``:
-    {"cpu": 0, "tid", "ts", "name": "sample", "sf", "weight"}: the model's samples (the
-    program's frames), each weighing the model's sampling interval."""
+    {"cpu": 0, "pid", "tid", "ts", "name": "sample", "sf", "weight"}: the model's samples
+    (the program's frames), each weighing the model's sampling interval. ``pid`` is not
+    in Chrome's sample format, but speedscope names a thread's profile by it ("pid NaN"
+    without); catapult ignores it."""
     frames: dict[tuple[Frame, ...], str] = {}
     stack_frames: dict[str, dict[str, Any]] = {}
 
@@ -203,9 +205,10 @@ def _samples(model: Model) -> tuple[dict[str, dict[str, Any]], list[str]]:
         return fid
 
     weight = _json(model.sampling_interval_ns or DEFAULT_INTERVAL_NS)
+    pid_json = _json(pid)
     t0 = model.trace.start_ns
     samples = [
-        f'{{"cpu":0,"tid":{_json(smp.tid)},"ts":{_us(smp.time - t0)},"name":"sample",'
+        f'{{"cpu":0,"pid":{pid_json},"tid":{_json(smp.tid)},"ts":{_us(smp.time - t0)},"name":"sample",'
         f'"sf":{_json(frame_id(tuple(reversed(smp.stack))))},"weight":{weight}}}'
         for smp in model.samples
         if smp.stack
