@@ -13,7 +13,7 @@ Ablation: a tool ``pyflight:gc+threads`` runs the recorder with only those sourc
 of the core and the recorder's own threads). ``pyflight@DIR`` imports pyflight from
 DIR (e.g. an older build's ``src``), to compare two builds in one interleaved run.
 Scale rows (not run by default): ``--workloads handoffs_1,handoffs_8,handoffs_64,
-tasks_100,tasks_10000``.
+tasks_100,tasks_10000``; database queries (the ``dbapi`` source): ``--workloads sqlite_queries``.
 """
 
 from __future__ import annotations
@@ -162,6 +162,24 @@ def live_tasks(n_idle: int) -> Callable[[], None]:
     return run
 
 
+def sqlite_queries() -> None:
+    """A page of 20 orders and each order's customer looked up one query at a time (an
+    N+1, as a lazy ORM does), 1,000 pages on an in-memory sqlite3: 21,000 small
+    queries, each recorded by the ``dbapi`` source."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT)")
+    db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER, total REAL)")
+    db.executemany("INSERT INTO customer VALUES (?, ?)", [(i, f"c{i}") for i in range(1000)])
+    db.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(i, i % 1000, i * 0.5) for i in range(20_000)])
+    for page in range(1000):
+        rows = db.execute("SELECT id, customer, total FROM orders LIMIT 20 OFFSET ?", (page * 20,)).fetchall()
+        for _order, customer, _total in rows:
+            db.execute("SELECT name FROM customer WHERE id = ?", (customer,)).fetchone()
+    db.close()
+
+
 WORKLOADS: dict[str, Callable[[], None]] = {
     "asyncio_queue": asyncio_queue,
     "thread_pipeline": thread_pipeline,
@@ -172,6 +190,7 @@ WORKLOADS: dict[str, Callable[[], None]] = {
     "handoffs_64": thread_handoffs(64),
     "tasks_100": live_tasks(100),
     "tasks_10000": live_tasks(10_000),
+    "sqlite_queries": sqlite_queries,
 }
 DEFAULT_WORKLOADS = ("asyncio_queue", "thread_pipeline", "cpu_bound", "gc_heavy")
 
