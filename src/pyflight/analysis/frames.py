@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -19,22 +20,32 @@ THIRD_PARTY_RE = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _PYFLIGHT_RE = re.compile(r"[/\\]pyflight[/\\]")
 
 
+@functools.lru_cache(maxsize=65536)
+def _file_kind(file: str) -> tuple[bool, bool, bool]:
+    """(library, third party, pyflight's own) for a file: a trace names few files, and
+    the rules ask about the same ones hundreds of thousands of times."""
+    return bool(_LIB_RE.search(file)), bool(THIRD_PARTY_RE.search(file)), bool(_PYFLIGHT_RE.search(file))
+
+
 def is_library(frame: Frame) -> bool:
     """True for frames of the standard library or of pyflight itself."""
-    return bool(_LIB_RE.search(frame.file))
+    return _file_kind(frame.file)[0]
 
 
 def user_frame(stack: Sequence[Frame]) -> Frame | None:
     """The innermost frame of the program's own code in ``stack`` (innermost first), else
     of third-party code, else the innermost frame that is not pyflight's, else None."""
+    kind = _file_kind
     for frame in stack:
-        if not is_library(frame) and not THIRD_PARTY_RE.search(frame.file):
+        library, third_party, _ = kind(frame.file)
+        if not library and not third_party:
             return frame
     for frame in stack:
-        if not is_library(frame):
+        if not kind(frame.file)[0]:
             return frame
     for frame in stack:
-        if not (_PYFLIGHT_RE.search(frame.file) and is_library(frame)):
+        _, _, ours = library_third_ours = kind(frame.file)
+        if not (ours and library_third_ours[0]):
             return frame
     return stack[0] if stack else None
 

@@ -121,8 +121,11 @@ def task_activity(
     interval = interval_ns(model)
     weights: dict[Frame, float] = defaultdict(float)
     running = waiting = 0
+    merged_of: dict[int, Spans] = {}  # callers often pass one list of spans for every task
     for task, spans in task_spans:
-        merged = Spans(spans)
+        merged = merged_of.get(id(spans))
+        if merged is None:
+            merged = merged_of[id(spans)] = Spans(spans)
         for iv in task.intervals:
             if iv.state is not State.BLOCKED or (exclude_obj and iv.obj == exclude_obj):
                 continue

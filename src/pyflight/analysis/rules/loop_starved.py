@@ -42,13 +42,14 @@ def rule_loop_starved(model: Model) -> list[Finding]:
             return not excluded.overlaps(a, b)
 
         lags = [lag for t, lag in loop.lag if outside(t - lag, t)]
-        delays = [
-            d
+        ready = [
+            (task, start, d)
             for task in model.all_tasks()
             if task.thread == loop.tid
-            for iv, d in _ready_delays(task)
-            if outside(iv, iv + d)
+            for start, d in _ready_delays(task)
+            if outside(start, start + d)
         ]
+        delays = [d for _, _, d in ready]
         lag_p90 = quantile(lags, 0.9) if len(lags) >= 5 else 0
         delay_p90 = quantile(delays, 0.9) if len(delays) >= 10 else 0
         gil_late = _lateness([(a, b) for a, b in itertools.pairwise(ticks) if outside(a, b)], interval)
@@ -112,10 +113,8 @@ def rule_loop_starved(model: Model) -> list[Finding]:
                 task_label_of(task),
                 f"ready, waited {fmt_ns(d)} for the loop",
             )
-            for task in model.all_tasks()
-            if task.thread == loop.tid
-            for start, d in _ready_delays(task)
-            if d >= 5 * MS and outside(start, start + d)
+            for task, start, d in ready
+            if d >= 5 * MS
         ]
         where = f" ({culprit.function})" if culprit else ""
         out.append(
