@@ -12,7 +12,6 @@ reference behaviour, used with the pure-Python core (``PyTask`` / ``PyRegion`` a
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -44,6 +43,8 @@ _C_TYPES: tuple[type, ...] = ()
 def _decorate(annotation: Any, func: F) -> F:
     """``func`` run inside a fresh ``annotation._fresh()`` per call (sync or async)."""
     fresh = annotation._fresh
+    import inspect  # here: a program that never decorates need not import it
+
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)

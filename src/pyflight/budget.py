@@ -20,7 +20,6 @@ header carries ``budget.*`` metadata, which ``pyflight info`` prints.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -194,6 +193,8 @@ def describe_budget(meta: dict[str, str]) -> list[str]:
         threads = float(meta.get("budget.recorder_threads_cpu_s", "0"))
         hooks = float(meta.get("budget.hooks_cpu_s_estimated", "0"))
         process = float(meta.get("budget.process_cpu_s", "0"))
+        import json  # read side only: the recording side does not load it
+
         shed = json.loads(meta.get("budget.shed", "[]"))
         over = int(meta.get("budget.periods_over_budget", "0"))
     except (ValueError, TypeError):

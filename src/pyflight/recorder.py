@@ -6,7 +6,6 @@ Semantics follow Go's runtime/trace.FlightRecorder: the ring keeps at least the 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -223,6 +222,8 @@ class FlightRecorder:
     # internals -------------------------------------------------------------
 
     def _metadata(self, reason: str) -> dict[str, str]:
+        import json  # at a snapshot, not at import: fewer objects for the program's GC
+
         mono, wall = backend.now(), time.time_ns()
         stats = backend.stats()
         return {
@@ -249,6 +250,8 @@ class FlightRecorder:
         """What the recorder cost and what it shed, for ``pyflight info``."""
         if self.budget is None:
             return {}
+        import json
+
         status = self.budget.status()
         return {
             "budget.cpu_budget": str(status["cpu_budget"]),

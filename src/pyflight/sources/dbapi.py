@@ -41,7 +41,6 @@ one CPU on a loaded 2-core machine; a Django ORM query costs ~100-200 us by itse
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import importlib.machinery
 import os
 import re
@@ -344,8 +343,9 @@ def _patch_module(module: ModuleType) -> None:
             record_cursor_class(cls)
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches a watched module right after it is first executed."""
+class _PatchOnImport:
+    """Patches a watched module right after it is first executed (a duck-typed finder:
+    see ``asyncio_loop._ChainedLoader``)."""
 
     def find_spec(
         self, fullname: str, path: Any, target: Any = None
