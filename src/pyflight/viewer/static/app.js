@@ -216,19 +216,33 @@
       if (d && d.s) {
         const e = d.e, s = d.s, cc = d.c, n = s.length;
         let k = lowerBound(e, S.view.t0);
-        let last = -1;
         const labels = [];
+        // Slices of one color that touch (within half a pixel) are drawn as one rectangle,
+        // and fillStyle is set only when the color changes: with millions of events a
+        // busy row holds thousands of slices, and each fillRect / fillStyle costs.
+        let runC = -1, runX = 0, runEnd = -1, style = -1;
+        const top = y + 2, h = item.h - 4;
         for (; k < n; k++) {
           if (s[k] > S.view.t1) break;
           const x0 = LABEL_W + (s[k] - S.view.t0) * scale;
           let w = (e[k] - s[k]) * scale;
           const x = Math.max(LABEL_W, x0);
           w = Math.min(W, x0 + w) - x;
-          if (w < 1) { if (x - last < 1) continue; w = 1; }
-          last = x + w;
-          ctx.fillStyle = colors[cc[k]];
-          ctx.fillRect(x, y + 2, w, item.h - 4);
+          if (w < 1) { if (x - runEnd < 1) continue; w = 1; }
+          if (cc[k] === runC && x - runEnd < 0.5) {
+            if (x + w > runEnd) runEnd = x + w;
+          } else {
+            if (runC >= 0) {
+              if (runC !== style) { ctx.fillStyle = colors[runC]; style = runC; }
+              ctx.fillRect(runX, top, runEnd - runX, h);
+            }
+            runC = cc[k]; runX = x; runEnd = x + w;
+          }
           if (w > 40 && d.l[k]) labels.push([x, w, d.l[k]]);
+        }
+        if (runC >= 0) {
+          if (runC !== style) ctx.fillStyle = colors[runC];
+          ctx.fillRect(runX, top, runEnd - runX, h);
         }
         ctx.fillStyle = "#111";
         for (const [x, w, text] of labels) {
