@@ -61,3 +61,40 @@ def test_a_thread_never_seen_running_is_charged_like_its_siblings_but_stays_its_
     ]
     charged = _by_thread_and_line(cpu_samples(_model(samples)))  # type: ignore[arg-type]
     assert charged == {(1, 21): 10, (2, 21): 8, (3, 7): 2}
+
+
+VIEW = Frame("book_list", "/srv/shop/views.py", 31)
+ORM = Frame(
+    "SQLiteCursorWrapper.execute",
+    "/venv/lib/python3.11/site-packages/django/db/backends/sqlite3/base.py",
+    360,
+)
+
+
+def test_the_cpu_hotspot_is_the_programs_own_line_with_the_library_call_it_spent_it_in() -> None:
+    """A view that spends its CPU in the ORM: the finding names the view's line (what the
+    user can change), and the library function the CPU went to beside it."""
+    from pyflight.analysis.rules.cpu_hotspot import rule_cpu_hotspot
+
+    samples = [
+        Sample(
+            time=t * 10 * MS,
+            tid=1,
+            task=0,
+            stack=(ORM, VIEW, Frame("run", "/usr/lib/python3.11/threading.py", 1)),
+            os_state=ThreadState.RUNNING,
+            state=State.RUNNING,
+            reason=None,
+            cpu=9 * MS,
+            span=10 * MS,
+        )
+        for t in range(1, 21)
+    ]
+    model = _model(samples)
+    model.start, model.end = 0, 210 * MS
+    model.threads[1].name = "worker"
+    [finding] = rule_cpu_hotspot(model)  # type: ignore[arg-type]
+    assert finding.culprit is not None and finding.culprit.function == "book_list"
+    assert "mostly inside SQLiteCursorWrapper.execute" in finding.title
+    assert finding.evidence["inside"].startswith("SQLiteCursorWrapper.execute")
+    assert finding.evidence["cpu_ns"] == 20 * 9 * MS

@@ -10,7 +10,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, Sample
-from pyflight.analysis.frames import by_function, is_library
+from pyflight.analysis.frames import by_function, is_library, short_file, user_frame
 from pyflight.analysis.queries import interval_ns, seconds_since_start, thread_name
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of, stretches
 from pyflight.analysis.rules.scoring import clamp_score, ramp
@@ -22,13 +22,20 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
 
     total = 0
     self_w: dict[Frame, float] = defaultdict(float)
+    # the program's own line is the culprit (the view that runs the ORM, not the ORM);
+    # what it spent the CPU inside (a third-party function) is named beside it
+    inside: dict[tuple[str, str], dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     charged = []
     for sample, ns in cpu_samples(model):  # measured CPU, charged where the thread ran
         total += ns
-        frame = next((f for f in sample.stack if not is_library(f)), None)
-        if frame is not None:
-            self_w[frame] += ns
-            charged.append((sample, ns, frame))
+        frame = user_frame(sample.stack)
+        if frame is None or is_library(frame):
+            continue  # only the standard library's or pyflight's frames
+        self_w[frame] += ns
+        charged.append((sample, ns, frame))
+        innermost = next((f for f in sample.stack if not is_library(f)), None)
+        if innermost is not None and innermost != frame:
+            inside[(frame.function, frame.file)][innermost] += ns
     if total <= 0:
         return []
     frame, weight = by_function(self_w)
@@ -43,6 +50,9 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
         ((f.line, w) for f, w in self_w.items() if (f.function, f.file) == (frame.function, frame.file)),
         key=lambda lw: -lw[1],
     )
+    within, within_ns = by_function(inside.get((frame.function, frame.file), {}))
+    # named when most of the function's CPU went there (a library call it makes)
+    via = f" (mostly inside {within.function})" if within is not None and within_ns >= weight / 2 else ""
     score = clamp_score(
         min(
             ramp(wall_share, [(0.05, 10), (0.2, 35), (0.5, 55), (0.9, 70)]),
@@ -54,7 +64,8 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             rule="cpu-hotspot",
             score=score,
             title=(
-                f"CPU hotspot: {frame.function} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of all CPU)"
+                f"CPU hotspot: {_named(frame)} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of all CPU)"
+                + via
             ),
             culprit=Culprit.of(frame),
             moments=_moments(model, charged, frame),
@@ -64,14 +75,25 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
                 "cores_busy": round(wall_share, 3),
                 "total_cpu_ns": total,
                 "hot_lines": [{"line": ln, "cpu_ns": int(w)} for ln, w in lines[:5]],
+                "inside": str(Culprit.of(within)) if via else None,
+                "inside_cpu_ns": int(within_ns) if via else 0,
             },
             hint=(
-                f"Most CPU time is spent in {frame.function}. Optimise it (a better algorithm, "
-                "caching, vectorised libraries), or run it in a process pool so it does not hold "
+                f"Most CPU time is spent in {frame.function}"
+                + (f", in the library calls it makes ({within.function})" if via and within else "")
+                + ". Optimise it (a better algorithm, caching, fewer or cheaper library calls, "
+                "vectorised libraries), or run it in a process pool so it does not hold "
                 "the GIL for the other threads."
             ),
         )
     ]
+
+
+def _named(frame: Frame) -> str:
+    """A function's name; a module's top-level code (imports, set-up) said as such."""
+    if frame.function == "<module>":
+        return f"the top-level code of {short_file(frame.file)} (imports, set-up)"
+    return frame.function
 
 
 def _moments(model: Model, charged: list[tuple[Sample, int, Frame]], hot: Frame) -> list[Moment]:
