@@ -31,7 +31,7 @@ def _sample(t_ms: int, tid: int, frame: Frame, running: bool, cpu_ms: int) -> Sa
 
 
 def _model(samples: list[Sample]) -> SimpleNamespace:
-    threads = {s.tid: SimpleNamespace(is_pyflight=False) for s in samples}
+    threads = {s.tid: SimpleNamespace(is_pyflight=False, intervals=[]) for s in samples}
     return SimpleNamespace(samples=samples, threads=threads, sampling_interval_ns=10 * MS)
 
 
@@ -61,6 +61,22 @@ def test_a_thread_never_seen_running_is_charged_like_its_siblings_but_stays_its_
     ]
     charged = _by_thread_and_line(cpu_samples(_model(samples)))  # type: ignore[arg-type]
     assert charged == {(1, 21): 10, (2, 21): 8, (3, 7): 2}
+
+
+def test_a_thread_stopped_where_it_takes_a_traced_lock_is_charged_where_it_ran() -> None:
+    """Releasing a contended lock wakes a waiter that asks for the GIL at once, so the
+    releaser stops at the `with lock:` line far more often than that line costs: a
+    sample stopped at a line where threads block on a traced lock (RUNNING there) is
+    charged like a blocked one."""
+    samples = [
+        _sample(10, 1, HASH_LINE, True, 4),
+        _sample(20, 1, LOCK_LINE, True, 6),  # running, but at the lock's line
+        _sample(30, 2, LOCK_LINE, False, 1),  # another thread blocked there: a lock site
+        _sample(40, 2, HASH_LINE, True, 5),
+    ]
+    model = _model(samples)
+    model.threads[2].intervals = [SimpleNamespace(reason=BlockReason.LOCK, stack=samples[2].stack)]
+    assert _by_thread_and_line(cpu_samples(model)) == {(1, 21): 10, (2, 21): 6}  # type: ignore[arg-type]
 
 
 VIEW = Frame("book_list", "/srv/shop/views.py", 31)

@@ -99,9 +99,10 @@ def test_hashing_under_one_lock_cpu_matches_kernel_and_hot_line(
         if stack and stack[0].file == str(program):
             by_line[stack[0].line] = by_line.get(stack[0].line, 0) + ns
     assert max(by_line, key=by_line.__getitem__) == hash_line, by_line
-    # (not more: the sampler takes the GIL when a thread lets go of it, and on a loaded
-    # CPU a lock hand-off is where that often happens; the stack there is the lock line)
-    assert by_line.get(lock_line, 0) < by_line[hash_line], by_line
+    # the sampler takes the GIL when a thread lets go of it, and on a loaded CPU a lock
+    # hand-off is where that often happens: samples stopped at the lock line are charged
+    # where the thread ran (analysis/cpu.py, _lock_sites)
+    assert by_line.get(lock_line, 0) < by_line[hash_line] / 2, by_line
     report = json.loads(
         subprocess.run(
             [sys.executable, "-m", "pyflight", "report", "--json", str(out)],
