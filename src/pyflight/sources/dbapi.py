@@ -28,6 +28,8 @@ What is wrapped:
   mid-transaction). The type stays a ``sqlite3.Connection`` (``isinstance`` holds);
 - Django's ``CursorWrapper.execute``/``executemany`` (every Django backend goes through
   it), patched when ``django.db.backends.utils`` is imported, before or after install;
+- psycopg 3's ``Cursor.execute``/``executemany`` (PostgreSQL; ``connection.execute`` too),
+  patched when ``psycopg.cursor`` is imported (its async cursor is not recorded yet);
 - ``record_cursor_class(cls)``: the same for any DB-API cursor class written in Python.
 
 A query inside a recorded query (Django's cursor calling sqlite3's) is recorded once.
@@ -329,7 +331,13 @@ def _unpatch_sqlite() -> None:
 # modules patched when imported (sqlite3, Django)
 
 #: module name -> cursor classes in it to record
-_CURSOR_CLASSES = {"django.db.backends.utils": ("CursorWrapper",)}
+_CURSOR_CLASSES = {
+    "django.db.backends.utils": ("CursorWrapper",),
+    # psycopg 3's (PostgreSQL) Python cursor; its Connection.execute goes through it, and
+    # so do ClientCursor and Django's postgresql backend. (psycopg2's cursor is a C type:
+    # record_cursor_class cannot patch it; Django's CursorWrapper still records its queries.)
+    "psycopg.cursor": ("Cursor",),
+}
 _WATCHED = frozenset({"sqlite3", *_CURSOR_CLASSES})
 
 

@@ -1,0 +1,76 @@
+"""PostgreSQL through psycopg 3, recorded by the dbapi source: each query with its
+statement and the program's own line, and an N+1 named at the line that loops. A real
+PostgreSQL server is started on a Unix socket in a temporary directory by ``pgserver``
+(a PyPI package that ships the server; no wheel for 3.13 yet: skipped there)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pyflight
+from programs import record_named
+from pyflight.analysis import build
+from pyflight.analysis.rules import WARNING, find
+from pyflight.analysis.rules.n_plus_one import db_queries
+from pyflight.format.reader import loads
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg (the `test` extra) is not installed")
+pgserver = pytest.importorskip(
+    "pgserver", reason="pgserver (a PostgreSQL server for tests) has no wheel for this Python"
+)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server of our own for these tests: its connection URI."""
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pgdata")), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def test_psycopg_queries_are_recorded_with_statement_and_callers_line(postgres: str) -> None:
+    with pyflight.FlightRecorder() as rec:
+        with psycopg.connect(postgres) as conn:
+            conn.execute("CREATE TEMP TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+            with conn.cursor() as cursor:
+                cursor.executemany("INSERT INTO t VALUES (%s, %s)", [(1, "a"), (2, "b")])
+            with pyflight.task("lookup"):
+                sql = "SELECT name FROM t WHERE id = %s AND name = 'b'"
+                row = conn.execute(sql, (2,)).fetchone()  # the line
+            assert row == ("b",)
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                conn.execute("SELECT nope FROM t")
+        buf = io.BytesIO()
+        rec.write_to(buf)
+    model = build(loads(buf.getvalue()))
+    queries = {q.statement: q for q in db_queries(model)}
+    assert "INSERT INTO t VALUES (...)" in queries, sorted(queries)
+    assert "SELECT nope FROM t" in queries  # a failing query is recorded too
+    lookup = queries["SELECT name FROM t WHERE id = ? AND name = ?"]
+    assert lookup.site is not None and lookup.site.file == __file__
+    assert "# the line" in Path(__file__).read_text().splitlines()[lookup.site.line - 1]
+    assert model.user_tasks[lookup.task].name == "lookup"
+    assert lookup.end >= lookup.start
+
+
+def test_n_plus_one_on_postgres_is_a_warning_at_the_loops_line(
+    postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYFLIGHT_TEST_PG_URI", postgres)
+    findings = find(build(loads(record_named("postgres_n_plus_one", tmp_path).read_bytes())), strict=True)
+    top = [f for f in findings[:3] if f.rule == "n-plus-one"]
+    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
+    finding = top[0]
+    assert finding.score >= WARNING
+    assert "monthly-report" in finding.title
+    assert "WHERE customer_id = ?" in finding.evidence["statement"]
+    assert finding.evidence["repeats_per_call"] >= 1000
+    assert finding.culprit is not None and finding.culprit.function == "customer_total"
+    source = Path(finding.culprit.file).read_text().splitlines()[finding.culprit.line - 1]
+    assert "conn.execute" in source
