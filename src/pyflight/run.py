@@ -160,12 +160,15 @@ class RunConfig:
 class _Recording:
     """This process's recorder and the file its window goes to when the process ends."""
 
-    def __init__(self, config: RunConfig, output: str, recorder: FlightRecorder, main: bool) -> None:
+    def __init__(
+        self, config: RunConfig, output: str, recorder: FlightRecorder, main: bool, announce: bool = True
+    ) -> None:
         self.pid = os.getpid()
         self.config = config
         self.output = output
         self.recorder = recorder
         self.main = main
+        self.announce = announce
         self.exit_reason = "exit"
         self.die_signal: int | None = None
         self._claim = threading.Lock()
@@ -191,7 +194,7 @@ class _Recording:
                 size = _write_when_free(self.recorder, self.output, why, EXIT_WAIT_S)
                 if self.main:
                     say(f"wrote {size} bytes to {self.output}")
-                else:  # a child (a pre-fork server's worker): its exit belongs in the log
+                elif self.announce:  # a forked child (a pre-fork worker): its exit belongs in the log
                     say(f"pid {self.pid} ({why}) wrote {size} bytes to {self.output}")
             except Exception as exc:
                 say(f"could not write {self.output}: {exc}")
@@ -294,8 +297,9 @@ def _set_handler(signum: int, handler: Callable[[int, types.FrameType | None], A
     return False
 
 
-def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
-    """Start recording this process; its window goes to ``output`` when it ends."""
+def _begin(config: RunConfig, output: str, *, main: bool, announce: bool = True) -> _Recording:
+    """Start recording this process; its window goes to ``output`` when it ends (said on
+    stderr when ``announce``)."""
     global _current
     recorder = FlightRecorder(
         min_age=config.min_age,
@@ -305,7 +309,7 @@ def _begin(config: RunConfig, output: str, *, main: bool) -> _Recording:
         source_options=config.source_options,
         cpu_budget=config.cpu_budget,
     ).start()
-    state = _Recording(config, output, recorder, main)
+    state = _Recording(config, output, recorder, main, announce)
     _current = state
     _install_process_hooks()
     signals.writer.ensure_started()  # SIGTERM hands its write to this thread
@@ -477,7 +481,10 @@ def start_child() -> None:
     if _is_multiprocessing_helper():
         _install_process_hooks()  # its forked workers are recorded, not the helper itself
         return
-    _begin(config, config.child_output(os.getpid()), main=False)
+    # a child started anew writes its window without a word: its stderr is often a pipe
+    # its parent reads (asyncio's and subprocess's callers compare it), and the recorder
+    # must not change a program's output (forked workers share the server's log: said)
+    _begin(config, config.child_output(os.getpid()), main=False, announce=False)
 
 
 # running the program ---------------------------------------------------------------
