@@ -116,6 +116,18 @@ def rule_loop_starved(model: Model) -> list[Finding]:
             for task, start, d in ready
             if d >= 5 * MS
         ]
+        if not late_ones:  # late by the sampler's ticks alone (it needs the GIL too)
+            late_ones = [
+                Moment(
+                    seconds_since_start(model, a),
+                    b - a,
+                    loop_thread,
+                    "",
+                    f"no thread let go of the GIL for {fmt_ns(b - a)} (the stack sampler waited)",
+                )
+                for a, b in itertools.pairwise(ticks)
+                if b - a - interval >= 5 * MS and outside(a, b)
+            ]
         where = f" ({culprit.function})" if culprit else ""
         out.append(
             Finding(
