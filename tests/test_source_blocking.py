@@ -818,3 +818,18 @@ def test_sleep_select_and_socket_stand_ins_keep_stacks_only_past_the_threshold(
     ((begin, end),) = blocks(trace, BlockReason.SELECT)
     assert end.time - begin.time >= 35_000_000
     assert "test_sleep_select_and_socket_stand_ins_keep_stacks_only_past_the_threshold" in functions(begin)
+
+
+@pytest.mark.skipif(C is None, reason="the C stand-ins for sleep, select and sockets are the C core's")
+def test_stand_ins_pickle_and_copy_as_the_functions_they_replace(rec: pyflight.FlightRecorder) -> None:
+    """`executor.submit(time.sleep, 1)` to a process pool pickles time.sleep: the stand-in
+    must pickle by name, as the function it replaces does (it raised TypeError)."""
+    import copy
+    import pickle
+
+    for obj in (time.sleep, select.select, socket.socket.recv, selectors.DefaultSelector.select):
+        assert isinstance(obj, C.BlockingHook)
+        assert pickle.loads(pickle.dumps(obj)) is obj
+        assert copy.copy(obj) is obj and copy.deepcopy(obj) is obj
+    # and so does a function that refers to one
+    assert pickle.loads(pickle.dumps([time.sleep, 0.01]))[0] is time.sleep

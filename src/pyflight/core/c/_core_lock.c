@@ -876,6 +876,21 @@ static PyObject *hook_repr(Hook *h) { return PyUnicode_FromFormat("<pyflight hoo
 /* `__func__`: the original function. */
 static PyObject *hook_get_func(Hook *h, void *unused) { return Py_NewRef(h->func); }
 
+/* __reduce__(): the hook's qualified name, so pickle and copy treat it as the global it
+ * stands in for (`pickle.dumps(time.sleep)`, `executor.submit(time.sleep, 1)` to a
+ * process pool): found again by name in its module (__module__/__qualname__ come from
+ * functools.update_wrapper, else from the original). */
+static PyObject *hook_reduce(Hook *h, PyObject *unused) {
+    PyObject *name = h->dict ? PyDict_GetItemString(h->dict, "__qualname__") : NULL; /* borrowed */
+    if (name && PyUnicode_Check(name)) return Py_NewRef(name);
+    return PyObject_GetAttrString(h->func, "__qualname__");
+}
+
+static PyMethodDef hook_methods[] = {
+    {"__reduce__", (PyCFunction)hook_reduce, METH_NOARGS, "pickled by name, as the function it stands in for"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef hook_getset[] = {
     {"__func__", (getter)hook_get_func, NULL, "the original function", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
@@ -899,6 +914,7 @@ static PyTypeObject HookType = {
     .tp_repr = (reprfunc)hook_repr,
     .tp_free = PyObject_GC_Del,
     .tp_getset = hook_getset,
+    .tp_methods = hook_methods,
 };
 
 /* ------------------------------------------------------------------ control */
