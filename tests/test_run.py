@@ -228,8 +228,8 @@ def test_subprocess_and_fork_children(env: dict[str, str], tmp_path: Path) -> No
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     child_pid_text, child_stderr = lines["subprocess"].split(" ", 1)
     child_pid = int(child_pid_text)
-    # a child started anew writes its window without a word: its parent reads its stderr
-    # (asyncio's own subprocess tests compare it), and the recorder must not change it
+    # a child whose stderr is a pipe its parent reads writes its window without a word
+    # (asyncio's own subprocess tests compare that output): the recorder must not change it
     assert child_stderr == "''", child_stderr
     assert (custom / f"ran-{child_pid}").exists()  # the environment's own sitecustomize still runs
     fork_pid = int(lines["fork"])

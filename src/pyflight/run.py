@@ -101,6 +101,10 @@ class RunConfig:
     allow_remote: bool = False
     #: Hide secret-looking arguments in the traces' argv (``--no-redact``: keep them).
     redact: bool = True
+    #: What the program's own stderr is ("st_dev:st_ino" of fd 2, set in the process
+    #: ``pyflight run`` starts): a child whose stderr is the same file writes its exit line
+    #: there (the server's log); one with another stderr (a pipe its parent reads) is silent.
+    stderr_id: str | None = None
     #: Called with the running recorder, in the parent only: automatic triggers go here.
     setup: list[Callable[[FlightRecorder], object]] = field(default_factory=list)
 
@@ -132,6 +136,7 @@ class RunConfig:
                 "cpu_budget": self.cpu_budget,
                 "source_options": self.source_options,
                 "redact": self.redact,
+                "stderr_id": self.stderr_id,
                 # read by the bootstrap before importing pyflight
                 "cache_tag": sys.implementation.cache_tag,
                 "package_parent": PACKAGE_PARENT,
@@ -154,7 +159,24 @@ class RunConfig:
             source_options=dict(data.get("source_options") or {}),
             redact=bool(data.get("redact", True)),
             cpu_budget=None if data.get("cpu_budget") is None else float(data["cpu_budget"]),
+            stderr_id=None if data.get("stderr_id") is None else str(data["stderr_id"]),
         )
+
+
+def _stderr_identity() -> str | None:
+    """``"st_dev:st_ino"`` of this process's fd 2 (None if it has none)."""
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _shares_the_programs_stderr(config: RunConfig) -> bool:
+    """A child's exit line goes on stderr only where the program's own does (its log): a
+    child whose stderr is a pipe its parent reads (asyncio's and subprocess's callers
+    compare it) must see only its own output."""
+    return config.stderr_id is not None and _stderr_identity() == config.stderr_id
 
 
 class _Recording:
@@ -194,7 +216,7 @@ class _Recording:
                 size = _write_when_free(self.recorder, self.output, why, EXIT_WAIT_S)
                 if self.main:
                     say(f"wrote {size} bytes to {self.output}")
-                elif self.announce:  # a forked child (a pre-fork worker): its exit belongs in the log
+                elif self.announce:  # a child on the program's stderr (a pre-fork worker): in the log
                     say(f"pid {self.pid} ({why}) wrote {size} bytes to {self.output}")
             except Exception as exc:
                 say(f"could not write {self.output}: {exc}")
@@ -424,7 +446,8 @@ def _after_fork_in_child() -> None:
         # the child's recorder threads start a moment later: code that checks right after
         # fork() that it is the only thread (CPython's test_threading does) sees no others
         daemon.defer_starts(CHILD_THREADS_DELAY_S)
-        _begin(config, config.child_output(os.getpid()), main=False)
+        announce = _shares_the_programs_stderr(config)
+        _begin(config, config.child_output(os.getpid()), main=False, announce=announce)
         _patch_multiprocessing()
     except Exception as exc:
         say(f"not recording forked child {os.getpid()}: {exc}")
@@ -456,6 +479,8 @@ def _patch_multiprocessing() -> None:
 
 
 def _export_to_children(config: RunConfig) -> None:
+    if config.stderr_id is None:
+        config.stderr_id = _stderr_identity()
     os.environ[ENV_VAR] = config.to_env()
     old = os.environ.get("PYTHONPATH", "")
     if old.split(os.pathsep)[0] != BOOTSTRAP_DIR:
@@ -481,10 +506,7 @@ def start_child() -> None:
     if _is_multiprocessing_helper():
         _install_process_hooks()  # its forked workers are recorded, not the helper itself
         return
-    # a child started anew writes its window without a word: its stderr is often a pipe
-    # its parent reads (asyncio's and subprocess's callers compare it), and the recorder
-    # must not change a program's output (forked workers share the server's log: said)
-    _begin(config, config.child_output(os.getpid()), main=False, announce=False)
+    _begin(config, config.child_output(os.getpid()), main=False, announce=_shares_the_programs_stderr(config))
 
 
 # running the program ---------------------------------------------------------------
