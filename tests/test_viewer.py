@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -510,4 +511,32 @@ def test_the_server_answers_while_it_analyses_and_the_page_waits_for_the_analysi
         assert status == 200 and json.loads(meta)["rows"]
     finally:
         server.shutdown()
+        server.server_close()
+
+
+def test_sigterm_while_the_server_accepts_a_connection_still_stops_it() -> None:
+    """The SIGTERM handler raises in the main thread wherever it is; in the middle of
+    accepting a connection (socketserver's process_request), an Exception would be
+    taken for a failed request and the server would go on (seen on a loaded machine)."""
+    import socket as socket_module
+
+    from pyflight.viewer.command import _stop
+    from pyflight.viewer.server import Content, ViewerServer
+
+    server = ViewerServer("127.0.0.1", 0, Content(b"", "t.pyfl"))
+
+    def process_request(request: object, client_address: object) -> None:
+        _stop(signal.SIGTERM, None)  # the handler, run where the signal found the thread
+
+    server.process_request = process_request  # type: ignore[method-assign,assignment]
+    client = socket_module.create_connection(("127.0.0.1", server.port))
+    guard = threading.Timer(10, server.shutdown)  # a regression fails here, not hangs
+    guard.start()
+    try:
+        with pytest.raises(BaseException) as stopped:
+            server.serve_forever(poll_interval=0.05)
+        assert type(stopped.value).__name__ == "_Stop"
+    finally:
+        guard.cancel()
+        client.close()
         server.server_close()

@@ -31,8 +31,10 @@ if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run
 __all__ = ["run"]
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler."""
+class _Stop(BaseException):
+    """Raised in the main thread by the SIGTERM handler. A BaseException, like
+    KeyboardInterrupt: raised while the main thread accepts a connection, an Exception
+    would be caught by socketserver's request error handling and the server go on."""
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
