@@ -680,6 +680,24 @@ static PyMethodDef waiter_allocate_lock_def = {
     "allocate_lock() -> lock\n\nA new lock (pyflight: Condition.wait's waiter records its wake-up).",
 };
 
+/* A timeout that lets a call block: None, or an exact int/float above 0. Never raises. */
+static inline int may_block(PyObject *timeout) {
+    double d;
+    return timeout == Py_None || (exact_seconds(timeout, &d) && d > 0);
+}
+
+/* For a method(self, timeout=None) call (Condition.wait, a selector's select): 1 if the
+ * arguments are exactly that and the timeout lets it block, else 0 (call the original and
+ * record nothing). Never raises. */
+static int method_timeout_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *timeout = NULL;
+    if (nargs < 1 || nargs > 2) return 0;
+    if (nargs == 2) timeout = args[1];
+    if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
+        return 0;
+    return !timeout || may_block(timeout);
+}
+
 /* A replacement for a Python method (Condition.wait) that calls the original. */
 typedef struct {
     PyObject_HEAD
@@ -695,14 +713,7 @@ typedef struct {
  * the waker (see WaiterLock; needs threading._allocate_lock = waiter_allocate_lock).
  * Arguments, result and exceptions are the original's. */
 static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *timeout = NULL;
-    double d;
-    if (!recording() || nargs < 1 || nargs > 2) goto passthrough;
-    if (nargs == 2) timeout = args[1];
-    if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
-        goto passthrough;
-    if (timeout && timeout != Py_None && !(exact_seconds(timeout, &d) && d > 0)) goto passthrough;
+    if (!recording() || !method_timeout_may_block(args, PyVectorcall_NARGS(nargsf), kwnames)) goto passthrough;
 
     PyObject *cond = args[0];
     WaitSlot slot = {my_tid(), 0, cond, NULL};
@@ -730,12 +741,6 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
 
 passthrough:
     return PyObject_Vectorcall(h->func, args, nargsf, kwnames);
-}
-
-/* A timeout that lets a call block: None, or an exact int/float above 0. Never raises. */
-static inline int may_block(PyObject *timeout) {
-    double d;
-    return timeout == Py_None || (exact_seconds(timeout, &d) && d > 0);
 }
 
 /* True if `sel` carries the asyncio source's mark (its loop's idle time is recorded
@@ -778,7 +783,7 @@ static int socket_may_block(Hook *h, PyObject *sock) {
 static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     uint64_t reason;
-    PyObject *obj = NULL, *timeout = NULL;
+    PyObject *obj = NULL;
     if (!recording()) goto passthrough;
     switch (h->role) {
     case HOOK_SLEEP:
@@ -790,11 +795,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
         reason = R_SELECT;
         break;
     case HOOK_SELECTOR:
-        if (nargs < 1 || nargs > 2) goto passthrough;
-        if (nargs == 2) timeout = args[1];
-        if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
-            goto passthrough;
-        if ((timeout && !may_block(timeout)) || is_loop_selector(args[0])) goto passthrough;
+        if (!method_timeout_may_block(args, nargs, kwnames) || is_loop_selector(args[0])) goto passthrough;
         reason = R_SELECT;
         obj = args[0];
         break;
