@@ -1,7 +1,7 @@
 """Planted (case 8 on PostgreSQL, psycopg 3): a monthly report reads the customers, then
 each customer's invoices with one query per customer (an N+1), the id as a parameter.
 
-Needs a PostgreSQL server: its URI in PYFLIGHT_TEST_PG_URI (tests/test_rules_n_plus_one.py
+Needs a PostgreSQL server: its URI in PYFLIGHT_TEST_PG_URI (tests/analysis/rules/test_n_plus_one.py
 starts one with pgserver)."""
 
 import os
