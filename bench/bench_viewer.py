@@ -7,12 +7,14 @@ user tasks and regions, GC, the sampler) and then, ROUNDS times:
 - server: ``pyflight view TRACE --port 0 --no-browser`` started as a user starts it,
   timed until ``/api/meta`` first answers (the trace read; the analysis then runs in the
   background and the page shows its progress) and until it answers with the timeline's
-  rows (analysis + rows done); the in-process split (load / analyze / TimelineApi) is
-  printed once, with the server's peak RSS;
+  rows (model + rows built: the rules run after, while the timeline is served); the
+  in-process split (load / model / rows / rules) is printed once, with the server's
+  peak RSS;
 - first draw: headless Chromium opens the page as soon as the server answers;
   ``performance.now()`` (0 = navigation start) when it has drawn the whole trace with its
-  first slices (this waits for the analysis); then the page is loaded again on the ready
-  server (a second visit, or a browser opened later) and timed the same way;
+  first slices (this waits for the model and rows, not the rules); then the page is
+  loaded again on the ready server (a second visit, or a browser opened later) and timed
+  the same way;
 - panning: 240 animation frames panning by 1/120 of the view each, then 240 zooming in and
   out; each frame's draw time and the interval between frames, measured in the page with
   ``performance.now()``.
@@ -132,19 +134,25 @@ def _in_process_split(path: str) -> str:
     import gc
 
     import pyflight
-    from pyflight.report import analyze
+    from pyflight.analysis.model import build
+    from pyflight.analysis.result import report_of
     from pyflight.viewer.api import TimelineApi
 
     gc.disable()
     t0 = time.perf_counter()
     trace = pyflight.load(path)
     t1 = time.perf_counter()
-    report = analyze(trace)
+    model = build(trace)
     t2 = time.perf_counter()
-    TimelineApi(report)
+    TimelineApi(model)
     t3 = time.perf_counter()
+    report_of(model)
+    t4 = time.perf_counter()
     gc.enable()
-    return f"load {t1 - t0:.2f} s, analyze {t2 - t1:.2f} s, timeline rows {t3 - t2:.2f} s (levels: warm-up)"
+    return (
+        f"load {t1 - t0:.2f} s, model {t2 - t1:.2f} s, timeline rows {t3 - t2:.2f} s "
+        f"(levels: warm-up), then the rules and tables {t4 - t3:.2f} s (the timeline is served meanwhile)"
+    )
 
 
 def _serve(path: str) -> tuple[subprocess.Popen[str], str, float]:

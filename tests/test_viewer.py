@@ -450,7 +450,7 @@ def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_p
 
     program = tmp_path / "many.py"
     program.write_text(MANY_TASKS, encoding="utf-8")
-    api = TimelineApi(analyze(pyflight.load(str(record_program(program, tmp_path / "many.pyfl")))))
+    api = TimelineApi(analyze(pyflight.load(str(record_program(program, tmp_path / "many.pyfl")))).model)
     lanes = [row for row in api.rows if row.group == "tasks: fetch"]
     assert 20 <= len(lanes) < 80  # 80 tasks, at most 20 at once: lanes, not a row each
     names: set[str] = set()
@@ -473,12 +473,14 @@ def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_p
 
 
 def test_the_server_answers_while_it_analyses_and_the_page_waits_for_the_analysis(evil: Path) -> None:
-    """A big trace takes seconds to analyse: the server answers at once, says how far the
-    analysis got, and serves the timeline and the report once it is handed over."""
+    """A big trace takes seconds to analyse: the server answers at once and says how far
+    the model got, serves the timeline as soon as the model is built (the findings say
+    "loading" while the rules run), and the findings and report once they are handed over."""
     import threading
 
     import pyflight
-    from pyflight.report import analyze
+    from pyflight.analysis.model import build
+    from pyflight.analysis.result import report_of
     from pyflight.viewer.api import TimelineApi
     from pyflight.viewer.server import Content, ViewerServer
 
@@ -502,13 +504,49 @@ def test_the_server_answers_while_it_analyses_and_the_page_waits_for_the_analysi
         assert status == 503
         status, page = get("/")
         assert status == 200 and b"app.js" in page
-        report = analyze(pyflight.load(str(evil)))
-        late = threading.Timer(0.2, content.set_analysis, (report, TimelineApi(report)))
-        late.start()
-        status, page = get("/report")  # waits for the analysis, then renders it
-        assert status == 200 and b"<html" in page.lower()
+        model = build(pyflight.load(str(evil)))
+        content.set_timeline(TimelineApi(model))
         status, meta = get("/api/meta")
-        assert status == 200 and json.loads(meta)["rows"]
+        assert status == 200 and json.loads(meta)["rows"]  # the timeline, before the rules
+        status, _ = get("/api/slices?t0=0&t1=10&w=10&rows=0")
+        assert status == 200
+        assert get("/api/findings") == (200, b'{"loading":true}')
+        report = report_of(model)
+        late = threading.Timer(0.2, content.set_analysis, (report,))
+        late.start()
+        status, page = get("/report")  # waits for the rules, then renders the report
+        assert status == 200 and b"<html" in page.lower()
+        status, findings = get("/api/findings")
+        assert status == 200
+        assert [f["rule"] for f in json.loads(findings)] == [f.rule for f in report.findings]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rules_that_fail_leave_the_timeline_served_and_say_why(evil: Path) -> None:
+    import threading
+
+    import pyflight
+    from pyflight.analysis.model import build
+    from pyflight.viewer.api import TimelineApi
+    from pyflight.viewer.server import Content, ViewerServer
+
+    content = Content(trace=evil.read_bytes(), trace_name=evil.name)
+    content.set_timeline(TimelineApi(build(pyflight.load(str(evil)))))
+    content.set_error("cannot find the problems in t.pyfl: ValueError: boom")
+    server = ViewerServer("127.0.0.1", 0, content)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("GET", "/api/findings")
+        response = conn.getresponse()
+        assert response.status == 200
+        message = "cannot find the problems in t.pyfl: ValueError: boom"
+        assert json.loads(response.read()) == {"error": message}
+        conn.request("GET", "/api/meta")
+        assert json.loads(conn.getresponse().read())["rows"]
+        conn.close()
     finally:
         server.shutdown()
         server.server_close()

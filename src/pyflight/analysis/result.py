@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pyflight.analysis.model import Model
     from pyflight.analysis.profiles import Profile
 
-__all__ = ["Report", "analyze", "summary"]
+__all__ = ["Report", "analyze", "report_of", "summary"]
 
 
 @dataclass
@@ -49,22 +49,30 @@ def analyze(trace: Trace, progress: Callable[[float], None] | None = None) -> Re
 
 
 def _analyze(trace: Trace, progress: Callable[[float], None] | None) -> Report:
-    from pyflight.analysis.breakdown import task_breakdown, thread_breakdown
     from pyflight.analysis.model import build
-    from pyflight.analysis.profiles import cpu_profile, wall_profile
 
     def model_progress(done: float) -> None:
         if progress is not None:
             progress(0.9 * done)
 
     model = build(trace, progress=model_progress if progress is not None else None)
-    findings = find(model)
+    report = report_of(model)
     if progress is not None:
-        progress(0.95)
+        progress(1.0)
+    return report
+
+
+def report_of(model: Model) -> Report:
+    """The rules, tables and profiles of a model already built: the viewer shows the
+    timeline from the model while this runs (call it with automatic GC paused, as
+    :func:`analyze` does: the model is millions of long-lived objects)."""
+    from pyflight.analysis.breakdown import task_breakdown, thread_breakdown
+    from pyflight.analysis.profiles import cpu_profile, wall_profile
+
     report = Report(
-        trace=trace,
+        trace=model.trace,
         model=model,
-        findings=findings,
+        findings=find(model),
         threads=thread_breakdown(model),
         tasks=task_breakdown(model),
         cpu=_without_recorder(model, cpu_profile(model)),
@@ -72,8 +80,6 @@ def _analyze(trace: Trace, progress: Callable[[float], None] | None) -> Report:
         summary={},
     )
     report.summary = summary(report)
-    if progress is not None:
-        progress(1.0)
     return report
 
 

@@ -1,8 +1,10 @@
 """The JSON API of the interactive timeline, drawn from the one analysis model.
 
-``TimelineApi(report)`` lays the model out once as rows (threads, event loops, asyncio
+``TimelineApi(model)`` lays the model out once as rows (threads, event loops, asyncio
 tasks grouped by coroutine, user tasks and regions in lanes, GC, counters, samples) with
 their levels of detail (:mod:`pyflight.viewer.lod`); each method answers one request.
+It needs only the model, so the timeline is served while the rules still run: the
+findings are handed over later (:meth:`TimelineApi.set_findings`).
 Times sent to the browser are ns since the start of the trace (monotonic ns since boot
 do not fit a JavaScript number after 104 days of uptime); every string is the trace's own
 text, which the page shows with ``textContent`` only.
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
     from pyflight.analysis.model import Model, Sample
     from pyflight.analysis.rules.finding import Finding
     from pyflight.format.reader import Frame
-    from pyflight.report import Report
 
 __all__ = ["Row", "TimelineApi"]
 
@@ -68,9 +69,10 @@ def _stack(stack: tuple[Frame, ...] | None) -> list[dict[str, Any]]:
 
 
 class TimelineApi:
-    def __init__(self, report: Report) -> None:
-        self.model: Model = report.model
-        self.findings_list: list[Finding] = list(report.findings)
+    def __init__(self, model: Model, findings: list[Finding] | None = None) -> None:
+        self.model = model
+        #: None while the rules still run
+        self.findings_list: list[Finding] | None = None if findings is None else list(findings)
         self.origin = self.model.start
         self.duration = max(1, self.model.end - self.model.start)
         self.codes: list[str] = []
@@ -567,7 +569,13 @@ class TimelineApi:
             self._functions = index
         return self._functions
 
-    def findings(self) -> list[dict[str, Any]]:
+    def set_findings(self, findings: list[Finding]) -> None:
+        self.findings_list = list(findings)
+
+    def findings(self) -> list[dict[str, Any]] | dict[str, Any]:
+        """The findings, each with its worst moment; ``{"loading": true}`` while the rules run."""
+        if self.findings_list is None:
+            return {"loading": True}
         out = []
         for finding in self.findings_list:
             item = finding.to_dict()

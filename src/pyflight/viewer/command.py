@@ -56,29 +56,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) -> None:
-    """The report and the timeline's rows, handed to ``content``; on failure, say why on
-    stderr and stop the server (the command then exits 1)."""
-    from pyflight.report import analyze
+    """The timeline's rows, then the report, handed to ``content`` as each is done: the
+    page draws the timeline while the rules run. A model that cannot be built is said on
+    stderr and stops the server (the command then exits 1); rules that fail are said on
+    stderr and in the page, and the timeline stays served."""
+    from pyflight.analysis.model import build
+    from pyflight.analysis.result import report_of
     from pyflight.viewer.api import TimelineApi
 
     def progress(done: float) -> None:
-        content.progress = 0.85 * done
+        content.progress = 0.95 * done
 
     gc.disable()  # the model is millions of long-lived objects: see warm_up
     try:
-        report = analyze(trace, progress=progress)
-        api = TimelineApi(report)
-    except Exception as exc:
-        message = f"cannot analyse {path}: {type(exc).__name__}: {exc}"
-        content.set_error(message)
-        print(f"pyflight view: {message}", file=sys.stderr, flush=True)
-        server.analysis_failed = True
-        server.shutdown()
-        return
+        try:
+            model = build(trace, progress=progress)
+            api = TimelineApi(model)
+        except Exception as exc:
+            _failed(f"cannot analyse {path}: {type(exc).__name__}: {exc}", content)
+            server.analysis_failed = True
+            server.shutdown()
+            return
+        content.set_timeline(api)
+        try:
+            report = report_of(model)
+        except Exception as exc:
+            _failed(f"cannot find the problems in {path}: {type(exc).__name__}: {exc}", content)
+        else:
+            content.set_analysis(report)
     finally:
         gc.enable()
-    content.set_analysis(report, api)
     api.warm_up()  # every row's levels of detail, while the page asks for its first ones
+
+
+def _failed(message: str, content: Content) -> None:
+    content.set_error(message)
+    print(f"pyflight view: {message}", file=sys.stderr, flush=True)
 
 
 def _serve(args: argparse.Namespace, trace: Trace, content: Content) -> int:

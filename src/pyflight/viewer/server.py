@@ -10,11 +10,13 @@ Content-Security-Policy: the report's allows no script and no fetch (inline CSS 
 only); the timeline's allows only the server's own script, style and JSON (``'self'``),
 no inline script, no frame, nothing from elsewhere.
 
-The server answers as soon as the trace is read: the analysis (the model, the findings,
-the timeline's rows) runs in a background thread meanwhile. Until it is done
+The server answers as soon as the trace is read: the analysis runs in a background
+thread meanwhile, in two steps. Until the model and the timeline's rows are built
 ``/api/meta`` answers ``{"loading": fraction}`` (the page shows the progress and asks
-again), the other ``/api/`` routes answer 503, and ``/report`` and ``/report.json`` wait
-for it (the HTML report is rendered on its first request, not before).
+again) and the other ``/api/`` routes answer 503; then the timeline is served while the
+rules run, ``/api/findings`` answering ``{"loading": true}`` (or ``{"error": ...}``) until
+they are done, and ``/report`` and ``/report.json`` waiting for them (the HTML report is
+rendered on its first request, not before).
 
 Bound to a loopback address, the server answers only requests whose ``Host`` is a
 loopback name or address, so a web page the user visits cannot read the trace through
@@ -58,12 +60,14 @@ STATIC_TYPES = {
 
 
 class Content:
-    """What the server hands out: the trace file at once, the analysis when it is done.
+    """What the server hands out: the trace file at once, the timeline when the model is
+    built, the findings and reports when the rules are done.
 
-    The command reads the trace, starts the server, then analyses in a background thread
-    and hands the result over with :meth:`set_analysis` (or :meth:`set_error`);
-    ``progress`` (0..1) says how far it got meanwhile. The HTML and JSON reports are
-    rendered on their first request and kept."""
+    The command reads the trace, starts the server, then analyses in a background thread:
+    it hands over the timeline with :meth:`set_timeline` (the page draws from then on),
+    then the whole report with :meth:`set_analysis` (or :meth:`set_error` at any point);
+    ``progress`` (0..1) says how far the model got meanwhile. The HTML and JSON reports
+    are rendered on their first request and kept."""
 
     def __init__(self, trace: bytes, trace_name: str) -> None:
         self.trace = trace
@@ -76,8 +80,15 @@ class Content:
         self._done = threading.Event()
         self._render_lock = threading.Lock()
 
-    def set_analysis(self, report: Report, api: TimelineApi) -> None:
-        self._report, self.api, self.progress = report, api, 1.0
+    def set_timeline(self, api: TimelineApi) -> None:
+        self.api, self.progress = api, 1.0
+
+    def set_analysis(self, report: Report, api: TimelineApi | None = None) -> None:
+        if api is not None:
+            self.set_timeline(api)
+        if self.api is not None:
+            self.api.set_findings(report.findings)
+        self._report = report
         self._done.set()
 
     def set_error(self, message: str) -> None:
@@ -86,6 +97,7 @@ class Content:
 
     @property
     def ready(self) -> bool:
+        """The whole analysis is there (the timeline may be served before)."""
         return self._done.is_set() and self.error is None
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -237,6 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, json.dumps(answer).encode("ascii"), "application/json", body=body)
             else:
                 self._send(503, b"analysing\n", "text/plain; charset=utf-8", {"Retry-After": "1"}, body=body)
+            return
+        if path == "/api/findings" and content.error and api.findings_list is None:
+            # the timeline is there but the rules failed: say so instead of "loading"
+            failed = json.dumps({"error": content.error}).encode("ascii")
+            self._send(200, failed, "application/json", body=body)
             return
         try:
             answer = api_answer(api, path[len("/api/") :], parse_qs(query))

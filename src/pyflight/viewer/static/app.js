@@ -505,9 +505,19 @@
   }
 
   async function loadFindings() {
-    const findings = await getJSON("/api/findings");
+    // the timeline is served while the rules still run: say so, and ask again
     const list = document.getElementById("findings");
+    let findings = await getJSON("/api/findings");
+    while (!Array.isArray(findings) && findings.error === undefined) {
+      list.replaceChildren(el("li", { class: "hint" }, "Finding the problems…"));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      findings = await getJSON("/api/findings");
+    }
     list.replaceChildren();
+    if (!Array.isArray(findings)) {
+      list.append(el("li", { class: "hint" }, "No findings: " + findings.error));
+      return;
+    }
     if (!findings.length) list.append(el("li", { class: "hint" }, "No findings."));
     for (const f of findings) {
       const li = el("li", { class: "finding" });
