@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run
 
 __all__ = ["run"]
 
+#: how long the rules wait for the page's first slices before they start anyway
+FIRST_VIEW_WAIT_S = 2.0
+
 
 class _Stop(BaseException):
     """Raised in the main thread by the SIGTERM handler. A BaseException, like
@@ -78,6 +81,9 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
             server.shutdown()
             return
         content.set_timeline(api)
+        # the page's first slices before the rules: both want the GIL, the user sees the
+        # timeline first (a browser not opened, or closed, waits a moment only)
+        content.first_view.wait(FIRST_VIEW_WAIT_S)
         try:
             report = report_of(model)
         except Exception as exc:

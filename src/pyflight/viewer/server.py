@@ -79,6 +79,9 @@ class Content:
         self._pages: dict[str, bytes] = {}
         self._done = threading.Event()
         self._render_lock = threading.Lock()
+        #: set once the page has its first slices, or someone asks for the report: the
+        #: rules wait for it (a little), so they do not share the GIL with the first draw
+        self.first_view = threading.Event()
 
     def set_timeline(self, api: TimelineApi) -> None:
         self.api, self.progress = api, 1.0
@@ -106,6 +109,7 @@ class Content:
 
     def page(self, kind: str) -> bytes:
         """The report as ``html`` or ``json``, rendered once (waits for the analysis)."""
+        self.first_view.set()  # nobody waits for a first draw: the rules can start
         if not self.wait() or self._report is None:
             raise RuntimeError(self.error or "no analysis")
         with self._render_lock:
@@ -265,6 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = json.dumps(answer, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         self._send(200, payload, "application/json", body=body)
+        if path == "/api/slices":
+            content.first_view.set()
 
     def _send(
         self,

@@ -15,7 +15,7 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, user_frame
-from pyflight.analysis.queries import Spans, interval_ns, samples_by_thread, user_threads
+from pyflight.analysis.queries import Queries, Spans, interval_ns, samples_by_thread, user_threads
 from pyflight.analysis.units import MS
 
 #: Who waited: a thread (``ThreadTimeline``) or an asyncio task (``TaskTimeline``).
@@ -76,12 +76,17 @@ def contentions(
 def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[TaskTimeline, Interval]]:
     """(task, interval) for every interval of asyncio tasks blocked for ``reason`` (recorded
     by TASK_BLOCK: asyncio locks, semaphores, events, conditions, queues)."""
-    out = []
-    for task in model.all_tasks():
-        for iv in task.intervals:
-            if iv.reason == reason and iv.state is State.BLOCKED:
-                out.append((task, iv))
-    return out
+    by_reason: dict[BlockReason, list[tuple[TaskTimeline, Interval]]] | None = Queries.of(model).memo.get(
+        "task_blocked_waits"
+    )
+    if by_reason is None:  # one pass over every task interval, for every rule that asks
+        by_reason = defaultdict(list)
+        for task in model.all_tasks():
+            for iv in task.intervals:
+                if iv.state is State.BLOCKED and iv.reason is not None:
+                    by_reason[iv.reason].append((task, iv))
+        Queries.of(model).memo["task_blocked_waits"] = by_reason
+    return by_reason.get(reason, [])
 
 
 def task_life(task: TaskTimeline) -> int:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyflight.analysis.frames import short_file
 from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Interval
+
+T = TypeVar("T")
 
 WARNING = 75
 INFO = 25
@@ -55,6 +62,12 @@ class Moment:
 
 #: A finding lists at most this many moments (the heaviest).
 MAX_MOMENTS = 20
+
+
+def longest_waits(waits: Iterable[tuple[T, Interval]]) -> list[tuple[T, Interval]]:
+    """The ``MAX_MOMENTS`` longest of (owner, interval) pairs: the only ones worth making a
+    ``Moment`` of when a queue saw 100,000 waits."""
+    return heapq.nlargest(MAX_MOMENTS, waits, key=lambda w: w[1].end - w[1].start)
 
 
 def moments_of(items: list[Moment]) -> list[Moment]:

@@ -32,7 +32,7 @@ from pyflight.analysis.rules._waits import (
     wait_site,
     wakers,
 )
-from pyflight.analysis.rules.finding import INFO, Culprit, Finding, Moment, moments_of
+from pyflight.analysis.rules.finding import INFO, Culprit, Finding, Moment, longest_waits, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -106,7 +106,7 @@ def rule_queue(model: Model) -> list[Finding]:
                     "",
                     f"waited in Queue.{side}",
                 )
-                for t, iv in waits
+                for t, iv in longest_waits(waits)
             ]
         )
         if side == "put":
@@ -162,6 +162,7 @@ def _previous_steps(
     step (not a task in ``exclude``): most often the one that woke it (put into / took
     from the queue), as asyncio runs a woken task right after the callbacks ready before it."""
     cache = Queries.of(model).memo.setdefault("loop_steps", {})
+    step_starts: dict[int, list[int]] = {}  # per task object (ids are reused by later tasks)
     counts: Counter[int] = Counter()
     for task, iv in waits:
         entry = cache.get(task.thread)
@@ -175,7 +176,9 @@ def _previous_steps(
             )
             entry = cache[task.thread] = (items, [it[0] for it in items])
         items, ends = entry
-        starts = [st.start for st in task.steps]
+        starts = step_starts.get(id(task))
+        if starts is None:
+            starts = step_starts[id(task)] = [st.start for st in task.steps]
         k = bisect.bisect_left(starts, iv.end)
         resumed = starts[k] if k < len(starts) else iv.end
         i = bisect.bisect_right(ends, resumed) - 1
@@ -255,7 +258,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                     task_label_of(task),
                     f"waited in asyncio.Queue.{side}",
                 )
-                for task, iv in waits
+                for task, iv in longest_waits(waits)
             ]
         )
         if side == "put":
