@@ -62,6 +62,37 @@ def test_psycopg_queries_are_recorded_with_statement_and_callers_line(postgres: 
     assert lookup.end >= lookup.start
 
 
+def test_psycopg_async_queries_of_concurrent_tasks_are_recorded_each_in_its_task(postgres: str) -> None:
+    """AsyncCursor: awaited queries of two requests running at once on one event loop,
+    each counted in its own pyflight.task, at the program's own line."""
+    import asyncio
+
+    async def request(name: str, n: int) -> None:
+        async with await psycopg.AsyncConnection.connect(postgres) as conn:
+            with pyflight.task(name):
+                for i in range(n):
+                    await conn.execute("SELECT %s::int + 1", (i,))  # the async line
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(request("first", 5), request("second", 7)), 60)
+
+    with pyflight.FlightRecorder() as rec:
+        asyncio.run(main())
+        buf = io.BytesIO()
+        rec.write_to(buf)
+    model = build(loads(buf.getvalue()))
+    per_task: dict[str, int] = {}
+    for q in db_queries(model):
+        if q.statement.startswith("SELECT ?::int"):
+            assert q.site is not None and q.site.file == __file__
+            assert "# the async line" in Path(__file__).read_text().splitlines()[q.site.line - 1]
+            name = model.user_tasks[q.task].name
+            per_task[name] = per_task.get(name, 0) + 1
+            assert q.end >= q.start
+    assert per_task == {"first": 5, "second": 7}
+
+
 def test_n_plus_one_on_postgres_is_a_warning_at_the_loops_line(
     postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,8 @@ What is wrapped:
 - Django's ``CursorWrapper.execute``/``executemany`` (every Django backend goes through
   it), patched when ``django.db.backends.utils`` is imported, before or after install;
 - psycopg 3's ``Cursor.execute``/``executemany`` (PostgreSQL; ``connection.execute`` too),
-  patched when ``psycopg.cursor`` is imported (its async cursor is not recorded yet);
+  patched when ``psycopg.cursor`` is imported, and its ``AsyncCursor``'s (awaited queries:
+  the region spans the await), patched when ``psycopg.cursor_async`` is;
 - ``record_cursor_class(cls)``: the same for any DB-API cursor class written in Python.
 
 A query inside a recorded query (Django's cursor calling sqlite3's) is recorded once.
@@ -42,6 +43,7 @@ one CPU on a loaded 2-core machine; a Django ORM query costs ~100-200 us by itse
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.machinery
 import os
@@ -211,6 +213,45 @@ def _recorded(original: Callable[..., Any]) -> Callable[..., Any]:
     return execute
 
 
+#: inside a recorded async query (asyncio tasks share their thread: a thread-local
+#: would let one task's query hide another's)
+_inside_async: contextvars.ContextVar[bool] = contextvars.ContextVar("pyflight_db_query", default=False)
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE (inspect itself is not imported where recorded)
+
+
+def _recorded_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``_recorded`` for an ``async def`` execute method (psycopg's ``AsyncCursor``): the
+    region spans the awaited query. Regions pair per thread and ``pyflight.task``, so
+    concurrent queries of tasks outside any ``pyflight.task`` on one event loop pair in
+    the order they end (counts and sites stay right, durations may be swapped)."""
+
+    @functools.wraps(original)
+    async def execute(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        source = _source
+        if source is None or _inside_async.get() or not _is_enabled():
+            return await original(self, sql, *args, **kwargs)
+        try:
+            task = _task_id()
+            message = _message(sql, _getframe(1))  # the awaiting frame: the caller's chain
+            _record(_K_BEGIN, task, DB_REGION)
+            _record(_K_LOG, task, DB_CATEGORY, message)
+        except Exception as exc:
+            source.failed(exc)
+            return await original(self, sql, *args, **kwargs)
+        token = _inside_async.set(True)
+        try:
+            return await original(self, sql, *args, **kwargs)
+        finally:
+            _inside_async.reset(token)
+            try:
+                _record(_K_END, task, DB_REGION)
+            except Exception as exc:
+                source.failed(exc)
+
+    execute.__pyflight_original__ = original  # type: ignore[attr-defined]
+    return execute
+
+
 def _recorded_as(original: Callable[..., Any], statement: str) -> Callable[..., Any]:
     """``original(self)`` (``commit``, ``rollback``) recorded as the query ``statement``:
     where a write transaction ends tells who held a database's write lock until when."""
@@ -228,13 +269,14 @@ _QUERY_METHODS = ("execute", "executemany")
 
 def record_cursor_class(cls: type, methods: Sequence[str] = _QUERY_METHODS) -> None:
     """Record the queries of a DB-API cursor class written in Python (its ``execute`` and
-    ``executemany``). Idempotent; the class keeps working (calling through) once the
-    source is removed."""
+    ``executemany``; ``async def`` ones too, as psycopg's ``AsyncCursor``). Idempotent;
+    the class keeps working (calling through) once the source is removed."""
     for name in methods:
         method = cls.__dict__.get(name)
         if method is None or getattr(method, "__pyflight_original__", None) is not None:
             continue
-        setattr(cls, name, _recorded(method))
+        is_async = getattr(getattr(method, "__code__", None), "co_flags", 0) & _CO_COROUTINE
+        setattr(cls, name, _recorded_async(method) if is_async else _recorded(method))
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +379,7 @@ _CURSOR_CLASSES = {
     # so do ClientCursor and Django's postgresql backend. (psycopg2's cursor is a C type:
     # record_cursor_class cannot patch it; Django's CursorWrapper still records its queries.)
     "psycopg.cursor": ("Cursor",),
+    "psycopg.cursor_async": ("AsyncCursor",),
 }
 _WATCHED = frozenset({"sqlite3", *_CURSOR_CLASSES})
 
