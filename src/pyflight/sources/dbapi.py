@@ -191,26 +191,39 @@ def _recorded(original: Callable[..., Any]) -> Callable[..., Any]:
         state = _state
         if source is None or state.inside or not _is_enabled():
             return original(self, sql, *args, **kwargs)
-        try:
-            task = _task_id()
-            message = _message(sql, _getframe(1))
-            _record(_K_BEGIN, task, DB_REGION)
-            _record(_K_LOG, task, DB_CATEGORY, message)
-        except Exception as exc:
-            source.failed(exc)
+        task = _begin(source, sql, _getframe(1))
+        if task is None:
             return original(self, sql, *args, **kwargs)
         state.inside = True
         try:
             return original(self, sql, *args, **kwargs)
         finally:
             state.inside = False
-            try:
-                _record(_K_END, task, DB_REGION)
-            except Exception as exc:
-                source.failed(exc)
+            _end(source, task)
 
     execute.__pyflight_original__ = original  # type: ignore[attr-defined]
     return execute
+
+
+def _begin(source: DbapiSource, sql: Any, caller: FrameType) -> int | None:
+    """Records a query's begin and its log; its task, or None if recording failed (the
+    source then disables itself)."""
+    try:
+        task: int = _task_id()
+        message = _message(sql, caller)
+        _record(_K_BEGIN, task, DB_REGION)
+        _record(_K_LOG, task, DB_CATEGORY, message)
+        return task
+    except Exception as exc:
+        source.failed(exc)
+        return None
+
+
+def _end(source: DbapiSource, task: int) -> None:
+    try:
+        _record(_K_END, task, DB_REGION)
+    except Exception as exc:
+        source.failed(exc)
 
 
 #: inside a recorded async query (asyncio tasks share their thread: a thread-local
@@ -230,23 +243,15 @@ def _recorded_async(original: Callable[..., Any]) -> Callable[..., Any]:
         source = _source
         if source is None or _inside_async.get() or not _is_enabled():
             return await original(self, sql, *args, **kwargs)
-        try:
-            task = _task_id()
-            message = _message(sql, _getframe(1))  # the awaiting frame: the caller's chain
-            _record(_K_BEGIN, task, DB_REGION)
-            _record(_K_LOG, task, DB_CATEGORY, message)
-        except Exception as exc:
-            source.failed(exc)
+        task = _begin(source, sql, _getframe(1))  # the awaiting frame: the caller's chain
+        if task is None:
             return await original(self, sql, *args, **kwargs)
         token = _inside_async.set(True)
         try:
             return await original(self, sql, *args, **kwargs)
         finally:
             _inside_async.reset(token)
-            try:
-                _record(_K_END, task, DB_REGION)
-            except Exception as exc:
-                source.failed(exc)
+            _end(source, task)
 
     execute.__pyflight_original__ = original  # type: ignore[attr-defined]
     return execute
