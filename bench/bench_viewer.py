@@ -233,11 +233,15 @@ def _browser_round(
     browser = playwright.chromium.launch(  # type: ignore[attr-defined]
         executable_path=CHROMIUM, headless=True, args=["--disable-background-networking"]
     )
+    ready_at: list[float] = []  # polled beside the page, not after its first draw
+    poller = threading.Thread(target=lambda: ready_at.append(_wait_ready(url, started)), daemon=True)
+    poller.start()
     try:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(url, wait_until="load")
         cold = _first_draw(page)
-        ready = _wait_ready(url, started)
+        poller.join()
+        ready = ready_at[0]
         page.reload(wait_until="load")
         warm = _first_draw(page)
         result = page.evaluate(PAN)

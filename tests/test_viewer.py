@@ -578,3 +578,53 @@ def test_sigterm_while_the_server_accepts_a_connection_still_stops_it() -> None:
         guard.cancel()
         client.close()
         server.server_close()
+
+
+def test_the_rules_wait_for_the_first_slices_a_page_asked_for(
+    evil: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules and the page's first slices both want the interpreter: once a page has
+    asked for slices, the rules start only when they are answered; with no page asking,
+    they start after a moment anyway."""
+    import threading
+
+    import pyflight
+    from pyflight.analysis import result
+    from pyflight.viewer import command
+    from pyflight.viewer.server import Content
+
+    monkeypatch.setattr(command, "FIRST_VIEW_WAIT_S", 0.05)
+    started = threading.Event()
+    real_report_of = result.report_of
+
+    def report_of(model: Any) -> Any:
+        started.set()
+        return real_report_of(model)
+
+    monkeypatch.setattr(result, "report_of", report_of)
+    trace = pyflight.load(str(evil))
+
+    class Server:
+        analysis_failed = False
+
+        def shutdown(self) -> None:
+            raise AssertionError("the trace is fine")
+
+    asked = Content(evil.read_bytes(), evil.name)
+    asked.first_view_asked.set()  # a page asked; its answer is not out yet
+    worker = threading.Thread(target=command._analyse, args=("t.pyfl", trace, asked, Server()))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while asked.api is None and time.monotonic() < deadline:  # the timeline is served...
+        time.sleep(0.01)
+    assert asked.api is not None
+    assert not started.wait(0.5)  # ...and the rules wait, well past FIRST_VIEW_WAIT_S
+    assert not asked.ready
+    asked.first_view.set()
+    worker.join(60)
+    assert started.is_set() and asked.ready
+
+    started.clear()
+    alone = Content(evil.read_bytes(), evil.name)  # nobody asks: the rules start anyway
+    command._analyse("t.pyfl", trace, alone, Server())
+    assert started.is_set() and alone.ready

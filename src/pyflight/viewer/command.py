@@ -30,8 +30,10 @@ if TYPE_CHECKING:  # the server is imported when serving, not when `pyflight run
 
 __all__ = ["run"]
 
-#: how long the rules wait for the page's first slices before they start anyway
+#: how long the rules wait for a page to ask for its first slices before they start
+#: anyway, and how long at most for the answer once a page has asked
 FIRST_VIEW_WAIT_S = 2.0
+FIRST_VIEW_MAX_WAIT_S = 60.0
 
 
 class _Stop(BaseException):
@@ -82,8 +84,9 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
             return
         content.set_timeline(api)
         # the page's first slices before the rules: both want the GIL, the user sees the
-        # timeline first (a browser not opened, or closed, waits a moment only)
-        content.first_view.wait(FIRST_VIEW_WAIT_S)
+        # timeline first (with no page asking, the rules wait a moment only)
+        if not content.first_view.wait(FIRST_VIEW_WAIT_S) and content.first_view_asked.is_set():
+            content.first_view.wait(FIRST_VIEW_MAX_WAIT_S)
         try:
             report = report_of(model)
         except Exception as exc:

@@ -80,8 +80,10 @@ class Content:
         self._done = threading.Event()
         self._render_lock = threading.Lock()
         #: set once the page has its first slices, or someone asks for the report: the
-        #: rules wait for it (a little), so they do not share the GIL with the first draw
+        #: rules wait for it, so they do not share the GIL with the first draw (a little
+        #: while if no page asks, as long as it takes once one has: ``first_view_asked``)
         self.first_view = threading.Event()
+        self.first_view_asked = threading.Event()
 
     def set_timeline(self, api: TimelineApi) -> None:
         self.api, self.progress = api, 1.0
@@ -259,6 +261,16 @@ class _Handler(BaseHTTPRequestHandler):
             failed = json.dumps({"error": content.error}).encode("ascii")
             self._send(200, failed, "application/json", body=body)
             return
+        if path != "/api/slices":
+            self._api(api, path, query, body)
+            return
+        content.first_view_asked.set()
+        try:
+            self._api(api, path, query, body)
+        finally:  # answered or not, the rules need not wait any more
+            content.first_view.set()
+
+    def _api(self, api: TimelineApi, path: str, query: str, body: bool) -> None:
         try:
             answer = api_answer(api, path[len("/api/") :], parse_qs(query))
         except KeyError:
@@ -269,8 +281,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = json.dumps(answer, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         self._send(200, payload, "application/json", body=body)
-        if path == "/api/slices":
-            content.first_view.set()
 
     def _send(
         self,
