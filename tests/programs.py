@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyflight.analysis.rules import Finding
 
 HERE = Path(__file__).parent
 PROGRAMS = HERE / "problem_programs"
@@ -31,3 +35,22 @@ def record_program(program: Path, out: Path) -> Path:
 def record_named(name: str, out_dir: Path) -> Path:
     """``problem_programs/<name>.py`` recorded into ``out_dir/<name>.pyfl``."""
     return record_program(PROGRAMS / f"{name}.py", out_dir / f"{name}.pyfl")
+
+
+def findings_of(path: Path) -> list[Finding]:
+    """The findings of a recorded trace, the rules run strictly (a rule that fails, fails)."""
+    from pyflight.analysis import build
+    from pyflight.analysis.rules import find
+    from pyflight.format.reader import loads
+
+    return find(build(loads(path.read_bytes())), strict=True)
+
+
+def top_warning(findings: list[Finding], rule: str) -> Finding:
+    """The finding of ``rule`` among the top three: it must be there, and a warning."""
+    from pyflight.analysis.rules import WARNING
+
+    top = [f for f in findings[:3] if f.rule == rule]
+    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
+    assert top[0].score >= WARNING, (top[0].score, top[0].title)
+    return top[0]

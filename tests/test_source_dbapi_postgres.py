@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 import pyflight
-from programs import record_named
+from programs import findings_of, record_named, top_warning
 from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, find
 from pyflight.analysis.rules.n_plus_one import db_queries
 from pyflight.format.reader import loads
 
@@ -97,11 +96,8 @@ def test_n_plus_one_on_postgres_is_a_warning_at_the_loops_line(
     postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PYFLIGHT_TEST_PG_URI", postgres)
-    findings = find(build(loads(record_named("postgres_n_plus_one", tmp_path).read_bytes())), strict=True)
-    top = [f for f in findings[:3] if f.rule == "n-plus-one"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named("postgres_n_plus_one", tmp_path))
+    finding = top_warning(findings, "n-plus-one")
     assert "monthly-report" in finding.title
     assert "WHERE customer_id = ?" in finding.evidence["statement"]
     assert finding.evidence["repeats_per_call"] >= 1000

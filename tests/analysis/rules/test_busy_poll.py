@@ -8,31 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
-from pyflight.format.reader import loads
+from programs import findings_of, record_named, top_warning
 
 PLANTED = {"busy_poll_asyncio": "wait_for_ready", "busy_poll_asyncio_queue": "poll_jobs"}
 HEALTHY = ["healthy_asyncio_pipeline", "healthy_asyncio", "slow_route_asyncio"]
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize("program", sorted(PLANTED))
 def test_busy_polling_coroutine_is_named(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
-    top = [f for f in findings[:3] if f.rule == "busy-poll"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    assert top[0].score >= WARNING
-    assert top[0].evidence["coroutine"] == PLANTED[program]
-    assert PLANTED[program] in top[0].title
-    assert top[0].evidence["steps_per_second"] >= 5000
+    findings = findings_of(record_named(program, tmp_path))
+    finding = top_warning(findings, "busy-poll")
+    assert finding.evidence["coroutine"] == PLANTED[program]
+    assert PLANTED[program] in finding.title
+    assert finding.evidence["steps_per_second"] >= 5000
 
 
 @pytest.mark.parametrize("program", HEALTHY)
 def test_honest_asyncio_is_not_busy_polling(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "busy-poll"], [(f.rule, f.title) for f in findings]

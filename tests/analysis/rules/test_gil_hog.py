@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
-from pyflight.format.reader import loads
+from programs import findings_of, record_named, top_warning
 
 # program -> (holding thread, acceptable culprit functions: the call or the line making it)
 PLANTED = {
@@ -20,18 +17,11 @@ PLANTED = {
 HEALTHY = ["healthy", "healthy_service_wsgi", "slow_operation_threads"]
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize("program", sorted(PLANTED))
 def test_gil_holding_call_is_named_with_starved_threads(program: str, tmp_path: Path) -> None:
     thread, functions = PLANTED[program]
-    findings = _findings(record_named(program, tmp_path))
-    top = [f for f in findings[:3] if f.rule == "gil-hog"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named(program, tmp_path))
+    finding = top_warning(findings, "gil-hog")
     assert finding.evidence["thread"] == thread
     # The culprit line is a guess from the samples next to the gap (an in-process sampler
     # needs the GIL, so it never sees inside the call); it is right most of the time
@@ -42,7 +32,7 @@ def test_gil_holding_call_is_named_with_starved_threads(program: str, tmp_path: 
 
 @pytest.mark.parametrize("program", HEALTHY)
 def test_threads_that_share_the_gil_are_not_hogs(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "gil-hog" and f.score >= 25], [
         (f.rule, f.title) for f in findings
     ]

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
+from programs import findings_of, record_named, top_warning
 from pyflight import core
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
-from pyflight.format.reader import loads
+from pyflight.analysis.rules import WARNING
 
 # program -> (kind, culprit function, words of the fix)
 PLANTED = {
@@ -28,21 +26,14 @@ LOCK_TRACED = core.BACKEND_NAME == "c"
 needs_locks = pytest.mark.skipif(not LOCK_TRACED, reason="locks are traced by the C core only")
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize(
     "program",
     [pytest.param(p, marks=needs_locks) if "logging" in PLANTED[p][0] else p for p in sorted(PLANTED)],
 )
 def test_library_wait_is_named_with_its_fix(program: str, tmp_path: Path) -> None:
     kind, function, fix = PLANTED[program]
-    findings = _findings(record_named(program, tmp_path))
-    top = [f for f in findings[:3] if f.rule == "library-wait"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named(program, tmp_path))
+    finding = top_warning(findings, "library-wait")
     assert finding.evidence["kind"] == kind
     assert finding.culprit is not None and finding.culprit.function == function
     assert fix in finding.hint
@@ -50,13 +41,13 @@ def test_library_wait_is_named_with_its_fix(program: str, tmp_path: Path) -> Non
 
 @needs_locks
 def test_logging_lock_holder_is_where_holders_held_it(tmp_path: Path) -> None:
-    findings = _findings(record_named("logging_slow_stream", tmp_path))
+    findings = findings_of(record_named("logging_slow_stream", tmp_path))
     finding = next(f for f in findings if f.rule == "library-wait")
     assert finding.evidence["held_at"].startswith("SlowStream.write")
 
 
 def test_database_lock_holder_is_the_open_transaction(tmp_path: Path) -> None:
-    findings = _findings(record_named("sqlite_busy_threads", tmp_path))
+    findings = findings_of(record_named("sqlite_busy_threads", tmp_path))
     finding = next(f for f in findings if f.rule == "library-wait")
     assert finding.evidence["holders"].split(", ")[0] == "stock-exporter"
     assert finding.evidence["held_at"].startswith("notify_partner")
@@ -65,7 +56,7 @@ def test_database_lock_holder_is_the_open_transaction(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", HEALTHY)
 def test_pools_big_enough_get_no_library_wait(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     # three writers on one SQLite file still take turns (one writer at a time): info at most
     limit = WARNING if program == "healthy_sqlite_writers" else 25
     assert not [f for f in findings if f.rule == "library-wait" and f.score >= limit], [

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
-from pyflight.format.reader import loads
+from programs import findings_of, record_named
+from pyflight.analysis.rules import WARNING
 
 # program -> {culprit function: the blocking call it made}
 PLANTED = {
@@ -21,13 +19,9 @@ PLANTED = {
 HEALTHY = ["healthy_asyncio_http", "healthy_asyncio"]
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize("program", sorted(PLANTED))
 def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     top = findings[:3]
     shown = [(f.rule, f.score, f.title) for f in findings[:5]]
     for function, call in PLANTED[program].items():
@@ -53,14 +47,14 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("program", HEALTHY)
 def test_loop_kept_free_gets_no_blocked_loop(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.score >= WARNING], [(f.rule, f.title) for f in findings]
 
 
 def test_io_wait_says_the_waiting_thread_is_the_loops(tmp_path: Path) -> None:
-    findings = _findings(record_named("loop_medium_urllib", tmp_path))
+    findings = findings_of(record_named("loop_medium_urllib", tmp_path))
     io = next(f for f in findings if f.rule == "io-wait")
     assert "event loop's thread (MainThread)" in io.title
     assert io.evidence["on_event_loop_ns"] > 0
-    healthy = _findings(record_named("healthy_asyncio_http", tmp_path))
+    healthy = findings_of(record_named("healthy_asyncio_http", tmp_path))
     assert all("event loop" not in f.title for f in healthy if f.rule == "io-wait")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import pyflight
-from programs import record_named
+from programs import findings_of, record_named, top_warning
 from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
+from pyflight.analysis.rules import WARNING
 from pyflight.analysis.rules.n_plus_one import db_queries
 from pyflight.format.reader import loads
 from pyflight.sources.dbapi import normalize_sql
@@ -29,20 +29,13 @@ PLANTED = {
 HEALTHY = ["healthy_django", "healthy_sqlite_threads"]
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize("program", sorted(PLANTED))
 def test_n_plus_one_is_a_top_warning_at_the_views_line(program: str, tmp_path: Path) -> None:
     if program.startswith("django"):
         pytest.importorskip("django")
     unit, statement, function, line_text = PLANTED[program]
-    findings = _findings(record_named(program, tmp_path))
-    top = [f for f in findings[:3] if f.rule == "n-plus-one"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named(program, tmp_path))
+    finding = top_warning(findings, "n-plus-one")
     assert unit in finding.title and statement in finding.evidence["statement"]
     assert finding.evidence["repeats_per_call"] >= 500
     assert finding.evidence["queries_per_call"] > finding.evidence["repeats_per_call"]
@@ -61,7 +54,7 @@ def test_n_plus_one_is_a_top_warning_at_the_views_line(program: str, tmp_path: P
 def test_batched_queries_get_no_n_plus_one(program: str, tmp_path: Path) -> None:
     if program.startswith("django"):
         pytest.importorskip("django")
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "n-plus-one"], [(f.rule, f.title) for f in findings]
     assert not [f for f in findings if f.score >= WARNING], [(f.rule, f.title) for f in findings]
 

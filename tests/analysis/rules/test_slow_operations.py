@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
+from programs import findings_of, record_named, top_warning
+from pyflight.analysis.rules import WARNING
 from pyflight.format.reader import loads
 from pyflight.report import analyze
 from pyflight.report.text import render
@@ -23,18 +22,11 @@ PLANTED = {
 HEALTHY = ["healthy_service_wsgi", "healthy", "healthy_asyncio"]
 
 
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
-
-
 @pytest.mark.parametrize("program", sorted(PLANTED))
 def test_slow_operation_is_a_top_warning(program: str, tmp_path: Path) -> None:
     name, culprit = PLANTED[program]
-    findings = _findings(record_named(program, tmp_path))
-    top = [f for f in findings[:3] if f.rule == "slow-operations"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named(program, tmp_path))
+    finding = top_warning(findings, "slow-operations")
     assert finding.evidence["name"] == name
     assert name in finding.title
     if culprit is not None:
@@ -44,7 +36,7 @@ def test_slow_operation_is_a_top_warning(program: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", HEALTHY)
 def test_fast_operations_get_no_warning(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "slow-operations" and f.score >= WARNING]
     assert not [f for f in findings if f.score >= WARNING], [(f.rule, f.title) for f in findings]
 

@@ -7,22 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
-from pyflight.analysis import build
-from pyflight.analysis.rules import WARNING, Finding, find
-from pyflight.format.reader import loads
-
-
-def _findings(path: Path) -> list[Finding]:
-    return find(build(loads(path.read_bytes())), strict=True)
+from programs import findings_of, record_named, top_warning
 
 
 def test_worker_stalling_with_the_token_is_named(tmp_path: Path) -> None:
-    findings = _findings(record_named("stalled_holder_threads", tmp_path))
-    top = [f for f in findings[:3] if f.rule == "stalled-holder"]
-    assert top, [(f.rule, f.score, f.title) for f in findings[:5]]
-    finding = top[0]
-    assert finding.score >= WARNING
+    findings = findings_of(record_named("stalled_holder_threads", tmp_path))
+    finding = top_warning(findings, "stalled-holder")
     assert finding.evidence["thread"] == "worker-2"
     assert finding.culprit is not None and finding.culprit.function == "flush_audit_log"
     assert "worker-2" in finding.title
@@ -30,5 +20,5 @@ def test_worker_stalling_with_the_token_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", ["queue_idle", "queue_full", "healthy", "lock_held_long"])
 def test_producers_and_healthy_threads_are_not_stalled_holders(program: str, tmp_path: Path) -> None:
-    findings = _findings(record_named(program, tmp_path))
+    findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "stalled-holder"], [(f.rule, f.title) for f in findings]
