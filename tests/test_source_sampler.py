@@ -423,3 +423,46 @@ def samples_of_threads(rec: pyflight.FlightRecorder, threads: list[threading.Thr
     """Native ids of ``threads`` the sampler has sampled already."""
     seen = set(sampler_of(rec)._procs)
     return {t.native_id for t in threads if t.native_id in seen}
+
+
+def test_no_frame_is_held_while_a_tick_reads_thread_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame held by the sampler keeps the locals of a returned function alive; held
+    across a GIL release (reading a new thread's /proc state) it kept a program's sqlite3
+    cursor open while its thread committed ("SQL statements in progress"). States are
+    read before the stacks, new threads' too."""
+    from pyflight.core import backend
+    from pyflight.sources import sampler as sampler_module
+
+    me = threading.get_ident()  # the ticks run here (the sampler's own thread also ticks)
+    holding = [False]
+    read_while_holding: list[int] = []
+    real_frames = backend.current_frames
+
+    def current_frames() -> dict[int, Any]:
+        if threading.get_ident() == me:
+            holding[0] = True
+        return real_frames()
+
+    real_state = sampler_module.StackSampler._state
+
+    def state(self: Any, tid: int, now: int) -> int:
+        if holding[0] and threading.get_ident() == me:
+            read_while_holding.append(tid)
+        return real_state(self, tid, now)
+
+    monkeypatch.setattr(backend, "current_frames", current_frames)
+    monkeypatch.setattr(sampler_module.StackSampler, "_state", state)
+    rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": {"interval": 1.0}})
+    with rec:
+        source = sampler_of(rec)
+        stop = threading.Event()
+        for _ in range(3):  # threads the sampler meets for the first time, tick after tick
+            worker = threading.Thread(target=stop.wait)
+            worker.start()
+            source._tick(me)
+            holding[0] = False
+            stop.set()
+            worker.join()
+            stop.clear()
+    assert source.samples > 0
+    assert read_while_holding == []

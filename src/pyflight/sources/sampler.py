@@ -376,18 +376,29 @@ class StackSampler(Source):
             backend.set_live(_LIVE_KEY, Kind.COUNTER, _COUNTER_NAME, us)
 
     def _tick(self, me: int) -> None:
-        """One SAMPLE per thread but this one: states first (GIL released), then the
-        stacks of all threads in one GIL hold."""
+        """One SAMPLE per thread but this one: states and running tasks first, then the
+        stacks of all threads, each frame let go of as soon as it is recorded.
+
+        A frame object held here keeps the locals of a function that has returned alive
+        (Python 3.11+): held across a GIL switch (I/O, the switch interval) it can keep a
+        program's sqlite3 cursor open while its thread commits ("SQL statements in
+        progress"). So nothing that can release the GIL runs while frames are held."""
         now = time.monotonic_ns()
+        tasks = self._running_tasks()
+        table = _thread_table()
         states = self._read_states(now) if self._proc_ok else None
-        frames = backend.current_frames()
-        late: list[tuple[int, int, FrameType]] = []
+        if states is not None:
+            for ident in list(table):  # threads new since the last tick: read them now too
+                tid = self._native_id(ident, table) if ident != me else 0
+                if tid and tid not in states:
+                    states[tid] = self._state(tid, now)
         seen: list[int] = []
+        record = backend.record
+        frames = backend.current_frames()
+        alive = set(frames)
         try:
-            tasks = self._running_tasks()
-            record = backend.record
-            table = _thread_table()
-            for ident, frame in frames.items():
+            while frames:
+                ident, frame = frames.popitem()
                 if ident == me or frame is None:
                     continue
                 tid = self._native_id(ident, table)
@@ -395,21 +406,16 @@ class StackSampler(Source):
                     continue  # not a threading thread: no native id to file it under
                 seen.append(tid)
                 task = tasks.get(ident, 0) if tasks else 0
-                if states is None:
+                state = states.get(tid) if states is not None else None
+                if state is None:  # unknown, or a thread started since the states were read
                     record(_SAMPLE, tid, task, frame, _UNKNOWN, 0, 0)
-                    continue
-                state = states.get(tid)
-                if state is None:  # new thread: read its state after the others' stacks
-                    late.append((tid, task, frame))
                 else:
                     record(_SAMPLE, tid, task, frame, state, *self._cpu_used(tid))
-            for tid, task, frame in late:
-                state = self._state(tid, time.monotonic_ns())
-                record(_SAMPLE, tid, task, frame, state, *self._cpu_used(tid))
-            if len(self._idents) > len(frames) + 16:
-                self._idents = {i: e for i, e in self._idents.items() if i in frames}
         finally:
-            del frames, late  # no frame outlives the tick
+            frame = None
+            del frames, frame  # no frame outlives the tick
+        if len(self._idents) > len(alive) + 16:
+            self._idents = {i: e for i, e in self._idents.items() if i in alive}
         self.samples += len(seen)
         self._seen = seen
         self._last_tick_ns = now
