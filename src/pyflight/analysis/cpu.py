@@ -239,12 +239,12 @@ def _carve(intervals: list[Interval], windows: list[tuple[int, int]]) -> list[In
             a, b = max(windows[i][0], cursor), min(windows[i][1], iv.end)
             if b > a:
                 if a > cursor:
-                    out.append(Interval(cursor, a, iv.state, iv.reason, iv.obj, iv.stack, iv.detail))
+                    out.append(iv.cut(cursor, a))
                 out.append(Interval(a, b, State.READY, None, 0, iv.stack, "waiting for the GIL"))
                 cursor = b
             i += 1
         if iv.end > cursor:
-            out.append(Interval(cursor, iv.end, iv.state, iv.reason, iv.obj, iv.stack, iv.detail))
+            out.append(iv.cut(cursor, iv.end))
     return out
 
 
@@ -258,7 +258,7 @@ def _split_woken(intervals: list[Interval], wake_times: list[int]) -> list[Inter
             j = bisect_left(wake_times, iv.end) - 1
             if j >= 0 and iv.start < wake_times[j] < iv.end:
                 woke = wake_times[j]
-                out.append(Interval(iv.start, woke, iv.state, iv.reason, iv.obj, iv.stack, iv.detail))
+                out.append(iv.cut(iv.start, woke))
                 out.append(Interval(woke, iv.end, State.READY, None, 0, iv.stack, WOKEN))
                 continue
         out.append(iv)

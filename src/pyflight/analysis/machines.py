@@ -192,8 +192,7 @@ def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> list[I
             j = bisect_left(idle_ends, iv.end) - 1
             if j >= 0 and idle_ends[j] > iv.start:
                 woke = idle_ends[j]
-                # (a NamedTuple's _replace is a Python call: ~1 us, 260,000 times on a big trace)
-                out.append(Interval(iv.start, woke, iv.state, iv.reason, iv.obj, iv.stack, iv.detail))
+                out.append(iv.cut(iv.start, woke))
                 out.append(Interval(woke, iv.end, READY, None, 0, iv.stack, iv.detail))
                 continue
         out.append(iv)

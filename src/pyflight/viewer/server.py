@@ -88,9 +88,7 @@ class Content:
     def set_timeline(self, api: TimelineApi) -> None:
         self.api, self.progress = api, 1.0
 
-    def set_analysis(self, report: Report, api: TimelineApi | None = None) -> None:
-        if api is not None:
-            self.set_timeline(api)
+    def set_analysis(self, report: Report) -> None:
         if self.api is not None:
             self.api.set_findings(report.findings)
         self._report = report
