@@ -330,6 +330,25 @@ def test_errors_of_asyncio_pass_through() -> None:
             asyncio.run(contend())
 
 
+async def hand_stepped_lock_case() -> int:
+    """A lock wait in a coroutine stepped by hand from a plain callback: no task's step
+    runs it, so the hooks must ask asyncio.current_task whose wait it is."""
+    lock = asyncio.Lock()
+    await lock.acquire()
+    acquire = lock.acquire()
+    loop = asyncio.get_running_loop()
+    stepped = loop.create_future()
+
+    def step() -> None:
+        stepped.set_result(acquire.send(None))  # blocks: yields the waiter future
+
+    loop.call_soon(step)
+    await stepped
+    acquire.close()
+    lock.release()
+    return id(lock)
+
+
 def test_fault_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = asyncio.tasks.current_task
     locks = asyncio.locks.__dict__
@@ -344,7 +363,7 @@ def test_fault_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(asyncio.tasks, "current_task", current_task)  # the hooks bind it when installed
     with pyflight.FlightRecorder(sources=["asyncio"], source_options=SYNC_WAITS) as rec:
         with pytest.warns(SourceWarning, match="injected block fault"):
-            lock_id = asyncio.run(lock_case())
+            lock_id = asyncio.run(hand_stepped_lock_case())
         assert lock_id
         assert _get_loop() is ORIGINAL_GET_LOOP
         path = tmp_path / "t.pyfl"

@@ -856,6 +856,37 @@ void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFr
     commit(&ev);
 }
 
+void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs) {
+    if (!S.enabled) return;
+    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
+        S.dropped++;
+        return;
+    }
+    Ev ev;
+    ev.kind = (uint8_t)kind;
+    ev.n = (uint8_t)n;
+    ev.n_stacks = 0;
+    for (int i = 0; i < n; i++) {
+        ev.type[i] = 'u';
+        ev.val[i] = 0;
+        if (types[i] == 's') {
+            if (objs[i] && PyUnicode_CheckExact(objs[i])) {
+                ev.type[i] = 's';
+                ev.obj[i] = objs[i];
+            }
+        } else if (types[i] == 'k') {
+            if (objs[i] && PyFrame_Check(objs[i])) {
+                ev.type[i] = 'k';
+                ev.obj[i] = objs[i];
+                ev.n_stacks++;
+            }
+        } else {
+            ev.val[i] = vals[i];
+        }
+    }
+    commit(&ev);
+}
+
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {
     Ev ev;
     if (!S.enabled) return 0;

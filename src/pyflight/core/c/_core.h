@@ -25,6 +25,13 @@ void pyfl_record_ints(int kind, int n, const uint64_t *vals);
  * Same guarantees as pyfl_record_ints; must be called with no exception set. */
 void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f);
 
+/* Records `kind` with n arguments typed by types[i]: 'u' the int vals[i]; 's' the exact str
+ * objs[i] (interned in the open generation; NULL or a non-str is ""); 'k' the stack from
+ * frame objs[i] outwards (none if NULL). objs are borrowed. No Python objects are made
+ * for the event (the cheap way to record strings and stacks from C); same guarantees as
+ * pyfl_record_ints; must be called with no exception set. */
+void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs);
+
 /* A block whose BLOCK_BEGIN is written when it ends (or, if a generation is sealed
  * meanwhile, just before that seal), so that a short block can skip its stack. It lives
  * on the caller's C stack between pyfl_pending_begin and pyfl_pending_end; the caller
