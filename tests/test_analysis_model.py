@@ -548,3 +548,30 @@ def test_events_are_read_by_name_outside_the_reader() -> None:
         if positional.search(line)
     ]
     assert found == []
+
+
+def test_sample_taken_after_the_wake_up_says_ready() -> None:
+    """A thread sampled between the notify that woke it and the end of its wait was
+    waiting for the GIL: the sample says READY, like the interval it falls in (a loaded
+    run found it still BLOCKED in test_samples_joined_to_states)."""
+    g = Gen(seq=1, start_ns=0, end_ns=10_000_000)
+    g.event(1, Kind.BLOCK_BEGIN, 1_000_000, reason=BlockReason.CONDITION, obj=7, stack=STACK)
+    g.event(2, Kind.WAKE, 2_000_000, target=1, task=0, reason=BlockReason.CONDITION, obj=7)
+    g.event(
+        9,
+        Kind.SAMPLE,
+        3_000_000,
+        tid=1,
+        task=0,
+        stack=STACK,
+        state=ThreadState.SLEEPING,
+        cpu=50_000,
+        span=3_000_000,
+    )
+    g.event(1, Kind.BLOCK_END, 5_000_000, reason=BlockReason.CONDITION, obj=7, waker=2)
+    m = build(_load(g))
+    check_model(m)
+    states = [(iv.start, iv.end, iv.state) for iv in m.threads[1].intervals if iv.start >= 1_000_000]
+    assert states[:2] == [(1_000_000, 2_000_000, State.BLOCKED), (2_000_000, 5_000_000, State.READY)]
+    (sample,) = m.samples
+    assert sample.state is State.READY and sample.reason is None

@@ -39,7 +39,8 @@ TICK_GAP_NS = 2_000_000
 #: Waits shorter than this share of a span are noise (clock granularity, the GIL hand-off).
 MIN_READY_SHARE = 0.05
 
-_OFF_CPU = (State.BLOCKED, State.IDLE)
+#: A READY thread (woken or between samples, waiting for the GIL) is not on a CPU either.
+_OFF_CPU = (State.BLOCKED, State.IDLE, State.READY)
 #: Detail of a READY interval: woken by another thread, not yet running again.
 WOKEN = "woken, waiting for the GIL"
 
@@ -296,12 +297,34 @@ def _wake_times(model: Model) -> dict[int, list[int]]:
 
 def mark_gil_waits(model: Model) -> None:
     """Turn the time each program thread waited for the GIL (or a CPU) into READY: after
-    another thread woke it, and between samples where it neither blocked nor ran."""
+    another thread woke it, and between samples where it neither blocked nor ran. A
+    sample taken in such time says READY too (it was taken BLOCKED or RUNNING)."""
+    changed: set[int] = set()
     for tid, times in _wake_times(model).items():
         tl = model.threads.get(tid)
         if tl is not None and not tl.is_pyflight:
             tl.intervals = _split_woken(tl.intervals, times)
+            changed.add(tid)
     for tid, windows in gil_waits(model).items():
         found = model.threads.get(tid)
         if found is not None:
             found.intervals = _carve(found.intervals, windows)
+            changed.add(tid)
+    ready = {tid: _ready_spans(model.threads[tid].intervals) for tid in changed}
+    ready = {tid: spans for tid, spans in ready.items() if spans}
+    if ready:
+        model.samples = [_restated(s, ready.get(s.tid)) for s in model.samples]
+
+
+def _ready_spans(intervals: list[Interval]) -> list[tuple[int, int]]:
+    return [(iv.start, iv.end) for iv in intervals if iv.state is State.READY]
+
+
+def _restated(s: Sample, spans: list[tuple[int, int]] | None) -> Sample:
+    """``s`` as READY if it was taken inside one of the (sorted, disjoint) ``spans``."""
+    if not spans or s.state is State.READY:
+        return s
+    j = bisect_left(spans, (s.time + 1,)) - 1
+    if j >= 0 and spans[j][0] <= s.time < spans[j][1]:
+        return s._replace(state=State.READY, reason=None)
+    return s
