@@ -240,7 +240,7 @@ static struct {
 } S;
 
 /* The calling thread's batch and the epoch of the generation it belongs to. */
-static _Thread_local struct {
+static PYFL_TLS struct {
     TBuf *buf;
     uint64_t epoch;
 } tls;

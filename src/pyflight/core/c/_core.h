@@ -9,6 +9,15 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* Thread-local storage read on every recorded event. initial-exec: a plain offset from
+ * the thread pointer instead of a __tls_get_addr call per access (~1% of a hand-off's
+ * cost); the ~80 bytes fit glibc's static TLS reserve for dlopen'ed modules. */
+#if defined(__GNUC__) && defined(__linux__)
+#define PYFL_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#else
+#define PYFL_TLS _Thread_local
+#endif
+
 /* Nonzero while recording: the cheap check to make before building an event. */
 int pyfl_enabled(void);
 

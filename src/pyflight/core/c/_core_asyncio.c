@@ -40,8 +40,7 @@ static struct {
     int active;         /* recording (between asyncio_install and asyncio_uninstall) */
     uint64_t epoch;     /* installs so far: invalidates every thread's loop cache */
     int wait_mode;      /* after a task step: 0 nothing, 1 TASK_WAIT, 2 TASK_WAIT with stack */
-    int k_begin, k_end, k_cb_end, k_wait_int, reason;
-    PyObject *k_wait, *k_cb_begin, *reason_await; /* int objects for pyfl_record_args */
+    int k_begin, k_end, k_cb_begin_int, k_cb_end, k_wait_int, reason;
     PyObject *exc_helper;   /* helper(handle, exc): the original's except-branch */
     PyObject *slow_call;    /* slow_call(context, callback, args): context.run(callback, *args) */
     PyObject *on_loop;      /* on_loop(loop): a thread runs a step of a loop it did not just run */
@@ -65,7 +64,7 @@ typedef struct {
     const void *loop;
     uint64_t epoch;
 } ThreadCache;
-static _Thread_local ThreadCache T = {0, -1, NULL, 0};
+static PYFL_TLS ThreadCache T = {0, -1, NULL, 0};
 
 static PyObject *str_context, *str_callback, *str_args, *str_loop, *str_self, *str_fut_waiter, *str_done,
     *str_coro, *str_cr_await, *str_cr_frame, *str_gi_yieldfrom, *str_gi_frame, *str_qualname, *str_func;
@@ -746,20 +745,9 @@ static int after_step(PyObject *task) {
      * on a plain Future or a bare yield ("") is what TASK_STEP_END already implies. */
     if (A.wait_mode <= 0 || (A.wait_mode == 1 && what == A.empty)) return 0;
     PyObject *frame = A.wait_mode >= 2 ? awaiting_frame(task) : NULL;
-    if (what == A.empty && !frame) { /* no string, no stack: the cheap path (ids 0 are "" and ()) */
-        uint64_t vals[4] = {(uint64_t)(uintptr_t)task, (uint64_t)A.reason, 0, 0};
-        pyfl_record_ints(A.k_wait_int, 4, vals);
-        return 0;
-    }
-    PyObject *id = PyLong_FromVoidPtr(task);
-    if (id) {
-        PyObject *args[5] = {A.k_wait, id, A.reason_await, what, frame ? frame : Py_None};
-        if (pyfl_record_args(args, 5) < 0)
-            PyErr_Clear();
-        Py_DECREF(id);
-    } else {
-        PyErr_Clear();
-    }
+    uint64_t vals[4] = {(uint64_t)(uintptr_t)task, (uint64_t)A.reason, 0, 0};
+    PyObject *objs[4] = {NULL, NULL, what, frame};
+    pyfl_record_typed(A.k_wait_int, 4, "uusk", vals, objs);
     Py_XDECREF(frame);
     return 0;
 }
@@ -849,15 +837,9 @@ static PyObject *handle_run(PyObject *self, PyObject *unused) {
                 task_id = (uint64_t)(uintptr_t)task;
                 pyfl_record_ints(A.k_begin, 1, &task_id);
             } else {
-                PyObject *name = callback_name(cb), *lid = PyLong_FromUnsignedLongLong(loop_id);
-                if (lid) {
-                    PyObject *ev[3] = {A.k_cb_begin, lid, name};
-                    if (pyfl_record_args(ev, 3) < 0)
-                        PyErr_Clear();
-                    Py_DECREF(lid);
-                } else {
-                    PyErr_Clear();
-                }
+                PyObject *name = callback_name(cb), *objs[2] = {NULL, name};
+                uint64_t vals[2] = {loop_id, 0};
+                pyfl_record_typed(A.k_cb_begin_int, 2, "us", vals, objs);
                 Py_DECREF(name);
             }
             slot = claim_slot(t, loop_id, task_id, &saved);
@@ -940,22 +922,16 @@ static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
     }
     PyObject *descr = PyDescr_NewMethod((PyTypeObject *)handle_cls, &handle_run_def);
     if (!descr) return NULL;
-    PyObject *k_wait = PyLong_FromLong(k[2]), *k_cb_begin = PyLong_FromLong(k[3]), *reason = PyLong_FromLong(k[5]);
-    if (!k_wait || !k_cb_begin || !reason || (!A.type_names && !(A.type_names = PyDict_New()))) {
-        Py_XDECREF(k_wait);
-        Py_XDECREF(k_cb_begin);
-        Py_XDECREF(reason);
+    if (!A.type_names && !(A.type_names = PyDict_New())) {
         Py_DECREF(descr);
         return NULL;
     }
     A.k_begin = (int)k[0];
     A.k_end = (int)k[1];
+    A.k_cb_begin_int = (int)k[3];
     A.k_cb_end = (int)k[4];
     A.k_wait_int = (int)k[2];
     A.reason = (int)k[5];
-    Py_XSETREF(A.k_wait, k_wait);
-    Py_XSETREF(A.k_cb_begin, k_cb_begin);
-    Py_XSETREF(A.reason_await, reason);
     Py_XSETREF(A.exc_helper, Py_NewRef(exc_helper));
     Py_XSETREF(A.slow_call, Py_NewRef(slow_call));
     Py_XSETREF(A.on_loop, Py_NewRef(on_loop));

@@ -68,14 +68,14 @@ static struct {
 } L;
 
 /* Set while this thread is inside a Condition.wait hook. */
-static _Thread_local int tls_in_wait;
+static PYFL_TLS int tls_in_wait;
 
 /* ------------------------------------------------------------------ helpers */
 
 /* Native thread id, cached per thread; the cache is invalidated in a forked child (the
  * forking thread's id changes there). */
 static uint64_t fork_generation = 1;
-static _Thread_local uint64_t tls_tid, tls_tid_generation;
+static PYFL_TLS uint64_t tls_tid, tls_tid_generation;
 
 #ifndef _WIN32
 /* pthread_atfork child handler: every cached thread id is stale now. Async-signal-safe. */
@@ -544,7 +544,7 @@ typedef struct {
 
 /* The slot of the Condition.wait this thread is entering, until its waiter lock takes
  * it. */
-static _Thread_local WaitSlot *tls_wait_slot;
+static PYFL_TLS WaitSlot *tls_wait_slot;
 
 /* The private lock Condition.wait blocks on and notify releases ("waiter"), made by
  * threading._allocate_lock while a wait hook runs on this thread. It is the inner
