@@ -215,9 +215,11 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
             if ready <= MIN_READY_SHARE * s.span:
                 continue
             found = waits.setdefault(s.tid, [])
+            after_last = s.time - s.span + 1  # the previous sample's instant stays as sampled
             for a, b in pieces:  # latest first
                 take = min(ready, b - a)
-                found.append((b - take, b))
+                if b > after_last:
+                    found.append((max(b - take, after_last), b))
                 ready -= take
                 if ready <= 0:
                     break
