@@ -13,20 +13,23 @@ text, which the page shows with ``textContent`` only.
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import heapq
 import itertools
 import operator
+import threading
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.model import Interval, State
 from pyflight.analysis.profiles import frame_label
+from pyflight.core.events import BlockReason
 from pyflight.viewer.lod import LodRow
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model, Sample
+    from pyflight.analysis.model import LoopTimeline, Model, Sample, TaskTimeline
     from pyflight.analysis.rules.finding import Finding
     from pyflight.format.reader import Frame
 
@@ -45,20 +48,56 @@ _GET_STATE = operator.attrgetter("state")
 _GET_REASON = operator.attrgetter("reason")
 
 
-@dataclass
 class Row:
-    """One timeline row; ``refs[k]`` is the model object behind raw slice ``k``."""
+    """One timeline row; ``refs[k]`` is the model object behind raw slice ``k``.
 
-    id: int
-    kind: str  # thread | loop | stalls | task | usertask | region | gc | samples | counter
-    name: str
-    group: str
-    lod: LodRow | None
-    refs: list[Any] = field(default_factory=list)
-    tid: int = 0  # the thread a thread or samples row is about
-    task: int = 0  # the asyncio task of a task row
-    owners: list[Any] | None = None  # a lane of tasks: the TaskTimeline of each raw slice
-    points: list[tuple[int, int]] = field(default_factory=list)  # counter rows
+    A row's slices are laid out on first use (``lod``, ``refs``, ``owners``: ``make``
+    returns them), not when the timeline is served: a big trace has millions of slices,
+    and the page's first request needs only the rows on screen. Counter rows have
+    ``points`` and no ``lod``."""
+
+    def __init__(
+        self,
+        id: int,
+        kind: str,  # thread | loop | stalls | task | usertask | region | gc | samples | counter
+        name: str,
+        group: str,
+        make: Callable[[], tuple[LodRow, list[Any], list[Any] | None]] | None = None,
+        tid: int = 0,  # the thread a thread or samples row is about
+        task: int = 0,  # the asyncio task of a task row
+        points: list[tuple[int, int]] | None = None,  # counter rows
+    ) -> None:
+        self.id, self.kind, self.name, self.group = id, kind, name, group
+        self.tid, self.task = tid, task
+        self.points = points if points is not None else []
+        self._make = make
+        self._lod: LodRow | None = None
+        self._refs: list[Any] = []
+        self._owners: list[Any] | None = None  # a lane of tasks: the TaskTimeline of each raw slice
+        self._lock = threading.Lock()  # requests and the warm-up build a row once
+
+    def _laid_out(self) -> None:
+        if self._make is not None:
+            with self._lock:
+                make = self._make
+                if make is not None:
+                    self._lod, self._refs, self._owners = make()
+                    self._make = None
+
+    @property
+    def lod(self) -> LodRow | None:
+        self._laid_out()
+        return self._lod
+
+    @property
+    def refs(self) -> list[Any]:
+        self._laid_out()
+        return self._refs
+
+    @property
+    def owners(self) -> list[Any] | None:
+        self._laid_out()
+        return self._owners
 
     def header(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "name": self.name, "group": self.group}
@@ -105,6 +144,18 @@ class TimelineApi:
             self.codes.append(name)
         return code
 
+    def _register_codes(self) -> None:
+        """Every state code a row can use, before any row is laid out: the page reads the
+        code table once (``/api/meta``), and rows are laid out later, on first use."""
+        for state in State:  # every state has a code, in the legend even if absent
+            self.code(state.value)
+            for reason in (None, *BlockReason):
+                self._state_code(state, reason)
+        for name in ("stall", "task", "region"):
+            self.code(name)
+        for state in State:
+            self.code(f"sample:{state.value}")
+
     def _interval_code(self, iv: Interval) -> int:
         return self._state_code(iv.state, iv.reason)
 
@@ -121,51 +172,45 @@ class TimelineApi:
 
     def _interval_columns(self, intervals: list[Interval]) -> tuple[list[int], list[int], list[int]]:
         """Starts, ends and state codes of model intervals, as parallel lists (no tuple per
-        interval: a big trace has millions)."""
+        interval: a big trace has millions; every (state, reason) has its code already)."""
         starts = list(map(_GET_START, intervals))
         ends = list(map(_GET_END, intervals))
-        codes = self._interval_codes
-        ids = list(
-            zip(map(id, map(_GET_STATE, intervals)), map(id, map(_GET_REASON, intervals)), strict=True)
-        )
-        missing = {key for key in set(ids) if key not in codes}
-        for iv in intervals if missing else ():
-            key = (id(iv.state), id(iv.reason))
-            if key in missing:
-                self._interval_code(iv)
-                missing.discard(key)
-                if not missing:
-                    break
-        return starts, ends, list(map(codes.__getitem__, ids))
+        ids = zip(map(id, map(_GET_STATE, intervals)), map(id, map(_GET_REASON, intervals)), strict=True)
+        try:
+            codes = list(map(self._interval_codes.__getitem__, ids))
+        except KeyError:  # not a State and a BlockReason: named on the way
+            codes = [self._interval_code(iv) for iv in intervals]
+        return starts, ends, codes
 
-    def _add_columns(
+    def _row(
         self,
         kind: str,
         name: str,
         group: str,
-        starts: list[int],
-        ends: list[int],
-        codes: list[int],
-        refs: list[Any],
+        make: Callable[[], tuple[LodRow, list[Any], list[Any] | None]],
         **kw: Any,
     ) -> Row:
-        """A row from parallel lists; sorted here unless already sorted and non-overlapping."""
+        """A row laid out by ``make`` on first use."""
+        row = Row(len(self.rows), kind, name, group, make, **kw)
+        self.rows.append(row)
+        return row
+
+    def _columns_row(
+        self, starts: list[int], ends: list[int], codes: list[int], refs: list[Any]
+    ) -> tuple[LodRow, list[Any], list[Any] | None]:
+        """A row's slices from parallel lists; sorted here unless already sorted and non-overlapping."""
         if _ordered(starts, ends):
-            lod = LodRow(starts, ends, codes)
-            row = Row(len(self.rows), kind, name, group, lod, refs, **kw)
-            self.rows.append(row)
-            return row
-        return self._add(kind, name, group, list(zip(starts, ends, codes, refs, strict=True)), **kw)
+            return LodRow(starts, ends, codes), refs, None
+        return self._slices_row(list(zip(starts, ends, codes, refs, strict=True)))
 
-    def _add(
-        self,
-        kind: str,
-        name: str,
-        group: str,
-        slices: list[tuple[Any, ...]],
-        ordered: bool = False,
-        **kw: Any,
-    ) -> Row:
+    def _intervals_row(self, intervals: list[Interval]) -> tuple[LodRow, list[Any], list[Any] | None]:
+        starts, ends, codes = self._interval_columns(intervals)
+        return self._columns_row(starts, ends, codes, list(intervals))
+
+    @staticmethod
+    def _slices_row(
+        slices: list[tuple[Any, ...]], ordered: bool = False
+    ) -> tuple[LodRow, list[Any], list[Any] | None]:
         """A row of ``(start, end, code, ref[, owner task])`` slices (sorted here unless
         ``ordered``: the caller made them sorted and non-overlapping)."""
         if not ordered and not _ordered([s[0] for s in slices], [s[1] for s in slices]):
@@ -174,42 +219,66 @@ class TimelineApi:
             slices = slices[:-1]
         starts, ends, codes, refs, *owners = zip(*slices, strict=True) if slices else ((), (), (), ())
         lod = LodRow(list(starts), list(ends), list(codes))
-        row = Row(len(self.rows), kind, name, group, lod, list(refs), **kw)
-        if owners:
-            row.owners = list(owners[0])
-        self.rows.append(row)
-        return row
+        return lod, list(refs), list(owners[0]) if owners else None
+
+    def _loop_row(self, loop: LoopTimeline) -> tuple[LodRow, list[Any], list[Any] | None]:
+        """Steps and callbacks (running) and idle waits of a loop in one row, as
+        ``_no_overlap`` cuts them, on columns: a busy loop has a slice per step, and its
+        few idle waits are merged into the (sorted) steps by bisection instead of sorting
+        them all again."""
+        running, idle = self.code("running"), self.code("idle")
+        busy_cols = _non_empty(
+            list(map(_GET_START, loop.busy)),
+            list(map(_GET_END, loop.busy)),
+            [running] * len(loop.busy),
+            loop.busy,
+        )
+        idle_cols = _non_empty(
+            list(map(_GET_START, loop.idle)),
+            list(map(_GET_END, loop.idle)),
+            [idle] * len(loop.idle),
+            loop.idle,
+        )
+        if _sorted(busy_cols[0]) and _sorted(idle_cols[0]):
+            # where a stable sort of busy + idle by start puts each idle wait
+            places = [bisect_right(busy_cols[0], start) for start in idle_cols[0]]
+            starts, ends, codes, refs = (
+                _interleave(b, i, places) for b, i in zip(busy_cols, idle_cols, strict=True)
+            )
+        else:
+            starts, ends, codes, refs = (b + i for b, i in zip(busy_cols, idle_cols, strict=True))
+            order = sorted(range(len(starts)), key=starts.__getitem__)
+            starts, ends, codes, refs = (
+                list(map(column.__getitem__, order)) for column in (starts, ends, codes, refs)
+            )
+        if not _ordered(starts, ends):  # each cut where the next begins
+            ends = list(map(min, ends, itertools.chain(itertools.islice(starts, 1, None), (ends[-1],))))
+            starts, ends, codes, refs = _non_empty(starts, ends, codes, refs)
+        return LodRow(starts, ends, codes), refs, None
 
     def _build_rows(self) -> None:
+        """Every row's header (the page lists them at once); their slices are laid out on
+        first use (see ``Row``)."""
         model = self.model
+        self._register_codes()
         threads = sorted(model.threads.values(), key=lambda t: (t.is_pyflight, t.start, t.tid))
         for th in threads:
-            group = "pyflight threads" if th.is_pyflight else "threads"
-            starts, ends, codes = self._interval_columns(th.intervals)
-            self._thread_row[th.tid] = self._add_columns(
+            self._thread_row[th.tid] = self._row(
                 "thread",
                 th.name or f"thread {th.tid}",
-                group,
-                starts,
-                ends,
-                codes,
-                list(th.intervals),
+                "pyflight threads" if th.is_pyflight else "threads",
+                functools.partial(self._intervals_row, th.intervals),
                 tid=th.tid,
             )
         for loop in model.loops.values():
             owner = model.threads.get(loop.tid)
             label = f"loop on {owner.name if owner else loop.tid}"
-            running, idle = self.code("running"), self.code("idle")
-            slices: list[tuple[Any, ...]] = [(iv.start, iv.end, running, iv) for iv in loop.busy]
-            slices += [(iv.start, iv.end, idle, iv) for iv in loop.idle]
-            self._add("loop", label, "event loops", _no_overlap(slices), tid=loop.tid)
+            self._row("loop", label, "event loops", functools.partial(self._loop_row, loop), tid=loop.tid)
             if loop.stalls:
                 stall = self.code("stall")
-                self._add(
-                    "stalls",
-                    f"stalls: {label}",
-                    "event loops",
-                    [(s.start, s.end, stall, s) for s in loop.stalls],
+                stalls = [(s.start, s.end, stall, s) for s in loop.stalls]
+                self._row(
+                    "stalls", f"stalls: {label}", "event loops", functools.partial(self._slices_row, stalls)
                 )
         by_coro: dict[str, list[Any]] = collections.defaultdict(list)
         for tk in model.all_tasks():
@@ -218,65 +287,69 @@ class TimelineApi:
             group = f"tasks: {coro}"
             if len(tasks) <= TASK_ROWS:
                 for tk in sorted(tasks, key=lambda t: t.created):
-                    starts, ends, codes = self._interval_columns(tk.intervals)
-                    name = tk.name or f"task {tk.id}"
-                    row = self._add_columns(
-                        "task",
-                        name,
-                        group,
-                        starts,
-                        ends,
-                        codes,
-                        list(tk.intervals),
-                        task=tk.id,
-                        tid=tk.thread,
+                    make = functools.partial(self._intervals_row, tk.intervals)
+                    row = self._row(
+                        "task", tk.name or f"task {tk.id}", group, make, task=tk.id, tid=tk.thread
                     )
                     self._tasks.append((tk, row.id))
                 continue
             lifetimes = [(tk.created, max(tk.end, tk.created + 1), 0, tk) for tk in tasks]
             for lane, members in enumerate(_lanes(lifetimes, MAX_TASK_LANES)):
-                slices = [
-                    (iv.start, iv.end, self._interval_code(iv), iv, m[3])
-                    for m in members
-                    for iv in m[3].intervals
-                ]
-                row = self._add("task", f"{coro} ({lane + 1})", group, _no_overlap(slices), ordered=True)
-                self._tasks.extend((m[3], row.id) for m in members)
+                lane_tasks = [m[3] for m in members]
+                make = functools.partial(self._task_lane_row, lane_tasks)
+                row = self._row("task", f"{coro} ({lane + 1})", group, make)
+                self._tasks.extend((tk, row.id) for tk in lane_tasks)
         user_code = self.code("task")
         by_name: dict[str, list[tuple[int, int, int, Any]]] = collections.defaultdict(list)
         for ut in model.user_tasks.values():
             by_name[ut.name].append((ut.start, ut.end if ut.end is not None else model.end, user_code, ut))
         for name, items in sorted(by_name.items()):
             for lane, slices in enumerate(_lanes(items)):
-                self._add("usertask", name if lane == 0 else "", "user tasks", slices)
+                make = functools.partial(self._slices_row, slices)
+                self._row("usertask", name if lane == 0 else "", "user tasks", make)
         region_code = self.code("region")
         regions: dict[str, list[tuple[int, int, int, Any]]] = collections.defaultdict(list)
         for rg in model.regions:
             regions[rg.name].append((rg.start, rg.end if rg.end is not None else model.end, region_code, rg))
         for name, items in sorted(regions.items()):
             for lane, slices in enumerate(_lanes(items)):
-                self._add("region", name if lane == 0 else "", "regions", slices)
+                self._row(
+                    "region",
+                    name if lane == 0 else "",
+                    "regions",
+                    functools.partial(self._slices_row, slices),
+                )
         if model.gc_pauses:
             gc_code = self.code(State.GC.value)
             for lane, slices in enumerate(_lanes([(p.start, p.end, gc_code, p) for p in model.gc_pauses])):
-                self._add("gc", "GC pauses" if lane == 0 else "", "GC", slices)
+                self._row(
+                    "gc", "GC pauses" if lane == 0 else "", "GC", functools.partial(self._slices_row, slices)
+                )
         for tid, samples in self._samples_of.items():
             owner = model.threads.get(tid)
-            width = max(1, model.sampling_interval_ns or 1_000_000)
-            slices = []
-            for k, s in enumerate(samples):
-                nxt = samples[k + 1].time if k + 1 < len(samples) else s.time + width
-                slices.append((s.time, min(s.time + width, nxt), self.code(f"sample:{s.state.value}"), s))
-            self._add("samples", f"samples: {owner.name if owner else tid}", "samples", slices, tid=tid)
+            make = functools.partial(self._samples_row, samples)
+            self._row("samples", f"samples: {owner.name if owner else tid}", "samples", make, tid=tid)
         for name, points in sorted(model.counters.items()):
-            row = Row(len(self.rows), "counter", name, "counters", None, points=sorted(points))
-            self.rows.append(row)
-        for state in State:  # every state has a code, in the legend even if absent
-            self.code(state.value)
+            self.rows.append(Row(len(self.rows), "counter", name, "counters", points=sorted(points)))
+
+    def _task_lane_row(self, tasks: list[TaskTimeline]) -> tuple[LodRow, list[Any], list[Any] | None]:
+        """Tasks of one coroutine that never overlap in time, in one row (``owners``: each
+        slice's task)."""
+        slices = [(iv.start, iv.end, self._interval_code(iv), iv, tk) for tk in tasks for iv in tk.intervals]
+        return self._slices_row(_no_overlap(slices), ordered=True)
+
+    def _samples_row(self, samples: list[Sample]) -> tuple[LodRow, list[Any], list[Any] | None]:
+        """One slice per sample, until the next one (at most the sampling interval)."""
+        width = max(1, self.model.sampling_interval_ns or 1_000_000)
+        slices = []
+        for k, s in enumerate(samples):
+            nxt = samples[k + 1].time if k + 1 < len(samples) else s.time + width
+            slices.append((s.time, min(s.time + width, nxt), self.code(f"sample:{s.state.value}"), s))
+        return self._slices_row(slices)
 
     def warm_up(self) -> None:
-        """Build every row's levels of detail, top rows first (run in a background thread
-        while the browser starts: a request for a row not built yet builds it itself)."""
+        """Lay out every row and build its levels of detail, top rows first (run in a
+        background thread: a request for a row not built yet builds it itself)."""
         # the model is millions of long-lived objects: without this, the collections the
         # levels' allocations trigger walk all of them, again and again (seconds each)
         gc.freeze()
@@ -449,7 +522,7 @@ class TimelineApi:
         per_row = []
         overall: dict[str, int] = {}
         for row in rows:
-            if row.lod is None or (not row_ids and row.kind not in ("thread", "task", "loop")):
+            if (not row_ids and row.kind not in ("thread", "task", "loop")) or row.lod is None:
                 continue
             totals = row.lod.totals(a, b)
             if not totals:
@@ -593,7 +666,7 @@ class TimelineApi:
             length = int(worst_ns) if isinstance(worst_ns, (int, float)) and worst_ns > 0 else 0
             best: tuple[int, int, int] | None = None  # (badness, row, k)
             for row in self.rows:
-                if row.lod is None or row.kind not in ("thread", "task", "stalls", "gc", "loop"):
+                if row.kind not in ("thread", "task", "stalls", "gc", "loop") or row.lod is None:
                     continue
                 raw = row.lod.raw
                 lo, hi = raw.span(t - 1_000_000, t + 1_000_000)
@@ -655,6 +728,37 @@ def _ordered(starts: list[int], ends: list[int]) -> bool:
     return all(map(operator.lt, starts, ends)) and all(
         map(operator.le, ends[:-1], itertools.islice(starts, 1, None))
     )
+
+
+def _sorted(values: list[int]) -> bool:
+    return all(map(operator.le, values, itertools.islice(values, 1, None)))
+
+
+def _non_empty(
+    starts: list[int], ends: list[int], codes: list[int], refs: list[Any]
+) -> tuple[list[int], list[int], list[int], list[Any]]:
+    """The columns without their empty slices (as is if there are none)."""
+    keep = list(map(operator.lt, starts, ends))
+    if all(keep):
+        return starts, ends, codes, list(refs)
+    return (
+        list(itertools.compress(starts, keep)),
+        list(itertools.compress(ends, keep)),
+        list(itertools.compress(codes, keep)),
+        list(itertools.compress(refs, keep)),
+    )
+
+
+def _interleave(first: list[Any], second: list[Any], places: list[int]) -> list[Any]:
+    """``first`` with ``second[k]`` inserted before ``first[places[k]]`` (places sorted)."""
+    out: list[Any] = []
+    done = 0
+    for item, place in zip(second, places, strict=True):
+        out += first[done:place]
+        out.append(item)
+        done = place
+    out += first[done:]
+    return out
 
 
 def _no_overlap(slices: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
