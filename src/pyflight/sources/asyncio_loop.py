@@ -39,7 +39,8 @@ asyncio.Lock or who wakes the waiter (that would cost on every release); the ana
 infers lock holders from the hand-over order.
 
 Also: ``BaseEventLoop.create_task`` is wrapped (TASK_CREATE + a live TASK_INFO, parent =
-the current task; recorded in C with the C core; 3.11/3.12 name tasks after creating them,
+the current task; recorded in C with the C core, whose live TASK_INFO is written only from
+the next generation on: TASK_CREATE says the same; 3.11/3.12 name tasks after creating them,
 so ``tasks._set_task_name`` is wrapped to update TASK_INFO); each loop's selector instance
 gets a ``select`` recording LOOP_IDLE_BEGIN/END around waits that may block (a zero-
 timeout poll is not idle) and the ``_pyflight_loop_selector`` mark (the blocking source

@@ -905,36 +905,44 @@ static int key_ok(PyObject *key, int depth) {
     return 1;
 }
 
-/* set_live(key, kind, *args): records the event and remembers it under key (args: int,
- * None or str only). Nothing when stopped. */
-static PyObject *core_set_live(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+int pyfl_set_live(PyObject *const *args, Py_ssize_t nargs, int record) {
     Ev ev;
-    if (!S.enabled) Py_RETURN_NONE;
+    if (!S.enabled) return 0;
     if (nargs < 1 || !key_ok(args[0], 0))
-        return PyErr_Format(PyExc_TypeError, "set_live() key must be a str, int or tuple of them");
-    if (parse_event(args + 1, nargs - 1, &ev, 0) < 0) return NULL;
+        return fail(PyExc_TypeError, "set_live() key must be a str, int or tuple of them");
+    if (parse_event(args + 1, nargs - 1, &ev, 0) < 0) return -1;
     PyObject *entry = PyTuple_New(nargs - 1);
-    if (!entry) return NULL;
+    if (!entry) return -1;
     for (Py_ssize_t i = 1; i < nargs; i++)
         PyTuple_SET_ITEM(entry, i - 1, Py_NewRef(args[i]));
     int rc = S.busy ? fail(PyExc_RuntimeError, "pyflight core re-entered while busy") : 0;
     if (rc == 0) {
-        commit(&ev);
+        if (record) commit(&ev);
         rc = S.live ? PyDict_SetItem(S.live, args[0], entry) : 0;
     }
     Py_DECREF(entry);
-    if (rc < 0) return NULL;
+    return rc;
+}
+
+/* set_live(key, kind, *args): records the event and remembers it under key (args: int,
+ * None or str only). Nothing when stopped. */
+static PyObject *core_set_live(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (pyfl_set_live(args, nargs, 1) < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+int pyfl_clear_live(PyObject *key) {
+    if (!key_ok(key, 0)) return fail(PyExc_TypeError, "clear_live() key must be a str, int or tuple of them");
+    if (!S.live) return 0;
+    if (S.busy) return fail(PyExc_RuntimeError, "pyflight core re-entered while busy");
+    PyObject *found = PyDict_GetItemWithError(S.live, key);
+    if ((!found && PyErr_Occurred()) || (found && PyDict_DelItem(S.live, key) < 0)) return -1;
+    return 0;
 }
 
 /* clear_live(key): forgets key (missing is fine). */
 static PyObject *core_clear_live(PyObject *mod, PyObject *key) {
-    if (!key_ok(key, 0))
-        return PyErr_Format(PyExc_TypeError, "clear_live() key must be a str, int or tuple of them");
-    if (!S.live) Py_RETURN_NONE;
-    if (S.busy) return PyErr_Format(PyExc_RuntimeError, "pyflight core re-entered while busy");
-    PyObject *found = PyDict_GetItemWithError(S.live, key);
-    if ((!found && PyErr_Occurred()) || (found && PyDict_DelItem(S.live, key) < 0)) return NULL;
+    if (pyfl_clear_live(key) < 0) return NULL;
     Py_RETURN_NONE;
 }
 

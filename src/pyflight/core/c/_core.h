@@ -41,6 +41,16 @@ void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFr
  * pyfl_record_ints; must be called with no exception set. */
 void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs);
 
+/* set_live(key, kind, *args) as called from Python (args[0] is the key), except that
+ * with record == 0 the event is only remembered (re-recorded in every later generation),
+ * not recorded now: for a caller that has just recorded the same facts in another event.
+ * 0, or -1 with an exception set on bad arguments. */
+int pyfl_set_live(PyObject *const *args, Py_ssize_t nargs, int record);
+
+/* clear_live(key): forgets a live entry (a missing key is fine); 0, or -1 with an
+ * exception set. */
+int pyfl_clear_live(PyObject *key);
+
 /* A block whose BLOCK_BEGIN is written when it ends (or, if a generation is sealed
  * meanwhile, just before that seal), so that a short block can skip its stack. It lives
  * on the caller's C stack between pyfl_pending_begin and pyfl_pending_end; the caller

@@ -409,7 +409,6 @@ static inline uint64_t coarse_now_ns(void);
 
 static struct {
     PyObject *current_task;          /* asyncio.current_task(loop) */
-    PyObject *set_live, *clear_live; /* this module's set_live / clear_live */
     PyObject *live_tasks;            /* dict shared with the Python source, task id -> parent id
                                       * (the task id is also its live key); NULL: not set up */
     PyObject *on_fault;              /* on_fault(exc): a recording error, the source reports it */
@@ -472,10 +471,7 @@ static int record_task_done(PyObject *task) {
     live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
     PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
     if (known) {
-        if (PyDict_DelItem(live, tid) < 0) goto failed;
-        PyObject *r = PyObject_CallOneArg(TK.clear_live, tid);
-        if (!r) goto failed;
-        Py_DECREF(r);
+        if (PyDict_DelItem(live, tid) < 0 || pyfl_clear_live(tid) < 0) goto failed;
     } else if (PyErr_Occurred()) {
         goto failed;
     }
@@ -533,10 +529,9 @@ static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
     if (!(pid = PyLong_FromUnsignedLongLong(parent_id))) goto out;
     PyObject *ev[5] = {TK.k_create, tid, name, coro_name, pid};
     if (pyfl_record_args(ev, 5) < 0) goto out;
+    /* remembered for later generations, not recorded now: TASK_CREATE just said the same */
     PyObject *live[6] = {tid, TK.k_info, tid, name, coro_name, pid}; /* key: the id (no tuple to track) */
-    PyObject *r = PyObject_Vectorcall(TK.set_live, live, 6, NULL);
-    if (!r) goto out;
-    Py_DECREF(r);
+    if (pyfl_set_live(live, 6, 0) < 0) goto out;
     if (!TK.live_tasks || !(tasks = Py_NewRef(TK.live_tasks)) || PyDict_SetItem(tasks, tid, pid) < 0) goto out;
     if (is_task(task)) { /* an eager task (3.12+ eager_task_factory) may be done already */
         PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
@@ -1011,14 +1006,6 @@ static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
         return PyErr_Format(PyExc_TypeError, "asyncio_tasks_setup() hooks must be callable");
     if (int_tuple(kinds, 4, k, "asyncio_tasks_setup() kinds") < 0) return NULL;
     if (int_tuple(outcomes, 3, o, "asyncio_tasks_setup() outcomes") < 0) goto fail;
-    PyObject *set_live = PyObject_GetAttrString(mod, "set_live"), *clear_live = PyObject_GetAttrString(mod, "clear_live");
-    if (!set_live || !clear_live) {
-        Py_XDECREF(set_live);
-        Py_XDECREF(clear_live);
-        goto fail;
-    }
-    Py_XSETREF(TK.set_live, set_live);
-    Py_XSETREF(TK.clear_live, clear_live);
     Py_XSETREF(TK.current_task, Py_NewRef(current_task));
     Py_XSETREF(TK.on_fault, Py_NewRef(on_fault));
     Py_XSETREF(TK.describe, Py_NewRef(describe));
