@@ -472,6 +472,59 @@ def test_a_coroutine_with_many_tasks_gets_lanes_that_name_each_slices_task(tmp_p
     assert api.rows[hits[0]["row"]].group == "tasks: fetch"
 
 
+@pytest.fixture(scope="module")
+def many_tasks_api(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import pyflight
+    from programs import record_program
+    from pyflight.analysis.model import build
+    from pyflight.viewer.api import TimelineApi
+
+    tmp = tmp_path_factory.mktemp("many")
+    program = tmp / "many.py"
+    program.write_text(MANY_TASKS, encoding="utf-8")
+    return TimelineApi(build(pyflight.load(str(record_program(program, tmp / "many.pyfl")))))
+
+
+def test_the_code_table_the_page_reads_first_names_every_slice_it_gets_later(many_tasks_api: Any) -> None:
+    api = many_tasks_api
+    meta = api.meta()  # the page reads it once, before any row is laid out
+    codes = list(meta["codes"])
+    assert {"running", "idle", "blocked:await", "blocked:lock", "ready", "stall", "task"} <= set(codes)
+    answer = api.slices(0, api.duration, 1000, [row["id"] for row in meta["rows"]])
+    api.warm_up()
+    assert api.meta() == meta  # laying the rows out named no new state
+    used = {code for row in answer["rows"].values() for code in row.get("c", ())}
+    assert used and all(0 <= code < len(codes) for code in used)
+    loop = next(row for row in meta["rows"] if row["kind"] == "loop")
+    assert {codes[c] for c in answer["rows"][str(loop["id"])]["c"]} <= {"running", "idle"}
+
+
+def test_a_loops_steps_and_idle_waits_share_its_row_cut_where_the_next_begins(many_tasks_api: Any) -> None:
+    from pyflight.analysis.model import Interval, LoopTimeline, State
+
+    def run(a: int, b: int) -> Interval:
+        return Interval(a, b, State.RUNNING)
+
+    def idle(a: int, b: int) -> Interval:
+        return Interval(a, b, State.IDLE)
+
+    busy = [run(0, 10), run(10, 20), run(20, 20), run(30, 40), run(40, 45)]  # one empty step
+    waits = [idle(5, 12), idle(20, 30), idle(40, 50)]  # one overlaps two steps, one starts with a step
+    lod, refs, owners = many_tasks_api._loop_row(LoopTimeline(1, 1, busy, waits, [], []))
+    got = list(zip(lod.raw.starts, lod.raw.ends, refs, strict=True))
+    # by start (a step before a wait that starts with it), each cut where the next begins;
+    # what that leaves empty (and the empty step) is not drawn
+    assert got == [
+        (0, 5, busy[0]),
+        (5, 10, waits[0]),
+        (10, 20, busy[1]),
+        (20, 30, waits[1]),
+        (30, 40, busy[3]),
+        (40, 50, waits[2]),
+    ]
+    assert owners is None
+
+
 def test_the_server_answers_while_it_analyses_and_the_page_waits_for_the_analysis(evil: Path) -> None:
     """A big trace takes seconds to analyse: the server answers at once and says how far
     the model got, serves the timeline as soon as the model is built (the findings say
