@@ -396,6 +396,13 @@ def test_source_options_reach_the_program_and_its_children(env: dict[str, str], 
     )
     assert result.returncode == 0, result.stderr
     assert not [e for e in pyflight.load(tmp_path / "off.pyfl").events if e.kind == Kind.TASK_BLOCK]
+    # "off" reads as false on the command line: task_wait takes it as its "off" mode
+    result = _run(
+        "--source-option", "asyncio.task_wait=off", "-o", "nowait.pyfl", "locks.py", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [e for e in pyflight.load(tmp_path / "nowait.pyfl").events if e.kind == Kind.TASK_WAIT]
+    assert [e for e in pyflight.load(tmp_path / "on.pyfl").events if e.kind == Kind.TASK_WAIT]  # the gather
 
 
 SPIN = """

@@ -969,6 +969,8 @@ class AsyncioSource(Source):
         implementation = opts.pop("implementation", "auto")
         if opts:
             raise ValueError(f"unknown option(s) {sorted(opts)}")
+        if task_wait is False:  # `--source-option asyncio.task_wait=off` reads "off" as false
+            task_wait = "off"
         if task_wait not in WAIT_MODES:
             raise ValueError(f"task_wait must be one of {sorted(WAIT_MODES)}, got {task_wait!r}")
         if implementation not in ("auto", "c", "python"):
