@@ -1,4 +1,4 @@
-"""PostgreSQL through psycopg 3, recorded by the dbapi source: each query with its
+"""PostgreSQL through psycopg 3 and psycopg2, recorded by the dbapi source: each query with its
 statement and the program's own line, and an N+1 named at the line that loops. A real
 PostgreSQL server is started on a Unix socket in a temporary directory by ``pgserver``
 (a PyPI package that ships the server; no wheel for 3.13 yet: skipped there)."""
@@ -14,7 +14,7 @@ import pytest
 import pyflight
 from programs import findings_of, record_named, top_warning
 from pyflight.analysis import build
-from pyflight.analysis.rules.n_plus_one import db_queries
+from pyflight.analysis.rules.n_plus_one import Query, db_queries
 from pyflight.format.reader import loads
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg (the `test` extra) is not installed")
@@ -104,3 +104,41 @@ def test_n_plus_one_on_postgres_is_a_warning_at_the_loops_line(
     assert finding.culprit is not None and finding.culprit.function == "customer_total"
     source = Path(finding.culprit.file).read_text().splitlines()[finding.culprit.line - 1]
     assert "conn.execute" in source
+
+
+def test_psycopg2_queries_are_recorded_with_statement_and_callers_line(postgres: str) -> None:
+    """psycopg2's cursor is a C type: its connections get a recorded subclass; the extras'
+    Python cursors (RealDictCursor) are recorded once, not once per class."""
+    pytest.importorskip("psycopg2", reason="psycopg2 (the `test` extra) is not installed")
+    import psycopg2.extras
+
+    with pyflight.FlightRecorder() as rec:
+        conn = psycopg2.connect(postgres)
+        try:
+            cursor = conn.cursor()
+            assert isinstance(cursor, psycopg2.extensions.cursor)
+            cursor.execute("CREATE TEMP TABLE t2 (id INTEGER PRIMARY KEY, name TEXT)")
+            cursor.executemany("INSERT INTO t2 VALUES (%s, %s)", [(1, "a"), (2, "b")])
+            with pyflight.task("lookup2"):
+                cursor.execute("SELECT name FROM t2 WHERE id = %s", (2,))  # the psycopg2 line
+                assert cursor.fetchone() == ("b",)
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as dict_cursor:
+                dict_cursor.execute("SELECT id FROM t2 WHERE name = %s", ("a",))
+                assert dict_cursor.fetchone() == {"id": 1}
+            with pytest.raises(psycopg2.errors.UndefinedColumn):
+                cursor.execute("SELECT nope FROM t2")
+        finally:
+            conn.close()
+        buf = io.BytesIO()
+        rec.write_to(buf)
+    model = build(loads(buf.getvalue()))
+    queries: dict[str, list[Query]] = {}
+    for q in db_queries(model):
+        queries.setdefault(q.statement, []).append(q)
+    assert "INSERT INTO t2 VALUES (...)" in queries, sorted(queries)
+    assert "SELECT nope FROM t2" in queries  # a failing query is recorded too
+    assert len(queries["SELECT id FROM t2 WHERE name = ?"]) == 1  # RealDictCursor: once
+    (lookup,) = queries["SELECT name FROM t2 WHERE id = ?"]
+    assert lookup.site is not None and lookup.site.file == __file__
+    assert "# the psycopg2 line" in Path(__file__).read_text().splitlines()[lookup.site.line - 1]
+    assert model.user_tasks[lookup.task].name == "lookup2"

@@ -31,6 +31,10 @@ What is wrapped:
 - psycopg 3's ``Cursor.execute``/``executemany`` (PostgreSQL; ``connection.execute`` too),
   patched when ``psycopg.cursor`` is imported, and its ``AsyncCursor``'s (awaited queries:
   the region spans the await), patched when ``psycopg.cursor_async`` is;
+- psycopg2's ``connect`` (PostgreSQL; its cursor is a C type, so a connection made without
+  a ``cursor_factory`` gets a recorded subclass of ``psycopg2.extensions.cursor``: the type
+  and ``isinstance`` hold), patched when ``psycopg2`` is imported, and the Python cursor
+  classes of ``psycopg2.extras`` (``DictCursor``, ``RealDictCursor``, ...) when it is;
 - ``record_cursor_class(cls)``: the same for any DB-API cursor class written in Python.
 
 A query inside a recorded query (Django's cursor calling sqlite3's) is recorded once.
@@ -375,6 +379,39 @@ def _unpatch_sqlite() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# psycopg2 (its cursor is a C type: recorded through a subclass handed to its connections)
+
+
+def _patch_psycopg2(psycopg2: ModuleType) -> None:
+    """``psycopg2.connect`` gives connections made without a ``cursor_factory`` a recorded
+    subclass of its C cursor (the connection's default for every ``cursor()``). Idempotent;
+    the wrapper calls straight through once the source is removed."""
+    connect = getattr(psycopg2, "connect", None)
+    base: Any = getattr(getattr(psycopg2, "extensions", None), "cursor", None)
+    if not callable(connect) or getattr(connect, "__pyflight_original__", None) is not None:
+        return
+    if not isinstance(base, type):
+        return
+
+    class RecordedCursor(base):  # type: ignore[misc]
+        """A ``psycopg2.extensions.cursor`` whose statements are recorded."""
+
+        execute = _recorded(base.execute)
+        executemany = _recorded(base.executemany)
+
+    @functools.wraps(connect)
+    def recorded_connect(*args: Any, **kwargs: Any) -> Any:
+        # connect(dsn, connection_factory, cursor_factory, **kwargs): a factory given by
+        # the program (by keyword or third positional) is its own choice, left alone
+        if _source is not None and len(args) < 3 and kwargs.get("cursor_factory") is None:
+            kwargs["cursor_factory"] = RecordedCursor
+        return connect(*args, **kwargs)
+
+    recorded_connect.__pyflight_original__ = connect  # type: ignore[attr-defined]
+    psycopg2.connect = recorded_connect  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------
 # modules patched when imported (sqlite3, Django)
 
 #: module name -> cursor classes in it to record
@@ -385,13 +422,18 @@ _CURSOR_CLASSES = {
     # record_cursor_class cannot patch it; Django's CursorWrapper still records its queries.)
     "psycopg.cursor": ("Cursor",),
     "psycopg.cursor_async": ("AsyncCursor",),
+    # psycopg2's cursor classes written in Python (each defines its own execute)
+    "psycopg2.extras": ("DictCursor", "RealDictCursor", "NamedTupleCursor", "LoggingCursor"),
 }
-_WATCHED = frozenset({"sqlite3", *_CURSOR_CLASSES})
+_WATCHED = frozenset({"sqlite3", "psycopg2", *_CURSOR_CLASSES})
 
 
 def _patch_module(module: ModuleType) -> None:
     if module.__name__ == "sqlite3":
         _patch_sqlite(module)
+        return
+    if module.__name__ == "psycopg2":
+        _patch_psycopg2(module)
         return
     for class_name in _CURSOR_CLASSES.get(module.__name__, ()):
         cls = getattr(module, class_name, None)
