@@ -833,3 +833,20 @@ def test_stand_ins_pickle_and_copy_as_the_functions_they_replace(rec: pyflight.F
         assert copy.copy(obj) is obj and copy.deepcopy(obj) is obj
     # and so does a function that refers to one
     assert pickle.loads(pickle.dumps([time.sleep, 0.01]))[0] is time.sleep
+
+
+@pytest.mark.skipif(C is None, reason="the C stand-ins for sleep, select and sockets are the C core's")
+def test_stand_ins_take_weak_references_as_the_functions_they_replace(rec: pyflight.FlightRecorder) -> None:
+    """A library may key a WeakKeyDictionary by the function it wraps (time.sleep)."""
+    import weakref
+
+    registry: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+    for obj in (time.sleep, select.select, socket.socket.recv, selectors.DefaultSelector.select):
+        assert isinstance(obj, C.BlockingHook)
+        assert weakref.ref(obj)() is obj
+        registry[obj] = obj.__name__
+    assert registry[time.sleep] == "sleep"
+    hook = C.BlockingHook(time.sleep.__wrapped__, C.HOOK_SLEEP)
+    ref = weakref.ref(hook)
+    del hook
+    assert ref() is None  # freed with its weak references cleared

@@ -705,6 +705,7 @@ typedef struct {
     PyObject *dict;       /* __dict__: __wrapped__, __name__, ... (functools.update_wrapper) */
     vectorcallfunc vectorcall;
     PyObject *helper;     /* HOOK_SOCKET: the socket type's gettimeout; else NULL */
+    PyObject *weakrefs;   /* weak references to it (a function takes them: a WeakKeyDictionary keyed by time.sleep) */
     int role;
 } Hook;
 
@@ -861,6 +862,7 @@ static int hook_clear(Hook *h) {
 /* Frees the hook. */
 static void hook_dealloc(Hook *h) {
     PyObject_GC_UnTrack(h);
+    if (h->weakrefs) PyObject_ClearWeakRefs((PyObject *)h);
     hook_clear(h);
     Py_TYPE(h)->tp_free((PyObject *)h);
 }
@@ -912,6 +914,7 @@ static PyTypeObject HookType = {
     .tp_vectorcall_offset = offsetof(Hook, vectorcall),
     .tp_descr_get = hook_descr_get,
     .tp_dictoffset = offsetof(Hook, dict),
+    .tp_weaklistoffset = offsetof(Hook, weakrefs),
     .tp_repr = (reprfunc)hook_repr,
     .tp_free = PyObject_GC_Del,
     .tp_getset = hook_getset,
