@@ -910,11 +910,17 @@ int pyfl_set_live(PyObject *const *args, Py_ssize_t nargs, int record) {
     if (!S.enabled) return 0;
     if (nargs < 1 || !key_ok(args[0], 0))
         return fail(PyExc_TypeError, "set_live() key must be a str, int or tuple of them");
-    if (parse_event(args + 1, nargs - 1, &ev, 0) < 0) return -1;
+    /* remembered only: a C caller's own entry, not parsed now (a bad one is dropped, and
+     * counted, when a seal re-records it) */
+    if (record && parse_event(args + 1, nargs - 1, &ev, 0) < 0) return -1;
     PyObject *entry = PyTuple_New(nargs - 1);
     if (!entry) return -1;
-    for (Py_ssize_t i = 1; i < nargs; i++)
+    int atomic = 1;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
         PyTuple_SET_ITEM(entry, i - 1, Py_NewRef(args[i]));
+        atomic &= PyLong_CheckExact(args[i]) || PyUnicode_CheckExact(args[i]) || args[i] == Py_None;
+    }
+    if (atomic) PyObject_GC_UnTrack(entry); /* ints and strs make no cycle: no GC pass walks it */
     int rc = S.busy ? fail(PyExc_RuntimeError, "pyflight core re-entered while busy") : 0;
     if (rc == 0) {
         if (record) commit(&ev);

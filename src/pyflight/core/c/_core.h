@@ -43,7 +43,8 @@ void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals,
 
 /* set_live(key, kind, *args) as called from Python (args[0] is the key), except that
  * with record == 0 the event is only remembered (re-recorded in every later generation),
- * not recorded now: for a caller that has just recorded the same facts in another event.
+ * not recorded now: for a caller that has just recorded the same facts in another event
+ * (and whose arguments are then not checked: a bad entry is dropped when re-recorded).
  * 0, or -1 with an exception set on bad arguments. */
 int pyfl_set_live(PyObject *const *args, Py_ssize_t nargs, int record);
 

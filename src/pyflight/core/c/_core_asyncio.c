@@ -413,8 +413,8 @@ static struct {
                                       * (the task id is also its live key); NULL: not set up */
     PyObject *on_fault;              /* on_fault(exc): a recording error, the source reports it */
     PyObject *describe;              /* describe(exc) -> "Type: message" (TASK_DONE's error) */
-    PyObject *k_create, *k_info, *k_done;
-    int k_block_int;                 /* TASK_BLOCK, recorded with pyfl_record_typed */
+    PyObject *k_info;
+    int k_create_int, k_done_int, k_block_int; /* recorded with pyfl_record_typed */
     PyObject *ok, *cancelled, *failed; /* TaskOutcome values */
 } TK;
 
@@ -466,8 +466,12 @@ static int record_task_done(PyObject *task) {
             Py_DECREF(exc);
         }
     }
-    PyObject *ev[4] = {TK.k_done, tid, outcome, error};
-    if (pyfl_record_args(ev, 4) < 0 || !TK.live_tasks) goto failed;
+    {
+        uint64_t vals[3] = {(uint64_t)(uintptr_t)task, PyLong_AsUnsignedLongLong(outcome), 0};
+        PyObject *objs[3] = {NULL, NULL, error};
+        pyfl_record_typed(TK.k_done_int, 3, "uus", vals, objs);
+    }
+    if (!TK.live_tasks) goto failed;
     live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
     PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
     if (known) {
@@ -527,8 +531,11 @@ static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
     }
     if (parent_id == (uint64_t)(uintptr_t)task) parent_id = 0;
     if (!(pid = PyLong_FromUnsignedLongLong(parent_id))) goto out;
-    PyObject *ev[5] = {TK.k_create, tid, name, coro_name, pid};
-    if (pyfl_record_args(ev, 5) < 0) goto out;
+    {
+        uint64_t vals[4] = {(uint64_t)(uintptr_t)task, 0, 0, parent_id};
+        PyObject *objs[4] = {NULL, name, coro_name, NULL};
+        pyfl_record_typed(TK.k_create_int, 4, "ussu", vals, objs);
+    }
     /* remembered for later generations, not recorded now: TASK_CREATE just said the same */
     PyObject *live[6] = {tid, TK.k_info, tid, name, coro_name, pid}; /* key: the id (no tuple to track) */
     if (pyfl_set_live(live, 6, 0) < 0) goto out;
@@ -1009,10 +1016,12 @@ static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
     Py_XSETREF(TK.current_task, Py_NewRef(current_task));
     Py_XSETREF(TK.on_fault, Py_NewRef(on_fault));
     Py_XSETREF(TK.describe, Py_NewRef(describe));
-    Py_XSETREF(TK.k_create, k[0]);
+    Py_DECREF(k[0]);
     Py_XSETREF(TK.k_info, k[1]);
-    Py_XSETREF(TK.k_done, k[2]);
-    TK.k_block_int = (int)PyLong_AsLong(k[3]); /* int_tuple checked it */
+    Py_DECREF(k[2]);
+    TK.k_create_int = (int)PyLong_AsLong(k[0]); /* int_tuple checked them */
+    TK.k_done_int = (int)PyLong_AsLong(k[2]);
+    TK.k_block_int = (int)PyLong_AsLong(k[3]);
     Py_DECREF(k[3]);
     Py_XSETREF(TK.ok, o[0]);
     Py_XSETREF(TK.cancelled, o[1]);
