@@ -263,9 +263,36 @@ typedef struct {
 
 /* ------------------------------------------------------------------ generation tables */
 
+/* The ids of recently interned str objects, by identity: the hooks pass the same objects
+ * again and again (a callback's qualname, an asyncio wait's name), and a pointer compare
+ * is ~10x cheaper than the dict lookup. An entry holds its str (so its address cannot be
+ * reused by another) and is valid for the generation it was made in only. */
+#define STR_CACHE 256
+static struct {
+    PyObject *s;
+    uint64_t epoch;
+    int64_t id;
+} str_cache[STR_CACHE];
+
+static int64_t intern_str_slow(PyObject *s);
+
 /* Id of str `s` in the open generation (0 for "" and for non-exact str), added if new;
- * -1 if out of memory. Runs no Python code: exact str keys only. */
+ * -1 if out of memory. Runs no Python code: exact str keys only (a str the cache lets
+ * go of is freed without running any). */
 static int64_t intern_str(PyObject *s) {
+    size_t h = ((uintptr_t)s >> 4) & (STR_CACHE - 1);
+    if (str_cache[h].s == s && str_cache[h].epoch == S.gen.epoch) return str_cache[h].id;
+    int64_t id = intern_str_slow(s);
+    if (id > 0 && S.gen.epoch) {
+        Py_INCREF(s);
+        Py_XSETREF(str_cache[h].s, s);
+        str_cache[h].epoch = S.gen.epoch;
+        str_cache[h].id = id;
+    }
+    return id;
+}
+
+static int64_t intern_str_slow(PyObject *s) {
     Gen *g = &S.gen;
     if (!PyUnicode_CheckExact(s) || PyUnicode_GET_LENGTH(s) == 0) return 0;
     if (!g->str_ids && !(g->str_ids = PyDict_New())) goto nomem;
@@ -391,6 +418,8 @@ static void gen_free(Gen *g) {
         PyMem_RawFree(b);
     }
     Py_CLEAR(g->str_ids);
+    for (int i = 0; i < STR_CACHE; i++) /* its entries were this generation's */
+        Py_CLEAR(str_cache[i].s);
     buf_free(&g->strs);
     intern_free(&g->frames);
     intern_free(&g->stacks);
