@@ -789,12 +789,13 @@ void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns) {
  * run a garbage collection); then, unless recording stopped meanwhile, the open
  * generation is sealed if due and the event appended with a fresh timestamp. A call
  * re-entering a busy core, or running out of memory, drops the event (counted). */
-static void commit(Ev *ev) {
+static uint64_t commit(Ev *ev) {
     PyObject *local[LOCAL_FRAMES], **frames = local;
+    uint64_t at = 0;
     size_t n_frames = 0, need = (size_t)ev->n_stacks * (size_t)S.max_depth;
     if (need > LOCAL_FRAMES && !(frames = PyMem_RawMalloc(need * sizeof *frames))) {
         S.dropped++;
-        return;
+        return 0;
     }
     for (int i = 0; ev->n_stacks && i < ev->n; i++) {
         if (ev->type[i] == 'k') {
@@ -820,12 +821,15 @@ static void commit(Ev *ev) {
         }
         if (append_event(ev, frames, t) < 0)
             S.dropped++;
+        else
+            at = t;
         S.busy = 0;
     }
     for (size_t i = 0; i < n_frames; i++)
         Py_DECREF(frames[i]);
     if (frames != local)
         PyMem_RawFree(frames);
+    return at;
 }
 
 /* record(kind, *args): see docs/internals.md. Returns at once when stopped; raises (and
@@ -844,11 +848,11 @@ int pyfl_enabled(void) { return S.enabled; }
 
 uint64_t pyfl_now_ns(void) { return now_ns(); }
 
-void pyfl_record_ints(int kind, int n, const uint64_t *vals) {
-    if (!S.enabled) return;
+uint64_t pyfl_record_ints(int kind, int n, const uint64_t *vals) {
+    if (!S.enabled) return 0;
     if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
         S.dropped++;
-        return;
+        return 0;
     }
     Ev ev;
     ev.kind = (uint8_t)kind;
@@ -858,7 +862,7 @@ void pyfl_record_ints(int kind, int n, const uint64_t *vals) {
         ev.type[i] = 'u';
         ev.val[i] = vals[i];
     }
-    commit(&ev);
+    return commit(&ev);
 }
 
 void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f) {
@@ -885,11 +889,11 @@ void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFr
     commit(&ev);
 }
 
-void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs) {
-    if (!S.enabled) return;
+uint64_t pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs) {
+    if (!S.enabled) return 0;
     if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
         S.dropped++;
-        return;
+        return 0;
     }
     Ev ev;
     ev.kind = (uint8_t)kind;
@@ -913,7 +917,7 @@ void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals,
             ev.val[i] = vals[i];
         }
     }
-    commit(&ev);
+    return commit(&ev);
 }
 
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {

@@ -24,10 +24,11 @@ int pyfl_enabled(void);
 /* CLOCK_MONOTONIC nanoseconds, the clock of every event. */
 uint64_t pyfl_now_ns(void);
 
-/* Records `kind` with n unsigned integer arguments. Never raises and never runs Python
- * code: an unknown kind, a wrong count, re-entry or no memory drops the event (counted
- * in dropped_events). No-op when stopped. */
-void pyfl_record_ints(int kind, int n, const uint64_t *vals);
+/* Records `kind` with n unsigned integer arguments; returns the event's time, or 0 if it
+ * was not recorded. Never raises and never runs Python code: an unknown kind, a wrong
+ * count, re-entry or no memory drops the event (counted in dropped_events). No-op when
+ * stopped. */
+uint64_t pyfl_record_ints(int kind, int n, const uint64_t *vals);
 
 /* Records `kind` with n unsigned integer arguments, except argument `stack_at`, which
  * is the stack from frame f outwards (no stack if f is NULL; vals[stack_at] is ignored).
@@ -38,8 +39,8 @@ void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFr
  * objs[i] (interned in the open generation; NULL or a non-str is ""); 'k' the stack from
  * frame objs[i] outwards (none if NULL). objs are borrowed. No Python objects are made
  * for the event (the cheap way to record strings and stacks from C); same guarantees as
- * pyfl_record_ints; must be called with no exception set. */
-void pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs);
+ * pyfl_record_ints (and its return value); must be called with no exception set. */
+uint64_t pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs);
 
 /* set_live(key, kind, *args) as called from Python (args[0] is the key), except that
  * with record == 0 the event is only remembered (re-recorded in every later generation),

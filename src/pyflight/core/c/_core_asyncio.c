@@ -766,8 +766,9 @@ static inline uint64_t coarse_now_ns(void) {
 }
 
 /* Claims a slot of A.slots for this thread's step (saving what was there: an outer step
- * of the same thread, or a free slot); its index, or -1 if the table is full. */
-static int claim_slot(ThreadCache *t, uint64_t loop, uint64_t task, Slot *saved) {
+ * of the same thread, or a free slot), started at start_ns (the begin event's time; 0:
+ * none was recorded, read the coarse clock); its index, or -1 if the table is full. */
+static int claim_slot(ThreadCache *t, uint64_t loop, uint64_t task, uint64_t start_ns, Slot *saved) {
     if (!t->ident) t->ident = PyThread_get_thread_ident();
     int i = t->slot;
     if (i < 0 || (A.slots[i].ident && A.slots[i].ident != t->ident)) {
@@ -777,7 +778,7 @@ static int claim_slot(ThreadCache *t, uint64_t loop, uint64_t task, Slot *saved)
         t->slot = i;
     }
     *saved = A.slots[i];
-    A.slots[i] = (Slot){t->ident, loop, task, coarse_now_ns()};
+    A.slots[i] = (Slot){t->ident, loop, task, start_ns ? start_ns : coarse_now_ns()};
     return i;
 }
 
@@ -835,16 +836,17 @@ static PyObject *handle_run(PyObject *self, PyObject *unused) {
         if (A.active) {
             begun = 1;
             task = step_task(cb);
+            uint64_t began = 0; /* the begin event's time is the step's start (no second clock read) */
             if (task) {
                 task_id = (uint64_t)(uintptr_t)task;
-                pyfl_record_ints(A.k_begin, 1, &task_id);
+                began = pyfl_record_ints(A.k_begin, 1, &task_id);
             } else {
                 PyObject *name = callback_name(cb), *objs[2] = {NULL, name};
                 uint64_t vals[2] = {loop_id, 0};
-                pyfl_record_typed(A.k_cb_begin_int, 2, "us", vals, objs);
+                began = pyfl_record_typed(A.k_cb_begin_int, 2, "us", vals, objs);
                 Py_DECREF(name);
             }
-            slot = claim_slot(t, loop_id, task_id, &saved);
+            slot = claim_slot(t, loop_id, task_id, began, &saved);
         }
     }
     if (PyContext_CheckExact(ctx) && PyTuple_CheckExact(args)) {
