@@ -1,8 +1,9 @@
 """The JSON API of the interactive timeline, drawn from the one analysis model.
 
-``TimelineApi(model)`` lays the model out once as rows (threads, event loops, asyncio
-tasks grouped by coroutine, user tasks and regions in lanes, GC, counters, samples) with
-their levels of detail (:mod:`pyflight.viewer.lod`); each method answers one request.
+``TimelineApi(model)`` lists the model's rows (threads, event loops, asyncio tasks
+grouped by coroutine, user tasks and regions in lanes, GC, counters, samples) and lays
+each out with its levels of detail (:mod:`pyflight.viewer.lod`) on its first use; each
+method answers one request.
 It needs only the model, so the timeline is served while the rules still run: the
 findings are handed over later (:meth:`TimelineApi.set_findings`).
 Times sent to the browser are ns since the start of the trace (monotonic ns since boot
