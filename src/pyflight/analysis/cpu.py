@@ -25,13 +25,14 @@ CPU weighs one sampling interval.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
 from collections.abc import Iterable
 
 from pyflight.analysis.model import Interval, Model, Sample, State
 from pyflight.core.events import BlockReason, ThreadState
 
-__all__ = ["cpu_samples", "mark_gil_waits", "program_samples"]
+__all__ = ["WAITING_FOR_JOB", "cpu_samples", "mark_gil_waits", "mark_job_waits", "program_samples"]
 
 DEFAULT_INTERVAL_NS = 10_000_000
 #: Samples of one tick are recorded within this of each other; ticks are >= 9 ms apart.
@@ -43,6 +44,8 @@ MIN_READY_SHARE = 0.05
 _OFF_CPU = (State.BLOCKED, State.IDLE, State.READY)
 #: Detail of a READY interval: woken by another thread, not yet running again.
 WOKEN = "woken, waiting for the GIL"
+#: Detail of an IDLE interval: a pool worker between two jobs, in the pool's queue.
+WAITING_FOR_JOB = "waiting for a job"
 
 
 def program_samples(model: Model) -> dict[int, list[Sample]]:
@@ -228,8 +231,15 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
     return waits
 
 
-def _carve(intervals: list[Interval], windows: list[tuple[int, int]]) -> list[Interval]:
-    """``intervals`` with the RUNNING time inside ``windows`` turned into READY."""
+def _carve(
+    intervals: list[Interval],
+    windows: list[tuple[int, int]],
+    state: State = State.READY,
+    detail: str = "waiting for the GIL",
+    obj: int = 0,
+) -> list[Interval]:
+    """``intervals`` with the RUNNING time inside ``windows`` (sorted, disjoint) turned
+    into ``state`` (READY: a wait for the GIL)."""
     starts = [w[0] for w in windows]
     out: list[Interval] = []
     for iv in intervals:
@@ -243,7 +253,7 @@ def _carve(intervals: list[Interval], windows: list[tuple[int, int]]) -> list[In
             if b > a:
                 if a > cursor:
                     out.append(iv.cut(cursor, a))
-                out.append(Interval(a, b, State.READY, None, 0, iv.stack, "waiting for the GIL"))
+                out.append(Interval(a, b, state, None, obj, iv.stack, detail))
                 cursor = b
             i += 1
         if iv.end > cursor:
@@ -297,11 +307,43 @@ def _wake_times(model: Model) -> dict[int, list[int]]:
     return out
 
 
+def mark_job_waits(model: Model) -> set[int]:
+    """Turn the time a ``ThreadPoolExecutor`` worker spent between two of its jobs (and
+    after its last) into IDLE: it waits in the pool's queue, a ``SimpleQueue`` whose wait
+    is C code no source sees, so it was RUNNING in the timeline; its samples there (most
+    of a busy server's worker samples: each tick finds all but one worker waiting) were
+    charged the CPU the worker had used running jobs, at the queue's line. The threads
+    changed."""
+    runs: dict[int, list[tuple[int, int | None, int]]] = {}
+    for pool in model.pools.values():
+        for job in pool.jobs:
+            if job.worker and job.begin is not None:
+                runs.setdefault(job.worker, []).append((job.begin, job.end, pool.pool))
+    changed: set[int] = set()
+    for tid, jobs in runs.items():
+        tl = model.threads.get(tid)
+        if tl is None:
+            continue
+        jobs.sort(key=lambda run: run[0])
+        windows: list[tuple[int, int]] = []
+        for (_, end, _), (begin, _, _) in itertools.pairwise(jobs):
+            if end is not None and begin > end:
+                windows.append((end, begin))
+        last_end = jobs[-1][1]
+        if last_end is not None and tl.end > last_end:
+            windows.append((last_end, tl.end))
+        if windows:
+            tl.intervals = _carve(tl.intervals, windows, State.IDLE, WAITING_FOR_JOB, jobs[-1][2])
+            changed.add(tid)
+    return changed
+
+
 def mark_gil_waits(model: Model) -> None:
     """Turn the time each program thread waited for the GIL (or a CPU) into READY: after
-    another thread woke it, and between samples where it neither blocked nor ran. A
-    sample taken in such time says READY too (it was taken BLOCKED or RUNNING)."""
-    changed: set[int] = set()
+    another thread woke it, and between samples where it neither blocked nor ran; pool
+    workers' waits for jobs (IDLE) first (``mark_job_waits``). A sample taken in such
+    time says so too (it was taken BLOCKED or RUNNING)."""
+    changed = mark_job_waits(model)
     for tid, times in _wake_times(model).items():
         tl = model.threads.get(tid)
         if tl is not None and not tl.is_pyflight:
@@ -312,21 +354,26 @@ def mark_gil_waits(model: Model) -> None:
         if found is not None:
             found.intervals = _carve(found.intervals, windows)
             changed.add(tid)
-    ready = {tid: _ready_spans(model.threads[tid].intervals) for tid in changed}
-    ready = {tid: spans for tid, spans in ready.items() if spans}
-    if ready:
-        model.samples = [_restated(s, ready.get(s.tid)) for s in model.samples]
+    marked = {tid: _marked_spans(model.threads[tid].intervals) for tid in changed}
+    marked = {tid: spans for tid, spans in marked.items() if spans}
+    if marked:
+        model.samples = [_restated(s, marked.get(s.tid)) for s in model.samples]
 
 
-def _ready_spans(intervals: list[Interval]) -> list[tuple[int, int]]:
-    return [(iv.start, iv.end) for iv in intervals if iv.state is State.READY]
+def _marked_spans(intervals: list[Interval]) -> list[tuple[int, int, State]]:
+    """The READY and job-wait IDLE intervals, as ``(start, end, state)``."""
+    return [
+        (iv.start, iv.end, iv.state)
+        for iv in intervals
+        if iv.state is State.READY or (iv.state is State.IDLE and iv.detail == WAITING_FOR_JOB)
+    ]
 
 
-def _restated(s: Sample, spans: list[tuple[int, int]] | None) -> Sample:
-    """``s`` as READY if it was taken inside one of the (sorted, disjoint) ``spans``."""
-    if not spans or s.state is State.READY:
+def _restated(s: Sample, spans: list[tuple[int, int, State]] | None) -> Sample:
+    """``s`` in the state of the (sorted, disjoint) span it was taken in, if any."""
+    if not spans:
         return s
     j = bisect_left(spans, (s.time + 1,)) - 1
-    if j >= 0 and spans[j][0] <= s.time < spans[j][1]:
-        return s._replace(state=State.READY, reason=None)
+    if j >= 0 and spans[j][0] <= s.time < spans[j][1] and s.state is not spans[j][2]:
+        return s._replace(state=spans[j][2], reason=None)
     return s
