@@ -674,10 +674,14 @@ class Builder:
 
 
 def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> tuple[list[Interval], list[int]]:
-    """``machines._ready_after_idle`` (each wait that ends in a step split at the last
-    time the loop woke from idle in it) and the scheduling delays of the result (READY
-    then RUNNING), in one pass: a busy loop's tasks have hundreds of thousands of
-    intervals, and each pass over them costs (0.4 s of a 1.3M-event trace's build)."""
+    """Each wait that ends in a step split at the last time the loop woke from idle in
+    it, and the scheduling delays of the result (READY then RUNNING), in one pass (a busy
+    loop's tasks have hundreds of thousands of intervals: each pass over them cost 0.4 s
+    of a 1.3M-event trace's build).
+
+    A loop only sleeps in its selector when nothing is ready, so the task became ready
+    after that wake-up at the earliest: from there to its step is (an estimate of) its
+    scheduling delay, e.g. the loop thread waiting for the GIL or other steps running."""
     out: list[Interval] = []
     delays: list[int] = []
     append = out.append

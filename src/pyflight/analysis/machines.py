@@ -8,7 +8,6 @@ the step ends.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
 from pyflight.analysis.model import Interval, Stack, State, Step
@@ -176,24 +175,3 @@ class TaskMachine:
             if o[1] is READY and state is RUNNING:
                 self.delays.append(t - o[0])
         o[0], o[1], o[2], o[3], o[4], o[5], o[6] = t, state, reason, obj, stack, detail, False
-
-
-def _ready_after_idle(intervals: list[Interval], idle_ends: list[int]) -> list[Interval]:
-    """Split each wait that ends in a step at the last time the loop woke from idle in it.
-
-    A loop only sleeps in its selector when nothing is ready, so the task became ready
-    after that wake-up at the earliest: from there to its step is (an estimate of) its
-    scheduling delay, e.g. the loop thread waiting for the GIL or other steps running.
-    """
-    out: list[Interval] = []
-    last = len(intervals) - 1
-    for index, iv in enumerate(intervals):
-        if iv.state is BLOCKED and index < last and intervals[index + 1].state is RUNNING:
-            j = bisect_left(idle_ends, iv.end) - 1
-            if j >= 0 and idle_ends[j] > iv.start:
-                woke = idle_ends[j]
-                out.append(iv.cut(iv.start, woke))
-                out.append(Interval(woke, iv.end, READY, None, 0, iv.stack, iv.detail))
-                continue
-        out.append(iv)
-    return out
