@@ -10,7 +10,7 @@ PYFLIGHT_SOURCE_OPTIONS = {"asyncio": {"sync_waits": True}}
 
 def parse_record(item: int) -> bytes:
     data = str(item).encode() * 64
-    for _ in range(3000):  # ~10 ms of CPU per item
+    for _ in range(7500):  # ~10 ms of CPU per item (longer than the 5 ms switch interval)
         data = hashlib.sha256(data).digest() * 8
     return data
 

@@ -218,17 +218,37 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
             if ready <= MIN_READY_SHARE * s.span:
                 continue
             found = waits.setdefault(s.tid, [])
-            after_last = s.time - s.span + 1  # the previous sample's instant stays as sampled
             for a, b in pieces:  # latest first
                 take = min(ready, b - a)
-                if b > after_last:
-                    found.append((max(b - take, after_last), b))
+                found.append((b - take, b))
                 ready -= take
                 if ready <= 0:
                     break
-    for found in waits.values():
+    # an estimate must not overrule what a sample saw: no window holds a sample's instant
+    # (a sample stays as taken; gil-hog reads the holder's line from its RUNNING samples)
+    sampled: dict[int, list[int]] = {}
+    for s in model.samples:
+        if s.tid in waits:
+            sampled.setdefault(s.tid, []).append(s.time)
+    for tid, found in waits.items():
         found.sort()
+        waits[tid] = _around(found, sorted(sampled.get(tid, ())))
     return waits
+
+
+def _around(windows: list[tuple[int, int]], instants: list[int]) -> list[tuple[int, int]]:
+    """``windows`` (sorted, disjoint) with each of the sorted ``instants`` cut out."""
+    out: list[tuple[int, int]] = []
+    for a, b in windows:
+        j = bisect_left(instants, a)
+        while j < len(instants) and instants[j] < b:
+            if instants[j] > a:
+                out.append((a, instants[j]))
+            a = instants[j] + 1
+            j += 1
+        if b > a:
+            out.append((a, b))
+    return out
 
 
 def _carve(
