@@ -142,11 +142,17 @@ def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -
     (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere).
     A guess: a sampler that needs the GIL never sees inside the call itself."""
     thread = model.threads.get(tid)
-    spans = [
-        (iv.start, iv.end)
-        for iv in (thread.intervals if thread is not None else ())
-        if iv.state is State.RUNNING and iv.end > start and iv.start < end
-    ]
+    # stretches of RUNNING/READY time with no block in between (as _stretch: on a loaded
+    # machine the model's GIL/CPU-wait estimate cuts READY pieces into the holder's run)
+    spans: list[tuple[int, int]] = []
+    for iv in thread.intervals if thread is not None else ():
+        if iv.state is not State.RUNNING and iv.state is not State.READY:
+            continue
+        if spans and spans[-1][1] == iv.start:
+            spans[-1] = (spans[-1][0], iv.end)
+        else:
+            spans.append((iv.start, iv.end))
+    spans = [(a, b) for a, b in spans if b > start and a < end]
     if not spans:
         return None
     run_start, run_end = max(spans, key=lambda span: min(span[1], end) - max(span[0], start))
