@@ -584,64 +584,28 @@ def test_pool_worker_between_jobs_is_idle_and_its_cpu_goes_where_it_ran() -> Non
     where it was seen running a job, not at the queue's line."""
     job_stack = (("handle", "/app/server.py", 40), ("_worker", "/py/thread.py", 92))
     queue_stack = (("_worker", "/py/thread.py", 89),)
-    ms = 1_000_000
-    g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
+    g = Gen(seq=1, start_ns=0, end_ns=100 * MS)
     g.event(1, Kind.THREAD_START, 0, tid=7, name="pool_0", ident=70, parent=1)
-    for job, (begin, end) in enumerate([(10 * ms, 20 * ms), (40 * ms, 50 * ms)], start=1):
-        g.event(
-            2,
-            Kind.POOL_JOB_QUEUED,
-            begin - 1,
-            pool=9,
-            job=job,
-            function="handle",
-            file="/app/server.py",
-            line=38,
-            max_workers=4,
-            task=0,
-        )
+    queued = {"function": "handle", "file": "/app/server.py", "line": 38, "max_workers": 4, "task": 0}
+    for job, (begin, end) in enumerate([(10 * MS, 20 * MS), (40 * MS, 50 * MS)], start=1):
+        g.event(2, Kind.POOL_JOB_QUEUED, begin - 1, pool=9, job=job, **queued)
         g.event(7, Kind.POOL_JOB_BEGIN, begin, pool=9, job=job)
         g.event(7, Kind.POOL_JOB_END, end, pool=9, job=job)
-    g.event(
-        5,
-        Kind.SAMPLE,
-        15 * ms,
-        tid=7,
-        task=0,
-        stack=job_stack,
-        state=ThreadState.RUNNING,
-        cpu=5 * ms,
-        span=5 * ms,
-    )
-    g.event(
-        5,
-        Kind.SAMPLE,
-        30 * ms,
-        tid=7,
-        task=0,
-        stack=queue_stack,
-        state=ThreadState.SLEEPING,
-        cpu=5 * ms,
-        span=15 * ms,
-    )
-    g.event(
-        5,
-        Kind.SAMPLE,
-        60 * ms,
-        tid=7,
-        task=0,
-        stack=queue_stack,
-        state=ThreadState.SLEEPING,
-        cpu=10 * ms,
-        span=30 * ms,
-    )
+    for at, stack, os_state, cpu, span in (
+        (15, job_stack, ThreadState.RUNNING, 5, 5),
+        (30, queue_stack, ThreadState.SLEEPING, 5, 15),
+        (60, queue_stack, ThreadState.SLEEPING, 10, 30),
+    ):
+        g.event(
+            5, Kind.SAMPLE, at * MS, tid=7, task=0, stack=stack, state=os_state, cpu=cpu * MS, span=span * MS
+        )
     m = build(_load(g))
     check_model(m)
     idle = [(iv.start, iv.end) for iv in m.threads[7].intervals if iv.state is State.IDLE]
-    assert idle == [(20 * ms, 40 * ms), (50 * ms, m.threads[7].end)]
+    assert idle == [(20 * MS, 40 * MS), (50 * MS, m.threads[7].end)]
     assert {iv.detail for iv in m.threads[7].intervals if iv.state is State.IDLE} == {WAITING_FOR_JOB}
     assert [s.state for s in m.samples] == [State.RUNNING, State.IDLE, State.IDLE]
     charged: dict[str, int] = {}
     for s, ns in cpu_samples(m):
         charged[s.stack[0].function] = charged.get(s.stack[0].function, 0) + ns
-    assert charged == {"handle": 20 * ms}  # all of it, none at the queue's line
+    assert charged == {"handle": 20 * MS}  # all of it, none at the queue's line

@@ -848,37 +848,37 @@ int pyfl_enabled(void) { return S.enabled; }
 
 uint64_t pyfl_now_ns(void) { return now_ns(); }
 
-uint64_t pyfl_record_ints(int kind, int n, const uint64_t *vals) {
-    if (!S.enabled) return 0;
+/* Starts an event of `kind` with n int arguments (vals[i], or 0 where vals is NULL): 0, or
+ * -1 (counted in dropped_events) if the kind or the count is wrong. */
+static int ev_of_ints(Ev *ev, int kind, int n, const uint64_t *vals) {
     if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
         S.dropped++;
-        return 0;
+        return -1;
     }
-    Ev ev;
-    ev.kind = (uint8_t)kind;
-    ev.n = (uint8_t)n;
-    ev.n_stacks = 0;
+    ev->kind = (uint8_t)kind;
+    ev->n = (uint8_t)n;
+    ev->n_stacks = 0;
     for (int i = 0; i < n; i++) {
-        ev.type[i] = 'u';
-        ev.val[i] = vals[i];
+        ev->type[i] = 'u';
+        ev->val[i] = vals ? vals[i] : 0;
     }
+    return 0;
+}
+
+uint64_t pyfl_record_ints(int kind, int n, const uint64_t *vals) {
+    Ev ev;
+    if (!S.enabled || ev_of_ints(&ev, kind, n, vals) < 0) return 0;
     return commit(&ev);
 }
 
 void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFrameObject *f) {
+    Ev ev;
     if (!S.enabled) return;
-    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS || stack_at < 0 || stack_at >= n) {
+    if (stack_at < 0 || stack_at >= n) {
         S.dropped++;
         return;
     }
-    Ev ev;
-    ev.kind = (uint8_t)kind;
-    ev.n = (uint8_t)n;
-    ev.n_stacks = 0;
-    for (int i = 0; i < n; i++) {
-        ev.type[i] = 'u';
-        ev.val[i] = vals[i];
-    }
+    if (ev_of_ints(&ev, kind, n, vals) < 0) return;
     if (f) {
         ev.type[stack_at] = 'k';
         ev.obj[stack_at] = (PyObject *)f;
@@ -890,18 +890,9 @@ void pyfl_record_stack(int kind, int n, const uint64_t *vals, int stack_at, PyFr
 }
 
 uint64_t pyfl_record_typed(int kind, int n, const char *types, const uint64_t *vals, PyObject *const *objs) {
-    if (!S.enabled) return 0;
-    if (kind < 0 || kind >= N_KINDS || S.counts[kind] != n || n > MAX_ARGS) {
-        S.dropped++;
-        return 0;
-    }
     Ev ev;
-    ev.kind = (uint8_t)kind;
-    ev.n = (uint8_t)n;
-    ev.n_stacks = 0;
+    if (!S.enabled || ev_of_ints(&ev, kind, n, NULL) < 0) return 0;
     for (int i = 0; i < n; i++) {
-        ev.type[i] = 'u';
-        ev.val[i] = 0;
         if (types[i] == 's') {
             if (objs[i] && PyUnicode_CheckExact(objs[i])) {
                 ev.type[i] = 's';
