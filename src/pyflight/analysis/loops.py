@@ -3,15 +3,28 @@ running on their thread at the time, idle waits, and stalls with their stacks.""
 
 from __future__ import annotations
 
+import itertools
+import operator
 from bisect import bisect_right
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pyflight.analysis.model import Interval, LoopTimeline, Sample, Stall, State, TaskTimeline
+from pyflight.analysis.model import (
+    Interval,
+    IntervalColumns,
+    LoopTimeline,
+    Sample,
+    Stall,
+    State,
+    TaskTimeline,
+)
 
 if TYPE_CHECKING:
     from pyflight.analysis.builder import Builder
 
 RUNNING, IDLE = State.RUNNING, State.IDLE
+#: ``Interval`` without the NamedTuple's Python-level ``__new__`` (as in builder.py)
+_new: Callable[[type[Interval], tuple[Any, ...]], Interval] = tuple.__new__  # type: ignore[assignment]
 
 
 def _loop_of(loops: dict[int, LoopTimeline], loop: int, tid: int) -> LoopTimeline:
@@ -22,9 +35,13 @@ def _loop_of(loops: dict[int, LoopTimeline], loop: int, tid: int) -> LoopTimelin
 
 
 def loop_timelines(builder: Builder, tasks: dict[int, TaskTimeline]) -> dict[int, LoopTimeline]:
-    """Busy intervals per thread, assigned to the loop running on it at the time."""
+    """Busy intervals per thread, assigned to the loop running on it at the time (with
+    their columns: a busy loop has a busy interval per step, half a million on a big
+    trace)."""
     end = builder.end
     loops: dict[int, LoopTimeline] = {}
+    columns: dict[int, tuple[list[int], list[int]]] = {}  # loop -> starts, ends of its busy
+    names: dict[int, str] = {}  # task id -> its name
     for tid, th in builder.threads.items():
         if th.open_step is not None:
             th.busy.append((th.open_step[0], end, th.open_step[1], ""))
@@ -34,18 +51,32 @@ def loop_timelines(builder: Builder, tasks: dict[int, TaskTimeline]) -> dict[int
             continue
         marks = th.loop_marks
         mark_times = [m[0] for m in marks]
+        current: int | None = None
+        add = add_start = add_end = None
         for b_start, b_end, task_id, cb_name in th.busy:
-            if marks:
+            if len(marks) > 1:
                 loop = marks[max(bisect_right(mark_times, b_start) - 1, 0)][1]
+            elif marks:
+                loop = marks[0][1]
             else:
                 loop = -tid  # steps seen, loop never named: one anonymous loop per thread
+            if loop != current or add is None:
+                current = loop
+                add = _loop_of(loops, loop, tid).busy.append
+                cols = columns.get(loop)
+                if cols is None:
+                    cols = columns[loop] = ([], [])
+                add_start, add_end = cols[0].append, cols[1].append
             if task_id:
-                tt = tasks.get(task_id)
-                detail = tt.name if tt is not None else str(task_id)
+                detail = names.get(task_id)
+                if detail is None:
+                    tt = tasks.get(task_id)
+                    detail = names[task_id] = tt.name if tt is not None else str(task_id)
             else:
                 detail = cb_name
-            busy = Interval(b_start, b_end, RUNNING, None, task_id, (), detail)
-            _loop_of(loops, loop, tid).busy.append(busy)
+            add(_new(Interval, (b_start, b_end, RUNNING, None, task_id, (), detail)))
+            add_start(b_start)  # type: ignore[misc]
+            add_end(b_end)  # type: ignore[misc]
     for loop, idle in builder.idle_by_loop.items():
         _loop_of(loops, loop, builder.loop_tid.get(loop, 0)).idle.extend(idle)
     for loop, began in builder.idle_open.items():
@@ -53,7 +84,13 @@ def loop_timelines(builder: Builder, tasks: dict[int, TaskTimeline]) -> dict[int
         _loop_of(loops, loop, builder.loop_tid.get(loop, 0)).idle.append(idle_iv)
     lag = [(t, v * 1000) for t, v in builder.counters.get("loop_lag_us", [])]
     for lt in loops.values():
-        lt.busy.sort()
+        starts, ends = columns.get(lt.loop, ([], []))
+        if len(starts) == len(lt.busy) and all(map(operator.lt, starts, itertools.islice(starts, 1, None))):
+            # already in order (sorting would keep it): the columns stand
+            n = len(starts)
+            lt.busy_columns = IntervalColumns(starts, ends, [RUNNING] * n, [None] * n)
+        else:
+            lt.busy.sort()
         lt.idle.sort()
         lt.lag = lag
     return loops
