@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +24,6 @@ from pyflight.analysis.model import (
     Block,
     GCPause,
     Interval,
-    IntervalColumns,
     Log,
     Model,
     Region,
@@ -175,9 +173,9 @@ class Builder:
                 self.finished.append(tk)
             info = self.trace.tasks.get(task_id)
             if info is not None:
-                tk = TaskMachine(task_id, t, UNKNOWN, info.name, info.coro, info.parent, tid)
+                tk = TaskMachine(task_id, t, UNKNOWN, info.name, info.coro, info.parent, tid, self.idle_ends)
             else:
-                tk = TaskMachine(task_id, t, UNKNOWN, "", "", 0, tid)
+                tk = TaskMachine(task_id, t, UNKNOWN, "", "", 0, tid, self.idle_ends)
             self.tasks[task_id] = tk
         return tk
 
@@ -252,7 +250,7 @@ class Builder:
             tk.thread = tid
         o = tk.open  # tk.switch(t, RUNNING) spelled out: the most frequent event of asyncio code
         if t > o[0]:
-            tk.intervals.append(_new(Interval, (o[0], t, o[1], o[2], o[3], o[4], o[5])))
+            tk.add(_new(Interval, (o[0], t, o[1], o[2], o[3], o[4], o[5])))
             if o[1] is READY:
                 tk.delays.append(t - o[0])
         o[:] = (t, RUNNING, None, 0, (), "", False)
@@ -280,7 +278,7 @@ class Builder:
         tk.step_open = None
         o = tk.open  # tk.switch(t, BLOCKED, ...) spelled out, as in task_step_begin
         if t > o[0]:
-            tk.intervals.append(_new(Interval, (o[0], t, o[1], o[2], o[3], o[4], o[5])))
+            tk.add(_new(Interval, (o[0], t, o[1], o[2], o[3], o[4], o[5])))
         pending = tk.pending
         if pending is None:
             o[:] = (t, BLOCKED, _AWAIT, 0, (), "", True)  # post-step: TASK_WAIT / TASK_DONE refine it
@@ -336,13 +334,13 @@ class Builder:
         if old is not None:
             old.stop = t
             self.finished.append(old)
-        self.tasks[task_id] = TaskMachine(task_id, t, READY, name, coro, parent, tid)
+        self.tasks[task_id] = TaskMachine(task_id, t, READY, name, coro, parent, tid, self.idle_ends)
 
     def task_info(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, task_id, name, coro, parent = e
         tk = self.tasks.get(task_id)
         if tk is None:
-            self.tasks[task_id] = TaskMachine(task_id, t, UNKNOWN, name, coro, parent, tid)
+            self.tasks[task_id] = TaskMachine(task_id, t, UNKNOWN, name, coro, parent, tid, self.idle_ends)
         else:
             tk.name = name or tk.name
             tk.coro = coro or tk.coro
@@ -363,6 +361,7 @@ class Builder:
         if o[6] and tk.intervals and tk.intervals[-1].state is RUNNING:
             # the done event follows the last step's end: no wait in between
             tk.intervals[-1] = tk.intervals[-1]._replace(end=t)
+            tk.columns.ends[-1] = t
             o[0] = t
         if tk.step_open is not None:
             tk.steps.append(Step(tk.step_open, t, tid))
@@ -636,11 +635,9 @@ class Builder:
             tk.steps.append(Step(tk.step_open, t_end, tk.thread))
         o = tk.open
         if tk.done is None and t_end > o[0]:
-            tk.intervals.append(Interval(o[0], t_end, o[1], o[2], o[3], o[4], o[5]))
-        ends = self.idle_ends.get(tk.thread)
-        columns = None
-        if ends:
-            tk.intervals, tk.delays, columns = _ready_after_idle(tk.intervals, ends)
+            tk.add(Interval(o[0], t_end, o[1], o[2], o[3], o[4], o[5]))
+        if self.idle_ends.get(tk.thread):  # its waits were split where the loop woke (TaskMachine.add)
+            tk.delays = tk.idle_delays
         info = self.trace.tasks.get(tk.id)
         return TaskTimeline(
             id=tk.id,
@@ -656,7 +653,7 @@ class Builder:
             intervals=tk.intervals,
             scheduling_delays=tk.delays,
             end=t_end,
-            columns=columns,
+            columns=tk.columns,
         )
 
     def _attach_to_user_tasks(self) -> None:
@@ -674,59 +671,6 @@ class Builder:
             info = self.trace.user_tasks.get(ut.id)
             if info is not None and not ut.name:
                 ut.name = info.name
-
-
-def _ready_after_idle(
-    intervals: list[Interval], idle_ends: list[int]
-) -> tuple[list[Interval], list[int], IntervalColumns]:
-    """Each wait that ends in a step split at the last time the loop woke from idle in
-    it, and the scheduling delays of the result (READY then RUNNING), in one pass (a busy
-    loop's tasks have hundreds of thousands of intervals: each pass over them cost 0.4 s
-    of a 1.3M-event trace's build); the result's columns are made in the same pass.
-
-    A loop only sleeps in its selector when nothing is ready, so the task became ready
-    after that wake-up at the earliest: from there to its step is (an estimate of) its
-    scheduling delay, e.g. the loop thread waiting for the GIL or other steps running."""
-    out: list[Interval] = []
-    delays: list[int] = []
-    columns = IntervalColumns([], [], [], [])
-    append = out.append
-    add_start, add_end = columns.starts.append, columns.ends.append
-    add_state, add_reason = columns.states.append, columns.reasons.append
-    for iv, nxt in itertools.pairwise(intervals):
-        start, end, state, reason, obj, stack, detail = iv
-        if nxt[2] is RUNNING:
-            if state is BLOCKED:
-                j = bisect_left(idle_ends, end) - 1
-                if j >= 0 and idle_ends[j] > start:
-                    woke = idle_ends[j]
-                    append(_new(Interval, (start, woke, state, reason, obj, stack, detail)))
-                    append(_new(Interval, (woke, end, READY, None, 0, stack, detail)))
-                    add_start(start)
-                    add_end(woke)
-                    add_state(state)
-                    add_reason(reason)
-                    add_start(woke)
-                    add_end(end)
-                    add_state(READY)
-                    add_reason(None)
-                    delays.append(end - woke)
-                    continue
-            elif state is READY:
-                delays.append(end - start)
-        append(iv)
-        add_start(start)
-        add_end(end)
-        add_state(state)
-        add_reason(reason)
-    if intervals:
-        last = intervals[-1]
-        append(last)
-        add_start(last[0])
-        add_end(last[1])
-        add_state(last[2])
-        add_reason(last[3])
-    return out, delays, columns
 
 
 def _report(progress: Callable[[float], None], fraction: float) -> None:
