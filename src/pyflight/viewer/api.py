@@ -208,8 +208,9 @@ class TimelineApi:
         self, starts: list[int], ends: list[int], codes: list[int], refs: list[Any]
     ) -> tuple[LodRow, list[Any], list[Any] | None]:
         """A row's slices from parallel lists; sorted here unless already sorted and non-overlapping."""
-        if _ordered(starts, ends):
-            return LodRow(starts, ends, codes), refs, None
+        durations = _ordered_durations(starts, ends)
+        if durations is not None:
+            return LodRow(starts, ends, codes, durations), refs, None
         return self._slices_row(list(zip(starts, ends, codes, refs, strict=True)))
 
     def _intervals_row(
@@ -739,6 +740,22 @@ def _ordered(starts: list[int], ends: list[int]) -> bool:
     return all(map(operator.lt, starts, ends)) and all(
         map(operator.le, ends[:-1], itertools.islice(starts, 1, None))
     )
+
+
+def _ordered_durations(starts: list[int], ends: list[int]) -> list[int] | None:
+    """``_ordered``, with the slices' durations if so: a pass that reads every start and
+    end (~0.15 us a slice on a big trace: the ints are scattered over the heap) is done
+    once, for both this and the levels of detail. Where each slice ends with the very
+    object the next one starts with (a model timeline's intervals) they touch: no need
+    to read them again."""
+    durations = list(map(operator.sub, ends, starts))
+    if durations and min(durations) <= 0:
+        return None
+    if all(map(operator.is_, ends, itertools.islice(starts, 1, None))) or all(
+        map(operator.le, ends, itertools.islice(starts, 1, None))
+    ):
+        return durations
+    return None
 
 
 def _sorted(values: list[int]) -> bool:
