@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_services import _free_port, _wait_until_serving, server_command  # noqa: E402
+from bench_services import _free_port, _wait_until_serving, server_command
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("/json", "/sleep", "/cpu")
@@ -74,7 +74,8 @@ def measure(server: str, recorder_args: list[str] | None, requests: int, warmup:
     port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="pyflight-instr-"))
     out = tmp / "callgrind.out"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src]))
+    # a fixed hash seed: dict and set layouts (so instruction counts) the same in every run
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src]), PYTHONHASHSEED="0")
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -114,21 +115,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured requests (a multiple of 3)")
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--ablation", action="store_true", help="also each source alone (--sources NAME)")
-    parser.add_argument("--mode", action="append", default=[], metavar="NAME=ARGS", help="another recorder mode")
+    parser.add_argument(
+        "--mode", action="append", default=[], metavar="NAME=ARGS", help="another recorder mode"
+    )
     parser.add_argument("--src", action="append", default=[], help="another build's src/ (its C core built)")
     args = parser.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("bench_instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     own = str(HERE.parent / "src")
-    modes: list[tuple[str, list[str] | None, str]] = [("no recorder", None, own), ("default recorder", [], own)]
+    modes: list[tuple[str, list[str] | None, str]] = [
+        ("no recorder", None, own),
+        ("default recorder", [], own),
+    ]
     modes += [(f"default @{path}", [], path) for path in args.src]
     for spec in args.mode:
         name, _, rest = spec.partition("=")
         modes.append((name, rest.split(), own))
     if args.ablation:
         modes += [(f"only {name}", ["--sources", name], own) for name in SOURCES]
-    print(f"python {sys.version.split()[0]}, {args.requests} sequential requests ({', '.join(PATHS)} in turn)")
+    print(
+        f"python {sys.version.split()[0]}, {args.requests} sequential requests ({', '.join(PATHS)} in turn)"
+    )
     for server in args.servers.split(","):
         print(f"\n{server}: instructions per request in the program's main thread (others: recorder threads)")
         base = 0.0
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             main_thread = counts[0] / args.requests
             others = sum(counts[1:]) / args.requests
             base = base or main_thread
-            print(f"  {name:28} {main_thread:12,.0f}  {main_thread / base - 1:+7.2%}   (other threads {others:,.0f})")
+            change = main_thread / base - 1
+            print(f"  {name:28} {main_thread:12,.0f}  {change:+7.2%}   (other threads {others:,.0f})")
     return 0
 
 

@@ -561,6 +561,7 @@ def test_fault_disables_source_and_program_runs(
 
 
 def test_fault_in_idle_select_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python select wrapper (the C one records through the core, which cannot raise)."""
     real = backend.record
 
     def record(kind: int, *args: Any) -> None:
@@ -568,7 +569,7 @@ def test_fault_in_idle_select_disables_source(tmp_path: Path, monkeypatch: pytes
             raise RuntimeError("idle fault")
         real(kind, *args)
 
-    with recorder() as rec:
+    with recorder("python") as rec:
         monkeypatch.setattr(backend, "record", record)
         with pytest.warns(SourceWarning, match="idle fault"):
             assert asyncio.run(sleeper(0.05)) == "slept"
@@ -747,3 +748,26 @@ def test_eager_task_finished_at_creation_is_created_then_done(tmp_path: Path, im
         if e.kind in (Kind.TASK_CREATE, Kind.TASK_DONE) and e.arg("task") == task_id
     ]
     assert kinds[:2] == [Kind.TASK_CREATE, Kind.TASK_DONE]
+
+
+def test_loop_select_records_waits_not_polls(tmp_path: Path) -> None:
+    """The selector's select records LOOP_IDLE around waits that may block (None or > 0)
+    and not polls, returns the ready list and raises what select raises (both cores)."""
+    import selectors
+
+    async def main() -> tuple[int, Any]:
+        loop = asyncio.get_running_loop()
+        selector = loop._selector  # type: ignore[attr-defined]
+        assert selector.select(0) == []  # a poll
+        assert selector.select(timeout=0.01) == []  # a wait, by keyword
+        with pytest.raises(TypeError):
+            selector.select(1, 2, 3)  # what the real select says
+        return id(loop), selector
+
+    with recorder() as rec:
+        loop_id, selector = asyncio.run(main())
+        trace = snapshot(rec, tmp_path)
+    assert isinstance(selector, selectors.BaseSelector)
+    ends = [e for e in of_kind(trace, Kind.LOOP_IDLE_END) if e.arg("loop") == loop_id]
+    begins = [e for e in of_kind(trace, Kind.LOOP_IDLE_BEGIN) if e.arg("loop") == loop_id]
+    assert len(begins) == len(ends) >= 1

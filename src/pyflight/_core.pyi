@@ -148,6 +148,14 @@ def asyncio_get_loop(
 ) -> Callable[..., Any]:
     """A ``_LoopBoundMixin._get_loop`` that records TASK_BLOCK (asyncio sync waits) from C."""
 
+def asyncio_idle_select(
+    select: Callable[..., Any], loop_id: int, previous: Any, begin_kind: int, end_kind: int, /
+) -> Callable[..., Any]:
+    """A loop selector's ``select`` recording LOOP_IDLE_BEGIN/END around waits that may block."""
+
+def asyncio_idle_previous(obj: Any, /) -> tuple[bool, Any]:
+    """``(True, previous)`` for a select made by ``asyncio_idle_select``, else ``(False, None)``."""
+
 def running_steps() -> list[tuple[int, int, int, int]]:
     """``[(thread_ident, loop_id, task_id, start_ns)]`` of the asyncio steps running now."""
 

@@ -163,6 +163,18 @@ def _make_exception_helper(
     return call_exception_handler
 
 
+def _idle_select_previous(obj: Any) -> tuple[bool, Any]:
+    """(True, what it replaced) if `obj` is a loop selector's select made by an install of
+    this source (C or Python), else (False, None)."""
+    if getattr(obj, "_pyflight_idle", False):
+        return True, obj._pyflight_previous
+    previous_of = getattr(backend, "asyncio_idle_previous", None)
+    if previous_of is not None:
+        found: tuple[bool, Any] = previous_of(obj)
+        return found
+    return False, None
+
+
 def _is_asyncios_own_run(run: Any, events: types.ModuleType) -> bool:
     code = getattr(run, "__code__", None)
     return (
@@ -621,15 +633,15 @@ class _Hooks:
         if not isinstance(selector, selectors.BaseSelector) or attrs is None:
             return None  # a proactor, a test's mock: leave it alone
         previous = attrs.get("select", _MISSING)
-        if getattr(previous, "_pyflight_idle", False):  # left by an earlier install: replace it
-            previous = previous._pyflight_previous
+        left, earlier = _idle_select_previous(previous)
+        if left:  # left by an earlier install: replace it
+            previous = earlier
             if previous is _MISSING:
                 del attrs["select"]
             else:
                 attrs["select"] = previous
         select = selector.select
-        ours = self._make_idle_select(select, id(loop))
-        ours._pyflight_previous = previous
+        ours = self._make_idle_select(select, id(loop), previous)
         had_mark = attrs.get("_pyflight_loop_selector", False) is True
         attrs["select"] = ours  # the instance's own attributes: what `selector.select = ours` does
         attrs["_pyflight_loop_selector"] = True
@@ -650,7 +662,11 @@ class _Hooks:
         if not had_mark:
             attrs.pop("_pyflight_loop_selector", None)
 
-    def _make_idle_select(self, select: Any, loop_id: int) -> Any:
+    def _make_idle_select(self, select: Any, loop_id: int, previous: Any) -> Any:
+        """The selector's ``select`` recording LOOP_IDLE_BEGIN/END around waits that may
+        block (in C with the C core: it runs on every turn of the loop)."""
+        if self.use_c:
+            return backend.asyncio_idle_select(select, loop_id, previous, _IDLE_BEGIN, _IDLE_END)
         hooks = self
         record = backend.record
         is_enabled = backend.is_enabled
@@ -674,6 +690,7 @@ class _Hooks:
                     hooks.fault(exc)
 
         idle_select._pyflight_idle = True  # type: ignore[attr-defined]
+        idle_select._pyflight_previous = previous  # type: ignore[attr-defined]
         return idle_select
 
     def note_foreign(self, loop_type: type) -> None:

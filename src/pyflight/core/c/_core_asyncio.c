@@ -506,12 +506,24 @@ static uint64_t stepping_task(uint64_t loop) {
     return A.slots[i].task;
 }
 
+/* *id = the task running on `loop` now (0: none): the step's slot, else
+ * asyncio.current_task(loop). 0, or -1 with the call's exception set. */
+static int current_task_id(PyObject *loop, uint64_t *id) {
+    *id = stepping_task((uint64_t)(uintptr_t)loop);
+    if (*id) return 0;
+    PyObject *task = PyObject_CallOneArg(TK.current_task, loop);
+    if (!task) return -1;
+    *id = task == Py_None ? 0 : (uint64_t)(uintptr_t)task;
+    Py_DECREF(task); /* identity only from here */
+    return 0;
+}
+
 /* Records TASK_CREATE(task, name, coro, parent) and the live TASK_INFO of a task that
  * loop.create_task just returned, remembers it in live_tasks, and records TASK_DONE at
  * once for an eager task that already finished. `coro` may be NULL (not found in the
  * arguments). 0, or -1 with a non-Exception exception set (Exceptions go to fault()). */
 static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
-    PyObject *tid = NULL, *name = NULL, *coro_name = NULL, *parent = NULL, *pid = NULL, *tasks = NULL;
+    PyObject *tid = NULL, *name = NULL, *coro_name = NULL, *pid = NULL, *tasks = NULL;
     int rc = -1;
     if (!(tid = PyLong_FromVoidPtr(task))) goto out;
     name = PyObject_CallMethodNoArgs(task, str_get_name); /* a task factory may return anything */
@@ -524,11 +536,8 @@ static int note_created(PyObject *loop, PyObject *coro, PyObject *task) {
         if (!name) goto out;
     }
     coro_name = coro ? callback_name(coro) : Py_NewRef(A.empty);
-    uint64_t parent_id = stepping_task((uint64_t)(uintptr_t)loop);
-    if (!parent_id) {
-        if (!(parent = PyObject_CallOneArg(TK.current_task, loop))) goto out;
-        parent_id = parent != Py_None ? (uint64_t)(uintptr_t)parent : 0;
-    }
+    uint64_t parent_id;
+    if (current_task_id(loop, &parent_id) < 0) goto out;
     if (parent_id == (uint64_t)(uintptr_t)task) parent_id = 0;
     if (!(pid = PyLong_FromUnsignedLongLong(parent_id))) goto out;
     {
@@ -552,7 +561,6 @@ out:
     Py_XDECREF(tid);
     Py_XDECREF(name);
     Py_XDECREF(coro_name);
-    Py_XDECREF(parent);
     Py_XDECREF(pid);
     Py_XDECREF(tasks);
     return rc == 0 ? 0 : fault();
@@ -647,15 +655,10 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
     PyObject *what = Py_NewRef(SW.site_what[i]);
     uint64_t reason = SW.site_reason[i];
     int refine = SW.site_refine[i];
-    uint64_t task_id = stepping_task((uint64_t)(uintptr_t)loop);
+    uint64_t task_id;
     PyFrameObject *f = NULL;
-    if (!task_id) {
-        PyObject *task = PyObject_CallOneArg(TK.current_task, loop);
-        if (!task) goto failed;
-        task_id = task == Py_None ? 0 : (uint64_t)(uintptr_t)task;
-        Py_DECREF(task); /* identity only from here */
-        if (!task_id) goto out;
-    }
+    if (current_task_id(loop, &task_id) < 0) goto failed;
+    if (!task_id) goto out;
     /* out of asyncio (__aenter__, wait_for, Barrier, Queue.join): the user's line innermost */
     f = PyFrame_GetBack(caller);
     while (f) {
@@ -891,6 +894,90 @@ static PyMethodDef handle_run_def = {
     "Run the handle's callback in its context (asyncio.events.Handle._run, recorded by pyflight).",
 };
 
+/* ------------------------------------------------------------------ the loop's select */
+
+static int k_idle_begin = -1, k_idle_end = -1;
+static PyObject *int_zero;
+static PyMethodDef idle_select_def;
+
+/* 1 if select(timeout) may block (None, or a number > 0: what asyncio passes), 0 for a
+ * poll, -1 if it cannot be told without running code (then nothing is recorded). */
+static int may_block(PyObject *timeout) {
+    if (timeout == Py_None) return 1;
+    if (PyFloat_CheckExact(timeout)) return PyFloat_AS_DOUBLE(timeout) > 0;
+    if (PyLong_CheckExact(timeout)) {
+        int r = PyObject_RichCompareBool(timeout, int_zero, Py_GT);
+        if (r < 0) PyErr_Clear();
+        return r;
+    }
+    return -1;
+}
+
+/* The event loop selector's select(timeout=None), set on the selector instance:
+ * LOOP_IDLE_BEGIN(loop) / LOOP_IDLE_END(loop, number ready) around a call that may block
+ * while the asyncio hooks record; a poll, or a call it cannot read, is passed through.
+ * Returns what the real select returns and raises what it raises (an exception is kept
+ * aside while the end is recorded). m_self: (select, loop id, previous attribute). */
+static PyObject *idle_select(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *select = PyTuple_GET_ITEM(self, 0), *timeout = Py_None;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int readable = 1;
+    if (nargs == 1 && !kwnames)
+        timeout = args[0];
+    else if (nargs == 0 && kwnames && PyTuple_GET_SIZE(kwnames) == 1
+             && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") == 0)
+        timeout = args[0];
+    else if (nargs || kwnames)
+        readable = 0;
+    if (!readable || !A.active || !pyfl_enabled() || k_idle_begin < 0 || may_block(timeout) != 1)
+        return PyObject_Vectorcall(select, args, nargsf, kwnames);
+    uint64_t vals[2] = {PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self, 1)), 0};
+    pyfl_record_ints(k_idle_begin, 1, vals);
+    PyObject *ready = PyObject_Vectorcall(select, args, nargsf, kwnames);
+    PyObject *exc = ready ? NULL : take_exception();
+    if (ready) {
+        Py_ssize_t n = PyList_CheckExact(ready) ? PyList_GET_SIZE(ready) : PyObject_Length(ready);
+        if (n < 0) PyErr_Clear();
+        vals[1] = n > 0 ? (uint64_t)n : 0;
+    }
+    pyfl_record_ints(k_idle_end, 2, vals);
+    give_exception(exc);
+    return ready;
+}
+
+static PyMethodDef idle_select_def = {
+    "select", (PyCFunction)(void (*)(void))idle_select, METH_FASTCALL | METH_KEYWORDS,
+    "The selector's select(timeout=None), recording the event loop's idle waits (pyflight).",
+};
+
+/* asyncio_idle_select(select, loop_id, previous, begin_kind, end_kind) -> the recording
+ * select for one loop's selector; `previous` is kept for asyncio_idle_previous(). */
+static PyObject *asyncio_idle_select(PyObject *mod, PyObject *args) {
+    PyObject *select, *loop_id, *previous;
+    int begin, end;
+    if (!PyArg_ParseTuple(args, "OO!Oii:asyncio_idle_select", &select, &PyLong_Type, &loop_id, &previous, &begin, &end))
+        return NULL;
+    if (!PyCallable_Check(select)) return PyErr_Format(PyExc_TypeError, "asyncio_idle_select(): select must be callable");
+    if (begin < 0 || begin > 255 || end < 0 || end > 255) return PyErr_Format(PyExc_ValueError, "asyncio_idle_select(): bad kind");
+    k_idle_begin = begin;
+    k_idle_end = end;
+    PyObject *self = PyTuple_Pack(3, select, loop_id, previous);
+    if (!self) return NULL;
+    PyObject *f = PyCFunction_NewEx(&idle_select_def, self, NULL);
+    Py_DECREF(self);
+    return f;
+}
+
+/* asyncio_idle_previous(obj) -> (True, previous) for a select made by
+ * asyncio_idle_select, else (False, None). */
+static PyObject *asyncio_idle_previous(PyObject *mod, PyObject *obj) {
+    if (PyCFunction_Check(obj) && ((PyCFunctionObject *)obj)->m_ml == &idle_select_def) {
+        PyObject *self = PyCFunction_GET_SELF(obj);
+        return Py_BuildValue("(OO)", Py_True, PyTuple_GET_ITEM(self, 2));
+    }
+    return Py_BuildValue("(OO)", Py_False, Py_None);
+}
+
 /* ------------------------------------------------------------------ module functions */
 
 /* asyncio_install(handle_cls, exc_helper, slow_call, on_loop, on_task_done, task_types,
@@ -1121,6 +1208,8 @@ static PyMethodDef asyncio_methods[] = {
     {"asyncio_tasks_setup", asyncio_tasks_setup, METH_VARARGS, "Set what the C task and sync-wait hooks need."},
     {"asyncio_create_task", asyncio_create_task, METH_O, "A BaseEventLoop.create_task recording from C."},
     {"asyncio_get_loop", asyncio_get_loop, METH_VARARGS, "A _LoopBoundMixin._get_loop recording TASK_BLOCK from C."},
+    {"asyncio_idle_select", asyncio_idle_select, METH_VARARGS, "A loop selector's select recording idle waits."},
+    {"asyncio_idle_previous", asyncio_idle_previous, METH_O, "(is an asyncio_idle_select, its previous attribute)."},
     {"running_steps", running_steps, METH_NOARGS,
      "[(thread_ident, loop_id, task_id, start_ns)] of the asyncio steps running now."},
     {NULL, NULL, 0, NULL},
@@ -1148,6 +1237,7 @@ int pyfl_asyncio_init(PyObject *mod) {
     INTERN(str_cancelled, "cancelled");
     INTERN(str_exception, "_exception");
     INTERN(str_coro_kw, "coro");
+    if (!int_zero && !(int_zero = PyLong_FromLong(0))) return -1;
     handle_fields[0] = str_context;
     handle_fields[1] = str_callback;
     handle_fields[2] = str_args;
