@@ -14,7 +14,8 @@ coarsest level whose grain is at most one pixel, cuts the range out with bisect 
 merges again at one pixel, so the work per query is bounded by the width in pixels, not
 by the number of events. A coarse level (the first view of a whole trace) is merged run
 by run (``merge_runs``: a bisection per run of short slices, its time per state from
-per-code running totals), a fine one slice by slice (``merge_raw``).
+per-code running totals), a fine one slice by slice (``merge_raw``), or from the finest
+level built so far (``merge``: the warm-up builds them finest first).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import collections
 import itertools
 import operator
 import threading
+from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Level", "LodRow", "Slices"]
@@ -49,7 +52,7 @@ class Level:
     ends: list[int] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    raw: list[int] = field(default_factory=list)
+    raw: Sequence[int] = field(default_factory=list)  # the raw level's: range(n)
     totals: list[dict[int, int] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -200,21 +203,21 @@ def merge_raw(level: Level, grain: int) -> Slices:
 class _Index:
     """What merging a row's raw slices at any grain needs, built once per row at C speed
     (map, sorted, accumulate: no Python step per slice): each slice's duration, and per
-    state code the slices in it with their running time."""
+    state code the slices in it with their running time. Kept in arrays of 64-bit ints
+    (8 bytes an entry, not a Python int each: a big trace's rows hold millions)."""
 
     def __init__(
-        self, starts: list[int], ends: list[int], codes: list[int], durations: list[int] | None = None
+        self, starts: list[int], ends: list[int], codes: list[int], durations: Sequence[int] | None = None
     ) -> None:
-        if durations is None:
-            durations = list(map(operator.sub, ends, starts))
-        self.durations = durations
+        self.durations = array("q", map(operator.sub, ends, starts) if durations is None else durations)
+        get = self.durations.__getitem__
         order = sorted(range(len(codes)), key=codes.__getitem__)  # by code, then index
-        self.per_code: list[tuple[list[int], list[int], int]] = []  # (slices, running ns, code)
+        self.per_code: list[tuple[array[int], array[int], int]] = []  # (slices, running ns, code)
         done = 0
         for code, count in sorted(collections.Counter(codes).items()):
-            at = order[done : done + count]
+            at = array("q", order[done : done + count])
             done += count
-            running = list(itertools.accumulate(map(durations.__getitem__, at), initial=0))
+            running = array("q", itertools.accumulate(map(get, at), initial=0))
             self.per_code.append((at, running, code))
 
 
@@ -292,7 +295,7 @@ class LodRow:
     ) -> None:
         """``durations``: ``ends[k] - starts[k]`` if the caller has them already."""
         n = len(starts)
-        self.raw = Level(0, starts, ends, codes, [1] * n, list(range(n)), [None] * n)
+        self.raw = Level(0, starts, ends, codes, [1] * n, range(n), [None] * n)
         self._grains: list[int] = []
         if n > SMALL_LEVEL:
             span = ends[-1] - starts[0]
@@ -321,10 +324,18 @@ class LodRow:
             if got is None:
                 raw = self.raw
                 if grain < RUNS_FROM * (raw.ends[-1] - raw.starts[0]) // len(raw):
-                    merged = merge_raw(raw, grain)  # runs of a few slices: one step per slice is cheaper
+                    # runs of a few slices: one step per slice is cheaper, from the
+                    # finest level built so far (the warm-up builds them finest first)
+                    finer = [g for g, lv in self._built.items() if g < grain and lv is not raw]
+                    if finer:
+                        source = self._built[max(finer)]
+                        merged = merge(source, 0, len(source), grain)
+                    else:
+                        merged = merge_raw(raw, grain)
                 else:
                     if self._index is None:
                         self._index = _Index(raw.starts, raw.ends, raw.codes, self._durations)
+                        self._durations = None  # in the index now
                     merged = merge_runs(raw, self._index, grain)
                 if len(merged.starts) > 0.9 * len(raw):  # hardly merged: the raw slices will do
                     got = raw
