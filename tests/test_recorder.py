@@ -210,3 +210,23 @@ def test_forked_child_starts_clean(tmp_path: Path) -> None:
     ]
     assert child_msgs == ["child"]
     assert parent_msgs == ["parent before fork", "parent after fork"]
+
+
+def test_recorders_own_threads_do_not_record_their_sleeps(tmp_path: Path) -> None:
+    """The ticker, the metrics thread and the asyncio stall watchdog sleep dozens of times a
+    second: those waits are not the program's, and recording each (a stack walk) cost more
+    than anything they do. The program's own waits on a threading.Event still are."""
+    import asyncio  # noqa: F401  (the stall watchdog runs once asyncio is imported)
+
+    with pyflight.FlightRecorder() as rec:
+        waiter = threading.Thread(target=threading.Event().wait, args=(0.3,), name="program-waiter")
+        waiter.start()
+        time.sleep(0.6)
+        waiter.join()
+        path = tmp_path / "t.pyfl"
+        rec.write_to(path)
+    trace = pyflight.load(path)
+    names = {t.tid: t.name for t in trace.threads.values()}
+    waited = {names.get(e.thread, "?") for e in trace.events if e.kind == Kind.BLOCK_BEGIN}
+    assert "program-waiter" in waited
+    assert not {name for name in waited if name.startswith("pyflight-")}, waited

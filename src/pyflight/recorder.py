@@ -19,7 +19,7 @@ from pyflight import __version__
 from pyflight._redact import redact_argv as redacted_argv
 from pyflight.budget import CHECK_SECONDS, CpuBudget
 from pyflight.core import BACKEND_NAME, backend
-from pyflight.core.daemon import start_deferred, start_without_signals
+from pyflight.core.daemon import QuietEvent, start_deferred, start_without_signals
 from pyflight.core.events import Kind, arg_counts
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.format.writer import encode_header, write_file_atomically, write_stream
@@ -109,7 +109,7 @@ class FlightRecorder:
         self._running = False
         self._snapshot_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
+        self._ticker_stop = QuietEvent()
         self._snapshots_taken = 0
         self._started_ns = 0
         self._named_threads: set[int] = set()

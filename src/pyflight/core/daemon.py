@@ -35,6 +35,48 @@ _BLOCKED: frozenset[int] = (
 )
 
 
+class QuietEvent:
+    """A stop flag for pyflight's own threads (``set``/``clear``/``is_set``/``wait`` as
+    ``threading.Event``) whose waits are not recorded.
+
+    ``threading.Event.wait`` goes through ``Condition.wait``, which the blocking source
+    records: a BLOCK_BEGIN with a stack (~10,000 instructions) each time the ticker, the
+    metrics thread or the stall watchdog sleeps, ~60 times a second in all, for threads the
+    analysis hides. This one waits on a raw ``_thread`` lock (held while unset), which no
+    source hooks."""
+
+    __slots__ = ("_flag", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            try:
+                self._lock.release()
+            except RuntimeError:  # released meanwhile by a concurrent set()
+                pass
+
+    def clear(self) -> None:
+        if self._flag:
+            self._flag = False
+            self._lock.acquire(False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until set or `timeout` seconds passed; True if set."""
+        if self._flag:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()  # stays released while set: every waiter goes through
+        return self._flag
+
+
 def start_without_signals(thread: threading.Thread) -> None:
     """``thread.start()``, with the program's signals blocked in the new thread; in a
     forked child, queued for a moment (see ``defer_starts``)."""

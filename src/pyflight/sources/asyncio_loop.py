@@ -81,7 +81,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyflight.core import backend
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import QuietEvent, start_without_signals
 from pyflight.core.events import BlockReason, Kind, TaskOutcome
 from pyflight.sources import register
 from pyflight.sources.base import Source, SourceWarning
@@ -1001,7 +1001,7 @@ class AsyncioSource(Source):
         self._want = False
         self._watcher: _AsyncioImportWatcher | None = None
         self._hooks_lock = threading.RLock()
-        self._stop = threading.Event()
+        self._stop = QuietEvent()
         self._hooks_ready = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._pid = os.getpid()
@@ -1009,7 +1009,7 @@ class AsyncioSource(Source):
     def _install(self) -> None:
         with self._hooks_lock:
             self._want = True
-            self._stop = threading.Event()
+            self._stop = QuietEvent()
             self._hooks_ready = threading.Event()
             self._pid = os.getpid()
             if _asyncio_ready():
@@ -1077,7 +1077,7 @@ class AsyncioSource(Source):
             if watchdog is not None and watchdog is not threading.current_thread() and not forked:
                 watchdog.join(timeout=JOIN_TIMEOUT)
 
-    def _watch(self, stop: threading.Event, ready: threading.Event) -> None:
+    def _watch(self, stop: QuietEvent, ready: threading.Event) -> None:
         """The "pyflight-stalls" thread: every threshold/4, LOOP_STALL for each step running
         longer than the threshold, with its thread's stack now (at 1x, 2x, 4x, ... the threshold)."""
         ready.wait()

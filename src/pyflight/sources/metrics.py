@@ -23,7 +23,7 @@ import weakref
 from typing import Any
 
 from pyflight.core import backend
-from pyflight.core.daemon import start_without_signals
+from pyflight.core.daemon import QuietEvent, start_without_signals
 from pyflight.core.events import Kind
 from pyflight.sources import register
 from pyflight.sources.base import Source
@@ -130,7 +130,7 @@ class MetricsSource(Source):
         super().__init__(**options)
         self.interval = INTERVAL
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = QuietEvent()
 
     def _install(self) -> None:
         if self._thread is not None:
@@ -143,7 +143,7 @@ class MetricsSource(Source):
             raise ValueError(f"interval must be a number of seconds in (0, 3600], got {interval!r}")
         self.interval = float(interval)
         # a fresh Event per run: a thread that outlived its join timeout still sees its own set
-        self._stop = stop = threading.Event()
+        self._stop = stop = QuietEvent()
         thread = threading.Thread(target=self._run, args=(stop,), name=THREAD_NAME, daemon=True)
         start_without_signals(thread)
         self._thread = thread
@@ -156,7 +156,7 @@ class MetricsSource(Source):
 
     # the sampling thread -------------------------------------------------------------
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: QuietEvent) -> None:
         statm = _open_statm()
         try:
             page_size = os.sysconf("SC_PAGE_SIZE") if statm >= 0 else 0
