@@ -172,6 +172,38 @@ def test_stall_watchdog_can_be_disabled(tmp_path: Path) -> None:
     assert not any(t.name == asyncio_loop.WATCHDOG_NAME for t in threading.enumerate())
 
 
+@pytest.mark.skipif(backend.BACKEND != "c", reason="the C core's steps")
+def test_stall_watchdog_sleeps_while_no_step_runs_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the C core the watchdog looks at the running steps without the GIL and runs
+    Python code (takes the GIL from the program) only when one may be stalled and once a
+    second for other loops: on an idle loop that is a few times a second, not 4 times per
+    threshold; and it still catches a stall."""
+    polls: list[int] = []
+    watch_once = asyncio_loop._Hooks.watch_once
+
+    def counted(self: Any, *args: Any) -> None:
+        polls.append(1)
+        watch_once(self, *args)
+
+    monkeypatch.setattr(asyncio_loop._Hooks, "watch_once", counted)
+
+    async def idle_then_stall() -> int:
+        await asyncio.sleep(0.1)
+        before = len(polls)
+        await asyncio.sleep(1.0)
+        idle = len(polls) - before
+        time.sleep(0.1)  # a stall of 5 thresholds
+        return idle
+
+    with recorder(stall_threshold=0.02) as rec:  # a poll every 5 ms: 200 a second before
+        idle_polls = asyncio.run(idle_then_stall())
+        trace = snapshot(rec, tmp_path)
+    assert idle_polls <= 10, idle_polls
+    assert of_kind(trace, Kind.LOOP_STALL)
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_tasks_names_coroutines_parents(tmp_path: Path, implementation: str) -> None:
     async def main() -> dict[str, Any]:

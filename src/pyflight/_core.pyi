@@ -148,6 +148,10 @@ def asyncio_get_loop(
 ) -> Callable[..., Any]:
     """A ``_LoopBoundMixin._get_loop`` that records TASK_BLOCK (asyncio sync waits) from C."""
 
+def asyncio_stall_wait(threshold_ns: int, max_wait: float, poll: float, /) -> bool:
+    """Sleep without the GIL until a step has run ``threshold_ns`` (True; a hint), or
+    ``max_wait`` seconds passed or the hooks changed (False)."""
+
 def asyncio_idle_select(
     select: Callable[..., Any], loop_id: int, previous: Any, begin_kind: int, end_kind: int, /
 ) -> Callable[..., Any]:

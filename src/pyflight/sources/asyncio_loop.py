@@ -1084,10 +1084,19 @@ class AsyncioSource(Source):
         threshold = int(self.stall_threshold * 1e9)
         interval = self.stall_threshold / 4
         due_at: dict[tuple[int, int, int], int] = {}  # step -> duration of its next LOOP_STALL
+        # with the C core, wait without the GIL while no step runs long (the program's
+        # threads are not made to hand over the GIL 4 times per threshold for nothing)
+        stall_wait = getattr(backend, "asyncio_stall_wait", None) if backend.BACKEND == "c" else None
         while not stop.wait(interval):
             hooks = self._hooks
             if hooks is None or not hooks.active:
                 continue
+            if stall_wait is not None and hooks.use_c and not due_at:
+                until_check = (hooks.next_foreign_check - backend.now()) / 1e9  # uvloop & co
+                if until_check > interval:
+                    stall_wait(threshold, until_check, interval)
+                    if stop.is_set():
+                        return
             try:
                 hooks.watch_once(backend.now(), threshold, due_at)
             except Exception as exc:

@@ -894,6 +894,39 @@ static PyMethodDef handle_run_def = {
     "Run the handle's callback in its context (asyncio.events.Handle._run, recorded by pyflight).",
 };
 
+/* asyncio_stall_wait(threshold_ns, max_wait_s, poll_s) -> bool: sleeps without the GIL,
+ * looking at the running steps every poll_s, until one has run for threshold_ns or more
+ * (True), or max_wait_s passed or the hooks were removed or re-installed (False). The
+ * stall watchdog waits here, so that it takes the GIL from the program only when there
+ * may be a stall to record, not 4 times per threshold. The slots are read without the
+ * GIL (a step may begin or end meanwhile): True is a hint the caller checks with
+ * running_steps() under the GIL, and a missed step is seen at the next poll. */
+static PyObject *asyncio_stall_wait(PyObject *mod, PyObject *args) {
+    unsigned long long threshold;
+    double max_wait, poll;
+    if (!PyArg_ParseTuple(args, "Kdd:asyncio_stall_wait", &threshold, &max_wait, &poll)) return NULL;
+    if (!(poll > 0) || !(max_wait >= 0)) return PyErr_Format(PyExc_ValueError, "asyncio_stall_wait(): bad times");
+    const volatile Slot *slots = A.slots;
+    const volatile uint64_t *epoch_now = &A.epoch;
+    const volatile int *active = &A.active;
+    uint64_t epoch = A.epoch;
+    int found = 0;
+    struct timespec nap = {(time_t)poll, (long)((poll - (double)(time_t)poll) * 1e9)};
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t end = pyfl_now_ns() + (uint64_t)(max_wait * 1e9);
+    for (;;) {
+        uint64_t now = pyfl_now_ns();
+        for (int i = 0; i < N_SLOTS && !found; i++) {
+            uint64_t start = slots[i].start_ns;
+            found = slots[i].ident && start && now > start && now - start >= threshold;
+        }
+        if (found || *epoch_now != epoch || !*active || now >= end) break;
+        nanosleep(&nap, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(found);
+}
+
 /* ------------------------------------------------------------------ the loop's select */
 
 static int k_idle_begin = -1, k_idle_end = -1;
@@ -1208,6 +1241,7 @@ static PyMethodDef asyncio_methods[] = {
     {"asyncio_tasks_setup", asyncio_tasks_setup, METH_VARARGS, "Set what the C task and sync-wait hooks need."},
     {"asyncio_create_task", asyncio_create_task, METH_O, "A BaseEventLoop.create_task recording from C."},
     {"asyncio_get_loop", asyncio_get_loop, METH_VARARGS, "A _LoopBoundMixin._get_loop recording TASK_BLOCK from C."},
+    {"asyncio_stall_wait", asyncio_stall_wait, METH_VARARGS, "Sleep without the GIL until a step may be stalled."},
     {"asyncio_idle_select", asyncio_idle_select, METH_VARARGS, "A loop selector's select recording idle waits."},
     {"asyncio_idle_previous", asyncio_idle_previous, METH_O, "(is an asyncio_idle_select, its previous attribute)."},
     {"running_steps", running_steps, METH_NOARGS,
