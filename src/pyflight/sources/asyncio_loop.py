@@ -47,7 +47,8 @@ timeout poll is not idle) and the ``_pyflight_loop_selector`` mark (the blocking
 then leaves it alone); a daemon thread "pyflight-stalls" records LOOP_STALL(loop, task,
 duration so far, the loop thread's stack *now*) when a step runs longer than
 ``stall_threshold``, at 1x, 2x, 4x, ... the threshold. The step table it reads is
-``running_steps()``.
+``running_steps()``; with the C core the watchdog looks at it without the GIL and takes
+the GIL (runs Python code) only when a step may be stalled, and once a second.
 
 Loops are instrumented lazily (``run_forever`` and the first step a thread runs of a
 loop), so every loop built on ``asyncio.BaseEventLoop`` is covered: ``asyncio.run``,
