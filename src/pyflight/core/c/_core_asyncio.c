@@ -440,24 +440,24 @@ static int fault(void) {
  * fault()). */
 static int record_task_done(PyObject *task) {
     PyObject *tid = PyLong_FromVoidPtr(task), *outcome = TK.ok, *error = Py_NewRef(A.empty), *live = NULL;
-    if (!tid) goto failed;
+    if (!tid) goto out;
     PyObject *c = PyObject_CallMethodNoArgs(task, str_cancelled);
-    if (!c) goto failed;
+    if (!c) goto out;
     int is_cancelled = PyObject_IsTrue(c);
     Py_DECREF(c);
-    if (is_cancelled < 0) goto failed;
+    if (is_cancelled < 0) goto out;
     if (is_cancelled) {
         outcome = TK.cancelled;
     } else {
         PyObject *exc = PyObject_GetAttr(task, str_exception);
         if (!exc) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto failed;
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto out;
             PyErr_Clear();
         } else if (PyExceptionInstance_Check(exc)) {
             outcome = TK.failed;
             PyObject *text = call_hook(TK.describe, exc); /* the rare path: Python formats it */
             Py_DECREF(exc);
-            if (!text) goto failed;
+            if (!text) goto out;
             if (PyUnicode_CheckExact(text))
                 Py_SETREF(error, text);
             else
@@ -471,15 +471,15 @@ static int record_task_done(PyObject *task) {
         PyObject *objs[3] = {NULL, NULL, error};
         pyfl_record_typed(TK.k_done_int, 3, "uus", vals, objs);
     }
-    if (!TK.live_tasks) goto failed;
+    if (!TK.live_tasks) goto out;
     live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
     PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
     if (known) {
-        if (PyDict_DelItem(live, tid) < 0 || pyfl_clear_live(tid) < 0) goto failed;
+        if (PyDict_DelItem(live, tid) < 0 || pyfl_clear_live(tid) < 0) goto out;
     } else if (PyErr_Occurred()) {
-        goto failed;
+        goto out;
     }
-failed:
+out: /* done or failed: fault() tells (0 when nothing was raised) */
     Py_XDECREF(tid);
     Py_XDECREF(error);
     Py_XDECREF(live);
