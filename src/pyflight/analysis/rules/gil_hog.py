@@ -67,20 +67,28 @@ def _starved(model: Model, hog: int, start: int, end: int) -> list[int]:
     return out
 
 
-def _stretch(thread_intervals: list, start: int, end: int) -> int:  # type: ignore[type-arg]
-    """The longest run of RUNNING/READY time (no block in between) inside [start, end]:
-    a holder the OS left off the CPU on a loaded machine is READY in the model's
-    estimate, yet still holds the GIL."""
-    best = run = 0
+def _stretches(thread_intervals: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
+    """(start, end) of each run of RUNNING/READY time with no block in between: a holder
+    the OS left off the CPU on a loaded machine is READY in the model's GIL/CPU-wait
+    estimate (which cuts READY pieces into its run), yet still holds the GIL."""
+    spans: list[tuple[int, int]] = []
     for iv in thread_intervals:
-        if iv.end <= start or iv.start >= end:
+        if iv.state is not State.RUNNING and iv.state is not State.READY:
             continue
-        if iv.state is State.RUNNING or iv.state is State.READY:
-            run += min(iv.end, end) - max(iv.start, start)
-            best = max(best, run)
+        if spans and spans[-1][1] == iv.start:
+            spans[-1] = (spans[-1][0], iv.end)
         else:
-            run = 0
-    return best
+            spans.append((iv.start, iv.end))
+    return spans
+
+
+def _inside(span: tuple[int, int], start: int, end: int) -> int:
+    return max(0, min(span[1], end) - max(span[0], start))
+
+
+def _stretch(thread_intervals: list, start: int, end: int) -> int:  # type: ignore[type-arg]
+    """The longest run of RUNNING/READY time (see _stretches) inside [start, end]."""
+    return max((_inside(span, start, end) for span in _stretches(thread_intervals)), default=0)
 
 
 def _cpu_share_after(model: Model, tid: int, end: int, interval: int) -> float | None:
@@ -142,20 +150,11 @@ def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -
     (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere).
     A guess: a sampler that needs the GIL never sees inside the call itself."""
     thread = model.threads.get(tid)
-    # stretches of RUNNING/READY time with no block in between (as _stretch: on a loaded
-    # machine the model's GIL/CPU-wait estimate cuts READY pieces into the holder's run)
-    spans: list[tuple[int, int]] = []
-    for iv in thread.intervals if thread is not None else ():
-        if iv.state is not State.RUNNING and iv.state is not State.READY:
-            continue
-        if spans and spans[-1][1] == iv.start:
-            spans[-1] = (spans[-1][0], iv.end)
-        else:
-            spans.append((iv.start, iv.end))
-    spans = [(a, b) for a, b in spans if b > start and a < end]
+    intervals = thread.intervals if thread is not None else []
+    spans = [span for span in _stretches(intervals) if _inside(span, start, end)]
     if not spans:
         return None
-    run_start, run_end = max(spans, key=lambda span: min(span[1], end) - max(span[0], start))
+    run_start, run_end = max(spans, key=lambda span: _inside(span, start, end))
     after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
     before = samples_in(model, tid, start - 2 * interval, start)
     for sample in after[:1] + before[-1:]:
