@@ -142,3 +142,27 @@ def test_psycopg2_queries_are_recorded_with_statement_and_callers_line(postgres:
     assert lookup.site is not None and lookup.site.file == __file__
     assert "# the psycopg2 line" in Path(__file__).read_text().splitlines()[lookup.site.line - 1]
     assert model.user_tasks[lookup.task].name == "lookup2"
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_composed_statements_are_recorded_as_sql_not_repr(postgres: str, driver: str) -> None:
+    """A statement built with the driver's ``sql`` module (identifiers quoted by the
+    driver) is recorded as its SQL text with values as ?, not as ``Composed([...])``."""
+    module = pytest.importorskip(driver, reason=f"{driver} (the `test` extra) is not installed")
+    sql = pytest.importorskip(f"{driver}.sql")
+    statement = sql.SQL("SELECT {} FROM {} WHERE id = {} AND name = {}").format(
+        sql.Identifier("name"), sql.Identifier("t3"), sql.Literal(7), sql.Placeholder()
+    )
+    with pyflight.FlightRecorder() as rec:
+        conn = module.connect(postgres)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("CREATE TEMP TABLE t3 (id INTEGER PRIMARY KEY, name TEXT)")
+            cursor.execute(statement, ("x",))
+            assert cursor.fetchall() == []
+        finally:
+            conn.close()
+        buf = io.BytesIO()
+        rec.write_to(buf)
+    statements = {q.statement for q in db_queries(build(loads(buf.getvalue())))}
+    assert 'SELECT "name" FROM "t3" WHERE id = ? AND name = ?' in statements, sorted(statements)

@@ -88,11 +88,36 @@ _normalized: dict[str, str] = {}
 _NORMALIZED_MAX = 2048
 
 
+def _composed_sql(sql: object, depth: int = 0) -> str | None:
+    """The text of a psycopg2 or psycopg ``sql.Composed`` / ``SQL`` / ``Identifier`` /
+    ``Literal`` / ``Placeholder`` statement, without the connection their ``as_string``
+    needs: SQL parts as written, identifiers double-quoted, values and placeholders as
+    ``?``. None if `sql` is none of these (its repr is no statement)."""
+    module = type(sql).__module__
+    if module not in ("psycopg2.sql", "psycopg.sql") or depth > 16:
+        return None
+    inner = getattr(sql, "_wrapped" if module == "psycopg2.sql" else "_obj", None)
+    kind = type(sql).__name__
+    if kind == "SQL" and isinstance(inner, str):
+        return inner
+    if kind == "Identifier" and isinstance(inner, tuple):
+        return ".".join('"' + str(name).replace('"', '""') + '"' for name in inner)
+    if kind in ("Literal", "Placeholder"):
+        return "?"
+    if kind == "Composed" and isinstance(inner, list):
+        parts = [_composed_sql(part, depth + 1) for part in inner]
+        return None if None in parts else "".join(parts)  # type: ignore[arg-type]
+    return None
+
+
 def normalize_sql(sql: object) -> str:
     """The statement with its values gone: ``WHERE id = 42`` and ``WHERE id = %s`` both
     read ``WHERE id = ?``; cached (statements repeat)."""
     if not isinstance(sql, str):
-        sql = sql.decode("utf-8", "replace") if isinstance(sql, bytes | bytearray) else str(sql)
+        if isinstance(sql, bytes | bytearray):
+            sql = sql.decode("utf-8", "replace")
+        else:
+            sql = _composed_sql(sql) or str(sql)
     found = _normalized.get(sql)
     if found is not None:
         return found
@@ -156,6 +181,8 @@ def _message(sql: object, frame: FrameType) -> str:
     site = found if found is not None else first
     assert site is not None
     code = site.f_code
+    if not isinstance(sql, str | bytes):  # a driver's sql.Composed: unhashable, its repr no SQL
+        sql = _composed_sql(sql) or str(sql)
     key = (sql, code.co_filename, site.f_lasti)  # f_lineno costs ~300 ns on 3.11: only on a miss
     message = _messages.get(key)
     if message is None:
