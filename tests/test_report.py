@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,6 +130,22 @@ def test_terminal_report_findings_first(traces: dict[str, Path], capsys: pytest.
     assert "load_config_sync" in out.split("Threads (ms)")[0]
     assert "Asyncio tasks by coroutine" in out and "handler" in out
     assert "MainThread" in out
+
+
+def test_evidence_reads_as_a_person_would_write_it(
+    traces: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The terminal shows a loop's id as an address and a share as a percentage (the
+    JSON keeps the raw numbers)."""
+    assert run(_args(str(traces["loop_blocked_sleep"]))) == 0
+    out = capsys.readouterr().out
+    blocked = next(line for line in out.splitlines() if "blocked_share:" in line)
+    assert re.fullmatch(r"\s+blocked_share: \d+\.\d%", blocked), blocked
+    loop = next(line for line in out.splitlines() if line.strip().startswith("loop:"))
+    assert re.fullmatch(r"\s+loop: 0x[0-9a-f]+", loop), loop
+    assert run(_args(str(traces["loop_blocked_sleep"]), "--json")) == 0
+    finding = next(f for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "loop-blocked")
+    assert isinstance(finding["evidence"]["loop"], int) and 0 < finding["evidence"]["blocked_share"] <= 1
 
 
 def test_json_contract(traces: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 from pyflight.report import Report
+from pyflight.report.evidence import evidence_text
 
 __all__ = ["flame_svg", "histogram_svg", "render", "timeline_svg"]
 
@@ -293,10 +294,9 @@ def _finding_html(finding: Finding) -> str:
     if finding.evidence:
         items = []
         for key, value in finding.evidence.items():
-            if value in (None, [], {}, ""):
-                continue
-            text = fmt_ns(value) if key.endswith("_ns") and isinstance(value, int) else str(value)
-            items.append(f"<li>{esc(key)}: {esc(text[:300])}</li>")
+            text = evidence_text(key, value)
+            if text is not None:
+                items.append(f"<li>{esc(key)}: {esc(text[:300])}</li>")
         parts.append(f'<ul class="ev">{"".join(items)}</ul>')
     if finding.moments:
         parts.append(_moments_html(finding))

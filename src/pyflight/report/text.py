@@ -10,6 +10,7 @@ from pyflight.analysis.rules import INFO, Finding
 from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
 from pyflight.report import Report
+from pyflight.report.evidence import evidence_text
 
 if TYPE_CHECKING:
     from pyflight.analysis.breakdown import BreakdownRow
@@ -93,10 +94,9 @@ def finding_lines(finding: Finding, color: bool) -> list[str]:
         c = finding.culprit
         out.append(f"         culprit: {_clean(c.function)} at {_clean(c.file)}:{c.line}")
     for key, value in finding.evidence.items():
-        if value in (None, [], {}, ""):
-            continue
-        text = fmt_ns(value) if key.endswith("_ns") and isinstance(value, int) else _clean(value)
-        out.append(f"         {key}: {text[:150]}")
+        text = evidence_text(key, value)
+        if text is not None:
+            out.append(f"         {key}: {_clean(text)[:150]}")
     if finding.moments:
         shown = "; ".join(
             f"{m.at_s:.3f} s +{fmt_ns(m.duration_ns)} {_clean(m.thread)}"
