@@ -263,10 +263,11 @@ class TimelineApi:
             starts, ends, codes, refs = (
                 list(map(column.__getitem__, order)) for column in (starts, ends, codes, refs)
             )
-        if not _ordered(starts, ends):  # each cut where the next begins
+        durations = _ordered_durations(starts, ends)  # read once, for the levels too
+        if durations is None:  # each cut where the next begins
             ends = list(map(min, ends, itertools.chain(itertools.islice(starts, 1, None), (ends[-1],))))
             starts, ends, codes, refs = _non_empty(starts, ends, codes, refs)
-        return LodRow(starts, ends, codes), refs, None
+        return LodRow(starts, ends, codes, durations), refs, None
 
     def _build_rows(self) -> None:
         """Every row's header (the page lists them at once); their slices are laid out on
