@@ -22,6 +22,7 @@ atomic:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 import threading
@@ -489,12 +490,23 @@ def _caller(depth: int) -> FrameType | None:
 
 
 def _walk(frame: FrameType | None, max_depth: int) -> _Stack:
-    """The stack from ``frame`` outwards, innermost first, as (qualname, file, line)."""
+    """The stack from ``frame`` outwards, innermost first, as (qualname, file, line).
+
+    ``frame`` may be another thread's: ``f_back`` makes a frame object for the next frame
+    out, an allocation that may run the GC, whose finalizers can hand the GIL to that
+    thread, which may then pop the frame being wrapped (see collect_frames in _core.c).
+    The GC is held off during the walk."""
     out: list[_FrameKey] = []
-    while frame is not None and len(out) < max_depth:
-        code = frame.f_code
-        out.append((code.co_qualname, code.co_filename, frame.f_lineno or 0))
-        frame = frame.f_back
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        while frame is not None and len(out) < max_depth:
+            code = frame.f_code
+            out.append((code.co_qualname, code.co_filename, frame.f_lineno or 0))
+            frame = frame.f_back
+    finally:
+        if gc_was_on:
+            gc.enable()
     return _Stack(out)
 
 
@@ -899,5 +911,12 @@ def _clamped_deltas(times: list[int]) -> list[int]:
 
 def current_frames() -> dict[int, FrameType]:
     """Frames of the running threads by ident. Unlike the C core, this cannot exclude
-    other interpreters' threads (sys._current_frames() returns them too)."""
-    return sys._current_frames()
+    other interpreters' threads (sys._current_frames() returns them too). The GC is held
+    off meanwhile, as in _walk: wrapping each thread's frame allocates."""
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if gc_was_on:
+            gc.enable()

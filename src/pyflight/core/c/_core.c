@@ -395,16 +395,24 @@ static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
 }
 
 /* Stores new references to up to `max` frames from f outwards (innermost first) in out;
- * returns how many. A failing frame lookup just ends the stack there. */
+ * returns how many. A failing frame lookup just ends the stack there.
+ * f may be another thread's frame (the sampler, the stall watchdog, a pending block
+ * flushed at a seal). PyFrame_GetBack makes a frame object for the next frame out, and
+ * that allocation may run the cyclic GC, whose finalizers run Python code that can hand
+ * the GIL over: the other thread could then pop the very frame being wrapped, leaving
+ * the new frame object pointing at freed stack (a crash seen under a threaded server).
+ * So the GC is held off during the walk: nothing in it can then let the GIL go. */
 static Py_ssize_t collect_frames(PyFrameObject *f, PyObject **out, Py_ssize_t max) {
     Py_ssize_t n = 0;
     if (!f || max == 0) return 0;
+    int gc_was_on = PyGC_Disable();
     Py_INCREF(f);
     do
         out[n++] = (PyObject *)f;
     while (n < max && (f = PyFrame_GetBack(f)));
     if (PyErr_Occurred())
         PyErr_Clear();
+    if (gc_was_on) PyGC_Enable();
     return n;
 }
 
@@ -1131,6 +1139,9 @@ static PyObject *core_thread_id(PyObject *mod, PyObject *unused) {
 static PyObject *core_current_frames(PyObject *mod, PyObject *unused) {
     PyObject *out = PyDict_New();
     if (!out) return NULL;
+    /* held off as in collect_frames: a GC run by an allocation here could let a thread
+     * exit (freeing the thread state this loop stands on) or pop the frame being wrapped */
+    int gc_was_on = PyGC_Disable();
     PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Get());
     for (; t; t = PyThreadState_Next(t)) {
         PyFrameObject *f = PyThreadState_GetFrame(t);
@@ -1140,10 +1151,11 @@ static PyObject *core_current_frames(PyObject *mod, PyObject *unused) {
         Py_XDECREF(key);
         Py_DECREF(f);
         if (failed) {
-            Py_DECREF(out);
-            return NULL;
+            Py_CLEAR(out);
+            break;
         }
     }
+    if (gc_was_on) PyGC_Enable();
     return out;
 }
 
