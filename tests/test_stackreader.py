@@ -106,8 +106,19 @@ class Holder:
         asyncio.run(coro(event))
 
 
+@pytest.fixture(params=["process_vm_readv", "proc_mem"])
+def reads(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both ways of reading: process_vm_readv, and /proc/self/mem (where it is refused)."""
+    if c_core is None or not SUPPORTED or c_core.stackreader_probe() is not None:
+        pytest.skip("the native stack reader needs the C core on CPython 3.11-3.13 on Linux")
+    if request.param == "proc_mem" and not c_core._stackreader_use_proc_mem(True):
+        pytest.skip("/proc/self/mem is not readable here")
+    yield request.param
+    c_core._stackreader_use_proc_mem(False)
+
+
 @native
-def test_read_matches_the_frame_objects(threads: list[threading.Thread]) -> None:
+def test_read_matches_the_frame_objects(threads: list[threading.Thread], reads: str) -> None:
     assert c_core is not None
     event = threading.Event()
     t = threading.Thread(target=Holder().method, args=(event,))
@@ -134,7 +145,7 @@ def test_read_matches_the_frame_objects(threads: list[threading.Thread]) -> None
 
 
 @native
-def test_garbage_addresses_read_as_nothing() -> None:
+def test_garbage_addresses_read_as_nothing(reads: str) -> None:
     assert c_core is not None
     freed = [id(object()) for _ in range(100)]
     addresses = [0, 1, 8, 4096, 1 << 40, (1 << 47) - 8, 2**64 - 8, id(sys), id(threading.main_thread())]
@@ -159,7 +170,9 @@ def holds_the_gil_in_c(stop: threading.Event) -> None:
 
 
 @native
-def test_tight_loop_and_a_gil_holding_c_call_read_where_they_run(threads: list[threading.Thread]) -> None:
+def test_tight_loop_and_a_gil_holding_c_call_read_where_they_run(
+    threads: list[threading.Thread], reads: str
+) -> None:
     """A thread in a pure-Python loop (frames pushed and popped all the time) and one
     holding the GIL in a long C call between its turns: every read is one of them, where
     it runs; none is torn into a stack that never was."""
@@ -217,7 +230,7 @@ def short_lived(n: int) -> int:
 
 
 @native
-def test_threads_ending_mid_read_do_not_crash(threads: list[threading.Thread]) -> None:
+def test_threads_ending_mid_read_do_not_crash(threads: list[threading.Thread], reads: str) -> None:
     """Threads that start, run a little and end while the reader walks them: their thread
     states and frames are freed under it. Nothing crashes; what is read is theirs."""
     assert c_core is not None
@@ -389,7 +402,7 @@ def test_sampler_reads_a_running_thread_where_it_runs(
     threads.append(t)
     t.start()
     try:
-        trace = _record(tmp_path, 1.0, time.sleep, interval=0.005)
+        trace = _record(tmp_path, 1.0, time.sleep, interval=0.005, cpu_budget=0.5)
     finally:
         stop.set()
     mine = [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("tid") == t.native_id]

@@ -89,7 +89,7 @@ static Py_ssize_t read_str(uintptr_t addr, char *out) {
     }
     unsigned kind = a->state.kind;
     if (kind != 1 && kind != 2 && kind != 4) return -1;
-    uint8_t raw[MAX_STR * 4];
+    static uint8_t raw[MAX_STR * 4]; /* static: the sampling thread's stack may be small */
     if (rd(raw, addr + sizeof(PyCompactUnicodeObject), (size_t)n * kind) < 0) return -1;
     Py_ssize_t len = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -193,7 +193,7 @@ static CodeEntry *code_entry(uintptr_t addr, const PyCodeObject *co) {
         && e->linetable == (uintptr_t)co->co_linetable && e->firstlineno == co->co_firstlineno)
         return e;
     entry_clear(e);
-    char buf[MAX_STR];
+    static char buf[MAX_STR];
     Py_ssize_t n;
     PyBytesObject lt;
     if ((n = read_str((uintptr_t)co->co_qualname, buf)) < 0 || !(e->name = malloc((size_t)n + 1))) goto fail;
@@ -301,7 +301,7 @@ static int read_heads(int n) {
             if (rd(&heads[i], head_addr[i], CODE_HEAD) < 0) return i;
         return n;
     }
-    struct iovec local[MAX_FRAMES], remote[MAX_FRAMES];
+    static struct iovec local[MAX_FRAMES], remote[MAX_FRAMES];
     for (int i = 0; i < n; i++) {
         local[i] = (struct iovec){&heads[i], CODE_HEAD};
         remote[i] = (struct iovec){(void *)head_addr[i], CODE_HEAD};
@@ -334,7 +334,7 @@ static int walk(uintptr_t addr, PyInterpreterState *interp) {
         }
     }
     /* 1: the frames, innermost first: their code object, instruction and owner */
-    struct {
+    static struct {
         uintptr_t instr;
         int head, owner;
     } fr[MAX_FRAMES];
@@ -424,13 +424,20 @@ static int read_holder(PyInterpreterState *interp, uintptr_t me) {
 
 /* ------------------------------------------------------------------ Python functions */
 
-static int reader_busy; /* one read at a time (the cache and `out` are shared) */
+/* One read at a time: the cache, `out` and the buffers are static (all the reads are made
+ * by the sampling thread; the flag keeps a test's read or a second sampler out). */
+static int reader_busy;
 static int probed;      /* 0 not yet, 1 works, -1 does not */
 static char probe_error[200];
 
 static void after_fork_child(void) {
     reader_busy = 0;
     self_pid = getpid();
+    if (use_mem_fd) { /* the parent's /proc/self/mem is the parent's memory */
+        close(mem_fd);
+        mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+        use_mem_fd = mem_fd >= 0;
+    }
 }
 
 /* Can we read our own memory safely? Tries process_vm_readv, then /proc/self/mem. */
@@ -496,6 +503,7 @@ static PyObject *out_entry(const Entry *x) {
     PyObject *entry = name && file ? Py_BuildValue("(OOi)", name, file, x->line) : NULL;
     Py_XDECREF(name);
     Py_XDECREF(file);
+    if (entry) PyObject_GC_UnTrack(entry); /* strs and an int: no cycle for the GC to look at */
     if (entry) {
         Py_XSETREF(py_cache[x->slot].entry, Py_NewRef(entry));
         py_cache[x->slot].stamp = x->stamp;
@@ -597,8 +605,21 @@ static PyObject *sr_read_address(PyObject *mod, PyObject *arg) {
     return res;
 }
 
+/* _stackreader_use_proc_mem(on) -> bool: for tests, read through /proc/self/mem (the
+ * fallback where process_vm_readv is refused) or not; True if that is now the case. */
+static PyObject *sr_use_proc_mem(PyObject *mod, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (probe() || __atomic_exchange_n(&reader_busy, 1, __ATOMIC_ACQUIRE)) Py_RETURN_FALSE;
+    if (on && mem_fd < 0) mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    use_mem_fd = on && mem_fd >= 0;
+    __atomic_store_n(&reader_busy, 0, __ATOMIC_RELEASE);
+    return PyBool_FromLong(use_mem_fd == on);
+}
+
 static PyMethodDef sr_methods[] = {
     {"stackreader_probe", sr_probe, METH_NOARGS, "None if the native stack reader works here, else why not."},
+    {"_stackreader_use_proc_mem", sr_use_proc_mem, METH_O, "Read through /proc/self/mem or not (tests)."},
     {"stackreader_wait", (PyCFunction)(void (*)(void))sr_wait, METH_FASTCALL,
      "stackreader_wait(fd, timeout): sleep without the GIL, then read the GIL holder's stack."},
     {"stackreader_read_thread", sr_read_thread, METH_O, "Stack of thread `ident` read as the reader does (tests)."},
@@ -620,6 +641,7 @@ static PyObject *sr_read_thread(PyObject *mod, PyObject *arg) { Py_RETURN_NONE; 
 
 static PyMethodDef sr_methods[] = {
     {"stackreader_probe", sr_probe, METH_NOARGS, "None if the native stack reader works here, else why not."},
+    {"_stackreader_use_proc_mem", sr_read_thread, METH_O, "Unsupported here: returns None."},
     {"stackreader_wait", (PyCFunction)(void (*)(void))sr_wait, METH_FASTCALL, "Unsupported here: returns None."},
     {"stackreader_read_thread", sr_read_thread, METH_O, "Unsupported here: returns None."},
     {"_stackreader_read_address", sr_read_thread, METH_O, "Unsupported here: returns None."},
