@@ -25,7 +25,7 @@ import pyflight
 from pyflight.analysis import build
 from pyflight.analysis.profiles import cpu_profile
 from pyflight.core import BACKEND_NAME, _pycore
-from pyflight.core.events import Kind, arg_counts
+from pyflight.core.events import Kind, ThreadState, arg_counts
 from pyflight.format.reader import loads
 from pyflight.format.writer import encode_header
 from pyflight.sources.sampler import StackSampler
@@ -195,8 +195,9 @@ def test_tight_loop_and_a_gil_holding_c_call_read_where_they_run(
             got = c_core.stackreader_wait(-1, 0.002)
             if got is None:
                 continue
-            ident, tid, stack, when = got
+            ident, tid, stack, when, cpu = got
             assert time.monotonic_ns() - 10**9 < when <= time.monotonic_ns()
+            assert 0 < cpu <= time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
             if ident == spin.ident:
                 assert tid == spin.native_id
                 names = [e[0] for e in stack]
@@ -210,10 +211,12 @@ def test_tight_loop_and_a_gil_holding_c_call_read_where_they_run(
                 hits["spinner"] += 1
             elif ident == sorter.ident:
                 assert tid == sorter.native_id
-                assert stack[0][:2] == ("holds_the_gil_in_c", here), stack
-                assert stack[0][2] in range(line_of("def holds_the_gil_in_c("), line_of("# SORT LINE") + 1), (
-                    stack
-                )
+                assert [e[0] for e in stack][-3:] == outer, stack
+                ours = [(e[0], e[2]) for e in stack if e[1] == here]
+                sort_lines = range(line_of("def holds_the_gil_in_c("), line_of("# SORT LINE") + 1)
+                assert len(ours) == 1 and ours[0][0] == "holds_the_gil_in_c", stack
+                assert ours[0][1] in sort_lines, stack
+                assert stack[0][0] in ("holds_the_gil_in_c", "Event.is_set"), stack
                 hits["sorter"] += 1
             else:
                 pytest.fail(f"read a thread that was not running: {got}")
@@ -409,6 +412,13 @@ def test_sampler_reads_a_running_thread_where_it_runs(
     assert len(mine) >= 20
     lines = {e.stack[0].line for e in mine if e.stack and e.stack[0].file == __file__}
     assert lines <= set(range(line_of("def spinner("), line_of("# STEP LINE") + 1)), lines
+    # read while it held the GIL: dated then, and the model takes it for RUNNING
+    native = [e for e in mine if e.arg("state") == ThreadState.HOLDING_GIL]
+    assert len(native) >= 5, [ThreadState(e.arg("state")).name for e in mine]
+    model = build(trace)
+    found = [s for s in model.samples if s.tid == t.native_id and s.native]
+    assert len(found) == len(native)
+    assert all(s.os_state is ThreadState.RUNNING for s in found)
 
 
 # --------------------------------------------------------------------------------------

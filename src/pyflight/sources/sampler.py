@@ -83,6 +83,7 @@ _COUNTER_NAME: Final = "sampler_interval_us"
 _SAMPLE: Final = int(Kind.SAMPLE)
 _UNKNOWN: Final = int(ThreadState.UNKNOWN)
 _RUNNING: Final = int(ThreadState.RUNNING)
+_HOLDING_GIL: Final = int(ThreadState.HOLDING_GIL)
 _ENDING: Final = int(ThreadState.ZOMBIE)
 _STAT_BYTES: Final = 128  # "tid (comm) S": comm is at most 15 bytes, the state follows it
 
@@ -227,8 +228,9 @@ class StackSampler(Source):
         # Why the native stack reader is not used (None while it is); see _install.
         self.native_reason: str | None = "not installed"
         self._wake_fd = -1  # eventfd: written by uninstall to wake the native wait
-        # (ident, native id, stack, time) of the GIL's holder read at this tick, for _tick
-        self._held: tuple[int, int, tuple[tuple[str, str, int], ...], int] | None = None
+        # (ident, native id, stack, time, CPU clock) of the GIL's holder read at this
+        # tick, for _tick
+        self._held: tuple[int, int, tuple[tuple[str, str, int], ...], int, int] | None = None
         # A bad option is reported by install() (the recorder turns it into a warning
         # and a SOURCE_DISABLED event) instead of breaking FlightRecorder.start().
         self._option_error: Exception | None = None
@@ -450,9 +452,10 @@ class StackSampler(Source):
         """One SAMPLE per thread but this one: states and running tasks first, then the
         stacks of all threads, each frame let go of as soon as it is recorded. The thread
         that held the GIL at the tick, if read natively (``_held``: ident, native id,
-        stack, time), has its SAMPLE take that stack instead of its frame and that time
-        (recorded first, so the sampler's batch stays in time order): where it ran then,
-        not where it let go of the GIL for us, maybe into a lock wait, milliseconds later.
+        stack, time, its CPU clock then), has its SAMPLE take that stack, that time and the
+        CPU it used up to then (recorded first, so the sampler's batch stays in time
+        order): where it ran then, not where it let go of the GIL for us, maybe into a
+        lock wait, milliseconds later (or, after a long C call holding the GIL, seconds).
 
         A frame object held here keeps the locals of a function that has returned alive
         (Python 3.11+): held across a GIL switch (I/O, the switch interval) it can keep a
@@ -461,15 +464,20 @@ class StackSampler(Source):
         now = time.monotonic_ns()
         tasks = self._running_tasks()
         table = _thread_table()
-        states = self._read_states(now) if self._proc_ok else None
+        held, self._held = self._held, None
+        if held is not None and not (held[4] and self._clock_ok):
+            held = None  # no CPU reading of its own instant: sampled as the others
+        held_tid = held[1] if held is not None else 0
+        states = self._read_states(now, held_tid) if self._proc_ok else None
         if states is not None:
+            if held is not None:  # its CPU up to the instant its stack was read
+                states[held_tid] = self._state(held_tid, held[3], held[4])
             for ident in list(table):  # threads new since the last tick: read them now too
                 tid = self._native_id(ident, table) if ident != me else 0
                 if tid and tid not in states:
                     states[tid] = self._state(tid, now)
         seen: list[int] = []
         record = backend.record
-        held, self._held = self._held, None
         held_ident = held[0] if held is not None else -1
         frames = backend.current_frames()
         alive = set(frames)
@@ -490,7 +498,7 @@ class StackSampler(Source):
                 if ident == held_ident and held is not None and held[1] == tid:
                     # where it ran at the tick, when it ran there
                     cpu = self._cpu_used(tid) if state is not None else (0, 0)
-                    backend.record_at(held[3], _SAMPLE, tid, task, held[2], _RUNNING, *cpu)
+                    backend.record_at(held[3], _SAMPLE, tid, task, held[2], _HOLDING_GIL, *cpu)
                 elif state is None:  # unknown, or a thread started since the states were read
                     record(_SAMPLE, tid, task, frame, _UNKNOWN, 0, 0)
                 else:
@@ -566,17 +574,18 @@ class StackSampler(Source):
         proc = self._procs.get(tid)
         return (proc.ran, proc.since) if proc is not None else (0, 0)
 
-    def _read_states(self, now: int) -> dict[int, int]:
-        return {tid: self._state(tid, now) for tid in self._seen}
+    def _read_states(self, now: int, skip: int = 0) -> dict[int, int]:
+        return {tid: self._state(tid, now) for tid in self._seen if tid != skip}
 
-    def _state(self, tid: int, now: int) -> int:
-        """ThreadState of ``tid`` (sampling thread only: uses and updates the open files)."""
+    def _state(self, tid: int, now: int, cpu: int = 0) -> int:
+        """ThreadState of ``tid`` (sampling thread only: uses and updates the open files);
+        ``cpu``: its CPU clock read at ``now`` already (the native reader's), 0 = read it."""
         proc = self._procs.get(tid)
         if proc is None:
             proc = self._procs[tid] = _Proc(tid)
         if self._clock_ok:
             try:
-                cpu = time.clock_gettime_ns(proc.clock)
+                cpu = cpu or time.clock_gettime_ns(proc.clock)
             except OSError:
                 proc.ran = proc.since = 0
                 return _UNKNOWN  # the thread is gone

@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_FRAMES 128        /* deepest stack read (record() cuts to max_stack_depth) */
@@ -246,7 +247,8 @@ static struct {
     Entry e[MAX_FRAMES];
     int depth;
     unsigned long ident, tid;
-    uint64_t t; /* when it was read: CLOCK_MONOTONIC ns */
+    uint64_t t;   /* when it was read: CLOCK_MONOTONIC ns */
+    uint64_t cpu; /* the thread's CPU clock then (0: unknown) */
     char arena[ARENA];
     size_t used;
 } out;
@@ -368,6 +370,11 @@ static int walk(uintptr_t addr, PyInterpreterState *interp) {
         if (fr[i].owner != FRAME_OWNED_BY_GENERATOR
             && fr[i].instr < start + (uintptr_t)co->_co_firsttraceable * sizeof(_Py_CODEUNIT))
             continue; /* a frame still being set up: not part of the stack yet */
+        /* an instruction outside its own code: the frame was popped and its memory reused
+         * by another call while we copied it (a mix of two frames): no stack this time */
+        if (Py_SIZE((PyObject *)co) <= 0 || fr[i].instr < start
+            || fr[i].instr >= start + (uintptr_t)Py_SIZE((PyObject *)co) * sizeof(_Py_CODEUNIT))
+            return -1;
         CodeEntry *e = code_entry(code, co);
         if (!e) return -1;
         int lasti = (int)(((intptr_t)fr[i].instr - (intptr_t)start) / (intptr_t)sizeof(_Py_CODEUNIT));
@@ -415,8 +422,14 @@ static int read_holder(PyInterpreterState *interp, uintptr_t me) {
     unsigned long switches = GIL_SWITCHES(gil);
     uintptr_t holder = GIL_HOLDER(gil);
     if (!GIL_LOCKED(gil) || !holder || holder == me) return 0;
-    out.t = pyfl_now_ns();
     int depth = walk(holder, interp);
+    /* the instant of the read, and the thread's CPU clock then (MAKE_THREAD_CPUCLOCK(tid,
+     * CPUCLOCK_SCHED), built from the native id: no pthread handle of a thread that may
+     * be gone; a gone thread's clock fails, and gives 0) */
+    struct timespec cpu;
+    out.t = pyfl_now_ns();
+    clockid_t clock = (clockid_t)((~(unsigned long)out.tid) << 3 | 6);
+    out.cpu = out.tid && clock_gettime(clock, &cpu) == 0 ? (uint64_t)cpu.tv_sec * 1000000000u + (uint64_t)cpu.tv_nsec : 0;
     /* the holder changed meanwhile (or took the GIL right as we looked): not its stack */
     if (depth <= 0 || !GIL_LOCKED(gil) || GIL_HOLDER(gil) != holder || GIL_SWITCHES(gil) != switches) return 0;
     return 1;
@@ -533,10 +546,11 @@ static PyObject *sr_probe(PyObject *mod, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* stackreader_wait(fd, timeout) -> (ident, native_tid, stack, t) or None: releases the GIL,
+/* stackreader_wait(fd, timeout) -> (ident, native_tid, stack, t, cpu) or None: releases the GIL,
  * waits up to timeout seconds for fd (an eventfd or pipe: the sampler's stop) to be
  * readable, then reads the stack of the thread holding the GIL at that instant, if any
- * (see the top of this file; t: when, in CLOCK_MONOTONIC ns), and takes the GIL back. None if woken by fd, if no other
+ * (see the top of this file; t: when, in CLOCK_MONOTONIC ns; cpu: the thread's CPU clock
+ * then, 0 if unknown), and takes the GIL back. None if woken by fd, if no other
  * thread held the GIL, or if its stack could not be read. Raises only on bad arguments. */
 static PyObject *sr_wait(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) return PyErr_Format(PyExc_TypeError, "stackreader_wait(fd, timeout) takes 2 arguments");
@@ -559,7 +573,9 @@ static PyObject *sr_wait(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_END_ALLOW_THREADS
     if (!found) Py_RETURN_NONE;
     PyObject *stack = out_stack();
-    PyObject *res = stack ? Py_BuildValue("(kkNK)", out.ident, out.tid, stack, (unsigned long long)out.t) : NULL;
+    PyObject *res = stack ? Py_BuildValue("(kkNKK)", out.ident, out.tid, stack, (unsigned long long)out.t,
+                                          (unsigned long long)out.cpu)
+                          : NULL;
     __atomic_store_n(&reader_busy, 0, __ATOMIC_RELEASE);
     if (!res) PyErr_Clear(); /* out of memory: no native stack this tick */
     if (!res) Py_RETURN_NONE;
