@@ -480,3 +480,55 @@ def test_hashing_under_one_lock_hot_line_every_time(subprocess_env: dict[str, st
                 by_line[stack[0].line] = by_line.get(stack[0].line, 0) + ns
         assert max(by_line, key=by_line.__getitem__) == hash_line, by_line
         assert by_line.get(lock_line, 0) < by_line[hash_line] / 2, by_line
+
+
+def test_sampler_falls_back_when_the_reader_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: list[threading.Thread]
+) -> None:
+    """process_vm_readv refused (a seccomp policy) and no /proc/self/mem: the probe says
+    why, the sampler samples as before and the trace says so."""
+    from pyflight.core import backend
+
+    monkeypatch.setattr(backend, "stackreader_probe", lambda: "refused here", raising=False)
+    stop = threading.Event()
+    t = threading.Thread(target=spinner, args=(stop,))
+    threads.append(t)
+    t.start()
+    try:
+        trace = _record(tmp_path, 0.5, time.sleep, interval=0.005, cpu_budget=0.5)
+    finally:
+        stop.set()
+    if BACKEND_NAME == "c":
+        assert trace.meta["sampler.stacks"] == "with the GIL (refused here)"
+    mine = [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("tid") == t.native_id]
+    assert len(mine) >= 5
+    assert not any(e.arg("state") == ThreadState.HOLDING_GIL for e in mine)
+
+
+@native
+def test_sampler_with_threads_ending_all_the_time(tmp_path: Path, threads: list[threading.Thread]) -> None:
+    """Threads that end while the sampler reads them natively, at a high rate: the source
+    keeps running (no fault, nothing raised into the program) and samples them."""
+    if BACKEND_NAME != "c":
+        pytest.skip("the C core")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            batch = [threading.Thread(target=short_lived, args=(3000,)) for _ in range(4)]
+            for b in batch:
+                b.start()
+            for b in batch:
+                b.join()
+
+    churner = threading.Thread(target=churn)
+    threads.append(churner)
+    churner.start()
+    try:
+        trace = _record(tmp_path, 1.5, time.sleep, interval=0.001, cpu_budget=0.5)
+    finally:
+        stop.set()
+    assert not [e for e in trace.events if e.kind == Kind.SOURCE_DISABLED]
+    native = [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("state") == ThreadState.HOLDING_GIL]
+    assert native, "no thread was read natively"
+    assert trace.meta["sampler.stacks"].startswith("native")
