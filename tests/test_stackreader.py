@@ -532,3 +532,58 @@ def test_sampler_with_threads_ending_all_the_time(tmp_path: Path, threads: list[
     native = [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("state") == ThreadState.HOLDING_GIL]
     assert native, "no thread was read natively"
     assert trace.meta["sampler.stacks"].startswith("native")
+
+
+SECCOMP_CHILD = """
+import threading, time
+import pyflight
+from pyflight.core.events import Kind, ThreadState
+
+stop = threading.Event()
+def spin():
+    while not stop.is_set():
+        pass
+t = threading.Thread(target=spin)
+t.start()
+rec = pyflight.FlightRecorder(sources=["sampler"], cpu_budget=None,
+                              source_options={"sampler": {"interval": 0.005, "cpu_budget": 0.5}})
+with rec:
+    time.sleep(0.5)
+    rec.write_to("trace.pyfl")
+stop.set()
+t.join()
+trace = pyflight.load("trace.pyfl")
+native = [e for e in trace.events if e.kind == Kind.SAMPLE and e.arg("state") == ThreadState.HOLDING_GIL]
+print(trace.meta["sampler.stacks"], len(native))
+"""
+
+
+@native
+@pytest.mark.parametrize("action", ["kill", "eperm"])
+def test_seccomp_filter_against_process_vm_readv(
+    action: str, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Under a seccomp filter that kills the process on process_vm_readv (systemd's
+    SystemCallFilter= default action) or fails it, the reader reads /proc/self/mem
+    instead: the program lives and its running thread is read natively."""
+    if BACKEND_NAME != "c":
+        pytest.skip("the C core")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the seccomp launcher")
+    launcher = tmp_path / "seccomp_run"
+    subprocess.run([cc, "-O1", "-o", str(launcher), str(Path(__file__).parent / "seccomp_run.c")], check=True)
+    proc = subprocess.run(
+        [str(launcher), action, sys.executable, "-c", SECCOMP_CHILD],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    if proc.returncode == 2 and "seccomp" in proc.stderr:
+        pytest.skip(f"cannot install a seccomp filter here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    said, n_native = proc.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert said.startswith("native"), said
+    assert int(n_native) > 0

@@ -453,18 +453,39 @@ static void after_fork_child(void) {
     }
 }
 
-/* Can we read our own memory safely? Tries process_vm_readv, then /proc/self/mem. */
+/* Nonzero if a seccomp filter may be in force (`Seccomp: 2` in /proc/self/status, or it
+ * cannot be told). A filter may kill the process on a system call it does not allow
+ * (systemd's SystemCallFilter= does by default) instead of failing it, and
+ * process_vm_readv is in no usual allowlist: then it is never tried. */
+static int seccomp_filtered(void) {
+    static char buf[8192];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    buf[n] = 0;
+    const char *p = strstr(buf, "\nSeccomp:");
+    if (!p) return (size_t)n == sizeof buf - 1; /* no such line: a kernel without seccomp */
+    p += strlen("\nSeccomp:");
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p != '0';
+}
+
+/* Can we read our own memory safely? process_vm_readv (unless a seccomp filter may be in
+ * force), else pread of /proc/self/mem (open and pread are allowed everywhere). */
 static const char *probe(void) {
     if (probed) return probed > 0 ? NULL : probe_error;
     volatile uint64_t here = 0x5079666C53746B52u;
     uint64_t got = 0;
     self_pid = getpid();
-    int err = 0;
+    int err = 0, filtered = seccomp_filtered();
     use_mem_fd = 0;
-    if (rd(&got, (uintptr_t)&here, sizeof got) == 0 && got == here) {
+    if (!filtered && rd(&got, (uintptr_t)&here, sizeof got) == 0 && got == here) {
         probed = 1;
     } else {
-        err = errno;
+        err = filtered ? 0 : errno;
         mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
         if (mem_fd >= 0) {
             use_mem_fd = 1;
@@ -475,9 +496,14 @@ static const char *probe(void) {
             use_mem_fd = 0;
             if (mem_fd >= 0) close(mem_fd);
             mem_fd = -1;
-            snprintf(probe_error, sizeof probe_error,
-                     "process_vm_readv on the own process failed (%s) and /proc/self/mem is not readable",
-                     strerror(err));
+            if (filtered)
+                snprintf(probe_error, sizeof probe_error,
+                         "a seccomp filter may be in force (process_vm_readv not tried) and /proc/self/mem is "
+                         "not readable");
+            else
+                snprintf(probe_error, sizeof probe_error,
+                         "process_vm_readv on the own process failed (%s) and /proc/self/mem is not readable",
+                         strerror(err));
             probed = -1;
             return probe_error;
         }
