@@ -41,6 +41,7 @@ setup(
                 "src/pyflight/core/c/_core_asyncio.c",
                 "src/pyflight/core/c/_core_lock.c",
                 "src/pyflight/core/c/_core_annotate.c",
+                "src/pyflight/core/c/_core_stackreader.c",
             ],
             depends=["src/pyflight/core/c/_core.h"],
             extra_compile_args=flags,

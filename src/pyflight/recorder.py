@@ -243,6 +243,7 @@ class FlightRecorder:
             "reason": reason,
             "dropped_events": str(stats.get("dropped_events", 0)),
             "sources": json.dumps([source.name for source in self.sources]),
+            **{k: v for source in self.sources for k, v in source.metadata().items()},
             **self._budget_metadata(),
         }
 

@@ -43,6 +43,7 @@ from pyflight.format.reader import Event, Trace
 
 _REASONS: dict[int, BlockReason] = {int(r): r for r in BlockReason}
 _OS_STATES: dict[int, ThreadState] = {int(s): s for s in ThreadState}
+_OS_STATES[ThreadState.HOLDING_GIL] = ThreadState.RUNNING  # Sample.native says the rest
 _OUTCOMES: dict[int, TaskOutcome] = {int(o): o for o in TaskOutcome}
 
 RUNNING, READY, BLOCKED, GC, IDLE, UNKNOWN = (
@@ -238,6 +239,7 @@ class Builder:
                 reason,
                 cpu,
                 span,
+                os_state == ThreadState.HOLDING_GIL,
             )
         )
 

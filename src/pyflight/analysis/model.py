@@ -142,6 +142,9 @@ class Sample(NamedTuple):
     #: CPU ns the thread used during the ``span`` ns before the sample (span 0: unknown)
     cpu: int = 0
     span: int = 0
+    #: Read without the GIL while the thread held it (os_state RUNNING): dated when its
+    #: stack was read, not when the sampler got the GIL (a GIL-taking sampler's tick)
+    native: bool = False
 
 
 class Wake(NamedTuple):

@@ -378,6 +378,27 @@ def record(kind: int, *args: object) -> None:
         _late(gen, event, kind, args)  # type: ignore[arg-type]  # all ints here
 
 
+def record_at(t: int, kind: int, *args: object) -> None:
+    """``record`` dated ``t`` (monotonic ns) instead of now: a ``t`` after now reads as
+    now, one before the open generation as its start (and one before the calling
+    thread's previous event as that event's time, when the batch is encoded)."""
+    if not isinstance(t, int):
+        raise TypeError(f"record_at() time must be an int, not {type(t).__name__}")
+    if t < 0 or t > _U64_MAX:
+        _raise_range(t)
+    gen = _gen
+    if gen is None:
+        return
+    try:
+        ok = _argc[kind] == len(args)
+    except (TypeError, IndexError):
+        ok = False
+    if not ok:
+        _bad_kind(kind, args)
+    # frames: 0 _normalize, 1 record_at, 2 the code that called record_at
+    _append(gen, kind, _normalize(args, 2, gen.run.max_stack_depth), int(t) or 1)
+
+
 def set_live(key: object, kind: int, *args: object) -> None:
     """Record an event and re-record it at the start of every later generation."""
     gen = _gen
@@ -392,7 +413,7 @@ def set_live(key: object, kind: int, *args: object) -> None:
     if not ok:
         _bad_kind(kind, args)
     for a in args:  # no stacks: a live event is re-recorded long after its frame is gone
-        if type(a) is FrameType or a is HERE:
+        if type(a) is FrameType or a is HERE or type(a) is tuple:
             raise TypeError(f"live event arguments must be int, None or str, not {type(a).__name__}")
     values = _normalize(args, 2, gen.run.max_stack_depth)
     _append(gen, kind, values)
@@ -461,6 +482,8 @@ def _normalize(args: tuple[object, ...], depth: int, max_depth: int) -> tuple[_V
             out.append(_walk(_caller(depth), max_depth))
         elif type(a) is FrameType:
             out.append(_walk(a, max_depth))
+        elif type(a) is tuple:  # a stack given as (function, file, line) entries
+            out.append(_entries(a, max_depth))
         elif isinstance(a, int):  # bool, IntEnum...: as a plain int, without calling user code
             value = int.__index__(a)
             if value < 0 or value > _U64_MAX:
@@ -489,6 +512,24 @@ def _caller(depth: int) -> FrameType | None:
         return None
 
 
+def _entries(stack: tuple[object, ...], max_depth: int) -> _Stack:
+    """A stack given as (function, file, line) tuples, innermost first, checked, cut to
+    ``max_depth``."""
+    for e in stack:
+        if not (
+            type(e) is tuple
+            and len(e) == 3
+            and type(e[0]) is str
+            and type(e[1]) is str
+            and type(e[2]) is int
+            and 0 <= e[2] <= _U64_MAX
+        ):
+            raise TypeError(
+                "event argument must be an int, None, str, frame, HERE or a stack of (function, file, line)"
+            )
+    return _Stack(stack[:max_depth])  # type: ignore[arg-type]  # checked above
+
+
 def _walk(frame: FrameType | None, max_depth: int) -> _Stack:
     """The stack from ``frame`` outwards, innermost first, as (qualname, file, line).
 
@@ -510,8 +551,9 @@ def _walk(frame: FrameType | None, max_depth: int) -> _Stack:
     return _Stack(out)
 
 
-def _append(gen: _Gen, kind: int, values: tuple[_Value, ...]) -> None:
-    """Append validated values as one event: seal first if due, intern, append."""
+def _append(gen: _Gen, kind: int, values: tuple[_Value, ...], at: int = 0) -> None:
+    """Append validated values as one event: seal first if due, intern, append. ``at``:
+    the event's time if nonzero (brought within the open generation, not after now)."""
     ts = _now()
     if ts >= gen.deadline or len(gen.events) >= gen.limit:
         new = _due(gen)
@@ -519,6 +561,8 @@ def _append(gen: _Gen, kind: int, values: tuple[_Value, ...]) -> None:
             return
         gen = new
         ts = _now()
+    if at and at < ts:
+        ts = max(at, gen.start_ns)
     ids = _intern_all(gen, values)
     try:
         tid = _tls.tid

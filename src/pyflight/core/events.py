@@ -178,6 +178,10 @@ class ThreadState(enum.IntEnum):
     DISK = 3  # uninterruptible (D)
     STOPPED = 4
     ZOMBIE = 5
+    #: RUNNING, holding the GIL, its stack read at that instant without the GIL (the
+    #: sampler's native stack reader): the SAMPLE is dated when the stack was read, not
+    #: when the sampler got the GIL (readers that predate it take it as UNKNOWN)
+    HOLDING_GIL = 6
 
 
 #: Highest kind number + 1; the size of per-kind lookup tables.

@@ -66,6 +66,10 @@ class Source:
             f"pyflight: source {self.name!r} disabled after a fault: {reason}", SourceWarning, stacklevel=2
         )
 
+    def metadata(self) -> dict[str, str]:
+        """Keys this source adds to a snapshot's metadata (docs/format.md); none by default."""
+        return {}
+
     def _install(self) -> None:
         raise NotImplementedError
 

@@ -25,6 +25,15 @@ Each SAMPLE also carries the CPU the thread used since its previous sample and t
 time that covers (``cpu``, ``span``): the analysis charges a thread's *measured* CPU to its
 stacks, so CPU totals match the kernel's, and a thread that was neither blocked nor on a
 CPU between two samples is seen waiting (for the GIL, or for a CPU) rather than running.
+
+Taking the GIL has a bias: the sampler gets it when the running thread lets go of it
+(``with lock:``, a socket call), so that is where it finds that thread. With the C core
+on CPython 3.11-3.13 (Linux), the sampling thread waits for its tick in C without the
+GIL and, at the tick, reads the stack of the thread holding the GIL right then, safely
+and without taking it (``_core_stackreader.c``); that thread's SAMPLE carries the stack
+read there instead of the one the sampler finds once it has the GIL. Where that reader
+cannot work (pure-Python core, another version, reading our own memory refused), the
+sampler works as before, and the trace metadata ``sampler.stacks`` says which it was.
 """
 
 from __future__ import annotations
@@ -68,12 +77,13 @@ MAX_OPEN_FILES: Final = 64
 #: How long uninstall waits for the sampling thread to finish its tick.
 JOIN_TIMEOUT: Final = 2.0
 
-_OPTIONS: Final = frozenset({"interval", "cpu_budget", "thread_state"})
+_OPTIONS: Final = frozenset({"interval", "cpu_budget", "thread_state", "native_stacks"})
 _LIVE_KEY: Final = ("sampler", "interval")
 _COUNTER_NAME: Final = "sampler_interval_us"
 _SAMPLE: Final = int(Kind.SAMPLE)
 _UNKNOWN: Final = int(ThreadState.UNKNOWN)
 _RUNNING: Final = int(ThreadState.RUNNING)
+_HOLDING_GIL: Final = int(ThreadState.HOLDING_GIL)
 _ENDING: Final = int(ThreadState.ZOMBIE)
 _STAT_BYTES: Final = 128  # "tid (comm) S": comm is at most 15 bytes, the state follows it
 
@@ -201,7 +211,9 @@ class StackSampler(Source):
 
     Options: ``interval`` (seconds between samples at most, default 0.01),
     ``cpu_budget`` (share of one CPU the sampler may use, default 0.01) and
-    ``thread_state`` (read OS thread states, default True).
+    ``thread_state`` (read OS thread states, default True) and ``native_stacks`` (read
+    the stack of the thread holding the GIL without taking it, where the C core can;
+    default True).
     """
 
     name = "sampler"
@@ -212,6 +224,13 @@ class StackSampler(Source):
         self.interval = DEFAULT_INTERVAL
         self.cpu_budget = DEFAULT_CPU_BUDGET
         self.thread_state = True
+        self.native_stacks = True
+        # Why the native stack reader is not used (None while it is); see _install.
+        self.native_reason: str | None = "not installed"
+        self._wake_fd = -1  # eventfd: written by uninstall to wake the native wait
+        # (ident, native id, stack, time, CPU clock) of the GIL's holder read at this
+        # tick, for _tick
+        self._held: tuple[int, int, tuple[tuple[str, str, int], ...], int, int] | None = None
         # A bad option is reported by install() (the recorder turns it into a warning
         # and a SOURCE_DISABLED event) instead of breaking FlightRecorder.start().
         self._option_error: Exception | None = None
@@ -260,7 +279,11 @@ class StackSampler(Source):
         thread_state = options.get("thread_state", True)
         if not isinstance(thread_state, bool):
             raise TypeError(f"thread_state must be a bool, got {thread_state!r}")
+        native = options.get("native_stacks", True)
+        if not isinstance(native, bool):
+            raise TypeError(f"native_stacks must be a bool, got {native!r}")
         self.interval, self.cpu_budget, self.thread_state = interval, budget, thread_state
+        self.native_stacks = native
 
     # lifecycle ---------------------------------------------------------------
 
@@ -280,10 +303,44 @@ class StackSampler(Source):
         self._seen = []
         self._last_tick_ns = 0
         self._report_interval(force=True)
+        self.native_reason = self._native_reason()
+        self._close_wake_fd()
+        if self.native_reason is None:
+            try:
+                self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            except (AttributeError, OSError) as exc:
+                self.native_reason = f"no eventfd ({exc})"
         thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread = thread
         start_without_signals(thread)
         _installed = self
+
+    def _native_reason(self) -> str | None:
+        """None if the sampling thread can read the GIL holder's stack natively, else why not."""
+        if not self.native_stacks:
+            return "turned off (native_stacks=False)"
+        probe = getattr(backend, "stackreader_probe", None)
+        if probe is None:
+            return "the pure-Python core has no native stack reader"
+        try:
+            why: str | None = probe()
+        except Exception as exc:  # never let the reader's set-up stop the sampler
+            return f"{type(exc).__name__}: {exc}"
+        return why
+
+    def metadata(self) -> dict[str, str]:
+        """Trace metadata: how the stacks of running threads were read."""
+        if self.native_reason is None:
+            return {"sampler.stacks": "native: the GIL holder's stack read without the GIL"}
+        return {"sampler.stacks": f"with the GIL ({self.native_reason})"}
+
+    def _close_wake_fd(self) -> None:
+        fd, self._wake_fd = self._wake_fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _uninstall(self) -> None:
         global _installed
@@ -298,21 +355,28 @@ class StackSampler(Source):
             # Forked child: the sampling thread does not exist here; nothing to stop.
             self._thread = None
             self._close_files()
+            self._close_wake_fd()
             return
         self._stopping = True
         try:
             self._wakeup.release()
         except RuntimeError:  # already released
             pass
+        if self._wake_fd >= 0:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass
         if thread is threading.current_thread():
             self._thread = None  # failed() from the tick: the thread ends right after
             return  # and closes its files itself
         if thread is not None:
             thread.join(JOIN_TIMEOUT)
             if thread.is_alive():
-                return  # still in a tick: it closes its files when it ends
+                return  # still in a tick: it closes its files when it ends (the eventfd stays open)
         self._thread = None
         self._close_files()
+        self._close_wake_fd()
 
     def stats(self) -> dict[str, Any]:
         """Counters of this sampler (for benchmarks and diagnostics)."""
@@ -323,6 +387,7 @@ class StackSampler(Source):
             "cost_ns": self._cost_ns or 0.0,
             "interval": self.current_interval,
             "thread_state": self._proc_ok,
+            "native_stacks": self.native_reason is None,
         }
 
     # the sampling thread ---------------------------------------------------------
@@ -332,9 +397,17 @@ class StackSampler(Source):
         me = threading.get_ident()
         thread_time = time.thread_time_ns
         jitter = self._rng.random
+        # native: wait in C without the GIL, then read the GIL holder's stack right then
+        native_wait = backend.stackreader_wait if self.native_reason is None else None
+        fd = self._wake_fd
         try:
             last = thread_time()
-            while not wait(True, self.current_interval * (1.0 + JITTER * (2.0 * jitter() - 1.0))):
+            while True:
+                timeout = self.current_interval * (1.0 + JITTER * (2.0 * jitter() - 1.0))
+                if native_wait is not None:
+                    self._held = native_wait(fd, timeout)
+                elif wait(True, timeout):
+                    return
                 if self._stopping:
                     return
                 try:
@@ -377,7 +450,12 @@ class StackSampler(Source):
 
     def _tick(self, me: int) -> None:
         """One SAMPLE per thread but this one: states and running tasks first, then the
-        stacks of all threads, each frame let go of as soon as it is recorded.
+        stacks of all threads, each frame let go of as soon as it is recorded. The thread
+        that held the GIL at the tick, if read natively (``_held``: ident, native id,
+        stack, time, its CPU clock then), has its SAMPLE take that stack, that time and the
+        CPU it used up to then (recorded first, so the sampler's batch stays in time
+        order): where it ran then, not where it let go of the GIL for us, maybe into a
+        lock wait, milliseconds later (or, after a long C call holding the GIL, seconds).
 
         A frame object held here keeps the locals of a function that has returned alive
         (Python 3.11+): held across a GIL switch (I/O, the switch interval) it can keep a
@@ -386,19 +464,29 @@ class StackSampler(Source):
         now = time.monotonic_ns()
         tasks = self._running_tasks()
         table = _thread_table()
-        states = self._read_states(now) if self._proc_ok else None
+        held, self._held = self._held, None
+        if held is not None and not (held[4] and self._clock_ok):
+            held = None  # no CPU reading of its own instant: sampled as the others
+        held_tid = held[1] if held is not None else 0
+        states = self._read_states(now, held_tid) if self._proc_ok else None
         if states is not None:
+            if held is not None:  # its CPU up to the instant its stack was read
+                states[held_tid] = self._state(held_tid, held[3], held[4])
             for ident in list(table):  # threads new since the last tick: read them now too
                 tid = self._native_id(ident, table) if ident != me else 0
                 if tid and tid not in states:
                     states[tid] = self._state(tid, now)
         seen: list[int] = []
         record = backend.record
+        held_ident = held[0] if held is not None else -1
         frames = backend.current_frames()
         alive = set(frames)
         try:
             while frames:
-                ident, frame = frames.popitem()
+                if held_ident in frames:  # first: it is dated before the others
+                    ident, frame = held_ident, frames.pop(held_ident)
+                else:
+                    ident, frame = frames.popitem()
                 if ident == me or frame is None:
                     continue
                 tid = self._native_id(ident, table)
@@ -407,7 +495,11 @@ class StackSampler(Source):
                 seen.append(tid)
                 task = tasks.get(ident, 0) if tasks else 0
                 state = states.get(tid) if states is not None else None
-                if state is None:  # unknown, or a thread started since the states were read
+                if ident == held_ident and held is not None and held[1] == tid:
+                    # where it ran at the tick, when it ran there
+                    cpu = self._cpu_used(tid) if state is not None else (0, 0)
+                    backend.record_at(held[3], _SAMPLE, tid, task, held[2], _HOLDING_GIL, *cpu)
+                elif state is None:  # unknown, or a thread started since the states were read
                     record(_SAMPLE, tid, task, frame, _UNKNOWN, 0, 0)
                 else:
                     record(_SAMPLE, tid, task, frame, state, *self._cpu_used(tid))
@@ -482,17 +574,18 @@ class StackSampler(Source):
         proc = self._procs.get(tid)
         return (proc.ran, proc.since) if proc is not None else (0, 0)
 
-    def _read_states(self, now: int) -> dict[int, int]:
-        return {tid: self._state(tid, now) for tid in self._seen}
+    def _read_states(self, now: int, skip: int = 0) -> dict[int, int]:
+        return {tid: self._state(tid, now) for tid in self._seen if tid != skip}
 
-    def _state(self, tid: int, now: int) -> int:
-        """ThreadState of ``tid`` (sampling thread only: uses and updates the open files)."""
+    def _state(self, tid: int, now: int, cpu: int = 0) -> int:
+        """ThreadState of ``tid`` (sampling thread only: uses and updates the open files);
+        ``cpu``: its CPU clock read at ``now`` already (the native reader's), 0 = read it."""
         proc = self._procs.get(tid)
         if proc is None:
             proc = self._procs[tid] = _Proc(tid)
         if self._clock_ok:
             try:
-                cpu = time.clock_gettime_ns(proc.clock)
+                cpu = cpu or time.clock_gettime_ns(proc.clock)
             except OSError:
                 proc.ran = proc.since = 0
                 return _UNKNOWN  # the thread is gone

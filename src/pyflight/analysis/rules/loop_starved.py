@@ -188,7 +188,8 @@ def _blocking_steps(model: Model, loop: LoopTimeline) -> list[tuple[int, int]]:
 def _sampler_ticks(model: Model) -> list[int]:
     interval = interval_ns(model)
     ticks: list[int] = []
-    for t in sorted({s.time for s in model.samples}):
+    # a natively read sample is dated before the sampler got the GIL: not a tick
+    for t in sorted({s.time for s in model.samples if not s.native}):
         if not ticks or t - ticks[-1] >= interval // 4:
             ticks.append(t)
     return ticks

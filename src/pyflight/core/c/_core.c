@@ -255,9 +255,9 @@ static int pending_flushing;
 /* A parsed record() call. */
 typedef struct {
     uint8_t kind, n, n_stacks;
-    char type[MAX_ARGS];          /* 'u' int, 's' str, 'k' stack */
+    char type[MAX_ARGS];          /* 'u' int, 's' str, 'k' stack from a frame, 't' stack as entries */
     uint64_t val[MAX_ARGS];       /* 'u': the value */
-    PyObject *obj[MAX_ARGS];      /* 's': the str; 'k': innermost frame or NULL (borrowed) */
+    PyObject *obj[MAX_ARGS];      /* 's': the str; 'k': innermost frame or NULL; 't': the tuple (borrowed) */
     Py_ssize_t depth[MAX_ARGS];   /* 'k': frames collected for it */
 } Ev;
 
@@ -392,6 +392,53 @@ static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
     put_varint(key, (uint64_t)depth);
     uint32_t id = intern_bytes(&S.gen.stacks, key, (size_t)(b->data + b->len - key));
     return id ? (int64_t)id : -1;
+}
+
+/* Id of the stack given as a tuple of (qualname, filename, line) entries, innermost first
+ * (checked by parse_event), cut to max_depth, in the open generation: 0 for an empty
+ * stack, -1 if out of memory. Its strs are interned by value: they are new objects each
+ * time (the native stack reader's), not worth a place in the identity cache. */
+static int64_t intern_entries(PyObject *entries) {
+    Buf *b = &S.scratch;
+    Py_ssize_t depth = PyTuple_GET_SIZE(entries);
+    if (depth > S.max_depth) depth = S.max_depth;
+    if (depth == 0) return 0;
+    b->len = 0;
+    if (buf_reserve(b, VARINT_MAX + 5 * (size_t)depth) < 0) return -1;
+    b->len = VARINT_MAX;
+    for (Py_ssize_t i = 0; i < depth; i++) {
+        PyObject *e = PyTuple_GET_ITEM(entries, i);
+        int64_t func = intern_str_slow(PyTuple_GET_ITEM(e, 0)), file = intern_str_slow(PyTuple_GET_ITEM(e, 1));
+        unsigned long long line = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 2));
+        if (line == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            line = 0;
+        }
+        if (func < 0 || file < 0) return -1;
+        uint8_t key[3 * VARINT_MAX];
+        size_t n = put_varint(key, (uint64_t)func);
+        n += put_varint(key + n, (uint64_t)file);
+        n += put_varint(key + n, (uint64_t)line);
+        uint32_t fid = intern_bytes(&S.gen.frames, key, n);
+        if (!fid) return -1;
+        b->len += put_varint(b->data + b->len, fid);
+    }
+    uint8_t *key = b->data + VARINT_MAX - varint_len((uint64_t)depth);
+    put_varint(key, (uint64_t)depth);
+    uint32_t id = intern_bytes(&S.gen.stacks, key, (size_t)(b->data + b->len - key));
+    return id ? (int64_t)id : -1;
+}
+
+/* True if `a` is a stack given as entries: a tuple of (str, str, int >= 0) tuples. */
+static int is_entries(PyObject *a) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(a); i++) {
+        PyObject *e = PyTuple_GET_ITEM(a, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 3 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(e, 0))
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(e, 1)) || !PyLong_CheckExact(PyTuple_GET_ITEM(e, 2))
+            || _PyLong_Sign(PyTuple_GET_ITEM(e, 2)) < 0)
+            return 0;
+    }
+    return 1;
 }
 
 /* Stores new references to up to `max` frames from f outwards (innermost first) in out;
@@ -636,9 +683,13 @@ static int parse_event(PyObject *const *args, Py_ssize_t nargs, Ev *ev, int allo
             ev->type[i] = 'k';
             ev->obj[i] = a == S.here ? (PyObject *)PyEval_GetFrame() : a;
             ev->n_stacks++;
+        } else if (allow_stacks && PyTuple_CheckExact(a) && is_entries(a)) {
+            ev->type[i] = 't'; /* a stack as (qualname, filename, line) entries */
+            ev->obj[i] = a;
         } else {
             PyErr_Format(PyExc_TypeError, "event argument %d must be int, None, str%s, not %.100s", i + 1,
-                         allow_stacks ? ", a frame or HERE" : "", Py_TYPE(a)->tp_name);
+                         allow_stacks ? ", a frame, HERE or a stack of (function, file, line)" : "",
+                         Py_TYPE(a)->tp_name);
             return -1;
         }
     }
@@ -688,6 +739,8 @@ static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t
         } else if (ev->type[i] == 'k') {
             id = intern_stack(frames, ev->depth[i]);
             frames += ev->depth[i];
+        } else if (ev->type[i] == 't') {
+            id = intern_entries(ev->obj[i]);
         }
         if (id < 0) return -1;
         v[i] = ev->type[i] == 'u' ? ev->val[i] : (uint64_t)id;
@@ -795,9 +848,10 @@ void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns) {
 
 /* Records a parsed event; never raises. Its frame chains are collected first (this may
  * run a garbage collection); then, unless recording stopped meanwhile, the open
- * generation is sealed if due and the event appended with a fresh timestamp. A call
+ * generation is sealed if due and the event appended with a fresh timestamp (or `when`,
+ * if nonzero, brought within the open generation and not after now). A call
  * re-entering a busy core, or running out of memory, drops the event (counted). */
-static uint64_t commit(Ev *ev) {
+static uint64_t commit_at(Ev *ev, uint64_t when) {
     PyObject *local[LOCAL_FRAMES], **frames = local;
     uint64_t at = 0;
     size_t n_frames = 0, need = (size_t)ev->n_stacks * (size_t)S.max_depth;
@@ -827,6 +881,7 @@ static uint64_t commit(Ev *ev) {
             seal_gen(t);
             t = now_ns();
         }
+        if (when && when < t) t = when > S.gen.start_ns ? when : S.gen.start_ns;
         if (append_event(ev, frames, t) < 0)
             S.dropped++;
         else
@@ -840,6 +895,8 @@ static uint64_t commit(Ev *ev) {
     return at;
 }
 
+static uint64_t commit(Ev *ev) { return commit_at(ev, 0); }
+
 /* record(kind, *args): see docs/internals.md. Returns at once when stopped; raises (and
  * records nothing) on bad arguments. */
 static PyObject *core_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -847,6 +904,20 @@ static PyObject *core_record(PyObject *mod, PyObject *const *args, Py_ssize_t na
     if (!S.enabled) Py_RETURN_NONE;
     if (parse_event(args, nargs, &ev, 1) < 0) return NULL;
     commit(&ev);
+    Py_RETURN_NONE;
+}
+
+/* record_at(t, kind, *args): record() dated t (CLOCK_MONOTONIC ns) instead of now; a t
+ * after now reads as now, one before the open generation as its start (and, in the
+ * calling thread's batch, one before its previous event as that event's time). */
+static PyObject *core_record_at(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    Ev ev;
+    if (nargs < 1) return PyErr_Format(PyExc_TypeError, "record_at() needs a time and an event kind");
+    uint64_t at = PyLong_AsUnsignedLongLong(args[0]);
+    if (at == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    if (!S.enabled) Py_RETURN_NONE;
+    if (parse_event(args + 1, nargs - 1, &ev, 1) < 0) return NULL;
+    commit_at(&ev, at ? at : 1);
     Py_RETURN_NONE;
 }
 
@@ -1290,6 +1361,7 @@ static PyMethodDef core_methods[] = {
     {"thread_id", core_thread_id, METH_NOARGS, "Native id of the calling thread."},
     {"current_frames", core_current_frames, METH_NOARGS, "Frames of this interpreter's threads by ident."},
     {"record", FASTCALL(core_record), "record(kind, *args): append one event."},
+    {"record_at", FASTCALL(core_record_at), "record_at(t, kind, *args): record() dated t (monotonic ns)."},
     {"set_live", FASTCALL(core_set_live), "set_live(key, kind, *args): record now and in every new generation."},
     {"clear_live", core_clear_live, METH_O, "clear_live(key): forget a live entry."},
     {"seal", core_seal, METH_NOARGS, "Seal the open generation."},
@@ -1313,7 +1385,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (!mod) return NULL;
     if ((!S.here && !(S.here = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
         || PyModule_AddObjectRef(mod, "HERE", S.here) < 0 || PyModule_AddStringConstant(mod, "BACKEND", "c") < 0
-        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0 || pyfl_annotate_init(mod) < 0) {
+        || pyfl_asyncio_init(mod) < 0 || pyfl_lock_init(mod) < 0 || pyfl_annotate_init(mod) < 0
+        || pyfl_stackreader_init(mod) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

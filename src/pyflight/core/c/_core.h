@@ -87,4 +87,7 @@ int pyfl_lock_init(PyObject *mod);
 /* Adds the annotation types (defined in _core_annotate.c) to the module: 0, or -1. */
 int pyfl_annotate_init(PyObject *mod);
 
+/* Adds the native stack reader (defined in _core_stackreader.c) to the module: 0, or -1. */
+int pyfl_stackreader_init(PyObject *mod);
+
 #endif
