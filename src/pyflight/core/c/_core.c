@@ -346,6 +346,17 @@ typedef struct {
 } FrameCacheEntry;
 static FrameCacheEntry frame_cache[FRAME_CACHE_SIZE];
 
+/* Id of the frame (func, file, line) - func and file str ids, negative if their interning
+ * failed - in the open generation; 0 if out of memory. */
+static uint32_t frame_id(int64_t func, int64_t file, uint64_t line) {
+    if (func < 0 || file < 0) return 0;
+    uint8_t key[3 * VARINT_MAX];
+    size_t n = put_varint(key, (uint64_t)func);
+    n += put_varint(key + n, (uint64_t)file);
+    n += put_varint(key + n, line);
+    return intern_bytes(&S.gen.frames, key, n);
+}
+
 /* Id of frame f's (qualname, filename, current line) in the open generation; 0 if out
  * of memory. Keeps no reference to f or its code. */
 static uint32_t intern_frame(PyFrameObject *f) {
@@ -361,37 +372,45 @@ static uint32_t intern_frame(PyFrameObject *f) {
     }
     int64_t func = intern_str(code->co_qualname), file = intern_str(code->co_filename);
     int line = PyFrame_GetLineNumber(f);
-    uint32_t fid = 0;
-    if (func >= 0 && file >= 0) {
-        uint8_t key[3 * VARINT_MAX];
-        size_t n = put_varint(key, (uint64_t)func);
-        n += put_varint(key + n, (uint64_t)file);
-        n += put_varint(key + n, line > 0 ? (uint64_t)line : 0);
-        fid = intern_bytes(&S.gen.frames, key, n);
-    }
+    uint32_t fid = frame_id(func, file, line > 0 ? (uint64_t)line : 0);
     if (fid)
         *e = (FrameCacheEntry){code, code->co_qualname, code->co_filename, lasti, code->co_firstlineno, fid, S.gen.epoch};
     Py_DECREF(code);
     return fid;
 }
 
-/* Id of the stack frames[0..depth) (innermost first) in the open generation: 0 for an
- * empty stack, -1 if out of memory. */
-static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
+/* A stack's key is built in S.scratch: stack_open(depth) leaves room for the depth,
+ * stack_add() appends each frame id (innermost first), stack_close(depth) writes the depth
+ * right before the ids and interns the key: the stack's id, or -1 if out of memory. */
+static int stack_open(Py_ssize_t depth) {
     Buf *b = &S.scratch;
-    if (depth == 0) return 0;
     b->len = 0;
     if (buf_reserve(b, VARINT_MAX + 5 * (size_t)depth) < 0) return -1;
-    b->len = VARINT_MAX; /* room for the depth, written right before the frame ids */
-    for (Py_ssize_t i = 0; i < depth; i++) {
-        uint32_t fid = intern_frame((PyFrameObject *)frames[i]);
-        if (!fid) return -1;
-        b->len += put_varint(b->data + b->len, fid);
-    }
+    b->len = VARINT_MAX;
+    return 0;
+}
+
+static inline void stack_add(uint32_t fid) { S.scratch.len += put_varint(S.scratch.data + S.scratch.len, fid); }
+
+static int64_t stack_close(Py_ssize_t depth) {
+    Buf *b = &S.scratch;
     uint8_t *key = b->data + VARINT_MAX - varint_len((uint64_t)depth);
     put_varint(key, (uint64_t)depth);
     uint32_t id = intern_bytes(&S.gen.stacks, key, (size_t)(b->data + b->len - key));
     return id ? (int64_t)id : -1;
+}
+
+/* Id of the stack frames[0..depth) (innermost first) in the open generation: 0 for an
+ * empty stack, -1 if out of memory. */
+static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
+    if (depth == 0) return 0;
+    if (stack_open(depth) < 0) return -1;
+    for (Py_ssize_t i = 0; i < depth; i++) {
+        uint32_t fid = intern_frame((PyFrameObject *)frames[i]);
+        if (!fid) return -1;
+        stack_add(fid);
+    }
+    return stack_close(depth);
 }
 
 /* Id of the stack given as a tuple of (qualname, filename, line) entries, innermost first
@@ -399,13 +418,10 @@ static int64_t intern_stack(PyObject **frames, Py_ssize_t depth) {
  * stack, -1 if out of memory. Its strs are interned by value: they are new objects each
  * time (the native stack reader's), not worth a place in the identity cache. */
 static int64_t intern_entries(PyObject *entries) {
-    Buf *b = &S.scratch;
     Py_ssize_t depth = PyTuple_GET_SIZE(entries);
     if (depth > S.max_depth) depth = S.max_depth;
     if (depth == 0) return 0;
-    b->len = 0;
-    if (buf_reserve(b, VARINT_MAX + 5 * (size_t)depth) < 0) return -1;
-    b->len = VARINT_MAX;
+    if (stack_open(depth) < 0) return -1;
     for (Py_ssize_t i = 0; i < depth; i++) {
         PyObject *e = PyTuple_GET_ITEM(entries, i);
         int64_t func = intern_str_slow(PyTuple_GET_ITEM(e, 0)), file = intern_str_slow(PyTuple_GET_ITEM(e, 1));
@@ -414,19 +430,11 @@ static int64_t intern_entries(PyObject *entries) {
             PyErr_Clear();
             line = 0;
         }
-        if (func < 0 || file < 0) return -1;
-        uint8_t key[3 * VARINT_MAX];
-        size_t n = put_varint(key, (uint64_t)func);
-        n += put_varint(key + n, (uint64_t)file);
-        n += put_varint(key + n, (uint64_t)line);
-        uint32_t fid = intern_bytes(&S.gen.frames, key, n);
+        uint32_t fid = frame_id(func, file, (uint64_t)line);
         if (!fid) return -1;
-        b->len += put_varint(b->data + b->len, fid);
+        stack_add(fid);
     }
-    uint8_t *key = b->data + VARINT_MAX - varint_len((uint64_t)depth);
-    put_varint(key, (uint64_t)depth);
-    uint32_t id = intern_bytes(&S.gen.stacks, key, (size_t)(b->data + b->len - key));
-    return id ? (int64_t)id : -1;
+    return stack_close(depth);
 }
 
 /* True if `a` is a stack given as entries: a tuple of (str, str, int >= 0) tuples. */
