@@ -78,6 +78,10 @@ void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns);
  * with an exception set on bad arguments. Use it for events with strings or stacks. */
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs);
 
+/* For a call f(timeout=None) given as vectorcall arguments: 1 if they are exactly that and
+ * the timeout may block (None, or an int/float > 0), else 0. Never raises (_core_lock.c). */
+int pyfl_timeout_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+
 /* Adds the asyncio helpers (defined in _core_asyncio.c) to the module: 0, or -1. */
 int pyfl_asyncio_init(PyObject *mod);
 

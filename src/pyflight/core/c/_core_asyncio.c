@@ -930,21 +930,7 @@ static PyObject *asyncio_stall_wait(PyObject *mod, PyObject *args) {
 /* ------------------------------------------------------------------ the loop's select */
 
 static int k_idle_begin = -1, k_idle_end = -1;
-static PyObject *int_zero;
 static PyMethodDef idle_select_def;
-
-/* 1 if select(timeout) may block (None, or a number > 0: what asyncio passes), 0 for a
- * poll, -1 if it cannot be told without running code (then nothing is recorded). */
-static int may_block(PyObject *timeout) {
-    if (timeout == Py_None) return 1;
-    if (PyFloat_CheckExact(timeout)) return PyFloat_AS_DOUBLE(timeout) > 0;
-    if (PyLong_CheckExact(timeout)) {
-        int r = PyObject_RichCompareBool(timeout, int_zero, Py_GT);
-        if (r < 0) PyErr_Clear();
-        return r;
-    }
-    return -1;
-}
 
 /* The event loop selector's select(timeout=None), set on the selector instance:
  * LOOP_IDLE_BEGIN(loop) / LOOP_IDLE_END(loop, number ready) around a call that may block
@@ -952,17 +938,9 @@ static int may_block(PyObject *timeout) {
  * Returns what the real select returns and raises what it raises (an exception is kept
  * aside while the end is recorded). m_self: (select, loop id, previous attribute). */
 static PyObject *idle_select(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    PyObject *select = PyTuple_GET_ITEM(self, 0), *timeout = Py_None;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    int readable = 1;
-    if (nargs == 1 && !kwnames)
-        timeout = args[0];
-    else if (nargs == 0 && kwnames && PyTuple_GET_SIZE(kwnames) == 1
-             && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") == 0)
-        timeout = args[0];
-    else if (nargs || kwnames)
-        readable = 0;
-    if (!readable || !A.active || !pyfl_enabled() || k_idle_begin < 0 || may_block(timeout) != 1)
+    PyObject *select = PyTuple_GET_ITEM(self, 0);
+    if (!A.active || !pyfl_enabled() || k_idle_begin < 0
+        || !pyfl_timeout_may_block(args, PyVectorcall_NARGS(nargsf), kwnames))
         return PyObject_Vectorcall(select, args, nargsf, kwnames);
     uint64_t vals[2] = {PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(self, 1)), 0};
     pyfl_record_ints(k_idle_begin, 1, vals);
@@ -1271,7 +1249,6 @@ int pyfl_asyncio_init(PyObject *mod) {
     INTERN(str_cancelled, "cancelled");
     INTERN(str_exception, "_exception");
     INTERN(str_coro_kw, "coro");
-    if (!int_zero && !(int_zero = PyLong_FromLong(0))) return -1;
     handle_fields[0] = str_context;
     handle_fields[1] = str_callback;
     handle_fields[2] = str_args;

@@ -686,16 +686,21 @@ static inline int may_block(PyObject *timeout) {
     return timeout == Py_None || (exact_seconds(timeout, &d) && d > 0);
 }
 
-/* For a method(self, timeout=None) call (Condition.wait, a selector's select): 1 if the
- * arguments are exactly that and the timeout lets it block, else 0 (call the original and
- * record nothing). Never raises. */
-static int method_timeout_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+/* For a call f(timeout=None) (vectorcall arguments, keywords after the positionals): 1 if
+ * the arguments are exactly that and the timeout lets it block, else 0 (call the original
+ * and record nothing). Never raises. Also the asyncio loop selector's select (_core.h). */
+int pyfl_timeout_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *timeout = NULL;
-    if (nargs < 1 || nargs > 2) return 0;
-    if (nargs == 2) timeout = args[1];
+    if (nargs > 1) return 0;
+    if (nargs == 1) timeout = args[0];
     if (kwnames && (PyTuple_GET_SIZE(kwnames) > 1 || timeout || !find_kw(kwnames, args + nargs, L.s_timeout, &timeout)))
         return 0;
     return !timeout || may_block(timeout);
+}
+
+/* The same for a method(self, timeout=None) call (Condition.wait, a selector's select). */
+static int method_timeout_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    return nargs >= 1 && pyfl_timeout_may_block(args + 1, nargs - 1, kwnames);
 }
 
 /* A replacement for a Python method (Condition.wait) that calls the original. */
