@@ -297,6 +297,29 @@ def test_svg_pieces_are_well_formed() -> None:
     assert histogram_svg([]) == ""
 
 
+def test_flame_graph_gives_one_box_per_function_not_per_line() -> None:
+    """A hot loop samples on several lines of one function: one box (named, wide), its
+    tooltip the line that weighs most; a different caller still gets a box of its own."""
+    import xml.etree.ElementTree as ET
+
+    from pyflight.format.reader import Frame
+
+    main = Frame("main", "a.py", 20)
+    stacks = {
+        (Frame("crunch", "a.py", 8), main): 30_000_000,
+        (Frame("crunch", "a.py", 9), main): 50_000_000,
+        (Frame("crunch", "a.py", 9), Frame("main", "a.py", 22)): 10_000_000,
+        (Frame("crunch", "b.py", 9), main): 10_000_000,
+    }
+    root = ET.fromstring(flame_svg(stacks))
+    titles = [el.text or "" for el in root.iter() if el.tag.endswith("title")]
+    assert titles.count("main (a.py:20) 100 ms, 100.0%") == 1
+    assert "crunch (a.py:9) 90 ms, 90.0%" in titles  # lines 8 and 9, both callers' lines
+    assert "crunch (b.py:9) 10 ms, 10.0%" in titles  # another file: another function
+    widths = sorted(float(el.get("width", 0)) for el in root.iter() if el.tag.endswith("rect"))
+    assert widths == [100, 900, 1000]
+
+
 def test_progress_shows_on_a_real_terminal(traces: dict[str, Path]) -> None:
     """stderr a tty (a pseudo-terminal here): the progress line ends at 100%; stdout (a
     pipe) gets the report alone, uncoloured."""

@@ -96,16 +96,25 @@ def _frame_color(frame: Frame) -> str:
 
 
 class _Node:
-    __slots__ = ("children", "frame", "total")
+    """One box: a function (by name and file) under one chain of callers."""
+
+    __slots__ = ("children", "frame", "lines", "total")
 
     def __init__(self, frame: Frame | None) -> None:
         self.frame = frame
         self.total = 0
-        self.children: dict[Frame, _Node] = {}
+        self.lines: dict[int, int] = {}
+        self.children: dict[tuple[str, str], _Node] = {}
+
+    def hottest_line(self) -> int:
+        return max(self.lines.items(), key=lambda kv: (kv[1], -kv[0]))[0] if self.lines else 0
 
 
 def flame_svg(stacks: dict[tuple[Frame, ...], int], unit: str = "nanoseconds", max_depth: int = 48) -> str:
-    """An icicle graph (callers on top): one rect per frame, width = share of the weight."""
+    """An icicle graph (callers on top): one rect per function under each chain of callers,
+    width = share of the weight. Lines of one function share its box (split by line, a
+    hot loop's function falls apart into slivers too narrow to name); the tooltip gives
+    the line that weighs most."""
     root = _Node(None)
     for stack, weight in stacks.items():
         if weight <= 0:
@@ -113,10 +122,12 @@ def flame_svg(stacks: dict[tuple[Frame, ...], int], unit: str = "nanoseconds", m
         root.total += weight
         node = root
         for frame in reversed(stack[-max_depth:] if len(stack) > max_depth else stack):
-            child = node.children.get(frame)
+            key = (frame.function, frame.file)
+            child = node.children.get(key)
             if child is None:
-                child = node.children[frame] = _Node(frame)
+                child = node.children[key] = _Node(frame)
             child.total += weight
+            child.lines[frame.line] = child.lines.get(frame.line, 0) + weight
             node = child
     if root.total == 0:
         return '<p class="meta">No samples.</p>'
@@ -135,7 +146,7 @@ def flame_svg(stacks: dict[tuple[Frame, ...], int], unit: str = "nanoseconds", m
                 depth_max = max(depth_max, depth)
                 f = child.frame
                 share = 100 * child.total / root.total
-                tip = f"{f.function} ({f.file}:{f.line}) {amount(child.total)}, {share:.1f}%"
+                tip = f"{f.function} ({f.file}:{child.hottest_line()}) {amount(child.total)}, {share:.1f}%"
                 y = depth * ROW
                 parts.append(
                     f'<g><title>{esc(tip)}</title><rect x="{x:.2f}" y="{y}" width="{w:.2f}" '
