@@ -578,6 +578,35 @@ def test_sample_taken_after_the_wake_up_says_ready() -> None:
     assert sample.state is State.READY and sample.reason is None
 
 
+def test_sleep_past_the_time_asked_for_is_a_wait_for_the_gil() -> None:
+    """time.sleep(0.01) that returned 40 ms late (another thread held the GIL when it
+    ended): 10 ms asleep, then READY, and a sample taken in the late part says READY. A
+    sleep that ended on time, and one from a trace without the time asked (obj 0), stay
+    asleep whole."""
+    g = Gen(seq=1, start_ns=0, end_ns=200 * MS)
+    sleeps = ((10 * MS, 60 * MS, 10 * MS), (80 * MS, 90 * MS, 10 * MS), (100 * MS, 150 * MS, 0))
+    for begin, end, asked in sleeps:
+        g.event(1, Kind.BLOCK_BEGIN, begin, reason=BlockReason.SLEEP, obj=asked, stack=STACK)
+        g.event(1, Kind.BLOCK_END, end, reason=BlockReason.SLEEP, obj=asked, waker=0)
+    g.event(
+        9, Kind.SAMPLE, 30 * MS, tid=1, task=0, stack=STACK, state=ThreadState.SLEEPING, cpu=0, span=30 * MS
+    )
+    m = build(_load(g))
+    check_model(m)
+    states = [(iv.start, iv.end, iv.state) for iv in m.threads[1].intervals if 10 * MS <= iv.start < 160 * MS]
+    assert states == [
+        (10 * MS, 20 * MS, State.BLOCKED),
+        (20 * MS, 60 * MS, State.READY),
+        (60 * MS, 80 * MS, State.RUNNING),
+        (80 * MS, 90 * MS, State.BLOCKED),
+        (90 * MS, 100 * MS, State.RUNNING),
+        (100 * MS, 150 * MS, State.BLOCKED),
+        (150 * MS, 200 * MS, State.RUNNING),
+    ]
+    (sample,) = m.samples
+    assert sample.state is State.READY
+
+
 def test_pool_worker_between_jobs_is_idle_and_its_cpu_goes_where_it_ran() -> None:
     """A ThreadPoolExecutor worker waits for work in a SimpleQueue (C code, no event): the
     time between its jobs is IDLE, and the CPU of a sample that finds it there is charged

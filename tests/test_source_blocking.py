@@ -462,6 +462,8 @@ def test_join_and_sleep(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
     sleeps = [(b, e) for b, e in blocks(trace, BlockReason.SLEEP) if b.thread == me]
     assert len(sleeps) == 1 and functions(sleeps[0][0])[0] == "sleeper"
     assert sleeps[0][1].time - sleeps[0][0].time >= 45 * MS
+    # the time asked for, in ns: the analysis tells a late return (a GIL wait) from sleep
+    assert sleeps[0][0].arg("obj") == sleeps[0][1].arg("obj") == 50 * MS
     [(begin, _)] = [(b, e) for b, e in blocks(trace, BlockReason.SLEEP) if b.thread == t.native_id]
     assert functions(begin)[0] == "<lambda>"
 

@@ -44,6 +44,11 @@ MIN_READY_SHARE = 0.05
 _OFF_CPU = (State.BLOCKED, State.IDLE, State.READY)
 #: Detail of a READY interval: woken by another thread, not yet running again.
 WOKEN = "woken, waiting for the GIL"
+#: Detail of a READY interval: a sleep that had ended, its thread not yet running again.
+OVERSLEPT = "slept, waiting for the GIL"
+#: A sleep this much longer than the time asked for waited (for the GIL or a CPU) after
+#: it: the OS's timer slack and the wake-up itself take tens of microseconds.
+OVERSLEEP_NS = 200_000
 #: Detail of an IDLE interval: a pool worker between two jobs, in the pool's queue.
 WAITING_FOR_JOB = "waiting for a job"
 
@@ -298,6 +303,28 @@ def _split_woken(intervals: list[Interval], wake_times: list[int]) -> list[Inter
     return out
 
 
+def _split_overslept(intervals: list[Interval]) -> list[Interval] | None:
+    """Each sleep that lasted past the time asked for (its obj, in ns) split there: the
+    rest was a wait for the GIL (a thread holding it through the sleep's end keeps the
+    sleeper out), not sleep. None if no sleep overslept (or the trace has no such time)."""
+    out: list[Interval] | None = None
+    for i, iv in enumerate(intervals):
+        if (
+            iv.state is State.BLOCKED
+            and iv.reason == BlockReason.SLEEP
+            and iv.obj > 0
+            and iv.end - iv.start - iv.obj > OVERSLEEP_NS
+        ):
+            if out is None:
+                out = intervals[:i]
+            woke = iv.start + iv.obj
+            out.append(iv.cut(iv.start, woke))
+            out.append(Interval(woke, iv.end, State.READY, None, 0, iv.stack, OVERSLEPT))
+        elif out is not None:
+            out.append(iv)
+    return out
+
+
 def _wake_times(model: Model) -> dict[int, list[int]]:
     """Thread -> times another thread let it go on (sorted).
 
@@ -360,10 +387,16 @@ def mark_job_waits(model: Model) -> set[int]:
 
 def mark_gil_waits(model: Model) -> None:
     """Turn the time each program thread waited for the GIL (or a CPU) into READY: after
-    another thread woke it, and between samples where it neither blocked nor ran; pool
-    workers' waits for jobs (IDLE) first (``mark_job_waits``). A sample taken in such
-    time says so too (it was taken BLOCKED or RUNNING)."""
+    another thread woke it, after a sleep's asked time, and between samples where it
+    neither blocked nor ran; pool workers' waits for jobs (IDLE) first
+    (``mark_job_waits``). A sample taken in such time says so too (it was taken BLOCKED
+    or RUNNING)."""
     changed = mark_job_waits(model)
+    for tid, thread in model.threads.items():
+        split = None if thread.is_pyflight else _split_overslept(thread.intervals)
+        if split is not None:
+            thread.intervals = split
+            changed.add(tid)
     for tid, times in _wake_times(model).items():
         tl = model.threads.get(tid)
         if tl is not None and not tl.is_pyflight:

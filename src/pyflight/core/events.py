@@ -120,7 +120,8 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.BLOCK_BEGIN: _args("reason:u obj:u stack:k"),
     # waker: native tid of the thread that released the lock / notified / ended (for a
     # join), 0 if unknown (timeout, interruption, or a source that cannot tell). For
-    # JOIN, obj is the joined thread's native tid too
+    # JOIN, obj is the joined thread's native tid too; for SLEEP, obj is the time asked
+    # for in ns (0 in traces before it was recorded)
     # (sources/blocking.py documents each reason's obj)
     Kind.BLOCK_END: _args("reason:u obj:u waker:u"),
     # the recording thread wakes thread `target` (or task `task` if not 0)

@@ -25,7 +25,8 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   condition's lock at the end of a wait is part of the CONDITION block, not a LOCK
   block of its own.
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
-  ``time.sleep`` (SLEEP), blocking socket operations (IO: ``socket.socket`` recv,
+  ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what
+  the sleep took beyond it as a wait for the GIL), blocking socket operations (IO: ``socket.socket`` recv,
   recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
   connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
   ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
@@ -430,7 +431,8 @@ class BlockingSource(Source):
             if source._active and len(args) == 1 and not kwargs:
                 secs = args[0]
                 if type(secs) in (int, float) and secs > 0:
-                    return source._blocked(_SLEEP, 0, sys._getframe(1), orig_sleep, args, {})
+                    asked = int(secs * 1e9) if secs < 1e9 else 10**18
+                    return source._blocked(_SLEEP, asked, sys._getframe(1), orig_sleep, args, {})
             return orig_sleep(*args, **kwargs)
 
         return _Patch(time, "sleep", sleep)

@@ -145,19 +145,22 @@ def _others_ran(model: Model, hog: int, start: int, end: int, interval: int) -> 
 
 
 def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -> Frame | None:
-    """Where the holder was: its first sample after the gap (still on the calling line),
-    else its last one before it; only samples inside the stretch it ran through the gap
-    (one taken after it blocked again, e.g. in the sleep after the call, is elsewhere).
-    A guess: a sampler that needs the GIL never sees inside the call itself."""
+    """Where the holder was: its stack read without the GIL during the gap (the native
+    reader: inside the call itself), else its first sample after the gap (still on the
+    calling line), else its last one before it; only samples inside the stretch it ran
+    through the gap (one taken after it blocked again, e.g. in the sleep after the call,
+    is elsewhere). Without a native read, a guess: a sampler that needs the GIL never
+    sees inside the call."""
     thread = model.threads.get(tid)
     intervals = thread.intervals if thread is not None else []
     spans = [span for span in _stretches(intervals) if _inside(span, start, end)]
     if not spans:
         return None
     run_start, run_end = max(spans, key=lambda span: _inside(span, start, end))
+    during = [s for s in samples_in(model, tid, start, end) if s.native]
     after = samples_in(model, tid, end - interval // 2, end + 2 * interval)
     before = samples_in(model, tid, start - 2 * interval, start)
-    for sample in after[:1] + before[-1:]:
+    for sample in during[-1:] + after[:1] + before[-1:]:
         if not run_start <= sample.time <= run_end + SAMPLE_SLACK:
             continue
         if sample.state is not State.RUNNING or sample.os_state != ThreadState.RUNNING:

@@ -784,17 +784,23 @@ static int socket_may_block(Hook *h, PyObject *sock) {
  * inside BLOCK_BEGIN/END(reason, obj) when the call may block (the same tests as the
  * pure-Python wrappers of sources/blocking.py: a positive or no timeout, a socket whose
  * timeout is not 0, a selector without the loop mark). BLOCK_BEGIN is written when the
- * call returns, with the stack only if it lasted L.stack_min_ns (see hook_wait).
- * Arguments, result and exceptions are the original's. */
+ * call returns, with the stack only if it lasted L.stack_min_ns (see hook_wait). A
+ * sleep's obj is the time asked for in ns. Arguments, result and exceptions are the
+ * original's. */
 static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     uint64_t reason;
     PyObject *obj = NULL;
+    uint64_t obj_id = 0; /* the event's obj: the object's address, or a sleep's length */
+    double secs;
     if (!recording()) goto passthrough;
     switch (h->role) {
     case HOOK_SLEEP:
-        if (nargs != 1 || kwnames || Py_IsNone(args[0]) || !may_block(args[0])) goto passthrough;
+        if (nargs != 1 || kwnames || !exact_seconds(args[0], &secs) || !(secs > 0)) goto passthrough;
         reason = R_SLEEP;
+        /* the time asked for, in ns: what the sleep took beyond it was a wait for the
+         * GIL (or a CPU), which the analysis tells apart (capped: a sleep of years) */
+        obj_id = secs < 1e9 ? (uint64_t)(secs * 1e9) : (uint64_t)1e18;
         break;
     case HOOK_SELECT:
         if (kwnames || nargs < 3 || nargs > 4 || (nargs == 4 && !may_block(args[3]))) goto passthrough;
@@ -813,15 +819,19 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     default:
         goto passthrough;
     }
-    PyflPending begin = {.tid = my_tid(), .vals = {reason, (uint64_t)(uintptr_t)obj, 0, 0},
+    if (obj) obj_id = (uint64_t)(uintptr_t)obj;
+    PyflPending begin = {.tid = my_tid(), .vals = {reason, obj_id, 0, 0},
                          .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
     pyfl_pending_begin(&begin);
     PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
     SavedExc saved;
     exc_save(&saved);
     pyfl_pending_end(&begin, L.stack_min_ns);
+    if (recording()) {
+        uint64_t v[3] = {reason, obj_id, 0};
+        pyfl_record_ints(K_BLOCK_END, 3, v);
+    }
     exc_restore(&saved);
-    if (recording()) record_block_end(reason, obj, 0);
     return r;
 
 passthrough:
