@@ -30,8 +30,14 @@ def _sample(t_ms: int, tid: int, frame: Frame, running: bool, cpu_ms: int) -> Sa
     )
 
 
-def _model(samples: list[Sample]) -> SimpleNamespace:
-    threads = {s.tid: SimpleNamespace(is_pyflight=False, intervals=[]) for s in samples}
+def _model(samples: list[Sample], names: dict[int, str] | None = None) -> SimpleNamespace:
+    """Threads named ``worker-<tid>`` (one family) unless ``names`` says otherwise."""
+    threads = {
+        s.tid: SimpleNamespace(
+            is_pyflight=False, intervals=[], name=(names or {}).get(s.tid, f"worker-{s.tid}")
+        )
+        for s in samples
+    }
     return SimpleNamespace(samples=samples, threads=threads, sampling_interval_ns=10 * MS)
 
 
@@ -59,8 +65,25 @@ def test_a_thread_never_seen_running_is_charged_like_its_siblings_but_stays_its_
         _sample(21, 2, LOCK_LINE, False, 4),
         _sample(12, 3, ELSEWHERE, False, 2),  # no sibling in its function: kept where seen
     ]
-    charged = _by_thread_and_line(cpu_samples(_model(samples)))  # type: ignore[arg-type]
+    charged = _by_thread_and_line(cpu_samples(_model(samples, {3: "poller"})))  # type: ignore[arg-type]
     assert charged == {(1, 21): 10, (2, 21): 8, (3, 7): 2}
+
+
+def test_a_thread_per_request_never_seen_running_is_charged_where_its_family_ran() -> None:
+    """A thread-per-request server on a busy CPU: each request thread is caught (if at
+    all) where it let go of the GIL, a socket write, or only by its exit's CPU reading.
+    Its CPU goes where the threads of its family were seen running, first where the
+    native reader saw them holding the GIL (the view), not the write they wait in."""
+    write = Frame("_SocketWriter.write", "/py/socketserver.py", 834)
+    render = Frame("render", "app.py", 12)
+    seen_at_write = _sample(10, 1, write, True, 1)  # running, just back from sendall
+    native = _sample(12, 2, render, True, 3)._replace(native=True)
+    blocked = _sample(13, 3, write, False, 4)
+    exited = _sample(30, 4, Frame("Thread._bootstrap_inner", "/py/threading.py", 1045), False, 5)
+    exited = exited._replace(os_state=ThreadState.ZOMBIE, state=State.RUNNING, reason=None)
+    names = {tid: f"Thread-{tid + 560} (process_request_thread)" for tid in (1, 2, 3, 4)}
+    charged = _by_thread_and_line(cpu_samples(_model([seen_at_write, native, blocked, exited], names)))  # type: ignore[arg-type]
+    assert charged == {(1, 834): 1, (2, 12): 3, (3, 12): 4, (4, 12): 5}
 
 
 def test_a_thread_stopped_where_it_takes_a_traced_lock_is_charged_where_it_ran() -> None:

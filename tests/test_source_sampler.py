@@ -178,6 +178,31 @@ def test_small_budget_stretches_the_interval_and_holds_the_cpu_share(tmp_path: P
     assert all(us <= 1_000_000 for us in counters)
 
 
+def test_a_thread_that_ends_between_ticks_reports_the_cpu_of_its_whole_life(tmp_path: Path) -> None:
+    """A thread per request lives a few ms: it can start and end between two ticks (or
+    all of a run, with the budget slowing the sampler). Its CPU is not lost: its exit
+    records a last SAMPLE (ZOMBIE) with the CPU of its whole life, over its lifetime."""
+    rec = pyflight.FlightRecorder(
+        sources=["threads", "sampler"], source_options={"sampler": {"interval": 1.0}}, cpu_budget=None
+    )
+    with rec:  # the sampler's first tick is ~1 s away
+
+        def work() -> None:
+            end = time.thread_time() + 0.03
+            while time.thread_time() < end:
+                pass
+
+        t = threading.Thread(target=work, name="request-1")
+        t.start()
+        t.join()
+        rec.write_to(tmp_path / "trace.pyfl")
+    trace = pyflight.load(tmp_path / "trace.pyfl")
+    [last] = samples(trace, t.native_id or 0)
+    assert last.arg("state") == ThreadState.ZOMBIE
+    assert 30_000_000 <= last.arg("cpu") < 200_000_000
+    assert last.arg("cpu") <= last.arg("span") < 2_000_000_000
+
+
 def test_stop_removes_the_thread_promptly() -> None:
     rec = pyflight.FlightRecorder(sources=["sampler"], source_options={"sampler": {"interval": 1.0}})
     rec.start()

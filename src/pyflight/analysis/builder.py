@@ -38,6 +38,7 @@ from pyflight.analysis.model import (
 )
 from pyflight.analysis.own_frames import program_stack
 from pyflight.analysis.pools import pools_of
+from pyflight.analysis.queries import SAMPLER_INTERVAL_COUNTER
 from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
 from pyflight.format.reader import Event, Trace
 
@@ -700,7 +701,7 @@ def _site_stacks(events: Sequence[Event]) -> dict[int, Stack]:
 
 def sampling_interval(counters: dict[str, list[tuple[int, int]]], sample_times: dict[int, list[int]]) -> int:
     """The sampler's period: what it said it used, else the typical gap between samples."""
-    said = counters.get("sampler_interval_us")
+    said = counters.get(SAMPLER_INTERVAL_COUNTER)
     if said:
         return int(statistics.median(v for _t, v in said)) * 1000
     gaps: list[int] = []

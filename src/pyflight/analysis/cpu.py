@@ -26,6 +26,7 @@ CPU weighs one sampling interval.
 from __future__ import annotations
 
 import itertools
+import re
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -104,8 +105,18 @@ def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
         s for charged, ns, off in threads if not _charge_where_running(off, charged, ns) for s in off if s.cpu
     ]
     out = [(s, n) for charged, ns, _ in threads for s, n in zip(charged, ns, strict=True) if n > 0]
-    out.extend(_charge_like_siblings(never_running, out))
+    out.extend(_charge_like_siblings(never_running, out, _families(model)))
     return out
+
+
+def _families(model: Model) -> dict[int, str]:
+    """Thread -> its name with the numbers taken out: the threads of one pool or server
+    (``Thread-569 (process_request_thread)``, ``ThreadPoolExecutor-0_3``, ``worker-2``)
+    share it, and run the same code."""
+    return {tid: _DIGITS.sub("#", tl.name) for tid, tl in model.threads.items() if tl.name}
+
+
+_DIGITS = re.compile(r"\d+")
 
 
 def _lock_sites(model: Model) -> set[tuple[str, int]]:
@@ -149,27 +160,36 @@ def _charge_where_running(off: list[Sample], charged: list[Sample], ns: list[int
 
 
 def _charge_like_siblings(
-    blocked: list[Sample], charged: list[tuple[Sample, int]]
+    blocked: list[Sample], charged: list[tuple[Sample, int]], families: dict[int, str]
 ) -> list[tuple[Sample, int]]:
     """The CPU of threads never found running, each delta charged (still to its own
-    thread) to the stack of the running sample nearest in time of another thread whose
-    innermost frame is in the same function; with none, where the thread was seen."""
-    by_function: dict[tuple[str, str], list[Sample]] = {}
+    thread) to the stack of the running sample nearest in time of a sibling: a thread of
+    the same family (``_families``; its stacks read without the GIL first, where the CPU
+    really went: the others were caught where they let go of the GIL, a socket write,
+    a lock), else a thread whose innermost frame is in the same function (a worker
+    caught waiting at ``with lock:`` ran that function's other lines); with neither,
+    where the thread was seen."""
+    groups: dict[object, list[Sample]] = {}
     for s, _ in charged:
         if s.stack and _is_running(s):
-            by_function.setdefault((s.stack[0].file, s.stack[0].function), []).append(s)
-    times: dict[tuple[str, str], list[int]] = {}
-    for key, found in by_function.items():
+            groups.setdefault((s.stack[0].file, s.stack[0].function), []).append(s)
+            family = families.get(s.tid)
+            if family is not None:
+                groups.setdefault((family, s.native), []).append(s)
+    times: dict[object, list[int]] = {}
+    for key, found in groups.items():
         found.sort(key=lambda s: s.time)
         times[key] = [x.time for x in found]
     out = []
     for s in blocked:
-        key = (s.stack[0].file, s.stack[0].function) if s.stack else ("", "")
-        siblings = by_function.get(key)
-        if not siblings:
+        family = families.get(s.tid)
+        keys: list[object] = [(family, True), (family, False)] if family is not None else []
+        keys.append((s.stack[0].file, s.stack[0].function) if s.stack else ("", ""))
+        key = next((k for k in keys if k in groups), None)
+        if key is None:
             out.append((s, s.cpu))
             continue
-        like = siblings[_nearest(times[key], s.time)]
+        like = groups[key][_nearest(times[key], s.time)]
         out.append((s._replace(stack=like.stack, state=like.state, reason=like.reason), s.cpu))
     return out
 

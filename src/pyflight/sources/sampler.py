@@ -346,6 +346,7 @@ class StackSampler(Source):
         global _installed
         if _installed is self:
             _installed = None
+            _started.clear()
         try:
             backend.clear_live(_LIVE_KEY)
         except Exception:
@@ -701,23 +702,44 @@ def sample_thread_now(ident: int) -> bool:
     return sampler._sample_now(ident, 2)
 
 
+#: Native id -> monotonic ns when a thread started while a sampler was installed (until
+#: it ends): a thread that ends before any tick still reports the CPU it used.
+_started: dict[int, int] = {}
+
+
+def record_thread_start() -> None:
+    """On a new thread, first thing: note when it started (see ``record_thread_exit``).
+    Never raises."""
+    if _installed is not None:
+        try:
+            _started[threading.get_native_id()] = time.monotonic_ns()
+        except Exception:
+            pass
+
+
 def record_thread_exit() -> None:
     """On a thread about to end: one last SAMPLE with the CPU it used since the sampler's
-    last look (lost otherwise: the sampler never sees it again). Its state is ZOMBIE, so
-    the analysis charges that CPU where the thread was last seen running, not to the
-    thread's exit code. Never raises."""
+    last look, or in its whole life if the sampler never looked (a thread per request
+    lives a few ms: between ticks, or all of a run if the budget slowed the sampler).
+    Lost otherwise. Its state is ZOMBIE, so the analysis charges that CPU where the thread
+    (or, never seen running, a sibling) was seen running, not to the thread's exit code.
+    Never raises."""
     sampler = _installed
-    if sampler is None or not sampler._clock_ok:
-        return
     try:
         tid = threading.get_native_id()
-        proc = sampler._procs.get(tid)
-        if proc is None or not proc.wall or not backend.is_enabled():
+        started = _started.pop(tid, 0)
+        if sampler is None or not sampler._clock_ok or not backend.is_enabled():
             return
         now = time.monotonic_ns()
-        cpu = time.clock_gettime_ns(proc.clock)
-        ran, since = cpu - proc.cpu, now - proc.wall
-        proc.cpu, proc.wall = cpu, now  # the sampler's next look (if any) starts here
+        proc = sampler._procs.get(tid)
+        if proc is not None and proc.wall:
+            cpu = time.clock_gettime_ns(proc.clock)
+            ran, since = cpu - proc.cpu, now - proc.wall
+            proc.cpu, proc.wall = cpu, now  # the sampler's next look (if any) starts here
+        elif started:
+            ran, since = time.thread_time_ns(), now - started  # its CPU clock began at 0
+        else:
+            return
         if ran > 0 and since > 0:
             backend.record(_SAMPLE, tid, 0, sys._getframe(1), _ENDING, ran, since)
     except Exception:

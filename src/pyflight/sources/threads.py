@@ -24,7 +24,7 @@ from pyflight.core import backend
 from pyflight.core.events import Kind
 from pyflight.sources import register
 from pyflight.sources.base import Source
-from pyflight.sources.sampler import record_thread_exit
+from pyflight.sources.sampler import record_thread_exit, record_thread_start
 
 #: Longest thread name / exception message recorded (they are interned per generation).
 MAX_NAME = 256
@@ -176,6 +176,7 @@ class ThreadsSource(Source):
     def _on_start(self, thread: threading.Thread) -> None:
         """On the new thread, before ``run()``: the parent still waits in ``start()``."""
         try:
+            record_thread_start()
             tid = backend.thread_id()
             ident = threading.get_ident()
             parent = self._parents.pop(id(thread), 0)

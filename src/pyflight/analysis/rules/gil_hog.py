@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import (
+    interval_between,
     interval_ns,
     lifetime,
     samples_in,
@@ -176,9 +177,6 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     if len(ticks) < 2:
         return []
     interval = interval_ns(model)
-    # The sampler stretches its own interval while a hog holds the GIL (its ticks cost
-    # more), so a multiple of the stretched interval would hide the very gaps it caused.
-    limit = max(MIN_GAP, int(GAP_INTERVALS * interval))
     pyflight_threads = {t.tid for t in model.threads.values() if t.is_pyflight}
     # per hog thread: gaps, the lines it was on after them, the starved threads
     gaps: dict[int, list[int]] = defaultdict(list)
@@ -186,7 +184,9 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     starved: dict[int, Counter[int]] = defaultdict(Counter)
     held: dict[int, list[Moment]] = defaultdict(list)
     for a, b in itertools.pairwise(ticks):
-        if b - a < limit:
+        # a gap is judged against the interval the sampler had then (the budget can slow
+        # it to 1 s a tick); stretched by a hog's own ticks (~5x) it still shows the hog
+        if b - a < max(MIN_GAP, int(GAP_INTERVALS * interval_between(model, a, b))):
             continue
         tid = _holder(model, a, b, pyflight_threads, interval)
         if tid is None or _others_ran(model, tid, a, b, interval):
