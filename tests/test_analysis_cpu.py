@@ -137,3 +137,36 @@ def test_the_cpu_hotspot_is_the_programs_own_line_with_the_library_call_it_spent
     assert "mostly inside SQLiteCursorWrapper.execute" in finding.title
     assert finding.evidence["inside"].startswith("SQLiteCursorWrapper.execute")
     assert finding.evidence["cpu_ns"] == 20 * 9 * MS
+
+
+def test_the_event_loops_own_work_is_not_blamed_on_the_line_that_started_it() -> None:
+    """uvicorn.run() at a module's top level, uvloop underneath (C: no frame of its own):
+    CPU sampled in the loop's machinery has only ``Runner.run`` and the module's line
+    above it. The hotspot is the endpoint's own function, not that line."""
+    from pyflight.analysis.rules.cpu_hotspot import rule_cpu_hotspot
+
+    entry = (
+        Frame("Runner.run", "/usr/lib/python3.11/asyncio/runners.py", 118),
+        Frame("run", "/venv/lib/python3.11/site-packages/uvicorn/main.py", 643),
+        Frame("<module>", "/srv/app.py", 7),
+    )
+    endpoint = (Frame("_cpu", "/srv/app.py", 17), Frame("cpu_endpoint", "/srv/app.py", 40))
+    samples = [
+        Sample(
+            time=t * 10 * MS,
+            tid=1,
+            task=0,
+            stack=entry if t % 2 else endpoint + entry,
+            os_state=ThreadState.RUNNING,
+            state=State.RUNNING,
+            reason=None,
+            cpu=(6 if t % 2 else 3) * MS,
+            span=10 * MS,
+        )
+        for t in range(1, 41)
+    ]
+    model = _model(samples, {1: "MainThread"})
+    model.start, model.end = 0, 410 * MS
+    [finding] = rule_cpu_hotspot(model)  # type: ignore[arg-type]
+    assert finding.culprit is not None and finding.culprit.function == "_cpu"
+    assert finding.evidence["cpu_ns"] == 20 * 3 * MS and finding.evidence["total_cpu_ns"] == 20 * 9 * MS

@@ -559,6 +559,35 @@ def test_foreign_loop_noted_once(tmp_path: Path) -> None:
     assert "sampling-only" in notes[0].arg("reason")
 
 
+def test_uvloop_loop_is_noted_between_its_steps(tmp_path: Path) -> None:
+    """A real uvloop loop (uvicorn's default when installed) whose tasks are all waiting
+    when the once-a-second look comes (a service between requests): still noted as
+    sampling-only coverage, from the loop its live tasks belong to."""
+    uvloop = pytest.importorskip("uvloop")
+    looked = threading.Event()
+
+    async def main() -> None:
+        hooks = asyncio_loop._installed_hooks
+        assert hooks is not None
+        sleepers = [asyncio.create_task(asyncio.sleep(0.5)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        # from another thread, while every task of the loop waits (no step running)
+        threading.Thread(target=lambda: (time.sleep(0.1), hooks.check_foreign_loops(), looked.set())).start()
+        await asyncio.gather(*sleepers)
+
+    with recorder() as rec:
+        with pytest.warns(SourceWarning, match="uvloop.Loop"):
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+        assert looked.wait(5)
+        backend.seal()
+        trace = snapshot(rec, tmp_path)
+    notes = [
+        e.arg("reason") for e in trace.data_loss if e.kind == Kind.DATA_LOSS and e.arg("source") == "asyncio"
+    ]
+    assert any("uvloop.Loop" in note and "sampling-only" in note for note in notes), notes
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_fault_disables_source_and_program_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, implementation: str

@@ -77,6 +77,22 @@ def by_function(weights: dict[Frame, float]) -> tuple[Frame | None, float]:
 
 
 LOOP_FRAMES = ("_run_once", "Handle._run", "run_forever", "_run")
+#: Frames through which a thread runs an event loop: asyncio's, and ``Runner.run`` /
+#: ``run_until_complete`` above a loop written in C (uvloop: no frame of its own).
+_LOOP_RUNNERS = (*LOOP_FRAMES, "Runner.run", "run_until_complete")
+
+
+def in_loop_machinery(stack: Sequence[Frame], frame: Frame) -> bool:
+    """True if a frame running an event loop is inner to ``frame`` in ``stack``
+    (innermost first): the sample was in the loop's own work (selecting, scheduling,
+    uvloop's C code), not in ``frame``'s, which only started the loop (``asyncio.run``,
+    ``uvicorn.run`` at a module's top level)."""
+    for f in stack:
+        if f is frame:
+            return False
+        if f.function.endswith(_LOOP_RUNNERS) and "asyncio" in f.file:
+            return True
+    return False
 
 
 def step_frame(stack: Sequence[Frame]) -> Frame | None:

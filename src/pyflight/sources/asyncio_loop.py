@@ -94,6 +94,9 @@ WATCHDOG_NAME = "pyflight-stalls"
 JOIN_TIMEOUT = 1.0
 #: Seconds between looks for loops that are not BaseEventLoops (uvloop).
 FOREIGN_CHECK_INTERVAL = 1.0
+#: Tasks whose loop each look checks (a task is only in ``_current_tasks`` during its
+#: step, which a look once a second rarely meets; every task knows its loop).
+FOREIGN_TASKS_CHECKED = 64
 #: Longest error text recorded with TASK_DONE.
 MAX_ERROR_CHARS = 200
 WAIT_MODES = {"off": 0, "what": 1, "stack": 2}
@@ -720,19 +723,31 @@ class _Hooks:
                 )
 
     def check_foreign_loops(self) -> None:
-        """Event loops running a task now whose steps never came through Handle._run: not
-        BaseEventLoops (uvloop), their steps cannot be traced."""
-        events = self.events
+        """Event loops with tasks whose steps never came through Handle._run: not
+        BaseEventLoops (uvloop: ``uvloop.run``, ``Runner(loop_factory=...)``, uvicorn's
+        default), their steps cannot be traced. Looks at the loops running a step now
+        and at the loops of a few live tasks."""
+        loops = set()
         for owner in (self.tasks, sys.modules.get("_asyncio")):
             current = getattr(owner, "_current_tasks", None)
             if isinstance(current, dict):
-                for loop in list(current):  # one C call: a consistent copy
-                    if (
-                        isinstance(loop, events.AbstractEventLoop)
-                        and not isinstance(loop, self.base_events.BaseEventLoop)
-                        and loop not in self.loops
-                    ):
-                        self.note_foreign(type(loop))
+                loops.update(list(current))  # one C call: a consistent copy
+        for name in ("_scheduled_tasks", "_all_tasks", "_eager_tasks"):
+            found = getattr(self.tasks, name, None)
+            if isinstance(found, (weakref.WeakSet, set)):
+                try:
+                    for task in itertools.islice(found, FOREIGN_TASKS_CHECKED):
+                        loops.add(task.get_loop())
+                except (RuntimeError, AttributeError):
+                    pass  # changed while we looked (another thread), or not a Task: next time
+        for loop in loops:
+            if (
+                isinstance(loop, self.events.AbstractEventLoop)
+                and not isinstance(loop, self.base_events.BaseEventLoop)
+                and loop not in self.loops
+            ):
+                self.note_foreign(type(loop))
+        self._note_policy()
 
     # tasks ---------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
             if f.rule == "loop-blocked" and f.culprit is not None and f.culprit.function == function
         ]
         assert named, shown
+        # on a loaded machine a few of the calls can pass 100 ms: the long-step finding
+        # then names the function too (beside this one, maybe above it)
+        named = [f for f in named if "blocking_call" in f.evidence] or named
         finding = max(named, key=lambda f: f.score)
         assert finding.score >= WARNING, shown
         assert "problem_programs" in finding.culprit.file  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, Sample
-from pyflight.analysis.frames import by_function, is_library, short_file, user_frame
+from pyflight.analysis.frames import by_function, in_loop_machinery, is_library, short_file, user_frame
 from pyflight.analysis.queries import interval_ns, seconds_since_start, thread_name
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of, stretches
 from pyflight.analysis.rules.scoring import clamp_score, ramp
@@ -31,6 +31,8 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
         frame = user_frame(sample.stack)
         if frame is None or is_library(frame):
             continue  # only the standard library's or pyflight's frames
+        if in_loop_machinery(sample.stack, frame):
+            continue  # the event loop's own work: not the line that started the loop
         self_w[frame] += ns
         charged.append((sample, ns, frame))
         innermost = next((f for f in sample.stack if not is_library(f)), None)

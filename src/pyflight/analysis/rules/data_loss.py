@@ -67,8 +67,13 @@ def rule_data_loss(model: Model) -> list[Finding]:
         parts.append(f"{bytes_lost} bytes of the file damaged")
     if warnings and not bytes_lost:
         parts.append(f"{len(warnings)} reader warning(s)")
+    foreign_loop = any("not an asyncio.BaseEventLoop" in r or "not BaseEventLoops" in r for r in reasons)
     if not parts:
-        parts.append("reduced coverage: " + ", ".join(sorted(sources)))
+        parts.append(
+            "asyncio steps and tasks not traced (uvloop: sampling only)"
+            if foreign_loop and set(sources) == {"asyncio"}
+            else "reduced coverage: " + ", ".join(sorted(sources))
+        )
     return [
         Finding(
             rule="data-loss",
@@ -90,6 +95,14 @@ def rule_data_loss(model: Model) -> list[Finding]:
                 "Parts of the trace are missing, so other findings may understate problems. "
                 "Raise max_bytes or lower min_age if events were dropped, and check the warnings "
                 "printed by the program for disabled sources."
+                + (
+                    " The event loop is not asyncio's own (uvloop): its steps, tasks and stalls "
+                    "cannot be recorded, only sampled. To see them, run on asyncio's loop while "
+                    "you investigate (`uvicorn --loop asyncio`, or without `uvloop.install()` / "
+                    "`loop_factory=uvloop.new_event_loop`)."
+                    if foreign_loop
+                    else ""
+                )
             ),
         )
     ]
