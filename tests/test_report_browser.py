@@ -400,7 +400,8 @@ def test_timeline_overview(open_report: Callable[[str], Opened]) -> None:
     assert loop_row.count() >= 2
     stalls = rows.nth(1).locator("rect[fill='#b71c1c']")
     assert stalls.count() >= 1
-    assert re.fullmatch(r"stall [\d.]+ ms", stalls.first.locator("title").text_content() or "")
+    # ~0.3 s on the C core; the pure core under load can take seconds
+    assert re.fullmatch(r"stall [\d.]+ m?s", stalls.first.locator("title").text_content() or "")
     assert float(stalls.first.get_attribute("width") or 0) >= 50  # >= 100 ms of a ~1 s trace
     for rect in (main_row.first, loop_row.first):
         rect_box = rect.bounding_box()

@@ -54,6 +54,26 @@ class Queries:
             self._by_thread = by_thread
         return self._by_thread
 
+    def sampler_ticks(self) -> list[int]:
+        """One time per sampler tick, in order (``sampler_ticks``)."""
+        ticks: list[int] | None = self.memo.get("sampler_ticks")
+        if ticks is None:
+            interval = interval_ns(self.model)
+            ticks = []
+            # a natively read sample is dated before the sampler got the GIL: not a tick
+            for t in sorted({s.time for s in self.model.samples if not s.native}):
+                if not ticks or t - ticks[-1] >= interval // 4:
+                    ticks.append(t)
+            self.memo["sampler_ticks"] = ticks
+        return ticks
+
+    def native_times(self) -> list[int]:
+        """Times of the samples read without the GIL (its holder's), in order."""
+        times: list[int] | None = self.memo.get("native_times")
+        if times is None:
+            times = self.memo["native_times"] = sorted(s.time for s in self.model.samples if s.native)
+        return times
+
     def sample_times(self) -> dict[int, list[int]]:
         """The times of ``samples_by_thread``, for bisection."""
         if self._times is None:
@@ -102,6 +122,30 @@ def interval_ns(model: Model) -> int:
     return interval if interval > 0 else 10 * MS
 
 
+def sampler_ticks(model: Model) -> list[int]:
+    """When the sampler took its samples (one time per tick, in order)."""
+    return Queries.of(model).sampler_ticks()
+
+
+def gil_busy_share(model: Model, spans: Iterable[tuple[int, int]]) -> tuple[float, int] | None:
+    """(share, ticks): of the sampler's ticks inside ``spans``, the share at which its
+    native reader found a thread holding the GIL (running Python or C code that keeps
+    it). Near 1: CPU-bound threads took turns on the GIL through those spans. None
+    without stacks read natively (pure core, other platforms) or without a tick in them."""
+    queries = Queries.of(model)
+    natives = queries.native_times()
+    if not natives:
+        return None
+    ticks = queries.sampler_ticks()
+    in_ticks = in_natives = 0
+    for a, b in Spans(spans).pairs():
+        in_ticks += bisect.bisect_right(ticks, b) - bisect.bisect_left(ticks, a)
+        in_natives += bisect.bisect_right(natives, b) - bisect.bisect_left(natives, a)
+    if not in_ticks:
+        return None
+    return min(1.0, in_natives / in_ticks), in_ticks
+
+
 #: The counter in which the sampler reports its interval (us) whenever it changes.
 SAMPLER_INTERVAL_COUNTER = "sampler_interval_us"
 
@@ -140,6 +184,10 @@ class Spans:
     def __contains__(self, t: int) -> bool:
         i = bisect.bisect_right(self.starts, t) - 1
         return i >= 0 and t <= self.ends[i]
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The merged spans, in order."""
+        return list(zip(self.starts, self.ends, strict=True))
 
     def overlaps(self, a: int, b: int) -> bool:
         """True if some span shares a moment with [a, b]."""

@@ -11,6 +11,7 @@ import pytest
 from programs import findings_of, record_named, top_warning
 from pyflight import core
 from pyflight.analysis.rules import WARNING
+from pyflight.format.reader import loads
 
 # program -> (kind, culprit function, words of the fix)
 PLANTED = {
@@ -62,3 +63,25 @@ def test_pools_big_enough_get_no_library_wait(program: str, tmp_path: Path) -> N
     assert not [f for f in findings if f.rule == "library-wait" and f.score >= limit], [
         (f.rule, f.title) for f in findings
     ]
+
+
+@needs_locks
+def test_cpu_bound_threads_queueing_on_a_lock_are_told_as_cpu_bound(tmp_path: Path) -> None:
+    """CPU-bound pool workers logging to a local file queue on the handler's lock because
+    each holder waits for the GIL after its write: no slow stream, no lock to fix. With
+    stacks read natively (the GIL's holder seen at each tick), the lock and logging
+    findings say the threads were taking turns on the GIL and are no warning."""
+    path = record_named("cpu_pool_logging", tmp_path)
+    findings = findings_of(path)
+    shown = [(f.rule, f.score, f.title) for f in findings[:6]]
+    if not str(loads(path.read_bytes()).meta.get("sampler.stacks", "")).startswith("native"):
+        pytest.skip("the GIL's holder is read natively only on Linux with the C core")
+    waits = [f for f in findings if f.rule in ("lock-contention", "library-wait")]
+    assert all(f.score < WARNING for f in waits), shown
+    for f in waits:
+        assert f.evidence["gil_busy_share"] >= 0.6 and "the GIL busy" in f.title, shown
+        assert "not a slow stream" in f.title or f.rule == "lock-contention", shown
+        assert "ProcessPoolExecutor" in f.hint
+    assert any(
+        f.rule == "cpu-hotspot" and f.culprit and f.culprit.function == "summarize" for f in findings
+    ), shown

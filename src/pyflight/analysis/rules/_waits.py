@@ -15,11 +15,34 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, user_frame
-from pyflight.analysis.queries import Queries, Spans, interval_ns, samples_by_thread, user_threads
+from pyflight.analysis.queries import (
+    Queries,
+    Spans,
+    gil_busy_share,
+    interval_ns,
+    samples_by_thread,
+    user_threads,
+)
 from pyflight.analysis.units import MS
 
 #: Who waited: a thread (``ThreadTimeline``) or an asyncio task (``TaskTimeline``).
 W = TypeVar("W")
+
+#: Of the sampler's ticks inside threads' lock waits, at least this share found a thread
+#: holding the GIL (and at least GIL_BOUND_TICKS ticks): the process was CPU-bound
+#: throughout, its threads taking turns on the GIL, and the waits only decided whose
+#: turn it was (a lock held across I/O is handed on only when its holder gets the GIL
+#: back, so every hold stretches to the other threads' turns).
+GIL_BOUND_SHARE = 0.5
+GIL_BOUND_TICKS = 5
+#: Such waits are not the bottleneck: their finding is told as such, at most this score.
+GIL_BOUND_SCORE = 40
+GIL_BOUND_HINT = (
+    "While these threads waited, others ran: the process was CPU-bound (the GIL busy "
+    "through the waits), so the waits cost little throughput and the CPU work is the "
+    "limit (see the CPU hotspot): do less of it, or run it in processes "
+    "(ProcessPoolExecutor) to use more than one core. "
+)
 
 
 def blocked_waits(model: Model, reason: BlockReason) -> list[tuple[ThreadTimeline, Interval]]:
@@ -153,3 +176,56 @@ def task_activity(
 
 def in_function(stack: Sequence[Frame], names: set[str], file_part: str) -> bool:
     return any(f.function in names and file_part in f.file.replace("\\", "/") for f in stack[:6])
+
+
+def gil_bound(model: Model, waits: Sequence[tuple[ThreadTimeline, Interval]]) -> float | None:
+    """The GIL's busy share through ``waits`` (threads' lock waits) if they were CPU-bound
+    threads taking turns, else None (also without natively read stacks): the GIL was busy
+    (GIL_BOUND_SHARE) and the lock's holders were not in a traced wait (a sleep, a socket,
+    a condition) through most of the waits they caused: a holder asleep under the lock
+    holds the others up whatever another thread does with the GIL meanwhile."""
+    found = gil_busy_share(model, [(iv.start, iv.end) for _, iv in waits])
+    if found is None:
+        return None
+    share, ticks = found
+    if ticks < GIL_BOUND_TICKS or share < GIL_BOUND_SHARE:
+        return None
+    return share if _holders_blocked_share(model, waits) < HOLDERS_BLOCKED_SHARE else None
+
+
+#: Lock holders blocked (traced) through this share of the waits they caused: the holds
+#: were their own waits, not GIL hand-offs.
+HOLDERS_BLOCKED_SHARE = 0.5
+
+
+def _holders_blocked_share(model: Model, waits: Sequence[tuple[ThreadTimeline, Interval]]) -> float:
+    """Of the time in ``waits`` whose releaser is known, the share the releaser (the
+    holder) spent blocked in a traced call (not its own wait for that lock)."""
+    ends: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # waiter -> (start, end, waker)
+    for block in model.blocks:
+        if block.reason == BlockReason.LOCK and block.waker:
+            ends[block.tid].append((block.start, block.end, block.waker))
+    for found in ends.values():
+        found.sort()
+    waited = blocked = 0
+    for thread, iv in waits:
+        found = ends.get(thread.tid, [])
+        j = bisect.bisect_right(found, (iv.start, 1 << 62, 0)) - 1
+        if j < 0 or found[j][1] < iv.end:
+            continue
+        holder = model.threads.get(found[j][2])
+        if holder is None:
+            continue
+        waited += iv.end - iv.start
+        memo = Queries.of(model).memo
+        starts = memo.get(f"starts:{holder.tid}")
+        if starts is None:
+            starts = memo[f"starts:{holder.tid}"] = [h.start for h in holder.intervals]
+        k = max(0, bisect.bisect_right(starts, iv.start) - 1)
+        while k < len(holder.intervals) and holder.intervals[k].start < iv.end:
+            h = holder.intervals[k]
+            # its own wait for this lock (before it got it) is not a hold
+            if h.state is State.BLOCKED and not (h.reason == BlockReason.LOCK and h.obj == iv.obj):
+                blocked += max(0, min(h.end, iv.end) - max(h.start, iv.start))
+            k += 1
+    return blocked / waited if waited else 0.0

@@ -22,6 +22,7 @@ from pyflight.analysis.queries import (
     interval_between,
     interval_ns,
     lifetime,
+    sampler_ticks,
     samples_in,
     seconds_since_start,
     thread_name,
@@ -29,7 +30,6 @@ from pyflight.analysis.queries import (
 )
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
-from pyflight.analysis.rules.loop_starved import _sampler_ticks
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import ThreadState
@@ -173,7 +173,7 @@ def _holder_frame(model: Model, tid: int, start: int, end: int, interval: int) -
 
 
 def rule_gil_hog(model: Model) -> list[Finding]:
-    ticks = _sampler_ticks(model)
+    ticks = sampler_ticks(model)
     if len(ticks) < 2:
         return []
     interval = interval_ns(model)

@@ -32,6 +32,7 @@ from pyflight.analysis.queries import (
     thread_name,
     user_threads,
 )
+from pyflight.analysis.rules._waits import GIL_BOUND_HINT, GIL_BOUND_SCORE, gil_bound
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.n_plus_one import Query, db_queries
@@ -41,7 +42,7 @@ from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Interval, Model, ThreadTimeline
 
 __all__ = ["RULE", "RULE_IDS", "rule_library_waits"]
 
@@ -72,6 +73,9 @@ class LibraryWait:
     holds: Callable[[Stack], Frame | None]
     what: str
     fix: str
+    #: ``what`` when the waits were CPU-bound threads taking turns (``gil_bound``); ""
+    #: for waits whose holders are out on I/O whatever the GIL does (a pool's connections)
+    gil_bound_what: str = ""
 
 
 LIBRARY_WAITS = (
@@ -92,6 +96,10 @@ LIBRARY_WAITS = (
         waits=lambda s: _has(s, "Handler.acquire", "logging") or _has(s, "Handler.handle", "logging"),
         holds=lambda s: _inside(s, "emit", "logging"),
         what="queued on a logging handler's lock while it wrote to a slow stream",
+        gil_bound_what=(
+            "queued on a logging handler's lock, its holders waiting for the GIL back "
+            "after each write (not a slow stream)"
+        ),
         fix=(
             "Every log call waits for the handler's slow write. Log through a "
             "`logging.handlers.QueueHandler` and let a `QueueListener` thread do the "
@@ -128,6 +136,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
     threads: dict[str, Counter[int]] = defaultdict(Counter)
     where: dict[str, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     held: dict[str, Counter[Frame]] = defaultdict(Counter)
+    spans: dict[str, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
     by_kind = {p.kind: p for p in LIBRARY_WAITS}
     for thread in user_threads(model):
         for iv in thread.intervals:
@@ -139,6 +148,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
                 waited[pattern.kind] += duration
                 count[pattern.kind] += 1
                 threads[pattern.kind][thread.tid] += duration
+                spans[pattern.kind].append((thread, iv))
                 frame = user_frame(iv.stack)
                 if frame is not None:
                     where[pattern.kind][frame] += duration
@@ -173,10 +183,13 @@ def _primitive_waits(model: Model) -> list[Finding]:
         holder = top_frame(held[kind])
         names = [thread_name(model, tid) for tid, _ in tids.most_common(4)]
         more = len(tids) - len(names)
-        title = (
-            f"{len(tids)} thread(s) {pattern.what}: {fmt_ns(total)} of waiting "
-            f"({100 * share:.0f}% of their time)"
-        )
+        # a lock's holders held up by the GIL, not by the library: said as that
+        busy = gil_bound(model, spans[kind]) if pattern.gil_bound_what else None
+        what = pattern.gil_bound_what if busy is not None else pattern.what
+        title = f"{len(tids)} thread(s) {what}: {fmt_ns(total)} of waiting ({100 * share:.0f}% of their time)"
+        if busy is not None:
+            score = min(score, GIL_BOUND_SCORE)
+            title += f", while other threads ran (the GIL busy {100 * busy:.0f}% of that time)"
         if culprit is not None:
             title += f", called from {culprit.function}"
         out.append(
@@ -191,8 +204,9 @@ def _primitive_waits(model: Model) -> list[Finding]:
                     "wait_ns": total,
                     "threads": ", ".join(names) + (f" and {more} more" if more > 0 else ""),
                     "held_at": str(Culprit.of(holder)) if holder is not None else "",
+                    "gil_busy_share": round(busy, 3) if busy is not None else None,
                 },
-                hint=pattern.fix,
+                hint=(GIL_BOUND_HINT if busy is not None else "") + pattern.fix,
             )
         )
     return out

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 from pyflight.analysis.frames import top_frame, user_frame
 from pyflight.analysis.queries import lifetime, samples_in, seconds_since_start, thread_name
 from pyflight.analysis.rules._waits import (
+    GIL_BOUND_HINT,
+    GIL_BOUND_SCORE,
     blocked_waits,
     contentions,
+    gil_bound,
     task_activity,
     task_blocked_waits,
     task_label_of,
@@ -50,6 +53,13 @@ def rule_lock_contention(model: Model) -> list[Finding]:
         title = f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
         if where:
             title += f" in {where.function}"
+        busy = gil_bound(model, waits)
+        if busy is not None:
+            score = min(score, GIL_BOUND_SCORE)
+            title += (
+                f", while other threads ran (the GIL busy {pct(busy)} of that time): "
+                "CPU-bound threads taking turns"
+            )
         out.append(
             Finding(
                 rule="lock-contention",
@@ -67,6 +77,7 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                     "waiters": sorted(t.name for t in waiters.values()),
                     "holders": [thread_name(model, tid) for tid, _ in holders.most_common(5)],
                     "held_at": str(Culprit.of(holder_frame)) if holder_frame else None,
+                    "gil_busy_share": round(busy, 3) if busy is not None else None,
                 },
                 moments=moments_of(
                     [
@@ -80,7 +91,8 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                         for thread, iv in waits
                     ]
                 ),
-                hint=(
+                hint=(GIL_BOUND_HINT if busy is not None else "")
+                + (
                     "Threads queue up on one lock. Hold it for less time (compute outside the "
                     "`with lock:` block, copy then release), split it into finer locks, or hand "
                     "work over with a queue instead of sharing state."

@@ -15,7 +15,7 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import LoopTimeline, Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import Spans, interval_ns, seconds_since_start, thread_name
+from pyflight.analysis.queries import Spans, interval_ns, sampler_ticks, seconds_since_start, thread_name
 from pyflight.analysis.rules._loop import long_steps, loop_life
 from pyflight.analysis.rules._waits import task_label_of
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
@@ -27,7 +27,7 @@ def rule_loop_starved(model: Model) -> list[Finding]:
     """The loop is late although its steps are short: it waits for the GIL or is overloaded."""
     out: list[Finding] = []
     interval = interval_ns(model)
-    ticks = _sampler_ticks(model) if model.loops else []
+    ticks = sampler_ticks(model) if model.loops else []
     for loop in model.loops.values():
         # only steps seen running user code are the loop's own doing; a long step with no
         # sample or stall stack in it may itself be a GIL wait (the sampler needs the GIL
@@ -183,16 +183,6 @@ def _blocking_steps(model: Model, loop: LoopTimeline) -> list[tuple[int, int]]:
         if 2 * blocked >= step.end - step.start:
             out.append((step.start, step.end))
     return out
-
-
-def _sampler_ticks(model: Model) -> list[int]:
-    interval = interval_ns(model)
-    ticks: list[int] = []
-    # a natively read sample is dated before the sampler got the GIL: not a tick
-    for t in sorted({s.time for s in model.samples if not s.native}):
-        if not ticks or t - ticks[-1] >= interval // 4:
-            ticks.append(t)
-    return ticks
 
 
 def _lateness(pairs: list[tuple[int, int]], interval: int) -> int:

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.queries import (
     Spans,
+    gil_busy_share,
     interval_ns,
     samples_by_thread,
     seconds_since_start,
     thread_name,
     user_threads,
 )
-from pyflight.analysis.rules._waits import blocked_waits, overlap_ns
+from pyflight.analysis.rules._waits import GIL_BOUND_SHARE, GIL_BOUND_TICKS, blocked_waits, overlap_ns
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, pct, quantile
@@ -160,7 +161,13 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
         name = pool.name or f"pool {pool.pool:#x}"
         label = function or "their jobs"
         top_state = next(iter(states), "")
-        if top_state.startswith("blocked:lock"):
+        gil = gil_busy_share(model, spans.pairs())
+        if gil is not None and gil[1] >= GIL_BOUND_TICKS and gil[0] >= GIL_BOUND_SHARE:
+            doing = (
+                f" The workers were CPU-bound, taking turns on the GIL (busy {100 * gil[0]:.0f}% of "
+                "that time): more workers will not help; a process pool (or less CPU work per job) will."
+            )
+        elif top_state.startswith("blocked:lock"):
             doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
         elif top_state.startswith("blocked:"):
             doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
