@@ -4,6 +4,7 @@ findings, report and browser tests all do."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,24 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 PROGRAMS = HERE / "problem_programs"
 SRC = HERE.parent / "src"
+
+
+def marked_line(path: Path, marker: str) -> int:
+    """The number of the first line of ``path`` that contains ``marker`` (a comment such
+    as ``# HASH LINE`` that tests point at, so that edits above it do not break them)."""
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if marker in text)
+
+
+def pinned() -> list[str]:
+    """``taskset -c 1`` (or the one CPU we may use), to put before a command: planted GIL
+    contention needs its threads on one CPU. Skips the test without taskset."""
+    import pytest
+
+    taskset = shutil.which("taskset")
+    if taskset is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("taskset is needed to pin the program to one CPU")
+    cpus = sorted(os.sched_getaffinity(0))
+    return [taskset, "-c", str(1 if 1 in cpus else cpus[0])]
 
 
 def record_program(program: Path, out: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -15,30 +14,16 @@ from pathlib import Path
 import pytest
 
 import pyflight
+from programs import PROGRAMS, marked_line, pinned
 from pyflight.analysis import build
 from pyflight.analysis.breakdown import thread_breakdown
 from pyflight.analysis.cpu import cpu_samples
 from pyflight.analysis.profiles import cpu_profile
 from pyflight.core.events import BlockReason
 
-PROGRAMS = Path(__file__).parent / "problem_programs"
 PYFLIGHT_DIR = str(Path(pyflight.__file__).parent)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU clocks: Linux")
-
-
-def _line_of(program: Path, marker: str) -> int:
-    lines = program.read_text().splitlines()
-    return next(i for i, text in enumerate(lines, 1) if marker in text)
-
-
-def _pinned() -> list[str]:
-    """``taskset -c 1`` (or the one CPU we may use): the planted contention needs one CPU."""
-    taskset = shutil.which("taskset")
-    if taskset is None or not hasattr(os, "sched_getaffinity"):
-        pytest.skip("taskset is needed to pin the program to one CPU")
-    cpus = sorted(os.sched_getaffinity(0))
-    return [taskset, "-c", str(1 if 1 in cpus else cpus[0])]
 
 
 def _run(
@@ -66,7 +51,7 @@ def test_hashing_under_one_lock_cpu_matches_kernel_and_hot_line(
     program = PROGRAMS / "gil_hashing_lock.py"
     out = tmp_path / "hash.pyfl"
     stdout, process_cpu = _run(
-        ["-o", str(out), "--min-age", "600", str(program)], subprocess_env, tmp_path, _pinned()
+        ["-o", str(out), "--min-age", "600", str(program)], subprocess_env, tmp_path, pinned()
     )
     measured = json.loads(stdout.strip().splitlines()[-1])["thread_cpu_s"]
     model = build(pyflight.load(out))
@@ -92,8 +77,8 @@ def test_hashing_under_one_lock_cpu_matches_kernel_and_hot_line(
         assert os.environ.get("PYFLIGHT_PURE_PYTHON") == "1"
         return
     # the hot line is the hashing, not the `with lock:` where the sampler finds waiters
-    hash_line = _line_of(program, "# HASH LINE")
-    lock_line = _line_of(program, "# LOCK LINE")
+    hash_line = marked_line(program, "# HASH LINE")
+    lock_line = marked_line(program, "# LOCK LINE")
     by_line: dict[int, int] = {}
     for stack, ns in cpu_profile(model).stacks.items():
         if stack and stack[0].file == str(program):

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import pyflight
+from programs import marked_line, pinned
 from pyflight.analysis import build
 from pyflight.analysis.profiles import cpu_profile
 from pyflight.core import BACKEND_NAME, _pycore
@@ -53,8 +54,8 @@ def frames_of(frame: FrameType | None) -> Stack:
     return tuple(out)
 
 
-def line_of(marker: str, path: Path = Path(__file__)) -> int:
-    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if marker in text)
+def line_of(marker: str) -> int:
+    return marked_line(Path(__file__), marker)
 
 
 @pytest.fixture
@@ -425,14 +426,6 @@ def test_sampler_reads_a_running_thread_where_it_runs(
 # the planted program: four threads hashing under one lock, on one CPU
 
 
-def _pinned() -> list[str]:
-    taskset = shutil.which("taskset")
-    if taskset is None or not hasattr(os, "sched_getaffinity"):
-        pytest.skip("taskset is needed to pin the program to one CPU")
-    cpus = sorted(os.sched_getaffinity(0))
-    return [taskset, "-c", str(1 if 1 in cpus else cpus[0])]
-
-
 @native
 @pytest.mark.skipif(os.environ.get("PYFLIGHT_PURE_PYTHON", "") not in ("", "0"), reason="the C core")
 def test_hashing_under_one_lock_hot_line_every_time(subprocess_env: dict[str, str], tmp_path: Path) -> None:
@@ -440,13 +433,13 @@ def test_hashing_under_one_lock_hot_line_every_time(subprocess_env: dict[str, st
     line is the hash line on every run, not only after the analysis re-states samples
     taken at ``with lock:`` (where a GIL-taking sampler finds nearly all of them)."""
     program = PROGRAMS / "gil_hashing_lock.py"
-    hash_line = line_of("# HASH LINE", program)
-    lock_line = line_of("# LOCK LINE", program)
+    hash_line = marked_line(program, "# HASH LINE")
+    lock_line = marked_line(program, "# LOCK LINE")
     for run in range(3):
         out = tmp_path / f"hash{run}.pyfl"
         proc = subprocess.run(
             [
-                *_pinned(),
+                *pinned(),
                 sys.executable,
                 "-m",
                 "pyflight",
