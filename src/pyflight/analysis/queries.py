@@ -150,24 +150,6 @@ def gil_busy_share(model: Model, spans: Iterable[tuple[int, int]]) -> tuple[floa
 SAMPLER_INTERVAL_COUNTER = "sampler_interval_us"
 
 
-def interval_between(model: Model, start: int, end: int) -> int:
-    """The sampler's interval (ns) for a gap between its ticks at ``start`` and ``end``:
-    the longest it reported in effect then (the value at ``start``, or one reported by
-    the tick at ``end``: a new interval is said by the first tick made with it). Over a
-    run it changes (its own cost, the CPU budget slowing it 4x, 16x, to 1 s), so the
-    whole trace's typical interval can be far from this gap's. Else ``interval_ns``."""
-    said = getattr(model, "counters", {}).get(SAMPLER_INTERVAL_COUNTER)
-    if not said:
-        return interval_ns(model)
-    times = [t for t, _ in said]
-    found = [
-        said[i][1]
-        for i in (bisect.bisect_right(times, start) - 1, bisect.bisect_right(times, end + 5 * MS) - 1)
-        if i >= 0
-    ]
-    return max(found) * 1000 if found else interval_ns(model)
-
-
 class Spans:
     """Sorted, merged time spans with a fast membership test."""
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pyflight.analysis.frames import by_function, user_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import (
-    interval_between,
+    Queries,
     interval_ns,
     lifetime,
     sampler_ticks,
@@ -113,7 +113,17 @@ def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -
     # threads waiting for the GIL are runnable too: the holder is the one on the CPU (a
     # long call runs; a thread the OS left off the CPU holds nobody up by its own doing)
     shares = {tid: _cpu_share_after(model, tid, end, interval) for tid in found}
-    found = [tid for tid in found if shares[tid] is None or shares[tid] >= HOLDER_CPU_SHARE]  # type: ignore[operator]
+    # with stacks read natively, an unmeasured share is not enough: a thread in a wait no
+    # source sees (waitpid) is RUNNING in the model, and a sampler the CPU budget slowed
+    # leaves gaps with nobody holding the GIL; the reader saw a real holder hold it
+    native = bool(Queries.of(model).native_times())
+    found = [
+        tid
+        for tid in found
+        if (shares[tid] is None and not native)
+        or (shares[tid] is not None and shares[tid] >= HOLDER_CPU_SHARE)  # type: ignore[operator]
+        or any(s.native for s in samples_in(model, tid, start, end))
+    ]
     return found[0] if len(found) == 1 else None
 
 
@@ -183,10 +193,11 @@ def rule_gil_hog(model: Model) -> list[Finding]:
     where: dict[int, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     starved: dict[int, Counter[int]] = defaultdict(Counter)
     held: dict[int, list[Moment]] = defaultdict(list)
+    # The sampler stretches its own interval while a hog holds the GIL (its ticks cost
+    # more), so a multiple of the stretched interval would hide the very gaps it caused.
+    limit = max(MIN_GAP, int(GAP_INTERVALS * interval))
     for a, b in itertools.pairwise(ticks):
-        # a gap is judged against the interval the sampler had then (the budget can slow
-        # it to 1 s a tick); stretched by a hog's own ticks (~5x) it still shows the hog
-        if b - a < max(MIN_GAP, int(GAP_INTERVALS * interval_between(model, a, b))):
+        if b - a < limit:
             continue
         tid = _holder(model, a, b, pyflight_threads, interval)
         if tid is None or _others_ran(model, tid, a, b, interval):

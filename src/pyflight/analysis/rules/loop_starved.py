@@ -5,7 +5,8 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
@@ -15,7 +16,14 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import LoopTimeline, Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import Spans, interval_ns, sampler_ticks, seconds_since_start, thread_name
+from pyflight.analysis.queries import (
+    Spans,
+    gil_busy_share,
+    interval_ns,
+    sampler_ticks,
+    seconds_since_start,
+    thread_name,
+)
 from pyflight.analysis.rules._loop import long_steps, loop_life
 from pyflight.analysis.rules._waits import task_label_of
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
@@ -75,6 +83,8 @@ def rule_loop_starved(model: Model) -> list[Finding]:
         other_frame, other_n = by_function({f: float(n) for f, n in others.items()})
         own_frame, own_n = by_function({f: float(n) for f, n in loop_own.items()})
         if other_frame is not None and other_n >= max(3.0, own_n * 0.5):
+            if _gil_mostly_free(model, loop, ready, outside):
+                continue  # the loop waited for a CPU (a loaded machine), not for another thread
             culprit, cause = other_frame, "another thread holding the GIL"
             hint = (
                 f"A CPU-bound thread ({other_frame.function}) competes with the loop for the GIL: "
@@ -154,6 +164,25 @@ def rule_loop_starved(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+def _gil_mostly_free(
+    model: Model, loop: LoopTimeline, ready: list[tuple[Any, int, int]], outside: Callable[[int, int], bool]
+) -> bool:
+    """True if the native stack reader, at the sampler's ticks inside the loop's late
+    wake-ups, mostly found nobody holding the GIL: the loop thread was not waiting for
+    another thread but for a CPU (the machine busy with other processes). False when it
+    cannot tell (no native stacks, too few ticks)."""
+    windows = [(t - lag, t) for t, lag in loop.lag if lag >= 5 * MS and outside(t - lag, t)]
+    windows += [(start, start + d) for _, start, d in ready if d >= 5 * MS]
+    found = gil_busy_share(model, windows)
+    return found is not None and found[1] >= GIL_FREE_TICKS and found[0] < GIL_FREE_SHARE
+
+
+#: ``_gil_mostly_free``: at least this many ticks inside the late wake-ups, and the GIL
+#: held at fewer than this share of them.
+GIL_FREE_TICKS = 3
+GIL_FREE_SHARE = 0.5
 
 
 #: A step this long that spent most of it blocked (I/O, sleep, a lock) made the loop late
