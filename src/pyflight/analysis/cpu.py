@@ -104,8 +104,11 @@ def cpu_samples(model: Model) -> list[tuple[Sample, int]]:
     never_running = [
         s for charged, ns, off in threads if not _charge_where_running(off, charged, ns) for s in off if s.cpu
     ]
-    out = [(s, n) for charged, ns, _ in threads for s, n in zip(charged, ns, strict=True) if n > 0]
-    out.extend(_charge_like_siblings(never_running, out, _families(model)))
+    found = [(s, n) for charged, ns, _ in threads for s, n in zip(charged, ns, strict=True)]
+    out = [(s, n) for s, n in found if n > 0]
+    # siblings' running samples without CPU of their own count as where CPU goes (the
+    # native read of a holder that ended before the sampler's tick: its CPU is elsewhere)
+    out.extend(_charge_like_siblings(never_running, found, _families(model)))
     return out
 
 

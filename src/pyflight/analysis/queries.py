@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.units import MS, SECOND
+from pyflight.core.events import ThreadState
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, Sample, ThreadTimeline
@@ -60,8 +61,12 @@ class Queries:
         if ticks is None:
             interval = interval_ns(self.model)
             ticks = []
-            # a natively read sample is dated before the sampler got the GIL: not a tick
-            for t in sorted({s.time for s in self.model.samples if not s.native}):
+            # a natively read sample is dated before the sampler got the GIL, an ending
+            # thread's last one (ZOMBIE) when it ended: neither is a tick
+            zombie = ThreadState.ZOMBIE
+            for t in sorted(
+                {s.time for s in self.model.samples if not s.native and s.os_state is not zombie}
+            ):
                 if not ticks or t - ticks[-1] >= interval // 4:
                     ticks.append(t)
             self.memo["sampler_ticks"] = ticks

@@ -482,6 +482,11 @@ class StackSampler(Source):
         held_ident = held[0] if held is not None else -1
         frames = backend.current_frames()
         alive = set(frames)
+        if held is not None and held_ident not in frames and held[1]:
+            # the holder ended before we got the GIL (a thread per request lives a few
+            # ms): still where the GIL's time went. Its CPU is in its exit's SAMPLE, so
+            # none here (cpu 0 over 1 ns: a measured sample that found it running)
+            backend.record_at(held[3], _SAMPLE, held[1], 0, held[2], _HOLDING_GIL, 0, 1)
         try:
             while frames:
                 if held_ident in frames:  # first: it is dated before the others

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -12,11 +13,21 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import lifetime, seconds_since_start
-from pyflight.analysis.rules._waits import blocked_waits, in_function
+from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start
+from pyflight.analysis.rules._waits import (
+    GIL_BOUND_HINT,
+    GIL_BOUND_SCORE,
+    GIL_BOUND_SHARE,
+    GIL_BOUND_TICKS,
+    blocked_waits,
+    in_function,
+)
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
+
+#: Socket calls this short (median) on a GIL-busy process are mostly the GIL wait after them.
+SHORT_CALL = 20 * MS
 
 
 def rule_io_wait(model: Model) -> list[Finding]:
@@ -39,6 +50,15 @@ def rule_io_wait(model: Model) -> list[Finding]:
     where, where_ns = by_function(weights)
     worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
     score = clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)]))
+    # short socket calls on a process whose GIL stayed busy: a thread back from send or
+    # recv waits for the GIL before its call returns (the stand-in cannot tell that from
+    # the network), so much of this is CPU contention
+    busy = gil_busy_share(model, [(iv.start, iv.end) for _, iv in waits])
+    median = statistics.median(iv.end - iv.start for _, iv in waits)
+    gil_bound = busy is not None and busy[1] >= GIL_BOUND_TICKS and busy[0] >= GIL_BOUND_SHARE
+    gil_bound = gil_bound and median < SHORT_CALL
+    if gil_bound:
+        score = min(score, GIL_BOUND_SCORE)
     # blocking I/O on an event loop's thread blocks every task of that loop
     loop_threads = {loop.tid for loop in model.loops.values()}
     on_loop = sum(iv.end - iv.start for t, iv in waits if t.tid in loop_threads)
@@ -57,6 +77,12 @@ def rule_io_wait(model: Model) -> list[Finding]:
                 f"Threads waited {fmt_ns(total)} on blocking I/O ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
                 + loop_note
+                + (
+                    f", while other threads held the GIL ({pct(busy[0])} of that time): much of it "
+                    "waiting for the GIL back after short calls, not for the network"
+                    if gil_bound and busy is not None
+                    else ""
+                )
             ),
             culprit=Culprit.of(where),
             evidence={
@@ -69,6 +95,8 @@ def rule_io_wait(model: Model) -> list[Finding]:
                 "worst_thread": worst_t.name,
                 "threads": sorted(t.name for t in threads.values()),
                 "on_event_loop_ns": on_loop or None,
+                "median_wait_ns": int(median),
+                "gil_busy_share": round(busy[0], 3) if busy is not None else None,
             },
             moments=moments_of(
                 [
@@ -83,7 +111,8 @@ def rule_io_wait(model: Model) -> list[Finding]:
                 ]
             ),
             hint=(
-                "Time goes to waiting for the network or disk. Issue requests concurrently "
+                (GIL_BOUND_HINT if gil_bound else "")
+                + "Time goes to waiting for the network or disk. Issue requests concurrently "
                 "(a pool, asyncio), reuse connections, add timeouts, cache answers, or batch calls."
                 + (
                     " On the event loop's thread, use an async client or `asyncio.to_thread(...)`."

@@ -1,0 +1,101 @@
+"""io-wait on a CPU-bound threaded server: short socket calls whose threads, back from
+the kernel, wait for the GIL the others keep busy (the stand-in cannot tell the two
+apart) are told as that, not as a slow network. Synthetic traces: the GIL's business is
+what the native reader saw at the sampler's ticks."""
+
+from __future__ import annotations
+
+from pyflight.analysis.model import build
+from pyflight.analysis.queries import sampler_ticks
+from pyflight.analysis.rules import WARNING, find
+from pyflight.core.events import BlockReason, Kind, ThreadState
+from pyflight.format.reader import loads
+from tracegen import Gen, trace
+
+MS = 1_000_000
+WRITE = (("_SocketWriter.write", "/py/socketserver.py", 834), ("handle", "/srv/app.py", 20))
+RENDER = (("render", "/srv/app.py", 12), ("handle", "/srv/app.py", 21))
+
+
+def _server(gil_held: bool, wait_ms: int, period_ms: int = 10) -> bytes:
+    """Four request threads for 2 s, each call to write blocking ``wait_ms`` in every
+    ``period_ms``; a sampler tick every 10 ms (taken by thread 9), at which the native
+    reader found a holder running render if ``gil_held`` (and once, outside the waits,
+    either way: the reader is on)."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    g.event(9, Kind.SAMPLE, 0, tid=1, task=0, stack=RENDER, state=ThreadState.HOLDING_GIL, cpu=0, span=1)
+    for tid in range(1, 5):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"worker-{tid}", ident=tid, parent=0)
+        for k in range(2000 // period_ms):
+            start = k * period_ms * MS + MS + tid * MS // 4
+            g.event(tid, Kind.BLOCK_BEGIN, start, reason=BlockReason.IO, obj=tid, stack=WRITE)
+            g.event(tid, Kind.BLOCK_END, start + wait_ms * MS, reason=BlockReason.IO, obj=tid, waker=0)
+    for k in range(1, 200):
+        t = k * 10 * MS + 5 * MS
+        if gil_held:
+            g.event(
+                9,
+                Kind.SAMPLE,
+                t - 1000,
+                tid=1 + k % 4,
+                task=0,
+                stack=RENDER,
+                state=ThreadState.HOLDING_GIL,
+                cpu=2 * MS,
+                span=10 * MS,
+            )
+        for tid in range(1, 5):
+            g.event(
+                9,
+                Kind.SAMPLE,
+                t + tid,
+                tid=tid,
+                task=0,
+                stack=WRITE,
+                state=ThreadState.SLEEPING,
+                cpu=2 * MS,
+                span=10 * MS,
+            )
+        # an ending thread's last sample is not a tick of the sampler
+        g.event(
+            9,
+            Kind.SAMPLE,
+            t + 3 * MS,
+            tid=1,
+            task=0,
+            stack=WRITE,
+            state=ThreadState.ZOMBIE,
+            cpu=MS,
+            span=10 * MS,
+        )
+    return trace([g])
+
+
+def _io_wait(data: bytes) -> object:
+    [found] = [f for f in find(build(loads(data)), strict=True) if f.rule == "io-wait"]
+    return found
+
+
+def test_short_calls_on_a_busy_gil_are_told_as_gil_waits() -> None:
+    finding = _io_wait(_server(gil_held=True, wait_ms=6))
+    assert "while other threads held the GIL" in finding.title  # type: ignore[attr-defined]
+    assert "not for the network" in finding.title  # type: ignore[attr-defined]
+    assert finding.evidence["gil_busy_share"] >= 0.9  # type: ignore[attr-defined]
+    assert finding.score < WARNING and "ProcessPoolExecutor" in finding.hint  # type: ignore[attr-defined]
+
+
+def test_the_same_waits_with_the_gil_free_are_the_network() -> None:
+    finding = _io_wait(_server(gil_held=False, wait_ms=6))
+    assert "GIL" not in finding.title  # type: ignore[attr-defined]
+    assert finding.evidence["gil_busy_share"] == 0.0  # type: ignore[attr-defined]
+
+
+def test_long_waits_stay_the_network_whatever_the_gil_does() -> None:
+    finding = _io_wait(_server(gil_held=True, wait_ms=40, period_ms=50))
+    assert "GIL" not in finding.title  # type: ignore[attr-defined]
+    assert finding.evidence["gil_busy_share"] >= 0.9  # type: ignore[attr-defined]
+
+
+def test_an_ending_threads_last_sample_is_not_a_tick() -> None:
+    model = build(loads(_server(gil_held=False, wait_ms=6)))
+    assert len(sampler_ticks(model)) == 199
