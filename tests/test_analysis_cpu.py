@@ -170,3 +170,38 @@ def test_the_event_loops_own_work_is_not_blamed_on_the_line_that_started_it() ->
     [finding] = rule_cpu_hotspot(model)  # type: ignore[arg-type]
     assert finding.culprit is not None and finding.culprit.function == "_cpu"
     assert finding.evidence["cpu_ns"] == 20 * 3 * MS and finding.evidence["total_cpu_ns"] == 20 * 9 * MS
+
+
+def test_a_hotspot_on_a_loaded_machine_is_scored_by_the_cpu_it_wanted() -> None:
+    """One thread computing all along, given 20% of a CPU by a busy machine (READY the
+    rest: runnable, off the CPU): still a hotspot scored by what it wanted, not by what
+    the machine had to spare."""
+    from pyflight.analysis.rules.cpu_hotspot import rule_cpu_hotspot
+
+    hot = (Frame("compute_primes", "/srv/app.py", 7), Frame("main", "/srv/app.py", 20))
+    samples = [
+        Sample(
+            time=t * 10 * MS,
+            tid=1,
+            task=0,
+            stack=hot,
+            os_state=ThreadState.RUNNING,
+            state=State.RUNNING,
+            reason=None,
+            cpu=2 * MS,
+            span=10 * MS,
+        )
+        for t in range(1, 101)
+    ]
+    model = _model(samples, {1: "MainThread"})
+    model.start, model.end = 0, 1000 * MS
+    ready = [
+        SimpleNamespace(
+            start=t * 10 * MS + 2 * MS, end=(t + 1) * 10 * MS, state=State.READY, reason=None, stack=()
+        )
+        for t in range(100)
+    ]
+    model.threads[1].intervals = ready
+    [finding] = rule_cpu_hotspot(model)  # type: ignore[arg-type]
+    assert finding.evidence["cores_busy"] == 0.2 and finding.evidence["cores_wanted"] == 1.0
+    assert finding.score == 70  # as on an idle machine

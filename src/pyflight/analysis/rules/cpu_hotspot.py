@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,11 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
     if frame is None:
         return []
     span = max(1, model.end - model.start)
-    wall_share = weight / span  # in CPUs: 1.0 = one core busy all the time
+    # in CPUs: 1.0 = one core busy all the time; the time its threads stood runnable
+    # but off a CPU counts too (a busy machine gave the program less than it asked for:
+    # the function's demand, not the machine's generosity, is the program's)
+    wall_share = weight / span
+    wanted_share = (weight + _ready_ns(model, charged, frame)) / span
     cpu_share = weight / total
     if weight < 50 * MS:
         return []
@@ -57,7 +62,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
     via = f" (mostly inside {within.function})" if within is not None and within_ns >= weight / 2 else ""
     score = clamp_score(
         min(
-            ramp(wall_share, [(0.05, 10), (0.2, 35), (0.5, 55), (0.9, 70)]),
+            ramp(wanted_share, [(0.05, 10), (0.2, 35), (0.5, 55), (0.9, 70)]),
             ramp(cpu_share, [(0.1, 10), (0.3, 40), (0.6, 70)]),
         )
     )
@@ -75,6 +80,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
                 "cpu_ns": int(weight),
                 "cpu_share": round(cpu_share, 4),
                 "cores_busy": round(wall_share, 3),
+                "cores_wanted": round(wanted_share, 3),
                 "total_cpu_ns": total,
                 "hot_lines": [{"line": ln, "cpu_ns": int(w)} for ln, w in lines[:5]],
                 "inside": str(Culprit.of(within)) if via else None,
@@ -89,6 +95,29 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             ),
         )
     ]
+
+
+def _ready_ns(model: Model, charged: list[tuple[Sample, int, Frame]], hot: Frame) -> int:
+    """READY time (runnable, waiting for a CPU or the GIL) of the threads while they were
+    sampled in the hot function: inside each charged sample's span."""
+    from pyflight.analysis.model import State
+
+    ready: dict[int, list[tuple[int, int]]] = {}
+    total = 0
+    for s, _, frame in charged:
+        if (frame.function, frame.file) != (hot.function, hot.file) or not s.span:
+            continue
+        spans = ready.get(s.tid)
+        if spans is None:
+            thread = model.threads.get(s.tid)
+            intervals = thread.intervals if thread is not None else []
+            spans = ready[s.tid] = [(iv.start, iv.end) for iv in intervals if iv.state is State.READY]
+        lo, hi = s.time - s.span, s.time
+        i = max(0, bisect.bisect_left(spans, (lo,)) - 1)
+        while i < len(spans) and spans[i][0] < hi:
+            total += max(0, min(spans[i][1], hi) - max(spans[i][0], lo))
+            i += 1
+    return total
 
 
 def _named(frame: Frame) -> str:
