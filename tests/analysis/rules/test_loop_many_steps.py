@@ -44,8 +44,9 @@ def test_many_medium_steps_are_a_blocked_loop(program: str, tmp_path: Path) -> N
         assert len(finding.moments) == min(20, finding.evidence["steps"])
         assert {m.thread for m in finding.moments} == {finding.evidence["thread"]}
         assert all(m.duration_ns >= 20_000_000 for m in finding.moments)
-    # the late wake-ups are those blocking steps' doing, not another thread's GIL
-    assert not [f for f in findings if f.rule == "loop-starved" and f.score >= 25], shown
+    # the late wake-ups are those blocking steps' doing, not another thread's GIL (a loaded
+    # machine makes the loop late between them too: a minor note at most, never the story)
+    assert not [f for f in findings if f.rule == "loop-starved" and f.score >= 50], shown
 
 
 @pytest.mark.parametrize("program", HEALTHY)
