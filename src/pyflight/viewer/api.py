@@ -351,7 +351,24 @@ class TimelineApi:
 
     def _task_lane_row(self, tasks: list[TaskTimeline]) -> tuple[LodRow, list[Any], list[Any] | None]:
         """Tasks of one coroutine that never overlap in time, in one row (``owners``: each
-        slice's task)."""
+        slice's task): the tasks' columns one after the other (a lane of 6,000 short tasks
+        is ~40,000 intervals: no tuple each) when that is in order, as it is unless tasks
+        overlap where the lanes ran out."""
+        starts: list[int] = []
+        ends: list[int] = []
+        codes: list[int] = []
+        refs: list[Any] = []
+        owners: list[Any] = []
+        for tk in tasks:
+            columns = self._interval_columns(tk.intervals, tk.columns)
+            starts += columns[0]
+            ends += columns[1]
+            codes += columns[2]
+            refs += tk.intervals
+            owners += [tk] * len(tk.intervals)
+        durations = _ordered_durations(starts, ends) if starts else None
+        if durations is not None:  # what _no_overlap keeps as it is
+            return LodRow(starts, ends, codes, durations), refs, owners
         slices = [(iv.start, iv.end, self._interval_code(iv), iv, tk) for tk in tasks for iv in tk.intervals]
         return self._slices_row(_no_overlap(slices), ordered=True)
 
