@@ -749,3 +749,38 @@ def test_the_rules_wait_for_the_first_slices_a_page_asked_for(
     alone = Content(evil.read_bytes(), evil.name)  # nobody asks: the rules start anyway
     command._analyse("t.pyfl", trace, alone, Server())
     assert started.is_set() and alone.ready
+
+
+def test_stopping_leaves_the_heap_to_the_os(evil: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once it stops serving, the command freezes the heap: the interpreter's last garbage
+    collections would walk the trace and the model on the way out (20-40 s after Ctrl-C
+    with millions of events)."""
+    import argparse
+    import gc
+
+    import pyflight
+    from pyflight.viewer import command, server
+    from pyflight.viewer.server import Content
+
+    class Stopped:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def url(self, host: str | None = None) -> str:
+            return "http://127.0.0.1:1/"
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt  # Ctrl-C at once
+
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.setattr(server, "ViewerServer", Stopped)
+    monkeypatch.setattr(command, "_analyse", lambda *args: None)
+    args = argparse.Namespace(file=str(evil), host="127.0.0.1", port=0, browser=False)
+    gc.unfreeze()
+    try:
+        assert command._serve(args, pyflight.load(str(evil)), Content(b"", "t.pyfl")) == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
