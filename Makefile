@@ -4,7 +4,7 @@ VENV := .venv
 
 .PHONY: demo test bench cpython-tests clean
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/core/c/*.c src/pyflight/core/c/*.h)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/pyflight/core/c/*.c src/pyflight/core/c/*.h src/pyflight/*/c/*.c)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e .
@@ -30,4 +30,4 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_reader.py
 
 clean:
-	rm -rf $(VENV) .venvs build src/pyflight/*.so src/*.egg-info pyflight-demo.pyfl
+	rm -rf $(VENV) .venvs build src/pyflight/*.so src/pyflight/*/*.so src/*.egg-info pyflight-demo.pyfl

@@ -45,7 +45,11 @@ setup(
             ],
             depends=["src/pyflight/core/c/_core.h"],
             extra_compile_args=flags,
-        )
+        ),
+        # the analysis model builder's task step handlers (builder.py is the reference)
+        Extension("pyflight.analysis._steps", ["src/pyflight/analysis/c/_steps.c"], extra_compile_args=flags),
+        # the viewer's passes over every slice of a row (lod.py and api.py are the reference)
+        Extension("pyflight.viewer._lod", ["src/pyflight/viewer/c/_lod.c"], extra_compile_args=flags),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

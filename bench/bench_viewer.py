@@ -12,7 +12,8 @@ asked for whatever the machine's speed) and then, ROUNDS times:
   rows (the model built: rows are laid out on first use, the rules run after, while the
   timeline is served); the in-process split (load / model / rows / first slices of
   every row / rules) is printed once, with the server's peak RSS; and, with no browser
-  on the machine, until the page's first slices are answered (the usable timeline);
+  on the machine, until the page's first slices are answered (the usable timeline),
+  with the CPU time the server used until then (that wait on an idle CPU);
 - first draw: headless Chromium opens the page as soon as the server answers;
   ``performance.now()`` (0 = navigation start) when it has drawn the whole trace with its
   first slices (this waits for the model and rows, not the rules), and that moment in
@@ -224,10 +225,19 @@ def _wait_ready(url: str, started: float) -> float:
         time.sleep(0.05)
 
 
-def _first_slices(path: str) -> tuple[float, float]:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _first_slices(path: str) -> tuple[float, float, float]:
     """No browser: seconds from the command's start until the rows are served, and until
     the page's first request (the whole trace, 1,390 px, every row: an upper bound of
-    the rows on screen) is answered: the usable timeline, the machine's own share."""
+    the rows on screen) is answered: the usable timeline, the machine's own share; and
+    the CPU seconds the server used until then (what that wait is on an idle CPU: on a
+    shared machine the wall time is that and the other jobs' share)."""
     started = time.perf_counter()
     proc, url, _ = _serve(path)
     try:
@@ -238,7 +248,7 @@ def _first_slices(path: str) -> tuple[float, float]:
         query = f"api/slices?t0=0&t1={meta['duration']}&w=1390&rows={ids}"
         with urllib.request.urlopen(url + query, timeout=600) as response:
             response.read()
-        return ready, time.perf_counter() - started
+        return ready, time.perf_counter() - started, _cpu_s(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -380,10 +390,12 @@ def main() -> int:
     browser_ok = sync_playwright is not None and os.access(CHROMIUM, os.X_OK)
     alone_ready: list[float] = []
     alone_sliced: list[float] = []
+    alone_cpu: list[float] = []
     for _ in range(ROUNDS):
-        ready, sliced = _first_slices(path)
+        ready, sliced, cpu = _first_slices(path)
         alone_ready.append(ready)
         alone_sliced.append(sliced)
+        alone_cpu.append(cpu)
         started = time.perf_counter()
         proc, url, seconds = _serve(path)
         server_s.append(seconds)
@@ -405,6 +417,7 @@ def main() -> int:
             proc.wait(timeout=60)
     print(f"server alone: start to rows served (s)   {summary(alone_ready)}")
     print(f"server alone: start to first slices (s)  {summary(alone_sliced)}")
+    print(f"server alone: its CPU until then (s)     {summary(alone_cpu)}")
     print(f"server: start to first answer (s)        {summary(server_s)}")
     print(f"server: start to timeline ready (s)      {summary(ready_s)}")
     print(f"server: peak RSS (MiB)                   {summary(rss)}")

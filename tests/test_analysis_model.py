@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import importlib.util
 import itertools
 import random
 import threading
@@ -638,3 +639,76 @@ def test_pool_worker_between_jobs_is_idle_and_its_cpu_goes_where_it_ran() -> Non
     for s, ns in cpu_samples(m):
         charged[s.stack[0].function] = charged.get(s.stack[0].function, 0) + ns
     assert charged == {"handle": 20 * MS}  # all of it, none at the queue's line
+
+
+def _model_repr(m: Model) -> str:
+    tasks = [
+        (
+            t.id,
+            t.name,
+            t.created,
+            t.done,
+            t.end,
+            t.thread,
+            t.steps,
+            t.intervals,
+            t.scheduling_delays,
+            t.columns,
+        )
+        for t in m.all_tasks()
+    ]
+    loops = [(k, lp.busy, lp.idle, lp.stalls) for k, lp in sorted(m.loops.items())]
+    threads = [(k, th.intervals, th.is_loop_thread) for k, th in m.threads.items()]
+    columns = [t.columns for t in m.all_tasks()]
+    return repr((tasks, columns, loops, threads, m.blocks, m.wakes, m.samples))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyflight.analysis._steps") is None, reason="C steps not built")
+def test_step_handlers_in_c_build_the_same_model(
+    recorded: tuple[Model, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """analysis/c/_steps.c (TASK_STEP_BEGIN / TASK_STEP_END) builds the model the Python
+    handlers build, on a recorded trace and on random soups of task events (steps out of
+    order, lost begins, reused ids, waits split where the loop woke from idle)."""
+    from pyflight.analysis.builder import Builder
+    from pyflight.core import FORCE_PURE_ENV
+    from pyflight.format.reader import Event, Frame
+
+    def both(trace: Trace) -> tuple[str, str]:
+        monkeypatch.delenv(FORCE_PURE_ENV, raising=False)
+        assert "_steps" in type(Builder(trace).handlers[Kind.TASK_STEP_BEGIN].__self__).__module__
+        fast = _model_repr(build(trace))
+        monkeypatch.setenv(FORCE_PURE_ENV, "1")
+        assert Builder(trace).handlers[Kind.TASK_STEP_BEGIN].__func__ is Builder.task_step_begin  # type: ignore[attr-defined]
+        return fast, _model_repr(build(trace))
+
+    model, _info = recorded
+    fast, pure = both(model.trace)
+    assert "Step(" in fast and fast == pure
+    base = _load(Gen(seq=1, start_ns=1000, end_ns=1001))
+    rng = random.Random(5)
+    stack = (Frame("f", "a.py", 1),)
+    for _ in range(300):
+        events = []
+        t = 1000
+        for _ in range(rng.randrange(1, 60)):
+            t += rng.choice([0, 1, 5, 20])
+            tid, task = rng.choice([1, 1, 2]), rng.choice([3, 4, 5])
+            kind = rng.choice(
+                [Kind.TASK_STEP_BEGIN, Kind.TASK_STEP_END] * 4
+                + [Kind.TASK_WAIT, Kind.TASK_BLOCK, Kind.TASK_READY, Kind.TASK_DONE, Kind.TASK_CREATE]
+                + [Kind.LOOP_IDLE_BEGIN, Kind.LOOP_IDLE_END, Kind.WAKE]
+            )
+            args: tuple[Any, ...] = {
+                Kind.TASK_WAIT: (task, BlockReason.AWAIT, "Future", stack),
+                Kind.TASK_BLOCK: (task, BlockReason.CONDITION, 7, "Queue.get", 0, stack),
+                Kind.TASK_DONE: (task, TaskOutcome.OK, ""),
+                Kind.TASK_CREATE: (task, "t", "c", 0),
+                Kind.LOOP_IDLE_BEGIN: (42,),
+                Kind.LOOP_IDLE_END: (42, 1),
+                Kind.WAKE: (tid, task, BlockReason.AWAIT, 0),
+            }.get(kind, (task,))
+            events.append(Event((kind, t, tid, *args)))
+        soup = dataclasses.replace(base, events=events, end_ns=t + 10)
+        fast, pure = both(soup)
+        assert fast == pure

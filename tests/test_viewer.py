@@ -419,6 +419,74 @@ def test_overlapping_runs_are_spread_over_lanes_that_never_overlap() -> None:
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(lane))
 
 
+def _random_rows(seed: int) -> Iterator[tuple[list[int], list[int], list[int]]]:
+    """Random rows: touching, gapped, ordered or not, empty or negative slices, ties."""
+    import random
+
+    rng = random.Random(seed)
+    for trial in range(300):
+        n = rng.randint(0, 2_000)
+        starts, ends, codes = [], [], []
+        t = rng.choice([0, 10**15])
+        for _ in range(n):
+            t += rng.choice([0, 0, 0, 1, 5, 50, 500, -3 if trial % 7 == 0 else 2])
+            length = rng.choice([1, 2, 3, 10, 40, 100, 1000, 0 if trial % 5 == 0 else 7])
+            starts.append(t)
+            ends.append(t + length)
+            codes.append(rng.randint(0, 4) if trial % 3 else 2)
+            t += length
+        if trial % 2:  # where one slice ends, the next starts with the same int (the model's)
+            if all(end <= start for end, start in zip(ends[:-1], starts[1:], strict=True)):
+                starts[1:] = ends[:-1]
+        yield starts, ends, codes
+
+
+@pytest.mark.skipif(
+    os.environ.get("PYFLIGHT_PURE_PYTHON", "") not in ("", "0"), reason="the C passes are not used"
+)
+def test_the_c_passes_answer_as_the_python_ones() -> None:
+    """viewer/c/_lod.c: merge_raw, ordered_durations and codes give what lod.py and api.py
+    give, on random rows; a value the C passes cannot hold is the Python code's to handle."""
+    from pyflight.analysis.model import State
+    from pyflight.core.events import BlockReason
+    from pyflight.viewer import api, lod
+
+    fast = pytest.importorskip("pyflight.viewer._lod")
+    assert lod.FAST is fast
+    ordered = 0
+    for starts, ends, codes in _random_rows(3):
+        level = lod.Level(0, starts, ends, codes, [1] * len(starts), range(len(starts)), [None] * len(starts))
+        for grain in (1, 2, 5, 37, 1000, 10**6):
+            want, got = (
+                lod.merge_raw_py(level, grain),
+                lod.Slices(*fast.merge_raw(starts, ends, codes, grain)),
+            )
+            assert got == want, grain
+            # the order of a summary's states too: merge() breaks ties by it
+            assert [list((t or {}).items()) for t in got.totals] == [
+                list((t or {}).items()) for t in want.totals
+            ]
+        want_d = api._ordered_durations_py(starts, ends)
+        assert fast.ordered_durations(starts, ends) == want_d
+        ordered += want_d is not None
+    assert 50 < ordered < 250  # both answers were checked
+    big = [2**63, 2**63 + 5]
+    with pytest.raises(OverflowError):
+        fast.merge_raw(big, [b + 1 for b in big], [0, 0], 10)
+    level = lod.Level(0, big, [b + 1 for b in big], [0, 1], [1, 1], range(2), [None, None])
+    assert lod.merge_raw(level, 10) == lod.merge_raw_py(level, 10)  # fell back on Python
+    assert api._ordered_durations(big, [b + 1 for b in big]) == [1, 1]
+    table = {
+        (id(s), id(r)): k for k, (s, r) in enumerate((s, r) for s in State for r in (None, *BlockReason))
+    }
+    states = [State.RUNNING, State.BLOCKED, State.BLOCKED, State.READY] * 50
+    reasons = [None, BlockReason.LOCK, BlockReason.AWAIT, None] * 50
+    want = [table[id(s), id(r)] for s, r in zip(states, reasons, strict=True)]
+    assert fast.codes(states, reasons, table) == want
+    with pytest.raises(KeyError):
+        fast.codes([State.RUNNING, "odd"], [None, None], table)
+
+
 MANY_TASKS = """
 import asyncio
 
@@ -681,3 +749,38 @@ def test_the_rules_wait_for_the_first_slices_a_page_asked_for(
     alone = Content(evil.read_bytes(), evil.name)  # nobody asks: the rules start anyway
     command._analyse("t.pyfl", trace, alone, Server())
     assert started.is_set() and alone.ready
+
+
+def test_stopping_leaves_the_heap_to_the_os(evil: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once it stops serving, the command freezes the heap: the interpreter's last garbage
+    collections would walk the trace and the model on the way out (20-40 s after Ctrl-C
+    with millions of events)."""
+    import argparse
+    import gc
+
+    import pyflight
+    from pyflight.viewer import command, server
+    from pyflight.viewer.server import Content
+
+    class Stopped:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def url(self, host: str | None = None) -> str:
+            return "http://127.0.0.1:1/"
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt  # Ctrl-C at once
+
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.setattr(server, "ViewerServer", Stopped)
+    monkeypatch.setattr(command, "_analyse", lambda *args: None)
+    args = argparse.Namespace(file=str(evil), host="127.0.0.1", port=0, browser=False)
+    gc.unfreeze()
+    try:
+        assert command._serve(args, pyflight.load(str(evil)), Content(b"", "t.pyfl")) == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

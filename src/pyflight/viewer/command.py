@@ -145,4 +145,8 @@ def _serve(args: argparse.Namespace, trace: Trace, content: Content) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.server_close()
+        # The trace and the model are millions of objects: without this the interpreter's
+        # last collections walk all of them on the way out (~20 s after Ctrl-C or SIGTERM
+        # with 1.5 M events on a loaded CPU). Frozen objects are left to the OS.
+        gc.freeze()
     return 0

@@ -23,11 +23,16 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
+import os
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from pyflight.core import FORCE_PURE_ENV
 
 __all__ = ["Level", "LodRow", "Slices"]
 
@@ -40,6 +45,24 @@ SMALL_LEVEL = 2_000  # slices: rows with fewer have no merged levels
 #: slice by slice (``merge_raw``: ~0.6 us per slice)
 RUNS_FROM = 16
 CHECKPOINT = 256  # per-state running totals every this many raw slices
+#: what the C passes raise where the Python ones must decide (a value past 62 bits, ...)
+FAST_ERRORS = (OverflowError, TypeError, ValueError)
+
+
+def _fast_passes() -> ModuleType | None:
+    """``pyflight.viewer._lod`` (``viewer/c/_lod.c``: ``merge_raw``, ``ordered_durations``,
+    ``codes`` in C, the per-slice passes of a big trace's first view) unless
+    PYFLIGHT_PURE_PYTHON=1 or the extension is not built; the Python code is the reference."""
+    if os.environ.get(FORCE_PURE_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        from pyflight.viewer import _lod  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _lod  # type: ignore[no-any-return]
+
+
+FAST: Any = _fast_passes()
 
 
 @dataclass
@@ -153,7 +176,17 @@ def merge(level: Level, lo: int, hi: int, grain: int, origin: int = 0) -> Slices
 
 def merge_raw(level: Level, grain: int) -> Slices:
     """``merge`` of a whole raw level (every count 1, no totals), in one tight loop: the
-    first level of a big row is where nearly all the merging work is."""
+    first level of a big row is where nearly all the merging work is (in C if ``FAST``)."""
+    if FAST is not None:
+        try:
+            return Slices(*FAST.merge_raw(level.starts, level.ends, level.codes, grain))
+        except FAST_ERRORS:
+            pass
+    return merge_raw_py(level, grain)
+
+
+def merge_raw_py(level: Level, grain: int) -> Slices:
+    """``merge_raw`` in Python (the reference)."""
     out = Slices([], [], [], [], [], [])
     starts, ends, codes = level.starts, level.ends, level.codes
     o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
