@@ -72,6 +72,14 @@ class Queries:
             self.memo["sampler_ticks"] = ticks
         return ticks
 
+    def cpu_load(self) -> CpuLoad:
+        """The program's threads' CPU over time (``CpuLoad``), made once."""
+        load: CpuLoad | None = self.memo.get("cpu_load")
+        if load is None:
+            ours = {tid for tid, t in self.model.threads.items() if t.is_pyflight}
+            load = self.memo["cpu_load"] = CpuLoad(self.model.samples, ours)
+        return load
+
     def native_times(self) -> list[int]:
         """Times of the samples read without the GIL (its holder's), in order."""
         times: list[int] | None = self.memo.get("native_times")
@@ -133,22 +141,61 @@ def sampler_ticks(model: Model) -> list[int]:
 
 
 def gil_busy_share(model: Model, spans: Iterable[tuple[int, int]]) -> tuple[float, int] | None:
-    """(share, ticks): of the sampler's ticks inside ``spans``, the share at which its
-    native reader found a thread holding the GIL (running Python or C code that keeps
-    it). Near 1: CPU-bound threads took turns on the GIL through those spans. None
-    without stacks read natively (pure core, other platforms) or without a tick in them."""
+    """(share, ticks): how busy the GIL was through ``spans``: of the sampler's ticks in
+    them, the share at which its native reader found a thread holding the GIL, or the
+    CPUs the program's threads used there (capped at one: the GIL's share), whichever
+    says more (a loaded machine leaves a holder off the CPU still holding the GIL; on an
+    idle one, a tick can fall in a hand-off between two holders). Near 1: CPU-bound
+    threads took turns on the GIL. None without stacks read natively (pure core, other
+    platforms: the measure is then too weak to act on) or without a tick in them."""
     queries = Queries.of(model)
     natives = queries.native_times()
     if not natives:
         return None
     ticks = queries.sampler_ticks()
+    merged = Spans(spans).pairs()
     in_ticks = in_natives = 0
-    for a, b in Spans(spans).pairs():
+    for a, b in merged:
         in_ticks += bisect.bisect_right(ticks, b) - bisect.bisect_left(ticks, a)
         in_natives += bisect.bisect_right(natives, b) - bisect.bisect_left(natives, a)
     if not in_ticks:
         return None
-    return min(1.0, in_natives / in_ticks), in_ticks
+    load = queries.cpu_load()
+    width = sum(b - a for a, b in merged)
+    cores = sum(load.cpu_ns(a, b) for a, b in merged) / width if width else 0.0
+    return min(1.0, max(in_natives / in_ticks, cores)), in_ticks
+
+
+class CpuLoad:
+    """The CPUs the program's threads used over time, from the samples' measured CPU
+    (each delta spread evenly over the span it was measured in): a step function with
+    its running integral, so the CPU in any range costs two bisections."""
+
+    def __init__(self, samples: Iterable[Sample], skip: set[int]) -> None:
+        edges: dict[int, float] = defaultdict(float)
+        for s in samples:
+            if s.span > 0 and s.cpu > 0 and s.tid not in skip:
+                rate = min(1.0, s.cpu / s.span)
+                edges[s.time - s.span] += rate
+                edges[s.time] -= rate
+        self.times = sorted(edges)
+        self.levels: list[float] = []  # CPUs in use from times[i] to times[i + 1]
+        self.area: list[float] = []  # CPU-ns used before times[i]
+        level = area = 0.0
+        for i, t in enumerate(self.times):
+            if i:
+                area += level * (t - self.times[i - 1])
+            self.area.append(area)
+            level = max(0.0, level + edges[t])
+            self.levels.append(level)
+
+    def _before(self, t: int) -> float:
+        i = bisect.bisect_right(self.times, t) - 1
+        return 0.0 if i < 0 else self.area[i] + self.levels[i] * (t - self.times[i])
+
+    def cpu_ns(self, start: int, end: int) -> float:
+        """CPU-ns the program's threads used in [start, end)."""
+        return self._before(end) - self._before(start) if end > start else 0.0
 
 
 #: The counter in which the sampler reports its interval (us) whenever it changes.

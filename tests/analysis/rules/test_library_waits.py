@@ -11,6 +11,7 @@ import pytest
 from programs import findings_of, record_named, top_warning
 from pyflight import core
 from pyflight.analysis.rules import WARNING
+from pyflight.analysis.rules._waits import GIL_BOUND_SHARE
 from pyflight.format.reader import loads
 
 # program -> (kind, culprit function, words of the fix)
@@ -79,7 +80,7 @@ def test_cpu_bound_threads_queueing_on_a_lock_are_told_as_cpu_bound(tmp_path: Pa
     waits = [f for f in findings if f.rule in ("lock-contention", "library-wait")]
     assert all(f.score < WARNING for f in waits), shown
     for f in waits:
-        assert f.evidence["gil_busy_share"] >= 0.6 and "the GIL busy" in f.title, shown
+        assert f.evidence["gil_busy_share"] >= GIL_BOUND_SHARE and "the GIL busy" in f.title, shown
         assert "not a slow stream" in f.title or f.rule == "lock-contention", shown
         assert "ProcessPoolExecutor" in f.hint
     assert any(
