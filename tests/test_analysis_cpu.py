@@ -30,6 +30,21 @@ def _sample(t_ms: int, tid: int, frame: Frame, running: bool, cpu_ms: int) -> Sa
     )
 
 
+def _running(t_ms: int, stack: tuple[Frame, ...], cpu_ms: int) -> Sample:
+    """Thread 1 found running with ``stack``, having used ``cpu_ms`` of the last 10 ms."""
+    return Sample(
+        time=t_ms * MS,
+        tid=1,
+        task=0,
+        stack=stack,
+        os_state=ThreadState.RUNNING,
+        state=State.RUNNING,
+        reason=None,
+        cpu=cpu_ms * MS,
+        span=10 * MS,
+    )
+
+
 def _model(samples: list[Sample], names: dict[int, str] | None = None) -> SimpleNamespace:
     """Threads named ``worker-<tid>`` (one family) unless ``names`` says otherwise."""
     threads = {
@@ -116,17 +131,7 @@ def test_the_cpu_hotspot_is_the_programs_own_line_with_the_library_call_it_spent
     from pyflight.analysis.rules.cpu_hotspot import rule_cpu_hotspot
 
     samples = [
-        Sample(
-            time=t * 10 * MS,
-            tid=1,
-            task=0,
-            stack=(ORM, VIEW, Frame("run", "/usr/lib/python3.11/threading.py", 1)),
-            os_state=ThreadState.RUNNING,
-            state=State.RUNNING,
-            reason=None,
-            cpu=9 * MS,
-            span=10 * MS,
-        )
+        _running(t * 10, (ORM, VIEW, Frame("run", "/usr/lib/python3.11/threading.py", 1)), 9)
         for t in range(1, 21)
     ]
     model = _model(samples)
@@ -152,18 +157,7 @@ def test_the_event_loops_own_work_is_not_blamed_on_the_line_that_started_it() ->
     )
     endpoint = (Frame("_cpu", "/srv/app.py", 17), Frame("cpu_endpoint", "/srv/app.py", 40))
     samples = [
-        Sample(
-            time=t * 10 * MS,
-            tid=1,
-            task=0,
-            stack=entry if t % 2 else endpoint + entry,
-            os_state=ThreadState.RUNNING,
-            state=State.RUNNING,
-            reason=None,
-            cpu=(6 if t % 2 else 3) * MS,
-            span=10 * MS,
-        )
-        for t in range(1, 41)
+        _running(t * 10, entry, 6) if t % 2 else _running(t * 10, endpoint + entry, 3) for t in range(1, 41)
     ]
     model = _model(samples, {1: "MainThread"})
     model.start, model.end = 0, 410 * MS
@@ -179,20 +173,7 @@ def test_a_hotspot_on_a_loaded_machine_is_scored_by_the_cpu_it_wanted() -> None:
     from pyflight.analysis.rules.cpu_hotspot import rule_cpu_hotspot
 
     hot = (Frame("compute_primes", "/srv/app.py", 7), Frame("main", "/srv/app.py", 20))
-    samples = [
-        Sample(
-            time=t * 10 * MS,
-            tid=1,
-            task=0,
-            stack=hot,
-            os_state=ThreadState.RUNNING,
-            state=State.RUNNING,
-            reason=None,
-            cpu=2 * MS,
-            span=10 * MS,
-        )
-        for t in range(1, 101)
-    ]
+    samples = [_running(t * 10, hot, 2) for t in range(1, 101)]
     model = _model(samples, {1: "MainThread"})
     model.start, model.end = 0, 1000 * MS
     ready = [

@@ -25,9 +25,9 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   condition's lock at the end of a wait is part of the CONDITION block, not a LOCK
   block of its own.
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
-  ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what
-  the sleep took beyond it as a wait for the GIL), blocking socket operations (IO: ``socket.socket`` recv,
-  recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
+  ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
+  sleep took beyond it as a wait for the GIL), blocking socket operations (IO:
+  ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
   connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
   ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
   marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its

@@ -97,6 +97,12 @@ class Slices:
     raw: list[int]
     totals: list[dict[int, int] | None]
 
+    def columns(
+        self,
+    ) -> tuple[list[int], list[int], list[int], list[int], list[int], list[dict[int, int] | None]]:
+        """The six lists, for a merge loop to bind to locals."""
+        return self.starts, self.ends, self.codes, self.counts, self.raw, self.totals
+
 
 def merge(level: Level, lo: int, hi: int, grain: int, origin: int = 0) -> Slices:
     """Slices ``lo:hi`` of ``level`` with runs of slices shorter than ``grain`` (and gaps
@@ -110,14 +116,7 @@ def merge(level: Level, lo: int, hi: int, grain: int, origin: int = 0) -> Slices
         level.raw,
         level.totals,
     )
-    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
-        out.starts,
-        out.ends,
-        out.codes,
-        out.counts,
-        out.raw,
-        out.totals,
-    )
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = out.columns()
     acc_start = acc_end = acc_n = 0
     acc_tot: dict[int, int] | None = None
     acc_first = -1  # the level index of the only slice in the run (a run of one is no summary)
@@ -189,14 +188,7 @@ def merge_raw_py(level: Level, grain: int) -> Slices:
     """``merge_raw`` in Python (the reference)."""
     out = Slices([], [], [], [], [], [])
     starts, ends, codes = level.starts, level.ends, level.codes
-    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
-        out.starts,
-        out.ends,
-        out.codes,
-        out.counts,
-        out.raw,
-        out.totals,
-    )
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = out.columns()
     n = len(starts)
     k = 0
     while k < n:
@@ -268,14 +260,7 @@ def merge_runs(level: Level, index: _Index, grain: int) -> Slices:
     million slices merged at 10 ms is a few thousand steps."""
     out = Slices([], [], [], [], [], [])
     starts, ends, codes = level.starts, level.ends, level.codes
-    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = (
-        out.starts,
-        out.ends,
-        out.codes,
-        out.counts,
-        out.raw,
-        out.totals,
-    )
+    o_starts, o_ends, o_codes, o_counts, o_raw, o_totals = out.columns()
     durations = index.durations
     per_code = index.per_code
     n = len(starts)

@@ -178,17 +178,22 @@ def in_function(stack: Sequence[Frame], names: set[str], file_part: str) -> bool
     return any(f.function in names and file_part in f.file.replace("\\", "/") for f in stack[:6])
 
 
+def busy_gil(found: tuple[float, int] | None) -> float | None:
+    """The share of a ``gil_busy_share`` answer if it says the GIL was busy enough to call
+    the threads CPU-bound (GIL_BOUND_SHARE over at least GIL_BOUND_TICKS ticks), else None."""
+    if found is None or found[1] < GIL_BOUND_TICKS or found[0] < GIL_BOUND_SHARE:
+        return None
+    return found[0]
+
+
 def gil_bound(model: Model, waits: Sequence[tuple[ThreadTimeline, Interval]]) -> float | None:
     """The GIL's busy share through ``waits`` (threads' lock waits) if they were CPU-bound
     threads taking turns, else None (also without natively read stacks): the GIL was busy
     (GIL_BOUND_SHARE) and the lock's holders were not in a traced wait (a sleep, a socket,
     a condition) through most of the waits they caused: a holder asleep under the lock
     holds the others up whatever another thread does with the GIL meanwhile."""
-    found = gil_busy_share(model, [(iv.start, iv.end) for _, iv in waits])
-    if found is None:
-        return None
-    share, ticks = found
-    if ticks < GIL_BOUND_TICKS or share < GIL_BOUND_SHARE:
+    share = busy_gil(gil_busy_share(model, [(iv.start, iv.end) for _, iv in waits]))
+    if share is None:
         return None
     return share if _holders_blocked_share(model, waits) < HOLDERS_BLOCKED_SHARE else None
 

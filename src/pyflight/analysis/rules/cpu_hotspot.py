@@ -6,6 +6,7 @@ import bisect
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
 from pyflight.format.reader import Frame
 
@@ -100,8 +101,6 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
 def _ready_ns(model: Model, charged: list[tuple[Sample, int, Frame]], hot: Frame) -> int:
     """READY time (runnable, waiting for a CPU or the GIL) of the threads while they were
     sampled in the hot function: inside each charged sample's span."""
-    from pyflight.analysis.model import State
-
     ready: dict[int, list[tuple[int, int]]] = {}
     total = 0
     for s, _, frame in charged:

@@ -17,9 +17,8 @@ from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_st
 from pyflight.analysis.rules._waits import (
     GIL_BOUND_HINT,
     GIL_BOUND_SCORE,
-    GIL_BOUND_SHARE,
-    GIL_BOUND_TICKS,
     blocked_waits,
+    busy_gil,
     in_function,
 )
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
@@ -55,8 +54,7 @@ def rule_io_wait(model: Model) -> list[Finding]:
     # the network), so much of this is CPU contention
     busy = gil_busy_share(model, [(iv.start, iv.end) for _, iv in waits])
     median = statistics.median(iv.end - iv.start for _, iv in waits)
-    gil_bound = busy is not None and busy[1] >= GIL_BOUND_TICKS and busy[0] >= GIL_BOUND_SHARE
-    gil_bound = gil_bound and median < SHORT_CALL
+    gil_bound = median < SHORT_CALL and busy_gil(busy) is not None
     if gil_bound:
         score = min(score, GIL_BOUND_SCORE)
     # blocking I/O on an event loop's thread blocks every task of that loop

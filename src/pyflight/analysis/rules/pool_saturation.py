@@ -25,7 +25,7 @@ from pyflight.analysis.queries import (
     thread_name,
     user_threads,
 )
-from pyflight.analysis.rules._waits import GIL_BOUND_SHARE, GIL_BOUND_TICKS, blocked_waits, overlap_ns
+from pyflight.analysis.rules._waits import blocked_waits, busy_gil, overlap_ns
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, pct, quantile
@@ -161,10 +161,10 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
         name = pool.name or f"pool {pool.pool:#x}"
         label = function or "their jobs"
         top_state = next(iter(states), "")
-        gil = gil_busy_share(model, spans.pairs())
-        if gil is not None and gil[1] >= GIL_BOUND_TICKS and gil[0] >= GIL_BOUND_SHARE:
+        gil = busy_gil(gil_busy_share(model, spans.pairs()))
+        if gil is not None:
             doing = (
-                f" The workers were CPU-bound, taking turns on the GIL (busy {100 * gil[0]:.0f}% of "
+                f" The workers were CPU-bound, taking turns on the GIL (busy {100 * gil:.0f}% of "
                 "that time): more workers will not help; a process pool (or less CPU work per job) will."
             )
         elif top_state.startswith("blocked:lock"):
