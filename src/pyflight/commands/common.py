@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -78,9 +79,19 @@ def read_trace(path: str, data: bytes | None = None, *, quiet: bool = False) -> 
 
 
 def write_output(path: str, data: bytes) -> None:
-    """``data`` to ``path`` atomically; CommandError (exit 2) if it cannot be written."""
+    """``data`` to ``path`` atomically, or to stdout for ``-`` (``... -o - | jq``: not a
+    file named "-"); CommandError (exit 2) if it cannot be written."""
     from pyflight.format.writer import write_bytes_atomically
 
+    if path == "-":
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # the reader went away (``| head``): not an error of ours; keep the
+            # interpreter's own flush at exit from complaining
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     try:
         write_bytes_atomically(path, data)
     except OSError as exc:

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("file", metavar="FILE", help="trace file written by pyflight")
     parser.add_argument("--format", "-f", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write (- for stdout)")
     parser.add_argument(
         "--profile",
         choices=PROFILES,

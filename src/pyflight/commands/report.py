@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pyflight.commands.common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     CommandError,
     gc_paused,
     read_trace,
@@ -30,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (summary, findings, tables)"
     )
-    parser.add_argument("--html", metavar="OUT", help="also write a self-contained HTML report to OUT")
+    parser.add_argument(
+        "--html",
+        metavar="OUT",
+        help="also write a self-contained HTML report to OUT (-: the page alone, to stdout)",
+    )
     parser.add_argument("--all", action="store_true", help="also show findings scoring below 25")
     parser.add_argument(
         "--color",
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     path = args.file
+    if args.html == "-" and args.json:
+        raise CommandError("--html - and --json both write to stdout: choose one", EXIT_USAGE)
     _, report = load_report(path)
     if args.html:
         from pyflight.report.html import render as render_html
@@ -89,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"cannot render {path} as HTML: {type(exc).__name__}: {exc}", EXIT_FAILED
             ) from None
         write_output(args.html, page)
+        if args.html == "-":  # the page alone on stdout (``--html - > page.html``)
+            return 0
     if args.json:
         from pyflight.report.json_report import dumps
 
