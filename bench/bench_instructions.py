@@ -20,6 +20,10 @@ change that saves instructions but misses caches more is caught by bench_service
     python bench/bench_instructions.py --mode "no waits=--source-option asyncio.sync_waits=false"
     python bench/bench_instructions.py --src /tmp/before/src   # + another build side by side
     python bench/bench_instructions.py --cache-sim   # + simulated L1 misses and mispredicts
+    python bench/bench_instructions.py --servers "" --workloads asyncio_queue   # a micro workload
+
+A micro workload (bench_overhead.py's) is counted per item of work (``ITEMS``), its whole
+run in the main thread with the default recorder started before instrumentation begins.
 
 Instructions are not the whole cost: on asyncio_queue the recorder adds +4.6% instructions
 per item but +23% L1 instruction-cache misses, +25-45% data-cache misses and +18%
@@ -40,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,8 +101,22 @@ CYCLES = {
 }
 
 
-def estimated_cycles(counts: dict[str, int]) -> float:
+def estimated_cycles(counts: Mapping[str, float]) -> float:
     return float(sum(CYCLES.get(name, 0) * value for name, value in counts.items()))
+
+
+def _callgrind(out: Path, cache_sim: bool) -> list[str]:
+    """valgrind's callgrind, one profile per thread, instrumentation off until the program
+    switches it on, running this interpreter (its arguments follow)."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--separate-threads=yes",
+        *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []),
+        f"--callgrind-out-file={out}",
+        sys.executable,
+    ]
 
 
 def measure(
@@ -115,13 +134,7 @@ def measure(
     # a fixed hash seed: dict and set layouts (so instruction counts) the same in every run
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src]), PYTHONHASHSEED="0")
     command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        "--separate-threads=yes",
-        *(["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []),
-        f"--callgrind-out-file={out}",
-        sys.executable,
+        *_callgrind(out, cache_sim),
     ]
     if recorder_args is not None:
         command += ["-m", "pyflight", "run", "-o", str(tmp / "trace.pyfl"), *recorder_args]
@@ -148,11 +161,110 @@ def measure(
     return counts
 
 
+#: Units of work of each micro workload, to print counts per item. asyncio_steps: one task
+#: looping on ``await asyncio.sleep(0)`` with the asyncio source alone (what a scheduler
+#: step costs, without the sampler's and other sources' time-based work).
+ITEMS = {"asyncio_queue": 100_000, "asyncio_steps": 100_000}
+
+
+def _asyncio_steps(recorder_on: bool) -> None:
+    import asyncio
+
+    async def steps() -> None:
+        for _ in range(ITEMS["asyncio_steps"]):
+            await asyncio.sleep(0)
+
+    recorder = None
+    if recorder_on:
+        import pyflight
+
+        recorder = pyflight.FlightRecorder(sources=["asyncio"])
+        recorder.start()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    _toggle(True)
+    loop.run_until_complete(steps())
+    _toggle(False)
+    loop.close()
+    if recorder is not None:
+        recorder.stop()
+
+
+def _toggle(on: bool) -> None:
+    """Switch callgrind's instrumentation of this process on or off. The control command
+    is served while the program runs, so wait for it in a loop that keeps running."""
+    proc = subprocess.Popen(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while proc.poll() is None:
+        time.sleep(0.01)
+
+
+def _child(workload: str, with_recorder: bool) -> None:
+    """Run one micro workload, instrumented from its start to its end."""
+    if workload == "asyncio_steps":
+        _asyncio_steps(with_recorder)
+        return
+    import bench_overhead
+
+    recorder = None
+    if with_recorder:
+        import pyflight
+
+        recorder = pyflight.FlightRecorder()
+        recorder.start()
+    _toggle(True)
+    bench_overhead.WORKLOADS[workload]()
+    _toggle(False)
+    if recorder is not None:
+        recorder.stop()
+
+
+def measure_workload(workload: str, with_recorder: bool, src: str, cache_sim: bool) -> list[dict[str, int]]:
+    """Counts of each thread while `workload` runs (main thread first)."""
+    tmp = Path(tempfile.mkdtemp(prefix="pyflight-instr-"))
+    out = tmp / "callgrind.out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src]), PYTHONHASHSEED="0")
+    command = [
+        *_callgrind(out, cache_sim),
+        str(Path(__file__).resolve()),
+        "--child",
+        workload,
+        "1" if with_recorder else "0",
+    ]
+    subprocess.run(
+        command, env=env, cwd=HERE, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    counts = _totals(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not counts or not counts[0].get("Ir"):
+        raise RuntimeError("callgrind wrote no counts")
+    return counts
+
+
+def _line(name: str, counts: list[dict[str, int]], per: int, base: dict[str, float], cache_sim: bool) -> str:
+    main_thread = {key: value / per for key, value in counts[0].items()}
+    others = sum(c.get("Ir", 0) for c in counts[1:]) / per
+    base = base or main_thread
+    ir = main_thread["Ir"]
+    line = f"  {name:28} {ir:12,.0f} instr {ir / base['Ir'] - 1:+7.2%}"
+    if cache_sim:
+        l1 = sum(main_thread.get(k, 0) for k in ("I1mr", "D1mr", "D1mw"))
+        mispredicts = main_thread.get("Bcm", 0) + main_thread.get("Bim", 0)
+        cycles = estimated_cycles(main_thread) / estimated_cycles(base) - 1
+        line += (
+            f"   I1 misses {main_thread.get('I1mr', 0):7,.0f}  L1 misses {l1:7,.0f}"
+            f"  mispredicts {mispredicts:6,.0f}  est. cycles {cycles:+7.2%}"
+        )
+    return f"{line}   (other threads {others:,.0f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", default="fastapi", help="comma-separated: fastapi, aiohttp")
     parser.add_argument("--requests", type=int, default=300, help="measured requests (a multiple of 3)")
     parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--workloads", default="", help=f"micro workloads: {', '.join(ITEMS)}")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--ablation", action="store_true", help="also each source alone (--sources NAME)")
     parser.add_argument(
         "--mode", action="append", default=[], metavar="NAME=ARGS", help="another recorder mode"
@@ -164,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also simulate the caches and branch predictor: L1 misses, mispredicts, estimated cycles",
     )
     args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], args.child[1] == "1")
+        return 0
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("bench_instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -181,7 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {sys.version.split()[0]}, {args.requests} sequential requests ({', '.join(PATHS)} in turn)"
     )
-    for server in args.servers.split(","):
+    for workload in filter(None, args.workloads.split(",")):
+        print(f"\n{workload}: per item in the program's main thread (others: recorder threads' instructions)")
+        first: dict[str, float] = {}
+        for name, recorder_args, src in modes:
+            if recorder_args:  # modes with arguments are the servers' (pyflight run) only
+                continue
+            counts = measure_workload(workload, recorder_args is not None, src, args.cache_sim)
+            print(_line(name, counts, ITEMS[workload], first, args.cache_sim))
+            first = first or {key: value / ITEMS[workload] for key, value in counts[0].items()}
+    for server in filter(None, args.servers.split(",")):
         print(
             f"\n{server}: per request in the program's main thread (others: recorder threads' instructions)"
         )

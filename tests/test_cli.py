@@ -163,7 +163,8 @@ def test_every_trace_verb_names_a_corrupt_trace_and_exits_1(
     assert not (tmp_path / "out.pftrace").exists()
 
 
-def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+def _empty_trace(tmp_path: Path) -> Path:
+    """A trace of a recorder with no source: the header, metadata, little else."""
     out = tmp_path / "trace.pyfl"
     rec = pyflight.FlightRecorder(sources=[])
     rec.start()
@@ -171,6 +172,11 @@ def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str]
         rec.write_to(out)
     finally:
         rec.stop()
+    return out
+
+
+def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    out = _empty_trace(tmp_path)
     nowhere = str(tmp_path / "no-such-dir" / "x")
     for verb, args in (
         ("export", ["--format", "folded", "-o", nowhere]),
@@ -180,6 +186,31 @@ def test_an_output_that_cannot_be_written_exits_2(subprocess_env: dict[str, str]
         assert result.returncode == 2, (verb, result)
         assert result.stderr.startswith(f"pyflight {verb}: error: cannot write {nowhere}: "), result.stderr
         assert result.stderr.count("\n") == 1
+
+
+def test_dash_as_the_output_means_stdout(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """``-o -`` pipes (``| jq``, ``| flamegraph.pl``) and never leaves a file named "-"."""
+    import gzip
+    import json
+
+    out = _empty_trace(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-m", "pyflight", *args]
+        return subprocess.run(argv, capture_output=True, env=subprocess_env, cwd=tmp_path, timeout=120)
+
+    chrome = run("export", str(out), "-f", "chrome", "-o", "-")
+    assert chrome.returncode == 0, chrome.stderr
+    assert "traceEvents" in json.loads(chrome.stdout)
+    pprof = run("export", str(out), "-f", "pprof", "-o", "-")  # binary, byte for byte
+    assert pprof.returncode == 0 and gzip.decompress(pprof.stdout) is not None
+    page = run("report", str(out), "--html", "-")
+    assert page.returncode == 0, page.stderr
+    assert page.stdout.lstrip().lower().startswith(b"<!doctype html")
+    assert page.stdout.rstrip().endswith(b"</html>")
+    both = run("report", str(out), "--html", "-", "--json")
+    assert both.returncode == 2 and both.stdout == b"" and both.stderr.count(b"\n") == 1
+    assert not (tmp_path / "-").exists()
 
 
 READING_SIDE = ("pyflight.format.reader", "pyflight.analysis", "pyflight.triggers.http", "pyflight.export")

@@ -30,7 +30,7 @@ CASES: dict[str, tuple[str, str]] = {
     # the same cause told two true ways: the loop's late wake-ups, or the GIL-holding call
     # with the loop thread among the starved (on a loaded machine the first can fall short)
     "loop_starved_gil": ("loop-starved|gil-hog", "spin_cpu"),
-    "loop_starved_json": ("loop-starved", "serialize_snapshot"),
+    "loop_starved_json": ("loop-starved|gil-hog", "serialize_snapshot"),
     "lock_contention": ("lock-contention", "update_account"),
     "lock_held_long": ("lock-contention", "read_cache"),
     "lock_contention_asyncio": ("lock-contention", "update_inventory"),

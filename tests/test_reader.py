@@ -594,6 +594,101 @@ def test_declared_unknown_kinds_are_skipped(decoder: str) -> None:
     assert decoder == "c" or "string id 42" in t.warnings[0]
 
 
+# ------------------------------------------------------------------ one event per short step
+
+
+def _steps_gen(kinds: Any = None, one_event: bool = True) -> Gen:
+    """Thread 1: a task step (5 at 100..130), a callback, then a step with a TASK_CREATE
+    inside it, then the pair of a step that spanned a seal; thread 2: a GC during the
+    first step."""
+    g = Gen(1, 0, 1000, kinds=kinds)
+    g.event(1, Kind.TASK_READY, 90, task=5)
+    if one_event:
+        g.event(1, Kind.TASK_STEP, 130, task=5, duration=30)
+        g.event(1, Kind.CALLBACK, 200, loop=9, name="on_ready", duration=50)
+    else:
+        g.event(1, Kind.TASK_STEP_BEGIN, 100, task=5)
+        g.event(1, Kind.TASK_STEP_END, 130, task=5)
+        g.event(1, Kind.CALLBACK_BEGIN, 150, loop=9, name="on_ready")
+        g.event(1, Kind.CALLBACK_END, 200, loop=9)
+    if one_event:  # what the step recorded is written before it
+        g.event(1, Kind.TASK_CREATE, 310, task=6, name="t", coro="c", parent=5)
+        g.event(1, Kind.TASK_STEP, 320, task=5, duration=20)
+    else:
+        g.event(1, Kind.TASK_STEP_BEGIN, 300, task=5)
+        g.event(1, Kind.TASK_CREATE, 310, task=6, name="t", coro="c", parent=5)
+        g.event(1, Kind.TASK_STEP_END, 320, task=5)
+    g.event(1, Kind.TASK_STEP_BEGIN, 400, task=6)
+    g.event(1, Kind.TASK_STEP_END, 420, task=6)
+    g.event(2, Kind.GC_BEGIN, 110, generation=0)
+    return g
+
+
+def test_one_event_steps_read_as_begin_end_pairs(decoder: str) -> None:
+    """TASK_STEP / CALLBACK (a whole step, dated at its end) read as the pair they stand for,
+    in order with the other events, exactly as a file with the pairs written out."""
+    t = loads(trace([_steps_gen()]))
+    pairs = loads(trace([_steps_gen(one_event=False)]))
+    assert t.events == pairs.events
+    assert [(e.kind, e.time, e.thread, e.args) for e in t.events] == [
+        (Kind.TASK_READY, 90, 1, {"task": 5}),
+        (Kind.TASK_STEP_BEGIN, 100, 1, {"task": 5}),
+        (Kind.GC_BEGIN, 110, 2, {"generation": 0}),
+        (Kind.TASK_STEP_END, 130, 1, {"task": 5}),
+        (Kind.CALLBACK_BEGIN, 150, 1, {"loop": 9, "name": "on_ready"}),
+        (Kind.CALLBACK_END, 200, 1, {"loop": 9}),
+        (Kind.TASK_STEP_BEGIN, 300, 1, {"task": 5}),
+        (Kind.TASK_CREATE, 310, 1, {"task": 6, "name": "t", "coro": "c", "parent": 5}),
+        (Kind.TASK_STEP_END, 320, 1, {"task": 5}),
+        (Kind.TASK_STEP_BEGIN, 400, 1, {"task": 6}),
+        (Kind.TASK_STEP_END, 420, 1, {"task": 6}),
+    ]
+    assert t.generations[0].n_events == 8  # as written: three of them stand for two each
+    assert Kind.TASK_STEP not in t.count_by_kind() and Kind.CALLBACK not in t.count_by_kind()
+
+
+def test_expansion_keeps_each_thread_in_time_order(decoder: str) -> None:
+    """The BEGIN a TASK_STEP / CALLBACK stands for goes before the events its thread
+    recorded during the step (they precede the one event in the batch), not before
+    another thread's; the C expansion and the pure-Python one agree."""
+    events = [
+        Event((Kind.TASK_READY, 90, 1, 5)),
+        Event((Kind.TASK_CREATE, 310, 1, 6, "t", "c", 5)),
+        Event((Kind.TASK_BLOCK, 315, 1, 5, 1, 7, "asyncio.Lock.acquire", 3, ())),
+        Event((Kind.TASK_STEP, 320, 1, 5, 20)),
+        Event((Kind.GC_BEGIN, 305, 2, 0)),
+        Event((Kind.CALLBACK, 330, 2, 9, "cb", 30)),
+        Event((Kind.TASK_STEP, 400, 2, 8, 0)),
+    ]
+    expand = reader._expander(reader._select_decoder())
+    out = expand(list(events))
+    assert [(e.kind, e.time, e.thread) for e in out] == [
+        (Kind.TASK_READY, 90, 1),
+        (Kind.TASK_STEP_BEGIN, 300, 1),
+        (Kind.TASK_CREATE, 310, 1),
+        (Kind.TASK_BLOCK, 315, 1),
+        (Kind.TASK_STEP_END, 320, 1),
+        (Kind.CALLBACK_BEGIN, 300, 2),
+        (Kind.GC_BEGIN, 305, 2),
+        (Kind.CALLBACK_END, 330, 2),
+        (Kind.TASK_STEP_BEGIN, 400, 2),
+        (Kind.TASK_STEP_END, 400, 2),
+    ]
+    assert out[5].args == {"loop": 9, "name": "cb"} and out[7].args == {"loop": 9}
+    assert all(type(e) is Event for e in out)
+    assert out == reader._expand_steps(list(events))
+    assert expand(events[:1]) == events[:1]
+
+
+def test_traces_without_one_event_steps_still_read(decoder: str) -> None:
+    """A file from a writer that predates TASK_STEP / CALLBACK (not in its kind table)."""
+    old = _kinds(k18=None, k25=None)
+    t = loads(trace([_steps_gen(old, one_event=False)], head=tracegen.header(kinds=old)))
+    assert 18 not in t.kinds and 25 not in t.kinds
+    assert t.events == loads(trace([_steps_gen()])).events
+    assert t.warnings == [] and t.skipped_events == 0
+
+
 # ------------------------------------------------------------------ describe
 
 

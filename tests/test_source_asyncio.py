@@ -24,6 +24,7 @@ import pytest
 
 import pyflight
 import pyflight.sources.asyncio_loop as asyncio_loop
+from pyflight.analysis import build
 from pyflight.core import BACKEND_NAME, backend
 from pyflight.core.events import Kind, TaskOutcome
 from pyflight.sources import REGISTRY, SourceWarning, metrics
@@ -242,6 +243,40 @@ def test_tasks_names_coroutines_parents(tmp_path: Path, implementation: str) -> 
     # every step of a task is recorded with that task's id, on the loop's thread
     stepped = {e.arg("task") for e in of_kind(trace, Kind.TASK_STEP_BEGIN)}
     assert {main_id, ids["c1"], ids["ensured"], ids["tg1"]} <= stepped
+
+
+async def handle_request(i: int) -> int:
+    await asyncio.sleep(0.001)
+    return i
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_tasks_made_without_create_task_are_named_at_their_end(tmp_path: Path, implementation: str) -> None:
+    """``asyncio.Task(coro)`` made directly (aiohttp's request handlers on 3.12+, eagerly
+    started) never goes through create_task: the task is named once, at its end, so it
+    is not a nameless "?" in the tables."""
+    eager: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
+
+    async def main() -> list[asyncio.Task[int]]:
+        loop = asyncio.get_running_loop()
+        made = [asyncio.Task(handle_request(i), loop=loop, name=f"req-{i}", **eager) for i in range(4)]
+        made.append(asyncio.create_task(handle_request(9), name="announced"))
+        await asyncio.gather(*made)
+        return made  # kept alive: asyncio.run's shutdown tasks may reuse a freed task's address (its id)
+
+    made, trace = run_traced(main, tmp_path, implementation)
+    ids = [id(task) for task in made]
+    model = build(trace)
+    by_id = {t.id: t for t in model.all_tasks()}
+    assert [(by_id[i].name, by_id[i].coro) for i in ids] == [
+        *((f"req-{i}", "handle_request") for i in range(4)),
+        ("announced", "handle_request"),
+    ]
+    # the unannounced ones: one TASK_INFO each, at their end (no parent known)
+    infos = [e for e in of_kind(trace, Kind.TASK_INFO) if e.arg("task") in ids[:4]]
+    assert sorted(e.arg("task") for e in infos) == sorted(ids[:4])
+    done = {e.arg("task"): e.time for e in of_kind(trace, Kind.TASK_DONE)}
+    assert all(e.arg("parent") == 0 and e.time <= done[e.arg("task")] for e in infos)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -284,6 +284,72 @@ def test_stacks_are_shared_per_site(tmp_path: Path) -> None:
     assert all(iv.stack and iv.stack[0].function.endswith("main") for iv in waits)
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_one_library_line_on_two_paths_keeps_each_paths_stack(tmp_path: Path, implementation: str) -> None:
+    """anyio's ``Event.wait`` is one line for every wait of httpx, starlette, FastAPI: a
+    pool's wait and a connect's reach asyncio there. Sharing stacks per waiting line
+    gave every wait of the second the first's stack (a connection-pool wait shown as a
+    connect); the site goes up the library's callers to the program's own frame."""
+    anyio = pytest.importorskip("anyio")
+
+    async def wait_for_slot(event: Any) -> None:
+        await event.wait()
+
+    async def wait_for_reply(event: Any) -> None:
+        await event.wait()
+
+    async def main() -> None:
+        for _ in range(10):
+            slot, reply = anyio.Event(), anyio.Event()
+            waiting = [asyncio.create_task(wait_for_reply(reply)), asyncio.create_task(wait_for_slot(slot))]
+            await asyncio.sleep(0.001)
+            slot.set()
+            reply.set()
+            await asyncio.gather(*waiting)
+
+    _, trace = run_traced(main, tmp_path, implementation)
+    model = build(trace)
+    seen: dict[str, set[str]] = {}
+    for task in model.all_tasks():
+        for iv in task.intervals:
+            if iv.state is State.BLOCKED and iv.detail == "asyncio.Event.wait":
+                assert iv.stack and "anyio" in iv.stack[0].file  # the library's line innermost
+                ours = next(f.function for f in iv.stack if f.file == __file__)
+                seen.setdefault(task.coro, set()).add(ours.rsplit(".", 1)[-1])
+    assert {coro.rsplit(".", 1)[-1]: fns for coro, fns in seen.items()} == {
+        "wait_for_slot": {"wait_for_slot"},
+        "wait_for_reply": {"wait_for_reply"},
+    }
+    # and still one stack a second per path, not one per wait
+    events = blocks(trace)
+    assert len({e.arg("site") for e in events}) == 2
+    assert sum(1 for e in events if e.arg("stack")) == 2
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_wait_in_an_eager_tasks_first_step_is_that_tasks(tmp_path: Path, implementation: str) -> None:
+    """An eager task's first step runs inside its creator's step (aiohttp's request
+    handlers): a wait that blocks there is the eager task's, not its creator's."""
+    holder: dict[str, Any] = {}
+
+    async def eager_waiter(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> None:
+        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.Task(eager_waiter(event), loop=loop, eager_start=True)  # blocks at once
+        holder["creator"], holder["eager"] = id(asyncio.current_task()), id(task)
+        await asyncio.sleep(0.01)
+        event.set()
+        await task
+
+    _, trace = run_traced(main, tmp_path, implementation)
+    waits = [e for e in blocks(trace) if e.arg("what") == "asyncio.Event.wait"]
+    assert [e.arg("task") for e in waits] == [holder["eager"]]
+
+
 def test_sync_waits_off(tmp_path: Path) -> None:
     _, trace = run_traced(lock_case, tmp_path, sync_waits=False)
     assert blocks(trace) == []

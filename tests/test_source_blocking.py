@@ -360,13 +360,20 @@ def test_event_semaphore_barrier_future(rec: pyflight.FlightRecorder, tmp_path: 
     barrier = threading.Barrier(2)
     future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
+    def waited_on(cond: threading.Condition) -> None:
+        """Until a thread waits on ``cond``: a fixed sleep let a loaded machine's main
+        thread arrive after the release, and its acquire then did not block."""
+        deadline = time.monotonic() + 5
+        while not cond._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.001)
+
     def release_all() -> None:
-        time.sleep(0.03)
+        waited_on(event._cond)  # type: ignore[attr-defined]
         event.set()
-        time.sleep(0.01)
+        waited_on(sem._cond)  # type: ignore[attr-defined]
         sem.release()
         barrier.wait(5)
-        time.sleep(0.01)
+        waited_on(future._condition)  # type: ignore[attr-defined]
         future.set_result(7)
 
     t = run_thread(release_all)

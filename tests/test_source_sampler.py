@@ -116,28 +116,31 @@ def test_the_sampler_does_not_sample_itself(busy_and_blocked: tuple[Trace, int, 
     assert interval_counters(trace)  # the rate is in the trace
 
 
-async def blocker(task_ids: list[int]) -> None:
+async def blocker(tasks: list[asyncio.Task[None]]) -> None:
     task = asyncio.current_task()
     assert task is not None
-    task_ids.append(id(task))
+    # kept alive: a task's id is its address, which the next task made (asyncio.run's
+    # shutdown tasks) may reuse once it is freed
+    tasks.append(task)  # type: ignore[arg-type]
     time.sleep(0.3)  # blocks the event loop: what the sampler must catch
 
 
 @pytest.mark.parametrize("task_class", ["default", "python"])
 def test_asyncio_task_running_on_a_thread_is_attributed(tmp_path: Path, task_class: str) -> None:
-    task_ids: list[int] = []
+    tasks: list[asyncio.Task[None]] = []
 
     async def main() -> None:
         if task_class == "python":  # pure-Python Task: the other _current_tasks path
             loop = asyncio.get_running_loop()
             loop.set_task_factory(lambda loop, coro: asyncio.tasks._PyTask(coro, loop=loop))  # type: ignore[attr-defined]
-        await asyncio.create_task(blocker(task_ids))
+        await asyncio.create_task(blocker(tasks))
 
     rec = pyflight.FlightRecorder(sources=["sampler"])
     with rec:
         asyncio.run(main())
         rec.write_to(tmp_path / "trace.pyfl")
     trace = pyflight.load(tmp_path / "trace.pyfl")
+    task_ids = [id(task) for task in tasks]
     found = [e for e in samples(trace, threading.get_native_id()) if "blocker" in functions(e)]
     # a stack read natively at the tick (the loop thread holding the GIL, on its way in or
     # out of the sleep) is recorded once the sampler has the GIL: by then the task may be

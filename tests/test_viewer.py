@@ -784,3 +784,58 @@ def test_stopping_leaves_the_heap_to_the_os(evil: Path, monkeypatch: pytest.Monk
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+_SEARCH_IN_A_CHILD = """
+import json, sys
+import pyflight
+from pyflight.analysis.model import build
+from pyflight.viewer.api import TimelineApi
+api = TimelineApi(build(pyflight.load(sys.argv[1])))
+print(json.dumps([api.search(q) for q in ("s", "a", "e")]))
+"""
+
+
+def test_search_answers_the_same_on_every_run(slow_tasks: Path) -> None:
+    """A bug report's "the third hit" must mean the same hit on the reader's machine: the
+    hits' order does not follow the interpreter's hash seed."""
+    answers = []
+    for seed in ("1", "2", "3"):
+        out = subprocess.run(
+            [sys.executable, "-c", _SEARCH_IN_A_CHILD, str(slow_tasks)],
+            env=_env(PYTHONHASHSEED=seed),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        answers.append(json.loads(out.stdout))
+    assert any(hit["kind"] == "function" for hits in answers[0] for hit in hits)
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_the_waker_is_linked_even_when_it_ended_before_the_wake_up_was_noted() -> None:
+    """A lock's holder releases it and its thread ends; the waiter, on a busy machine,
+    resumes (and dates the wake-up) 10 ms later: "go to the waking slice" still leads to
+    the holder's last slice."""
+    from pyflight.analysis.model import build
+    from pyflight.core.events import BlockReason, Kind
+    from pyflight.format.reader import loads
+    from pyflight.viewer.api import TimelineApi
+    from tracegen import Gen, trace
+
+    ms = 1_000_000
+    g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="lock-holder", ident=1, parent=0)
+    g.event(2, Kind.THREAD_START, 0, tid=2, name="lock-waiter", ident=2, parent=0)
+    g.event(2, Kind.BLOCK_BEGIN, 10 * ms, reason=BlockReason.LOCK, obj=7, stack=(("wait", "/app.py", 3),))
+    g.event(1, Kind.THREAD_END, 50 * ms, tid=1)
+    g.event(2, Kind.BLOCK_END, 60 * ms, reason=BlockReason.LOCK, obj=7, waker=1)
+    api = TimelineApi(build(loads(trace([g]))))
+    waiter = next(row for row in api.rows if row.name.startswith("lock-waiter"))
+    holder = next(row for row in api.rows if row.name.startswith("lock-holder"))
+    assert waiter.lod is not None and holder.lod is not None
+    k = next(k for k, code in enumerate(waiter.lod.raw.codes) if api.codes[code] == "blocked:lock")
+    details = api.slice_details(waiter.id, k)
+    assert details is not None and details["waker"]["thread"].startswith("lock-holder")
+    assert details["waker"]["row"] == holder.id and details["waker"]["i"] == len(holder.lod.raw.starts) - 1

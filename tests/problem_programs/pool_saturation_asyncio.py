@@ -13,7 +13,7 @@ def blocking_lookup(i: int) -> int:
 async def amain() -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=3, thread_name_prefix="lookup"))
-    await asyncio.gather(*(loop.run_in_executor(None, blocking_lookup, i) for i in range(36)))
+    await asyncio.gather(*(loop.run_in_executor(None, blocking_lookup, i) for i in range(60)))
 
 
 def main() -> None:

@@ -94,6 +94,7 @@ class Builder:
         self.threads: dict[int, ThreadMachine] = {}
         self.tasks: dict[int, TaskMachine] = {}
         self.finished: list[TaskMachine] = []  # tasks whose id was reused or that ended
+        self.announced: set[str] = set()  # coroutines of announced tasks (set in finish)
         self.samples: list[Sample] = []
         self.wakes: list[Wake] = []
         self.counters: dict[str, list[tuple[int, int]]] = {}
@@ -571,6 +572,10 @@ class Builder:
 
     def finish(self) -> Model:
         threads = self._thread_timelines()
+        # coroutines of the tasks announced by create_task: an unannounced task's stacks
+        # may hold its creator's (an eager first step runs inside the creator's step)
+        self.announced = {tk.coro for tk in itertools.chain(self.tasks.values(), self.finished) if tk.coro}
+        self.announced.update(info.coro for info in self.trace.tasks.values() if info.coro)
         tasks = {task_id: self._task_timeline(tk) for task_id, tk in self.tasks.items()}
         finished = [self._task_timeline(tk) for tk in self.finished]
         loops = loop_timelines(self, tasks)
@@ -675,7 +680,7 @@ class Builder:
         return TaskTimeline(
             id=tk.id,
             name=tk.name or (info.name if info else ""),
-            coro=tk.coro or (info.coro if info else ""),
+            coro=tk.coro or (info.coro if info else "") or _coro_from_stacks(tk.intervals, self.announced),
             parent=tk.parent,
             thread=tk.thread,
             created=tk.created,
@@ -704,6 +709,30 @@ class Builder:
             info = self.trace.user_tasks.get(ut.id)
             if info is not None and not ut.name:
                 ut.name = info.name
+
+
+#: asyncio's step of a task: the frames outside it are the event loop's, inside it the task's
+_STEP_FUNCTIONS = frozenset(("BaseEventLoop._run_once", "Handle._run"))
+
+
+def _coro_from_stacks(intervals: Sequence[Interval], announced: set[str]) -> str:
+    """The coroutine of a task never announced: made with ``asyncio.Task(...)`` directly
+    (aiohttp's request handlers on 3.12+), no ``create_task`` to see it. The outermost
+    frame its waits' stacks have inside the loop's step, past asyncio's own and past the
+    coroutines of announced tasks (an eager first step runs inside its creator's step,
+    whose frames are outside it); "" if none of its waits has a stack."""
+    for iv in intervals:
+        stack = iv.stack
+        if not stack:
+            continue
+        for i in range(len(stack) - 1, 0, -1):
+            frame = stack[i]
+            if frame.function in _STEP_FUNCTIONS and "asyncio" in frame.file:
+                for inner in reversed(stack[:i]):
+                    if inner.function not in announced and "/asyncio/" not in inner.file.replace("\\", "/"):
+                        return inner.function
+                break
+    return ""
 
 
 def _report(progress: Callable[[float], None], fraction: float) -> None:

@@ -33,11 +33,13 @@ class Kind(enum.IntEnum):
     TASK_READY = 15
     TASK_DONE = 16
     TASK_BLOCK = 17
+    TASK_STEP = 18
     CALLBACK_BEGIN = 20
     CALLBACK_END = 21
     LOOP_IDLE_BEGIN = 22
     LOOP_IDLE_END = 23
     LOOP_STALL = 24
+    CALLBACK = 25
     # blocking in threads
     BLOCK_BEGIN = 30
     BLOCK_END = 31
@@ -112,6 +114,13 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.TASK_BLOCK: _args("task:u reason:u obj:u what:s site:u stack:k"),
     Kind.CALLBACK_BEGIN: _args("loop:u name:s"),
     Kind.CALLBACK_END: _args("loop:u"),
+    # a whole step or callback in one event, dated at its end: it stands for
+    # TASK_STEP_BEGIN(task) / CALLBACK_BEGIN(loop, name) at time - duration and
+    # TASK_STEP_END(task) / CALLBACK_END(loop) at its time, and the reader gives the pair;
+    # events the thread recorded during the step precede it in the batch (a step that
+    # spans a seal is written as the pair)
+    Kind.TASK_STEP: _args("task:u duration:u"),
+    Kind.CALLBACK: _args("loop:u name:s duration:u"),
     Kind.LOOP_IDLE_BEGIN: _args("loop:u"),
     Kind.LOOP_IDLE_END: _args("loop:u events:u"),
     # a step or callback running longer than the stall threshold, with a stack taken during it

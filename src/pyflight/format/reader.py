@@ -593,6 +593,8 @@ class _Header(NamedTuple):
     #: known kinds whose argument list differs in the file (another pyflight version):
     #: kind number -> (Kind, for each of our arguments its index in the file's or None)
     remap: dict[int, tuple[Kind, tuple[int | None, ...]]] = {}
+    #: the file declares TASK_STEP or CALLBACK (one event per short step): expand them
+    one_event_steps: bool = False
 
 
 def _read_header(data: bytes) -> _Header:
@@ -667,7 +669,8 @@ def _parse_header_body(data: bytes, pos: int, end: int) -> _Header:
         arg_types[number] = types.encode("ascii")
     if pos != end:
         raise _Bad(f"{end - pos} bytes left over at the end of the header", pos)
-    return _Header(meta, kinds, tuple(arg_types), tuple(kind_objects), unknown, end, remap)
+    one_event_steps = any(kind_objects[k] is not None for k in _ONE_EVENT_KINDS)
+    return _Header(meta, kinds, tuple(arg_types), tuple(kind_objects), unknown, end, remap, one_event_steps)
 
 
 _DEFAULTS = {"u": 0, "s": "", "k": ()}
@@ -795,8 +798,54 @@ def _read_generation(
         kept = [e for e in events if type(e[0]) is Kind]
         skipped = len(events) - len(kept)
         events = kept
+    if header.one_event_steps:
+        events = _expander(decode)(events)
     generation = Generation(seq, start_ns, end_ns, offset, end - offset, declared)
     return _GenerationData(generation, events, tids, skipped)
+
+
+_ONE_EVENT_KINDS = frozenset((Kind.TASK_STEP, Kind.CALLBACK))
+#: (one-event kind, the BEGIN and the END it stands for)
+_STEP_RULES = (
+    (Kind.TASK_STEP, Kind.TASK_STEP_BEGIN, Kind.TASK_STEP_END),
+    (Kind.CALLBACK, Kind.CALLBACK_BEGIN, Kind.CALLBACK_END),
+)
+_RULE_OF = {one: (begin, end) for one, begin, end in _STEP_RULES}
+
+
+def _expander(decode: DecodeEvents) -> Callable[[list[Event]], list[Event]]:
+    """The C twin of :func:`_expand_steps` when ``decode`` is the C core's decoder."""
+    c_expand = getattr(getattr(decode, "__self__", None), "expand_steps", None)
+    if c_expand is None:
+        return _expand_steps
+    return lambda events: c_expand(events, _STEP_RULES, Event)  # type: ignore[no-any-return]
+
+
+def _expand_steps(events: list[Event]) -> list[Event]:
+    """Each TASK_STEP / CALLBACK (a whole step in one event, dated at its end) replaced by
+    the END it stands for at its time (its first argument), and the BEGIN at ``time -
+    duration`` (its arguments but the duration) put before it and before the events of
+    the same thread just before it that are later (those recorded during the step): each
+    batch stays in time order. ``_core.expand_steps`` is the C twin."""
+    found = list(compress(range(len(events)), map(_ONE_EVENT_KINDS.__contains__, map(itemgetter(0), events))))
+    if not found:
+        return events
+    out: list[Event] = []
+    append = out.append
+    start = 0
+    for i in found:
+        out += events[start:i]
+        kind, t, tid, *args = events[i]
+        begin_kind, end_kind = _RULE_OF[kind]
+        t0 = t - args[-1] if t > args[-1] else 0
+        j = len(out)
+        while j and out[j - 1][2] == tid and out[j - 1][1] > t0:
+            j -= 1
+        out.insert(j, Event((begin_kind, t0, tid, *args[:-1])))
+        append(Event((end_kind, t, tid, args[0])))
+        start = i + 1
+    out += events[start:]
+    return out
 
 
 def _read(data: bytes, path: str | None, strict: bool) -> Trace:

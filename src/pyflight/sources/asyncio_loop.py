@@ -6,7 +6,9 @@ behaviour, no more instructions than asyncio's own; what recording costs is most
 core's clock read per event, see bench/bench_asyncio_step.py): it records
 TASK_STEP_BEGIN/END when the callback is a Task's step (``__step``/``__wakeup`` of the
 Python Task, the step wrapper or ``task_wakeup`` of the C Task; task id ``id(task)``),
-else CALLBACK_BEGIN/END(loop, callback qualname). After the step that finishes a task:
+else CALLBACK_BEGIN/END(loop, callback qualname), written as one TASK_STEP/CALLBACK event
+at the step's end carrying its duration (the reader turns it back into the pair; a step
+that spans a generation's seal is written as the pair). After the step that finishes a task:
 TASK_DONE(task, outcome, "Type: message"), the exception read without marking it
 retrieved. With the pure-Python core, a Python ``_run`` of identical behaviour does the
 same, at Python cost (~2x on small-step code).
@@ -32,7 +34,9 @@ raises passes through), then, if its caller is one of those methods and a task i
 running, records the task, LOCK (Lock, Semaphore) or CONDITION (the others), ``id()`` of
 the object, ``"asyncio.Queue.put"`` etc. (Event/Condition waits inside ``Queue.join`` and
 ``Barrier.wait`` are named after those), the site (a small number per waiting line: the
-first frame outside asyncio) and the stack from that frame outwards. Walking the stack
+first frame outside asyncio, and when that line is a library's, its library callers up
+to the program's own frame: anyio's one ``Event.wait`` line is a pool's wait on one path
+and a connect's on another) and the stack from that frame outwards. Walking the stack
 costs the core 2-3 us, so it is recorded at most once a second per site (readers share
 it between the events of a site). Not recorded: who holds an
 asyncio.Lock or who wakes the waiter (that would cost on every release); the analysis
@@ -72,6 +76,7 @@ import functools
 import importlib.machinery
 import itertools
 import os
+import re
 import selectors
 import sys
 import threading
@@ -104,6 +109,30 @@ WAIT_MODES = {"off": 0, "what": 1, "stack": 2}
 SITE_STACK_INTERVAL = 1_000_000_000
 #: Sites remembered before the table is cleared.
 MAX_SITES = 10_000
+#: Library frames walked past a waiting line to tell its callers apart (``_caller_chain``).
+MAX_CHAIN = 24
+_LIBRARY_FILE = re.compile(r"^<|/lib/python3\.|/(site|dist)-packages/")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_library_file(filename: str) -> bool:
+    """The standard library's or an installed package's (the C core's is_library_code)."""
+    return _LIBRARY_FILE.search(filename) is not None
+
+
+def _caller_chain(f: types.FrameType) -> tuple[tuple[int, int], ...]:
+    """What tells apart the waits of one library line called on different paths (anyio's
+    ``Event.wait`` is every httpx/starlette wait: a pool's, a connect's): (code, offset)
+    of each caller of ``f`` while the frames are a library's, the first of the program's
+    own included; () when ``f`` is the program's own. The C core's ``caller_chain``."""
+    chain: list[tuple[int, int]] = []
+    g: types.FrameType | None = f
+    while g is not None and len(chain) < MAX_CHAIN and _is_library_file(g.f_code.co_filename):
+        g = g.f_back
+        if g is not None:
+            chain.append((id(g.f_code), g.f_lasti))
+    return tuple(chain)
+
 
 _TASK_STEP_BEGIN = int(Kind.TASK_STEP_BEGIN)
 _TASK_STEP_END = int(Kind.TASK_STEP_END)
@@ -120,7 +149,18 @@ _TASK_BLOCK = int(Kind.TASK_BLOCK)
 _AWAIT = int(BlockReason.AWAIT)
 _LOCK = int(BlockReason.LOCK)
 _CONDITION = int(BlockReason.CONDITION)
-_C_KINDS = (_TASK_STEP_BEGIN, _TASK_STEP_END, _TASK_WAIT, _CALLBACK_BEGIN, _CALLBACK_END, _AWAIT)
+#: the C Handle._run records a short step or callback as one TASK_STEP / CALLBACK event
+#: (the reader gives the BEGIN/END pair back)
+_C_KINDS = (
+    _TASK_STEP_BEGIN,
+    _TASK_STEP_END,
+    _TASK_WAIT,
+    _CALLBACK_BEGIN,
+    _CALLBACK_END,
+    _AWAIT,
+    int(Kind.TASK_STEP),
+    int(Kind.CALLBACK),
+)
 _MISSING = object()
 
 _installed_hooks: _Hooks | None = None
@@ -508,9 +548,9 @@ class _Hooks:
         own_a = own[0] if own else None
         own_b = own[-1] if own else None
         now = backend.now
-        # (id(code), instruction offset) of the waiting frame -> [site id, when its stack
-        # was last recorded]
-        site_table: dict[tuple[int, int], list[int]] = {}
+        # (id(code), instruction offset, library callers) of the waiting frame -> [site
+        # id, when its stack was last recorded]
+        site_table: dict[tuple[int, int, tuple[tuple[int, int], ...]], list[int]] = {}
         new_site = itertools.count(1).__next__  # atomic under the GIL, unlike len(site_table)
 
         @functools.wraps(original)
@@ -541,7 +581,7 @@ class _Hooks:
                 if f is None:
                     record(_TASK_BLOCK, id(task), reason, id(self), what, 0, None)
                     return loop
-                key = (id(f.f_code), f.f_lasti)
+                key = (id(f.f_code), f.f_lasti, _caller_chain(f))
                 entry = site_table.get(key)
                 t = now()
                 if entry is None:
@@ -809,8 +849,16 @@ class _Hooks:
                     outcome, error = TaskOutcome.FAILED, _describe(exc)
                 else:
                     outcome, error = TaskOutcome.OK, ""
+            known = tid in self.live_tasks
+            if not known:
+                # made without create_task (``asyncio.Task(...)`` directly: aiohttp's
+                # handlers on 3.12+): announced at its end, once, so that it has a name
+                get_name, get_coro = getattr(task, "get_name", None), getattr(task, "get_coro", None)
+                name = str(get_name()) if get_name is not None else ""
+                coro = get_coro() if get_coro is not None else None
+                backend.record(_TASK_INFO, tid, name, _callback_name(coro) if coro is not None else "", 0)
             backend.record(_TASK_DONE, tid, int(outcome), error)
-            if self.live_tasks.pop(tid, None) is not None:
+            if known and self.live_tasks.pop(tid, None) is not None:
                 backend.clear_live(tid)
         except Exception as exc:
             self.fault(exc)

@@ -542,7 +542,10 @@ class TimelineApi:
         if waker_row is not None and waker_row.lod is not None:
             raw = waker_row.lod.raw
             j = bisect_right(raw.starts, wake.time) - 1
-            if j >= 0 and wake.time <= raw.ends[j] + WAKE_SLACK:  # the waker may end right after
+            # the waker's slice then; or its last one: a wake-up is dated when the waiter
+            # resumed, which on a busy machine can be well after the waker released the
+            # lock and its thread ended
+            if j >= 0 and (wake.time <= raw.ends[j] + WAKE_SLACK or j == len(raw.starts) - 1):
                 out["row"], out["i"] = waker_row.id, j
                 out["slice_start"] = raw.starts[j] - self.origin
                 out["slice_end"] = raw.ends[j] - self.origin
@@ -668,7 +671,11 @@ class TimelineApi:
                         continue
                     names = seen.get(id(stack))
                     if names is None:
-                        names = seen[id(stack)] = list({(f.function, f.file, f.line) for f in stack})
+                        # in stack order (a set's order would follow the hash seed: search
+                        # hits in another order on each run)
+                        names = seen[id(stack)] = list(
+                            dict.fromkeys((f.function, f.file, f.line) for f in stack)
+                        )
                     for name in names:
                         places = index.setdefault(name, [])
                         if len(places) < 16:

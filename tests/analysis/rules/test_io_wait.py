@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pyflight.analysis.model import build
 from pyflight.analysis.queries import sampler_ticks
-from pyflight.analysis.rules import WARNING, find
+from pyflight.analysis.rules import INFO, WARNING, Finding, find
 from pyflight.core.events import BlockReason, Kind, ThreadState
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
@@ -99,3 +99,38 @@ def test_long_waits_stay_the_network_whatever_the_gil_does() -> None:
 def test_an_ending_threads_last_sample_is_not_a_tick() -> None:
     model = build(loads(_server(gil_held=False, wait_ms=6)))
     assert len(sampler_ticks(model)) == 199
+
+
+NEXT_REQUEST = (
+    ("SocketIO.readinto", "/py/socket.py", 707),
+    ("BaseHTTPRequestHandler.handle_one_request", "/py/http/server.py", 404),
+    ("BaseHTTPRequestHandler.handle", "/py/http/server.py", 438),
+)
+BODY = (
+    ("SocketIO.readinto", "/py/socket.py", 707),
+    ("Handler.do_POST", "/srv/app.py", 30),
+    ("BaseHTTPRequestHandler.handle_one_request", "/py/http/server.py", 424),
+)
+
+
+def _keep_alive_server(stack: tuple[tuple[str, str, int], ...]) -> bytes:
+    """Four threads of a threaded http.server, each blocked 1.9 s of 2 s reading at ``stack``."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    for tid in range(1, 5):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"Thread-{tid}", ident=tid, parent=0)
+        g.event(tid, Kind.BLOCK_BEGIN, 50 * MS, reason=BlockReason.IO, obj=tid, stack=stack)
+        g.event(tid, Kind.BLOCK_END, 1950 * MS, reason=BlockReason.IO, obj=tid, waker=0)
+    return trace([g])
+
+
+def test_a_keep_alive_connection_waiting_for_its_next_request_is_not_io_wait() -> None:
+    """A server thread reading a request's first line waits for the client, as one in
+    accept waits for a connection: idle, not I/O the program waits on (threaded
+    http.server and werkzeug with keep-alive). Reading a request's body still counts."""
+
+    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
+        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
+
+    assert io_wait(NEXT_REQUEST) == []
+    body = io_wait(BODY)
+    assert body and body[0].score >= INFO

@@ -18,10 +18,15 @@ from pyflight.format.reader import loads
 PLANTED = {
     "pool_exhausted_requests": ("http connection pool", "fetch_order", "bigger pool"),
     "pool_exhausted_urllib3": ("http connection pool", "get_quote", "bigger pool"),
+    # asyncio tasks in httpcore's pool (its waits go through anyio's one Event.wait line)
+    "pool_exhausted_httpx_asyncio": ("http connection pool", "fetch_quote", "max_connections"),
     "logging_slow_stream": ("logging handler lock", "record_event", "QueueHandler"),
+    # FastAPI's `def` endpoints queue for anyio's worker threads; the culprit is the endpoint's
+    # slow call the threads were busy in, not the framework's call into the pool
+    "thread_limiter_fastapi": ("thread limiter", "lookup_inventory", "total_tokens"),
     "sqlite_busy_threads": ("database lock", "save_order", "WAL"),
 }
-HEALTHY = ["healthy_http_pool", "healthy", "healthy_sqlite_writers"]
+HEALTHY = ["healthy_http_pool", "healthy_http_pool_asyncio", "healthy", "healthy_sqlite_writers"]
 #: Locks are traced by the C core only (sources/blocking.py): the logging handler's lock
 #: wait is invisible to the pure-Python core.
 LOCK_TRACED = core.BACKEND_NAME == "c"
@@ -80,6 +85,11 @@ def test_cpu_bound_threads_queueing_on_a_lock_are_told_as_cpu_bound(tmp_path: Pa
     waits = [f for f in findings if f.rule in ("lock-contention", "library-wait")]
     assert all(f.score < WARNING for f in waits), shown
     for f in waits:
+        assert "slow stream" not in f.title.replace("not a slow stream", ""), shown
+        if f.evidence["gil_busy_share"] is None:
+            # too few of the sampler's ticks in the waits to tell (a loaded machine's
+            # sampler runs late): told without the GIL's story, and without a wrong one
+            continue
         assert f.evidence["gil_busy_share"] >= GIL_BOUND_SHARE and "the GIL busy" in f.title, shown
         assert "not a slow stream" in f.title or f.rule == "lock-contention", shown
         assert "ProcessPoolExecutor" in f.hint

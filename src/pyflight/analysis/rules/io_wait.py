@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyflight.analysis.rules.base import Rule
@@ -29,11 +30,30 @@ from pyflight.analysis.units import MS, fmt_ns, pct
 SHORT_CALL = 20 * MS
 
 
+#: (function, file) that read a request's first line straight from the socket: a server
+#: thread blocked there waits for a client's next request (a keep-alive connection, idle),
+#: as one blocked in accept waits for the next connection: not I/O the program waits on.
+_NEXT_REQUEST_READERS = (
+    ("BaseHTTPRequestHandler.handle_one_request", "http/server.py"),  # http.server, werkzeug
+    ("WSGIRequestHandler.handle", "wsgiref/simple_server.py"),
+)
+
+
+def _waits_for_next_request(stack: Sequence[Frame]) -> bool:
+    """The socket read is called directly by a request handler's request-line read."""
+    if len(stack) < 2:
+        return False
+    caller = stack[1]
+    file = caller.file.replace("\\", "/")
+    return any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS)
+
+
 def rule_io_wait(model: Model) -> list[Finding]:
     waits = [
         (t, iv)
         for t, iv in blocked_waits(model, BlockReason.IO)
         if not in_function(iv.stack, {"accept", "socket.accept"}, "socket.py")
+        and not _waits_for_next_request(iv.stack)
     ]
     total = sum(iv.end - iv.start for _, iv in waits)
     if total < 50 * MS:

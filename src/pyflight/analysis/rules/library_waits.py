@@ -1,5 +1,5 @@
-"""Rule ``library-wait``: threads waiting inside a library's own lock or pool, named as
-what it is, with the fix that fits it.
+"""Rule ``library-wait``: threads (and asyncio tasks) waiting inside a library's own lock
+or pool, named as what it is, with the fix that fits it.
 
 A thread waiting in urllib3's ``_get_conn`` is not a "queue with too few consumers", it
 is an HTTP connection pool smaller than the number of threads using it; a thread waiting
@@ -42,12 +42,15 @@ from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Interval, Model, ThreadTimeline
+    from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 
 __all__ = ["RULE", "RULE_IDS", "rule_library_waits"]
 
 RULE_IDS = ("library-wait",)
 MS = 1_000_000
+#: The holders blocked while holding for less than this share of the waiting: the slow
+#: part a pattern's ``what`` names (a slow stream) is not shown (``unproven_what``).
+UNPROVEN_SHARE = 0.2
 
 Stack = Sequence["Frame"]
 
@@ -76,6 +79,12 @@ class LibraryWait:
     #: ``what`` when the waits were CPU-bound threads taking turns (``gil_bound``); ""
     #: for waits whose holders are out on I/O whatever the GIL does (a pool's connections)
     gil_bound_what: str = ""
+    #: the culprit is where holders held it (the slow endpoint a thread pool runs), not
+    #: where waiters waited (a framework's own call into the pool)
+    culprit_is_holder: bool = False
+    #: ``what`` when the holders were not seen blocked while holding (``what`` claims a
+    #: slow stream: without that evidence, say only what is known); "" to always say ``what``
+    unproven_what: str = ""
 
 
 LIBRARY_WAITS = (
@@ -92,10 +101,43 @@ LIBRARY_WAITS = (
         ),
     ),
     LibraryWait(
+        kind="http connection pool",
+        # httpx's pool (httpcore): AsyncPoolRequest.wait_for_connection in asyncio tasks
+        # (through anyio's Event), PoolRequest.wait_for_connection in threads
+        waits=lambda s: _has(s, "wait_for_connection", "httpcore"),
+        holds=lambda s: None,
+        what="waited for a free connection in an exhausted httpx connection pool",
+        fix=(
+            "The client's pool has fewer connections than the requests it is asked to run at "
+            "once (httpx.Limits: max_connections, default 100). Raise it to the concurrency "
+            "you run (`httpx.AsyncClient(limits=httpx.Limits(max_connections=N))`), or bound "
+            "that concurrency yourself (a semaphore) so the wait is visible and capped; and "
+            "set a pool timeout."
+        ),
+    ),
+    LibraryWait(
+        kind="thread limiter",
+        # anyio.to_thread.run_sync behind FastAPI/Starlette's `def` endpoints and
+        # dependencies: at most total_tokens threads at once (40 by default)
+        waits=lambda s: _has(s, "acquire_on_behalf_of", "anyio"),
+        # a worker thread busy with an endpoint: the endpoint's own line
+        holds=lambda s: user_frame(s) if _has(s, "WorkerThread.run", "anyio") else None,
+        culprit_is_holder=True,
+        what="waited for a worker thread from anyio's thread limiter (a sync endpoint's thread pool)",
+        fix=(
+            "FastAPI and Starlette run `def` endpoints and dependencies in anyio's worker "
+            "threads, at most `total_tokens` at once (40 by default), and every request over "
+            "that waits for a thread. Raise the limit at startup "
+            "(`anyio.to_thread.current_default_thread_limiter().total_tokens = N`), or make the "
+            "slow endpoint `async def` with async I/O so that it needs no thread."
+        ),
+    ),
+    LibraryWait(
         kind="logging handler lock",
         waits=lambda s: _has(s, "Handler.acquire", "logging") or _has(s, "Handler.handle", "logging"),
         holds=lambda s: _inside(s, "emit", "logging"),
         what="queued on a logging handler's lock while it wrote to a slow stream",
+        unproven_what="queued on a logging handler's lock",
         gil_bound_what=(
             "queued on a logging handler's lock, its holders waiting for the GIL back "
             "after each write (not a slow stream)"
@@ -131,32 +173,52 @@ def rule_library_waits(model: Model) -> list[Finding]:
 
 
 def _primitive_waits(model: Model) -> list[Finding]:
-    waited: dict[str, int] = defaultdict(int)
-    count: Counter[str] = Counter()
-    threads: dict[str, Counter[int]] = defaultdict(Counter)
-    where: dict[str, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
-    held: dict[str, Counter[Frame]] = defaultdict(Counter)
-    spans: dict[str, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
-    by_kind = {p.kind: p for p in LIBRARY_WAITS}
+    # per pattern (two may share a kind: urllib3's and httpx's http connection pools)
+    waited: dict[LibraryWait, int] = defaultdict(int)
+    count: Counter[LibraryWait] = Counter()
+    threads: dict[LibraryWait, Counter[int]] = defaultdict(Counter)
+    #: asyncio tasks waiting in a library's pool (an asyncio Event/Lock/Queue inside it)
+    tasks: dict[LibraryWait, Counter[int]] = defaultdict(Counter)
+    task_of: dict[int, TaskTimeline] = {}
+    where: dict[LibraryWait, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
+    held: dict[LibraryWait, Counter[Frame]] = defaultdict(Counter)
+    #: time the holders were blocked (I/O, sleep, ...) while holding
+    held_blocked: dict[LibraryWait, int] = defaultdict(int)
+    spans: dict[LibraryWait, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
+
+    def library_wait(iv: Interval) -> LibraryWait | None:
+        """The pattern of a blocked interval waiting in a library, counted; else None."""
+        if iv.state is not State.BLOCKED or not iv.stack:
+            return None
+        pattern = _pattern(iv.stack) if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION) else None
+        if pattern is not None:
+            waited[pattern] += iv.end - iv.start
+            count[pattern] += 1
+            frame = user_frame(iv.stack)
+            if frame is not None:
+                where[pattern][frame] += iv.end - iv.start
+        return pattern
+
+    for task in model.all_tasks():
+        for iv in task.intervals:
+            pattern = library_wait(iv)
+            if pattern is not None:
+                tasks[pattern][id(task)] += iv.end - iv.start  # task ids (addresses) are reused
+                task_of[id(task)] = task
     for thread in user_threads(model):
         for iv in thread.intervals:
             if iv.state is not State.BLOCKED or not iv.stack:
                 continue
-            pattern = _pattern(iv.stack) if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION) else None
+            pattern = library_wait(iv)
             if pattern is not None:
-                duration = iv.end - iv.start
-                waited[pattern.kind] += duration
-                count[pattern.kind] += 1
-                threads[pattern.kind][thread.tid] += duration
-                spans[pattern.kind].append((thread, iv))
-                frame = user_frame(iv.stack)
-                if frame is not None:
-                    where[pattern.kind][frame] += duration
+                threads[pattern][thread.tid] += iv.end - iv.start
+                spans[pattern].append((thread, iv))
                 continue
             for pattern in LIBRARY_WAITS:
                 inner = pattern.holds(iv.stack)
                 if inner is not None:
-                    held[pattern.kind][inner] += iv.end - iv.start
+                    held[pattern][inner] += iv.end - iv.start
+                    held_blocked[pattern] += iv.end - iv.start
     interval = interval_ns(model)
     for sample in model.samples:
         if _pattern(sample.stack) is not None:
@@ -164,12 +226,13 @@ def _primitive_waits(model: Model) -> list[Finding]:
         for pattern in LIBRARY_WAITS:
             inner = pattern.holds(sample.stack)
             if inner is not None:
-                held[pattern.kind][inner] += interval
+                held[pattern][inner] += interval
     out: list[Finding] = []
-    for kind, total in waited.items():
-        pattern = by_kind[kind]
-        tids = threads[kind]
-        lives = sum(lifetime(model.threads[tid]) for tid in tids)
+    for pattern, total in waited.items():
+        tids, task_ids = threads[pattern], tasks[pattern]
+        lives = sum(lifetime(model.threads[tid]) for tid in tids) + sum(
+            max(0, task_of[t].end - task_of[t].created) for t in task_ids
+        )
         share = total / max(1, lives)
         score = clamp_score(
             min(
@@ -179,18 +242,28 @@ def _primitive_waits(model: Model) -> list[Finding]:
         )
         if score < MIN_SCORE:
             continue
-        culprit, _ = by_function(where[kind])
-        holder = top_frame(held[kind])
+        culprit, _ = by_function(where[pattern])
+        holder = top_frame(held[pattern])
+        if pattern.culprit_is_holder and holder is not None:
+            culprit = holder
         names = [thread_name(model, tid) for tid, _ in tids.most_common(4)]
-        more = len(tids) - len(names)
+        names += [_task_label(task_of[t]) for t, _ in task_ids.most_common(4 - len(names))]
+        more = len(tids) + len(task_ids) - len(names)
         # a lock's holders held up by the GIL, not by the library: said as that
-        busy = gil_bound(model, spans[kind]) if pattern.gil_bound_what else None
+        busy = gil_bound(model, spans[pattern]) if pattern.gil_bound_what and spans[pattern] else None
         what = pattern.gil_bound_what if busy is not None else pattern.what
-        title = f"{len(tids)} thread(s) {what}: {fmt_ns(total)} of waiting ({100 * share:.0f}% of their time)"
+        if busy is None and pattern.unproven_what and held_blocked[pattern] < UNPROVEN_SHARE * total:
+            what = pattern.unproven_what
+        waiters = " and ".join(
+            f"{n} {noun}" for n, noun in ((len(tids), "thread(s)"), (len(task_ids), "asyncio task(s)")) if n
+        )
+        title = f"{waiters} {what}: {fmt_ns(total)} of waiting ({100 * share:.0f}% of their time)"
         if busy is not None:
             score = min(score, GIL_BOUND_SCORE)
             title += f", while other threads ran (the GIL busy {100 * busy:.0f}% of that time)"
-        if culprit is not None:
+        if culprit is not None and pattern.culprit_is_holder:
+            title += f"; the threads were busy in {culprit.function}"
+        elif culprit is not None:
             title += f", called from {culprit.function}"
         out.append(
             Finding(
@@ -199,10 +272,11 @@ def _primitive_waits(model: Model) -> list[Finding]:
                 title=title,
                 culprit=Culprit.of(culprit),
                 evidence={
-                    "kind": kind,
-                    "waits": count[kind],
+                    "kind": pattern.kind,
+                    "waits": count[pattern],
                     "wait_ns": total,
                     "threads": ", ".join(names) + (f" and {more} more" if more > 0 else ""),
+                    "asyncio_tasks": len(task_ids),
                     "held_at": str(Culprit.of(holder)) if holder is not None else "",
                     "gil_busy_share": round(busy, 3) if busy is not None else None,
                 },
@@ -210,6 +284,10 @@ def _primitive_waits(model: Model) -> list[Finding]:
             )
         )
     return out
+
+
+def _task_label(task: TaskTimeline) -> str:
+    return task.name or task.coro or f"task {task.id:#x}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from pyflight.analysis.queries import (
     Spans,
     gil_busy_share,
     interval_ns,
+    sampler_ticks,
     samples_by_thread,
     seconds_since_start,
     thread_name,
@@ -237,6 +239,22 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
     return out
 
 
+def _full_ticks(model: Model, samples: list[Any], tids: set[int]) -> list[list[Any]]:
+    """The sampler's ticks at which every thread of ``tids`` has a sample (each tick's
+    samples of them, one per thread). A sample belongs to the tick it was taken at (the
+    last tick at or before it); one read natively, dated before the sampler got the GIL
+    (a loaded machine makes that wait long), to the tick that followed it."""
+    ticks = sampler_ticks(model)
+    if not ticks:
+        return []
+    by_tick: dict[int, dict[int, Any]] = defaultdict(dict)
+    for sample in samples:
+        i = bisect_left(ticks, sample.time) if sample.native else bisect_right(ticks, sample.time) - 1
+        if 0 <= i < len(ticks):
+            by_tick[i].setdefault(sample.tid, sample)
+    return [list(got.values()) for _, got in sorted(by_tick.items()) if len(got) == len(tids)]
+
+
 def _pool_saturation_sampled(model: Model) -> list[Finding]:
     """No pool events (an older trace, or the executors source off): infer from samples."""
     by_thread = samples_by_thread(model)
@@ -251,15 +269,7 @@ def _pool_saturation_sampled(model: Model) -> list[Finding]:
     out: list[Finding] = []
     for name, workers in pools.items():
         tids = {t.tid for t in workers}
-        samples = sorted((s for tid in tids for s in by_thread.get(tid, [])), key=lambda s: s.time)
-        # ticks: samples of one sampler tick are taken within microseconds of each other
-        ticks: list[list[Any]] = []
-        for sample in samples:
-            if ticks and sample.time - ticks[-1][0].time < interval // 4:
-                ticks[-1].append(sample)
-            else:
-                ticks.append([sample])
-        full = [tick for tick in ticks if len(tick) == len(workers)]
+        full = _full_ticks(model, [s for tid in tids for s in by_thread.get(tid, [])], tids)
         if len(full) < 5:
             continue
         saturated = [tick for tick in full if not any(_is_pool_idle(s.stack) for s in tick)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.rules.base import Rule
@@ -42,6 +42,24 @@ _BACKLOG_RAMP = [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]
 _STARVED_RAMP = [(0.3, 20), (0.6, 35), (0.9, 55)]
 
 
+#: (function, file part) of thread pools' idle loops: a worker waiting there for its next
+#: job is an idle pool (concurrent.futures, anyio's to_thread: FastAPI's sync endpoints,
+#: one queue per worker), not a consumer starved by a slow producer
+_POOL_IDLE_LOOPS = (("_worker", "concurrent/futures/thread.py"), ("WorkerThread.run", "anyio/"))
+
+
+def _idle_pool_worker(stack: Sequence[Frame]) -> bool:
+    """The Queue.get is called by a thread pool's idle loop."""
+    for i, frame in enumerate(stack[:6]):
+        if frame.function in ("get", "Queue.get") and "queue.py" in frame.file:
+            if i + 1 < len(stack):
+                caller = stack[i + 1]
+                file = caller.file.replace("\\", "/")
+                return any(caller.function == name and part in file for name, part in _POOL_IDLE_LOOPS)
+            return False
+    return False
+
+
 def rule_queue(model: Model) -> list[Finding]:
     """Producers blocked on a full queue (slow consumers) / consumers idle (slow producer)."""
     out: list[Finding] = []
@@ -50,7 +68,7 @@ def rule_queue(model: Model) -> list[Finding]:
     for thread, iv in blocked_waits(model, BlockReason.CONDITION):
         if in_function(iv.stack, {"put", "Queue.put"}, "queue.py"):
             puts.append((thread, iv))
-        elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py"):
+        elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py") and not _idle_pool_worker(iv.stack):
             gets.append((thread, iv))
     interval = interval_ns(model)
     # one finding per queue: the workers of an idle thread pool (anyio's, a web server's)

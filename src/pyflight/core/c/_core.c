@@ -203,6 +203,8 @@ typedef struct TBuf {
     struct TBuf *next;
     uint64_t tid, base_ns, last_ns, n_events;
     Buf ev;              /* encoded events */
+    PyflStep *step;      /* the thread's innermost step whose begin is only noted (see
+                          * PyflStep; ->outer: the steps it runs in); written by a seal */
 } TBuf;
 
 /* The open generation. */
@@ -604,6 +606,8 @@ static int append_event(const Ev *ev, PyObject **frames, uint64_t t);
 static void pending_ev(const PyflPending *p, Ev *ev, int with_stack);
 static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t tid);
 
+static void steps_flush(TBuf *b);
+
 static void seal_gen(uint64_t t) {
     uint64_t seq = S.gen.seq;
     /* pending blocks not flushed with their stacks (a seal forced while one was being
@@ -615,6 +619,9 @@ static void seal_gen(uint64_t t) {
         if (append_event_to(&ev, NULL, p->t0, p->tid) < 0) S.dropped++;
         p->flushed = 1;
     }
+    /* steps running across the seal: their BEGIN in this generation, their END in the next */
+    for (TBuf *b = S.gen.batches; b; b = b->next)
+        if (b->step) steps_flush(b);
     if (S.gen.n_events) {
         PyObject *frame = gen_encode(&S.gen, t);
         if (frame && ring_push(frame, S.gen.start_ns, t) == 0) {
@@ -738,6 +745,8 @@ static TBuf *batch_for(uint64_t tid, uint64_t t) {
 static int append_event(const Ev *ev, PyObject **frames, uint64_t t) { return append_event_to(ev, frames, t, 0); }
 
 /* append_event into the batch of thread `tid` (0: the calling thread's). */
+static int put_event(TBuf *b, uint8_t kind, uint64_t t, int n, const uint64_t *v);
+
 static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t tid) {
     uint64_t v[MAX_ARGS];
     for (int i = 0; i < ev->n; i++) {
@@ -754,11 +763,18 @@ static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t
         v[i] = ev->type[i] == 'u' ? ev->val[i] : (uint64_t)id;
     }
     TBuf *b = tid ? batch_for(tid, t) : thread_buf(t);
-    if (!b || buf_reserve(&b->ev, 1 + VARINT_MAX * (1 + (size_t)ev->n)) < 0) return -1;
+    if (!b) return -1;
+    return put_event(b, ev->kind, t, ev->n, v);
+}
+
+/* Busy section: appends event (kind, time t, n int values v) to batch b. 0, or -1 if out
+ * of memory (nothing appended). */
+static int put_event(TBuf *b, uint8_t kind, uint64_t t, int n, const uint64_t *v) {
+    if (buf_reserve(&b->ev, 1 + VARINT_MAX * (1 + (size_t)n)) < 0) return -1;
     uint8_t *start = b->ev.data + b->ev.len, *p = start;
-    *p++ = ev->kind;
+    *p++ = kind;
     p += put_varint(p, t >= b->last_ns ? t - b->last_ns : 0);
-    for (int i = 0; i < ev->n; i++)
+    for (int i = 0; i < n; i++)
         p += put_varint(p, v[i]);
     if (t > b->last_ns)
         b->last_ns = t;
@@ -769,6 +785,47 @@ static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t
     S.events++;
     if (t > S.last_t) S.last_t = t;
     return 0;
+}
+
+/* Busy section: appends the BEGIN event of noted step s (at its start time) to batch x,
+ * after those of the steps it runs in (outermost first: times never decrease). Out of
+ * memory drops a BEGIN (counted). */
+static void step_begin_to(TBuf *x, PyflStep *s) {
+    if (s->outer) step_begin_to(x, s->outer);
+    uint64_t v[2] = {s->vals[0], 0};
+    int n = 1;
+    if (s->name) {
+        int64_t id = intern_str(s->name);
+        v[1] = id > 0 ? (uint64_t)id : 0;
+        n = 2;
+    }
+    if ((unsigned)s->begin_kind >= N_KINDS || S.counts[s->begin_kind] != n
+        || put_event(x, (uint8_t)s->begin_kind, s->t0, n, v) < 0)
+        S.dropped++;
+}
+
+/* Busy section, sealing only: writes the BEGIN events of batch b's noted steps at their
+ * start times and forgets them (they end with END events, in the next generation). If b
+ * already holds events recorded after the outermost one began (a batch's times never go
+ * back), the BEGINs go into a second batch of the same thread, based at that start:
+ * a generation's batches are merged by time. */
+static void steps_flush(TBuf *b) {
+    PyflStep *outermost = b->step;
+    while (outermost->outer) outermost = outermost->outer;
+    TBuf *x = b;
+    if (b->n_events && b->last_ns > outermost->t0) {
+        if (!(x = PyMem_RawCalloc(1, sizeof *x))) {
+            S.dropped++;
+            b->step = NULL;
+            return;
+        }
+        x->tid = b->tid;
+        x->base_ns = x->last_ns = outermost->t0;
+        x->next = b->next; /* after b: the seal's loop over the batches visits it next, empty of steps */
+        b->next = x;
+    }
+    step_begin_to(x, b->step);
+    b->step = NULL;
 }
 
 /* The BLOCK_BEGIN event of pending block p, its stack argument the frame (borrowed) if
@@ -859,7 +916,14 @@ void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns) {
  * generation is sealed if due and the event appended with a fresh timestamp (or `when`,
  * if nonzero, brought within the open generation and not after now). A call
  * re-entering a busy core, or running out of memory, drops the event (counted). */
-static uint64_t commit_at(Ev *ev, uint64_t when) {
+static uint64_t commit_step(Ev *ev, uint64_t when, PyflStep *step, Ev *one);
+
+static uint64_t commit_at(Ev *ev, uint64_t when) { return commit_step(ev, when, NULL, NULL); }
+
+/* commit_at; and with `step`: if step's begin is still only noted in the calling thread's
+ * batch when the event is appended, `one` (its last argument set to the step's duration)
+ * is appended instead of ev. */
+static uint64_t commit_step(Ev *ev, uint64_t when, PyflStep *step, Ev *one) {
     PyObject *local[LOCAL_FRAMES], **frames = local;
     uint64_t at = 0;
     size_t n_frames = 0, need = (size_t)ev->n_stacks * (size_t)S.max_depth;
@@ -890,6 +954,11 @@ static uint64_t commit_at(Ev *ev, uint64_t when) {
             t = now_ns();
         }
         if (when && when < t) t = when > S.gen.start_ns ? when : S.gen.start_ns;
+        if (step && tls.epoch == S.gen.epoch && tls.buf && tls.buf->step == step) {
+            tls.buf->step = step->outer;
+            one->val[one->n - 1] = t > step->t0 ? t - step->t0 : 0;
+            ev = one;
+        }
         if (append_event(ev, frames, t) < 0)
             S.dropped++;
         else
@@ -996,6 +1065,81 @@ uint64_t pyfl_record_typed(int kind, int n, const char *types, const uint64_t *v
         }
     }
     return commit(&ev);
+}
+
+uint64_t pyfl_step_begin(PyflStep *s) {
+    s->t0 = 0;
+    s->outer = NULL;
+    if (!S.enabled) return 0;
+    Ev ev;
+    uint64_t t = now_ns();
+    if (!S.busy) {
+        S.busy = 1;
+        TBuf *b = thread_buf(t);
+        if (b) {
+            s->outer = b->step; /* a step inside a step (another loop run from a step) */
+            b->step = s;
+            s->t0 = t;
+        }
+        S.busy = 0;
+        if (s->t0) return t;
+    }
+    /* busy (re-entered) or out of memory: the plain BEGIN event, which counts its drop */
+    if (ev_of_ints(&ev, s->begin_kind, s->name ? 2 : 1, s->vals) < 0) return 0;
+    if (s->name && PyUnicode_CheckExact(s->name)) {
+        ev.type[1] = 's';
+        ev.obj[1] = s->name;
+    }
+    return commit(&ev);
+}
+
+/* pyfl_step_end when the fast path cannot: through commit, like any event. */
+#if defined(__GNUC__)
+__attribute__((noinline, cold))
+#endif
+static void step_end_slow(PyflStep *s) {
+    Ev ev, one;
+    uint64_t vals[3] = {s->vals[0], 0, 0};
+    int n = s->name ? 3 : 2;
+    if (S.enabled && ev_of_ints(&ev, s->end_kind, 1, s->vals) == 0) {
+        if (s->t0 && ev_of_ints(&one, s->one_kind, n, vals) == 0) {
+            if (s->name && PyUnicode_CheckExact(s->name)) {
+                one.type[1] = 's';
+                one.obj[1] = s->name;
+            }
+            commit_step(&ev, 0, s, &one);
+        } else {
+            commit(&ev);
+        }
+    }
+    /* on every path (a drop, a stop, a re-entered core), no batch points at s after this */
+    if (S.enabled && tls.epoch == S.gen.epoch && tls.buf && tls.buf->step == s) tls.buf->step = s->outer;
+}
+
+/* The usual case takes a short path: the step's begin still noted in this thread's batch
+ * of the open generation, nothing due (no seal, so no pending block to write first): the
+ * one event goes straight into the batch, without building an Ev for commit. */
+void pyfl_step_end(PyflStep *s) {
+    TBuf *b = tls.buf;
+    int n = s->name ? 3 : 2;
+    if (S.enabled && !S.busy && s->t0 && tls.epoch == S.gen.epoch && b && b->step == s
+        && S.counts[s->one_kind] == n) {
+        uint64_t t = now_ns();
+        if (!gen_due(t)) {
+            uint64_t v[3] = {s->vals[0], 0, 0};
+            S.busy = 1;
+            if (s->name) {
+                int64_t id = PyUnicode_CheckExact(s->name) ? intern_str(s->name) : 0;
+                v[1] = id > 0 ? (uint64_t)id : 0;
+            }
+            v[n - 1] = t > s->t0 ? t - s->t0 : 0;
+            b->step = s->outer;
+            if (put_event(b, (uint8_t)s->one_kind, t, n, v) < 0) S.dropped++;
+            S.busy = 0;
+            return;
+        }
+    }
+    step_end_slow(s);
 }
 
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {
@@ -1357,6 +1501,97 @@ static PyObject *core_decode_events(PyObject *mod, PyObject *const *a, Py_ssize_
     return list;
 }
 
+/* expand_steps(events, rules, event_type) -> list: the reader's expansion of one-event
+ * steps (docs/format.md, TASK_STEP and CALLBACK). rules: a tuple of (one, begin, end)
+ * kind objects. Each event e of `events` (a list of event_type tuples) whose kind is
+ * some rule's `one` is replaced by event_type((end, e.time, tid, first arg)), and
+ * event_type((begin, e.time - last arg, tid, *args but the last)) goes before it and
+ * before the events of the same thread just before it that are later than that (those
+ * recorded during the step): each thread's run of events stays in time order. Times are
+ * clamped at 0. Returns `events` itself when it holds none (the common case costs one
+ * pass of pointer compares), else a new list. TypeError on arguments of the wrong shape. */
+/* True if event `prev` is of thread `tid` and later than t0; never raises. */
+static int recorded_during(PyObject *prev, PyObject *tid, uint64_t t0) {
+    if (!PyTuple_Check(prev) || PyTuple_GET_SIZE(prev) < 3 || !PyLong_Check(PyTuple_GET_ITEM(prev, 1))) return 0;
+    PyObject *ptid = PyTuple_GET_ITEM(prev, 2);
+    if (ptid != tid
+        && (!PyLong_CheckExact(ptid) || !PyLong_CheckExact(tid) || PyObject_RichCompareBool(ptid, tid, Py_EQ) != 1)) {
+        PyErr_Clear();
+        return 0;
+    }
+    uint64_t t = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(prev, 1));
+    if (t == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return t > t0;
+}
+
+static PyObject *core_expand_steps(PyObject *mod, PyObject *const *a, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_Check(a[0]) || !PyTuple_Check(a[1]) || !PyType_Check(a[2])
+        || !PyType_IsSubtype((PyTypeObject *)a[2], &PyTuple_Type))
+        return PyErr_Format(PyExc_TypeError, "expand_steps() needs a list, a tuple of rules and a tuple subclass");
+    PyObject *events = a[0], *rules = a[1];
+    PyTypeObject *type = (PyTypeObject *)a[2];
+    Py_ssize_t n_rules = PyTuple_GET_SIZE(rules), n = PyList_GET_SIZE(events), found = 0;
+    for (Py_ssize_t r = 0; r < n_rules; r++)
+        if (!PyTuple_Check(PyTuple_GET_ITEM(rules, r)) || PyTuple_GET_SIZE(PyTuple_GET_ITEM(rules, r)) != 3)
+            return PyErr_Format(PyExc_TypeError, "expand_steps() rules must be (one, begin, end) tuples");
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(events, i);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3) continue;
+        for (Py_ssize_t r = 0; r < n_rules; r++)
+            if (PyTuple_GET_ITEM(e, 0) == PyTuple_GET_ITEM(PyTuple_GET_ITEM(rules, r), 0)) found++;
+    }
+    if (!found) return Py_NewRef(events);
+    PyObject *out = PyList_New(n + found);
+    if (!out) return NULL;
+    int gc_was_enabled = PyGC_Disable();
+    Py_ssize_t o = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(events, i), *rule = NULL;
+        Py_ssize_t size = PyTuple_Check(e) ? PyTuple_GET_SIZE(e) : 0;
+        for (Py_ssize_t r = 0; size >= 3 && r < n_rules && !rule; r++)
+            if (PyTuple_GET_ITEM(e, 0) == PyTuple_GET_ITEM(PyTuple_GET_ITEM(rules, r), 0))
+                rule = PyTuple_GET_ITEM(rules, r);
+        /* a one-event step has at least an id and a duration (int) after kind, time, tid */
+        if (!rule || size < 5 || !PyLong_Check(PyTuple_GET_ITEM(e, size - 1))) {
+            PyList_SET_ITEM(out, o++, Py_NewRef(e));
+            continue;
+        }
+        uint64_t t = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 1));
+        uint64_t d = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, size - 1));
+        PyObject *begin = type->tp_alloc(type, size - 1), *end = type->tp_alloc(type, 4);
+        PyObject *t0 = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(t > d ? t - d : 0);
+        if (!begin || !end || !t0) {
+            Py_XDECREF(begin);
+            Py_XDECREF(end);
+            Py_XDECREF(t0);
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(begin, 0, Py_NewRef(PyTuple_GET_ITEM(rule, 1)));
+        PyTuple_SET_ITEM(begin, 1, t0);
+        for (Py_ssize_t k = 2; k < size - 1; k++)
+            PyTuple_SET_ITEM(begin, k, Py_NewRef(PyTuple_GET_ITEM(e, k)));
+        PyTuple_SET_ITEM(end, 0, Py_NewRef(PyTuple_GET_ITEM(rule, 2)));
+        for (Py_ssize_t k = 1; k < 4; k++)
+            PyTuple_SET_ITEM(end, k, Py_NewRef(PyTuple_GET_ITEM(e, k)));
+        /* back over the thread's events recorded during the step (later than its start) */
+        Py_ssize_t j = o;
+        PyObject *tid = PyTuple_GET_ITEM(e, 2);
+        for (; j > 0 && recorded_during(PyList_GET_ITEM(out, j - 1), tid, t > d ? t - d : 0); j--)
+            PyList_SET_ITEM(out, j, PyList_GET_ITEM(out, j - 1));
+        PyList_SET_ITEM(out, j, begin);
+        o++;
+        PyList_SET_ITEM(out, o++, end);
+    }
+    if (out && o < n + found && PyList_SetSlice(out, o, n + found, NULL) < 0) /* rules that matched twice */
+        Py_CLEAR(out);
+    if (gc_was_enabled) PyGC_Enable();
+    return out;
+}
+
 /* ------------------------------------------------------------------ module */
 
 #define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
@@ -1377,6 +1612,7 @@ static PyMethodDef core_methods[] = {
     {"snapshot", core_snapshot, METH_NOARGS, "Seal, then return the ring's generations, oldest first."},
     {"stats", core_stats, METH_NOARGS, "Counters as a dict."},
     {"decode_events", FASTCALL(core_decode_events), "Decode one batch (for the reader)."},
+    {"expand_steps", FASTCALL(core_expand_steps), "Expand one-event steps into their pairs (for the reader)."},
     {"_after_fork_child", core_after_fork_child, METH_NOARGS, "Discard everything in a forked child."},
     {NULL, NULL, 0, NULL},
 };

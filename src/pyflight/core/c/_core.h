@@ -74,6 +74,38 @@ void pyfl_pending_begin(PyflPending *p);
  * code (frames are materialised), so the caller saves a pending exception. */
 void pyfl_pending_end(PyflPending *p, uint64_t stack_min_ns);
 
+/* A step or callback of an event loop recorded as ONE event, at its end, instead of a
+ * BEGIN and an END: fewer trips into the core and fewer bytes per step. It lives on the
+ * caller's C stack between pyfl_step_begin and pyfl_step_end; the caller fills begin_kind
+ * and vals[0] (the task id for TASK_STEP_BEGIN(task), the loop id for
+ * CALLBACK_BEGIN(loop, name)), name (borrowed, alive until pyfl_step_end: the callback's
+ * name, NULL for a task step), end_kind and one_kind (the END kind with argument vals[0],
+ * and the single kind with vals[0], then the name if any, then the duration). Until it
+ * ends, its begin is only noted in the thread's batch. Events the thread records
+ * meanwhile are written as usual, before the single event: the reader places the BEGIN
+ * it stands for by time (docs/format.md). A seal (seal, maybe_seal, snapshot, or due
+ * before any event) writes the noted begin as a plain BEGIN event at the step's own
+ * start, in the generation being sealed; the step then ends with its END event. */
+typedef struct PyflStep {
+    int begin_kind, end_kind, one_kind;
+    uint64_t vals[1];
+    PyObject *name;
+    uint64_t t0;             /* set by pyfl_step_begin: the step's start, 0 if nothing was noted */
+    struct PyflStep *outer;  /* set by pyfl_step_begin: the noted step this one runs in */
+} PyflStep;
+
+/* Notes the start of step s now (nothing is written; a no-op when stopped, and a
+ * plain BEGIN event when the core is busy or out of memory); returns its start time, or 0
+ * if not recording. Never raises, never runs Python code. */
+uint64_t pyfl_step_begin(PyflStep *s);
+
+/* Ends step s: if its begin is still only noted, writes one `one_kind` event dated now
+ * with the duration since its start; else (its BEGIN was written by a seal, or recording
+ * restarted) the END event. Seals the generation first if due, as any event does. Never
+ * raises; may run Python code only where any record call may (a seal with pending
+ * blocks), so the caller saves a pending exception. */
+void pyfl_step_end(PyflStep *s);
+
 /* Exactly record(kind, *args) as called from Python (args[0] is the kind): 0, or -1
  * with an exception set on bad arguments. Use it for events with strings or stacks. */
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs);
@@ -93,5 +125,11 @@ int pyfl_annotate_init(PyObject *mod);
 
 /* Adds the native stack reader (defined in _core_stackreader.c) to the module: 0, or -1. */
 int pyfl_stackreader_init(PyObject *mod);
+/* A hash of the (code, instruction) of each caller of `f` (a frame of the current
+ * thread, which holds the GIL) while the frames are a library's (is_library), the first
+ * frame of the program's own included, at most max_depth; 0 when `f` is not a library's.
+ * Reads the interpreter's frames in place (3.11-3.13): no frame object made, no
+ * allocation. Never fails. (_core_stackreader.c: the file with the internal headers.) */
+uint64_t pyfl_caller_chain(PyFrameObject *f, int (*is_library)(PyCodeObject *), int max_depth);
 
 #endif

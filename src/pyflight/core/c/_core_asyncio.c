@@ -41,6 +41,7 @@ static struct {
     uint64_t epoch;     /* installs so far: invalidates every thread's loop cache */
     int wait_mode;      /* after a task step: 0 nothing, 1 TASK_WAIT, 2 TASK_WAIT with stack */
     int k_begin, k_end, k_cb_begin_int, k_cb_end, k_wait_int, reason;
+    int k_step, k_callback; /* the one-event kinds (TASK_STEP, CALLBACK); -1: BEGIN/END pairs */
     PyObject *exc_helper;   /* helper(handle, exc): the original's except-branch */
     PyObject *slow_call;    /* slow_call(context, callback, args): context.run(callback, *args) */
     PyObject *on_loop;      /* on_loop(loop): a thread runs a step of a loop it did not just run */
@@ -414,11 +415,11 @@ static struct {
     PyObject *on_fault;              /* on_fault(exc): a recording error, the source reports it */
     PyObject *describe;              /* describe(exc) -> "Type: message" (TASK_DONE's error) */
     PyObject *k_info;
-    int k_create_int, k_done_int, k_block_int; /* recorded with pyfl_record_typed */
+    int k_create_int, k_info_int, k_done_int, k_block_int; /* recorded with pyfl_record_typed */
     PyObject *ok, *cancelled, *failed; /* TaskOutcome values */
 } TK;
 
-static PyObject *str_get_name, *str_cancelled, *str_exception, *str_coro_kw;
+static PyObject *str_get_name, *str_get_coro, *str_cancelled, *str_exception, *str_coro_kw;
 
 /* After a failed recording step: an Exception is handed to on_fault (the source reports
  * it and disables itself) and cleared, 0; anything else (KeyboardInterrupt, ...) stays set
@@ -434,13 +435,48 @@ static int fault(void) {
     return 0;
 }
 
+/* TASK_INFO(task, name, coro, parent 0) for a task that create_task never saw (made with
+ * asyncio.Task(...) directly: aiohttp's request handlers on 3.12+), recorded once, at its
+ * end: without it the task has neither name nor coroutine. 0, or -1 with an exception set. */
+static int announce_unseen(PyObject *task) {
+    PyObject *name = PyObject_CallMethodNoArgs(task, str_get_name), *coro = NULL, *coro_name = NULL;
+    if (!name) { /* a task-like object without the Task API: nothing to say */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    if (!PyUnicode_CheckExact(name)) {
+        Py_SETREF(name, PyObject_Str(name));
+        if (!name) return -1;
+    }
+    coro = PyObject_CallMethodNoArgs(task, str_get_coro);
+    if (coro) {
+        coro_name = callback_name(coro);
+    } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        coro_name = Py_NewRef(A.empty);
+    }
+    if (coro_name) {
+        uint64_t vals[4] = {(uint64_t)(uintptr_t)task, 0, 0, 0};
+        PyObject *objs[4] = {NULL, name, coro_name, NULL};
+        pyfl_record_typed(TK.k_info_int, 4, "ussu", vals, objs);
+    }
+    Py_DECREF(name);
+    Py_XDECREF(coro);
+    Py_XDECREF(coro_name);
+    return coro_name ? 0 : -1;
+}
+
 /* Records TASK_DONE(task, outcome, error) for a task that a step just finished (error read
  * from `_exception`, never through exception(): that would mark it retrieved) and forgets
  * its live TASK_INFO. 0, or -1 with a non-Exception exception set (Exceptions go to
  * fault()). */
 static int record_task_done(PyObject *task) {
     PyObject *tid = PyLong_FromVoidPtr(task), *outcome = TK.ok, *error = Py_NewRef(A.empty), *live = NULL;
-    if (!tid) goto out;
+    if (!tid || !TK.live_tasks) goto out;
+    live = Py_NewRef(TK.live_tasks); /* held: a hook below may run a re-install */
+    int seen = PyDict_Contains(live, tid);
+    if (seen < 0 || (!seen && announce_unseen(task) < 0)) goto out;
     PyObject *c = PyObject_CallMethodNoArgs(task, str_cancelled);
     if (!c) goto out;
     int is_cancelled = PyObject_IsTrue(c);
@@ -471,9 +507,8 @@ static int record_task_done(PyObject *task) {
         PyObject *objs[3] = {NULL, NULL, error};
         pyfl_record_typed(TK.k_done_int, 3, "uus", vals, objs);
     }
-    if (!TK.live_tasks) goto out;
-    live = Py_NewRef(TK.live_tasks); /* held: a hook above may have run a re-install */
-    PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed */
+    PyObject *known = PyDict_GetItemWithError(live, tid); /* borrowed; looked up again:
+                                                            * the calls above run Python code */
     if (known) {
         if (PyDict_DelItem(live, tid) < 0 || pyfl_clear_live(tid) < 0) goto out;
     } else if (PyErr_Occurred()) {
@@ -499,7 +534,7 @@ static int task_done(PyObject *task) {
 /* The task this thread is stepping for `loop` (the innermost step's slot, valid from
  * claim_slot until the step ends), or 0 if the step is not a task's or unknown: then
  * asyncio.current_task says (a call, ~60 ns with 3.11's getpid check). */
-static uint64_t stepping_task(uint64_t loop) {
+static inline uint64_t stepping_task(uint64_t loop) { /* inline: unused from 3.12 */
     ThreadCache *t = &T;
     int i = t->slot;
     if (i < 0 || !t->ident || A.slots[i].ident != t->ident || A.slots[i].loop != loop) return 0;
@@ -507,10 +542,16 @@ static uint64_t stepping_task(uint64_t loop) {
 }
 
 /* *id = the task running on `loop` now (0: none): the step's slot, else
- * asyncio.current_task(loop). 0, or -1 with the call's exception set. */
+ * asyncio.current_task(loop). From 3.12 always the latter: an eager task's first step
+ * (asyncio.Task(..., eager_start=True), eager_task_factory: aiohttp's request handlers)
+ * runs inside its creator's step, whose slot names the creator; asyncio's current task is
+ * the eager one. Only the slower paths ask (a wait that blocks, a task created). 0, or -1
+ * with the call's exception set. */
 static int current_task_id(PyObject *loop, uint64_t *id) {
+#if PY_VERSION_HEX < 0x030C0000
     *id = stepping_task((uint64_t)(uintptr_t)loop);
     if (*id) return 0;
+#endif
     PyObject *task = PyObject_CallOneArg(TK.current_task, loop);
     if (!task) return -1;
     *id = task == Py_None ? 0 : (uint64_t)(uintptr_t)task;
@@ -602,9 +643,13 @@ static PyMethodDef create_task_def = {
 #define MAX_SITES 10000             /* waiting lines remembered before the table is cleared */
 #define SITE_STACK_INTERVAL 1000000000u /* ns between two full stacks of one waiting line */
 
+#define MAX_CHAIN 24                /* library frames walked past a waiting line */
+#define CODE_KIND_CACHE 1024         /* power of two */
+
 typedef struct {
     const void *code; /* identity only (the code may be gone: a stale entry costs a stack) */
     int lasti;
+    uint64_t chain; /* the library callers up to the program's own frame (pyfl_caller_chain) */
     uint32_t site;
     uint64_t stack_ns; /* when its stack was last recorded */
 } SiteEntry;
@@ -619,21 +664,49 @@ static struct {
     SiteEntry table[SITE_TABLE];
     int used;
     uint32_t next_site;
+    /* code -> 1 library (stdlib, site-packages), 0 the program's own (is_library_code) */
+    struct {
+        const void *code;
+        int library;
+    } kinds[CODE_KIND_CACHE];
 } SW;
 
-/* The entry of waiting line (code, lasti), added (fresh stack_ns 0) if new; the table is
- * cleared when MAX_SITES lines are known. Never fails. */
-static SiteEntry *site_entry(const void *code, int lasti) {
+/* 1 if `code` is the standard library's or an installed package's (its file under
+ * lib/pythonX.Y/, site-packages or dist-packages, or "<frozen ...>"), else 0; the
+ * analysis's user_frame() draws the same line (see pyfl_caller_chain for its use).
+ * Cached per code object (a stale entry,
+ * a code freed and another allocated there, costs a coarser site, nothing else). Never
+ * fails. */
+static int is_library_code(PyCodeObject *code) {
+    size_t h = (((uintptr_t)code) >> 4) & (CODE_KIND_CACHE - 1);
+    if (SW.kinds[h].code == code) return SW.kinds[h].library;
+    Py_ssize_t n;
+    const char *file = PyUnicode_Check(code->co_filename) ? PyUnicode_AsUTF8AndSize(code->co_filename, &n) : NULL;
+    int library = 0;
+    if (!file)
+        PyErr_Clear(); /* not text we can read: the program's own */
+    else
+        library = file[0] == '<' || strstr(file, "/lib/python3.") || strstr(file, "/site-packages/")
+                  || strstr(file, "/dist-packages/");
+    SW.kinds[h].code = code;
+    SW.kinds[h].library = library;
+    return library;
+}
+
+/* The entry of waiting line (code, lasti) reached through `chain`, added (fresh
+ * stack_ns 0) if new; the table is cleared when MAX_SITES lines are known. Never fails. */
+static SiteEntry *site_entry(const void *code, int lasti, uint64_t chain) {
     if (SW.used >= MAX_SITES) {
         memset(SW.table, 0, sizeof SW.table);
         SW.used = 0;
     }
-    size_t h = ((((uintptr_t)code) >> 4) * 31u + (size_t)lasti) & (SITE_TABLE - 1);
-    while (SW.table[h].code && !(SW.table[h].code == code && SW.table[h].lasti == lasti))
+    size_t h = ((((uintptr_t)code) >> 4) * 31u + (size_t)lasti + (size_t)(chain ^ (chain >> 29))) & (SITE_TABLE - 1);
+    while (SW.table[h].code
+           && !(SW.table[h].code == code && SW.table[h].lasti == lasti && SW.table[h].chain == chain))
         h = (h + 1) & (SITE_TABLE - 1);
     SiteEntry *e = &SW.table[h];
     if (!e->code) {
-        *e = (SiteEntry){code, lasti, ++SW.next_site, 0};
+        *e = (SiteEntry){code, lasti, chain, ++SW.next_site, 0};
         SW.used++;
     }
     return e;
@@ -682,7 +755,7 @@ static int note_sync_wait(PyObject *obj, PyObject *loop, PyFrameObject *caller) 
     int with_stack = 0;
     if (f) {
         PyCodeObject *fc = PyFrame_GetCode(f);
-        SiteEntry *e = site_entry(fc, PyFrame_GetLasti(f));
+        SiteEntry *e = site_entry(fc, PyFrame_GetLasti(f), pyfl_caller_chain(f, is_library_code, MAX_CHAIN));
         Py_DECREF(fc);
         uint64_t t = coarse_now_ns();
         site_id = e->site;
@@ -807,11 +880,15 @@ static PyObject *except_branch(PyObject *self) {
 
 /* ------------------------------------------------------------------ Handle._run */
 
+/* Handle._run, recorded. With the one-event kinds installed, a step is a PyflStep: its
+ * begin only noted, one TASK_STEP/CALLBACK event at its end (a BEGIN and an END if a
+ * generation was sealed meanwhile). */
 static PyObject *handle_run(PyObject *self, PyObject *unused) {
-    PyObject *ctx = NULL, *cb = NULL, *args = NULL, *res = NULL, *task = NULL;
+    PyObject *ctx = NULL, *cb = NULL, *args = NULL, *res = NULL, *task = NULL, *name = NULL;
     uint64_t loop_id = 0, task_id = 0;
-    int begun = 0, slot = -1;
+    int begun = 0, slot = -1, one = 0;
     Slot saved = {0, 0, 0, 0};
+    PyflStep step;
     const Layout *L = layout_of(&handle_layouts, Py_TYPE(self));
 
     if (!(ctx = get_field(self, L, 0, str_context)) || !(cb = get_field(self, L, 1, str_callback))
@@ -840,14 +917,19 @@ static PyObject *handle_run(PyObject *self, PyObject *unused) {
             begun = 1;
             task = step_task(cb);
             uint64_t began = 0; /* the begin event's time is the step's start (no second clock read) */
-            if (task) {
-                task_id = (uint64_t)(uintptr_t)task;
+            if (task) task_id = (uint64_t)(uintptr_t)task;
+            else name = callback_name(cb); /* held until the end: the noted begin borrows it */
+            if (A.k_step >= 0) {
+                one = 1;
+                step = task ? (PyflStep){A.k_begin, A.k_end, A.k_step, {task_id}, NULL, 0}
+                            : (PyflStep){A.k_cb_begin_int, A.k_cb_end, A.k_callback, {loop_id}, name, 0};
+                began = pyfl_step_begin(&step);
+            } else if (task) {
                 began = pyfl_record_ints(A.k_begin, 1, &task_id);
             } else {
-                PyObject *name = callback_name(cb), *objs[2] = {NULL, name};
+                PyObject *objs[2] = {NULL, name};
                 uint64_t vals[2] = {loop_id, 0};
                 began = pyfl_record_typed(A.k_cb_begin_int, 2, "us", vals, objs);
-                Py_DECREF(name);
             }
             slot = claim_slot(t, loop_id, task_id, began, &saved);
         }
@@ -871,15 +953,15 @@ ran:
         PyObject *exc = res ? NULL : take_exception();
         if (slot >= 0)
             A.slots[slot] = saved;
-        if (task) {
-            pyfl_record_ints(A.k_end, 1, &task_id);
-            if (res && A.active && after_step(task) < 0)
-                Py_CLEAR(res);
-        } else {
-            pyfl_record_ints(A.k_cb_end, 1, &loop_id);
-        }
+        if (one)
+            pyfl_step_end(&step);
+        else
+            pyfl_record_ints(task ? A.k_end : A.k_cb_end, 1, task ? &task_id : &loop_id);
+        if (task && res && A.active && after_step(task) < 0)
+            Py_CLEAR(res);
         give_exception(exc);
     }
+    Py_XDECREF(name);
     Py_XDECREF(task);
     Py_XDECREF(ctx);
     Py_XDECREF(cb);
@@ -994,7 +1076,8 @@ static PyObject *asyncio_idle_previous(PyObject *mod, PyObject *obj) {
 /* asyncio_install(handle_cls, exc_helper, slow_call, on_loop, on_task_done, task_types,
  *                 step_funcs, future_cls, kinds, wait_mode) -> method descriptor for handle_cls._run
  * future_cls: the plain Future class, awaited futures of exactly that class are "".
- * kinds: (TASK_STEP_BEGIN, TASK_STEP_END, TASK_WAIT, CALLBACK_BEGIN, CALLBACK_END, AWAIT).
+ * kinds: (TASK_STEP_BEGIN, TASK_STEP_END, TASK_WAIT, CALLBACK_BEGIN, CALLBACK_END, AWAIT[,
+ * TASK_STEP, CALLBACK]): with the last two, a short step is one event (see handle_run).
  * step_funcs: (pure-Python Task.__step, Task.__wakeup), None for unknown. */
 static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
     PyObject *handle_cls, *exc_helper, *slow_call, *on_loop, *on_task_done, *task_types, *step_funcs, *future_cls,
@@ -1014,13 +1097,14 @@ static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
             return PyErr_Format(PyExc_TypeError, "asyncio_install() task_types must be classes");
     if (PyTuple_GET_SIZE(step_funcs) != 2)
         return PyErr_Format(PyExc_TypeError, "asyncio_install() step_funcs must be (step, wakeup)");
-    long k[6];
-    if (PyTuple_GET_SIZE(kinds) != 6)
-        return PyErr_Format(PyExc_TypeError, "asyncio_install() kinds must have 6 ints");
-    for (int i = 0; i < 6; i++) {
+    long k[8] = {0, 0, 0, 0, 0, 0, -1, -1};
+    Py_ssize_t n_kinds = PyTuple_GET_SIZE(kinds);
+    if (n_kinds != 6 && n_kinds != 8)
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() kinds must have 6 or 8 ints");
+    for (int i = 0; i < n_kinds; i++) {
         k[i] = PyLong_AsLong(PyTuple_GET_ITEM(kinds, i));
         if (k[i] == -1 && PyErr_Occurred()) return NULL;
-        if (k[i] < 0 || k[i] > 255) return PyErr_Format(PyExc_ValueError, "asyncio_install(): bad kind %ld", k[i]);
+        if (k[i] < 0 || k[i] > 127) return PyErr_Format(PyExc_ValueError, "asyncio_install(): bad kind %ld", k[i]);
     }
     PyObject *descr = PyDescr_NewMethod((PyTypeObject *)handle_cls, &handle_run_def);
     if (!descr) return NULL;
@@ -1034,6 +1118,8 @@ static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
     A.k_cb_end = (int)k[4];
     A.k_wait_int = (int)k[2];
     A.reason = (int)k[5];
+    A.k_step = (int)k[6];
+    A.k_callback = (int)k[7];
     Py_XSETREF(A.exc_helper, Py_NewRef(exc_helper));
     Py_XSETREF(A.slow_call, Py_NewRef(slow_call));
     Py_XSETREF(A.on_loop, Py_NewRef(on_loop));
@@ -1120,6 +1206,7 @@ static PyObject *asyncio_tasks_setup(PyObject *mod, PyObject *args) {
     Py_XSETREF(TK.k_info, k[1]);
     Py_DECREF(k[2]);
     TK.k_create_int = (int)PyLong_AsLong(k[0]); /* int_tuple checked them */
+    TK.k_info_int = (int)PyLong_AsLong(TK.k_info);
     TK.k_done_int = (int)PyLong_AsLong(k[2]);
     TK.k_block_int = (int)PyLong_AsLong(k[3]);
     Py_DECREF(k[3]);
@@ -1246,6 +1333,7 @@ int pyfl_asyncio_init(PyObject *mod) {
     INTERN(str_func, "func");
     INTERN(A.empty, "");
     INTERN(str_get_name, "get_name");
+    INTERN(str_get_coro, "get_coro");
     INTERN(str_cancelled, "cancelled");
     INTERN(str_exception, "_exception");
     INTERN(str_coro_kw, "coro");

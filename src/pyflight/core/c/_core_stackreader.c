@@ -693,3 +693,66 @@ static PyMethodDef sr_methods[] = {
 int pyfl_stackreader_init(PyObject *mod) { return PyModule_AddFunctions(mod, sr_methods); }
 
 #endif
+
+/* ------------------------------------------------------------------ the caller chain
+ *
+ * For the asyncio source's waiting sites (_core_asyncio.c, note_sync_wait): this is the
+ * one file compiled with the interpreter's internal headers, so the walk over the
+ * *current* thread's frames lives here. The current thread holds the GIL and its frames
+ * cannot change under us: plain reads, no safe reads needed. */
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#include "internal/pycore_frame.h"
+
+static PyCodeObject *frame_code(_PyInterpreterFrame *fr) {
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyCode_Check(fr->f_executable) ? (PyCodeObject *)fr->f_executable : NULL;
+#else
+    return fr->f_code;
+#endif
+}
+
+static const void *frame_instr(_PyInterpreterFrame *fr) {
+#if PY_VERSION_HEX >= 0x030D0000
+    return fr->instr_ptr;
+#else
+    return fr->prev_instr;
+#endif
+}
+
+uint64_t pyfl_caller_chain(PyFrameObject *f, int (*is_library)(PyCodeObject *), int max_depth) {
+    _PyInterpreterFrame *fr = f->f_frame;
+    PyCodeObject *code = frame_code(fr);
+    uint64_t h = 0;
+    for (int depth = 0; code && is_library(code) && depth < max_depth; depth++) {
+        do
+            fr = fr->previous;
+        while (fr && (_PyFrame_IsIncomplete(fr) || !frame_code(fr)));
+        if (!fr) break;
+        code = frame_code(fr);
+        h = (h ^ (((uint64_t)(uintptr_t)code) >> 4) ^ ((uint64_t)(uintptr_t)frame_instr(fr) << 20)) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+#else /* a version whose frame layout this file does not know: the public API, slower */
+
+uint64_t pyfl_caller_chain(PyFrameObject *f, int (*is_library)(PyCodeObject *), int max_depth) {
+    uint64_t h = 0;
+    PyFrameObject *g = (PyFrameObject *)Py_NewRef(f);
+    for (int depth = 0; depth < max_depth; depth++) {
+        PyCodeObject *code = PyFrame_GetCode(g);
+        int library = is_library(code);
+        Py_DECREF(code);
+        if (!library) break;
+        Py_SETREF(g, PyFrame_GetBack(g));
+        if (!g) break;
+        code = PyFrame_GetCode(g);
+        h = (h ^ (((uint64_t)(uintptr_t)code) >> 4) ^ ((uint64_t)PyFrame_GetLasti(g) << 20)) * 0x100000001b3ull;
+        Py_DECREF(code);
+    }
+    Py_XDECREF(g);
+    return h;
+}
+
+#endif
