@@ -57,7 +57,8 @@ def program_stack(value: Any) -> Stack:
     """The program's part of a stack (cached per stack object): without the launcher's
     outermost frames (``pyflight run``, runpy) and pyflight's own wrapper frames (its
     hooks, its thread bootstrap). A stack of pyflight's own work on a program thread
-    (set-up, the write at exit) becomes empty: none of it is the program's."""
+    (set-up, the write at exit, its ``atexit`` handlers, which no program frame calls)
+    becomes empty: none of it is the program's."""
     if not isinstance(value, tuple) or not value:
         return ()
     cached = _own_stripped.get(id(value))
@@ -70,8 +71,7 @@ def program_stack(value: Any) -> Stack:
     if end < len(value) and (end == 0 or _is_own(value[end - 1][1])):
         stripped = ()  # called by the launcher, not through the program's code
     else:
-        kept = tuple(f for f in value[:end] if not _is_own(f[1]))
-        stripped = kept if kept else value[:end]  # pyflight's own threads keep theirs
+        stripped = tuple(f for f in value[:end] if not _is_own(f[1]))
         if len(stripped) == len(value):
             stripped = value
     _own_stripped[id(value)] = (value, stripped)
