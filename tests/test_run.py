@@ -352,6 +352,45 @@ def test_sigterm_while_the_main_thread_is_stuck_in_c(
     assert trace.meta["reason"] == "sigterm"
 
 
+STUCK_SNAPSHOT = """
+import glob, multiprocessing, signal, sys, threading, time
+
+mode = sys.argv[1]
+lock = multiprocessing.Semaphore(0)  # the main thread waits in sem_wait until released
+
+def snapshot_while_main_waits():
+    # the signal lands on this thread; the main thread, inside sem_wait, is not interrupted
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not glob.glob("snaps/*-signal.pyfl") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("written" if glob.glob("snaps/*-signal.pyfl") else "missing", flush=True)
+    lock.release()
+
+threading.Thread(target=snapshot_while_main_waits).start()
+if mode == "masked":  # not even a nudge can reach the main thread now
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+lock.acquire()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "masked"])
+def test_snapshot_signal_while_the_main_thread_waits_in_c(
+    env: dict[str, str], tmp_path: Path, mode: str
+) -> None:
+    """A SIGUSR2 that lands on another thread while the main thread waits in C is written
+    at once, not when (or if) the main thread's call ends."""
+    _write(tmp_path / "stuck.py", STUCK_SNAPSHOT)
+    result = _run("-o", "out.pyfl", "--snapshot-dir", "snaps", "stuck.py", mode, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["written"], result.stderr
+    (snap,) = (tmp_path / "snaps").glob("*-signal.pyfl")
+    assert pyflight.load(snap).meta["reason"] == "signal"
+    if mode == "masked":
+        assert "SIGUSR2: the main thread is blocked" in result.stderr
+
+
 SYNC_WAITS = """
 import asyncio, subprocess, sys
 

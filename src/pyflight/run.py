@@ -347,6 +347,7 @@ def _begin(config: RunConfig, output: str, *, main: bool, announce: bool = True)
             if signal.getsignal(config.snapshot_signal) == signal.SIG_DFL:
                 # the program's own process also gathers its workers' (pre-fork servers)
                 signals.install(config.signal_dir, config.snapshot_signal, config.quota_bytes, workers=main)
+                _watch_snapshot_signal()
         except (ValueError, OSError) as exc:
             say(f"no snapshot signal for pid {os.getpid()}: {exc}")
     return state
@@ -359,18 +360,33 @@ def _at_exit() -> None:
     state.finish()
 
 
-#: Makes _on_sigterm run even if SIGTERM lands while the main thread is stuck in C.
-_sigterm_watch: HandlerWatch | None = None
+#: Makes _on_sigterm (and the snapshot signal's handler) run even if the signal lands
+#: while the main thread is stuck in C.
+_signal_watch: HandlerWatch | None = None
 
 
 def _watch_sigterm() -> None:
-    global _sigterm_watch
+    global _signal_watch
     watch = HandlerWatch([signal.SIGTERM], _on_stuck_sigterm)
     try:
         if watch.install():
-            _sigterm_watch = watch
+            _signal_watch = watch
     except Exception as exc:
         say(f"SIGTERM may not be handled while the main thread is blocked: {exc}")
+    _watch_snapshot_signal()
+
+
+def _watch_snapshot_signal() -> None:
+    """Chase each snapshot signal too: one that lands on another thread while the main
+    thread waits in C (a read of stdin, a lock) would wait for that call to end."""
+    watch = _signal_watch
+    config = _current.config if _current is not None else None
+    if watch is None or config is None or config.snapshot_signal is None:
+        return
+    trigger = signals.installed(config.snapshot_signal)
+    if trigger is not None:
+        trigger.watch = watch
+        watch.add(trigger.signum, trigger.handle_off_main, once=False)
 
 
 def _write_for_signal(state: _Recording, signum: int, timeout: float) -> None:
@@ -410,7 +426,7 @@ def _on_stuck_sigterm(signum: int) -> None:
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     """Write the window, then die of the signal as the program would have."""
-    watch = _sigterm_watch
+    watch = _signal_watch
     if watch is not None:
         watch.started(signum)
     state = _current
@@ -433,10 +449,10 @@ def _die(signum: int) -> None:
 
 def _after_fork_in_child() -> None:
     """A fresh recorder, writing its own file, for a forked child of a recorded process."""
-    global _current, _sigterm_watch
-    if _sigterm_watch is not None:
-        _sigterm_watch.forget_after_fork()
-        _sigterm_watch = None
+    global _current, _signal_watch
+    if _signal_watch is not None:
+        _signal_watch.forget_after_fork()
+        _signal_watch = None
     parent = _current
     _current = None
     config = parent.config if parent is not None else _template
@@ -465,7 +481,7 @@ def _patch_multiprocessing() -> None:
         return
 
     def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _sigterm_watch is None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        if _signal_watch is None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
             _watch_sigterm()  # a forkserver's child: the server's wake-up fd was in the way at fork
         try:
             return original(self, *args, **kwargs)

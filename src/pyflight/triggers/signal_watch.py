@@ -12,6 +12,13 @@ if the handler has not started shortly after, interrupts the main thread with
 even that does not help (the main thread blocks the signal, or a C call ignores EINTR),
 ``on_stuck(signum)`` runs on the watch's own thread.
 
+A death signal (SIGTERM) is chased once: after its handler started, later arrivals need
+nothing. A signal that may come again and again (the snapshot signal) is chased per
+arrival (``once=False``): an arrival counts as handled when the handler started after it
+was read from the pipe, give or take ``ARRIVAL_GRACE_S`` (the handler may beat the watch
+thread to it). The nudges' own arrivals, and any that come while an arrival is being
+chased, belong to that arrival.
+
 The wake-up fd is one per process: when the program already uses it, or takes it later
 (asyncio's ``add_signal_handler``), the watch stands aside and the handler works as
 plain CPython makes it.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from pyflight.core.daemon import start_without_signals
@@ -30,17 +38,31 @@ from pyflight.core.daemon import start_without_signals
 NUDGE_AFTER_S = 0.1
 NUDGE_EVERY_S = 0.2
 NUDGES = 10
+#: A handler that started this long before an arrival was read from the pipe handled it
+#: (snapshot signals this close together are one).
+ARRIVAL_GRACE_S = 0.5
+#: How often a chase looks whether the handler started (no lock: it runs in a handler).
+POLL_S = 0.01
 
 
 class HandlerWatch:
     """Watches ``signums`` (their Python handler must call :meth:`started` first)."""
 
     def __init__(self, signums: Iterable[int], on_stuck: Callable[[int], None]) -> None:
-        self._signums = frozenset(int(s) for s in signums)
-        self._on_stuck = on_stuck
-        self._started = {signum: threading.Event() for signum in self._signums}
+        self._on_stuck: dict[int, Callable[[int], None]] = {}
+        self._once: dict[int, bool] = {}
+        #: When each signal's handler last started (time.monotonic), set by ``started``.
+        self._started_at: dict[int, float] = {}
+        for signum in signums:
+            self.add(signum, on_stuck)
         self._fds: tuple[int, int] | None = None
         self._pid = -1
+
+    def add(self, signum: int, on_stuck: Callable[[int], None], *, once: bool = True) -> None:
+        """Watch ``signum`` too (before or after ``install``); ``once=False`` chases each
+        arrival, for a signal that is expected again after its handler ran."""
+        self._on_stuck[int(signum)] = on_stuck
+        self._once[int(signum)] = once
 
     def install(self) -> bool:
         """Take the wake-up fd and start the watch thread; False if it cannot (not the
@@ -68,9 +90,8 @@ class HandlerWatch:
 
     def started(self, signum: int) -> None:
         """Called by the handler as it starts: no nudging needed any more."""
-        event = self._started.get(signum)
-        if event is not None:
-            event.set()
+        if signum in self._on_stuck:
+            self._started_at[signum] = time.monotonic()  # one store: safe in a handler
 
     def forget_after_fork(self) -> None:
         """In a forked child: the pipe and the wake-up fd are the parent's; let go of both
@@ -92,19 +113,40 @@ class HandlerWatch:
                 pass
 
     def _run(self, read_fd: int) -> None:
+        carried = b""  # other signals' arrivals read while one was chased
         while True:
-            try:
-                data = os.read(read_fd, 256)
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in self._signums.intersection(data):
-                self._chase(signum)
+            if carried:
+                data, carried = carried, b""
+            else:
+                try:
+                    data = os.read(read_fd, 256)
+                except OSError:
+                    return
+                if not data:
+                    return
+            arrived = time.monotonic()
+            chased = set(data).intersection(self._on_stuck)
+            for signum in chased:
+                self._chase(signum, arrived)
+            if chased:  # the nudges' own arrivals, and more of the chased, belong to the chase
+                carried = bytes(b for b in _drain(read_fd) if b not in chased)
 
-    def _chase(self, signum: int) -> None:
-        started = self._started[signum]
-        if started.wait(NUDGE_AFTER_S):
+    def _handled(self, signum: int, arrived: float) -> bool:
+        started = self._started_at.get(signum)
+        if started is None:
+            return False
+        return self._once[signum] or started >= arrived - ARRIVAL_GRACE_S
+
+    def _wait_handled(self, signum: int, arrived: float, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._handled(signum, arrived):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    def _chase(self, signum: int, arrived: float) -> None:
+        if self._wait_handled(signum, arrived, NUDGE_AFTER_S):
             return
         main = threading.main_thread().ident
         for _ in range(NUDGES):
@@ -114,9 +156,24 @@ class HandlerWatch:
                 signal.pthread_kill(main, signum)  # coalesced with the pending one
             except (OSError, ValueError):
                 break
-            if started.wait(NUDGE_EVERY_S):
+            if self._wait_handled(signum, arrived, NUDGE_EVERY_S):
                 return
         try:
-            self._on_stuck(signum)
+            self._on_stuck[signum](signum)
         except Exception:
             pass
+
+
+def _drain(fd: int) -> bytes:
+    """What is in the pipe now, read without waiting."""
+    out = b""
+    try:
+        os.set_blocking(fd, False)
+        try:
+            while chunk := os.read(fd, 256):
+                out += chunk
+        finally:
+            os.set_blocking(fd, True)
+    except OSError:  # empty (BlockingIOError), or closed after a fork
+        pass
+    return out

@@ -21,6 +21,7 @@ from typing import Any
 from pyflight.core.daemon import is_deferred, start_without_signals
 from pyflight.errors import SnapshotInProgress
 from pyflight.recorder import FlightRecorder
+from pyflight.triggers.signal_watch import HandlerWatch
 from pyflight.triggers.snapshots import write_snapshot_file
 
 DEFAULT_SIGNAL = signal.SIGUSR2
@@ -156,6 +157,10 @@ class SignalTrigger:
         self._pending = False
         self._previous: Any = None
         self._installed = False
+        #: Told when the handler starts, so it can chase arrivals the main thread did not
+        #: take (``pyflight run`` sets it; signal_watch.py).
+        self.watch: HandlerWatch | None = None
+        self._served_off_main = False
 
     @property
     def signal_name(self) -> str:
@@ -175,10 +180,28 @@ class SignalTrigger:
         self._installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        watch = self.watch
+        if watch is not None:
+            watch.started(signum)
+        if self._served_off_main:  # that arrival, written already (handle_off_main)
+            self._served_off_main = False
+            return
+        self._submit()
+
+    def _submit(self) -> None:
         if self._pending:
             return
         self._pending = True
         writer.submit(self._write)
+
+    def handle_off_main(self, signum: int) -> None:
+        """The signal came but the main thread could not run the handler (the watch
+        nudged it in vain): hand the write over from here."""
+        say(f"{self.signal_name}: the main thread is blocked; writing the snapshot from another thread")
+        # CPython still runs the handler once the main thread gets back to Python code:
+        # that run is for the arrivals written here
+        self._served_off_main = True
+        self._submit()
 
     def _write(self) -> None:
         self._pending = False
@@ -243,6 +266,11 @@ def install(
     trigger = SignalTrigger(directory, number, quota_bytes, recorder, workers).install()
     _installed[number] = trigger
     return trigger
+
+
+def installed(signum: int | str = DEFAULT_SIGNAL) -> SignalTrigger | None:
+    """The trigger installed for ``signum``, if any."""
+    return _installed.get(parse_signal(signum))
 
 
 def uninstall(signum: int | str = DEFAULT_SIGNAL) -> None:
