@@ -49,6 +49,7 @@ CASES: dict[str, tuple[str, str]] = {
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),
     "slow_tasks": ("slow-tasks", "slow_db_query"),
+    "untraced_subprocess_wait": ("untraced-wait", "convert_video"),
 }
 #: Locks are only traced by the C core (docs: sources/blocking.py); without it the
 #: waits show as ``untraced-wait`` (off-CPU samples in user code).

@@ -12,7 +12,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, is_library
+from pyflight.analysis.frames import by_function, is_library, short_file, user_frame
 from pyflight.analysis.queries import (
     interval_ns,
     lifetime,
@@ -34,19 +34,29 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
     weights: dict[Frame, float] = defaultdict(float)
     per_thread: Counter[int] = Counter()
     seen: list[tuple[int, int, Frame]] = []  # (thread, time, where) of each sample counted
+    inside: dict[Frame, Counter[Frame]] = defaultdict(Counter)  # where -> the library call it made
     for thread in user_threads(model):
         for sample in samples_by_thread(model).get(thread.tid, ()):
             if sample.os_state not in off_cpu or sample.state is not State.RUNNING or not sample.stack:
                 continue
-            innermost = sample.stack[0]
-            if is_library(innermost):
-                continue
-            weights[innermost] += interval
+            where, callee = _waiting_line(sample.stack)
+            if where is None:
+                continue  # all library code: a library's own thread idle between jobs
+            weights[where] += interval
             per_thread[thread.tid] += 1
-            seen.append((thread.tid, sample.time, innermost))
+            seen.append((thread.tid, sample.time, where))
+            if callee is not None:
+                inside[where][callee] += 1
     frame, frame_ns = by_function(weights)
     if frame is None or frame_ns < 100 * MS:
         return []
+    calls: Counter[Frame] = Counter()
+    for where, counts in inside.items():
+        if (where.function, where.file) == (frame.function, frame.file):
+            calls.update(counts)
+    callee, callee_n = calls.most_common(1)[0] if calls else (None, 0)
+    # named when most of the line's samples were inside one standard-library call
+    library_call = callee if callee is not None and 2 * callee_n >= _samples_at(seen, frame) else None
     threads = [model.threads[tid] for tid in per_thread]
     life = sum(lifetime(t) for t in threads) or 1
     share = sum(weights.values()) / life
@@ -57,7 +67,12 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
             score=score,
             title=(
                 f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} in no traced call "
-                "(an untraced lock, the GIL or a C call)"
+                + (
+                    f"(inside {library_call.function}, {short_file(library_call.file)}: a wait in C "
+                    "that pyflight does not hook)"
+                    if library_call is not None
+                    else "(an untraced lock, the GIL or a C call)"
+                )
             ),
             culprit=Culprit.of(frame),
             moments=moments_of(
@@ -84,6 +99,11 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                 "wait_share": round(share, 4),
                 "threads": sorted(t.name for t in threads),
                 "samples": sum(per_thread.values()),
+                **(
+                    {"inside": f"{library_call.function} ({short_file(library_call.file)})"}
+                    if library_call
+                    else {}
+                ),
             },
             hint=(
                 "The sampler found these threads waiting on the line named, outside any call "
@@ -93,6 +113,23 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
             ),
         )
     ]
+
+
+def _waiting_line(stack: tuple[Frame, ...]) -> tuple[Frame | None, Frame | None]:
+    """Where a thread found off-CPU waited: the innermost frame outside the standard
+    library (the program's, else a third-party library's), and the standard-library call
+    it made, if the innermost frame is one (``subprocess.run`` waiting in ``waitpid``,
+    ``Connection.recv`` reading a pipe). (None, None) for a stack of library code only."""
+    if not is_library(stack[0]):
+        return stack[0], None
+    where = user_frame(stack)
+    if where is None or is_library(where):
+        return None, None
+    return where, stack[stack.index(where) - 1]
+
+
+def _samples_at(seen: list[tuple[int, int, Frame]], frame: Frame) -> int:
+    return sum(1 for _, _, where in seen if (where.function, where.file) == (frame.function, frame.file))
 
 
 RULE = Rule("untraced-wait", ("untraced-wait",), rule_untraced_wait)

@@ -1,0 +1,57 @@
+"""untraced-wait: threads the sampler finds off-CPU where no hook saw them block. A wait
+inside the standard library (``subprocess.run``'s waitpid, a pipe read) is charged to the
+program's line that called it, naming the call; a library's own idle thread is not."""
+
+from __future__ import annotations
+
+from pyflight.analysis.model import build
+from pyflight.analysis.rules import INFO, find
+from pyflight.core.events import Kind, ThreadState
+from pyflight.format.reader import loads
+from tracegen import Gen, trace
+
+MS = 1_000_000
+#: a converter thread waiting for an external tool
+CONVERT = (
+    ("Popen._try_wait", "/py/lib/python3.12/subprocess.py", 2011),
+    ("Popen.wait", "/py/lib/python3.12/subprocess.py", 1264),
+    ("run", "/py/lib/python3.12/subprocess.py", 550),
+    ("convert_video", "/srv/app.py", 14),
+    ("Thread.run", "/py/lib/python3.12/threading.py", 1010),
+)
+#: a thread pool's worker between jobs: the standard library's code only
+IDLE_WORKER = (
+    ("_worker", "/py/lib/python3.12/concurrent/futures/thread.py", 89),
+    ("Thread.run", "/py/lib/python3.12/threading.py", 1010),
+)
+
+
+def _trace(stacks: dict[int, tuple[tuple[str, str, int], ...]]) -> bytes:
+    """Threads sampled every 10 ms for 1 s, asleep in ``stacks[tid]`` with no CPU used."""
+    g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
+    for tid in stacks:
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"t-{tid}", ident=tid, parent=0)
+    for k in range(1, 100):
+        for tid, stack in stacks.items():
+            g.event(
+                9, Kind.SAMPLE, k * 10 * MS + tid, tid=tid, task=0, stack=stack,
+                state=ThreadState.SLEEPING, cpu=0, span=10 * MS,
+            )  # fmt: skip
+    return trace([g])
+
+
+def _untraced(data: bytes) -> list:
+    return [f for f in find(build(loads(data)), strict=True) if f.rule == "untraced-wait"]
+
+
+def test_a_wait_inside_the_standard_library_is_charged_to_the_calling_line() -> None:
+    [finding] = _untraced(_trace({1: CONVERT, 2: CONVERT}))
+    assert finding.score >= INFO
+    assert finding.culprit is not None
+    assert (finding.culprit.function, finding.culprit.line) == ("convert_video", 14)
+    assert finding.evidence["inside"] == "run (python3.12/subprocess.py)"
+    assert "inside run" in finding.title
+
+
+def test_a_library_thread_idle_between_jobs_is_no_finding() -> None:
+    assert _untraced(_trace({1: IDLE_WORKER, 2: IDLE_WORKER})) == []
