@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import statistics
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -13,7 +15,7 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
+from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name, user_threads
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, quantile
@@ -81,8 +83,44 @@ def _task_culprit(model: Model, task: TaskTimeline, start: int, end: int) -> Fra
     return frame
 
 
+class _CpuWaits:
+    """The time in a window during which some program thread was READY (woken or runnable
+    but waiting for the GIL or a CPU): an instance slowed by a machine that gave the
+    program too little CPU, or by another thread's hold of the GIL, was not slow by its
+    own doing (the CPU rules tell those). Merged once, queried by bisection."""
+
+    def __init__(self, model: Model) -> None:
+        spans = sorted(
+            (iv.start, iv.end)
+            for thread in user_threads(model)
+            for iv in thread.intervals
+            if iv.state is State.READY and iv.end > iv.start
+        )
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.starts = [a for a, _ in merged]
+        self.ends = [b for _, b in merged]
+        self.before = list(itertools.accumulate((b - a for a, b in merged), initial=0))
+
+    def within(self, start: int, end: int) -> int:
+        """READY time of the program inside ``[start, end)``."""
+        i = bisect.bisect_right(self.ends, start)  # first span ending after start
+        j = bisect.bisect_left(self.starts, end)  # spans from i to j-1 overlap
+        if j <= i:
+            return 0
+        total = self.before[j] - self.before[i]
+        total -= max(0, start - self.starts[i])  # cut the first at start
+        total -= max(0, self.ends[j - 1] - end)  # and the last at end
+        return max(0, total)
+
+
 def rule_slow_user_tasks(model: Model) -> list[Finding]:
     out: list[Finding] = []
+    cpu_waits = _CpuWaits(model)
     groups: dict[tuple[str, str], list[tuple[int, int, int, int]]] = defaultdict(list)  # start,end,tid,id
     for ut in model.user_tasks.values():
         end = ut.end if ut.end is not None else model.end
@@ -104,16 +142,22 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
         median = statistics.median(durations)
         worst = max(items, key=lambda it: it[1] - it[0])
         worst_d = worst[1] - worst[0]
+        own = {it: it[1] - it[0] for it in items}
         if len(items) >= 5:
-            limit = max(3 * median, median + 100 * MS)
-            outliers = [d for d in durations if d > limit]
+            # judged on their own time: without what the program waited for the GIL or a CPU
+            own = {it: it[1] - it[0] - cpu_waits.within(it[0], it[1]) for it in items}
+            own_median = statistics.median(own.values())
+            limit = max(3 * own_median, own_median + 100 * MS)
+            outliers = [own[it] for it in items if own[it] > limit]
             if not outliers:
                 continue
-            ratio = worst_d / max(median, 1)
+            worst = max(items, key=own.__getitem__)
+            worst_d = worst[1] - worst[0]
+            ratio = own[worst] / max(own_median, 1)
             score = clamp_score(
                 min(
                     ramp(ratio, [(3, 30), (10, 60), (30, 80), (100, 90)]),
-                    ramp(worst_d / MS, [(100, 25), (250, 50), (1000, 85), (5000, 95)]),
+                    ramp(own[worst] / MS, [(100, 25), (250, 50), (1000, 85), (5000, 95)]),
                 )
             )
             cutoff = limit
@@ -154,6 +198,8 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
                     "worst_ns": worst_d,
                     "worst_at_s": seconds_since_start(model, start),
                     "worst_thread": thread_name(model, tid),
+                    # of the worst's time, what the program waited for the GIL or a CPU
+                    "worst_cpu_wait_ns": worst_d - own[worst],
                 },
                 moments=moments_of(
                     [
@@ -165,7 +211,7 @@ def rule_slow_user_tasks(model: Model) -> list[Finding]:
                             "slower than usual",
                         )
                         for a, b, t, i in items
-                        if b - a > cutoff or (len(items) < 5 and b - a >= cutoff)
+                        if own[(a, b, t, i)] > cutoff or (len(items) < 5 and b - a >= cutoff)
                     ]
                 ),
                 hint=(
