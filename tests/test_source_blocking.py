@@ -744,6 +744,43 @@ def test_ssl_imported_after_the_recorder_started(tmp_path: Path, subprocess_env:
     assert result.stdout.strip() == "ok"
 
 
+def test_import_watcher_calls_back_once_and_never_breaks_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared ImportWatcher (ssl here, asyncio in the asyncio source)."""
+    from pyflight.sources._import_watch import ImportWatcher
+
+    for name in ("pyfl_watched_a", "pyfl_watched_b", "pyfl_watched_c"):
+        (tmp_path / f"{name}.py").write_text("VALUE = 42\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[tuple[str, int]] = []
+    watcher = ImportWatcher("pyfl_watched_a", lambda m: seen.append((m.__name__, m.VALUE))).install()
+    try:
+        import pyfl_watched_a  # type: ignore[import-not-found]
+
+        assert seen == [("pyfl_watched_a", 42)] and watcher.done and watcher not in sys.meta_path
+        assert type(pyfl_watched_a.__loader__).__name__ != "_ChainedLoader"  # its real loader
+    finally:
+        watcher.remove()
+
+    def fails(module: Any) -> None:
+        raise RuntimeError("callback fault")
+
+    failing = ImportWatcher("pyfl_watched_b", fails).install()
+    try:
+        import pyfl_watched_b  # type: ignore[import-not-found]
+
+        assert pyfl_watched_b.VALUE == 42 and failing.done
+    finally:
+        failing.remove()
+    removed = ImportWatcher("pyfl_watched_c", lambda m: seen.append(("c", 0))).install()
+    removed.remove()
+    import pyfl_watched_c  # type: ignore[import-not-found]  # noqa: F401
+
+    assert removed not in sys.meta_path and seen == [("pyfl_watched_a", 42)]
+
+
 # ------------------------------------------------------------------ faults
 
 
