@@ -26,15 +26,24 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   block of its own.
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
-  sleep took beyond it as a wait for the GIL), blocking socket operations (IO:
-  ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
-  connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
-  ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
-  marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its
-  loop's idle time itself). With the C core, sleep, select and the socket methods are
-  C stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
+  sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
+  ``id(socket)``: ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send,
+  sendall, sendto, accept, connect, connect_ex, and ``ssl.SSLSocket`` recv, recv_into,
+  read, write, send, sendall, do_handshake, which read and write through OpenSSL; only
+  on sockets whose timeout is not 0, so never on asyncio's), and ``select.select`` plus
+  every ``selectors`` class's ``select`` (SELECT; selectors marked
+  ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its loop's
+  idle time itself). With the C core, sleep, select and the socket methods are C
+  stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
   BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions; join,
   and everything without the C core, are Python wrappers.
+- TLS: ``ssl`` is not imported by the source (~10 ms): ``ssl.SSLSocket`` is patched at
+  install if ``ssl`` is imported, else right after the program imports it (an
+  ``ImportWatcher`` on ``sys.meta_path``, ``_import_watch.py``, removed on uninstall).
+  Its methods call each other (recv -> read, sendall -> send; an unwrapped one's recv ->
+  ``socket.socket.recv``): a socket method called inside another one of the same thread
+  passes through, so one call is one IO block. ``do_handshake(block=True)`` on a socket
+  with timeout 0 (it blocks meanwhile) is not recorded.
 
 Calls that cannot block are not recorded: a non-blocking or zero-timeout acquire, a
 wait/select/sleep with a timeout <= 0, a join of a thread that is not running. Socket
