@@ -46,6 +46,7 @@ CASES: dict[str, tuple[str, str]] = {
     "cpu_hotspot_threads": ("cpu-hotspot", "hash_password"),
     "io_wait": ("io-wait", "fetch_remote"),
     "io_wait_threads": ("io-wait", "download_chunks"),
+    "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),
     "slow_tasks": ("slow-tasks", "slow_db_query"),

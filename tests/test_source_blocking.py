@@ -11,6 +11,7 @@ import queue
 import select
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,9 @@ from pyflight.core.events import BlockReason, Kind
 from pyflight.sources import REGISTRY, SourceWarning
 
 C = blocking_mod._c_core()
+#: A TEST-ONLY self-signed certificate and its private key (CN=localhost, 127.0.0.1):
+#: public, trusted by nothing but the tests' own loopback TLS servers.
+TEST_PEM = Path(__file__).parent / "tls" / "localhost.pem"
 needs_c = pytest.mark.skipif(C is None, reason="locks are traced by the C core only")
 MS = 1_000_000
 
@@ -44,6 +48,7 @@ def patched_attributes() -> dict[tuple[Any, str], Any]:
         (time, ("sleep",)),
         (select, ("select",)),
         (socket.socket, blocking_mod.SOCKET_METHODS),
+        (ssl.SSLSocket, blocking_mod.SSL_METHODS),
     ]
     owners += [(cls, ("select",)) for cls in vars(selectors).values() if isinstance(cls, type)]
     return {
@@ -561,6 +566,219 @@ def test_select_and_selectors(rec: pyflight.FlightRecorder, tmp_path: Path) -> N
     assert functions(begin)[0] == "wait_readable" and end.time - begin.time >= 20 * MS
     assert len(blocks(trace, BlockReason.SELECT, id(sel))) == 1
     assert not blocks(trace, BlockReason.SELECT, id(loop_sel))
+
+
+# ------------------------------------------------------------------ TLS
+
+#: A loopback TLS server for one client (the test's own certificate), run in a thread:
+#: it reads the request, waits `delay` (a slow service) and answers. Also used by the
+#: subprocess tests (their scripts import it from this file's source).
+TLS_SERVER = """
+import socket, threading, time
+
+def tls_server(pem, delay):
+    import ssl  # here: a subprocess test imports it only after the recorder started
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        with context.wrap_socket(conn, server_side=True) as tls:
+            request = tls.recv(100)
+            time.sleep(delay)
+            tls.sendall(b"reply to " + request)
+        listener.close()
+
+    thread = threading.Thread(target=serve, name="tls-server", daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+def tls_client(pem, port):
+    import ssl
+
+    context = ssl.create_default_context(cafile=pem)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    return context.wrap_socket(raw, server_hostname="localhost")
+"""
+_tls: dict[str, Any] = {}
+exec(TLS_SERVER, _tls)
+tls_server: Callable[[str, float], tuple[int, threading.Thread]] = _tls["tls_server"]
+tls_client: Callable[[str, int], ssl.SSLSocket] = _tls["tls_client"]
+
+
+def test_tls_read_is_one_io_block(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    """A thread waiting in an SSLSocket read (inside OpenSSL) is blocked on I/O, once per
+    call: recv -> read, sendall -> send are one block each, not one inside another."""
+    assert isinstance(ssl.SSLSocket.__dict__["recv"], C.BlockingHook if C else type(lambda: 0))
+    port, server = tls_server(str(TEST_PEM), 0.3)
+    client = tls_client(str(TEST_PEM), port)
+
+    def wait_for_reply() -> bytes:
+        client.sendall(b"ping")
+        return client.recv(100)
+
+    assert wait_for_reply() == b"reply to ping"
+    server.join(30)
+    client.close()
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    mine = [
+        p for p in blocks(trace, BlockReason.IO, id(client)) if p[0].thread == me
+    ]  # no nesting (blocks())
+    waits = [(b, e) for b, e in mine if functions(b)[:1] == ["wait_for_reply"]]
+    assert len(waits) == 2, [functions(b) for b, _ in mine]  # the sendall and the recv
+    longest = max(e.time - b.time for b, e in waits)
+    assert longest >= 150 * MS
+    # the handshake is recorded too (in wrap_socket), and nothing from inside ssl.py's own
+    # methods: the outer call's block covers the ones it makes
+    assert any("SSLContext.wrap_socket" in functions(b) for b, _ in mine)
+    inner = {f"SSLSocket.{name}" for name in blocking_mod.SSL_METHODS}
+    assert not [functions(b) for b, _ in mine if functions(b)[:1] and functions(b)[0] in inner]
+
+
+def test_tls_makefile_read_and_nonblocking_ssl_socket(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    """http.client reads through makefile() (recv_into); a non-blocking SSL socket (as an
+    event loop would use) records nothing."""
+    port, server = tls_server(str(TEST_PEM), 0.3)
+    client = tls_client(str(TEST_PEM), port)
+    client.sendall(b"file")
+    reader = client.makefile("rb")
+
+    def read_reply() -> bytes:
+        return reader.read(len(b"reply to file"))
+
+    assert read_reply() == b"reply to file"
+    server.join(30)
+    reader.close()
+    client.close()
+    port, server = tls_server(str(TEST_PEM), 0.0)
+    quiet = tls_client(str(TEST_PEM), port)
+    quiet.setblocking(False)
+    with pytest.raises(ssl.SSLWantReadError):
+        quiet.recv(100)
+    quiet.setblocking(True)
+    quiet.sendall(b"done")
+    assert quiet.recv(100) == b"reply to done"
+    server.join(30)
+    quiet.close()
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    [(begin, end)] = [
+        p
+        for p in blocks(trace, BlockReason.IO, id(client))
+        if p[0].thread == me and "read_reply" in functions(p[0])
+    ]
+    assert end.time - begin.time >= 150 * MS
+    # the non-blocking recv: not recorded; the blocking calls after it are
+    quiet_calls = [p for p in blocks(trace, BlockReason.IO, id(quiet)) if p[0].thread == me]
+    assert (
+        len(
+            [
+                p
+                for p in quiet_calls
+                if functions(p[0])[0].endswith("test_tls_makefile_read_and_nonblocking_ssl_socket")
+            ]
+        )
+        == 2
+    )
+
+
+def test_ssl_imported_after_the_recorder_started(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+    """Installing does not import ssl (~10 ms); ssl is patched as the program imports it,
+    and put back on stop. A recorder stopped before the import leaves nothing behind."""
+    out = tmp_path / "late.pyfl"
+    code = TLS_SERVER + textwrap.dedent(
+        f"""
+        import sys, threading, pyflight
+        from pyflight.core.events import BlockReason, Kind
+        assert "ssl" not in sys.modules
+        watching = lambda: [f for f in sys.meta_path if type(f).__name__ == "ImportWatcher"]
+
+        rec = pyflight.FlightRecorder(sources=["blocking"]).start()
+        assert "ssl" not in sys.modules, "installing imported ssl"
+        assert len(watching()) == 1
+        rec.stop()
+        assert not watching(), "the watcher outlived the recorder"
+
+        options = {{"blocking": {{"stack_min_us": 0}}}}  # every block with its stack
+        rec = pyflight.FlightRecorder(sources=["blocking"], source_options=options).start()
+        import ssl
+        assert ssl is sys.modules["ssl"] and not watching()
+        originals = {{n: ssl.SSLSocket.__dict__[n].__wrapped__ for n in {blocking_mod.SSL_METHODS!r}}}
+        port, server = tls_server({str(TEST_PEM)!r}, 0.3)
+        client = tls_client({str(TEST_PEM)!r}, port)
+
+        def wait_for_reply():
+            client.sendall(b"late")
+            return client.recv(100)
+
+        assert wait_for_reply() == b"reply to late"
+        server.join(30)
+        client.close()
+        rec.write_to({str(out)!r})
+        rec.stop()
+        assert all(ssl.SSLSocket.__dict__[n] is f for n, f in originals.items()), "not restored"
+        trace = pyflight.load({str(out)!r})
+        me = threading.get_native_id()
+        ends = {{}}
+        waits = []
+        for e in sorted(trace.events, key=lambda e: e.time):
+            if e.thread != me or e.arg("reason") != BlockReason.IO or e.arg("obj") != id(client):
+                continue
+            if e.kind == Kind.BLOCK_BEGIN:
+                begin = e
+            elif e.kind == Kind.BLOCK_END and begin.stack and begin.stack[0].function == "wait_for_reply":
+                waits.append(e.time - begin.time)
+        assert len(waits) == 2 and max(waits) >= 150_000_000, waits
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_import_watcher_calls_back_once_and_never_breaks_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared ImportWatcher (ssl here, asyncio in the asyncio source)."""
+    from pyflight.sources._import_watch import ImportWatcher
+
+    for name in ("pyfl_watched_a", "pyfl_watched_b", "pyfl_watched_c"):
+        (tmp_path / f"{name}.py").write_text("VALUE = 42\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[tuple[str, int]] = []
+    watcher = ImportWatcher("pyfl_watched_a", lambda m: seen.append((m.__name__, m.VALUE))).install()
+    try:
+        import pyfl_watched_a  # type: ignore[import-not-found]
+
+        assert seen == [("pyfl_watched_a", 42)] and watcher.done and watcher not in sys.meta_path
+        assert type(pyfl_watched_a.__loader__).__name__ != "_ChainedLoader"  # its real loader
+    finally:
+        watcher.remove()
+
+    def fails(module: Any) -> None:
+        raise RuntimeError("callback fault")
+
+    failing = ImportWatcher("pyfl_watched_b", fails).install()
+    try:
+        import pyfl_watched_b  # type: ignore[import-not-found]
+
+        assert pyfl_watched_b.VALUE == 42 and failing.done
+    finally:
+        failing.remove()
+    removed = ImportWatcher("pyfl_watched_c", lambda m: seen.append(("c", 0))).install()
+    removed.remove()
+    import pyfl_watched_c  # type: ignore[import-not-found]  # noqa: F401
+
+    assert removed not in sys.meta_path and seen == [("pyfl_watched_a", 42)]
 
 
 # ------------------------------------------------------------------ faults

@@ -1,5 +1,6 @@
 """A loopback HTTP server whose every answer takes ``delay`` seconds (for the planted
-programs that call a slow service)."""
+programs that call a slow service); HTTPS with ``pem`` (a certificate and its key: the
+tests' test-only tests/tls/localhost.pem)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def start(delay: float) -> tuple[ThreadingHTTPServer, str]:
+def start(delay: float, pem: str | None = None) -> tuple[ThreadingHTTPServer, str]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -25,5 +26,13 @@ def start(delay: float) -> tuple[ThreadingHTTPServer, str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    scheme = "http"
+    if pem is not None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     threading.Thread(target=server.serve_forever, name="slow-http", daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"

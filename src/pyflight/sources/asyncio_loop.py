@@ -62,8 +62,9 @@ class, a SourceWarning and a live DATA_LOSS("asyncio", 0, reason) saying the loo
 sampling-only coverage.
 
 If asyncio is not imported when the source is installed, nothing is imported: a finder
-on ``sys.meta_path`` installs the hooks right after ``import asyncio`` completes (the
-watchdog thread starts with the recorder and stays idle until then).
+on ``sys.meta_path`` (``_import_watch.ImportWatcher``) installs the hooks right after
+``import asyncio`` completes (the watchdog thread starts with the recorder and stays
+idle until then).
 
 Options: ``stall_threshold`` (seconds, default 0.1; 0 or None: no watchdog),
 ``task_wait`` ("what" default, "stack", "off"), ``sync_waits`` (True default),
@@ -73,7 +74,6 @@ Options: ``stall_threshold`` (seconds, default 0.1; 0 or None: no watchdog),
 from __future__ import annotations
 
 import functools
-import importlib.machinery
 import itertools
 import os
 import re
@@ -83,13 +83,14 @@ import threading
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pyflight.core import backend
 from pyflight.core.daemon import QuietEvent, start_without_signals
 from pyflight.core.events import BlockReason, Kind, TaskOutcome
 from pyflight.sources import register
+from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source, SourceWarning
 
 #: Default seconds a step may run before the watchdog records a LOOP_STALL.
@@ -346,63 +347,6 @@ def _all_tasks(tasks: types.ModuleType) -> list[Any]:
             except RuntimeError:
                 continue
     return out
-
-
-class _ChainedLoader:
-    """Loads ``asyncio`` with its real loader, then calls ``on_loaded(module)``. (Loaders
-    and finders are duck-typed: no ``importlib.abc`` base, whose import alone is ~6,000
-    objects for every full garbage collection of the program to walk.)"""
-
-    def __init__(self, loader: Any, on_loaded: Callable[[types.ModuleType], None]) -> None:
-        self.loader = loader
-        self.on_loaded = on_loaded
-
-    def __getattr__(self, name: str) -> Any:  # anything else a loader offers: the real one's
-        if name == "loader":
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        module: types.ModuleType | None = self.loader.create_module(spec)
-        return module
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        # the module sees its real loader, as if imported without us
-        module.__loader__ = self.loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self.loader
-        self.loader.exec_module(module)
-        self.on_loaded(module)
-
-
-class _AsyncioImportWatcher:
-    """Finds nothing itself; chains a callback after the import of ``asyncio``."""
-
-    def __init__(self, on_loaded: Callable[[types.ModuleType], None]) -> None:
-        self.on_loaded = on_loaded
-        self._busy = False
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "asyncio" or self._busy:
-            return None
-        self._busy = True  # the import lock of "asyncio" is held: no other thread gets here
-        try:
-            for finder in list(sys.meta_path):
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy = False
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _ChainedLoader(spec.loader, self.on_loaded)  # type: ignore[assignment]  # duck-typed
-        return spec
 
 
 class _Hooks:
@@ -1063,7 +1007,7 @@ class AsyncioSource(Source):
         self.implementation: str = implementation
         self._hooks: _Hooks | None = None
         self._want = False
-        self._watcher: _AsyncioImportWatcher | None = None
+        self._watcher: ImportWatcher | None = None
         self._hooks_lock = threading.RLock()
         self._stop = QuietEvent()
         self._hooks_ready = threading.Event()
@@ -1083,8 +1027,7 @@ class AsyncioSource(Source):
                     self._want = False
                     raise
             else:
-                self._watcher = _AsyncioImportWatcher(self._asyncio_imported)
-                sys.meta_path.insert(0, self._watcher)
+                self._watcher = ImportWatcher("asyncio", self._asyncio_imported).install()
             if self.stall_threshold > 0:
                 # started now, idle until asyncio arrives: the thread set stays the same
                 # from start() on, whenever the program imports asyncio
@@ -1116,10 +1059,7 @@ class AsyncioSource(Source):
     def _remove_watcher(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            try:
-                sys.meta_path.remove(watcher)
-            except ValueError:
-                pass
+            watcher.remove()
 
     def _uninstall(self) -> None:
         global _installed_hooks

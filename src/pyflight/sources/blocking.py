@@ -26,15 +26,24 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   block of its own.
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
-  sleep took beyond it as a wait for the GIL), blocking socket operations (IO:
-  ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect,
-  connect_ex, only on sockets whose timeout is not 0, so never on asyncio's), and
-  ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors
-  marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its
-  loop's idle time itself). With the C core, sleep, select and the socket methods are
-  C stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
+  sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
+  ``id(socket)``: ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send,
+  sendall, sendto, accept, connect, connect_ex, and ``ssl.SSLSocket`` recv, recv_into,
+  read, write, send, sendall, do_handshake, which read and write through OpenSSL; only
+  on sockets whose timeout is not 0, so never on asyncio's), and ``select.select`` plus
+  every ``selectors`` class's ``select`` (SELECT; selectors marked
+  ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its loop's
+  idle time itself). With the C core, sleep, select and the socket methods are C
+  stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
   BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions; join,
   and everything without the C core, are Python wrappers.
+- TLS: ``ssl`` is not imported by the source (~10 ms): ``ssl.SSLSocket`` is patched at
+  install if ``ssl`` is imported, else right after the program imports it (an
+  ``ImportWatcher`` on ``sys.meta_path``, ``_import_watch.py``, removed on uninstall).
+  Its methods call each other (recv -> read, sendall -> send; an unwrapped one's recv ->
+  ``socket.socket.recv``): a socket method called inside another one of the same thread
+  passes through, so one call is one IO block. ``do_handshake(block=True)`` on a socket
+  with timeout 0 (it blocks meanwhile) is not recorded.
 
 Calls that cannot block are not recorded: a non-blocking or zero-timeout acquire, a
 wait/select/sleep with a timeout <= 0, a join of a thread that is not running. Socket
@@ -60,6 +69,7 @@ on: every wrapper passes its arguments, result and exceptions through untouched.
 from __future__ import annotations
 
 import _socket
+import _thread
 import functools
 import select
 import selectors
@@ -74,6 +84,7 @@ from typing import Any
 from pyflight.core import backend
 from pyflight.core.events import BlockReason, Kind
 from pyflight.sources import register
+from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source
 
 _BLOCK_BEGIN = int(Kind.BLOCK_BEGIN)
@@ -99,6 +110,12 @@ SOCKET_METHODS = (
     "connect_ex",
 )
 
+#: ssl.SSLSocket methods that block on a blocking socket: they read and write through
+#: OpenSSL, not through the socket.socket methods. They call each other (recv and
+#: recv_into -> read, sendall -> send; an unwrapped one's recv -> socket.socket.recv):
+#: a hooked socket method called inside another is part of the outer call's IO block.
+SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_handshake")
+
 #: What the source can hook; each can be turned off with an option of the same name.
 OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select")
 
@@ -110,6 +127,10 @@ DEFAULT_STACK_MIN_US = 100.0
 
 _MISSING: Any = object()
 _gettimeout = _socket.socket.gettimeout
+
+#: Pure-Python socket wrappers: ``.on`` while this thread is inside one that records (the
+#: C stand-ins keep the same flag in C).
+_in_io = _thread._local()
 
 #: The installed BlockingSource: the patches exist once per process.
 _owner: BlockingSource | None = None
@@ -177,6 +198,10 @@ class BlockingSource(Source):
         self._active = False
         self._patches: list[_Patch] = []
         self._c: ModuleType | None = None
+        # guards _patches and _active against the ssl patches made in an importing thread
+        # (a plain _thread lock: threading.Lock is what this source replaces)
+        self._patch_lock = _thread.allocate_lock()
+        self._ssl_watcher: ImportWatcher | None = None
         # pure-Python conditions: id(condition) -> [[waiter tid, notifier tid], ...], FIFO
         self._waiting: dict[int, list[list[int]]] = {}
 
@@ -234,6 +259,8 @@ class BlockingSource(Source):
                 patch.apply()
             if c is not None:
                 c._blocking_control(True)
+            if on["sockets"]:
+                self._watch_ssl()
         except BaseException:
             self._uninstall()
             raise
@@ -241,16 +268,20 @@ class BlockingSource(Source):
     def _uninstall(self) -> None:
         """Stop recording, then put back every original (by identity)."""
         global _owner
-        self._active = False
+        with self._patch_lock:
+            self._active = False
+            watcher, self._ssl_watcher = self._ssl_watcher, None
+            patches, self._patches = self._patches, []
+        if watcher is not None:
+            watcher.remove()
         if self._c is not None:
             self._c._blocking_control(False)
         errors = []
-        for patch in reversed(self._patches):
+        for patch in reversed(patches):
             try:
                 patch.restore()
             except Exception as exc:  # go on: restore everything we can
                 errors.append(exc)
-        self._patches = []
         self._waiting.clear()
         if _owner is self:
             _owner = None
@@ -441,29 +472,82 @@ class BlockingSource(Source):
 
     def _socket_patches(self, c: ModuleType | None) -> list[_Patch]:
         cls = socket.socket
+        return self._io_patches(c, cls, [name for name in SOCKET_METHODS if hasattr(cls, name)])
+
+    def _io_patches(self, c: ModuleType | None, cls: type, names: list[str]) -> list[_Patch]:
+        """IO hooks for the methods ``names`` of socket class ``cls``: a call on a socket
+        whose timeout is not 0 is BLOCK(IO, id(socket)), unless this thread is inside
+        another such call already (its block covers this one)."""
         if c is not None:
             return [
                 _Patch(cls, name, _c_hook(c, getattr(cls, name), c.HOOK_SOCKET, _gettimeout))
-                for name in SOCKET_METHODS
-                if hasattr(cls, name)
+                for name in names
             ]
         source = self
 
         def make(orig: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(orig)
             def call(sock: Any, *args: Any, **kwargs: Any) -> Any:
-                if source._active:
+                if source._active and not getattr(_in_io, "on", False):
                     try:
                         blocks = _gettimeout(sock) != 0.0
                     except Exception:  # not a socket: the original will say so
                         blocks = False
                     if blocks:
-                        return source._blocked(_IO, id(sock), sys._getframe(1), orig, (sock, *args), kwargs)
+                        _in_io.on = True
+                        try:
+                            return source._blocked(
+                                _IO, id(sock), sys._getframe(1), orig, (sock, *args), kwargs
+                            )
+                        finally:
+                            _in_io.on = False
                 return orig(sock, *args, **kwargs)
 
             return call
 
-        return [_Patch(cls, name, make(getattr(cls, name))) for name in SOCKET_METHODS if hasattr(cls, name)]
+        return [_Patch(cls, name, make(getattr(cls, name))) for name in names]
+
+    def _watch_ssl(self) -> None:
+        """Patch ``ssl.SSLSocket`` now if ssl is imported, else right after the program
+        imports it (importing it ourselves would cost every program ~10 ms)."""
+        module = sys.modules.get("ssl")
+        if module is not None and isinstance(getattr(module, "SSLSocket", None), type):
+            self._patch_ssl(module)
+            return
+        watcher = ImportWatcher("ssl", self._ssl_imported)
+        with self._patch_lock:
+            if not self._active:
+                return
+            self._ssl_watcher = watcher.install()
+        # imported by another thread meanwhile (before the watcher was there): now
+        module = sys.modules.get("ssl")
+        if module is not None and isinstance(getattr(module, "SSLSocket", None), type):
+            watcher.remove()
+            self._patch_ssl(module)
+
+    def _ssl_imported(self, module: ModuleType) -> None:
+        """The ImportWatcher's callback, in the thread that imported ssl."""
+        try:
+            self._patch_ssl(module)
+        except Exception as exc:
+            self._fault(exc)
+
+    def _patch_ssl(self, module: ModuleType) -> None:
+        """Hooks ``module.SSLSocket``'s blocking methods (once; not after uninstall)."""
+        cls = getattr(module, "SSLSocket", None)
+        if not isinstance(cls, type):
+            return
+        with self._patch_lock:
+            if not self._active or any(p.owner is cls for p in self._patches):
+                return
+            patches = self._io_patches(self._c, cls, [name for name in SSL_METHODS if name in cls.__dict__])
+            applied = []
+            try:
+                for patch in patches:
+                    patch.apply()
+                    applied.append(patch)
+            finally:
+                self._patches += applied
 
     def _select_patches(self, c: ModuleType | None) -> list[_Patch]:
         source = self

@@ -470,7 +470,7 @@ def _patch_module(module: ModuleType) -> None:
 
 class _PatchOnImport:
     """Patches a watched module right after it is first executed (a duck-typed finder:
-    see ``asyncio_loop._ChainedLoader``)."""
+    see ``_import_watch._ChainedLoader``)."""
 
     def find_spec(
         self, fullname: str, path: Any, target: Any = None

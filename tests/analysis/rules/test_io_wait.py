@@ -134,3 +134,31 @@ def test_a_keep_alive_connection_waiting_for_its_next_request_is_not_io_wait() -
     assert io_wait(NEXT_REQUEST) == []
     body = io_wait(BODY)
     assert body and body[0].score >= INFO
+
+
+#: The same two over TLS (an http.server whose socket is wrapped by ssl): ssl.py's frames
+#: sit where socket.py's do.
+TLS_NEXT_REQUEST = (
+    ("SSLSocket.recv_into", "/py/ssl.py", 1260),
+    ("SocketIO.readinto", "/py/socket.py", 707),
+    ("BaseHTTPRequestHandler.handle_one_request", "/py/http/server.py", 404),
+)
+TLS_ACCEPT = (
+    ("SSLSocket.accept", "/py/ssl.py", 1390),
+    ("TCPServer.get_request", "/py/socketserver.py", 505),
+    ("serve", "/srv/app.py", 12),
+)
+TLS_BODY = (
+    ("SocketIO.readinto", "/py/socket.py", 707),
+    ("Handler.do_POST", "/srv/app.py", 30),
+)
+
+
+def test_tls_servers_waiting_for_requests_or_connections_are_not_io_wait() -> None:
+    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
+        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
+
+    assert io_wait(TLS_NEXT_REQUEST) == []
+    assert io_wait(TLS_ACCEPT) == []
+    body = io_wait(TLS_BODY)
+    assert body and body[0].score >= INFO

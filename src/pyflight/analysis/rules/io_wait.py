@@ -39,21 +39,41 @@ _NEXT_REQUEST_READERS = (
 )
 
 
+#: The socket plumbing between a read and the code that asked for it: socket.py's
+#: (SocketIO.readinto) and, on a TLS connection, ssl.py's frames.
+_SOCKET_FILES = ("/socket.py", "/ssl.py")
+
+
+def _socket_file(frame: Frame) -> bool:
+    return frame.file.replace("\\", "/").endswith(_SOCKET_FILES)
+
+
 def _waits_for_next_request(stack: Sequence[Frame]) -> bool:
-    """The socket read is called directly by a request handler's request-line read."""
-    if len(stack) < 2:
+    """The socket read is called by a request handler's request-line read (directly, or
+    through more socket.py / ssl.py frames)."""
+    i = 1
+    while i < len(stack) and _socket_file(stack[i]):
+        i += 1
+    if i >= len(stack):
         return False
-    caller = stack[1]
+    caller = stack[i]
     file = caller.file.replace("\\", "/")
     return any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS)
+
+
+def _waits_for_connection(stack: Sequence[Frame]) -> bool:
+    """In accept: a server waiting for its next connection (on a TLS listener, ssl.py's
+    accept, which also does the new connection's handshake)."""
+    return in_function(stack, {"accept", "socket.accept"}, "socket.py") or in_function(
+        stack, {"accept", "SSLSocket.accept"}, "/ssl.py"
+    )
 
 
 def rule_io_wait(model: Model) -> list[Finding]:
     waits = [
         (t, iv)
         for t, iv in blocked_waits(model, BlockReason.IO)
-        if not in_function(iv.stack, {"accept", "socket.accept"}, "socket.py")
-        and not _waits_for_next_request(iv.stack)
+        if not _waits_for_connection(iv.stack) and not _waits_for_next_request(iv.stack)
     ]
     total = sum(iv.end - iv.start for _, iv in waits)
     if total < 50 * MS:

@@ -21,7 +21,9 @@
  *   / IO); one that cannot costs an argument check and the call.
  *
  * Lock blocks inside Condition.wait (re-acquiring the condition's lock after the
- * notification) are part of the CONDITION block and not recorded again (tls_in_wait).
+ * notification) are part of the CONDITION block and not recorded again (tls_in_wait);
+ * a socket hook inside another (ssl.SSLSocket's methods calling each other) is part of
+ * the outer IO block (tls_in_io).
  *
  * Rules kept everywhere: the caller's arguments, return values and exceptions are
  * passed through untouched (an argument we do not fully understand means "call the
@@ -69,6 +71,11 @@ static struct {
 
 /* Set while this thread is inside a Condition.wait hook. */
 static PYFL_TLS int tls_in_wait;
+
+/* Set while this thread is inside a recording socket hook: a socket hook called from
+ * another (ssl.SSLSocket.recv -> read, sendall -> send, recv -> socket.recv on an
+ * unwrapped one) passes through, so that one call is one IO block. */
+static PYFL_TLS int tls_in_io;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -812,7 +819,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
         obj = args[0];
         break;
     case HOOK_SOCKET:
-        if (nargs < 1 || !socket_may_block(h, args[0])) goto passthrough;
+        if (tls_in_io || nargs < 1 || !socket_may_block(h, args[0])) goto passthrough;
         reason = R_IO;
         obj = args[0];
         break;
@@ -823,7 +830,10 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     PyflPending begin = {.tid = my_tid(), .vals = {reason, obj_id, 0, 0},
                          .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
     pyfl_pending_begin(&begin);
+    int io = reason == R_IO;
+    if (io) tls_in_io = 1;
     PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
+    if (io) tls_in_io = 0;
     SavedExc saved;
     exc_save(&saved);
     pyfl_pending_end(&begin, L.stack_min_ns);
