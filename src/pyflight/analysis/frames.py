@@ -50,6 +50,22 @@ def user_frame(stack: Sequence[Frame]) -> Frame | None:
     return stack[0] if stack else None
 
 
+def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
+    """Where a thread found off-CPU outside any traced call waited: the innermost frame
+    outside the standard library (the program's, else a third-party library's), and the
+    standard-library call it made, if the innermost frame is one (``subprocess.run``
+    waiting in ``waitpid``, ``Connection.recv`` reading a pipe). (None, None) for a stack
+    of library code only (a library's own thread, idle between jobs)."""
+    if not stack:
+        return None, None
+    if not is_library(stack[0]):
+        return stack[0], None
+    where = user_frame(stack)
+    if where is None or is_library(where):
+        return None, None
+    return where, stack[list(stack).index(where) - 1]
+
+
 def short_file(path: str) -> str:
     parts = re.split(r"[/\\]", path)
     return "/".join(parts[-2:]) if len(parts) > 2 else path

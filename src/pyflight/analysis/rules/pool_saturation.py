@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
-from pyflight.core.events import BlockReason
+from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, user_frame
+from pyflight.analysis.frames import by_function, untraced_wait_site, user_frame
 from pyflight.analysis.queries import (
     Spans,
     gil_busy_share,
@@ -99,6 +99,28 @@ def _worker_states(model: Model, workers: set[int], spans: Spans) -> dict[str, f
     }
 
 
+def _untraced_call(model: Model, workers: set[int], spans: Spans) -> str | None:
+    """When most of the busy workers' samples found them off the CPU (OS state S/D)
+    while the model says RUNNING, in no traced call: " (inside <call>)" naming the
+    standard-library call they were in if one dominates, else ""; None otherwise."""
+    off, seen = 0, 0
+    calls: Counter[str] = Counter()
+    for tid in workers:
+        for s in samples_by_thread(model).get(tid, ()):
+            if s.state is not State.RUNNING or overlap_ns(spans, s.time - 1, s.time) <= 0:
+                continue
+            seen += 1
+            if s.os_state in (ThreadState.SLEEPING, ThreadState.DISK):
+                off += 1
+                _, callee = untraced_wait_site(s.stack)
+                if callee is not None:
+                    calls[callee.function] += 1
+    if seen < 5 or 2 * off < seen:
+        return None
+    top = calls.most_common(1)
+    return f" (inside {top[0][0]})" if top and 2 * top[0][1] >= off else ""
+
+
 def _pool_saturation_jobs(model: Model) -> list[Finding]:
     out: list[Finding] = []
     for pool in model.pools.values():
@@ -173,6 +195,11 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
             doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
         elif top_state.startswith("blocked:"):
             doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
+        elif top_state == "running" and (untraced := _untraced_call(model, workers, spans)) is not None:
+            doing = (
+                " The busy workers were mostly off the CPU in a call pyflight does not trace"
+                f"{untraced}: a wait, so more workers help if what they wait for can take more."
+            )
         elif top_state == "running":
             doing = " The busy workers were mostly running (CPU or C code)."
         else:

@@ -12,7 +12,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, is_library, short_file, user_frame
+from pyflight.analysis.frames import by_function, short_file, untraced_wait_site
 from pyflight.analysis.queries import (
     interval_ns,
     lifetime,
@@ -39,7 +39,7 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
         for sample in samples_by_thread(model).get(thread.tid, ()):
             if sample.os_state not in off_cpu or sample.state is not State.RUNNING or not sample.stack:
                 continue
-            where, callee = _waiting_line(sample.stack)
+            where, callee = untraced_wait_site(sample.stack)
             if where is None:
                 continue  # all library code: a library's own thread idle between jobs
             weights[where] += interval
@@ -113,19 +113,6 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
             ),
         )
     ]
-
-
-def _waiting_line(stack: tuple[Frame, ...]) -> tuple[Frame | None, Frame | None]:
-    """Where a thread found off-CPU waited: the innermost frame outside the standard
-    library (the program's, else a third-party library's), and the standard-library call
-    it made, if the innermost frame is one (``subprocess.run`` waiting in ``waitpid``,
-    ``Connection.recv`` reading a pipe). (None, None) for a stack of library code only."""
-    if not is_library(stack[0]):
-        return stack[0], None
-    where = user_frame(stack)
-    if where is None or is_library(where):
-        return None, None
-    return where, stack[stack.index(where) - 1]
 
 
 def _samples_at(seen: list[tuple[int, int, Frame]], frame: Frame) -> int:
