@@ -186,3 +186,75 @@ def test_a_hotspot_on_a_loaded_machine_is_scored_by_the_cpu_it_wanted() -> None:
     [finding] = rule_cpu_hotspot(model)  # type: ignore[arg-type]
     assert finding.evidence["cores_busy"] == 0.2 and finding.evidence["cores_wanted"] == 1.0
     assert finding.score == 70  # as on an idle machine
+
+
+# ---------------------------------------------------- waits no source traces, from samples
+
+MS = 1_000_000
+CONVERT = (
+    ("Popen._try_wait", "/py/lib/python3.12/subprocess.py", 2011),
+    ("run", "/py/lib/python3.12/subprocess.py", 550),
+    ("convert_video", "/srv/app.py", 14),
+)
+IDLE_WORKER = (("_worker", "/py/lib/python3.12/concurrent/futures/thread.py", 89),)
+HASH = (("hash_block", "/srv/app.py", 30),)
+
+
+def _sampled(
+    threads: dict[int, tuple[tuple[str, str, int], ...]], asleep: set[int], cpu_ms: dict[int, int]
+) -> bytes:
+    """Threads sampled every 10 ms for 500 ms: those in ``asleep`` in OS state S, each
+    using ``cpu_ms[tid]`` of CPU per 10 ms; no traced event at all."""
+    from pyflight.core.events import Kind
+    from tracegen import Gen, trace
+
+    g = Gen(seq=1, start_ns=0, end_ns=500 * MS)
+    for tid in threads:
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"t-{tid}", ident=tid, parent=0)
+    for k in range(1, 50):
+        for tid, stack in threads.items():
+            state = ThreadState.SLEEPING if tid in asleep else ThreadState.RUNNING
+            g.event(
+                9, Kind.SAMPLE, k * 10 * MS + tid, tid=tid, task=0, stack=stack,
+                state=state, cpu=cpu_ms.get(tid, 0) * MS, span=10 * MS,
+            )  # fmt: skip
+    return trace([g])
+
+
+def _timeline(data: bytes, tid: int) -> list[tuple[State, object, str]]:
+    from pyflight.analysis import build
+    from pyflight.format.reader import loads
+
+    model = build(loads(data))
+    # up to the last sample (490 ms): after it nothing is known
+    return [
+        (iv.state, iv.reason, iv.detail)
+        for iv in model.threads[tid].intervals
+        if iv.end - iv.start > MS and iv.start < 490 * MS
+    ]
+
+
+def test_a_thread_asleep_in_no_traced_call_is_blocked_in_the_timeline() -> None:
+    """``subprocess.run`` waits in waitpid, which no source hooks: the sampler finds the
+    thread asleep with no CPU used while nobody else ran. The model says BLOCKED (OTHER),
+    one interval for the whole wait, naming the call; not RUNNING as it did."""
+    states = _timeline(_sampled({1: CONVERT}, asleep={1}, cpu_ms={}), 1)
+    assert states == [(State.BLOCKED, BlockReason.OTHER, "off-CPU in a call pyflight does not trace: in run")]
+
+
+def test_a_librarys_own_thread_asleep_is_idle() -> None:
+    states = _timeline(_sampled({1: IDLE_WORKER}, asleep={1}, cpu_ms={}), 1)
+    assert {s for s, _, _ in states} == {State.IDLE}
+
+
+def test_a_thread_asleep_while_another_burns_the_cpu_waited_for_the_gil() -> None:
+    """Asleep with no CPU while another thread ran: it may have been waiting for the GIL
+    (a futex sleep too), so READY as before, not an untraced wait."""
+    states = _timeline(_sampled({1: CONVERT, 2: HASH}, asleep={1}, cpu_ms={2: 10}), 1)
+    assert State.BLOCKED not in {s for s, _, _ in states}
+    assert State.READY in {s for s, _, _ in states}
+
+
+def test_a_thread_on_the_cpu_stays_running() -> None:
+    states = _timeline(_sampled({2: HASH}, asleep=set(), cpu_ms={2: 10}), 2)
+    assert {s for s, _, _ in states} == {State.RUNNING}

@@ -17,7 +17,12 @@ since its previous sample (its kernel CPU clock), so:
   the nearest time: a worker pool's threads run the same code;
 * the part of the time between two samples that a thread neither blocked nor spent on a
   CPU, while other threads of the process were on one, is a wait for the GIL: READY in
-  the thread's timeline (the ``ready`` column of the thread table).
+  the thread's timeline (the ``ready`` column of the thread table);
+* the rest of it, when the OS had the thread asleep at the sample and nobody else ran,
+  was a wait in a call no source hooks (``subprocess.run``'s waitpid, a pipe read):
+  BLOCKED (OTHER, "off-CPU in a call pyflight does not trace") up to the sample, one
+  interval for a wait seen at several samples in a row (IDLE for a library's own thread).
+  Samples keep the state they were taken in (``untraced-wait`` reads them).
 
 Samples from older traces (no CPU measure) keep the old rule: a sample the OS saw on a
 CPU weighs one sampling interval.
@@ -30,8 +35,10 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable
 
+from pyflight.analysis.frames import untraced_wait_site
 from pyflight.analysis.model import Interval, Model, Sample, State
 from pyflight.core.events import BlockReason, ThreadState
+from pyflight.format.reader import Frame
 
 __all__ = ["WAITING_FOR_JOB", "cpu_samples", "mark_gil_waits", "mark_job_waits", "program_samples"]
 
@@ -40,6 +47,15 @@ DEFAULT_INTERVAL_NS = 10_000_000
 TICK_GAP_NS = 2_000_000
 #: Waits shorter than this share of a span are noise (clock granularity, the GIL hand-off).
 MIN_READY_SHARE = 0.05
+
+#: A thread asleep (S/D) at a sample for more than this share of the time since its
+#: previous one (and at least UNTRACED_MIN_NS), with nobody else on a CPU meanwhile, was
+#: in a wait no source traces: BLOCKED (OTHER) in the model, UNTRACED in its detail.
+UNTRACED_MIN_SHARE = 0.5
+UNTRACED_MIN_NS = 2_000_000
+#: Detail of a BLOCKED (OTHER) interval found from samples (``off_cpu_waits``).
+UNTRACED = "off-CPU in a call pyflight does not trace"
+_ASLEEP = (ThreadState.SLEEPING, ThreadState.DISK)
 
 #: A READY thread (woken or between samples, waiting for the GIL) is not on a CPU either.
 _OFF_CPU = (State.BLOCKED, State.IDLE, State.READY)
@@ -224,15 +240,30 @@ def _running_pieces(intervals: list[Interval], starts: list[int], lo: int, hi: i
 
 
 def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
-    """Thread -> ``(start, end)`` windows it waited for the GIL (or a CPU), in time order.
+    """Thread -> ``(start, end)`` windows it waited for the GIL (or a CPU), in time order
+    (``off_cpu_waits``'s first half)."""
+    return off_cpu_waits(model)[0]
+
+
+def off_cpu_waits(
+    model: Model,
+) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int, Sample]]]]:
+    """Where the program's threads were neither running nor in a traced wait: windows
+    of waiting for the GIL (or a CPU), per thread; and windows of waiting in a call no
+    source traces, per thread, each with the sample that found the thread there.
 
     Between two samples a thread was RUNNING (not blocked in a traced call) for some
     time and on a CPU for ``cpu`` of it. The rest it was ready but not running: all of it
     if the OS had it runnable (waiting for a CPU), else as much as the process's other
-    threads were on a CPU meanwhile (the GIL). Counted from the sample backwards."""
+    threads were on a CPU meanwhile (the GIL). Counted from the sample backwards. When
+    the OS had it asleep at the sample (S/D) and more than ``UNTRACED_MIN_SHARE`` of the
+    span is neither CPU nor a possible GIL wait (nobody else ran), the thread was in a
+    wait nobody hooks (``subprocess.run``'s waitpid, a pipe read, a C extension, a lock
+    the recorder does not trace): that part, up to the sample, is the second kind."""
     ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
     starts = {tid: [iv.start for iv in tl.intervals] for tid, tl in model.threads.items() if tid not in ours}
     waits: dict[int, list[tuple[int, int]]] = {}
+    untraced: dict[int, list[tuple[int, int, Sample]]] = {}
     for tick in _ticks(model.samples):
         busy = sum(s.cpu for s in tick)
         for s in tick:
@@ -243,15 +274,18 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
             idle = sum(b - a for a, b in pieces) - s.cpu
             cap = s.span if s.os_state is ThreadState.RUNNING else busy - s.cpu
             ready = min(idle, cap)
+            rest = idle - max(0, ready)
+            if (
+                s.os_state in _ASLEEP
+                and s.state is State.RUNNING
+                and s.stack
+                and rest >= max(UNTRACED_MIN_SHARE * s.span, UNTRACED_MIN_NS)
+            ):
+                taken, pieces = _take(pieces, rest)  # in the wait at the sample: up to it
+                untraced.setdefault(s.tid, []).extend((a, b, s) for a, b in taken)
             if ready <= MIN_READY_SHARE * s.span:
                 continue
-            found = waits.setdefault(s.tid, [])
-            for a, b in pieces:  # latest first
-                take = min(ready, b - a)
-                found.append((b - take, b))
-                ready -= take
-                if ready <= 0:
-                    break
+            waits.setdefault(s.tid, []).extend(_take(pieces, ready)[0])
     # an estimate must not overrule what a sample saw: no window holds a sample's instant
     # (a sample stays as taken; gil-hog reads the holder's line from its RUNNING samples)
     sampled: dict[int, list[int]] = {}
@@ -261,7 +295,26 @@ def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
     for tid, found in waits.items():
         found.sort()
         waits[tid] = _around(found, sorted(sampled.get(tid, ())))
-    return waits
+    for windows in untraced.values():
+        windows.sort(key=lambda w: w[0])
+    return waits, untraced
+
+
+def _take(pieces: list[tuple[int, int]], amount: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``amount`` ns from the latest of ``pieces`` (latest first): (taken, what is left),
+    both latest first."""
+    taken: list[tuple[int, int]] = []
+    left: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if amount <= 0:
+            left.append((a, b))
+            continue
+        take = min(amount, b - a)
+        taken.append((b - take, b))
+        if b - take > a:
+            left.append((a, b - take))
+        amount -= take
+    return taken, left
 
 
 def _around(windows: list[tuple[int, int]], instants: list[int]) -> list[tuple[int, int]]:
@@ -302,6 +355,62 @@ def _carve(
                 if a > cursor:
                     out.append(iv.cut(cursor, a))
                 out.append(Interval(a, b, state, None, obj, iv.stack, detail))
+                cursor = b
+            i += 1
+        if iv.end > cursor:
+            out.append(iv.cut(cursor, iv.end))
+    return out
+
+
+def _merged_untraced(waits: list[tuple[int, int, Sample]]) -> list[tuple[int, int, Interval]]:
+    """Sorted untraced windows -> disjoint ones, each with the interval it stands for: a
+    wait found at several samples in a row (same place) is one interval, not one a tick.
+    The stack is the program's part of the first sample's; the state BLOCKED (OTHER), or
+    IDLE when no frame of it is the program's or a third-party library's (a library's
+    own thread waiting for work)."""
+    out: list[tuple[int, int, Interval]] = []
+    for a, b, s in waits:
+        where, callee = untraced_wait_site(s.stack)
+        if out and a <= out[-1][1] + TICK_GAP_NS and out[-1][2].detail == _untraced_detail(where, callee):
+            pa, _, iv = out[-1]
+            out[-1] = (pa, max(b, out[-1][1]), iv)
+            continue
+        if out and a < out[-1][1]:
+            a = out[-1][1]
+            if a >= b:
+                continue
+        state = State.IDLE if where is None else State.BLOCKED
+        reason = None if where is None else BlockReason.OTHER
+        out.append((a, b, Interval(a, b, state, reason, 0, s.stack, _untraced_detail(where, callee))))
+    return out
+
+
+def _untraced_detail(where: Frame | None, callee: Frame | None) -> str:
+    if callee is not None:
+        return f"{UNTRACED}: in {callee.function}"
+    if where is not None:
+        return f"{UNTRACED}: at {where.function}"
+    return UNTRACED
+
+
+def _carve_untraced(intervals: list[Interval], windows: list[tuple[int, int, Interval]]) -> list[Interval]:
+    """``intervals`` with the RUNNING time inside each of ``windows`` (sorted, disjoint)
+    replaced by its interval's state, reason, stack and detail."""
+    starts = [w[0] for w in windows]
+    out: list[Interval] = []
+    for iv in intervals:
+        if iv.state is not State.RUNNING:
+            out.append(iv)
+            continue
+        cursor = iv.start
+        i = max(0, bisect_left(starts, iv.start) - 1)
+        while i < len(windows) and windows[i][0] < iv.end:
+            w0, w1, like = windows[i]
+            a, b = max(w0, cursor), min(w1, iv.end)
+            if b > a:
+                if a > cursor:
+                    out.append(iv.cut(cursor, a))
+                out.append(like.cut(a, b))
                 cursor = b
             i += 1
         if iv.end > cursor:
@@ -425,11 +534,16 @@ def mark_gil_waits(model: Model) -> None:
         if tl is not None and not tl.is_pyflight:
             tl.intervals = _split_woken(tl.intervals, times)
             changed.add(tid)
-    for tid, windows in gil_waits(model).items():
+    ready, untraced = off_cpu_waits(model)
+    for tid, windows in ready.items():
         found = model.threads.get(tid)
         if found is not None:
             found.intervals = _carve(found.intervals, windows)
             changed.add(tid)
+    for tid, waits in untraced.items():
+        found = model.threads.get(tid)
+        if found is not None:
+            found.intervals = _carve_untraced(found.intervals, _merged_untraced(waits))
     marked = {tid: _marked_spans(model.threads[tid].intervals) for tid in changed}
     marked = {tid: spans for tid, spans in marked.items() if spans}
     if marked:

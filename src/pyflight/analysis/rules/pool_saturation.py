@@ -191,15 +191,18 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
                 f" The workers were CPU-bound, taking turns on the GIL (busy {100 * gil:.0f}% of "
                 "that time): more workers will not help; a process pool (or less CPU work per job) will."
             )
-        elif top_state.startswith("blocked:lock"):
-            doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
-        elif top_state.startswith("blocked:"):
-            doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
-        elif top_state == "running" and (untraced := _untraced_call(model, workers, spans)) is not None:
+        elif (
+            top_state in ("blocked:other", "running")
+            and (untraced := _untraced_call(model, workers, spans)) is not None
+        ):
             doing = (
                 " The busy workers were mostly off the CPU in a call pyflight does not trace"
                 f"{untraced}: a wait, so more workers help if what they wait for can take more."
             )
+        elif top_state.startswith("blocked:lock"):
+            doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
+        elif top_state.startswith("blocked:"):
+            doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
         elif top_state == "running":
             doing = " The busy workers were mostly running (CPU or C code)."
         else:
