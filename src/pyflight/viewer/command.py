@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         data = read_trace_bytes(args.file)
         with gc_paused():  # the trace is millions of long-lived objects
             trace = read_trace(args.file, data)
+            # ... kept until the server stops: out of the collector's generations (else
+            # the first collections once it is enabled again walk them all)
+            gc.freeze()
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
@@ -94,6 +97,7 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
         else:
             content.set_analysis(report)
     finally:
+        gc.freeze()  # the model, kept as long as the server runs: see run()
         gc.enable()
     api.warm_up()  # every row's levels of detail, while the page asks for its first ones
 
