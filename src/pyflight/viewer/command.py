@@ -69,7 +69,6 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
     stderr and stops the server (the command then exits 1); rules that fail are said on
     stderr and in the page, and the timeline stays served."""
     from pyflight.analysis.model import build
-    from pyflight.analysis.result import report_of
     from pyflight.viewer.api import TimelineApi
 
     def progress(done: float) -> None:
@@ -91,6 +90,8 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
         if not content.first_view.wait(FIRST_VIEW_WAIT_S) and content.first_view_asked.is_set():
             content.first_view.wait(FIRST_VIEW_MAX_WAIT_S)
         try:
+            from pyflight.analysis.result import report_of  # the rules: after the first slices
+
             report = report_of(model)
         except Exception as exc:
             _failed(f"cannot find the problems in {path}: {type(exc).__name__}: {exc}", content)
