@@ -46,7 +46,14 @@ _LAZY = {
 }
 
 
+#: Submodules that ``import pyflight`` loaded when it imported the recorder eagerly:
+#: ``pyflight.recorder.X`` after a plain ``import pyflight`` still works.
+_SUBMODULES = frozenset(("annotate", "budget", "core", "format", "recorder", "sources"))
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"pyflight.{name}")  # sets the attribute
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyflight' has no attribute {name!r}")
