@@ -4,7 +4,10 @@ Records (once, cached at the path given) a 20 s trace of ~1.5 M events of a pace
 program (the workload of bench_analysis.py: threads on a lock and a queue, asyncio tasks
 on a queue, user tasks and regions, GC, the sampler; its pause per turn is adjusted
 while it runs, from the recorder's event count, so that the trace holds the events
-asked for whatever the machine's speed) and then, ROUNDS times:
+asked for whatever the machine's speed). Events are counted as the reader yields them
+(``len(pyflight.load(TRACE).events)``, what the model is built from): the recorder
+writes an asyncio step or callback as one event that the reader expands to two, so its
+own count is lower (a trace paced on it to 1.5 M held ~2.4 M events). Then, ROUNDS times:
 
 - server: ``pyflight view TRACE --port 0 --no-browser`` started as a user starts it,
   timed until ``/api/meta`` first answers (the trace read; the analysis then runs in the
@@ -128,12 +131,21 @@ def _workload(stop: threading.Event, pace: list[float]) -> None:
 
 def make_trace(path: str, seconds: float, pace: float, events: float = 0) -> None:
     """Record ``seconds`` of the workload to ``path``; with ``events``, its pause per turn
-    is set every 0.25 s from the recorder's event count so that the window holds about
-    that many events (the rate a pause gives depends on the machine and its load)."""
+    is set every 0.25 s so that the trace holds about that many events *as the reader
+    yields them* (the rate a pause gives depends on the machine and its load).
+
+    The recorder writes an asyncio step or callback as one event (TASK_STEP, CALLBACK),
+    which the reader expands to a BEGIN and an END: its count of recorded events is fewer
+    than the trace's. The pacing follows the recorder's count scaled by the expansion
+    measured on snapshots of the window taken while it records (at ~2 s and ~8 s), so
+    that "1.5 M events" is the trace's (what the model is built from), as it was before
+    steps became one event each (a trace paced on the recorded count held ~2.4 M)."""
     import pyflight
 
     stop = threading.Event()
     box = [pace]
+    expand = 1.0  # the trace's events per recorded event, measured while recording
+    checks = [2.0, 8.0] if events else []
     with pyflight.FlightRecorder(min_age=3600, max_bytes=2048 * 2**20) as rec:
         runner = threading.Thread(target=_workload, args=(stop, box), name="workload")
         started = time.perf_counter()
@@ -147,8 +159,11 @@ def make_trace(path: str, seconds: float, pace: float, events: float = 0) -> Non
             time.sleep(min(0.25, left))
             if not events:
                 continue
+            if checks and time.perf_counter() - started >= checks[0]:
+                checks.pop(0)
+                expand = _expansion(rec, path + ".part")
             now = time.perf_counter()
-            count = int(rec.stats().get("events", 0))
+            count = int(rec.stats().get("events", 0)) * expand
             left = seconds - (now - started)
             rate = (count - last_n) / max(1e-6, now - last_t)
             if left > 0.1 and rate > 0:
@@ -157,14 +172,26 @@ def make_trace(path: str, seconds: float, pace: float, events: float = 0) -> Non
             last_t, last_n = now, count
         stop.set()
         runner.join()
-        count = int(rec.stats().get("events", 0))
         rec.write_to(path)
+    count = len(pyflight.load(path).events)
     if events and count < 0.95 * events:
         print(
             f"warning: the workload made {count:,} events in {seconds:g} s, not {events:,.0f}: "
             "record longer (--seconds)",
             file=sys.stderr,
         )
+
+
+def _expansion(rec: object, part: str) -> float:
+    """The trace's events per event the recorder counts, from a snapshot of its window."""
+    import pyflight
+
+    recorded = int(rec.stats().get("events", 0))  # type: ignore[attr-defined]
+    rec.write_to(part)  # type: ignore[attr-defined]
+    try:
+        return max(1.0, len(pyflight.load(part).events) / max(1, recorded))
+    finally:
+        os.unlink(part)
 
 
 def _in_process_split(path: str) -> str:

@@ -9,9 +9,11 @@ file when something goes wrong::
     rec.write_to("incident.pyfl")
     trace = pyflight.load("incident.pyfl")
 
-``import pyflight`` loads the recording side only: the reader (``load``, ``Trace``...)
-and the HTTP trigger (``serve``) are imported on first use (PEP 562), so a recorded
-process never carries them unless it uses them.
+``import pyflight`` loads almost nothing: each public name's module is imported on its
+first use (PEP 562), so a recorded process never carries the reader (``load``,
+``Trace``...) nor the HTTP trigger (``serve``) unless it uses them, and the commands that
+only read traces (``pyflight view``, ``report``, ``export``) never import the recorder
+and its sources.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ __version__ = "0.1.0"
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pyflight.annotate import log, region, task
 from pyflight.errors import PyflightError, RecorderError, SnapshotInProgress, TraceFormatError
-from pyflight.recorder import FlightRecorder
 
 if TYPE_CHECKING:
+    from pyflight.annotate import log, region, task
     from pyflight.format.reader import Event, Frame, Trace, TraceWarning, load
+    from pyflight.recorder import FlightRecorder
     from pyflight.triggers.http import serve
 
 #: Public names imported on first use, and the module each comes from.
 _LAZY = {
+    "FlightRecorder": "pyflight.recorder",
+    "log": "pyflight.annotate",
+    "region": "pyflight.annotate",
+    "task": "pyflight.annotate",
     "Event": "pyflight.format.reader",
     "Frame": "pyflight.format.reader",
     "Trace": "pyflight.format.reader",
@@ -40,7 +46,14 @@ _LAZY = {
 }
 
 
+#: Submodules that ``import pyflight`` loaded when it imported the recorder eagerly:
+#: ``pyflight.recorder.X`` after a plain ``import pyflight`` still works.
+_SUBMODULES = frozenset(("annotate", "budget", "core", "format", "recorder", "sources"))
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"pyflight.{name}")  # sets the attribute
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyflight' has no attribute {name!r}")

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         data = read_trace_bytes(args.file)
         with gc_paused():  # the trace is millions of long-lived objects
             trace = read_trace(args.file, data)
+            # ... kept until the server stops: out of the collector's generations (else
+            # the first collections once it is enabled again walk them all)
+            gc.freeze()
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
@@ -66,7 +69,6 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
     stderr and stops the server (the command then exits 1); rules that fail are said on
     stderr and in the page, and the timeline stays served."""
     from pyflight.analysis.model import build
-    from pyflight.analysis.result import report_of
     from pyflight.viewer.api import TimelineApi
 
     def progress(done: float) -> None:
@@ -88,12 +90,15 @@ def _analyse(path: str, trace: Trace, content: Content, server: ViewerServer) ->
         if not content.first_view.wait(FIRST_VIEW_WAIT_S) and content.first_view_asked.is_set():
             content.first_view.wait(FIRST_VIEW_MAX_WAIT_S)
         try:
+            from pyflight.analysis.result import report_of  # the rules: after the first slices
+
             report = report_of(model)
         except Exception as exc:
             _failed(f"cannot find the problems in {path}: {type(exc).__name__}: {exc}", content)
         else:
             content.set_analysis(report)
     finally:
+        gc.freeze()  # the model, kept as long as the server runs: see run()
         gc.enable()
     api.warm_up()  # every row's levels of detail, while the page asks for its first ones
 
