@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import re
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pyflight.analysis.frames import untraced_wait_site
 from pyflight.analysis.model import Interval, Model, Sample, State
@@ -341,6 +341,20 @@ def _carve(
 ) -> list[Interval]:
     """``intervals`` with the RUNNING time inside ``windows`` (sorted, disjoint) turned
     into ``state`` (READY: a wait for the GIL)."""
+    return _carve_with(
+        intervals,
+        [(a, b, None) for a, b in windows],
+        lambda iv, a, b, _: Interval(a, b, state, None, obj, iv.stack, detail),
+    )
+
+
+def _carve_with(
+    intervals: list[Interval],
+    windows: list[tuple[int, int, Interval | None]],
+    make: Callable[[Interval, int, int, Interval | None], Interval],
+) -> list[Interval]:
+    """``intervals`` with the RUNNING time inside each of ``windows`` (sorted, disjoint;
+    each with what it stands for) replaced by ``make(running interval, start, end, it)``."""
     starts = [w[0] for w in windows]
     out: list[Interval] = []
     for iv in intervals:
@@ -350,11 +364,12 @@ def _carve(
         cursor = iv.start
         i = max(0, bisect_left(starts, iv.start) - 1)
         while i < len(windows) and windows[i][0] < iv.end:
-            a, b = max(windows[i][0], cursor), min(windows[i][1], iv.end)
+            w0, w1, like = windows[i]
+            a, b = max(w0, cursor), min(w1, iv.end)
             if b > a:
                 if a > cursor:
                     out.append(iv.cut(cursor, a))
-                out.append(Interval(a, b, state, None, obj, iv.stack, detail))
+                out.append(make(iv, a, b, like))
                 cursor = b
             i += 1
         if iv.end > cursor:
@@ -396,26 +411,11 @@ def _untraced_detail(where: Frame | None, callee: Frame | None) -> str:
 def _carve_untraced(intervals: list[Interval], windows: list[tuple[int, int, Interval]]) -> list[Interval]:
     """``intervals`` with the RUNNING time inside each of ``windows`` (sorted, disjoint)
     replaced by its interval's state, reason, stack and detail."""
-    starts = [w[0] for w in windows]
-    out: list[Interval] = []
-    for iv in intervals:
-        if iv.state is not State.RUNNING:
-            out.append(iv)
-            continue
-        cursor = iv.start
-        i = max(0, bisect_left(starts, iv.start) - 1)
-        while i < len(windows) and windows[i][0] < iv.end:
-            w0, w1, like = windows[i]
-            a, b = max(w0, cursor), min(w1, iv.end)
-            if b > a:
-                if a > cursor:
-                    out.append(iv.cut(cursor, a))
-                out.append(like.cut(a, b))
-                cursor = b
-            i += 1
-        if iv.end > cursor:
-            out.append(iv.cut(cursor, iv.end))
-    return out
+
+    def found(running: Interval, a: int, b: int, like: Interval | None) -> Interval:
+        return like.cut(a, b) if like is not None else running.cut(a, b)
+
+    return _carve_with(intervals, list(windows), found)
 
 
 def _split_woken(intervals: list[Interval], wake_times: list[int]) -> list[Interval]:

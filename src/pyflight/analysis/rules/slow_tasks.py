@@ -15,7 +15,14 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, TaskTimeline
 from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name, user_threads
+from pyflight.analysis.queries import (
+    Spans,
+    interval_ns,
+    samples_in,
+    seconds_since_start,
+    thread_name,
+    user_threads,
+)
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, quantile
@@ -90,21 +97,14 @@ class _CpuWaits:
     own doing (the CPU rules tell those). Merged once, queried by bisection."""
 
     def __init__(self, model: Model) -> None:
-        spans = sorted(
+        ready = Spans(
             (iv.start, iv.end)
             for thread in user_threads(model)
             for iv in thread.intervals
             if iv.state is State.READY and iv.end > iv.start
         )
-        merged: list[list[int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        self.starts = [a for a, _ in merged]
-        self.ends = [b for _, b in merged]
-        self.before = list(itertools.accumulate((b - a for a, b in merged), initial=0))
+        self.starts, self.ends = ready.starts, ready.ends
+        self.before = list(itertools.accumulate((b - a for a, b in ready.pairs()), initial=0))
 
     def within(self, start: int, end: int) -> int:
         """READY time of the program inside ``[start, end)``."""
