@@ -312,20 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         base: dict[str, float] = {}
         for name, recorder_args, src in modes:
             counts = measure(server, recorder_args, args.requests, args.warmup, src, args.cache_sim)
-            main_thread = {key: value / args.requests for key, value in counts[0].items()}
-            others = sum(c.get("Ir", 0) for c in counts[1:]) / args.requests
-            base = base or main_thread
-            ir = main_thread["Ir"]
-            line = f"  {name:28} {ir:12,.0f} instr {ir / base['Ir'] - 1:+7.2%}"
-            if args.cache_sim:
-                l1 = sum(main_thread.get(k, 0) for k in ("I1mr", "D1mr", "D1mw"))
-                mispredicts = main_thread.get("Bcm", 0) + main_thread.get("Bim", 0)
-                cycles = estimated_cycles(main_thread) / estimated_cycles(base) - 1
-                line += (
-                    f"   I1 misses {main_thread.get('I1mr', 0):7,.0f}  L1 misses {l1:7,.0f}"
-                    f"  mispredicts {mispredicts:6,.0f}  est. cycles {cycles:+7.2%}"
-                )
-            print(f"{line}   (other threads {others:,.0f})")
+            print(_line(name, counts, args.requests, base, args.cache_sim))
+            base = base or {key: value / args.requests for key, value in counts[0].items()}
     return 0
 
 
