@@ -258,3 +258,18 @@ def test_a_thread_asleep_while_another_burns_the_cpu_waited_for_the_gil() -> Non
 def test_a_thread_on_the_cpu_stays_running() -> None:
     states = _timeline(_sampled({2: HASH}, asleep=set(), cpu_ms={2: 10}), 2)
     assert {s for s, _, _ in states} == {State.RUNNING}
+
+
+def test_the_timeline_draws_an_untraced_wait_as_the_model_has_it() -> None:
+    """The exports and the viewer's timeline draw the same wait as the model: one
+    'blocked: other' slice over the model's interval (it is not a recorded block)."""
+    from pyflight.analysis import build
+    from pyflight.analysis.timeline import build_timeline
+    from pyflight.format.reader import loads
+
+    model = build(loads(_sampled({1: CONVERT}, asleep={1}, cpu_ms={})))
+    [wait] = [iv for iv in model.threads[1].intervals if iv.state is State.BLOCKED]
+    drawn = [s for s in build_timeline(model).slices if s.track == ("thread", 1) and s.category == "block"]
+    assert [(s.start, s.end, s.name, s.args["reason"]) for s in drawn] == [
+        (wait.start, wait.end, "blocked: other", "other")
+    ]

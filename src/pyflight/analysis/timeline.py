@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
+from pyflight.analysis.cpu import UNTRACED
 from pyflight.analysis.model import State
 from pyflight.core.events import BlockReason, Kind, TaskOutcome
 from pyflight.format.reader import Frame, Trace
@@ -237,6 +238,10 @@ class _TimelineBuilder:
                     woken_at[(tid, i.end)] = i.start
                     label = i.detail or "waiting for the GIL"
                     slices.append(Slice(track, i.start, i.end, f"ready: {label}", READY_CATEGORY, {}))
+                elif i.state is _BLOCKED and i.detail.startswith(UNTRACED):
+                    # found from the samples (analysis/cpu.py), not a recorded block
+                    args: dict[str, ArgValue] = {"reason": "other", "obj": 0, "detail": i.detail}
+                    slices.append(Slice(track, i.start, i.end, "blocked: other", "block", args))
         wakes: dict[tuple[int, int, int], list[int]] = {}  # (waker, target, obj) -> times
         for w in model.wakes:
             if not w.task:
@@ -246,7 +251,7 @@ class _TimelineBuilder:
         t_end = model.end
         for b in model.blocks:
             rname = _reason_name(b.reason)
-            args: dict[str, ArgValue] = {"reason": rname, "obj": b.obj}
+            args = {"reason": rname, "obj": b.obj}
             if b.waker:
                 args["waker"] = b.waker
             blocked_until = woken_at.get((b.tid, b.end), b.end)
