@@ -55,7 +55,8 @@ UNTRACED_MIN_SHARE = 0.5
 UNTRACED_MIN_NS = 2_000_000
 #: Detail of a BLOCKED (OTHER) interval found from samples (``off_cpu_waits``).
 UNTRACED = "off-CPU in a call pyflight does not trace"
-_ASLEEP = (ThreadState.SLEEPING, ThreadState.DISK)
+#: OS states of a thread asleep: off the CPU, not runnable.
+ASLEEP = (ThreadState.SLEEPING, ThreadState.DISK)
 
 #: A READY thread (woken or between samples, waiting for the GIL) is not on a CPU either.
 _OFF_CPU = (State.BLOCKED, State.IDLE, State.READY)
@@ -239,12 +240,6 @@ def _running_pieces(intervals: list[Interval], starts: list[int], lo: int, hi: i
     return out
 
 
-def gil_waits(model: Model) -> dict[int, list[tuple[int, int]]]:
-    """Thread -> ``(start, end)`` windows it waited for the GIL (or a CPU), in time order
-    (``off_cpu_waits``'s first half)."""
-    return off_cpu_waits(model)[0]
-
-
 def off_cpu_waits(
     model: Model,
 ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int, Sample]]]]:
@@ -276,7 +271,7 @@ def off_cpu_waits(
             ready = min(idle, cap)
             rest = idle - max(0, ready)
             if (
-                s.os_state in _ASLEEP
+                s.os_state in ASLEEP
                 and s.state is State.RUNNING
                 and s.stack
                 and rest >= max(UNTRACED_MIN_SHARE * s.span, UNTRACED_MIN_NS)
@@ -386,7 +381,8 @@ def _merged_untraced(waits: list[tuple[int, int, Sample]]) -> list[tuple[int, in
     out: list[tuple[int, int, Interval]] = []
     for a, b, s in waits:
         where, callee = untraced_wait_site(s.stack)
-        if out and a <= out[-1][1] + TICK_GAP_NS and out[-1][2].detail == _untraced_detail(where, callee):
+        detail = _untraced_detail(where, callee)
+        if out and a <= out[-1][1] + TICK_GAP_NS and out[-1][2].detail == detail:
             pa, _, iv = out[-1]
             out[-1] = (pa, max(b, out[-1][1]), iv)
             continue
@@ -396,7 +392,7 @@ def _merged_untraced(waits: list[tuple[int, int, Sample]]) -> list[tuple[int, in
                 continue
         state = State.IDLE if where is None else State.BLOCKED
         reason = None if where is None else BlockReason.OTHER
-        out.append((a, b, Interval(a, b, state, reason, 0, s.stack, _untraced_detail(where, callee))))
+        out.append((a, b, Interval(a, b, state, reason, 0, s.stack, detail)))
     return out
 
 

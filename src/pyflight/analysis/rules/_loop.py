@@ -6,6 +6,7 @@ import bisect
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from pyflight.analysis.cpu import ASLEEP
 from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
@@ -77,7 +78,7 @@ def long_steps(model: Model, loop: LoopTimeline) -> list[LoopWindow]:
                 w.weights[frame] += interval
             if sample.os_state == ThreadState.RUNNING:
                 w.running += 1
-            elif sample.os_state in (ThreadState.SLEEPING, ThreadState.DISK):
+            elif sample.os_state in ASLEEP:
                 w.sleeping += 1
     kept = [w for w in merged if w.weights or not (w.samples or w.stall_stacks)]
     cache[loop.loop] = kept

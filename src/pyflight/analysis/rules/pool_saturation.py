@@ -9,9 +9,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyflight.analysis.cpu import ASLEEP
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
-from pyflight.core.events import BlockReason, ThreadState
+from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
@@ -107,10 +108,10 @@ def _untraced_call(model: Model, workers: set[int], spans: Spans) -> str | None:
     calls: Counter[str] = Counter()
     for tid in workers:
         for s in samples_by_thread(model).get(tid, ()):
-            if s.state is not State.RUNNING or overlap_ns(spans, s.time - 1, s.time) <= 0:
+            if s.state is not State.RUNNING or s.time not in spans:
                 continue
             seen += 1
-            if s.os_state in (ThreadState.SLEEPING, ThreadState.DISK):
+            if s.os_state in ASLEEP:
                 off += 1
                 _, callee = untraced_wait_site(s.stack)
                 if callee is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from pyflight.analysis.cpu import ASLEEP
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
-from pyflight.core.events import ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
@@ -30,14 +30,13 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
     """Threads often found off-CPU inside user code that no hook saw block: an untraced
     lock (e.g. without the C core), the GIL, or a C extension waiting."""
     interval = interval_ns(model)
-    off_cpu = (ThreadState.SLEEPING, ThreadState.DISK)
     weights: dict[Frame, float] = defaultdict(float)
     per_thread: Counter[int] = Counter()
     seen: list[tuple[int, int, Frame]] = []  # (thread, time, where) of each sample counted
     inside: dict[Frame, Counter[Frame]] = defaultdict(Counter)  # where -> the library call it made
     for thread in user_threads(model):
         for sample in samples_by_thread(model).get(thread.tid, ()):
-            if sample.os_state not in off_cpu or sample.state is not State.RUNNING or not sample.stack:
+            if sample.os_state not in ASLEEP or sample.state is not State.RUNNING or not sample.stack:
                 continue
             where, callee = untraced_wait_site(sample.stack)
             if where is None:
