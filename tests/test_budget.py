@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 import pyflight
-from pyflight.budget import CATEGORY, LEVELS, describe_budget
-from pyflight.core.events import Kind
+from pyflight.budget import CATEGORY, LEVELS, SHED_STACK_EVERY, SHED_STACK_MIN_NS, describe_budget
+from pyflight.core import backend
+from pyflight.core.events import BlockReason, Kind
+from pyflight.sources.blocking import _c_core
 from pyflight.sources.sampler import StackSampler
 from pyflight.triggers.http import STATUS_PATH
 
@@ -78,6 +80,73 @@ def test_detail_comes_back_when_the_cost_is_under_budget(tmp_path: Path) -> None
         recorder.write_to(tmp_path / "back.pyfl")
     logs = _budget_logs(pyflight.load(tmp_path / "back.pyfl"))
     assert any(m.startswith("restoring") and m.endswith("now shed: nothing") for m in logs), logs
+
+
+STACKS_STEP = LEVELS.index("stacks on blocks under 10 ms: 1 in 16 kept")
+
+
+def _sleep_blocks(trace: pyflight.Trace, asked_ns: int) -> list[pyflight.Event]:
+    """The BLOCK_BEGINs of the ``time.sleep`` calls that asked for ``asked_ns``."""
+    return [
+        e
+        for e in trace.events
+        if e.kind == Kind.BLOCK_BEGIN and e.arg("reason") == BlockReason.SLEEP and e.arg("obj") == asked_ns
+    ]
+
+
+@pytest.mark.skipif(_c_core() is None, reason="only the C core's blocking hooks keep stacks past a threshold")
+def test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_back(tmp_path: Path) -> None:
+    """A program that blocks briefly and often (each 0.3 ms sleep a block with its stack)
+    and has no sampler to slow down: the budget's next step keeps the stack of a block under
+    10 ms one time in 16 (its site still shows), a long block keeps it; once the cost is
+    under budget again every short block has its stack back."""
+    here = test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_back.__name__
+
+    def short_sleeps() -> bool:
+        time.sleep(0.0003)  # over the default 100 us: a block with its stack
+        return False
+
+    with pyflight.FlightRecorder(sources=["blocking"], cpu_budget=1e-6) as recorder:
+        budget = recorder.budget
+        assert budget is not None
+        _work_until(lambda: short_sleeps() or budget.shed == [STACKS_STEP])
+        for _ in range(4 * SHED_STACK_EVERY):
+            time.sleep(0.00031)  # shed: under 10 ms, a stack one time in 16
+        time.sleep(SHED_STACK_MIN_NS / 1e9 * 2)  # 20 ms: its stack
+        recorder.write_to(tmp_path / "shed.pyfl")
+        budget.budget = 1.0  # now everything fits
+        _work_until(lambda: budget.level == 0)
+        for _ in range(8):
+            time.sleep(0.00032)  # restored: each with its stack
+        recorder.write_to(tmp_path / "back.pyfl")
+    shed = pyflight.load(tmp_path / "shed.pyfl")
+    short = _sleep_blocks(shed, 310_000)
+    assert len(short) == 4 * SHED_STACK_EVERY
+    kept = [e for e in short if here in [f.function for f in e.stack]]
+    assert 1 <= len(kept) <= 8, len(kept)  # 4 when nothing else blocked meanwhile
+    assert all(e.stack == () for e in short if e not in kept)
+    ((long_sleep,),) = [_sleep_blocks(shed, 2 * SHED_STACK_MIN_NS)]
+    assert here in [f.function for f in long_sleep.stack]
+    logs = _budget_logs(shed)
+    assert logs[0].startswith(f"shedding {LEVELS[STACKS_STEP]}: the recorder cost"), logs
+    assert json.loads(shed.meta["budget.shed"]) == [LEVELS[STACKS_STEP]]
+    back = pyflight.load(tmp_path / "back.pyfl")
+    restored = _sleep_blocks(back, 320_000)
+    assert len(restored) == 8 and all(here in [f.function for f in e.stack] for e in restored)
+    assert any(m.startswith(f"restoring {LEVELS[STACKS_STEP]}") for m in _budget_logs(back))
+
+
+def test_the_stacks_hooks_walk_are_counted_apart_from_events() -> None:
+    """The core counts the stacks it interns (the budget's estimate of the hooks' cost
+    needs them): one per event recorded with a stack, none for one without."""
+    with pyflight.FlightRecorder(sources=[], cpu_budget=None):
+        before = backend.stats()
+        backend.record(int(Kind.LOG), 0, "test", "no stack")
+        backend.record(int(Kind.BLOCK_BEGIN), int(BlockReason.LOCK), 1, backend.HERE)
+        backend.record(int(Kind.BLOCK_END), int(BlockReason.LOCK), 1, 0)
+        after = backend.stats()
+    assert after["events"] - before["events"] == 3
+    assert after["stacks"] - before["stacks"] == 1
 
 
 def test_without_a_budget_nothing_is_measured_or_shed(tmp_path: Path) -> None:

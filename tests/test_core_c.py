@@ -190,6 +190,7 @@ def test_record_seal_snapshot_roundtrip(core):
         "evicted": 0,
         "dropped_events": 0,
         "seq": 3,
+        "stacks": 0,
     }
 
 

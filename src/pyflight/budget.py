@@ -6,16 +6,20 @@ Like Datadog's profiler (capped at 1% of CPU), the recorder keeps its own cost u
 
 - the CPU time of its own threads (``pyflight-*``: the ticker, the sampler, ...), read
   from per-thread CPU clocks (``time.pthread_getcpuclockid``);
-- plus an estimate of the hooks' cost in the program's own threads: events recorded
-  in the period x ``HOOK_NS_PER_EVENT`` (a documented constant: the hooks cost
-  200-1,200 ns per event on this project's benchmarks).
+- plus an estimate of the hooks' cost in the program's own threads: the events and the
+  stacks the hooks recorded in the period (the core's counters less the sampler's
+  samples, whose cost is in its thread's CPU) x ``HOOK_NS_PER_EVENT`` and
+  ``HOOK_NS_PER_STACK`` (documented constants, see docs/performance.md "Budget").
 
-Shedding order, one level per over-budget period in which the recorder's own threads
-(the part shedding lowers) use at least half the budget, restored one level per period under
-half the budget: (1) sampler rate /4, (2) sampler rate /16, (3) sampler at its slowest
-rate (MAX_INTERVAL). Each change is a LOG in category ``pyflight.budget`` plus the live
-counters ``pyflight.budget.cost_ppm`` and ``pyflight.budget.shed_level``; the snapshot
-header carries ``budget.*`` metadata, which ``pyflight info`` prints.
+Over budget, one step of detail is shed per period, the first in ``LEVELS`` order that
+lowers a part of the cost worth lowering (at least ``SHEDDABLE_SHARE`` of the budget):
+the sampler's steps lower its thread's CPU, the stack step lowers the hooks' stack walks
+(a block under 10 ms keeps its stack one time in 16);
+shedding a step that would save nothing only loses detail. Under ``RESTORE_BELOW`` of the
+budget, the step shed last comes back. Each change is a LOG in category
+``pyflight.budget`` plus the live counters ``pyflight.budget.cost_ppm`` and
+``pyflight.budget.shed_level`` (how many steps are shed); the snapshot header carries
+``budget.*`` metadata, which ``pyflight info`` prints.
 """
 
 from __future__ import annotations
@@ -29,24 +33,33 @@ from pyflight.core.events import Kind
 
 #: Estimated CPU cost of one hook event in the program's threads (see the module doc).
 HOOK_NS_PER_EVENT = 500
+#: Estimated extra cost of a stack a hook walks and interns (see docs/performance.md).
+HOOK_NS_PER_STACK = 1_500
 #: Budget checks happen this often (seconds of wall time).
 CHECK_SECONDS = 1.0
 #: A period in which the process used less CPU than this is not judged (an idle
 #: process's ratio is noise).
 MIN_PROCESS_CPU_NS = 20_000_000
-#: Shed only when the recorder's own threads (what shedding lowers) use at least this
-#: share of the budget.
+#: Shed a step only when the part of the cost it lowers is at least this share of the budget.
 SHEDDABLE_SHARE = 0.5
-#: Restore a level only when the cost is under this share of the budget.
+#: Restore a step only when the cost is under this share of the budget.
 RESTORE_BELOW = 0.5
-#: What each level sheds, in order (what ``status()``/the trace say).
+#: Once stacks are shed, a block shorter than this keeps its stack only one time in
+#: SHED_STACK_EVERY (so its site still shows, sampled); a longer one always does.
+SHED_STACK_MIN_NS = 10_000_000
+SHED_STACK_EVERY = 16
+#: The steps of detail, in the order they are shed ("nothing" is none shed).
 LEVELS = (
     "nothing",
     "sampler rate /4",
     "sampler rate /16",
     "sampler at its slowest rate",
+    "stacks on blocks under 10 ms: 1 in 16 kept",
 )
-_SAMPLER_SLOWDOWN = (1.0, 4.0, 16.0, float("inf"))
+#: What each step lowers: the recorder's threads or the hooks' stack walks.
+_LOWERS = (None, "threads", "threads", "threads", "stacks")
+_SAMPLER_SLOWDOWN = {1: 4.0, 2: 16.0, 3: float("inf")}
+_STACKS_STEP = 4
 CATEGORY = "pyflight.budget"
 
 
@@ -65,7 +78,8 @@ class CpuBudget:
             raise ValueError(f"cpu_budget must be > 0 and <= 1, got {budget!r}")
         self.budget = budget
         self.sources = sources
-        self.level = 0
+        #: The steps shed now (indexes into LEVELS), in the order they were shed.
+        self.shed: list[int] = []
         #: Totals since start: recorder threads' CPU, estimated hook CPU, process CPU.
         self.thread_cpu_ns = 0
         self.hook_cpu_ns = 0
@@ -75,16 +89,24 @@ class CpuBudget:
         self.changes = 0
         self._thread_seen: dict[int, int] = {}
         self._process_last = time.process_time_ns()
-        self._events_last = self._events()
+        self._counts_last = self._counts()
         self._sampler_base: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _events() -> int:
+    @property
+    def level(self) -> int:
+        """How many steps of detail are shed now."""
+        return len(self.shed)
+
+    def _counts(self) -> tuple[int, int, int]:
+        """(events, stacks) the core recorded since start, and the sampler's samples."""
         try:
-            return int(backend.stats().get("events", 0))
+            stats = backend.stats()
+            events, stacks = int(stats.get("events", 0)), int(stats.get("stacks", 0))
         except Exception:
-            return 0
+            events = stacks = 0
+        samples = sum(int(getattr(s, "samples", 0)) for s in self._sampler_sources())
+        return events, stacks, samples
 
     def _recorder_threads_cpu(self) -> int:
         """CPU ns the recorder's own threads used since the last call."""
@@ -102,14 +124,20 @@ class CpuBudget:
         return used
 
     def check(self) -> None:
-        """One period: measure, then shed or restore one level. Called by the ticker."""
+        """One period: measure, then shed or restore one step. Called by the ticker."""
         with self._lock:
             process_now = time.process_time_ns()
-            events_now = self._events()
+            counts = self._counts()
             process = process_now - self._process_last
             threads = self._recorder_threads_cpu()
-            hooks = max(0, events_now - self._events_last) * HOOK_NS_PER_EVENT
-            self._process_last, self._events_last = process_now, events_now
+            events, stacks, samples = (
+                max(0, now - last) for now, last in zip(counts, self._counts_last, strict=True)
+            )
+            # the sampler's samples (an event and a stack each) cost its thread's CPU, counted above;
+            # the core's counters restart with a new recorder, which the max() above absorbs
+            stack_ns = max(0, stacks - samples) * HOOK_NS_PER_STACK
+            hooks = max(0, events - samples) * HOOK_NS_PER_EVENT + stack_ns
+            self._process_last, self._counts_last = process_now, counts
             self.thread_cpu_ns += threads
             self.hook_cpu_ns += hooks
             self.process_cpu_ns += process
@@ -120,48 +148,80 @@ class CpuBudget:
             backend.set_live(("budget", "cost"), Kind.COUNTER, "pyflight.budget.cost_ppm", round(cost * 1e6))
             if cost > self.budget:
                 self.periods_over += 1
-                # Every level sheds the sampler, which only lowers the recorder threads'
-                # part: when the hooks alone break the budget, shedding would lose
-                # detail and save nothing, so the period is counted, not acted on.
-                if self.level < len(LEVELS) - 1 and threads > SHEDDABLE_SHARE * self.budget * process:
-                    self._set_level(self.level + 1, cost)
-            elif cost < self.budget * RESTORE_BELOW and self.level > 0:
-                self._set_level(self.level - 1, cost)
+                worth = SHEDDABLE_SHARE * self.budget * process
+                lowers = {"threads": threads >= worth, "stacks": stack_ns >= worth}
+                step = next(
+                    (
+                        i
+                        for i in range(1, len(LEVELS))
+                        if i not in self.shed and lowers[_LOWERS[i] or ""] and self._applies(i)
+                    ),
+                    None,
+                )
+                # none worth shedding (e.g. the hooks' events alone break the budget): the
+                # period is counted, not acted on
+                if step is not None:
+                    self._change(step, shed=True, cost=cost)
+            elif cost < self.budget * RESTORE_BELOW and self.shed:
+                self._change(self.shed[-1], shed=False, cost=cost)
 
-    def _set_level(self, level: int, cost: float) -> None:
-        verb = "shedding" if level > self.level else "restoring"
-        what = LEVELS[level] if level > self.level else LEVELS[self.level]
-        self.level = level
+    def _applies(self, step: int) -> bool:
+        """Whether shedding ``step`` would change anything in these sources."""
+        if _LOWERS[step] == "threads":
+            return any(self._sampler_sources())
+        return self._blocking_core() is not None
+
+    def _sampler_sources(self) -> list[Any]:
+        return [s for s in self.sources if getattr(s, "name", None) == "sampler" and hasattr(s, "interval")]
+
+    def _blocking_core(self) -> Any:
+        """The C core's blocking hooks, when the blocking source records with them."""
+        for source in self.sources:
+            if getattr(source, "name", None) == "blocking":
+                core = getattr(source, "_c", None)
+                if core is not None and hasattr(core, "_blocking_shed_stacks"):
+                    return core
+        return None
+
+    def _change(self, step: int, *, shed: bool, cost: float) -> None:
+        if shed:
+            self.shed.append(step)
+        else:
+            self.shed.remove(step)
         self.changes += 1
         self._apply()
-        backend.set_live(("budget", "level"), Kind.COUNTER, "pyflight.budget.shed_level", level)
+        backend.set_live(("budget", "level"), Kind.COUNTER, "pyflight.budget.shed_level", self.level)
         backend.record(
             Kind.LOG,
             0,
             CATEGORY,
-            f"{verb} {what}: the recorder cost {cost * 100:.3g}% of the process's CPU "
-            f"(budget {self.budget * 100:.3g}%); now shed: {self.shed_description()}",
+            f"{'shedding' if shed else 'restoring'} {LEVELS[step]}: the recorder cost {cost * 100:.3g}% "
+            f"of the process's CPU (budget {self.budget * 100:.3g}%); now shed: {self.shed_description()}",
         )
 
     def _apply(self) -> None:
-        """Set each source's detail for the current level."""
-        for source in self.sources:
-            if getattr(source, "name", None) == "sampler" and hasattr(source, "interval"):
-                from pyflight.sources.sampler import MAX_INTERVAL
+        """Set each source's detail for the steps shed now."""
+        slowdown = max((_SAMPLER_SLOWDOWN.get(i, 1.0) for i in self.shed), default=1.0)
+        for source in self._sampler_sources():
+            from pyflight.sources.sampler import MAX_INTERVAL
 
-                base = self._sampler_base.setdefault(id(source), float(source.interval))
-                slower = min(MAX_INTERVAL, base * _SAMPLER_SLOWDOWN[self.level])
-                source.interval = slower
-                source.current_interval = max(source.current_interval, slower)
+            base = self._sampler_base.setdefault(id(source), float(source.interval))
+            slower = min(MAX_INTERVAL, base * slowdown)
+            source.interval = slower
+            source.current_interval = max(source.current_interval, slower)
+        core = self._blocking_core()
+        if core is not None:
+            shed = _STACKS_STEP in self.shed
+            core._blocking_shed_stacks(SHED_STACK_EVERY if shed else 1, SHED_STACK_MIN_NS)
 
     def restore_all(self) -> None:
         """Undo every change (the recorder stops)."""
         with self._lock:
-            self.level = 0
+            self.shed.clear()
             self._apply()
 
     def shed_description(self) -> str:
-        return ", ".join(LEVELS[1 : self.level + 1]) if self.level else "nothing"
+        return ", ".join(LEVELS[i] for i in self.shed) if self.shed else "nothing"
 
     def status(self) -> dict[str, Any]:
         """Figures for ``/debug/pyflight/status`` and the snapshot header."""
@@ -173,9 +233,10 @@ class CpuBudget:
             "recorder_threads_cpu_s": self.thread_cpu_ns / 1e9,
             "hooks_cpu_s_estimated": self.hook_cpu_ns / 1e9,
             "hook_ns_per_event": HOOK_NS_PER_EVENT,
+            "hook_ns_per_stack": HOOK_NS_PER_STACK,
             "process_cpu_s": self.process_cpu_ns / 1e9,
             "shed_level": self.level,
-            "shed": LEVELS[1 : self.level + 1],
+            "shed": [LEVELS[i] for i in self.shed],
             "periods_over_budget": self.periods_over,
             "changes": self.changes,
             "order": list(LEVELS[1:]),

@@ -146,6 +146,7 @@ class _Run:
         "ring_bytes",
         "sealed",
         "sealed_events",
+        "stacks",
     )
 
     def __init__(self, config: _Config) -> None:
@@ -162,6 +163,7 @@ class _Run:
         self.sealed = 0
         self.evicted = 0
         self.sealed_events = 0
+        self.stacks = 0
         self.dropped = 0
 
 
@@ -226,6 +228,7 @@ _EMPTY_STATS: Final[dict[str, Any]] = {
     "evicted": 0,
     "dropped_events": 0,
     "seq": 0,
+    "stacks": 0,
 }
 _stopped_stats: dict[str, Any] = dict(_EMPTY_STATS)  # what stats() says when stopped
 # Argument count per kind; 256 entries so that a negative kind (-1..-128) lands on None.
@@ -396,7 +399,7 @@ def record_at(t: int, kind: int, *args: object) -> None:
     if not ok:
         _bad_kind(kind, args)
     # frames: 0 _normalize, 1 record_at, 2 the code that called record_at
-    _append(gen, kind, _normalize(args, 2, gen.run.max_stack_depth), int(t) or 1)
+    _append(gen, kind, _counted(gen, _normalize(args, 2, gen.run.max_stack_depth)), int(t) or 1)
 
 
 def set_live(key: object, kind: int, *args: object) -> None:
@@ -459,7 +462,16 @@ def _bad_kind(kind: object, args: tuple[object, ...]) -> NoReturn:
 def _record_slow(gen: _Gen, kind: int, args: tuple[object, ...]) -> None:
     """``record`` for arguments that are not all plain ints: validate, then append."""
     # frames: 0 _normalize, 1 here, 2 record, 3 the code that called record
-    _append(gen, kind, _normalize(args, 3, gen.run.max_stack_depth))
+    _append(gen, kind, _counted(gen, _normalize(args, 3, gen.run.max_stack_depth)))
+
+
+def _counted(gen: _Gen, values: tuple[_Value, ...]) -> tuple[_Value, ...]:
+    """``values``, its stacks counted in ``stats()["stacks"]`` (not under a lock: a count
+    lost to a thread switch only makes the budget's estimate a little low)."""
+    stacks = sum(type(v) is _Stack for v in values)
+    if stacks:
+        gen.run.stacks += stacks
+    return values
 
 
 def _normalize(args: tuple[object, ...], depth: int, max_depth: int) -> tuple[_Value, ...]:
@@ -837,6 +849,7 @@ def stats() -> dict[str, Any]:
         "evicted": run.evicted,
         "dropped_events": run.dropped,
         "seq": gen.seq,
+        "stacks": run.stacks,
     }
 
 

@@ -235,6 +235,7 @@ static struct {
     RingMeta *meta;      /* parallel to ring */
     size_t meta_cap;
     uint64_t ring_bytes, events, sealed, evicted, dropped;
+    uint64_t stacks;     /* stack arguments interned (walked): what the budget's hook estimate counts */
     uint64_t last_t;     /* time of the last event appended (any thread): commit's seal decision */
     PyObject *live;      /* dict key -> tuple (kind, *args), insertion ordered */
     Buf scratch;         /* the stack key being built */
@@ -756,8 +757,10 @@ static int append_event_to(const Ev *ev, PyObject **frames, uint64_t t, uint64_t
         } else if (ev->type[i] == 'k') {
             id = intern_stack(frames, ev->depth[i]);
             frames += ev->depth[i];
+            S.stacks++;
         } else if (ev->type[i] == 't') {
             id = intern_entries(ev->obj[i]);
+            S.stacks++;
         }
         if (id < 0) return -1;
         v[i] = ev->type[i] == 'u' ? ev->val[i] : (uint64_t)id;
@@ -1256,12 +1259,12 @@ static PyObject *core_snapshot(PyObject *mod, PyObject *unused) {
 /* stats(): the counters of docs/internals.md as a new dict. */
 static PyObject *core_stats(PyObject *mod, PyObject *unused) {
     uint64_t n_batches, open = S.enabled && S.gen.n_events ? body_size(&S.gen, now_ns(), &n_batches) : 0;
-    return Py_BuildValue("{s:O,s:n,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "enabled", S.enabled ? Py_True : Py_False,
+    return Py_BuildValue("{s:O,s:n,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "enabled", S.enabled ? Py_True : Py_False,
                          "generations", S.ring ? PyList_GET_SIZE(S.ring) : (Py_ssize_t)0,
                          "ring_bytes", (unsigned long long)S.ring_bytes, "open_bytes", (unsigned long long)open,
                          "events", (unsigned long long)S.events, "sealed", (unsigned long long)S.sealed,
                          "evicted", (unsigned long long)S.evicted, "dropped_events", (unsigned long long)S.dropped,
-                         "seq", (unsigned long long)S.gen.seq);
+                         "seq", (unsigned long long)S.gen.seq, "stacks", (unsigned long long)S.stacks);
 }
 
 /* configure(arg_counts, *, max_bytes, min_age_ns, gen_max_bytes, gen_interval_ns,
@@ -1313,7 +1316,7 @@ static PyObject *core_start(PyObject *mod, PyObject *unused) {
         discard_all();
         return NULL;
     }
-    S.events = S.sealed = S.evicted = S.dropped = 0;
+    S.events = S.sealed = S.evicted = S.dropped = S.stacks = 0;
     gen_open(1, now_ns());
     S.enabled = 1;
     Py_RETURN_NONE;
@@ -1336,7 +1339,7 @@ static PyObject *core_after_fork_child(PyObject *mod, PyObject *unused) {
     pending_head = NULL; /* nodes of threads that do not exist here */
     pending_fork_gen++;
     pending_flushing = 0;
-    S.events = S.sealed = S.evicted = S.dropped = 0;
+    S.events = S.sealed = S.evicted = S.dropped = S.stacks = 0;
     Py_RETURN_NONE;
 }
 

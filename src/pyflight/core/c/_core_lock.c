@@ -67,6 +67,9 @@ static struct {
     PyObject *s_loop_mark;    /* "_pyflight_loop_selector": the asyncio source's mark */
     double timeout_max;       /* _thread.TIMEOUT_MAX */
     uint64_t stack_min_ns;    /* blocks shorter than this are recorded without a stack */
+    /* While the CPU budget sheds stacks: only one block in stack_every may have its stack
+     * past stack_min_ns; the others need shed_min_ns. stack_every 1: nothing shed. */
+    uint64_t stack_every, stack_turn, shed_min_ns;
 } L;
 
 /* Set while this thread is inside a Condition.wait hook. */
@@ -78,6 +81,15 @@ static PYFL_TLS int tls_in_wait;
 static PYFL_TLS int tls_in_io;
 
 /* ------------------------------------------------------------------ helpers */
+
+/* How long the block ending now must have lasted for its BLOCK_BEGIN to carry a stack:
+ * L.stack_min_ns, but while the budget sheds stacks only every L.stack_every-th block gets
+ * that threshold (the others L.shed_min_ns), so short blocks keep a sample of their sites.
+ * Called with the GIL held. */
+static uint64_t stack_min_now(void) {
+    if (L.stack_every <= 1) return L.stack_min_ns;
+    return ++L.stack_turn % L.stack_every == 0 ? L.stack_min_ns : L.shed_min_ns;
+}
 
 /* Native thread id, cached per thread; the cache is invalidated in a forked child (the
  * forking thread's id changes there). */
@@ -747,7 +759,7 @@ static PyObject *hook_wait(Hook *h, PyObject *const *args, size_t nargsf, PyObje
 
     SavedExc saved;
     exc_save(&saved);
-    pyfl_pending_end(&begin, L.stack_min_ns);
+    pyfl_pending_end(&begin, stack_min_now());
     exc_restore(&saved);
     if (recording()) record_block_end(R_CONDITION, cond, slot.waker);
     return r;
@@ -836,7 +848,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     if (io) tls_in_io = 0;
     SavedExc saved;
     exc_save(&saved);
-    pyfl_pending_end(&begin, L.stack_min_ns);
+    pyfl_pending_end(&begin, stack_min_now());
     if (recording()) {
         uint64_t v[3] = {reason, obj_id, 0};
         pyfl_record_ints(K_BLOCK_END, 3, v);
@@ -956,6 +968,7 @@ static PyObject *blocking_setup(PyObject *mod, PyObject *args) {
     unsigned long long stack_min_ns = 0;
     if (!PyArg_ParseTuple(args, "OO|K:_blocking_setup", &factory, &handler, &stack_min_ns)) return NULL;
     L.stack_min_ns = (uint64_t)stack_min_ns;
+    L.stack_every = 1; /* a new recorder starts with nothing shed */
     if (!PyCallable_Check(factory) || (handler != Py_None && !PyCallable_Check(handler)))
         return PyErr_Format(PyExc_TypeError, "_blocking_setup() needs callables");
     Py_XSETREF(L.rlock_factory, Py_NewRef(factory));
@@ -973,9 +986,22 @@ static PyObject *blocking_control(PyObject *mod, PyObject *args) {
     return PyBool_FromLong(prev);
 }
 
+/* _blocking_shed_stacks(every, min_ns): from now on only one hooked wait or call in
+ * `every` keeps its stack past stack_min_ns; the others keep it only past min_ns (the CPU
+ * budget sheds stack walks this way). every <= 1 restores the normal rule. */
+static PyObject *blocking_shed_stacks(PyObject *mod, PyObject *args) {
+    unsigned long long every, min_ns;
+    if (!PyArg_ParseTuple(args, "KK:_blocking_shed_stacks", &every, &min_ns)) return NULL;
+    L.stack_every = every;
+    L.shed_min_ns = min_ns;
+    L.stack_turn = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef lock_functions[] = {
     {"_blocking_setup", blocking_setup, METH_VARARGS, "_blocking_setup(rlock_factory, on_fault, stack_min_ns=0)"},
     {"_blocking_control", blocking_control, METH_VARARGS, "_blocking_control(active, inject_fault=False)"},
+    {"_blocking_shed_stacks", blocking_shed_stacks, METH_VARARGS, "_blocking_shed_stacks(every, min_ns)"},
     {NULL, NULL, 0, NULL},
 };
 
