@@ -34,7 +34,7 @@ from pyflight.core.events import Kind
 #: Estimated CPU cost of one hook event in the program's threads (see the module doc).
 HOOK_NS_PER_EVENT = 500
 #: Estimated extra cost of a stack a hook walks and interns (see docs/performance.md).
-HOOK_NS_PER_STACK = 1_500
+HOOK_NS_PER_STACK = 600
 #: Budget checks happen this often (seconds of wall time).
 CHECK_SECONDS = 1.0
 #: A period in which the process used less CPU than this is not judged (an idle
