@@ -12,6 +12,13 @@ events per request and how many seconds the default 10 MiB window holds at that 
     python bench/bench_services.py --ablation      # each source alone (--sources NAME)
     python bench/bench_services.py --servers fastapi --peers   # + py-spy / ddtrace if installed
     python bench/bench_services.py --mode "no sockets=--source-option blocking.sockets=false"
+    python bench/bench_services.py --rate 1500     # a fixed offered load (built-in client)
+
+With ``--rate R`` the built-in client offers R requests a second in all, spread evenly over
+its connections, below saturation: the server then does the same work per second with and
+without the recorder, so CPU per request is not moved by how many requests a saturated
+server batches per turn of its loop (which made the pairs at saturation spread by 20-60
+points). Latencies are measured from each request's scheduled time.
 """
 
 from __future__ import annotations
@@ -190,17 +197,29 @@ def _load_wrk(port: int, seconds: float, connections: int, script: str) -> tuple
     return requests, rps, pct("50"), pct("99")
 
 
-async def _load_own_async(port: int, seconds: float, connections: int) -> tuple[int, float, list[float]]:
+async def _load_own_async(
+    port: int, seconds: float, connections: int, rate: float | None = None
+) -> tuple[int, float, list[float]]:
     latencies: list[float] = []
+    start = time.perf_counter()
     end = time.monotonic() + seconds
+    # with a rate, connection n sends its k-th request at start + (k * connections + n) / rate
+    period = connections / rate if rate else 0.0
 
     async def client(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = n
+        k = 0
         while time.monotonic() < end:
             path = PATHS[i % len(PATHS)]
             i += 1
             began = time.perf_counter()
+            if rate:
+                due = start + k * period + n / rate
+                k += 1
+                if due > began:
+                    await asyncio.sleep(due - began)
+                began = due  # a late request's wait counts in its latency
             writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
@@ -213,10 +232,12 @@ async def _load_own_async(port: int, seconds: float, connections: int) -> tuple[
     return len(latencies), len(latencies) / (time.monotonic() - began), latencies
 
 
-def _load_own(port: int, seconds: float, connections: int) -> tuple[int, float, float, float]:
+def _load_own(
+    port: int, seconds: float, connections: int, rate: float | None = None
+) -> tuple[int, float, float, float]:
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     try:
-        count, rps, lat = asyncio.run(_load_own_async(port, seconds, connections))
+        count, rps, lat = asyncio.run(_load_own_async(port, seconds, connections, rate))
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     lat.sort()
@@ -250,7 +271,15 @@ def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) 
     }
 
 
-def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections: int, wrk: bool) -> Result:
+def run_once(
+    server: str,
+    mode: Mode,
+    seconds: float,
+    warmup: float,
+    connections: int,
+    wrk: bool,
+    rate: float | None = None,
+) -> Result:
     port = _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="pyflight-bench-"))
     out = tmp / "server.pyfl"
@@ -296,7 +325,7 @@ def run_once(server: str, mode: Mode, seconds: float, warmup: float, connections
         load = (
             (lambda s: _load_wrk(port, s, connections, str(script)))
             if wrk
-            else (lambda s: _load_own(port, s, connections))
+            else (lambda s: _load_own(port, s, connections, rate))
         )
         load(warmup)
         cpu_before = _tree_cpu_seconds(proc.pid)
@@ -389,11 +418,19 @@ def main() -> int:
     )
     parser.add_argument("--no-default", action="store_true", help="leave out the default recorder")
     parser.add_argument("--own-load", action="store_true", help="the built-in load generator, not wrk")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offer this many requests/s in all (the built-in client, below saturation)",
+    )
     parser.add_argument("--json", default=None, help="also write the medians here")
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.seconds, args.warmup = 2, 2.0, 1.0
-    wrk = shutil.which("wrk") is not None and not args.own_load
+    if args.rate is not None and not args.rate > 0:
+        parser.error("--rate must be > 0")
+    wrk = shutil.which("wrk") is not None and not args.own_load and args.rate is None
     modes = [] if args.no_default else [Mode("default recorder", [])]
     for spec in args.mode:
         name, sep, rest = spec.partition("=")
@@ -414,7 +451,7 @@ def main() -> int:
             modes.append(Mode("ddtrace profiler", peer="ddtrace"))
     print(
         f"python {sys.version.split()[0]}, load: {'wrk' if wrk else 'built-in'} "
-        f"x{args.connections} connections, "
+        f"x{args.connections} connections{f' at {args.rate:g} req/s' if args.rate else ''}, "
         f"{args.pairs} pairs x {args.seconds:g} s, server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}, "
         f"loadavg {os.getloadavg()[0]:.1f}"
     )
@@ -423,10 +460,12 @@ def main() -> int:
         base: list[Result] = []
         results: dict[str, list[Result]] = {m.name: [] for m in modes}
         for _ in range(args.pairs):  # interleaved: off, on, (ablations...), off, on, ...
-            base.append(run_once(server, Mode("off"), args.seconds, args.warmup, args.connections, wrk))
+            base.append(
+                run_once(server, Mode("off"), args.seconds, args.warmup, args.connections, wrk, args.rate)
+            )
             for mode in modes:
                 results[mode.name].append(
-                    run_once(server, mode, args.seconds, args.warmup, args.connections, wrk)
+                    run_once(server, mode, args.seconds, args.warmup, args.connections, wrk, args.rate)
                 )
         everything[server] = report(server, base, results)
     if args.json:

@@ -30,3 +30,19 @@ def test_the_service_benchmark_measures_both_sides(subprocess_env: dict[str, str
     assert recorded["bytes_per_event"] > 0 and recorded["events_per_request"] > 0, recorded
     assert recorded["window_seconds"] > 0
     assert "10 MiB holds" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="the benchmark pins with taskset")
+def test_a_fixed_rate_offers_that_rate_and_no_more(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """--rate paces the built-in client: the server sees about that many requests a second
+    (fewer only if the machine cannot keep up), never a saturating flood."""
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--servers", "aiohttp", "--pairs", "1", "--seconds", "2",
+         "--warmup", "0.5", "--connections", "4", "--rate", "100", "--no-default", "--json", str(out)],
+        capture_output=True, text=True, env=subprocess_env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "at 100 req/s" in result.stdout
+    rps = json.loads(out.read_text())["aiohttp"]["no recorder"]["rps"]
+    assert 0 < rps <= 110, rps
