@@ -24,6 +24,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pyflight.analysis.cpu import UNTRACED
 from pyflight.analysis.model import Interval, IntervalColumns, State
 from pyflight.analysis.profiles import frame_label
 from pyflight.core.events import BlockReason
@@ -42,6 +43,9 @@ TASK_ROWS = 30  # a coroutine with more tasks than this gets lanes (tasks one af
 MAX_TASK_LANES = 200
 WAKE_SLACK = 2_000_000  # ns: a wake-up recorded this long after the end of a wait still counts
 FLAME_MAX_NODES = 4_000
+#: What a state code means where its name does not say it: the legend's tooltips (the
+#: words the model's detail uses)
+CODE_NOTES = {"blocked:other": UNTRACED}
 _START = operator.itemgetter(0)
 _GET_START = operator.attrgetter("start")
 _GET_END = operator.attrgetter("end")
@@ -399,6 +403,7 @@ class TimelineApi:
             "name": getattr(trace, "path", "") or "",
             "duration": self.duration,
             "codes": self.codes,
+            "notes": CODE_NOTES,
             "states": [s.value for s in State],
             "rows": [row.header() for row in self.rows],
             "sampling_interval_ns": self.model.sampling_interval_ns,
