@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.cpu import UNTRACED
+from pyflight.analysis.frames import library_wait, wait_name
 from pyflight.analysis.model import Interval, IntervalColumns, State
 from pyflight.analysis.profiles import frame_label
 from pyflight.core.events import BlockReason
@@ -440,7 +441,7 @@ class TimelineApi:
             if ref.detail:
                 return ref.detail
             if ref.reason is not None and ref.state is State.BLOCKED:
-                return ref.reason.name.lower()
+                return wait_name(ref.reason, ref.stack)  # "select", or what it waited for
             return ref.state.value
         name = getattr(ref, "name", None)
         if isinstance(name, str):
@@ -476,6 +477,12 @@ class TimelineApi:
         if isinstance(ref, Interval):
             out["reason"] = ref.reason.name.lower() if ref.reason is not None else None
             out["detail"] = ref.detail
+            if not ref.detail and ref.state is State.BLOCKED:
+                waited = library_wait(ref.stack) if ref.stack else None
+                if waited is not None:  # the library call it waited in, and who called it
+                    out["detail"] = waited.what + (
+                        f", called at {frame_label(waited.site)}" if waited.site else ""
+                    )
             out["object"] = ref.obj
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
