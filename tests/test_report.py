@@ -37,7 +37,7 @@ MS = 1_000_000
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     out_dir = tmp_path_factory.mktemp("report")
-    names = ["loop_blocked_sleep", "slow_tasks"]
+    names = ["loop_blocked_sleep", "slow_tasks", "untraced_subprocess_wait"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield dict(
             zip(
@@ -188,6 +188,46 @@ def test_html_report(traces: dict[str, Path], tmp_path: Path, capsys: pytest.Cap
     assert "task request" in text and "region db" in text  # histograms per name
     # flame graph rects carry the frame in their tooltip
     assert "handle (" in text
+
+
+def test_the_legend_lists_and_explains_every_blocked_colour_the_timeline_draws(
+    traces: dict[str, Path], tmp_path: Path
+) -> None:
+    """Threads waiting in ``subprocess.run`` (``waitpid``: no hook sees it) are found
+    from the samples, "blocked: other" in the model: the timeline draws them in a colour
+    of their own, and the legend lists it beside the other blocked reasons, with the
+    model's words as its tooltip."""
+    from pyflight.analysis.cpu import UNTRACED
+    from pyflight.analysis.model import State
+    from pyflight.report.html import REASON_COLORS
+
+    report = analyze(loads(traces["untraced_subprocess_wait"].read_bytes()))
+    converters = [t for t in report.model.threads.values() if (t.name or "").startswith("converter-")]
+    untraced = [
+        iv
+        for t in converters
+        for iv in t.intervals
+        if iv.state is State.BLOCKED and iv.reason is BlockReason.OTHER and iv.detail.startswith(UNTRACED)
+    ]
+    assert untraced, "no wait found from the samples"
+    page = render_html(report)
+    _check_self_contained(page)
+    legend = re.search(r'<p class="legend">(.*?)</p>', page)
+    assert legend is not None
+    items = re.findall(
+        r'<span style="background:(#[0-9a-f]{6})"(?: title="([^"]*)")?>([^<]*)</span>', legend[1]
+    )
+    colors = {name: (color, title) for color, title, name in items}
+    assert len(colors) == len(items) == len({c for c, _, _ in items}), items  # one colour each
+    for reason in BlockReason:
+        assert f"blocked: {reason.name.lower()}" in colors, (reason, items)
+    color, title = colors["blocked: other"]
+    assert color == REASON_COLORS[BlockReason.OTHER]
+    assert title == UNTRACED == "off-CPU in a call pyflight does not trace"
+    timeline = page[page.index("<h2>Timeline</h2>") : page.index("<h2>Threads")]
+    assert f'fill="{color}"' in timeline  # the waits are drawn in it
+    # the thread table's column says the same
+    assert f'<th class="n" title="{UNTRACED}">blocked: other</th>' in page
 
 
 def test_html_and_json_with_json_flag(

@@ -839,3 +839,73 @@ def test_the_waker_is_linked_even_when_it_ended_before_the_wake_up_was_noted() -
     details = api.slice_details(waiter.id, k)
     assert details is not None and details["waker"]["thread"].startswith("lock-holder")
     assert details["waker"]["row"] == holder.id and details["waker"]["i"] == len(holder.lod.raw.starts) - 1
+
+
+def test_every_blocked_reason_has_its_own_colour_and_other_says_what_it_is() -> None:
+    """The page's colour map gives each blocked reason a colour of its own ("blocked:
+    other", a wait found from the samples, too: it used to fall to a hashed colour), and
+    its legend's tooltip is the model's words for it, served in ``/api/meta``."""
+    from pyflight.analysis.cpu import UNTRACED
+    from pyflight.analysis.model import build
+    from pyflight.core.events import BlockReason, Kind
+    from pyflight.format.reader import loads
+    from pyflight.viewer.api import TimelineApi
+    from tracegen import Gen, trace
+
+    static = SRC / "pyflight" / "viewer" / "static"
+    script = (static / "app.js").read_text(encoding="utf-8")
+    table = re.search(r"const BASE_COLORS = \{(.*?)\};", script, re.DOTALL)
+    assert table is not None
+    colors = dict(re.findall(r'"?([\w:]+)"?: "(#[0-9a-f]{6})"', table[1]))
+    blocked = {f"blocked:{reason.name.lower()}" for reason in BlockReason}
+    assert blocked <= set(colors), blocked - set(colors)
+    drawn = [colors[code] for code in sorted(blocked | {"running", "ready", "gc", "idle", "stall"})]
+    assert len(set(drawn)) == len(drawn), colors
+    g = Gen(seq=1, start_ns=0, end_ns=10_000_000)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="main", ident=1, parent=0)
+    meta = TimelineApi(build(loads(trace([g])))).meta()
+    assert blocked <= set(meta["codes"])  # each in the legend, even if absent
+    assert meta["notes"] == {"blocked:other": UNTRACED}
+    # the legend is drawn from the codes, with the notes as tooltips
+    page = (static / "index.html").read_text(encoding="utf-8")
+    assert 'id="legend"' in page and "showLegend();" in script and "S.meta.notes[code]" in script
+
+
+def test_a_select_inside_subprocess_is_shown_as_waiting_for_the_subprocess() -> None:
+    """``subprocess.run(capture_output=True)`` blocks in select on the child's pipes: the
+    slice's label and detail (and the exports' slice) say it waited for a subprocess,
+    from the program's line that called it; the reason stays the recorded one."""
+    from pyflight.analysis.model import build
+    from pyflight.analysis.timeline import build_timeline
+    from pyflight.core.events import BlockReason, Kind
+    from pyflight.format.reader import loads
+    from pyflight.viewer.api import TimelineApi
+    from tracegen import Gen, trace
+
+    ms = 1_000_000
+    lib = "/py/lib/python3.12/subprocess.py"
+    stack = (
+        ("Popen._communicate", lib, 2115),
+        ("Popen.communicate", lib, 1209),
+        ("run", lib, 550),
+        ("render_thumbnail", "/app/<thumbs>.py", 14),
+    )
+    g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
+    g.event(2, Kind.THREAD_START, 0, tid=2, name="worker", ident=2, parent=0)
+    g.event(2, Kind.BLOCK_BEGIN, 10 * ms, reason=BlockReason.SELECT, obj=7, stack=stack)
+    g.event(2, Kind.BLOCK_END, 60 * ms, reason=BlockReason.SELECT, obj=7, waker=0)
+    model = build(loads(trace([g])))
+    api = TimelineApi(model)
+    row = next(row for row in api.rows if row.name.startswith("worker"))
+    assert row.lod is not None
+    k = next(k for k, code in enumerate(row.lod.raw.codes) if api.codes[code] == "blocked:select")
+    details = api.slice_details(row.id, k)
+    assert details is not None
+    assert details["label"] == "waiting for a subprocess (communicate)"
+    assert details["detail"] == (
+        "waiting for a subprocess (communicate), called at render_thumbnail (/app/<thumbs>.py:14)"
+    )
+    assert details["reason"] == "select"
+    (block,) = [s for s in build_timeline(model).slices if s.category == "block"]
+    assert block.name == "blocked: select"
+    assert block.args["detail"] == "waiting for a subprocess (communicate)"

@@ -285,6 +285,28 @@ def test_a_click_on_a_blocked_slice_shows_its_reason_stack_and_waker(
     r.wait_for("window.pyflightViewer.details && window.pyflightViewer.details.row_name === 'lock-holder'")
 
 
+def test_the_legend_gives_each_state_its_colour_and_explains_blocked_other(
+    open_viewer: Callable[..., Opened],
+) -> None:
+    """Every state the rows may draw is in the legend, "blocked: other" (a wait found
+    from the samples) in a colour of its own, its tooltip the model's words for it."""
+    from pyflight.analysis.cpu import UNTRACED
+
+    r = open_viewer("planted")
+    items = r.page.locator("#legend .legend-item")
+    codes = items.evaluate_all("els => els.map((e) => e.dataset.code)")
+    assert {"running", "ready", "idle", "gc", "blocked:lock", "blocked:select", "blocked:other"} <= set(codes)
+    other = r.page.locator('#legend [data-code="blocked:other"]')
+    assert other.get_attribute("title") == UNTRACED
+    swatches = items.locator(".swatch").evaluate_all(
+        "els => els.map((e) => getComputedStyle(e).backgroundColor)"
+    )
+    colour = dict(zip(codes, swatches, strict=True))
+    assert colour["blocked:other"] == "rgb(227, 119, 194)"
+    blocked = [c for code, c in colour.items() if code.startswith("blocked:")]
+    assert len(set(blocked)) == len(blocked), colour
+
+
 @needs_lock_waits
 def test_clicking_a_finding_zooms_to_its_worst_moment(open_viewer: Callable[..., Opened]) -> None:
     r = open_viewer("planted")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from pyflight.format.reader import Frame
 
@@ -64,6 +66,58 @@ def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | No
     if where is None or is_library(where):
         return None, None
     return where, stack[list(stack).index(where) - 1]
+
+
+#: Standard-library calls in which a thread waits for something the user knows by another
+#: name than the call it blocks in: ``subprocess.run(..., capture_output=True)`` waits in
+#: a ``selectors`` select on the child's pipes (a SELECT block), ``Popen.wait(timeout)``
+#: in ``time.sleep`` (SLEEP). (file name, qualified function) -> (what, the call named).
+_WAITS_FOR: dict[tuple[str, str], tuple[str, str]] = {
+    ("subprocess.py", "Popen.communicate"): ("a subprocess", "communicate"),
+    ("subprocess.py", "Popen._communicate"): ("a subprocess", "communicate"),
+    ("subprocess.py", "Popen.wait"): ("a subprocess", "wait"),
+    ("subprocess.py", "Popen._wait"): ("a subprocess", "wait"),
+}
+
+
+class LibraryWait(NamedTuple):
+    """A wait named in the user's terms: ``what`` ("waiting for a subprocess
+    (communicate)") and ``site``, the program's frame that called into the library (None
+    when the stack holds library code only: ``pool.submit(subprocess.run, ...)``)."""
+
+    what: str
+    site: Frame | None
+
+
+@functools.lru_cache(maxsize=4096)
+def library_wait(stack: tuple[Frame, ...]) -> LibraryWait | None:
+    """What a thread blocked with ``stack`` (innermost first) waited for, when the
+    standard-library frames inner to the first frame outside it (the program's, or a
+    third-party library's: the calling line) include a call of ``_WAITS_FOR``; the
+    outermost of them names it (``run`` -> ``communicate`` -> ``wait``: communicate).
+    None otherwise (the reason, ``select``, says it then)."""
+    found: tuple[str, str] | None = None
+    site: Frame | None = None
+    for frame in stack:
+        if not is_library(frame):
+            site = frame
+            break
+        name = frame.file.replace("\\", "/").rpartition("/")[2]
+        found = _WAITS_FOR.get((name, frame.function), found)
+    if found is None:
+        return None
+    what, call = found
+    return LibraryWait(f"waiting for {what} ({call})", site)
+
+
+def wait_name(reason: enum.Enum | None, stack: tuple[Frame, ...]) -> str:
+    """A blocked interval's wait in the user's words: the library call it waited in
+    (``library_wait``: "waiting for a subprocess (communicate)"), else its reason's
+    name (``select``, ``lock``), else "blocked"."""
+    waited = library_wait(stack) if stack else None
+    if waited is not None:
+        return waited.what
+    return reason.name.lower() if reason is not None else "blocked"
 
 
 def short_file(path: str) -> str:

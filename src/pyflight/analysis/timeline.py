@@ -21,6 +21,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyflight.analysis.cpu import UNTRACED
+from pyflight.analysis.frames import LibraryWait, library_wait
 from pyflight.analysis.model import State
 from pyflight.core.events import BlockReason, Kind, TaskOutcome
 from pyflight.format.reader import Frame, Trace
@@ -249,11 +250,17 @@ class _TimelineBuilder:
         for times in wakes.values():
             times.sort()  # for _last_at_or_before's bisection
         t_end = model.end
+        waits: dict[int, LibraryWait | None] = {}  # id(stack) -> its wait: stacks are shared
         for b in model.blocks:
             rname = _reason_name(b.reason)
             args = {"reason": rname, "obj": b.obj}
             if b.waker:
                 args["waker"] = b.waker
+            if b.stack:
+                key = id(b.stack)
+                waited = waits[key] if key in waits else waits.setdefault(key, library_wait(b.stack))
+                if waited is not None:  # "waiting for a subprocess (communicate)", not "select"
+                    args["detail"] = waited.what
             blocked_until = woken_at.get((b.tid, b.end), b.end)
             if not b.start < blocked_until <= b.end:
                 blocked_until = b.end

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyflight.analysis.cpu import UNTRACED
 from pyflight.analysis.operations import operations
 from pyflight.analysis.rules import Finding
 from pyflight.analysis.units import fmt_ns
@@ -51,6 +52,7 @@ h3{font-size:15px;margin:14px 0 4px}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}th,td{padding:2px 8px;border-bottom:1px solid #eee}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f0f0;text-align:left}
 svg text{font:11px monospace}.legend span{display:inline-block;padding:0 6px;margin-right:6px;font-size:12px}
+.legend span[title],th[title]{cursor:help;text-decoration:underline dotted}
 code{font-size:12px}
 """
 
@@ -70,8 +72,11 @@ REASON_COLORS = {
     BlockReason.IO: "#1e88e5",
     BlockReason.SELECT: "#64b5f6",
     BlockReason.AWAIT: "#bdbdbd",
-    BlockReason.OTHER: "#e57373",
+    BlockReason.OTHER: "#e377c2",
 }
+#: What a legend entry means where its name does not say it (its tooltip): "blocked:
+#: other" is mostly a wait found from the samples, in the words of the model's detail.
+LEGEND_NOTES = {"blocked: other": UNTRACED}
 
 
 def _state_name(state: Any) -> str:
@@ -282,13 +287,18 @@ def timeline_svg(report: Report, max_rows: int = 40) -> str:
 
 def _legend() -> str:
     items = [(name.lower(), c) for name, c in STATE_COLORS.items() if name not in ("BLOCKED", "UNKNOWN")]
-    items += [(f"blocked: {r.name.lower()}", c) for r, c in REASON_COLORS.items() if r != BlockReason.OTHER]
+    items += [(f"blocked: {r.name.lower()}", c) for r, c in REASON_COLORS.items()]
     items.append(("loop stall", "#b71c1c"))
-    return (
-        '<p class="legend">'
-        + "".join(f'<span style="background:{c}">{esc(n)}</span>' for n, c in items)
-        + "</p>"
-    )
+    return '<p class="legend">' + "".join(_legend_item(n, c) for n, c in items) + "</p>"
+
+
+def _legend_item(name: str, color: str) -> str:
+    return f'<span style="background:{color}"{_title(LEGEND_NOTES.get(name))}>{esc(name)}</span>'
+
+
+def _title(note: str | None) -> str:
+    """A tooltip attribute, or nothing."""
+    return f' title="{esc(note)}"' if note else ""
 
 
 # ---------------------------------------------------------------- page
@@ -337,7 +347,10 @@ def _breakdown_html(rows: Sequence[Any], limit: int = 50) -> str:
     head += [f"blocked: {BlockReason(r).name.lower()}" for r in reasons] + ["gc", "idle", "unknown"]
     out = [
         "<table><tr>"
-        + "".join(f'<th class="{"" if i == 0 else "n"}">{esc(h)}</th>' for i, h in enumerate(head))
+        + "".join(
+            f'<th class="{"" if i == 0 else "n"}"{_title(LEGEND_NOTES.get(h))}>{esc(h)}</th>'
+            for i, h in enumerate(head)
+        )
     ]
     out.append("</tr>")
     for row in rows[:limit]:

@@ -24,6 +24,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pyflight.analysis.cpu import UNTRACED
+from pyflight.analysis.frames import library_wait, wait_name
 from pyflight.analysis.model import Interval, IntervalColumns, State
 from pyflight.analysis.profiles import frame_label
 from pyflight.core.events import BlockReason
@@ -42,6 +44,9 @@ TASK_ROWS = 30  # a coroutine with more tasks than this gets lanes (tasks one af
 MAX_TASK_LANES = 200
 WAKE_SLACK = 2_000_000  # ns: a wake-up recorded this long after the end of a wait still counts
 FLAME_MAX_NODES = 4_000
+#: What a state code means where its name does not say it: the legend's tooltips (the
+#: words the model's detail uses)
+CODE_NOTES = {"blocked:other": UNTRACED}
 _START = operator.itemgetter(0)
 _GET_START = operator.attrgetter("start")
 _GET_END = operator.attrgetter("end")
@@ -399,6 +404,7 @@ class TimelineApi:
             "name": getattr(trace, "path", "") or "",
             "duration": self.duration,
             "codes": self.codes,
+            "notes": CODE_NOTES,
             "states": [s.value for s in State],
             "rows": [row.header() for row in self.rows],
             "sampling_interval_ns": self.model.sampling_interval_ns,
@@ -435,7 +441,7 @@ class TimelineApi:
             if ref.detail:
                 return ref.detail
             if ref.reason is not None and ref.state is State.BLOCKED:
-                return ref.reason.name.lower()
+                return wait_name(ref.reason, ref.stack)  # "select", or what it waited for
             return ref.state.value
         name = getattr(ref, "name", None)
         if isinstance(name, str):
@@ -471,6 +477,12 @@ class TimelineApi:
         if isinstance(ref, Interval):
             out["reason"] = ref.reason.name.lower() if ref.reason is not None else None
             out["detail"] = ref.detail
+            if not ref.detail and ref.state is State.BLOCKED:
+                waited = library_wait(ref.stack) if ref.stack else None
+                if waited is not None:  # the library call it waited in, and who called it
+                    out["detail"] = waited.what + (
+                        f", called at {frame_label(waited.site)}" if waited.site else ""
+                    )
             out["object"] = ref.obj
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from programs import PROGRAMS, marked_line, record_named
 from pyflight.analysis.model import build
 from pyflight.analysis.rules import WARNING, Culprit, find
-from pyflight.core.events import Kind, ThreadState
+from pyflight.core.events import BlockReason, Kind, ThreadState
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
 
@@ -17,12 +20,30 @@ CONVERT = (
 )
 
 
+#: a worker reading an external tool's output: ``subprocess.run(capture_output=True)``
+#: blocks in a ``selectors`` select on the child's pipes (what the blocking source records)
+COMMUNICATE = (
+    ("Popen._communicate", "/py/lib/python3.12/subprocess.py", 2115),
+    ("Popen.communicate", "/py/lib/python3.12/subprocess.py", 1209),
+    ("run", "/py/lib/python3.12/subprocess.py", 550),
+    ("resize_image", "/app/images.py", 14),
+    ("_WorkItem.run", "/py/lib/python3.12/concurrent/futures/thread.py", 58),
+    ("_worker", "/py/lib/python3.12/concurrent/futures/thread.py", 93),
+)
+
+
 def _pool_trace(
-    jobs: int, workers: int, run_ms: int, gap_ms: float = 0.0, sampled: tuple[ThreadState, int] | None = None
+    jobs: int,
+    workers: int,
+    run_ms: int,
+    gap_ms: float = 0.0,
+    sampled: tuple[ThreadState, int] | None = None,
+    blocked: tuple[BlockReason, tuple[tuple[str, str, int], ...]] | None = None,
 ) -> bytes:
     """One pool of ``workers`` threads fed ``jobs`` jobs of ``run_ms`` (``gap_ms`` apart):
     the events the executors source records, FIFO as the pool runs them; with
-    ``sampled=(os_state, cpu_ms)``, the workers sampled in CONVERT every 10 ms."""
+    ``sampled=(os_state, cpu_ms)``, the workers sampled in CONVERT every 10 ms; with
+    ``blocked=(reason, stack)``, each job blocked so through all but its first and last ms."""
     ms = 1_000_000
     gen = Gen(seq=1, start_ns=0, end_ns=int((jobs * (run_ms + gap_ms) + 1000) * ms))
     gen.event(1, Kind.THREAD_INFO, 0, tid=1, name="MainThread", ident=1)
@@ -50,6 +71,10 @@ def _pool_trace(
         begins.append((10 + w, begin, free[w], job))
     for tid, begin, end, job in sorted(begins, key=lambda b: (b[0], b[1])):
         gen.event(tid, Kind.POOL_JOB_BEGIN, begin, pool=77, job=job)
+        if blocked is not None:
+            reason, stack = blocked
+            gen.event(tid, Kind.BLOCK_BEGIN, begin + ms, reason=int(reason), obj=5, stack=stack)
+            gen.event(tid, Kind.BLOCK_END, end - ms, reason=int(reason), obj=5, waker=0)
         gen.event(tid, Kind.POOL_JOB_END, end, pool=77, job=job)
     if sampled is not None:
         os_state, cpu_ms = sampled
@@ -95,3 +120,43 @@ def test_workers_waiting_in_an_untraced_call_are_not_called_running() -> None:
     model = build(loads(_pool_trace(24, 2, 80, sampled=(ThreadState.RUNNING, 10))))
     (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
     assert "mostly running (CPU or C code)" in finding.hint, finding.hint
+
+
+def test_workers_waiting_for_a_subprocess_are_said_to_wait_for_it_not_for_select() -> None:
+    """``subprocess.run(capture_output=True)`` blocks in select on the child's pipes: the
+    hint names what the user called (a subprocess, its communicate) and where, not the
+    ``select`` the blocking source recorded; other selects keep their reason."""
+    model = build(loads(_pool_trace(24, 2, 80, blocked=(BlockReason.SELECT, COMMUNICATE))))
+    (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+    assert (
+        "The busy workers were mostly waiting for a subprocess (communicate) "
+        "(called at resize_image, line 14)." in finding.hint
+    ), finding.hint
+    assert "select" not in finding.hint and "select" not in finding.title
+    states = finding.evidence["worker_states"]
+    assert next(iter(states)) == "waiting for a subprocess (communicate)", states
+    plain = (("Server.poll", "/app/server.py", 40), *COMMUNICATE[4:])
+    model = build(loads(_pool_trace(24, 2, 80, blocked=(BlockReason.SELECT, plain))))
+    (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+    assert "mostly blocked on select" in finding.hint, finding.hint
+
+
+def test_a_pool_running_subprocesses_is_said_to_wait_for_them(tmp_path: Path) -> None:
+    """A real pool whose jobs run ``subprocess.run(..., capture_output=True)``: the report
+    says the workers waited for a subprocess (communicate) at the job's line, not in select."""
+    from pyflight.report import analyze
+    from pyflight.report.text import render
+
+    report = analyze(loads(record_named("subprocess_pool", tmp_path).read_bytes()))
+    line = marked_line(PROGRAMS / "subprocess_pool.py", "# THE TOOL")
+    (finding,) = [f for f in report.findings if f.rule == "pool-saturation"]
+    assert finding.culprit is not None and finding.culprit.function == "render_thumbnail"
+    states = finding.evidence["worker_states"]
+    assert next(iter(states)) == "waiting for a subprocess (communicate)", states
+    said = (
+        "The busy workers were mostly waiting for a subprocess (communicate) "
+        f"(called at render_thumbnail, line {line})."
+    )
+    assert said in finding.hint, finding.hint
+    assert "select" not in finding.hint and "select" not in finding.title
+    assert said in render(report)

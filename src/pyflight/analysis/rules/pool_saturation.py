@@ -17,7 +17,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, untraced_wait_site, user_frame
+from pyflight.analysis.frames import by_function, library_wait, untraced_wait_site, user_frame
 from pyflight.analysis.queries import (
     Spans,
     gil_busy_share,
@@ -77,9 +77,15 @@ def _job_line(model: Model, workers: set[int], function: str, file: str, default
     return max(lines.items(), key=lambda kv: (kv[1], -kv[0]))[0]
 
 
-def _worker_states(model: Model, workers: set[int], spans: Spans) -> dict[str, float]:
-    """Share of the workers' time in ``spans`` per state (BLOCKED split by reason)."""
+def _worker_states(
+    model: Model, workers: set[int], spans: Spans
+) -> tuple[dict[str, float], dict[str, Frame | None]]:
+    """Share of the workers' time in ``spans`` per state (BLOCKED split by reason, or
+    named by the library call it waited in: "waiting for a subprocess (communicate)",
+    not the ``select`` it blocked in), and for each such call the program's line that
+    made it (the one with the most time)."""
     per: dict[str, int] = defaultdict(int)
+    sites: dict[str, dict[Frame, float]] = defaultdict(lambda: defaultdict(float))
     for tid in workers:
         thread = model.threads.get(tid)
         if thread is None:
@@ -89,15 +95,22 @@ def _worker_states(model: Model, workers: set[int], spans: Spans) -> dict[str, f
             if ns <= 0:
                 continue
             if iv.state is State.BLOCKED and iv.reason is not None:
-                per[f"blocked:{iv.reason.name.lower()}"] += ns
+                waited = library_wait(iv.stack)
+                if waited is not None:
+                    per[waited.what] += ns
+                    if waited.site is not None:
+                        sites[waited.what][waited.site] += ns
+                else:
+                    per[f"blocked:{iv.reason.name.lower()}"] += ns
             else:
                 per[iv.state.value] += ns
     total = sum(per.values())
     if total <= 0:
-        return {}
-    return {
+        return {}, {}
+    states = {
         k: round(v / total, 3) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v / total >= 0.001
     }
+    return states, {what: by_function(weights)[0] for what, weights in sites.items()}
 
 
 def _untraced_call(model: Model, workers: set[int], spans: Spans) -> str | None:
@@ -182,7 +195,7 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
                 ),
             )
         )
-        states = _worker_states(model, workers, spans)
+        states, sites = _worker_states(model, workers, spans)
         name = pool.name or f"pool {pool.pool:#x}"
         label = function or "their jobs"
         top_state = next(iter(states), "")
@@ -202,6 +215,10 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
             )
         elif top_state.startswith("blocked:lock"):
             doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
+        elif top_state.startswith("waiting for "):  # a library call (frames.library_wait)
+            site = sites.get(top_state)
+            at = f" (called at {site.function}, line {site.line})" if site is not None else ""
+            doing = f" The busy workers were mostly {top_state}{at}."
         elif top_state.startswith("blocked:"):
             doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
         elif top_state == "running":

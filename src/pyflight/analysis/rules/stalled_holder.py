@@ -14,7 +14,7 @@ import bisect
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.frames import by_function, user_frame
+from pyflight.analysis.frames import by_function, user_frame, wait_name
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import seconds_since_start, thread_name, user_threads
 from pyflight.analysis.rules.base import Rule
@@ -110,7 +110,7 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
                     duration,
                     thread_name(model, thread.tid),
                     "",
-                    f"stalled ({iv.reason.name.lower() if iv.reason is not None else 'blocked'}) "
+                    f"stalled ({wait_name(iv.reason, iv.stack)}) "
                     f"while others waited {fmt_ns(waited)} for the item",
                 )
             )

@@ -12,6 +12,7 @@
     "blocked:lock": "#d13b3b", "blocked:sleep": "#8d8fb8", "blocked:io": "#4a7fc1",
     "blocked:await": "#9cc3e6", "blocked:condition": "#e07b39", "blocked:queue": "#e39a5b",
     "blocked:select": "#5f9ea0", "blocked:join": "#b07aa1", "blocked:future": "#c49c6b",
+    "blocked:other": "#e377c2",
   };
 
   // ------------------------------------------------------------------ helpers
@@ -387,7 +388,21 @@
     const span = el("span");
     const sw = el("span", { class: "swatch" }); sw.style.background = colorOf(code);
     span.append(sw, document.createTextNode(code));
+    const note = S.meta && S.meta.notes ? S.meta.notes[code] : undefined;
+    if (note) span.title = note;  // what the state means (the server's words)
     return span;
+  }
+  function showLegend() {
+    // every state code but the samples' (they take their state's colour)
+    const box = document.getElementById("legend");
+    box.replaceChildren();
+    for (const code of S.meta.codes) {
+      if (code.startsWith("sample:")) continue;
+      const item = swatch(code);
+      item.className = "legend-item";
+      item.dataset.code = code;
+      box.append(item);
+    }
   }
   async function selectSlice(rowId, i) {
     const d = await getJSON("/api/slice?row=" + rowId + "&i=" + i);
@@ -718,6 +733,7 @@
     for (const row of S.rows) groupSizes[row.group] = (groupSizes[row.group] || 0) + 1;
     for (const [group, n] of Object.entries(groupSizes)) if (COLLAPSED_GROUPS.has(group) || (group.startsWith("tasks: ") && n > 40)) S.collapsed.add(group);
     document.getElementById("trace-name").textContent = meta.name;
+    showLegend();
     document.title = "pyflight timeline — " + meta.name;
     buildLayout();
     if (!viewFromHash()) setView(0, S.duration, true);
