@@ -62,3 +62,44 @@ def test_forked_child_starts_recorder_threads_later(subprocess_env: dict[str, st
     trace = pyflight.load(tmp_path / f"out-{child['pid']}.pyfl")
     assert trace.meta["pid"] == str(child["pid"])
     assert any(event.kind == Kind.SAMPLE for event in trace.events), "the child is sampled"
+
+
+FORK_WHILE_A_SOURCE_IS_LOCKED = """
+import os, sys, time
+import pyflight
+
+recorder = pyflight.FlightRecorder(cpu_budget=None).start()
+blocking = next(s for s in recorder.sources if s.name == "blocking")
+# as a parent thread would hold them while a hook's fault disables the source, or while it
+# patches ssl on an import: that thread does not exist in the child to release them
+blocking._lock.acquire()
+blocking._patch_lock.acquire()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)  # reached only if the fork handlers (which stop the child's recorder) returned
+blocking._lock.release()
+blocking._patch_lock.release()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("the child hung in fork()")
+recorder.stop()
+"""
+
+
+def test_a_fork_while_another_thread_holds_a_source_lock_does_not_hang_the_child(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "fork_locked.py").write_text(textwrap.dedent(FORK_WHILE_A_SOURCE_IS_LOCKED))
+    result = subprocess.run(
+        [sys.executable, "fork_locked.py"], capture_output=True, text=True, cwd=tmp_path, env=subprocess_env,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "7", result.stdout + result.stderr

@@ -336,6 +336,11 @@ def _after_fork_in_child() -> None:
     _active = None
     backend._after_fork_child()
     if recorder is not None:
+        for source in recorder.sources:
+            try:
+                source.after_fork_in_child()  # locks a vanished parent thread may hold
+            except Exception:
+                pass
         try:
             recorder._uninstall_sources()  # hooks would record nothing; the sampler thread is gone
         except Exception:

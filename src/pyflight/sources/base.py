@@ -7,6 +7,7 @@ hooks, records SOURCE_DISABLED in the trace and warns once.
 
 from __future__ import annotations
 
+import _thread
 import threading
 import warnings
 from typing import Any, ClassVar
@@ -65,6 +66,12 @@ class Source:
         warnings.warn(
             f"pyflight: source {self.name!r} disabled after a fault: {reason}", SourceWarning, stacklevel=2
         )
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child, before the recorder uninstalls this source: another thread of
+        the parent may have held its locks at the fork (a hook's fault disabling it, an
+        install racing an import), and that thread does not exist here to release them."""
+        self._lock = _thread.allocate_lock()
 
     def metadata(self) -> dict[str, str]:
         """Keys this source adds to a snapshot's metadata (docs/format.md); none by default."""

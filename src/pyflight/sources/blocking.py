@@ -288,6 +288,10 @@ class BlockingSource(Source):
         if errors:
             raise errors[0]
 
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        self._patch_lock = _thread.allocate_lock()
+
     # faults -----------------------------------------------------------------------
 
     def _fault(self, exc: BaseException) -> None:
