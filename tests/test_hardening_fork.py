@@ -65,20 +65,35 @@ def test_forked_child_starts_recorder_threads_later(subprocess_env: dict[str, st
 
 
 FORK_WHILE_A_SOURCE_IS_LOCKED = """
-import os, sys, time
+import asyncio, os, sys, threading, time
 import pyflight
 
 recorder = pyflight.FlightRecorder(cpu_budget=None).start()
-blocking = next(s for s in recorder.sources if s.name == "blocking")
-# as a parent thread would hold them while a hook's fault disables the source, or while it
-# patches ssl on an import: that thread does not exist in the child to release them
-blocking._lock.acquire()
-blocking._patch_lock.acquire()
+sources = {s.name: s for s in recorder.sources}
+locks = [
+    sources["blocking"]._lock, sources["blocking"]._patch_lock,
+    sources["asyncio"]._lock, sources["asyncio"]._hooks_lock,
+]
+held, release = threading.Event(), threading.Event()
+
+def holder():
+    # as a thread would hold them while a hook's fault disables a source, or while it
+    # installs hooks on an import: that thread does not exist in the child to release them
+    for lock in locks:
+        lock.acquire()
+    held.set()
+    release.wait()
+    for lock in reversed(locks):
+        lock.release()
+
+thread = threading.Thread(target=holder)
+thread.start()
+held.wait()
 pid = os.fork()
 if pid == 0:
     os._exit(7)  # reached only if the fork handlers (which stop the child's recorder) returned
-blocking._lock.release()
-blocking._patch_lock.release()
+release.set()
+thread.join()
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     done, status = os.waitpid(pid, os.WNOHANG)

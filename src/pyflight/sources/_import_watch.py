@@ -76,6 +76,10 @@ class ImportWatcher:
             self._done = True
             self._unlink()
 
+    def after_fork_in_child(self) -> None:
+        """A forked child's copy: the thread that held the lock at the fork is gone."""
+        self._lock = _thread.allocate_lock()
+
     @property
     def done(self) -> bool:
         """True once it called back or was removed."""

@@ -73,6 +73,7 @@ Options: ``stall_threshold`` (seconds, default 0.1; 0 or None: no watchdog),
 
 from __future__ import annotations
 
+import _thread
 import functools
 import itertools
 import os
@@ -1060,6 +1061,14 @@ class AsyncioSource(Source):
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.remove()
+
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        self._hooks_lock = _thread.RLock()
+        if self._watcher is not None:
+            self._watcher.after_fork_in_child()
+        if self._hooks is not None:
+            self._hooks.loops_lock = _thread.allocate_lock()
 
     def _uninstall(self) -> None:
         global _installed_hooks

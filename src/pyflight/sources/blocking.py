@@ -291,6 +291,8 @@ class BlockingSource(Source):
     def after_fork_in_child(self) -> None:
         super().after_fork_in_child()
         self._patch_lock = _thread.allocate_lock()
+        if self._ssl_watcher is not None:
+            self._ssl_watcher.after_fork_in_child()
 
     # faults -----------------------------------------------------------------------
 
