@@ -22,3 +22,11 @@ def test_worker_stalling_with_the_token_is_named(tmp_path: Path) -> None:
 def test_producers_and_healthy_threads_are_not_stalled_holders(program: str, tmp_path: Path) -> None:
     findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "stalled-holder"], [(f.rule, f.title) for f in findings]
+
+
+def test_a_moment_says_what_the_holder_waited_for_without_brackets_in_brackets() -> None:
+    from pyflight.analysis.rules.stalled_holder import _how
+
+    assert f"stalled {_how('select')} while" == "stalled (select) while"
+    said = f"stalled {_how('waiting for a subprocess (communicate)')} while"
+    assert said == "stalled, waiting for a subprocess (communicate), while"
