@@ -27,6 +27,6 @@ def test_producers_and_healthy_threads_are_not_stalled_holders(program: str, tmp
 def test_a_moment_says_what_the_holder_waited_for_without_brackets_in_brackets() -> None:
     from pyflight.analysis.rules.stalled_holder import _how
 
-    assert f"stalled {_how('select')} while" == "stalled (select) while"
-    said = f"stalled {_how('waiting for a subprocess (communicate)')} while"
+    assert f"stalled{_how('select')} while" == "stalled (select) while"
+    said = f"stalled{_how('waiting for a subprocess (communicate)')} while"
     assert said == "stalled, waiting for a subprocess (communicate), while"

@@ -110,7 +110,7 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
                     duration,
                     thread_name(model, thread.tid),
                     "",
-                    f"stalled {_how(wait_name(iv.reason, iv.stack))} "
+                    f"stalled{_how(wait_name(iv.reason, iv.stack))} "
                     f"while others waited {fmt_ns(waited)} for the item",
                 )
             )
@@ -164,6 +164,6 @@ RULE = Rule("stalled-holder", RULE_IDS, rule_stalled_holder)
 
 
 def _how(wait: str) -> str:
-    """The wait in a moment's words: "(select)", or ", waiting for a subprocess
-    (communicate)," (no brackets inside brackets)."""
-    return f", {wait}," if wait.startswith("waiting") else f"({wait})"
+    """The wait in a moment's words, after "stalled": " (select)", or ", waiting for a
+    subprocess (communicate)," (no brackets inside brackets)."""
+    return f", {wait}," if wait.startswith("waiting") else f" ({wait})"
