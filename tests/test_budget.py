@@ -98,9 +98,15 @@ def _sleep_blocks(trace: pyflight.Trace, asked_ns: int) -> list[pyflight.Event]:
 def test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_back(tmp_path: Path) -> None:
     """A program that blocks briefly and often (each 0.3 ms sleep a block with its stack)
     and has no sampler to slow down: the budget's next step keeps the stack of a block under
-    10 ms one time in 16 (its site still shows), a long block keeps it; once the cost is
+    10 ms one time in 16 at random (its site still shows), a long block keeps it; once the cost is
     under budget again every short block has its stack back."""
     here = test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_back.__name__
+
+    def sleeps_at_site_a() -> None:
+        time.sleep(0.00031)
+
+    def sleeps_at_site_b() -> None:
+        time.sleep(0.00031)
 
     def short_sleeps() -> bool:
         time.sleep(0.0003)  # over the default 100 us: a block with its stack
@@ -110,8 +116,9 @@ def test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_bac
         budget = recorder.budget
         assert budget is not None
         _work_until(lambda: short_sleeps() or budget.shed == [STACKS_STEP])
-        for _ in range(4 * SHED_STACK_EVERY):
-            time.sleep(0.00031)  # shed: under 10 ms, a stack one time in 16
+        for _ in range(8 * SHED_STACK_EVERY):  # two sites in turn: each keeps some stacks
+            sleeps_at_site_a()  # shed: under 10 ms, a stack one time in 16 (at random)
+            sleeps_at_site_b()
         time.sleep(SHED_STACK_MIN_NS / 1e9 * 2)  # 20 ms: its stack
         recorder.write_to(tmp_path / "shed.pyfl")
         budget.budget = 1.0  # now everything fits
@@ -121,10 +128,13 @@ def test_stacks_of_short_blocks_are_shed_when_they_break_the_budget_and_come_bac
         recorder.write_to(tmp_path / "back.pyfl")
     shed = pyflight.load(tmp_path / "shed.pyfl")
     short = _sleep_blocks(shed, 310_000)
-    assert len(short) == 4 * SHED_STACK_EVERY
+    assert len(short) == 16 * SHED_STACK_EVERY
     kept = [e for e in short if here in [f.function for f in e.stack]]
-    assert 1 <= len(kept) <= 8, len(kept)  # 4 when nothing else blocked meanwhile
+    assert 2 <= len(kept) <= 64, len(kept)  # 16 expected
     assert all(e.stack == () for e in short if e not in kept)
+    # every 16th block would always fall on the same site; each has ~8 (P(none) < 1e-7)
+    for site in ("sleeps_at_site_a", "sleeps_at_site_b"):
+        assert any(e.stack[0].function.endswith(site) for e in kept), site
     ((long_sleep,),) = [_sleep_blocks(shed, 2 * SHED_STACK_MIN_NS)]
     assert here in [f.function for f in long_sleep.stack]
     logs = _budget_logs(shed)

@@ -67,8 +67,9 @@ static struct {
     PyObject *s_loop_mark;    /* "_pyflight_loop_selector": the asyncio source's mark */
     double timeout_max;       /* _thread.TIMEOUT_MAX */
     uint64_t stack_min_ns;    /* blocks shorter than this are recorded without a stack */
-    /* While the CPU budget sheds stacks: only one block in stack_every may have its stack
-     * past stack_min_ns; the others need shed_min_ns. stack_every 1: nothing shed. */
+    /* While the CPU budget sheds stacks: a block has its stack past stack_min_ns with
+     * probability 1/stack_every (stack_turn: the draw's state), else only past
+     * shed_min_ns. stack_every 1: nothing shed. */
     uint64_t stack_every, stack_turn, shed_min_ns;
 } L;
 
@@ -83,12 +84,15 @@ static PYFL_TLS int tls_in_io;
 /* ------------------------------------------------------------------ helpers */
 
 /* How long the block ending now must have lasted for its BLOCK_BEGIN to carry a stack:
- * L.stack_min_ns, but while the budget sheds stacks only every L.stack_every-th block gets
- * that threshold (the others L.shed_min_ns), so short blocks keep a sample of their sites.
+ * L.stack_min_ns, but while the budget sheds stacks a block gets that threshold only with
+ * probability 1/L.stack_every (the others L.shed_min_ns), so short blocks keep a sample of
+ * their sites. Drawn at random (a 64-bit LCG's high bits), not every n-th: threads that
+ * block in turn at two sites would otherwise always land on the same side of the count.
  * Called with the GIL held. */
 static uint64_t stack_min_now(void) {
     if (L.stack_every <= 1) return L.stack_min_ns;
-    return ++L.stack_turn % L.stack_every == 0 ? L.stack_min_ns : L.shed_min_ns;
+    L.stack_turn = L.stack_turn * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (L.stack_turn >> 33) % L.stack_every == 0 ? L.stack_min_ns : L.shed_min_ns;
 }
 
 /* Native thread id, cached per thread; the cache is invalidated in a forked child (the
@@ -986,15 +990,15 @@ static PyObject *blocking_control(PyObject *mod, PyObject *args) {
     return PyBool_FromLong(prev);
 }
 
-/* _blocking_shed_stacks(every, min_ns): from now on only one hooked wait or call in
- * `every` keeps its stack past stack_min_ns; the others keep it only past min_ns (the CPU
- * budget sheds stack walks this way). every <= 1 restores the normal rule. */
+/* _blocking_shed_stacks(every, min_ns): from now on a hooked wait or call keeps its stack
+ * past stack_min_ns one time in `every` (at random), else only past min_ns (the CPU budget
+ * sheds stack walks this way). every <= 1 restores the normal rule. */
 static PyObject *blocking_shed_stacks(PyObject *mod, PyObject *args) {
     unsigned long long every, min_ns;
     if (!PyArg_ParseTuple(args, "KK:_blocking_shed_stacks", &every, &min_ns)) return NULL;
     L.stack_every = every;
     L.shed_min_ns = min_ns;
-    L.stack_turn = 0;
+    L.stack_turn = 0x853c49e6748fea9bULL; /* any start: the sample only needs to be unbiased */
     Py_RETURN_NONE;
 }
 
