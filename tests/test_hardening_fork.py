@@ -67,12 +67,14 @@ def test_forked_child_starts_recorder_threads_later(subprocess_env: dict[str, st
 FORK_WHILE_A_SOURCE_IS_LOCKED = """
 import asyncio, os, sys, threading, time
 import pyflight
+from pyflight.sources import metrics
 
 recorder = pyflight.FlightRecorder(cpu_budget=None).start()
 sources = {s.name: s for s in recorder.sources}
 locks = [
     sources["blocking"]._lock, sources["blocking"]._patch_lock,
     sources["asyncio"]._lock, sources["asyncio"]._hooks_lock,
+    metrics._loops_lock,  # the metrics thread takes it to sample the loops
 ]
 held, release = threading.Event(), threading.Event()
 
@@ -91,7 +93,11 @@ thread.start()
 held.wait()
 pid = os.fork()
 if pid == 0:
-    os._exit(7)  # reached only if the fork handlers (which stop the child's recorder) returned
+    # the fork handlers (which stop the child's recorder) returned; a worker's event loop
+    # registers with the metrics source as it starts
+    asyncio.run(asyncio.sleep(0))
+    metrics.registered_loops()
+    os._exit(7)
 release.set()
 thread.join()
 deadline = time.monotonic() + 60
@@ -103,7 +109,7 @@ while time.monotonic() < deadline:
     time.sleep(0.05)
 else:
     os.kill(pid, 9)
-    print("the child hung in fork()")
+    print("the child hung on a lock it inherited")
 recorder.stop()
 """
 

@@ -79,6 +79,18 @@ _loops_lock = threading.Lock()
 _loops: weakref.WeakKeyDictionary[Any, _LoopProbe] = weakref.WeakKeyDictionary()
 
 
+def _renew_lock_after_fork() -> None:
+    """In a forked child: the metrics thread may have held the lock at the fork, and it
+    does not exist here; a loop started in the child (a pre-fork server's worker)
+    registers under it."""
+    global _loops_lock
+    _loops_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_after_fork)
+
+
 def register_loop(loop: Any) -> bool:
     """Count ``loop``'s tasks and measure its lag while the metrics source runs.
 
