@@ -36,10 +36,17 @@ def pinned() -> list[str]:
     return [taskset, "-c", str(1 if 1 in cpus else cpus[0])]
 
 
-def record_program(program: Path, out: Path) -> Path:
-    """Run ``program``'s ``main()`` under a recorder (``_harness.py``); its trace is ``out``."""
+def record_program(program: Path, out: Path, *, unbudgeted: bool = False) -> Path:
+    """Run ``program``'s ``main()`` under a recorder (``_harness.py``); its trace is ``out``.
+
+    ``unbudgeted`` records without the CPU budget, for tests of how samples are *shown*
+    (flame graphs): on a loaded machine the pure core's sampler is over the 1% budget and
+    is slowed to a sample a second, so a 0.6 s hot function may get no sample at all.
+    What the budget sheds, and that it says so, is tests/test_budget.py's concern."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    if unbudgeted:
+        env["PYFLIGHT_HARNESS_UNBUDGETED"] = "1"
     proc = subprocess.run(
         [sys.executable, str(PROGRAMS / "_harness.py"), str(program), str(out)],
         env=env,

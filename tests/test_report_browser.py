@@ -159,7 +159,7 @@ def traces(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     for _, out in jobs.values():
         out.parent.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(jobs, pool.map(lambda job: record_program(*job), jobs.values()), strict=True))
+        return dict(zip(jobs, pool.map(lambda job: record_program(*job, unbudgeted=True), jobs.values()), strict=True))
 
 
 @pytest.fixture(scope="module")

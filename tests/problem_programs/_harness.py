@@ -4,13 +4,15 @@
 
 The recorder starts before the program is imported (so its locks and ``time.sleep``
 are the traced ones); the program's ``main()`` runs, then the window is written. A
-program may set ``PYFLIGHT_SOURCE_OPTIONS`` (dict) for source options.
+program may set ``PYFLIGHT_SOURCE_OPTIONS`` (dict) for source options;
+``PYFLIGHT_HARNESS_UNBUDGETED=1`` in the environment records without the CPU budget.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
 
 from pyflight.recorder import FlightRecorder
@@ -29,7 +31,12 @@ def _options(path: str) -> dict[str, dict[str, object]]:
 
 def main() -> int:
     program, out = sys.argv[1], sys.argv[2]
-    recorder = FlightRecorder(min_age=60, max_bytes=64 * 2**20, source_options=_options(program))
+    unbudgeted: dict[str, None] = (
+        {"cpu_budget": None} if os.environ.get("PYFLIGHT_HARNESS_UNBUDGETED") == "1" else {}
+    )
+    recorder = FlightRecorder(
+        min_age=60, max_bytes=64 * 2**20, source_options=_options(program), **unbudgeted
+    )
     recorder.start()
     try:
         spec = importlib.util.spec_from_file_location("problem_program", program)
