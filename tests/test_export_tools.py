@@ -62,10 +62,17 @@ def _go() -> str:
     return found
 
 
+#: Go's build cache, kept beside speedscope in the checkout's .tools/ (git-ignored): the
+#: first ``go tool pprof`` builds pprof (~20 s), the next runs (each test, each Python and
+#: core of ``make test``) reuse it. Go's cache is safe for concurrent use.
+GOCACHE = HERE.parent / ".tools" / "gocache"
+
+
 def _pprof_top(profile: bytes, tmp_path: Path) -> str:
     path = tmp_path / "profile.pb.gz"
     path.write_bytes(profile)
-    env = dict(os.environ, GOTOOLCHAIN="local", GOCACHE=str(tmp_path / "gocache"), GOFLAGS="")
+    GOCACHE.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GOTOOLCHAIN="local", GOCACHE=str(GOCACHE), GOFLAGS="")
     env.setdefault("HOME", str(tmp_path))
     done = subprocess.run(
         [_go(), "tool", "pprof", "-top", "-nodecount=20", str(path)],
