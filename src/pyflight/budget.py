@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyflight.core import backend
 from pyflight.core.events import Kind
@@ -48,18 +48,30 @@ RESTORE_BELOW = 0.5
 #: SHED_STACK_EVERY (so its site still shows, sampled); a longer one always does.
 SHED_STACK_MIN_NS = 10_000_000
 SHED_STACK_EVERY = 16
-#: The steps of detail, in the order they are shed ("nothing" is none shed).
-LEVELS = (
-    "nothing",
-    "sampler rate /4",
-    "sampler rate /16",
-    "sampler at its slowest rate",
-    "stacks on blocks under 10 ms: 1 in 16 kept",
+
+
+class Step(NamedTuple):
+    """One step of detail the budget can shed, and what shedding it changes."""
+
+    name: str
+    #: The part of the cost it lowers: "threads" (the recorder's threads' CPU, i.e. the
+    #: sampler's) or "stacks" (the hooks' stack walks).
+    lowers: str
+    #: While shed, the sampler's interval is this many times its own.
+    sampler_slowdown: float = 1.0
+    #: While shed, a block under SHED_STACK_MIN_NS keeps its stack one time in SHED_STACK_EVERY.
+    sheds_stacks: bool = False
+
+
+#: The steps of detail, in the order they are shed.
+STEPS = (
+    Step("sampler rate /4", "threads", sampler_slowdown=4.0),
+    Step("sampler rate /16", "threads", sampler_slowdown=16.0),
+    Step("sampler at its slowest rate", "threads", sampler_slowdown=float("inf")),
+    Step("stacks on blocks under 10 ms: 1 in 16 kept", "stacks", sheds_stacks=True),
 )
-#: What each step lowers: the recorder's threads or the hooks' stack walks.
-_LOWERS = (None, "threads", "threads", "threads", "stacks")
-_SAMPLER_SLOWDOWN = {1: 4.0, 2: 16.0, 3: float("inf")}
-_STACKS_STEP = 4
+#: The names of the levels: LEVELS[n] is the step shed n-th ("nothing" is none shed).
+LEVELS = ("nothing", *(step.name for step in STEPS))
 CATEGORY = "pyflight.budget"
 
 
@@ -78,7 +90,7 @@ class CpuBudget:
             raise ValueError(f"cpu_budget must be > 0 and <= 1, got {budget!r}")
         self.budget = budget
         self.sources = sources
-        #: The steps shed now (indexes into LEVELS), in the order they were shed.
+        #: The levels shed now (indexes into LEVELS: level n is STEPS[n - 1]), in the order they were shed.
         self.shed: list[int] = []
         #: Totals since start: recorder threads' CPU, estimated hook CPU, process CPU.
         self.thread_cpu_ns = 0
@@ -152,9 +164,9 @@ class CpuBudget:
                 lowers = {"threads": threads >= worth, "stacks": stack_ns >= worth}
                 step = next(
                     (
-                        i
-                        for i in range(1, len(LEVELS))
-                        if i not in self.shed and lowers[_LOWERS[i] or ""] and self._applies(i)
+                        level
+                        for level, candidate in enumerate(STEPS, 1)
+                        if level not in self.shed and lowers[candidate.lowers] and self._applies(candidate)
                     ),
                     None,
                 )
@@ -165,11 +177,11 @@ class CpuBudget:
             elif cost < self.budget * RESTORE_BELOW and self.shed:
                 self._change(self.shed[-1], shed=False, cost=cost)
 
-    def _applies(self, step: int) -> bool:
+    def _applies(self, step: Step) -> bool:
         """Whether shedding ``step`` would change anything in these sources."""
-        if _LOWERS[step] == "threads":
-            return any(self._sampler_sources())
-        return self._blocking_core() is not None
+        if step.sampler_slowdown != 1.0 and any(self._sampler_sources()):
+            return True
+        return step.sheds_stacks and self._blocking_core() is not None
 
     def _sampler_sources(self) -> list[Any]:
         return [s for s in self.sources if getattr(s, "name", None) == "sampler" and hasattr(s, "interval")]
@@ -201,7 +213,8 @@ class CpuBudget:
 
     def _apply(self) -> None:
         """Set each source's detail for the steps shed now."""
-        slowdown = max((_SAMPLER_SLOWDOWN.get(i, 1.0) for i in self.shed), default=1.0)
+        shed = [STEPS[level - 1] for level in self.shed]
+        slowdown = max((step.sampler_slowdown for step in shed), default=1.0)
         for source in self._sampler_sources():
             from pyflight.sources.sampler import MAX_INTERVAL
 
@@ -211,8 +224,8 @@ class CpuBudget:
             source.current_interval = max(source.current_interval, slower)
         core = self._blocking_core()
         if core is not None:
-            shed = _STACKS_STEP in self.shed
-            core._blocking_shed_stacks(SHED_STACK_EVERY if shed else 1, SHED_STACK_MIN_NS)
+            stacks_shed = any(step.sheds_stacks for step in shed)
+            core._blocking_shed_stacks(SHED_STACK_EVERY if stacks_shed else 1, SHED_STACK_MIN_NS)
 
     def restore_all(self) -> None:
         """Undo every change (the recorder stops)."""
