@@ -155,6 +155,10 @@ class ThreadsSource(Source):
             setattr(cls, attr, ours)
         threading.excepthook = excepthook
 
+    def after_fork_in_child(self) -> None:
+        super().after_fork_in_child()
+        self._live_lock = threading.RLock()  # a parent thread starting or ending held it at the fork
+
     def _uninstall(self) -> None:
         """Put the originals back; a patch someone stacked on ours stays (ours goes inert)."""
         global _owner
