@@ -36,6 +36,7 @@ CASES: dict[str, tuple[str, str]] = {
     "lock_contention_asyncio": ("lock-contention", "update_inventory"),
     "lock_convoy_asyncio": ("lock-contention", "refresh_session"),
     "lock_convoy_asyncio_acquire": ("lock-contention", "Connection.send_frame"),
+    "semaphore_bound_asyncio": ("lock-contention", "call_downstream"),
     "queue_full_asyncio": ("queue-backlog", "slow_consume"),
     "queue_full_asyncio_cpu": ("queue-backlog", "parse_record|consume"),
     "queue_full": ("queue-backlog", "slow_consume"),
@@ -56,7 +57,7 @@ CASES: dict[str, tuple[str, str]] = {
 #: waits show as ``untraced-wait`` (off-CPU samples in user code).
 NEEDS_C_CORE = {"lock-contention"}
 #: asyncio locks are traced by the asyncio source, with either core.
-ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire"}
+ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire", "semaphore_bound_asyncio"}
 HEALTHY = ["healthy", "healthy_asyncio"]
 SECOND_NS = 1_000_000_000
 
@@ -160,6 +161,17 @@ def test_ready_tasks_behind_a_long_step_are_not_starvation(recorded: dict[str, P
     for program in ("loop_blocked_waiters", "loop_blocked_cpu", "loop_blocked_sleep"):
         findings = _findings(recorded[program])
         assert not [f for f in findings if f.rule == "loop-starved" and f.score >= INFO], _describe(findings)
+
+
+def test_a_semaphore_queue_is_told_as_the_bound_it_is(recorded: dict[str, Path]) -> None:
+    """Tasks waiting on an asyncio.Semaphore: the finding names the semaphore and its
+    limit as the lever; a lock's advice ("use a Semaphore") would be no advice here."""
+    semaphore = next(f for f in _findings(recorded["semaphore_bound_asyncio"]) if f.rule == "lock-contention")
+    assert semaphore.evidence["kind"] == "asyncio.Semaphore", semaphore.evidence
+    assert "asyncio.Semaphore" in semaphore.title and "raise its limit" in semaphore.hint
+    assert "or a Semaphore if" not in semaphore.hint
+    lock = next(f for f in _findings(recorded["lock_convoy_asyncio"]) if f.rule == "lock-contention")
+    assert lock.evidence["kind"] == "asyncio.Lock" and "finer-grained lock" in lock.hint
 
 
 def test_no_rule_fails_on_any_program(recorded: dict[str, Path]) -> None:

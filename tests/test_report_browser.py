@@ -159,7 +159,8 @@ def traces(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     for _, out in jobs.values():
         out.parent.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(jobs, pool.map(lambda job: record_program(*job, unbudgeted=True), jobs.values()), strict=True))
+        recorded = pool.map(lambda job: record_program(*job, unbudgeted=True), jobs.values())
+        return dict(zip(jobs, recorded, strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -173,16 +173,31 @@ def _asyncio_lock_contention(model: Model) -> list[Finding]:
                     "holders_running_ns": holder_running,
                     "holders_awaiting_ns": holder_waiting,
                 },
-                hint=(
-                    f"Tasks queue up on one {kind}. A task holding it across an `await` (I/O, "
-                    "sleep, another lock) makes every other task wait that long: do the slow "
-                    "await outside the `async with` block, shorten the critical section, use a "
-                    "finer-grained lock per key, or a Semaphore if a few may run at once. "
-                    "Recording with task_wait='stack' shows where holders await."
-                ),
+                hint=_asyncio_hint(kind),
             )
         )
     return out
+
+
+def _asyncio_hint(kind: str) -> str:
+    if kind.endswith("Semaphore"):  # asyncio.Semaphore, asyncio.BoundedSemaphore
+        # a semaphore is usually there to bound something: waiting on it is the bound at
+        # work, and "use a Semaphore" (the advice for a lock) would be no advice at all
+        return (
+            f"Tasks queue up on one {kind}, which lets only a fixed number of tasks in at "
+            "once. If what it bounds (a downstream service, a connection pool, a rate "
+            "limit) can take more at once, raise its limit; if not, the queue is the bound "
+            "doing its job: keep only the bounded call inside `async with` (do other awaits "
+            "outside it) and make callers feel the back-pressure sooner. Recording with "
+            "task_wait='stack' shows where holders await."
+        )
+    return (
+        f"Tasks queue up on one {kind}. A task holding it across an `await` (I/O, "
+        "sleep, another lock) makes every other task wait that long: do the slow "
+        "await outside the `async with` block, shorten the critical section, use a "
+        "finer-grained lock per key, or a Semaphore if a few may run at once. "
+        "Recording with task_wait='stack' shows where holders await."
+    )
 
 
 RULE = Rule("lock-contention", ("lock-contention",), rule_lock_contention)
