@@ -8,7 +8,10 @@ TASK_STEP_BEGIN/END when the callback is a Task's step (``__step``/``__wakeup`` 
 Python Task, the step wrapper or ``task_wakeup`` of the C Task; task id ``id(task)``),
 else CALLBACK_BEGIN/END(loop, callback qualname), written as one TASK_STEP/CALLBACK event
 at the step's end carrying its duration (the reader turns it back into the pair; a step
-that spans a generation's seal is written as the pair). After the step that finishes a task:
+that spans a generation's seal is written as the pair). A callback that is a builtin
+function or method (``set.discard``, a C Future's ``set_result``) is recorded only if it
+lasted ``BUILTIN_CALLBACK_MIN_NS`` (100 us): such callbacks run no Python code, take
+~100 ns, and were a sixth of a FastAPI service's events. After the step that finishes a task:
 TASK_DONE(task, outcome, "Type: message"), the exception read without marking it
 retrieved. With the pure-Python core, a Python ``_run`` of identical behaviour does the
 same, at Python cost (~2x on small-step code).
@@ -113,6 +116,11 @@ SITE_STACK_INTERVAL = 1_000_000_000
 MAX_SITES = 10_000
 #: Library frames walked past a waiting line to tell its callers apart (``_caller_chain``).
 MAX_CHAIN = 24
+#: A callback that is a builtin (C) function or method (``set.discard`` as a task's done
+#: callback: one per request on uvicorn; a C Future's ``set_result``) runs no Python code
+#: and takes ~100 ns: recorded only if it lasted this long (ns). The C Handle._run uses
+#: the same threshold (core/c/_core_asyncio.c BUILTIN_CALLBACK_MIN_NS).
+BUILTIN_CALLBACK_MIN_NS = 100_000
 _LIBRARY_FILE = re.compile(r"^<|/lib/python3\.|/(site|dist)-packages/")
 
 
@@ -874,7 +882,7 @@ class _Hooks:
                 return task
         return None
 
-    def py_begin(self, handle: Any) -> tuple[int, Any, Any, int] | None:
+    def py_begin(self, handle: Any) -> tuple[int, Any, Any, int, tuple[int, str] | None] | None:
         try:
             cb = handle._callback
             loop = getattr(handle, "_loop", None)
@@ -884,29 +892,39 @@ class _Hooks:
                 tls.loop_id = loop_id
                 self.on_loop(loop)
             task = self.step_task(cb)
+            deferred = None
+            start = backend.now()
             if task is not None:
                 task_id = id(task)
                 backend.record(_TASK_STEP_BEGIN, task_id)
             else:
                 task_id = 0
-                backend.record(_CALLBACK_BEGIN, loop_id, _callback_name(cb))
+                if isinstance(cb, types.BuiltinFunctionType):  # recorded only if it lasts (see py_end)
+                    deferred = (start, _callback_name(cb))
+                else:
+                    backend.record(_CALLBACK_BEGIN, loop_id, _callback_name(cb))
             ident = threading.get_ident()
             running = self.py_running
             previous = running.get(ident)
-            running[ident] = (loop_id, task_id, backend.now())
-            return (ident, previous, task, loop_id)
+            running[ident] = (loop_id, task_id, start)
+            return (ident, previous, task, loop_id, deferred)
         except Exception as exc:
             self.fault(exc)
             return None
 
-    def py_end(self, step: tuple[int, Any, Any, int], ok: bool) -> None:
+    def py_end(self, step: tuple[int, Any, Any, int, tuple[int, str] | None], ok: bool) -> None:
         try:
-            ident, previous, task, loop_id = step
+            ident, previous, task, loop_id, deferred = step
             if previous is None:
                 self.py_running.pop(ident, None)
             else:
                 self.py_running[ident] = previous
             if task is None:
+                if deferred is not None:  # a builtin callback: kept only if it lasted
+                    start, name = deferred
+                    if backend.now() - start < BUILTIN_CALLBACK_MIN_NS:
+                        return
+                    backend.record_at(start, _CALLBACK_BEGIN, loop_id, name)
                 backend.record(_CALLBACK_END, loop_id)
                 return
             backend.record(_TASK_STEP_END, id(task))

@@ -1128,6 +1128,10 @@ void pyfl_step_end(PyflStep *s) {
     if (S.enabled && !S.busy && s->t0 && tls.epoch == S.gen.epoch && b && b->step == s
         && S.counts[s->one_kind] == n) {
         uint64_t t = now_ns();
+        if (t - s->t0 < s->min_ns) { /* too short to keep, and its begin was never written */
+            b->step = s->outer;
+            return;
+        }
         if (!gen_due(t)) {
             uint64_t v[3] = {s->vals[0], 0, 0};
             S.busy = 1;

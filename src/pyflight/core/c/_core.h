@@ -92,6 +92,8 @@ typedef struct PyflStep {
     PyObject *name;
     uint64_t t0;             /* set by pyfl_step_begin: the step's start, 0 if nothing was noted */
     struct PyflStep *outer;  /* set by pyfl_step_begin: the noted step this one runs in */
+    uint64_t min_ns;         /* 0, or: a step shorter than this whose begin is still only
+                                noted ends without writing anything */
 } PyflStep;
 
 /* Notes the start of step s now (nothing is written; a no-op when stopped, and a
@@ -100,7 +102,7 @@ typedef struct PyflStep {
 uint64_t pyfl_step_begin(PyflStep *s);
 
 /* Ends step s: if its begin is still only noted, writes one `one_kind` event dated now
- * with the duration since its start; else (its BEGIN was written by a seal, or recording
+ * with the duration since its start (nothing if it lasted under s->min_ns); else (its BEGIN was written by a seal, or recording
  * restarted) the END event. Seals the generation first if due, as any event does. Never
  * raises; may run Python code only where any record call may (a seal with pending
  * blocks), so the caller saves a pending exception. */

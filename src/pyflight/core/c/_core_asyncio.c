@@ -30,6 +30,12 @@
 #define N_SLOTS 256          /* steps tracked at once (one per thread running a loop) */
 #define MAX_AWAIT_DEPTH 64   /* coroutine chain walked for TASK_WAIT's stack */
 #define MAX_TYPE_NAMES 1024  /* cached type names for TASK_WAIT */
+/* A callback that is a builtin (C) function or method, e.g. `set.discard` as a task's done
+ * callback (uvicorn: one per request) or a C Future's `set_result`, takes ~100 ns and runs
+ * no Python code: recorded only if it lasted this long (a C call that blocks the loop is
+ * still seen; the stall watchdog sees it either way). The pure-Python _run does the same
+ * (sources/asyncio_loop.py BUILTIN_CALLBACK_MIN_NS). */
+#define BUILTIN_CALLBACK_MIN_NS 100000
 
 typedef struct {
     unsigned long ident; /* Python ident of the thread running the step; 0 = free */
@@ -923,6 +929,7 @@ static PyObject *handle_run(PyObject *self, PyObject *unused) {
                 one = 1;
                 step = task ? (PyflStep){A.k_begin, A.k_end, A.k_step, {task_id}, NULL, 0}
                             : (PyflStep){A.k_cb_begin_int, A.k_cb_end, A.k_callback, {loop_id}, name, 0};
+                if (!task && PyCFunction_Check(cb)) step.min_ns = BUILTIN_CALLBACK_MIN_NS;
                 began = pyfl_step_begin(&step);
             } else if (task) {
                 began = pyfl_record_ints(A.k_begin, 1, &task_id);
