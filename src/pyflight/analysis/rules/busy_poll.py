@@ -1,5 +1,6 @@
 """Rule ``busy-poll``: a coroutine that polls instead of awaiting (``while not done:
-await asyncio.sleep(0)``, ``get_nowait()`` in a loop).
+await asyncio.sleep(0)``, ``get_nowait()`` in a loop), or a thread that polls with short
+sleeps (``while not ready: time.sleep(0.001)``).
 
 Each turn is a step of a few microseconds that yields straight back, so the loop never
 sleeps: the process burns a CPU doing nothing, and an in-process sampler only ever sees
@@ -14,11 +15,14 @@ import statistics
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pyflight.analysis.queries import seconds_since_start, thread_name
+from pyflight.analysis.frames import user_frame
+from pyflight.analysis.model import State
+from pyflight.analysis.queries import seconds_since_start, thread_name, user_threads
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
+from pyflight.core.events import BlockReason
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
@@ -35,6 +39,11 @@ MIN_RATE = 5000.0
 MIN_SPAN = 200 * MS
 #: Its steps do (almost) nothing: a poll, not work.
 MAX_MEDIAN_STEP = 20_000
+#: A thread's sleeps this short, at one line, at least this often, for at least
+#: MIN_SPAN, asleep for most of the time it was not READY (so not pacing real work): a poll.
+MAX_POLL_SLEEP = 20 * MS
+MIN_POLL_RATE = 50.0
+MIN_ASLEEP_SHARE = 0.8
 
 
 def _idle_share(loop: Any, start: int, end: int) -> float:
@@ -60,8 +69,89 @@ def _frame_of(model: Model, coro: str) -> Frame | None:
     return max(seen, key=lambda f: (seen[f], -f.line)) if seen else None
 
 
-def rule_busy_poll(model: Model) -> list[Finding]:
+def _sleep_polls(model: Model) -> list[Finding]:
+    """Threads waking many times a second from short sleeps at one line, doing almost
+    nothing in between: each wake-up costs a trip through the scheduler (tens of us of
+    CPU on a VM) and the thing waited for is seen up to a sleep late."""
     out: list[Finding] = []
+    for thread in user_threads(model):
+        sites: dict[Frame | None, list[tuple[int, int]]] = {}
+        for iv in thread.intervals:
+            if (
+                iv.state is State.BLOCKED
+                and iv.reason is BlockReason.SLEEP
+                and iv.end - iv.start <= MAX_POLL_SLEEP
+            ):
+                sites.setdefault(user_frame(iv.stack) if iv.stack else None, []).append((iv.start, iv.end))
+        for site, sleeps in sites.items():
+            if site is None or len(sleeps) < MIN_POLL_RATE * MIN_SPAN / SECOND:
+                continue
+            start, end = sleeps[0][0], sleeps[-1][1]
+            span = end - start
+            asleep = sum(b - a for a, b in sleeps)
+            rate = len(sleeps) / (span / SECOND) if span else 0.0
+            if span < MIN_SPAN or rate < MIN_POLL_RATE:
+                continue
+            # what it did between the sleeps; time READY (waiting for the GIL or a CPU
+            # while other threads ran) is the machine's, not the loop's work
+            running = sum(
+                min(end, iv.end) - max(start, iv.start)
+                for iv in thread.intervals
+                if iv.state is State.RUNNING and iv.end > start and iv.start < end
+            )
+            if asleep < MIN_ASLEEP_SHARE * (asleep + running):
+                continue
+            median = statistics.median(b - a for a, b in sleeps)
+            # wasteful and a little late, rarely the cause of an outage: information
+            score = clamp_score(
+                min(
+                    ramp(rate, [(MIN_POLL_RATE, 30), (200, 45), (1000, 60)]),
+                    ramp(span / MS, [(200, 35), (1000, 60)]),
+                )
+            )
+            name = thread_name(model, thread.tid)
+            out.append(
+                Finding(
+                    rule="busy-poll",
+                    score=score,
+                    title=(
+                        f"Thread {name} polls: {len(sleeps):,} sleeps of {fmt_ns(median)} (median) in "
+                        f"{fmt_ns(span)} in {site.function}, waking {rate:,.0f} times a second to check"
+                    ),
+                    culprit=Culprit.of(site),
+                    moments=[
+                        Moment(
+                            seconds_since_start(model, start),
+                            span,
+                            name,
+                            "",
+                            f"{len(sleeps):,} sleeps of {fmt_ns(median)}, running {fmt_ns(running)} in all",
+                        )
+                    ],
+                    evidence={
+                        "thread": name,
+                        "sleeps": len(sleeps),
+                        "sleeps_per_second": round(rate),
+                        "median_sleep_ns": int(median),
+                        "polling_ns": span,
+                        "asleep_share": round(asleep / (asleep + running), 3),
+                        "running_ns": running,
+                    },
+                    hint=(
+                        "A loop of short sleeps that checks a flag, a result or a file wakes the "
+                        "thread over and over, and sees the change up to a sleep late. Wait for it "
+                        "instead: a threading.Event the producer sets, `queue.Queue.get()`, a "
+                        "Condition, `future.result()` or `concurrent.futures.wait()`: they wake "
+                        "once, at once. If polling is the only way (an outside resource), sleep "
+                        "longer, or back off."
+                    ),
+                )
+            )
+    return out
+
+
+def rule_busy_poll(model: Model) -> list[Finding]:
+    out: list[Finding] = _sleep_polls(model)
     loops_by_thread = {loop.tid: loop for loop in model.loops.values()}
     for task in model.all_tasks():
         steps = task.steps
