@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
@@ -46,7 +47,12 @@ def test_window_keeps_last_min_age_and_not_much_more(tmp_path: Path) -> None:
     window_start = trace.generations[0].start_ns
     # covers at least the last second ...
     assert snapshot_ns - window_start >= 1.0e9
-    assert logs[0].time - window_start < 0.05e9  # and events from its very start
+    # and events from its very start: the producer logs in bursts every ~10 ms, so the
+    # window's first burst is no further from its start than the producer's own longest
+    # pause (a loaded machine stretches those pauses to tens of ms)
+    longest_pause = max(b.time - a.time for a, b in itertools.pairwise(logs))
+    first_after = logs[0].time - window_start
+    assert first_after <= longest_pause + 0.005e9, (first_after, longest_pause)
     # ... and not much more: one generation interval (0.25 s) beyond it, plus ticker slack
     assert snapshot_ns - window_start <= 1.45e9, (snapshot_ns - window_start) / 1e9
     # nothing recorded in the last second is missing: ~10k events/s
