@@ -75,16 +75,19 @@ def _sleep_polls(model: Model) -> list[Finding]:
     CPU on a VM) and the thing waited for is seen up to a sleep late."""
     out: list[Finding] = []
     for thread in user_threads(model):
-        sites: dict[Frame | None, list[tuple[int, int]]] = {}
+        sites: dict[Frame, list[tuple[int, int]]] = {}
         for iv in thread.intervals:
             if (
                 iv.state is State.BLOCKED
                 and iv.reason is BlockReason.SLEEP
                 and iv.end - iv.start <= MAX_POLL_SLEEP
+                and iv.stack  # a sleep without its stack has no line to group it by
             ):
-                sites.setdefault(user_frame(iv.stack) if iv.stack else None, []).append((iv.start, iv.end))
+                site = user_frame(iv.stack)
+                if site is not None:
+                    sites.setdefault(site, []).append((iv.start, iv.end))
         for site, sleeps in sites.items():
-            if site is None or len(sleeps) < MIN_POLL_RATE * MIN_SPAN / SECOND:
+            if len(sleeps) < MIN_POLL_RATE * MIN_SPAN / SECOND:
                 continue
             start, end = sleeps[0][0], sleeps[-1][1]
             span = end - start

@@ -102,8 +102,8 @@ typedef struct PyflStep {
 uint64_t pyfl_step_begin(PyflStep *s);
 
 /* Ends step s: if its begin is still only noted, writes one `one_kind` event dated now
- * with the duration since its start (nothing if it lasted under s->min_ns); else (its BEGIN was written by a seal, or recording
- * restarted) the END event. Seals the generation first if due, as any event does. Never
+ * with the duration since its start (nothing if it lasted under s->min_ns); else (its
+ * BEGIN was written by a seal, or recording restarted) the END event. Seals the generation first if due, as any event does. Never
  * raises; may run Python code only where any record call may (a seal with pending
  * blocks), so the caller saves a pending exception. */
 void pyfl_step_end(PyflStep *s);
