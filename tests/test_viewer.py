@@ -841,6 +841,40 @@ def test_the_waker_is_linked_even_when_it_ended_before_the_wake_up_was_noted() -
     assert details["waker"]["row"] == holder.id and details["waker"]["i"] == len(holder.lod.raw.starts) - 1
 
 
+def test_a_findings_worst_moment_is_the_waiters_slice_not_a_slice_that_began_with_it() -> None:
+    """The holder takes the lock, wakes the waiter (an Event) and sleeps 50 ms inside it;
+    the waiter blocks on the lock a few microseconds later. The finding dates its worst
+    wait to the millisecond, which both slices match: following it must land on the
+    waiter's lock wait (its thread, its culprit), not on the holder's sleep."""
+    from pyflight.analysis.model import build
+    from pyflight.analysis.rules import find
+    from pyflight.core.events import BlockReason, Kind
+    from pyflight.format.reader import loads
+    from pyflight.viewer.api import TimelineApi
+    from tracegen import Gen, trace
+
+    ms, us = 1_000_000, 1_000
+    g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="lock-holder", ident=1, parent=0)
+    g.event(2, Kind.THREAD_START, 0, tid=2, name="lock-waiter", ident=2, parent=0)
+    for start in (10 * ms, 70 * ms):  # two waits: a contended lock, not a one-off
+        hold = (("hold_the_lock", "/app.py", 5),)
+        g.event(1, Kind.BLOCK_BEGIN, start, reason=BlockReason.SLEEP, obj=0, stack=hold)
+        wait = (("wait_for_the_lock", "/app.py", 11),)
+        g.event(2, Kind.BLOCK_BEGIN, start + 300 * us, reason=BlockReason.LOCK, obj=7, stack=wait)
+        g.event(1, Kind.BLOCK_END, start + 20 * ms, reason=BlockReason.SLEEP, obj=0, waker=0)
+        g.event(2, Kind.BLOCK_END, start + 20 * ms + 300 * us, reason=BlockReason.LOCK, obj=7, waker=1)
+    model = build(loads(trace([g])))
+    contention = [f for f in find(model) if f.rule == "lock-contention"]
+    assert contention, "the planted contention is not found"
+    api = TimelineApi(model, contention)
+    (moment,) = api.findings()
+    waiter = next(row for row in api.rows if row.name == "lock-waiter")
+    assert moment["row"] == waiter.id
+    details = api.slice_details(moment["row"], moment["i"])
+    assert details is not None and details["state"] == "blocked:lock"
+
+
 def test_every_blocked_reason_has_its_own_colour_and_other_says_what_it_is() -> None:
     """The page's colour map gives each blocked reason a colour of its own ("blocked:
     other", a wait found from the samples, too: it used to fall to a hashed colour), and

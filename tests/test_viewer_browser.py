@@ -42,15 +42,17 @@ import time
 import pyflight
 
 LOCK = threading.Lock()
+HELD = threading.Event()
 
 
 def hold_the_lock():
     with LOCK:
+        HELD.set()
         time.sleep(0.05)
 
 
 def wait_for_the_lock():
-    time.sleep(0.01)
+    HELD.wait()  # the holder has it (a head start in time alone can lose on a loaded machine)
     with LOCK:
         pass
 

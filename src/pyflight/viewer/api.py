@@ -47,6 +47,10 @@ FLAME_MAX_NODES = 4_000
 #: What a state code means where its name does not say it: the legend's tooltips (the
 #: words the model's detail uses)
 CODE_NOTES = {"blocked:other": UNTRACED}
+#: ns: how much farther a finding's worst moment counts a slice on another thread than the
+#: one its evidence names, or a slice whose stack lacks its culprit (more than the window
+#: searched, so any slice that matches wins)
+_MISMATCH_NS = 10_000_000
 _START = operator.itemgetter(0)
 _GET_START = operator.attrgetter("start")
 _GET_END = operator.attrgetter("end")
@@ -107,6 +111,12 @@ class Row:
 
     def header(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "name": self.name, "group": self.group}
+
+
+def _lacks(ref: Any, function: str) -> bool:
+    """Whether a slice has a stack and ``function`` is not in it (no stack: not known)."""
+    stack = getattr(ref, "stack", None)
+    return bool(stack) and all(f.function != function for f in stack)
 
 
 def _stack(stack: tuple[Frame, ...] | None) -> list[dict[str, Any]]:
@@ -717,17 +727,26 @@ class TimelineApi:
         if isinstance(at_s, (int, float)):
             t = self.origin + int(at_s * 1e9)
             length = int(worst_ns) if isinstance(worst_ns, (int, float)) and worst_ns > 0 else 0
+            # ``worst_at_s`` is rounded to the millisecond, so two slices can match it as
+            # well (a lock holder's sleep that began as the waiter blocked): the one on the
+            # thread the evidence names, with the culprit in its stack, is the finding's
+            who = evidence.get("worst_waiter") or evidence.get("worst_thread")
+            culprit = finding.culprit.function if finding.culprit is not None else None
             best: tuple[int, int, int] | None = None  # (badness, row, k)
             for row in self.rows:
                 if row.kind not in ("thread", "task", "stalls", "gc", "loop") or row.lod is None:
                     continue
                 raw = row.lod.raw
+                elsewhere = _MISMATCH_NS if who and row.kind == "thread" and row.name != who else 0
                 lo, hi = raw.span(t - 1_000_000, t + 1_000_000)
                 for k in range(lo, hi):
                     if self.codes[raw.codes[k]] in ("running", "idle") and row.kind != "stalls":
                         continue
-                    badness = abs(raw.starts[k] - t) + (
-                        abs(raw.ends[k] - raw.starts[k] - length) if length else 0
+                    badness = (
+                        abs(raw.starts[k] - t)
+                        + (abs(raw.ends[k] - raw.starts[k] - length) if length else 0)
+                        + elsewhere
+                        + (_MISMATCH_NS if culprit and _lacks(row.refs[k], culprit) else 0)
                     )
                     if best is None or badness < best[0]:
                         best = (badness, row.id, k)
