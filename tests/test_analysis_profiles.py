@@ -112,11 +112,16 @@ def test_wall_profile_has_everyone_but_the_recorder(model: Model) -> None:
     prof = wall_profile(model)
     assert _share(prof, "burn_cpu") > 0
     ours = {t.tid for t in model.threads.values() if t.is_pyflight}
-    assert ours and prof.total == model.sampling_interval_ns * sum(
-        1  # a thread's exit sample (its last CPU delta) is not a place it spent time
-        for s in model.samples
-        if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE
-    )
+    kept = [  # a thread's exit sample (its last CPU delta) is not a place it spent time
+        s for s in model.samples if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE
+    ]
+    # each sample stands for the wall time since its thread's previous one, so a thread's
+    # samples add up to the time it was watched, however often the sampler got to run
+    watched = {}
+    for tid in {s.tid for s in kept}:
+        times = [s.time for s in kept if s.tid == tid]
+        watched[tid] = max(times) - min(times) + model.sampling_interval_ns
+    assert ours and prof.total == sum(watched.values())
     _check_folded(prof)
 
 
@@ -144,9 +149,9 @@ def test_profiles_of_a_hand_made_trace() -> None:
     stack = (("inner", "/a.py", 1), ("outer;odd", "/a.py", 2))
     g = Gen(seq=1, start_ns=0, end_ns=100 * MS)
     g.event(9, Kind.COUNTER, 1, name="sampler_interval_us", value=1000)
-    for i in range(10):
-        g.event(9, Kind.SAMPLE, 10 * MS + i, tid=1, task=0, stack=stack, state=ThreadState.RUNNING)
-        g.event(9, Kind.SAMPLE, 10 * MS + i, tid=2, task=0, stack=(), state=ThreadState.SLEEPING)
+    for i in range(10):  # a sample every millisecond, the interval
+        g.event(9, Kind.SAMPLE, (10 + i) * MS, tid=1, task=0, stack=stack, state=ThreadState.RUNNING)
+        g.event(9, Kind.SAMPLE, (10 + i) * MS, tid=2, task=0, stack=(), state=ThreadState.SLEEPING)
     g.event(1, Kind.TASK_CREATE, 20 * MS, task=5, name="t", coro="job", parent=0)
     g.event(1, Kind.TASK_STEP_BEGIN, 30 * MS, task=5)
     g.event(1, Kind.TASK_STEP_END, 31 * MS, task=5)
@@ -160,6 +165,12 @@ def test_profiles_of_a_hand_made_trace() -> None:
     assert line == "outer:odd (/a.py:2);inner (/a.py:1) 10000000"
     wall = wall_profile(m)
     assert wall.stacks[()] == 10 * MS and wall.folded()[-1] == "(no stack) 10000000"
+    # slowed to a sample every 5 ms, the sampler's samples still stand for all that time
+    slow = Gen(seq=1, start_ns=0, end_ns=100 * MS)
+    slow.event(9, Kind.COUNTER, 1, name="sampler_interval_us", value=1000)
+    for i in range(10):
+        slow.event(9, Kind.SAMPLE, (10 + 5 * i) * MS, tid=2, task=0, stack=(), state=ThreadState.SLEEPING)
+    assert wall_profile(build(loads(trace([slow])))).total == (1 + 9 * 5) * MS
     awaiting = blocking_profile(m, BlockReason.AWAIT)
     assert awaiting.stacks == {(Frame("job", "", 0),): 19 * MS}
     sched = scheduling_profile(m)

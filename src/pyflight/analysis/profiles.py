@@ -4,9 +4,10 @@ folded-stack tools want (CPU, wall clock, blocking per reason, scheduling delay,
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 from pyflight.analysis.frames import frame_label
-from pyflight.analysis.model import Model, Stack, State
+from pyflight.analysis.model import Model, Sample, Stack, State
 from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
@@ -18,6 +19,7 @@ __all__ = [
     "scheduling_profile",
     "stall_profile",
     "wall_profile",
+    "wall_samples",
 ]
 
 
@@ -51,6 +53,9 @@ class Profile:
         return lines
 
 
+_TIME = operator.attrgetter("time")
+
+
 def _interval(model: Model) -> int:
     return model.sampling_interval_ns or 10_000_000
 
@@ -67,14 +72,32 @@ def cpu_profile(model: Model) -> Profile:
     return prof
 
 
-def wall_profile(model: Model) -> Profile:
-    """Every sample of the program's threads (not the recorder's), whatever they did."""
-    weight = _interval(model)
+def wall_samples(model: Model) -> list[tuple[Sample, int]]:
+    """The samples of the program's threads (not the recorder's, nor a thread's exit
+    sample), in time order, each with the wall time it stands for: the time since its
+    thread's previous sample (the nominal interval for a thread's first). Not the nominal
+    interval for all: a sampler slowed by load, or shed by its budget, takes fewer
+    samples of the same time, and a thread's samples must still add up to the time it
+    was watched."""
+    nominal = _interval(model)
     ours = {tid for tid, tl in model.threads.items() if tl.is_pyflight}
+    kept = [s for s in model.samples if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE]
+    kept.sort(key=_TIME)  # stable: a tick's samples keep their order
+    previous: dict[int, int] = {}
+    out = []
+    for s in kept:
+        before = previous.get(s.tid)
+        previous[s.tid] = s.time
+        out.append((s, nominal if before is None else s.time - before))
+    return out
+
+
+def wall_profile(model: Model) -> Profile:
+    """Every sample of the program's threads (not the recorder's), whatever they did,
+    weighing the wall time it stands for (``wall_samples``)."""
     prof = Profile("wall", "nanoseconds", "wall")
-    for s in model.samples:
-        if s.tid not in ours and s.os_state is not ThreadState.ZOMBIE:  # not a thread's exit
-            prof.add(s.stack, weight)
+    for sample, ns in wall_samples(model):
+        prof.add(sample.stack, ns)
     return prof
 
 

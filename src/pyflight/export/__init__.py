@@ -14,7 +14,7 @@ import gc
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyflight.core.events import BlockReason, ThreadState
+from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame, Trace
 
 if TYPE_CHECKING:
@@ -115,8 +115,9 @@ def profile_samples(trace: Trace, profile: str, model: Model | None = None) -> l
     can count them and speedscope can show them in order. Totals per stack equal the
     analysis model's profile of the same name.
 
-    ``cpu``: samples taken on a CPU; ``wall``: every sample of the program's threads;
-    each weighing the sampling interval. A reason (``lock``, ``condition``, ``io``,
+    ``cpu``: the CPU each thread measured, by where it ran; ``wall``: every sample of the
+    program's threads, each weighing the wall time since its thread's previous one
+    (``analysis.profiles.wall_samples``). A reason (``lock``, ``condition``, ``io``,
     ``sleep``, ``join``, ``select``, ``await``, ``other``): time blocked, by the stack
     where the block began. ``scheduling``: asyncio tasks' ready-to-run delay;
     ``stall``: stacks sampled during event-loop stalls, the stall's time shared by them.
@@ -132,11 +133,9 @@ def profile_samples(trace: Trace, profile: str, model: Model | None = None) -> l
 
         out.extend(StackSample(smp.time, smp.tid, smp.stack, ns) for smp, ns in cpu_samples(m))
     elif profile == "wall":
-        weight = m.sampling_interval_ns or DEFAULT_INTERVAL_NS
-        ours = {tid for tid, tl in m.threads.items() if tl.is_pyflight}
-        for smp in m.samples:
-            if smp.tid not in ours and smp.os_state is not ThreadState.ZOMBIE:  # nor threads' exits
-                out.append(StackSample(smp.time, smp.tid, smp.stack, weight))
+        from pyflight.analysis.profiles import wall_samples
+
+        out.extend(StackSample(smp.time, smp.tid, smp.stack, ns) for smp, ns in wall_samples(m))
     elif profile == "scheduling":
         for task in m.all_tasks():
             previous: tuple[Frame, ...] = ()
