@@ -116,7 +116,9 @@ class Row:
 def _lacks(ref: Any, function: str) -> bool:
     """Whether a slice has a stack and ``function`` is not in it (no stack: not known)."""
     stack = getattr(ref, "stack", None)
-    return bool(stack) and all(f.function != function for f in stack)
+    if not stack:
+        return False
+    return all(f.function != function for f in stack)
 
 
 def _stack(stack: tuple[Frame, ...] | None) -> list[dict[str, Any]]:
@@ -731,7 +733,7 @@ class TimelineApi:
             # well (a lock holder's sleep that began as the waiter blocked): the one on the
             # thread the evidence names, with the culprit in its stack, is the finding's
             who = evidence.get("worst_waiter") or evidence.get("worst_thread")
-            culprit = finding.culprit.function if finding.culprit is not None else None
+            culprit_function = finding.culprit.function if finding.culprit is not None else None
             best: tuple[int, int, int] | None = None  # (badness, row, k)
             for row in self.rows:
                 if row.kind not in ("thread", "task", "stalls", "gc", "loop") or row.lod is None:
@@ -746,7 +748,7 @@ class TimelineApi:
                         abs(raw.starts[k] - t)
                         + (abs(raw.ends[k] - raw.starts[k] - length) if length else 0)
                         + elsewhere
-                        + (_MISMATCH_NS if culprit and _lacks(row.refs[k], culprit) else 0)
+                        + (_MISMATCH_NS if culprit_function and _lacks(row.refs[k], culprit_function) else 0)
                     )
                     if best is None or badness < best[0]:
                         best = (badness, row.id, k)
