@@ -187,6 +187,33 @@ def test_small_budget_stretches_the_interval_and_holds_the_cpu_share(tmp_path: P
     assert all(us <= 1_000_000 for us in counters)
 
 
+def test_the_sampler_paces_itself_by_its_cpu_over_time_not_by_its_last_ticks() -> None:
+    """The first tick that meets a program's new threads can cost ~10 ms (pure core, a
+    loaded machine): pacing by an average cost per tick then kept the sampler at a tick
+    a second for seconds, and the pure core missed the GIL holds gil-hog looks for. Now
+    that is paid from the credit of a quiet start; steady ticks settle at cost / budget;
+    a one-off spike (a GC the tick started) counts 3x the average at most; a lasting
+    rise slows the sampler, and when it is over the pace is back at once."""
+    ms = 1_000_000
+    sampler = StackSampler(interval=0.01, cpu_budget=0.01)
+
+    def tick(cost: int) -> float:
+        sampler._adapt(cost, round(sampler.current_interval * 1e9))
+        return sampler.current_interval
+
+    tick(5 * ms)  # the first tick: start-up, not counted
+    assert tick(9 * ms) == 0.01  # the costly first sight of the threads, from the credit
+    for _ in range(60):  # steady ticks costing 0.3 ms: 3% at 10 ms apart, so 30 ms apart
+        steady = tick(ms * 3 // 10)
+    assert steady == pytest.approx(0.03, rel=0.05)
+    assert tick(55 * ms) == pytest.approx(0.09, rel=0.1)  # a GC in the tick: 3x at most
+    assert tick(ms * 3 // 10) == pytest.approx(0.03, rel=0.1)
+    for _ in range(20):  # the ticks really cost 3 ms now (hundreds of threads)
+        slow = tick(3 * ms)
+    assert slow == pytest.approx(0.3, rel=0.05)
+    assert tick(ms * 3 // 10) == pytest.approx(0.03, rel=0.1)  # and back at once
+
+
 def test_a_thread_that_ends_between_ticks_reports_the_cpu_of_its_whole_life(tmp_path: Path) -> None:
     """A thread per request lives a few ms: it can start and end between two ticks (or
     all of a run, with the budget slowing the sampler). Its CPU is not lost: its exit

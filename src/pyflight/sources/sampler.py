@@ -66,6 +66,9 @@ MAX_INTERVAL: Final = 1.0
 COST_SMOOTHING: Final = 0.2
 #: One tick's cost counts at most this many times the average (see ``_adapt``).
 OUTLIER_FACTOR: Final = 3.0
+#: The CPU the sampler may spend ahead of its budget: this many seconds of its allowance
+#: (see ``_adapt``): one costly tick is paid for once, not stretched over many.
+BURST_SECONDS: Final = 1.0
 #: A new interval is recorded when it differs from the last recorded one by more than this.
 REPORT_CHANGE: Final = 0.2
 #: Each wait is the interval +-10%, so periodic work in the program does not alias.
@@ -245,6 +248,8 @@ class StackSampler(Source):
         self.samples = 0
         self.cpu_ns = 0
         self._cost_ns: float | None = None  # moving average of the CPU cost of a tick
+        # CPU ns the sampler may still spend (``_adapt``): a full allowance to start with
+        self._credit_ns = self.cpu_budget * BURST_SECONDS * 1e9
         self._warm = False
         self._reported_us = 0
         self._proc_ok = self.thread_state and _proc_available()
@@ -299,6 +304,7 @@ class StackSampler(Source):
         self._pid = os.getpid()
         self.current_interval = self.interval
         self._cost_ns = None
+        self._credit_ns = self.cpu_budget * BURST_SECONDS * 1e9
         self._warm = False
         self._seen = []
         self._last_tick_ns = 0
@@ -403,6 +409,7 @@ class StackSampler(Source):
         fd = self._wake_fd
         try:
             last = thread_time()
+            last_wall = time.monotonic_ns()
             while True:
                 timeout = self.current_interval * (1.0 + JITTER * (2.0 * jitter() - 1.0))
                 if native_wait is not None:
@@ -413,9 +420,9 @@ class StackSampler(Source):
                     return
                 try:
                     self._tick(me)
-                    now = thread_time()
-                    self._adapt(now - last)  # the whole cycle: waking up counts too
-                    last = now
+                    now, now_wall = thread_time(), time.monotonic_ns()
+                    self._adapt(now - last, now_wall - last_wall)  # waking up counts too
+                    last, last_wall = now, now_wall
                 except Exception as exc:
                     if not self._stopping:
                         self.failed(exc)
@@ -423,22 +430,34 @@ class StackSampler(Source):
         finally:
             self._close_files()
 
-    def _adapt(self, cost: int) -> None:
-        """Stretch the interval so that the average cost per tick stays within budget."""
+    def _adapt(self, cost: int, elapsed: int) -> None:
+        """Pace the ticks so that the sampler's CPU stays within its budget over time.
+
+        A credit (a token bucket) grows by the budget's share of the wall time that
+        passed, up to ``BURST_SECONDS`` of it, and each tick spends its cost; the next
+        wait is long enough to repay any debt. Steady ticks costing ``c`` settle at
+        ``c / budget`` apart; one costly tick is absorbed, or repaid by one long wait,
+        not by seconds of slow sampling, as pacing by an average cost per tick did.
+
+        One tick can pay for a garbage collection its allocations happened to start (55
+        ms over a program's big lists): the program's cost, not the sampler's. So a
+        tick spends at most ``OUTLIER_FACTOR`` times the running average (a lasting rise
+        still lifts the average by a third of itself per tick), and the first tick
+        measured, with no average yet, at most the credit there is."""
         self.ticks += 1
         self.cpu_ns += cost
         if not self._warm:
             self._warm = True  # the first tick pays for thread start-up and first-seen threads
             return
+        budget = self.cpu_budget
+        credit = min(self._credit_ns + budget * elapsed, budget * BURST_SECONDS * 1e9)
         avg = self._cost_ns
-        if avg is not None:
-            # One tick can pay for a garbage collection its allocations happened to start
-            # (55 ms over a program's big lists): the program's cost, not the sampler's.
-            # A lasting rise still lifts the average by a third of itself per tick.
-            cost = min(cost, int(OUTLIER_FACTOR * avg) + 1)
-        avg = float(cost) if avg is None else avg + COST_SMOOTHING * (cost - avg)
-        self._cost_ns = avg
-        self.current_interval = min(MAX_INTERVAL, max(self.interval, avg / 1e9 / self.cpu_budget))
+        spent = min(cost, max(credit, 0.0)) if avg is None else min(cost, OUTLIER_FACTOR * avg + 1)
+        self._cost_ns = float(spent) if avg is None else avg + COST_SMOOTHING * (spent - avg)
+        credit -= spent
+        self._credit_ns = credit
+        debt_s = -credit / budget / 1e9 if credit < 0 else 0.0
+        self.current_interval = min(MAX_INTERVAL, max(self.interval, debt_s))
         self._report_interval()
 
     def _report_interval(self, force: bool = False) -> None:
