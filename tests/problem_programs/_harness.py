@@ -11,9 +11,12 @@ program may set ``PYFLIGHT_SOURCE_OPTIONS`` (dict) for source options;
 from __future__ import annotations
 
 import ast
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 from pyflight.recorder import FlightRecorder
 
@@ -37,6 +40,10 @@ def main() -> int:
     recorder = FlightRecorder(
         min_age=60, max_bytes=64 * 2**20, source_options=_options(program), **unbudgeted
     )
+    # the program's temporary files (its databases) go in a directory removed at the end:
+    # thousands of runs must not pile up in /tmp
+    scratch = tempfile.mkdtemp(prefix="pyflight-program-")
+    tempfile.tempdir = scratch
     recorder.start()
     try:
         spec = importlib.util.spec_from_file_location("problem_program", program)
@@ -48,6 +55,7 @@ def main() -> int:
     finally:
         recorder.write_to(out)
         recorder.stop()
+        atexit.register(shutil.rmtree, scratch, True)  # at exit: the program may still hold files open
     return 0
 
 
