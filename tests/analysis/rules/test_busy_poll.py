@@ -45,3 +45,21 @@ def test_a_thread_polling_with_short_sleeps_is_named_and_one_pacing_work_is_not(
 def test_threads_that_sleep_between_work_are_not_polling(program: str, tmp_path: Path) -> None:
     findings = findings_of(record_named(program, tmp_path))
     assert not [f for f in findings if f.rule == "busy-poll"], [(f.rule, f.title) for f in findings]
+
+
+def test_threads_polling_with_short_timeouts_are_named_and_honest_waits_are_not(tmp_path: Path) -> None:
+    """``Event.wait(0.002)`` and ``queue.get(timeout=0.005)`` in loops are polls (waits that
+    time out, nobody woke them); ``queue.get()`` and a heartbeat's ``stop.wait(0.2)`` are not."""
+    path = record_named("busy_poll_timeouts_threads", tmp_path)
+    polls = {f.evidence["thread"]: f for f in findings_of(path) if f.rule == "busy-poll"}
+    assert sorted(polls) == ["consume-results", "dispatch"], [(f.title, f.evidence) for f in polls.values()]
+    program = PROGRAMS / "busy_poll_timeouts_threads.py"
+    dispatch, consume = polls["dispatch"], polls["consume-results"]
+    assert dispatch.culprit is not None and dispatch.culprit.function == "dispatch"
+    assert dispatch.culprit.line == marked_line(program, "while not job_done.wait(0.002)")
+    assert dispatch.evidence["waits_in"] == "Event.wait" and "Event.wait" in dispatch.title
+    assert consume.culprit is not None and consume.culprit.function == "consume_results"
+    assert consume.culprit.line == marked_line(program, "results.get(timeout=0.005)")
+    assert consume.evidence["waits_in"] == "Queue.get"
+    assert consume.evidence["sleeps_per_second"] >= 100, consume.evidence
+    assert "without a timeout" in consume.hint and "sentinel" in consume.hint

@@ -69,24 +69,53 @@ def _frame_of(model: Model, coro: str) -> Frame | None:
     return max(seen, key=lambda f: (seen[f], -f.line)) if seen else None
 
 
+_SLEEP_HINT = (
+    "A loop of short sleeps that checks a flag, a result or a file wakes the thread over "
+    "and over, and sees the change up to a sleep late. Wait for it instead: a "
+    "threading.Event the producer sets, `queue.Queue.get()`, a Condition, "
+    "`future.result()` or `concurrent.futures.wait()`: they wake once, at once. If polling "
+    "is the only way (an outside resource), sleep longer, or back off."
+)
+_TIMEOUT_HINT = (
+    "{call} with a short timeout in a loop wakes the thread over and over though it would "
+    "be woken the moment the thing arrives. Wait without a timeout (or a long one: a "
+    "second, to check for shutdown), and stop the thread by setting the Event or putting a "
+    "sentinel on the queue."
+)
+
+
+def _polling_waits(model: Model) -> dict[int, dict[tuple[Frame, str], list[tuple[int, int]]]]:
+    """Per thread, per (user line, what it called): its short sleeps and its short waits
+    that timed out (an ``Event.wait(0.002)`` or ``queue.get(timeout=...)`` that nobody
+    ended: no waker), in time order."""
+    out: dict[int, dict[tuple[Frame, str], list[tuple[int, int]]]] = {}
+    for block in model.blocks:
+        if block.end - block.start > MAX_POLL_SLEEP or not block.stack:
+            continue  # a wait without its stack has no line to group it by
+        if block.reason is BlockReason.SLEEP:
+            call = "sleep"
+        elif block.reason is BlockReason.CONDITION and not block.waker:
+            call = block.stack[0].function
+        else:
+            continue
+        site = user_frame(block.stack)
+        if site is not None:
+            out.setdefault(block.tid, {}).setdefault((site, call), []).append((block.start, block.end))
+    for sites in out.values():
+        for waits in sites.values():
+            waits.sort()
+    return out
+
+
 def _sleep_polls(model: Model) -> list[Finding]:
-    """Threads waking many times a second from short sleeps at one line, doing almost
-    nothing in between: each wake-up costs a trip through the scheduler (tens of us of
-    CPU on a VM) and the thing waited for is seen up to a sleep late."""
+    """Threads waking many times a second from short sleeps, or short waits that time
+    out, at one line, doing almost nothing in between: each wake-up costs a trip through
+    the scheduler (tens of us of CPU on a VM) and the thing waited for is seen up to a
+    sleep late."""
     out: list[Finding] = []
+    polls = _polling_waits(model)
     for thread in user_threads(model):
-        sites: dict[Frame, list[tuple[int, int]]] = {}
-        for iv in thread.intervals:
-            if (
-                iv.state is State.BLOCKED
-                and iv.reason is BlockReason.SLEEP
-                and iv.end - iv.start <= MAX_POLL_SLEEP
-                and iv.stack  # a sleep without its stack has no line to group it by
-            ):
-                site = user_frame(iv.stack)
-                if site is not None:
-                    sites.setdefault(site, []).append((iv.start, iv.end))
-        for site, sleeps in sites.items():
+        for (site, call), sleeps in polls.get(thread.tid, {}).items():
             if len(sleeps) < MIN_POLL_RATE * MIN_SPAN / SECOND:
                 continue
             start, end = sleeps[0][0], sleeps[-1][1]
@@ -113,12 +142,17 @@ def _sleep_polls(model: Model) -> list[Finding]:
                 )
             )
             name = thread_name(model, thread.tid)
+            waits = (
+                f"{len(sleeps):,} sleeps of {fmt_ns(median)}"
+                if call == "sleep"
+                else f"{len(sleeps):,} {call} calls that timed out after {fmt_ns(median)}"
+            )
             out.append(
                 Finding(
                     rule="busy-poll",
                     score=score,
                     title=(
-                        f"Thread {name} polls: {len(sleeps):,} sleeps of {fmt_ns(median)} (median) in "
+                        f"Thread {name} polls: {waits} (median) in "
                         f"{fmt_ns(span)} in {site.function}, waking {rate:,.0f} times a second to check"
                     ),
                     culprit=Culprit.of(site),
@@ -128,11 +162,12 @@ def _sleep_polls(model: Model) -> list[Finding]:
                             span,
                             name,
                             "",
-                            f"{len(sleeps):,} sleeps of {fmt_ns(median)}, running {fmt_ns(running)} in all",
+                            f"{waits}, running {fmt_ns(running)} in all",
                         )
                     ],
                     evidence={
                         "thread": name,
+                        "waits_in": call,
                         "sleeps": len(sleeps),
                         "sleeps_per_second": round(rate),
                         "median_sleep_ns": int(median),
@@ -140,14 +175,7 @@ def _sleep_polls(model: Model) -> list[Finding]:
                         "asleep_share": round(asleep / (asleep + running), 3),
                         "running_ns": running,
                     },
-                    hint=(
-                        "A loop of short sleeps that checks a flag, a result or a file wakes the "
-                        "thread over and over, and sees the change up to a sleep late. Wait for it "
-                        "instead: a threading.Event the producer sets, `queue.Queue.get()`, a "
-                        "Condition, `future.result()` or `concurrent.futures.wait()`: they wake "
-                        "once, at once. If polling is the only way (an outside resource), sleep "
-                        "longer, or back off."
-                    ),
+                    hint=_SLEEP_HINT if call == "sleep" else _TIMEOUT_HINT.format(call=call),
                 )
             )
     return out
