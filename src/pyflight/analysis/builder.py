@@ -113,6 +113,11 @@ class Builder:
         self.open_regions: dict[tuple[int, int], list[Region]] = {}  # (thread, task) -> open regions
         self.site_stacks: dict[int, Stack] | None = None  # TASK_BLOCK site -> a stack recorded for it
         self.blocks: list[Block] = []
+        # LOCK_HELD: Python ident -> native tid (THREAD_START / THREAD_INFO), and the holder
+        # of the lock each (thread, wait start) waited for
+        self.idents: dict[int, int] = {}
+        self.lock_held: dict[int, tuple[int, int]] = {}  # tid -> (obj, holder ident), next wait
+        self.holders: dict[tuple[int, int], int] = {}  # (tid, wait start) -> holder ident
         self.marks: list[Event] = []  # THREAD_EXCEPTION, TRIGGER
         self.pool_events: list[Event] = []  # POOL_JOB_QUEUED / BEGIN / END, in time order
         self.handlers = self._handler_table()
@@ -142,6 +147,7 @@ class Builder:
             Kind.BLOCK_BEGIN: self.block_begin,
             Kind.BLOCK_END: self.block_end,
             Kind.WAKE: self.wake,
+            Kind.LOCK_HELD: self.lock_held_by,
             Kind.GC_BEGIN: self.gc_begin,
             Kind.GC_END: self.gc_end,
             Kind.COUNTER: self.counter,
@@ -449,8 +455,16 @@ class Builder:
         self.stall_events.append((t, loop, task_id, duration, program_stack(stack)))
 
     def block_begin(self, e: Event, th: ThreadMachine) -> None:
-        _kind, t, _tid, reason, obj, stack = e
+        _kind, t, tid, reason, obj, stack = e
         th.push(t, [BLOCKED, _REASONS.get(reason, _OTHER), obj, program_stack(stack), "", t, False])
+        if self.lock_held:
+            held = self.lock_held.pop(tid, None)
+            if held is not None and held[0] == obj:
+                self.holders[(tid, t)] = held[1]
+
+    def lock_held_by(self, e: Event, th: ThreadMachine) -> None:
+        _kind, _t, tid, obj, holder = e
+        self.lock_held[tid] = (obj, holder)
 
     def block_end(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, reason_v, obj, waker = e
@@ -459,7 +473,8 @@ class Builder:
         woken = False
         if entry is not None:
             woken = entry[6]
-            self.blocks.append(Block(tid, entry[5], t, reason, obj, waker, entry[3]))
+            holder = self._holder(tid, entry[5]) if self.holders else 0
+            self.blocks.append(Block(tid, entry[5], t, reason, obj, waker, entry[3], holder))
         elif th.retro(t, BLOCKED, reason, obj):
             self.blocks.append(Block(tid, -1, t, reason, obj, waker, ()))  # -1: the thread's start
         elif not th.touched:
@@ -503,8 +518,16 @@ class Builder:
             series = self.counters[name] = []
         series.append((t, value))
 
+    def _holder(self, tid: int, start: int) -> int:
+        """The native tid of the holder of the lock the wait of ``tid`` from ``start`` was
+        for (its LOCK_HELD), 0 if not known."""
+        ident = self.holders.pop((tid, start), 0)
+        return self.idents.get(ident, 0) if ident else 0
+
     def thread_start(self, e: Event, th: ThreadMachine) -> None:
-        _kind, t, tid, target_tid, _name, _ident, _parent = e
+        _kind, t, tid, target_tid, _name, ident, _parent = e
+        if ident:
+            self.idents[ident] = target_tid or tid
         target = self.thread_of(target_tid or tid)
         if target.start_evt < 0:
             target.start_evt = t
@@ -517,6 +540,8 @@ class Builder:
     def thread_info(self, e: Event, th: ThreadMachine) -> None:
         """THREAD_INFO and THREAD_NAME: the thread was alive then."""
         target = self.thread_of(e.arg("tid") or e.thread)
+        if e.kind is Kind.THREAD_INFO and e.arg("ident"):
+            self.idents[e.arg("ident")] = target.tid
         if target.first < 0:
             target.first = e.time
         target.info_last = e.time
@@ -616,7 +641,8 @@ class Builder:
             for entry in th.stack:
                 if entry[0] is BLOCKED:
                     begin = min(max(entry[5], tl.start), tl.end)
-                    out.append(Block(tid, begin, tl.end, entry[1], entry[2], 0, entry[3]))
+                    holder = self._holder(tid, entry[5]) if self.holders else 0
+                    out.append(Block(tid, begin, tl.end, entry[1], entry[2], 0, entry[3], holder))
         out.sort(key=lambda b: b.start)
         return out
 

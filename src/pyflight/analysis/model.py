@@ -91,7 +91,9 @@ class IntervalColumns(NamedTuple):
 class Block(NamedTuple):
     """One thread block whole, from BLOCK_BEGIN to BLOCK_END (the thread's intervals cut
     it where a GC pause or the wake-up falls); ``waker`` the thread that ended it, 0 if
-    unknown; a block still open at the end of the thread's timeline ends there."""
+    unknown; a block still open at the end of the thread's timeline ends there.
+    ``holder``: for a lock wait, the thread that held the lock as the wait began (its
+    LOCK_HELD; C core), 0 if not known."""
 
     tid: int
     start: int
@@ -100,6 +102,7 @@ class Block(NamedTuple):
     obj: int
     waker: int
     stack: Stack
+    holder: int = 0
 
 
 class Step(NamedTuple):

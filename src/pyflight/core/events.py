@@ -44,6 +44,7 @@ class Kind(enum.IntEnum):
     BLOCK_BEGIN = 30
     BLOCK_END = 31
     WAKE = 32
+    LOCK_HELD = 33
     # garbage collector
     GC_BEGIN = 40
     GC_END = 41
@@ -135,6 +136,10 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     Kind.BLOCK_END: _args("reason:u obj:u waker:u"),
     # the recording thread wakes thread `target` (or task `task` if not 0)
     Kind.WAKE: _args("target:u task:u reason:u obj:u"),
+    # the lock `obj` the recording thread is about to wait for (its BLOCK_BEGIN follows) is
+    # held by the thread of Python ident `holder` (threading.get_ident(): THREAD_INFO and
+    # THREAD_START map it to a native tid); C core only, locks held through its wrapper
+    Kind.LOCK_HELD: _args("obj:u holder:u"),
     Kind.GC_BEGIN: _args("generation:u"),
     Kind.GC_END: _args("generation:u collected:u uncollectable:u"),
     # recorded by the sampler thread about thread `tid`; state is a ThreadState; cpu the

@@ -8,7 +8,10 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   where ``threading.Lock`` is a function, by a C function making a ``TracedLock``). An
   uncontended acquire is one call of the inner lock and records nothing; only a
   contended acquire that may block records BLOCK(LOCK, id(lock), stack), and its
-  BLOCK_END names the thread that released the lock last (``waker``).
+  BLOCK_END names the thread that released the lock last (``waker``). The wrapper keeps
+  the Python ident of the thread that acquired it last (``pthread_self``, a few
+  instructions per acquire), and a contended acquire first records LOCK_HELD(id(lock),
+  that ident): who held the lock as the wait began (the ``deadlock`` rule's evidence).
   ``threading._allocate_lock`` (Condition.wait's private waiter locks) is not a traced
   lock: that wait is recorded once, as CONDITION.
 - ``threading.Condition.wait`` (so ``queue.Queue``, ``Event``, ``Semaphore``,
@@ -88,6 +91,7 @@ from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source
 
 _BLOCK_BEGIN = int(Kind.BLOCK_BEGIN)
+_LOCK_HELD = int(Kind.LOCK_HELD)
 _BLOCK_END = int(Kind.BLOCK_END)
 _WAKE = int(Kind.WAKE)
 _CONDITION = int(BlockReason.CONDITION)
@@ -224,7 +228,7 @@ class BlockingSource(Source):
             raise ValueError(f"{STACK_MIN_US_OPTION} must be >= 0, not {stack_min_us}")
         c = _c_core()
         if c is not None:
-            expected = (_BLOCK_BEGIN, _BLOCK_END, _WAKE, int(BlockReason.LOCK), _CONDITION)
+            expected = (_BLOCK_BEGIN, _BLOCK_END, _WAKE, int(BlockReason.LOCK), _CONDITION, _LOCK_HELD)
             if tuple(c._BLOCKING_CONSTANTS) != expected:
                 raise RuntimeError(
                     f"C core constants {c._BLOCKING_CONSTANTS} != {expected}: rebuild pyflight"

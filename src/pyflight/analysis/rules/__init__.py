@@ -18,6 +18,7 @@ from pyflight.analysis.rules import (
     busy_poll,
     cpu_hotspot,
     data_loss,
+    deadlock,
     gc_pauses,
     gil_hog,
     io_wait,
@@ -47,6 +48,7 @@ RULES: dict[str, Rule] = {
     for rule in (
         loop_blocked.RULE,
         loop_starved.RULE,
+        deadlock.RULE,
         lock_contention.RULE,
         queue.RULE,
         gc_pauses.RULE,

@@ -26,6 +26,7 @@ from pyflight.analysis.rules._waits import (
     task_life,
     wakers,
 )
+from pyflight.analysis.rules.deadlock import deadlocked_waits
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns, pct
@@ -36,7 +37,14 @@ _LOCK_RAMP = [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]
 
 def rule_lock_contention(model: Model) -> list[Finding]:
     out: list[Finding] = []
-    for c in contentions(blocked_waits(model, BlockReason.LOCK), lambda t: t.tid, lifetime):
+    # a lock-order inversion is the deadlock rule's (its waits are no queue on one lock)
+    deadlocked = deadlocked_waits(model)
+    lock_waits = [
+        (t, iv)
+        for t, iv in blocked_waits(model, BlockReason.LOCK)
+        if not any(tid == t.tid and start <= iv.start < end for tid, start, end in deadlocked)
+    ]
+    for c in contentions(lock_waits, lambda t: t.tid, lifetime):
         obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
         worst_t, worst, where = c.worst_waiter, c.worst, c.where
         holders = wakers(model, BlockReason.LOCK, {obj})

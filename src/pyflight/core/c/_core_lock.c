@@ -43,6 +43,7 @@
 #define K_BLOCK_BEGIN 30
 #define K_BLOCK_END 31
 #define K_WAKE 32
+#define K_LOCK_HELD 33
 #define R_LOCK 1
 #define R_CONDITION 2
 #define R_SLEEP 3
@@ -184,6 +185,14 @@ static void record_block_begin(uint64_t reason, const void *obj) {
     pyfl_record_stack(K_BLOCK_BEGIN, 3, v, 2, PyEval_GetFrame());
 }
 
+/* Records LOCK_HELD(obj, holder): the lock this thread is about to wait for is held by
+ * the thread of Python ident `holder` (the deadlock rule follows these). Must be called
+ * with no exception set; returns with none set. */
+static void record_lock_held(const void *obj, unsigned long holder) {
+    uint64_t v[2] = {(uint64_t)(uintptr_t)obj, (uint64_t)holder};
+    pyfl_record_ints(K_LOCK_HELD, 2, v);
+}
+
 /* Records BLOCK_END(reason, obj, waker). Safe with an exception pending (kept as is);
  * never raises. */
 static void record_block_end(uint64_t reason, const void *obj, uint64_t waker) {
@@ -239,6 +248,9 @@ typedef struct {
     Py_ssize_t blocked;   /* threads between a failed try and the end of their blocking acquire */
     uint64_t waker;       /* tid of the last thread that released while blocked > 0 */
     uint64_t wakes;       /* how many such releases: tells a blocked thread whether `waker` is news */
+    unsigned long owner;  /* Python ident of the thread that acquired it last, 0 once released:
+                           * pthread_self(), a few instructions on every acquire (the native tid
+                           * is a TLS lookup); the trace's THREAD_INFO/START map it to the tid */
 } TracedLock;
 
 static PyTypeObject TracedLockType, TracedRLockType;
@@ -347,7 +359,10 @@ static int acquire_may_block(PyObject *const *args, Py_ssize_t nargs, PyObject *
 
 /* After an inner acquire call: counts a successful acquisition; returns r. */
 static inline PyObject *acquired(TracedLock *self, PyObject *r) {
-    if (r == Py_True) self->held++;
+    if (r == Py_True) {
+        self->held++;
+        self->owner = PyThread_get_thread_ident();
+    }
     return r;
 }
 
@@ -369,7 +384,10 @@ static PyObject *tl_acquire(TracedLock *self, PyObject *const *args, Py_ssize_t 
     self->blocked++;
     uint64_t wakes = self->wakes;
     int record = !tls_in_wait;
-    if (record) record_block_begin(R_LOCK, self);
+    if (record) {
+        if (self->owner) record_lock_held(self, self->owner);
+        record_block_begin(R_LOCK, self);
+    }
     r = acquired(self, PyObject_Vectorcall(self->acquire, args, (size_t)nargs, kwnames));
     self->blocked--;
     if (record && recording())
@@ -383,7 +401,7 @@ static PyObject *tl_enter(TracedLock *self, PyObject *unused) { return tl_acquir
 /* After a successful release: one acquisition less, and if a thread is blocked on this
  * lock, remember who released it. */
 static inline void note_release(TracedLock *self) {
-    if (self->held > 0) self->held--;
+    if (self->held > 0 && --self->held == 0) self->owner = 0;
     if (self->blocked > 0) {
         self->waker = my_tid();
         self->wakes++;
@@ -428,6 +446,7 @@ static PyObject *tl_release_save(TracedLock *self, PyObject *const *args, Py_ssi
     if (r) {
         note_release(self);
         self->held = 0;
+        self->owner = 0;
     }
     return r;
 }
@@ -449,6 +468,7 @@ static PyObject *tl_acquire_restore(TracedLock *self, PyObject *const *args, Py_
             }
         }
         self->held = depth;
+        self->owner = PyThread_get_thread_ident();
     }
     return r;
 }
@@ -1048,7 +1068,8 @@ int pyfl_lock_init(PyObject *mod) {
         }
 #endif
     }
-    PyObject *constants = Py_BuildValue("(iiiii)", K_BLOCK_BEGIN, K_BLOCK_END, K_WAKE, R_LOCK, R_CONDITION);
+    PyObject *constants =
+        Py_BuildValue("(iiiiii)", K_BLOCK_BEGIN, K_BLOCK_END, K_WAKE, R_LOCK, R_CONDITION, K_LOCK_HELD);
     if (!constants) return -1;
     int added = PyModule_AddObjectRef(mod, "_BLOCKING_CONSTANTS", constants);
     Py_DECREF(constants);
