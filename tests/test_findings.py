@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from programs import record_named
+from programs import PROGRAMS, marked_line, record_named
 from pyflight import core
 from pyflight.analysis import build
 from pyflight.analysis.frames import is_library, user_frame
@@ -37,6 +37,7 @@ CASES: dict[str, tuple[str, str]] = {
     "lock_convoy_asyncio": ("lock-contention", "refresh_session"),
     "lock_convoy_asyncio_acquire": ("lock-contention", "Connection.send_frame"),
     "semaphore_bound_asyncio": ("lock-contention", "call_downstream"),
+    "semaphore_bound_threads": ("lock-contention", "call_partner"),
     "queue_full_asyncio": ("queue-backlog", "slow_consume"),
     "queue_full_asyncio_cpu": ("queue-backlog", "parse_record|consume"),
     "queue_full": ("queue-backlog", "slow_consume"),
@@ -56,8 +57,14 @@ CASES: dict[str, tuple[str, str]] = {
 #: Locks are only traced by the C core (docs: sources/blocking.py); without it the
 #: waits show as ``untraced-wait`` (off-CPU samples in user code).
 NEEDS_C_CORE = {"lock-contention"}
-#: asyncio locks are traced by the asyncio source, with either core.
-ASYNCIO_LOCKS = {"lock_convoy_asyncio", "lock_convoy_asyncio_acquire", "semaphore_bound_asyncio"}
+#: asyncio locks are traced by the asyncio source, and a threading.Semaphore's waits are
+#: Condition waits: with either core.
+ASYNCIO_LOCKS = {
+    "lock_convoy_asyncio",
+    "lock_convoy_asyncio_acquire",
+    "semaphore_bound_asyncio",
+    "semaphore_bound_threads",
+}
 HEALTHY = ["healthy", "healthy_asyncio"]
 SECOND_NS = 1_000_000_000
 
@@ -172,6 +179,15 @@ def test_a_semaphore_queue_is_told_as_the_bound_it_is(recorded: dict[str, Path])
     assert "or a Semaphore if" not in semaphore.hint
     lock = next(f for f in _findings(recorded["lock_convoy_asyncio"]) if f.rule == "lock-contention")
     assert lock.evidence["kind"] == "asyncio.Lock" and "finer-grained lock" in lock.hint
+    # threads queueing for a threading.BoundedSemaphore's slots: the same story, where the
+    # holders spend the slot, and no worker blamed for "holding the item" too long
+    findings = _findings(recorded["semaphore_bound_threads"])
+    threads = next(f for f in findings if f.rule == "lock-contention")
+    assert threads.evidence["kind"] == "threading.Semaphore", threads.evidence
+    assert "threading.Semaphore" in threads.title and "raise its limit" in threads.hint
+    call = marked_line(PROGRAMS / "semaphore_bound_threads.py", "urllib.request.urlopen(url")
+    assert str(threads.evidence["held_at"]).endswith(f"semaphore_bound_threads.py:{call})"), threads.evidence
+    assert not [f for f in findings if f.rule == "stalled-holder"], _describe(findings)
 
 
 def test_no_rule_fails_on_any_program(recorded: dict[str, Path]) -> None:

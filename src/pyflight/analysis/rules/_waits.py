@@ -55,6 +55,26 @@ def blocked_waits(model: Model, reason: BlockReason) -> list[tuple[ThreadTimelin
     return out
 
 
+def semaphore_conditions(model: Model) -> set[int]:
+    """The ``obj`` of every Condition that is a ``threading.Semaphore``'s (a wait on it
+    with a stack was in ``Semaphore.acquire``; ``BoundedSemaphore`` too): waits on those
+    are waits for one of a fixed number of slots, not for an item or a notification."""
+    memo = Queries.of(model).memo
+    found: set[int] | None = memo.get("semaphore_conditions")
+    if found is None:
+        found = set()
+        for b in model.blocks:
+            if (
+                b.reason is BlockReason.CONDITION
+                and b.stack
+                and b.stack[0].function == "Semaphore.acquire"
+                and b.stack[0].file.endswith("threading.py")
+            ):
+                found.add(b.obj)
+        memo["semaphore_conditions"] = found
+    return found
+
+
 def wakers(model: Model, reason: BlockReason, objs: set[int]) -> Counter[int]:
     counts: Counter[int] = Counter()
     for wake in model.wakes:

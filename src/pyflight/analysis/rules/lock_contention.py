@@ -6,12 +6,13 @@ import itertools
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
+    from pyflight.analysis.model import Interval, Model, ThreadTimeline
 from pyflight.analysis.frames import top_frame, user_frame
 from pyflight.analysis.queries import lifetime, samples_in, seconds_since_start, thread_name
 from pyflight.analysis.rules._waits import (
@@ -20,6 +21,7 @@ from pyflight.analysis.rules._waits import (
     blocked_waits,
     contentions,
     gil_bound,
+    semaphore_conditions,
     task_activity,
     task_blocked_waits,
     task_label_of,
@@ -30,6 +32,20 @@ from pyflight.analysis.rules.deadlock import deadlocked_waits
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns, pct
+
+_LOCK_HINT = (
+    "Threads queue up on one lock. Hold it for less time (compute outside the `with lock:` "
+    "block, copy then release), split it into finer locks, or hand work over with a queue "
+    "instead of sharing state."
+)
+# a semaphore is there to bound something: waiting on it is the bound at work
+_SEMAPHORE_HINT = (
+    "Threads queue up on one threading.Semaphore, which lets only a fixed number of threads "
+    "in at once. If what it bounds (a downstream service, a connection pool, a rate limit) "
+    "can take more at once, raise its limit; if not, the queue is the bound doing its job: "
+    "keep only the bounded call inside `with semaphore:` and let callers feel the "
+    "back-pressure sooner (a timeout on acquire, a bounded queue in front)."
+)
 
 #: Lock contention score by the waiters' share of life spent waiting.
 _LOCK_RAMP = [(0.02, 15), (0.05, 30), (0.2, 60), (0.4, 80), (0.7, 95)]
@@ -44,23 +60,48 @@ def rule_lock_contention(model: Model) -> list[Finding]:
         for t, iv in blocked_waits(model, BlockReason.LOCK)
         if not any(tid == t.tid and start <= iv.start < end for tid, start, end in deadlocked)
     ]
+    out.extend(_thread_contention(model, lock_waits, BlockReason.LOCK))
+    semaphores = semaphore_conditions(model)
+    if semaphores:
+        waits = [(t, iv) for t, iv in blocked_waits(model, BlockReason.CONDITION) if iv.obj in semaphores]
+        out.extend(_thread_contention(model, waits, BlockReason.CONDITION))
+    out.extend(_asyncio_lock_contention(model))
+    return out
+
+
+def _thread_contention(
+    model: Model, lock_waits: list[tuple[ThreadTimeline, Interval]], reason: BlockReason
+) -> list[Finding]:
+    """Threads queueing on one lock (LOCK) or for a slot of one threading.Semaphore
+    (CONDITION waits in ``Semaphore.acquire``)."""
+    out: list[Finding] = []
+    semaphore = reason is BlockReason.CONDITION
     for c in contentions(lock_waits, lambda t: t.tid, lifetime):
         obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
         worst_t, worst, where = c.worst_waiter, c.worst, c.where
-        holders = wakers(model, BlockReason.LOCK, {obj})
+        holders = wakers(model, reason, {obj})
         # where the holders were while others waited
         held: Counter[Frame] = Counter()
         for _, iv in waits:
             for tid in holders:
                 for sample in samples_in(model, tid, iv.start, iv.end):
+                    if sample.state is State.BLOCKED and sample.reason is reason:
+                        continue  # waiting its own turn then, not holding
                     frame = user_frame(sample.stack)
                     if frame is not None:
                         held[frame] += 1
         holder_frame = top_frame(held)
         score = clamp_score(ramp(share, _LOCK_RAMP))
-        title = f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
+        title = (
+            f"Semaphore contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a slot of "
+            "a threading.Semaphore"
+            if semaphore
+            else f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
+        )
         if where:
             title += f" in {where.function}"
+        if semaphore and holder_frame is not None:
+            title += f", its holders meanwhile in {holder_frame.function} (line {holder_frame.line})"
         busy = gil_bound(model, waits)
         if busy is not None:
             score = min(score, GIL_BOUND_SCORE)
@@ -76,6 +117,7 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                 culprit=Culprit.of(where),
                 evidence={
                     "lock": obj,
+                    "kind": "threading.Semaphore" if semaphore else "threading.Lock",
                     "waits": len(waits),
                     "wait_ns": total,
                     "wait_share": round(share, 4),
@@ -94,20 +136,15 @@ def rule_lock_contention(model: Model) -> list[Finding]:
                             iv.end - iv.start,
                             thread.name or f"thread {thread.tid}",
                             "",
-                            "waited for the lock",
+                            "waited for a slot" if semaphore else "waited for the lock",
                         )
                         for thread, iv in waits
                     ]
                 ),
                 hint=(GIL_BOUND_HINT if busy is not None else "")
-                + (
-                    "Threads queue up on one lock. Hold it for less time (compute outside the "
-                    "`with lock:` block, copy then release), split it into finer locks, or hand "
-                    "work over with a queue instead of sharing state."
-                ),
+                + (_SEMAPHORE_HINT if semaphore else _LOCK_HINT),
             )
         )
-    out.extend(_asyncio_lock_contention(model))
     return out
 
 

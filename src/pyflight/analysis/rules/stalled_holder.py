@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pyflight.analysis.frames import by_function, user_frame, wait_name
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import seconds_since_start, thread_name, user_threads
+from pyflight.analysis.rules._waits import semaphore_conditions
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
@@ -61,10 +62,17 @@ def _handed_to(
 
 def rule_stalled_holder(model: Model) -> list[Finding]:
     threads = user_threads(model)
+    # a Semaphore's slots are no item handed around: lock-contention tells those waits
+    semaphores = semaphore_conditions(model)
     waits_on: dict[int, list[tuple[int, Interval]]] = defaultdict(list)  # obj -> (tid, interval)
     for thread in threads:
         for iv in thread.intervals:
-            if iv.state is State.BLOCKED and iv.reason is BlockReason.CONDITION and iv.obj:
+            if (
+                iv.state is State.BLOCKED
+                and iv.reason is BlockReason.CONDITION
+                and iv.obj
+                and iv.obj not in semaphores
+            ):
                 waits_on[iv.obj].append((thread.tid, iv))
     wakes_by: dict[int, list[tuple[int, int]]] = defaultdict(list)  # waker -> (time, obj)
     for wake in model.wakes:
