@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import concurrent.futures
 import gc
+import os
 import pickle
 import queue
 import select
@@ -46,6 +47,7 @@ def patched_attributes() -> dict[tuple[Any, str], Any]:
         (threading.Condition, ("wait", "notify", "notify_all")),
         (threading.Thread, ("join",)),
         (time, ("sleep",)),
+        (os, ("fsync", "fdatasync")),
         (select, ("select",)),
         (socket.socket, blocking_mod.SOCKET_METHODS),
         (ssl.SSLSocket, blocking_mod.SSL_METHODS),
@@ -478,6 +480,30 @@ def test_join_and_sleep(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
     assert sleeps[0][0].arg("obj") == sleeps[0][1].arg("obj") == 50 * MS
     [(begin, _)] = [(b, e) for b, e in blocks(trace, BlockReason.SLEEP) if b.thread == t.native_id]
     assert functions(begin)[0] == "<lambda>"
+
+
+def test_fsync_is_a_wait_for_the_disk(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    """os.fsync / os.fdatasync are IO blocks at the caller's line (the sampler alone saw
+    them as time off-CPU in no traced call); their errors pass through."""
+
+    def make_durable(fd: int) -> None:
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+        os.fdatasync(fd)
+
+    fd = os.open(tmp_path / "journal", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        make_durable(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        os.fsync(fd)  # closed: the original's error
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    syncs = [(b, e) for b, e in blocks(trace, BlockReason.IO) if b.thread == me]
+    assert len(syncs) == 3, syncs  # the two syncs, and the failed one
+    assert [functions(b)[0] for b, _ in syncs[:2]] == ["make_durable", "make_durable"]
+    assert all(b.arg("obj") == 0 and e.time >= b.time for b, e in syncs)
 
 
 def test_join_timeout_has_no_waker(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ HOOK_SLEEP: Final[int]
 HOOK_SELECT: Final[int]
 HOOK_SELECTOR: Final[int]
 HOOK_SOCKET: Final[int]
+HOOK_FILE_SYNC: Final[int]
 _BLOCKING_CONSTANTS: Final[tuple[Any, ...]]
 
 @final

@@ -27,6 +27,8 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   with nobody waiting (every ``queue.Queue.put``) costs nothing. Re-acquiring the
   condition's lock at the end of a wait is part of the CONDITION block, not a LOCK
   block of its own.
+- ``os.fsync`` and ``os.fdatasync`` (option ``file_sync``): IO, obj 0, a wait for the
+  disk (a C stand-in with the C core, as for sleep).
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
   sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
@@ -74,6 +76,7 @@ from __future__ import annotations
 import _socket
 import _thread
 import functools
+import os
 import select
 import selectors
 import socket
@@ -121,7 +124,7 @@ SOCKET_METHODS = (
 SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_handshake")
 
 #: What the source can hook; each can be turned off with an option of the same name.
-OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select")
+OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select", "file_sync")
 
 #: Option: a Condition.wait, sleep, select or socket call that blocked for less than this
 #: many microseconds is recorded without its stack (C core only). Walking and interning a
@@ -257,6 +260,8 @@ class BlockingSource(Source):
             patches += self._socket_patches(c)
         if on["select"]:
             patches += self._select_patches(c)
+        if on["file_sync"]:
+            patches += self._file_sync_patches(c)
         self._patches = patches
         self._active = True
         _owner = self
@@ -479,6 +484,31 @@ class BlockingSource(Source):
             return orig_sleep(*args, **kwargs)
 
         return _Patch(time, "sleep", sleep)
+
+    def _file_sync_patches(self, c: ModuleType | None) -> list[_Patch]:
+        """os.fsync and os.fdatasync: a wait for the disk (IO), which the sampler alone saw
+        as time off-CPU on the calling line, in no traced call."""
+        source = self
+        patches = []
+        for name in ("fsync", "fdatasync"):
+            orig = getattr(os, name, None)
+            if orig is None:
+                continue
+            if c is not None:
+                patches.append(_Patch(os, name, _c_hook(c, orig, c.HOOK_FILE_SYNC)))
+                continue
+
+            def make(orig: Any) -> Any:
+                @functools.wraps(orig)
+                def sync(*args: Any, **kwargs: Any) -> Any:
+                    if source._active and len(args) == 1 and not kwargs:
+                        return source._blocked(_IO, 0, sys._getframe(1), orig, args, {})
+                    return orig(*args, **kwargs)
+
+                return sync
+
+            patches.append(_Patch(os, name, make(orig)))
+        return patches
 
     # sockets, select --------------------------------------------------------------------
 

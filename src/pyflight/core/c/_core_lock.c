@@ -16,7 +16,8 @@
  *   releases that lock, and the release records WAKE(waiter tid, 0, CONDITION,
  *   id(cond)). notify itself is not hooked: with nobody waiting it costs nothing.
  * - BlockingHook also stands in for time.sleep, select.select, the selectors' select
- *   and the socket methods that block (roles HOOK_SLEEP .. HOOK_SOCKET): a call that may
+ *   the socket methods that block, os.fsync and os.fdatasync (roles HOOK_SLEEP ..
+ *   HOOK_FILE_SYNC): a call that may
  *   block (the same tests as the pure-Python wrappers) is recorded as BLOCK(SLEEP / SELECT
  *   / IO); one that cannot costs an argument check and the call.
  *
@@ -56,6 +57,7 @@
 #define HOOK_SELECT 3         /* select.select(r, w, x[, timeout]) */
 #define HOOK_SELECTOR 4       /* <a selectors class>.select(self, timeout=None) */
 #define HOOK_SOCKET 5         /* socket.socket.<recv, send, accept, ...>(self, ...) */
+#define HOOK_FILE_SYNC 6      /* os.fsync(fd), os.fdatasync(fd): waits for the disk */
 
 static struct {
     int active;               /* the source is installed: hooks record (when the core records) */
@@ -823,7 +825,7 @@ static int socket_may_block(Hook *h, PyObject *sock) {
     return blocks;
 }
 
-/* time.sleep, select.select, a selector's select or a socket method: the original,
+/* time.sleep, select.select, a selector's select, a socket method or a file sync: the original,
  * inside BLOCK_BEGIN/END(reason, obj) when the call may block (the same tests as the
  * pure-Python wrappers of sources/blocking.py: a positive or no timeout, a socket whose
  * timeout is not 0, a selector without the loop mark). BLOCK_BEGIN is written when the
@@ -859,6 +861,10 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
         reason = R_IO;
         obj = args[0];
         break;
+    case HOOK_FILE_SYNC: /* always waits for the disk (obj 0: the fd says little) */
+        if (kwnames || nargs != 1) goto passthrough;
+        reason = R_IO;
+        break;
     default:
         goto passthrough;
     }
@@ -891,7 +897,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     int role;
     if (!PyArg_ParseTuple(args, "Oi|O:BlockingHook", &func, &role, &helper)) return NULL;
     if (!PyCallable_Check(func)) return PyErr_Format(PyExc_TypeError, "BlockingHook() needs a callable");
-    if (role < HOOK_CONDITION_WAIT || role > HOOK_SOCKET)
+    if (role < HOOK_CONDITION_WAIT || role > HOOK_FILE_SYNC)
         return PyErr_Format(PyExc_ValueError, "unknown BlockingHook role %d", role);
     if (role == HOOK_SOCKET && !PyCallable_Check(helper))
         return PyErr_Format(PyExc_TypeError, "a socket BlockingHook needs the socket's gettimeout");
@@ -1079,6 +1085,7 @@ int pyfl_lock_init(PyObject *mod) {
         || PyModule_AddIntConstant(mod, "HOOK_SELECT", HOOK_SELECT) < 0
         || PyModule_AddIntConstant(mod, "HOOK_SELECTOR", HOOK_SELECTOR) < 0
         || PyModule_AddIntConstant(mod, "HOOK_SOCKET", HOOK_SOCKET) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_FILE_SYNC", HOOK_FILE_SYNC) < 0
         || PyModule_AddObjectRef(mod, "TracedLock", (PyObject *)&TracedLockType) < 0
         || PyModule_AddObjectRef(mod, "TracedRLock", (PyObject *)&TracedRLockType) < 0
         || PyModule_AddObjectRef(mod, "BlockingHook", (PyObject *)&HookType) < 0)
