@@ -845,7 +845,8 @@ def test_a_findings_worst_moment_is_the_waiters_slice_not_a_slice_that_began_wit
     """The holder takes the lock, wakes the waiter (an Event) and sleeps 50 ms inside it;
     the waiter blocks on the lock a few microseconds later. The finding dates its worst
     wait to the millisecond, which both slices match: following it must land on the
-    waiter's lock wait (its thread, its culprit), not on the holder's sleep."""
+    waiter's lock wait (its thread, its culprit), not on the holder's sleep; and that
+    slice says who held the lock (LOCK_HELD), one click from the holder's slice then."""
     from pyflight.analysis.model import build
     from pyflight.analysis.rules import find
     from pyflight.core.events import BlockReason, Kind
@@ -855,12 +856,13 @@ def test_a_findings_worst_moment_is_the_waiters_slice_not_a_slice_that_began_wit
 
     ms, us = 1_000_000, 1_000
     g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
-    g.event(1, Kind.THREAD_START, 0, tid=1, name="lock-holder", ident=1, parent=0)
-    g.event(2, Kind.THREAD_START, 0, tid=2, name="lock-waiter", ident=2, parent=0)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="lock-holder", ident=501, parent=0)
+    g.event(2, Kind.THREAD_START, 0, tid=2, name="lock-waiter", ident=502, parent=0)
     for start in (10 * ms, 70 * ms):  # two waits: a contended lock, not a one-off
         hold = (("hold_the_lock", "/app.py", 5),)
         g.event(1, Kind.BLOCK_BEGIN, start, reason=BlockReason.SLEEP, obj=0, stack=hold)
         wait = (("wait_for_the_lock", "/app.py", 11),)
+        g.event(2, Kind.LOCK_HELD, start + 300 * us, obj=7, holder=501)  # the holder's ident
         g.event(2, Kind.BLOCK_BEGIN, start + 300 * us, reason=BlockReason.LOCK, obj=7, stack=wait)
         g.event(1, Kind.BLOCK_END, start + 20 * ms, reason=BlockReason.SLEEP, obj=0, waker=0)
         g.event(2, Kind.BLOCK_END, start + 20 * ms + 300 * us, reason=BlockReason.LOCK, obj=7, waker=1)
@@ -870,9 +872,14 @@ def test_a_findings_worst_moment_is_the_waiters_slice_not_a_slice_that_began_wit
     api = TimelineApi(model, contention)
     (moment,) = api.findings()
     waiter = next(row for row in api.rows if row.name == "lock-waiter")
+    holder = next(row for row in api.rows if row.name == "lock-holder")
     assert moment["row"] == waiter.id
     details = api.slice_details(moment["row"], moment["i"])
     assert details is not None and details["state"] == "blocked:lock"
+    # who held the lock as the wait began (LOCK_HELD), and their slice then: the sleep
+    assert details["holder"]["thread"] == "lock-holder" and details["holder"]["row"] == holder.id
+    held = api.slice_details(holder.id, details["holder"]["i"])
+    assert held is not None and held["state"] == "blocked:sleep"
 
 
 def test_every_blocked_reason_has_its_own_colour_and_other_says_what_it_is() -> None:

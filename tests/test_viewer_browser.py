@@ -282,6 +282,7 @@ def test_a_click_on_a_blocked_slice_shows_its_reason_stack_and_waker(
     assert "wait_for_the_lock" in text  # the stack where it waited
     assert "Stack at start" in text
     assert "Woken by lock-holder" in text
+    assert "The lock was held by lock-holder when this wait began" in text
     # the arrow's other end: the waking slice, one click away
     details.get_by_role("button", name="go to the waking slice").click()
     r.wait_for("window.pyflightViewer.details && window.pyflightViewer.details.row_name === 'lock-holder'")

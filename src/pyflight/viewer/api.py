@@ -150,6 +150,11 @@ class TimelineApi:
                 self._wakes_of_task[wake.task].append(wake)
             else:
                 self._wakes_of_thread[wake.target].append(wake)
+        # lock waits whose holder is known (LOCK_HELD): tid -> sorted (start, end, holder)
+        self._held_by: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+        for block in self.model.blocks:
+            if block.holder:
+                self._held_by[block.tid].append((block.start, block.end, block.holder))
         self._functions: dict[tuple[str, str, int], list[tuple[int, int]]] | None = None
         self._build_rows()
 
@@ -501,6 +506,8 @@ class TimelineApi:
             if ref.state is State.BLOCKED or ref.state is State.READY:
                 task = row.owners[k].id if row.owners is not None else row.task
                 out["waker"] = self._waker(row, task, start, end)
+            if ref.state is State.BLOCKED and row.kind == "thread":
+                out["holder"] = self._holder(row.tid, start)
             if row.owners is not None:  # ids of finished tasks are reused: the object names it
                 owner = row.owners[k]
                 out["task"] = owner.name or f"task {owner.id}"
@@ -553,6 +560,26 @@ class TimelineApi:
                 return self._wake_dict(wake)
             j -= 1
         return None
+
+    def _holder(self, tid: int, start: int) -> dict[str, Any] | None:
+        """Who held the lock a wait of ``tid`` covering ``start`` was for (a slice is a
+        piece of its block: a GC pause or a wake-up cuts it), with their slice then."""
+        blocks = self._held_by.get(tid)
+        if not blocks:
+            return None
+        j = bisect_right(blocks, (start, 1 << 62, 0)) - 1
+        if j < 0 or not blocks[j][0] <= start < blocks[j][1]:
+            return None
+        holder = blocks[j][2]
+        holder_row = self._thread_row.get(holder)
+        name = holder_row.name if holder_row else str(holder)
+        out: dict[str, Any] = {"thread": name, "row": None, "i": None}
+        if holder_row is not None and holder_row.lod is not None:
+            raw = holder_row.lod.raw
+            i = bisect_right(raw.starts, start) - 1
+            if i >= 0:
+                out["row"], out["i"] = holder_row.id, i
+        return out
 
     def _wake_dict(self, wake: Any) -> dict[str, Any]:
         waker_row = self._thread_row.get(wake.waker)

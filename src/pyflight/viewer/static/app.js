@@ -433,6 +433,17 @@
     } else if (d.state && d.state.startsWith("blocked")) {
       box.append(el("p", { class: "hint" }, "No wake-up recorded for this wait."));
     }
+    if (d.holder) {
+      const p = el("p", { class: "holder" });
+      p.append(document.createTextNode("The lock was held by "), el("strong", {}, d.holder.thread),
+        document.createTextNode(" when this wait began"));
+      if (d.holder.row !== null && d.holder.row !== undefined) {
+        const go = el("button", { class: "link", type: "button" }, "go to the holder then");
+        go.addEventListener("click", () => { ensureRowVisible(d.holder.row); selectSlice(d.holder.row, d.holder.i); });
+        p.append(document.createTextNode(" "), go);
+      }
+      box.append(p);
+    }
     if (d.stack_start && d.stack_start.length) { box.append(el("h3", {}, "Stack at start")); box.append(stackList(d.stack_start)); }
     if (d.stack_end && d.stack_end.length) { box.append(el("h3", {}, "Stack at end")); box.append(stackList(d.stack_end)); }
     if (d.logs && d.logs.length) {
