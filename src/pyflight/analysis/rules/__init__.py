@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.queries import Queries
 from pyflight.analysis.rules import (
+    barrier_straggler,
     busy_poll,
     cpu_hotspot,
     data_loss,
@@ -64,6 +65,7 @@ RULES: dict[str, Rule] = {
         stalled_holder.RULE,
         gil_hog.RULE,
         n_plus_one.RULE,
+        barrier_straggler.RULE,
     )
 }
 
