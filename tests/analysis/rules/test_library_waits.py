@@ -25,6 +25,7 @@ PLANTED = {
     # slow call the threads were busy in, not the framework's call into the pool
     "thread_limiter_fastapi": ("thread limiter", "lookup_inventory", "total_tokens"),
     "sqlite_busy_threads": ("database lock", "save_order", "WAL"),
+    "pool_exhausted_sqlalchemy": ("database connection pool", "handle_request", "pool_size"),
 }
 HEALTHY = ["healthy_http_pool", "healthy_http_pool_asyncio", "healthy", "healthy_sqlite_writers"]
 #: Locks are traced by the C core only (sources/blocking.py): the logging handler's lock
@@ -44,6 +45,10 @@ def test_library_wait_is_named_with_its_fix(program: str, tmp_path: Path) -> Non
     assert finding.evidence["kind"] == kind
     assert finding.culprit is not None and finding.culprit.function == function
     assert fix in finding.hint
+    # the pool's waits are not also told as an item one thread held, or an idle queue
+    assert not [f for f in findings if f.rule in ("stalled-holder", "queue-starved") and f.score >= 25], [
+        (f.rule, f.title) for f in findings
+    ]
 
 
 @needs_locks

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from pyflight.analysis.frames import by_function, top_frame, user_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import (
+    Queries,
     interval_ns,
     lifetime,
     samples_in,
@@ -166,6 +167,25 @@ def _pattern(stack: Stack) -> LibraryWait | None:
         if pattern.waits(stack):
             return pattern
     return None
+
+
+def library_wait_objects(model: Model) -> set[int]:
+    """The ``obj`` of every lock or condition a thread waited on inside a library's own
+    pool or lock (a pattern of ``LIBRARY_WAITS``): this rule tells those waits, and the
+    rules about the program's own items leave them alone."""
+    memo = Queries.of(model).memo
+    found: set[int] | None = memo.get("library_wait_objects")
+    if found is None:
+        found = {
+            b.obj
+            for b in model.blocks
+            if b.obj
+            and b.stack
+            and b.reason in (BlockReason.LOCK, BlockReason.CONDITION)
+            and _pattern(b.stack) is not None
+        }
+        memo["library_wait_objects"] = found
+    return found
 
 
 def rule_library_waits(model: Model) -> list[Finding]:

@@ -33,6 +33,7 @@ from pyflight.analysis.rules._waits import (
     wakers,
 )
 from pyflight.analysis.rules.finding import INFO, Culprit, Finding, Moment, longest_waits, moments_of
+from pyflight.analysis.rules.library_waits import library_wait_objects
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -65,7 +66,10 @@ def rule_queue(model: Model) -> list[Finding]:
     out: list[Finding] = []
     puts: list[tuple[Any, Any]] = []
     gets: list[tuple[Any, Any]] = []
+    pools = library_wait_objects(model)  # a library's pool (SQLAlchemy's): library-wait's
     for thread, iv in blocked_waits(model, BlockReason.CONDITION):
+        if iv.obj in pools:
+            continue
         if in_function(iv.stack, {"put", "Queue.put"}, "queue.py"):
             puts.append((thread, iv))
         elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py") and not _idle_pool_worker(iv.stack):

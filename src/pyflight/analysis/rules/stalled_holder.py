@@ -20,6 +20,7 @@ from pyflight.analysis.queries import seconds_since_start, thread_name, user_thr
 from pyflight.analysis.rules._waits import semaphore_conditions
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
+from pyflight.analysis.rules.library_waits import library_wait_objects
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
 from pyflight.core.events import BlockReason
@@ -62,8 +63,9 @@ def _handed_to(
 
 def rule_stalled_holder(model: Model) -> list[Finding]:
     threads = user_threads(model)
-    # a Semaphore's slots are no item handed around: lock-contention tells those waits
-    semaphores = semaphore_conditions(model)
+    # a Semaphore's slots, a library's pool of connections are no item handed around:
+    # lock-contention and library-wait tell those waits
+    semaphores = semaphore_conditions(model) | library_wait_objects(model)
     waits_on: dict[int, list[tuple[int, Interval]]] = defaultdict(list)  # obj -> (tid, interval)
     for thread in threads:
         for iv in thread.intervals:
