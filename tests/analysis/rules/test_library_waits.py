@@ -26,6 +26,7 @@ PLANTED = {
     "thread_limiter_fastapi": ("thread limiter", "lookup_inventory", "total_tokens"),
     "sqlite_busy_threads": ("database lock", "save_order", "WAL"),
     "pool_exhausted_sqlalchemy": ("database connection pool", "handle_request", "pool_size"),
+    "process_pool_waits": ("process pool", "handle_request", "Pool(processes=N)"),
 }
 HEALTHY = ["healthy_http_pool", "healthy_http_pool_asyncio", "healthy", "healthy_sqlite_writers"]
 #: Locks are traced by the C core only (sources/blocking.py): the logging handler's lock

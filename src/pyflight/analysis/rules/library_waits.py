@@ -150,6 +150,20 @@ LIBRARY_WAITS = (
         ),
     ),
     LibraryWait(
+        kind="process pool",
+        # multiprocessing.Pool's apply/map/.get(): the result of work done in another process
+        waits=lambda s: _has(s, "ApplyResult.wait", "multiprocessing"),
+        holds=lambda s: None,
+        what="waited for results from a multiprocessing.Pool's worker processes",
+        fix=(
+            "The work runs in the pool's worker processes, so these threads only wait; "
+            "when callers outnumber the processes they also queue for a free one. Size the "
+            "pool to the CPUs you can give it (`Pool(processes=N)`), hand it less or smaller "
+            "work, or submit with `apply_async`/`imap` and do other work meanwhile. "
+            "`pyflight run` records the worker processes too: their traces show the work."
+        ),
+    ),
+    LibraryWait(
         kind="database connection pool",
         waits=lambda s: _has(s, "_do_get", "sqlalchemy"),
         holds=lambda s: None,
