@@ -102,3 +102,17 @@ def test_cpu_bound_threads_queueing_on_a_lock_are_told_as_cpu_bound(tmp_path: Pa
     assert any(
         f.rule == "cpu-hotspot" and f.culprit and f.culprit.function == "summarize" for f in findings
     ), shown
+
+
+def test_waits_for_a_process_pool_executors_futures_are_told_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """future.result() looks the same for a thread pool's futures and a process pool's; the
+    thread that ended the waits (the executor's manager thread, in concurrent.futures'
+    process.py) tells them apart."""
+    monkeypatch.setenv("PYFLIGHT_PROGRAM_EXECUTOR", "1")
+    findings = findings_of(record_named("process_pool_waits", tmp_path))
+    finding = top_warning(findings, "library-wait")
+    assert finding.evidence["kind"] == "process pool", finding.title
+    assert "ProcessPoolExecutor" in finding.title and "max_workers=N" in finding.hint
+    assert finding.culprit is not None and finding.culprit.function == "handle_request_futures"

@@ -176,6 +176,40 @@ LIBRARY_WAITS = (
 )
 
 
+#: Waits in ``Future.result`` for futures a ProcessPoolExecutor fulfils: the stack alone
+#: cannot tell them from a thread pool's, their waker can (``_process_pool_futures``).
+PROCESS_POOL_FUTURE = LibraryWait(
+    kind="process pool",
+    waits=lambda s: False,
+    holds=lambda s: None,
+    what="waited for results from a ProcessPoolExecutor's worker processes",
+    fix=(
+        "The work runs in the executor's worker processes, so these threads only wait; when "
+        "callers outnumber the processes they also queue for a free one. Size the executor "
+        "to the CPUs you can give it (`ProcessPoolExecutor(max_workers=N)`), hand it less or "
+        "smaller work, or collect results with `as_completed` while doing other work. "
+        "`pyflight run` records the worker processes too: their traces show the work."
+    ),
+)
+_PROCESS_POOL_FILE = "concurrent/futures/process.py"
+
+
+def _process_pool_futures(model: Model) -> set[int]:
+    """The conditions of futures whose waits a ProcessPoolExecutor's manager thread (a
+    thread seen blocked in concurrent/futures/process.py) ended."""
+    managers = {b.tid for b in model.blocks if any(f.file.endswith(_PROCESS_POOL_FILE) for f in b.stack)}
+    if not managers:
+        return set()
+    return {
+        b.obj
+        for b in model.blocks
+        if b.reason is BlockReason.CONDITION
+        and b.waker in managers
+        and b.stack
+        and b.stack[0].function == "Future.result"
+    }
+
+
 def _pattern(stack: Stack) -> LibraryWait | None:
     for pattern in LIBRARY_WAITS:
         if pattern.waits(stack):
@@ -197,7 +231,7 @@ def library_wait_objects(model: Model) -> set[int]:
             and b.stack
             and b.reason in (BlockReason.LOCK, BlockReason.CONDITION)
             and _pattern(b.stack) is not None
-        }
+        } | _process_pool_futures(model)
         memo["library_wait_objects"] = found
     return found
 
@@ -220,11 +254,15 @@ def _primitive_waits(model: Model) -> list[Finding]:
     held_blocked: dict[LibraryWait, int] = defaultdict(int)
     spans: dict[LibraryWait, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
 
+    process_futures = _process_pool_futures(model)
+
     def library_wait(iv: Interval) -> LibraryWait | None:
         """The pattern of a blocked interval waiting in a library, counted; else None."""
         if iv.state is not State.BLOCKED or not iv.stack:
             return None
         pattern = _pattern(iv.stack) if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION) else None
+        if pattern is None and iv.reason is BlockReason.CONDITION and iv.obj in process_futures:
+            pattern = PROCESS_POOL_FUTURE
         if pattern is not None:
             waited[pattern] += iv.end - iv.start
             count[pattern] += 1
