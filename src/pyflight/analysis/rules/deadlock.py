@@ -13,6 +13,7 @@ breaks itself after the timeout, without it one that never ends.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,14 +59,16 @@ class Cycle:
 
 def _cycles(model: Model) -> list[Cycle]:
     """The deadlock cycles among the lock waits whose holder is known, each once."""
+    # only waits long enough to overlap: a busy lock's thousands of short waits never do
     waits = [
         b
         for b in model.blocks
-        if b.reason is BlockReason.LOCK and b.holder and b.holder != b.tid and b.end > b.start
+        if b.reason is BlockReason.LOCK and b.holder and b.holder != b.tid and b.end - b.start >= MIN_OVERLAP
     ]
     by_thread: dict[int, list[Block]] = {}
-    for b in waits:
+    for b in waits:  # model.blocks is sorted by start
         by_thread.setdefault(b.tid, []).append(b)
+    starts = {tid: [b.start for b in bs] for tid, bs in by_thread.items()}
     ended = model.end
     found: dict[frozenset[tuple[int, int]], Cycle] = {}
 
@@ -80,10 +83,18 @@ def _cycles(model: Model) -> list[Cycle]:
             return
         if len(path) >= MAX_CYCLE or any(b.tid == holder for b in path):
             return
-        for nxt in by_thread.get(holder, ()):
+        theirs = by_thread.get(holder)
+        if not theirs:
+            return
+        # a thread waits for one lock at a time: its waits that overlap [start, end) are
+        # the few just before the first that starts after ``end``
+        j = bisect.bisect_left(starts[holder], end) - 1
+        while j >= 0 and theirs[j].end > start:
+            nxt = theirs[j]
             s, e = max(start, nxt.start), min(end, nxt.end)
             if e - s >= MIN_OVERLAP:
                 extend([*path, nxt], s, e)
+            j -= 1
 
     for b in waits:
         extend([b], b.start, b.end)
