@@ -12,6 +12,7 @@ samples and its own blocks then) is the work to balance.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
@@ -51,9 +52,13 @@ def _where(model: Model, tid: int, waits: list[Block]) -> dict[Frame, float]:
     if thread is None:
         return where
     interval = model.sampling_interval_ns or 10 * MS
+    intervals = thread.intervals  # in time order, back to back
+    starts = [iv.start for iv in intervals]
     for w in waits:
-        for iv in thread.intervals:
-            if iv.end <= w.start or iv.start >= w.end or iv.state is not State.BLOCKED or not iv.stack:
+        first = max(0, bisect.bisect_right(starts, w.start) - 1)
+        last = bisect.bisect_left(starts, w.end, lo=first)
+        for iv in intervals[first:last]:
+            if iv.end <= w.start or iv.state is not State.BLOCKED or not iv.stack:
                 continue
             if iv.reason is BlockReason.CONDITION and iv.obj == w.obj:
                 continue  # its own wait at the barrier
@@ -69,10 +74,16 @@ def _where(model: Model, tid: int, waits: list[Block]) -> dict[Frame, float]:
 
 
 def rule_barrier_straggler(model: Model) -> list[Finding]:
-    barriers = {b.obj for b in model.blocks if b.reason is BlockReason.CONDITION and _is_barrier_wait(b)}
+    by_obj: dict[int, list[Block]] = defaultdict(list)
+    barriers: set[int] = set()
+    for b in model.blocks:
+        if b.reason is BlockReason.CONDITION:
+            by_obj[b.obj].append(b)
+            if b.obj not in barriers and _is_barrier_wait(b):
+                barriers.add(b.obj)
     out: list[Finding] = []
     for obj in barriers:
-        waits = [b for b in model.blocks if b.reason is BlockReason.CONDITION and b.obj == obj]
+        waits = by_obj[obj]
         total = sum(b.end - b.start for b in waits)
         if total < MIN_WAIT:
             continue

@@ -98,17 +98,19 @@ def _cycles(model: Model) -> list[Cycle]:
 
     for b in waits:
         extend([b], b.start, b.end)
+    if not found:
+        return []
+    on_lock: dict[int, list[Block]] = {}
+    for b in model.blocks:
+        if b.reason is BlockReason.LOCK:
+            on_lock.setdefault(b.obj, []).append(b)
     cycles = []
     for cycle in sorted(found.values(), key=lambda c: c.start):
-        locks = {b.obj for b in cycle.waits}
         behind = tuple(
             b
-            for b in model.blocks
-            if b.reason is BlockReason.LOCK
-            and b.obj in locks
-            and b not in cycle.waits
-            and b.start < cycle.end
-            and b.end > cycle.start
+            for obj in dict.fromkeys(w.obj for w in cycle.waits)
+            for b in on_lock.get(obj, ())
+            if b not in cycle.waits and b.start < cycle.end and b.end > cycle.start
         )
         cycles.append(Cycle(cycle.waits, behind))
     return cycles

@@ -197,10 +197,22 @@ _PROCESS_POOL_FILE = "concurrent/futures/process.py"
 def _process_pool_futures(model: Model) -> set[int]:
     """The conditions of futures whose waits a ProcessPoolExecutor's manager thread (a
     thread seen blocked in concurrent/futures/process.py) ended."""
-    managers = {b.tid for b in model.blocks if any(f.file.endswith(_PROCESS_POOL_FILE) for f in b.stack)}
+    memo = Queries.of(model).memo
+    cached: set[int] | None = memo.get("process_pool_futures")
+    if cached is not None:
+        return cached
+    seen: dict[int, bool] = {}  # id(stack) -> in process.py: stacks are shared
+    managers = set()
+    for b in model.blocks:
+        key = id(b.stack)
+        if key not in seen:
+            seen[key] = any(f.file.endswith(_PROCESS_POOL_FILE) for f in b.stack)
+        if seen[key]:
+            managers.add(b.tid)
     if not managers:
+        memo["process_pool_futures"] = set()
         return set()
-    return {
+    futures = {
         b.obj
         for b in model.blocks
         if b.reason is BlockReason.CONDITION
@@ -208,6 +220,8 @@ def _process_pool_futures(model: Model) -> set[int]:
         and b.stack
         and b.stack[0].function == "Future.result"
     }
+    memo["process_pool_futures"] = futures
+    return futures
 
 
 def _pattern(stack: Stack) -> LibraryWait | None:
@@ -224,14 +238,16 @@ def library_wait_objects(model: Model) -> set[int]:
     memo = Queries.of(model).memo
     found: set[int] | None = memo.get("library_wait_objects")
     if found is None:
-        found = {
-            b.obj
-            for b in model.blocks
-            if b.obj
-            and b.stack
-            and b.reason in (BlockReason.LOCK, BlockReason.CONDITION)
-            and _pattern(b.stack) is not None
-        } | _process_pool_futures(model)
+        matches: dict[int, bool] = {}  # id(stack) -> a library's wait: stacks are shared
+        found = set()
+        for b in model.blocks:
+            if b.obj and b.stack and b.reason in (BlockReason.LOCK, BlockReason.CONDITION):
+                key = id(b.stack)
+                if key not in matches:
+                    matches[key] = _pattern(b.stack) is not None
+                if matches[key]:
+                    found.add(b.obj)
+        found |= _process_pool_futures(model)
         memo["library_wait_objects"] = found
     return found
 
