@@ -89,6 +89,7 @@ def _polling_waits(model: Model) -> dict[int, dict[tuple[Frame, str], list[tuple
     that timed out (an ``Event.wait(0.002)`` or ``queue.get(timeout=...)`` that nobody
     ended: no waker), in time order."""
     out: dict[int, dict[tuple[Frame, str], list[tuple[int, int]]]] = {}
+    frames_of: dict[int, Frame | None] = {}  # id(stack) -> its user frame: stacks are shared
     for block in model.blocks:
         if block.end - block.start > MAX_POLL_SLEEP or not block.stack:
             continue  # a wait without its stack has no line to group it by
@@ -98,7 +99,10 @@ def _polling_waits(model: Model) -> dict[int, dict[tuple[Frame, str], list[tuple
             call = block.stack[0].function
         else:
             continue
-        site = user_frame(block.stack)
+        key = id(block.stack)
+        if key not in frames_of:
+            frames_of[key] = user_frame(block.stack)
+        site = frames_of[key]
         if site is not None:
             out.setdefault(block.tid, {}).setdefault((site, call), []).append((block.start, block.end))
     for sites in out.values():

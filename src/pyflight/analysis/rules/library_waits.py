@@ -271,12 +271,18 @@ def _primitive_waits(model: Model) -> list[Finding]:
     spans: dict[LibraryWait, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
 
     process_futures = _process_pool_futures(model)
+    patterns: dict[int, LibraryWait | None] = {}  # id(stack) -> its pattern: stacks are shared
 
     def library_wait(iv: Interval) -> LibraryWait | None:
         """The pattern of a blocked interval waiting in a library, counted; else None."""
         if iv.state is not State.BLOCKED or not iv.stack:
             return None
-        pattern = _pattern(iv.stack) if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION) else None
+        pattern = None
+        if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION):
+            key = id(iv.stack)
+            if key not in patterns:
+                patterns[key] = _pattern(iv.stack)
+            pattern = patterns[key]
         if pattern is None and iv.reason is BlockReason.CONDITION and iv.obj in process_futures:
             pattern = PROCESS_POOL_FUTURE
         if pattern is not None:
