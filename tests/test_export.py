@@ -289,7 +289,9 @@ def test_perfetto_tracks(recorded: tuple[Path, Trace], perfetto: PerfettoView) -
 def test_perfetto_lock_block_and_flow(recorded: tuple[Path, Trace], perfetto: PerfettoView) -> None:
     trace = recorded[1]
     reason, tid, begin, end = lock_block(trace)
-    assert end - begin > 40_000_000  # the holder spins 60 ms / 120 ms before waking it
+    # the holder spins 120 ms inside the lock; how much of that the waiter spends blocked
+    # depends on when it gets a CPU after `ready` (a loaded machine: under 1 ms once)
+    assert end > begin
     track = perfetto.thread_track(tid)
     until = blocked_until(trace, tid, begin, end)
     blocks = [
