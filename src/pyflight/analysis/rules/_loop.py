@@ -88,12 +88,19 @@ def long_steps(model: Model, loop: LoopTimeline) -> list[LoopWindow]:
 LONG_STEP = 100 * MS
 
 
-def loop_life(model: Model, loop: LoopTimeline) -> int:
-    thread = model.threads.get(loop.tid)
+def loop_span(loop: LoopTimeline) -> tuple[int, int] | None:
+    """(first step or idle wait, end of the last): when the loop ran; None if it never did.
+    Before it, a ready task waits for ``run_until_complete`` to start, not for the loop."""
     edges = [iv.start for iv in loop.busy[:1]] + [iv.start for iv in loop.idle[:1]]
     ends = [iv.end for iv in loop.busy[-1:]] + [iv.end for iv in loop.idle[-1:]]
-    if edges and ends:
-        return int(max(ends) - min(edges))
+    return (min(edges), max(ends)) if edges and ends else None
+
+
+def loop_life(model: Model, loop: LoopTimeline) -> int:
+    span = loop_span(loop)
+    if span is not None:
+        return int(span[1] - span[0])
+    thread = model.threads.get(loop.tid)
     return lifetime(thread) if thread is not None else model.end - model.start
 
 

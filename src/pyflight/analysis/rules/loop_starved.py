@@ -24,7 +24,7 @@ from pyflight.analysis.queries import (
     seconds_since_start,
     thread_name,
 )
-from pyflight.analysis.rules._loop import long_steps, loop_life
+from pyflight.analysis.rules._loop import long_steps, loop_life, loop_span
 from pyflight.analysis.rules._waits import task_label_of
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
@@ -37,6 +37,12 @@ def rule_loop_starved(model: Model) -> list[Finding]:
     interval = interval_ns(model)
     ticks = sampler_ticks(model) if model.loops else []
     for loop in model.loops.values():
+        span = loop_span(loop)
+        if span is None:
+            continue
+        # lateness and CPU only while the loop runs: before its first step the program
+        # imports and sets up, and the first task is ready before run_until_complete runs
+        begun, ended = span
         # only steps seen running user code are the loop's own doing; a long step with no
         # sample or stall stack in it may itself be a GIL wait (the sampler needs the GIL
         # too), which is what this rule is about
@@ -46,8 +52,8 @@ def rule_loop_starved(model: Model) -> list[Finding]:
         )
 
         # a wait that overlaps a long step is that step's doing (loop-blocked), not starvation
-        def outside(a: int, b: int, excluded: Spans = excluded) -> bool:
-            return not excluded.overlaps(a, b)
+        def outside(a: int, b: int, excluded: Spans = excluded, begun: int = begun) -> bool:
+            return a >= begun and not excluded.overlaps(a, b)
 
         lags = [lag for t, lag in loop.lag if outside(t - lag, t)]
         ready = [
@@ -71,7 +77,7 @@ def rule_loop_starved(model: Model) -> list[Finding]:
         for sample in model.samples:
             if sample.os_state != ThreadState.RUNNING or sample.state is not State.RUNNING:
                 continue
-            if sample.time in excluded:
+            if sample.time in excluded or not begun <= sample.time <= ended:
                 continue
             thread = model.threads.get(sample.tid)
             if thread is None or thread.is_pyflight:
