@@ -170,6 +170,19 @@ def test_ready_tasks_behind_a_long_step_are_not_starvation(recorded: dict[str, P
         assert not [f for f in findings if f.rule == "loop-starved" and f.score >= INFO], _describe(findings)
 
 
+def test_the_other_side_of_a_queue_is_told_busy_or_waiting(recorded: dict[str, Path]) -> None:
+    """A producer that sleeps between items is slow, not busy: the title says it waits
+    (and the advice is to overlap its waits); a consumer parsing on the CPU is busy."""
+    starved = next(f for f in _findings(recorded["queue_idle"]) if f.rule == "queue-starved")
+    assert starved.title.endswith("producer waiting in slow_produce (off CPU)"), starved.title
+    assert starved.evidence["other_side_waiting_ns"] > starved.evidence["other_side_busy_ns"]
+    assert "Overlap those waits" in starved.hint
+    sleepy = next(f for f in _findings(recorded["queue_full_asyncio"]) if f.rule == "queue-backlog")
+    assert sleepy.title.endswith("consumers waiting in slow_consume (awaiting)"), sleepy.title
+    busy = next(f for f in _findings(recorded["queue_full_asyncio_cpu"]) if f.rule == "queue-backlog")
+    assert ": consumers busy in " in busy.title, busy.title
+
+
 def test_a_semaphore_queue_is_told_as_the_bound_it_is(recorded: dict[str, Path]) -> None:
     """Tasks waiting on an asyncio.Semaphore: the finding names the semaphore and its
     limit as the lever; a lock's advice ("use a Semaphore") would be no advice here."""

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
@@ -61,6 +62,34 @@ def _idle_pool_worker(stack: Sequence[Frame]) -> bool:
     return False
 
 
+#: Sample states in which a thread is doing work (on a CPU, or ready for the GIL).
+_WANTS_CPU = frozenset({State.RUNNING, State.READY, State.GC})
+
+
+def _other_side(role: str, frame: Frame | None, working: float, waiting: float, how: str = "off CPU") -> str:
+    """The title's end: where the other side spent its time, and whether it worked there
+    or waited (a producer sleeping or reading a socket is slow, not busy)."""
+    if frame is None:
+        return ""
+    if waiting > working:
+        return f": {role} waiting in {frame.function} ({how})"
+    return f": {role} busy in {frame.function}"
+
+
+def _starved_hint(consumers: str, producer_waits: bool) -> str:
+    if producer_waits:
+        return (
+            f"{consumers} wait for work most of the time, and so does the producer side: it "
+            "spends its time waiting (I/O, a sleep, a lock; see the culprit), not computing. "
+            "Overlap those waits (more producers, batched or asynchronous reads), or run fewer "
+            "consumers."
+        )
+    return (
+        f"{consumers} wait for work most of the time: the producer side is the bottleneck "
+        "(see the culprit), or there are more consumers than needed."
+    )
+
+
 def rule_queue(model: Model) -> list[Finding]:
     """Producers blocked on a full queue (slow consumers) / consumers idle (slow producer)."""
     out: list[Finding] = []
@@ -98,6 +127,7 @@ def rule_queue(model: Model) -> list[Finding]:
         others = wakers(model, BlockReason.CONDITION, {iv.obj for _, iv in waits})
         other_tids = [tid for tid in others if tid not in waiting] or list(others)
         busy: Counter[Frame] = Counter()
+        on_cpu = 0  # of those samples, the ones running or wanting the GIL
         for tid in other_tids:
             for sample in samples_by_thread(model).get(tid, ()):
                 if in_function(sample.stack, {"get", "put"}, "queue.py"):
@@ -105,7 +135,9 @@ def rule_queue(model: Model) -> list[Finding]:
                 frame = user_frame(sample.stack)
                 if frame is not None:
                     busy[frame] += 1
+                    on_cpu += sample.state in _WANTS_CPU
         other_frame, _ = by_function({f: float(n) for f, n in busy.items()})
+        off_cpu = sum(busy.values()) - on_cpu
         _, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
         evidence = {
             "waits": len(waits),
@@ -117,7 +149,8 @@ def rule_queue(model: Model) -> list[Finding]:
             "waiting_at": str(Culprit.of(where)) if where else None,
             "other_side": [thread_name(model, tid) for tid in other_tids[:5]],
             "other_side_busy_in": str(Culprit.of(other_frame)) if other_frame else None,
-            "other_side_busy_ns": sum(busy.values()) * interval,
+            "other_side_busy_ns": on_cpu * interval,
+            "other_side_waiting_ns": off_cpu * interval,
         }
         moments = moments_of(
             [
@@ -134,7 +167,7 @@ def rule_queue(model: Model) -> list[Finding]:
         if side == "put":
             culprit = other_frame or where
             score = clamp_score(ramp(share, _BACKLOG_RAMP))
-            slow = f": consumers busy in {other_frame.function}" if other_frame else ""
+            slow = _other_side("consumers", other_frame, on_cpu, off_cpu)
             out.append(
                 Finding(
                     rule="queue-backlog",
@@ -155,7 +188,7 @@ def rule_queue(model: Model) -> list[Finding]:
                 continue
             culprit = other_frame or where
             score = clamp_score(ramp(share, _STARVED_RAMP))
-            slow = f": producer busy in {other_frame.function}" if other_frame else ""
+            slow = _other_side("producer", other_frame, on_cpu, off_cpu)
             out.append(
                 Finding(
                     rule="queue-starved",
@@ -167,10 +200,7 @@ def rule_queue(model: Model) -> list[Finding]:
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
                     moments=moments,
-                    hint=(
-                        "Consumers wait for work most of the time: the producer side is the "
-                        "bottleneck (see the culprit), or there are more consumers than needed."
-                    ),
+                    hint=_starved_hint("Consumers", off_cpu > on_cpu),
                 )
             )
     out.extend(_asyncio_queue(model))
@@ -285,7 +315,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
         )
         if side == "put":
             score = clamp_score(ramp(share, _BACKLOG_RAMP))
-            slow = f": consumers busy in {other_frame.function}" if other_frame else ""
+            slow = _other_side("consumers", other_frame, busy_ns, other_waiting_ns, "awaiting")
             out.append(
                 Finding(
                     rule="queue-backlog",
@@ -311,7 +341,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                 # producers not seen running: they wait for input themselves (a request, a
                 # timer), which is how a background consumer task normally spends its life
                 score = min(score, INFO - 1)
-            slow = f": producer busy in {other_frame.function}" if other_frame else ""
+            slow = _other_side("producer", other_frame, busy_ns, other_waiting_ns, "awaiting")
             out.append(
                 Finding(
                     rule="queue-starved",
@@ -323,10 +353,7 @@ def _asyncio_queue(model: Model) -> list[Finding]:
                     culprit=Culprit.of(culprit),
                     evidence=evidence,
                     moments=moments,
-                    hint=(
-                        "Consumer tasks wait for work most of the time: the producer side is the "
-                        "bottleneck (see the culprit), or there are more consumers than needed."
-                    ),
+                    hint=_starved_hint("Consumer tasks", other_waiting_ns > busy_ns),
                 )
             )
     return out
