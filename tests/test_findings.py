@@ -51,6 +51,7 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),
+    "pool_saturation_processes": ("pool-saturation", "render_report"),
     "slow_tasks": ("slow-tasks", "slow_db_query"),
     "untraced_subprocess_wait": ("untraced-wait", "convert_video"),
 }
@@ -284,6 +285,21 @@ def test_planted_pools_measured_from_jobs(program: str, workers: int, recorded: 
     assert sampled and sampled[0].culprit is not None
     assert sampled[0].culprit.function == findings[0].culprit.function  # type: ignore[union-attr]
     assert "wait_p90_ns" not in sampled[0].evidence
+
+
+def test_a_process_pool_is_measured_from_its_futures(recorded: dict[str, Path]) -> None:
+    """Jobs run in worker processes: the parent measures them from their futures, says it
+    is a process pool, and counts at most max_workers jobs running at once (the workers'
+    call queue holds one job more, handed over before a worker is free)."""
+    model = build(loads(recorded["pool_saturation_processes"].read_bytes()))
+    (pool,) = model.pools.values()
+    assert pool.processes and pool.max_workers == 2 and pool.workers == []
+    assert len(pool.jobs) == 12 and {j.state for j in pool.jobs} == {"done"}
+    assert max(level for _, level in pool.busy) == 2
+    (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+    assert finding.title.startswith("Process pool 'ProcessPoolExecutor': all 2 workers busy"), finding.title
+    assert finding.evidence["processes"] is True and "worker processes" in finding.hint
+    assert finding.evidence["wait_p90_ns"] > finding.evidence["run_p50_ns"]
 
 
 def test_healthy_pool_jobs_recorded_without_finding(recorded: dict[str, Path]) -> None:

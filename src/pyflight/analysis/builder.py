@@ -166,6 +166,7 @@ class Builder:
             Kind.POOL_JOB_QUEUED: pool,
             Kind.POOL_JOB_BEGIN: pool,
             Kind.POOL_JOB_END: pool,
+            Kind.POOL_PROCESSES: pool,
         }
 
     def _step_handlers(self) -> tuple[Callable[[Event, ThreadMachine], None], ...]:

@@ -491,6 +491,8 @@ def mark_job_waits(model: Model) -> set[int]:
     changed."""
     runs: dict[int, list[tuple[int, int | None, int]]] = {}
     for pool in model.pools.values():
+        if pool.processes:
+            continue  # its jobs ran in other processes; their BEGINs are its manager thread's
         for job in pool.jobs:
             if job.worker and job.begin is not None:
                 runs.setdefault(job.worker, []).append((job.begin, job.end, pool.pool))

@@ -300,7 +300,7 @@ class PoolJob:
 
 @dataclasses.dataclass
 class ThreadPool:
-    """A ``ThreadPoolExecutor`` seen through its jobs (the executors source).
+    """A ``ThreadPoolExecutor`` (or ``ProcessPoolExecutor``) seen through its jobs (the executors source).
 
     ``pool`` is ``id(executor)``; ``name`` the worker threads' name prefix
     (``thread_name_prefix``); ``max_workers`` from POOL_JOB_QUEUED (else the number of
@@ -316,6 +316,9 @@ class ThreadPool:
     jobs: list[PoolJob]
     busy: list[tuple[int, int]]
     waiting: list[tuple[int, int]]
+    #: a ProcessPoolExecutor (POOL_PROCESSES): its jobs ran in other processes, ``workers``
+    #: is empty, and a job "began" when its manager thread handed it to the workers' queue
+    processes: bool = False
 
     def all_busy(self, end: int) -> list[tuple[int, int]]:
         """``[(start, end)]`` spans in which every worker ran a job (until ``end``)."""

@@ -1,7 +1,8 @@
-"""Thread pools (``ThreadPoolExecutor``) seen through their POOL_JOB_* events."""
+"""Executors (``ThreadPoolExecutor``, ``ProcessPoolExecutor``) seen through their POOL_JOB_* events."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 from pyflight.analysis.model import PoolJob, ThreadPool, ThreadTimeline, _steps
@@ -21,9 +22,14 @@ def pools_of(
     """Thread pools from their POOL_JOB_* events (see ``PoolJob`` for the states)."""
     jobs: dict[int, PoolJob] = {}
     sizes: dict[int, int] = {}
+    processes: set[int] = set()
     for e in events:
         try:
             kind = e.kind
+            if kind is Kind.POOL_PROCESSES:
+                _kind, _t, _tid, process_pool = e
+                processes.add(process_pool)
+                continue
             if kind is Kind.POOL_JOB_QUEUED:
                 _kind, t, tid, pool, number, fn, file, line, size, task = e
                 if number in jobs:
@@ -53,7 +59,24 @@ def pools_of(
     by_pool: dict[int, list[PoolJob]] = {}
     for job in jobs.values():
         by_pool.setdefault(job.pool, []).append(job)
-    return {pool: _pool(pool, pool_jobs, sizes, threads, start, end) for pool, pool_jobs in by_pool.items()}
+    return {
+        pool: _pool(pool, pool_jobs, sizes, threads, start, end, pool in processes)
+        for pool, pool_jobs in by_pool.items()
+    }
+
+
+def _starts_in_workers(jobs: list[PoolJob], workers: int) -> None:
+    """A process pool's BEGIN is when its manager thread put the job in the workers' call
+    queue, which holds one job more than there are workers: a job began in a worker when
+    it was handed over and a worker was free (the earliest end among the jobs before it,
+    taken in hand-over order, as the workers take them from that queue)."""
+    free = [0] * min(workers, len(jobs))  # when each worker is free next (a min-heap)
+    for job in sorted((j for j in jobs if j.begin is not None), key=lambda j: (j.begin, j.job)):
+        begin = max(int(job.begin or 0), heapq.heappop(free))
+        if job.end is not None:
+            begin = min(begin, job.end)
+        job.begin = begin
+        heapq.heappush(free, job.end if job.end is not None else 1 << 62)
 
 
 def _pool(
@@ -63,8 +86,11 @@ def _pool(
     threads: dict[int, ThreadTimeline],
     start: int,
     end: int,
+    processes: bool = False,
 ) -> ThreadPool:
     pool_jobs.sort(key=lambda j: j.job)
+    if processes and sizes.get(pool):
+        _starts_in_workers(pool_jobs, sizes[pool])
     # FIFO: a job that never started although a later one of its pool did was cancelled
     later_began = False
     for job in reversed(pool_jobs):
@@ -76,7 +102,7 @@ def _pool(
     waiting: list[tuple[int, int]] = []
     workers: dict[int, None] = {}
     for job in pool_jobs:
-        if job.worker:
+        if job.worker and not processes:  # a process pool's BEGINs are its manager thread's
             workers[job.worker] = None
         if job.begin is not None:
             busy.append((job.begin, 1))
@@ -97,4 +123,5 @@ def _pool(
         jobs=pool_jobs,
         busy=_steps(busy, start),
         waiting=_steps(waiting, start),
+        processes=processes,
     )

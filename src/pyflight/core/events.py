@@ -63,6 +63,7 @@ class Kind(enum.IntEnum):
     POOL_JOB_QUEUED = 80
     POOL_JOB_BEGIN = 81
     POOL_JOB_END = 82
+    POOL_PROCESSES = 83
     # recorder's own facts
     DATA_LOSS = 90
     SOURCE_DISABLED = 91
@@ -163,6 +164,11 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     # before it started has neither
     Kind.POOL_JOB_BEGIN: _args("pool:u job:u"),
     Kind.POOL_JOB_END: _args("pool:u job:u"),
+    # pool `pool` runs its jobs in worker processes (a ProcessPoolExecutor), recorded just
+    # before each of its POOL_JOB_QUEUED: its BEGIN and END are recorded by the pool's
+    # manager thread when it hands a job to the workers' call queue and when the result
+    # is back, so the thread of its BEGINs is not a worker
+    Kind.POOL_PROCESSES: _args("pool:u"),
     Kind.DATA_LOSS: _args("source:s events:u reason:s"),
     Kind.SOURCE_DISABLED: _args("source:s reason:s"),
     Kind.TRIGGER: _args("reason:s detail:s"),

@@ -59,6 +59,14 @@ _POOL_HINT = (
 )
 
 
+_PROCESS_POOL_HINT = (
+    "Raise max_workers while the machine has idle CPUs (a process per core is the usual "
+    "ceiling for CPU-bound jobs); make each job cheaper or send less data to it (arguments "
+    "and results are pickled); or bound submissions (a semaphore, a bounded queue) so "
+    "callers feel back-pressure instead of a growing queue."
+)
+
+
 def _span_ns(spans: Iterable[tuple[int, int]]) -> int:
     return sum(b - a for a, b in spans)
 
@@ -196,11 +204,16 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
             )
         )
         states, sites = _worker_states(model, workers, spans)
-        name = pool.name or f"pool {pool.pool:#x}"
+        name = pool.name or ("ProcessPoolExecutor" if pool.processes else f"pool {pool.pool:#x}")
         label = function or "their jobs"
         top_state = next(iter(states), "")
-        gil = busy_gil(gil_busy_share(model, spans.pairs()))
-        if gil is not None:
+        gil = None if pool.processes else busy_gil(gil_busy_share(model, spans.pairs()))
+        if pool.processes:
+            doing = (
+                " The jobs ran in the pool's worker processes (their own traces, if recorded, "
+                "show what each did)."
+            )
+        elif gil is not None:
             doing = (
                 f" The workers were CPU-bound, taking turns on the GIL (busy {100 * gil:.0f}% of "
                 "that time): more workers will not help; a process pool (or less CPU work per job) will."
@@ -230,13 +243,15 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
                 rule="pool-saturation",
                 score=score,
                 title=(
-                    f"Thread pool {name!r}: all {pool.max_workers} workers busy for {fmt_ns(all_busy_ns)} "
+                    f"{'Process' if pool.processes else 'Thread'} pool {name!r}: all {pool.max_workers} "
+                    f"workers busy for {fmt_ns(all_busy_ns)} "
                     f"running {label}; jobs waited up to {fmt_ns(worst)} in the queue (p90 {fmt_ns(p90)})"
                 ),
                 culprit=culprit,
                 evidence={
                     "pool": name,
                     "pool_id": pool.pool,
+                    "processes": pool.processes,
                     "max_workers": pool.max_workers,
                     "workers_seen": len(workers),
                     "jobs": len(jobs),
@@ -280,7 +295,8 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
                 ),
                 hint=(
                     f"Every worker was busy running {label}, so new jobs queued behind them "
-                    f"(p90 wait {fmt_ns(p90)}, median run {fmt_ns(median_run)}).{doing} " + _POOL_HINT
+                    f"(p90 wait {fmt_ns(p90)}, median run {fmt_ns(median_run)}).{doing} "
+                    + (_PROCESS_POOL_HINT if pool.processes else _POOL_HINT)
                 ),
             )
         )
