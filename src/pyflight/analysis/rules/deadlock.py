@@ -77,8 +77,9 @@ def _cycles(model: Model) -> list[Cycle]:
         if holder == path[0].tid:
             cycle = Cycle(tuple(path))
             # one of them never got the lock: it timed out, or waits still at the end
+            # ([start, end), the waits' common span, is >= MIN_OVERLAP: extend checks it)
             stuck = any(not b.waker or b.end >= ended for b in path)
-            if stuck and end - start >= MIN_OVERLAP:
+            if stuck:
                 found.setdefault(frozenset((b.tid, b.start) for b in path), cycle)
             return
         if len(path) >= MAX_CYCLE or any(b.tid == holder for b in path):

@@ -231,6 +231,16 @@ def _pattern(stack: Stack) -> LibraryWait | None:
     return None
 
 
+def _patterns(model: Model) -> dict[int, LibraryWait | None]:
+    """id(stack) -> its pattern (``_pattern``), filled as stacks are met: the model's
+    intervals and blocks share stack tuples, so each is matched once per model."""
+    memo = Queries.of(model).memo
+    patterns: dict[int, LibraryWait | None] | None = memo.get("library_wait_patterns")
+    if patterns is None:
+        patterns = memo["library_wait_patterns"] = {}
+    return patterns
+
+
 def library_wait_objects(model: Model) -> set[int]:
     """The ``obj`` of every lock or condition a thread waited on inside a library's own
     pool or lock (a pattern of ``LIBRARY_WAITS``): this rule tells those waits, and the
@@ -238,14 +248,14 @@ def library_wait_objects(model: Model) -> set[int]:
     memo = Queries.of(model).memo
     found: set[int] | None = memo.get("library_wait_objects")
     if found is None:
-        matches: dict[int, bool] = {}  # id(stack) -> a library's wait: stacks are shared
+        patterns = _patterns(model)
         found = set()
         for b in model.blocks:
             if b.obj and b.stack and b.reason in (BlockReason.LOCK, BlockReason.CONDITION):
                 key = id(b.stack)
-                if key not in matches:
-                    matches[key] = _pattern(b.stack) is not None
-                if matches[key]:
+                if key not in patterns:
+                    patterns[key] = _pattern(b.stack)
+                if patterns[key] is not None:
                     found.add(b.obj)
         found |= _process_pool_futures(model)
         memo["library_wait_objects"] = found
@@ -271,7 +281,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
     spans: dict[LibraryWait, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
 
     process_futures = _process_pool_futures(model)
-    patterns: dict[int, LibraryWait | None] = {}  # id(stack) -> its pattern: stacks are shared
+    patterns = _patterns(model)
 
     def library_wait(iv: Interval) -> LibraryWait | None:
         """The pattern of a blocked interval waiting in a library, counted; else None."""
