@@ -51,6 +51,28 @@ def test_a_wait_inside_the_standard_library_is_charged_to_the_calling_line() -> 
     assert (finding.culprit.function, finding.culprit.line) == ("convert_video", 14)
     assert finding.evidence["inside"] == "run (python3.12/subprocess.py)"
     assert "inside run" in finding.title
+    # the time is the subprocess's: said in the title, the evidence and the advice
+    assert "inside convert_video waiting for a subprocess" in finding.title
+    assert finding.evidence["waiting_for"] == "a subprocess" and "records child processes" in finding.hint
+
+
+def test_a_read_from_another_process_is_told_as_waiting_for_it() -> None:
+    """A consumer thread blocked reading a multiprocessing.Queue (a pipe read, no hook)."""
+    reader = (
+        ("Connection._recv", "/py/lib/python3.12/multiprocessing/connection.py", 395),
+        ("Connection.recv_bytes", "/py/lib/python3.12/multiprocessing/connection.py", 216),
+        ("Queue.get", "/py/lib/python3.12/multiprocessing/queues.py", 103),
+        ("consume", "/srv/pipeline.py", 16),
+        ("Thread.run", "/py/lib/python3.12/threading.py", 1010),
+    )
+    [finding] = _untraced(_trace({1: reader}))
+    assert "inside consume waiting for another process (inside Queue.get" in finding.title
+    assert finding.evidence["waiting_for"] == "another process"
+    # an untraced lock or C call is not said to be another process's doing
+    [lock] = _untraced(
+        _trace({1: (("handle", "/srv/app.py", 30), ("Thread.run", "/py/lib/python3.12/threading.py", 1010))})
+    )
+    assert "waiting_for" not in lock.evidence and "in no traced call" in lock.title
 
 
 def test_a_library_thread_idle_between_jobs_is_no_finding() -> None:

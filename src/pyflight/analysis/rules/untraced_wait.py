@@ -25,6 +25,24 @@ from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns
 
+_PROCESS_HINT = (
+    "These threads waited for {process}: the time went there, not to this process. See "
+    "what it does (`pyflight run` records child processes too, each into its own file), "
+    "run such waits concurrently rather than one after another, or give them a timeout."
+)
+
+
+def _other_process(call: Frame) -> str | None:
+    """What a standard-library call waits for when it waits for another process:
+    ``subprocess`` (a child to exit, its pipes), ``multiprocessing`` (a Queue, Pipe,
+    Connection or pool result: data from another process); None for any other call."""
+    path = call.file.replace("\\", "/")
+    if path.endswith("/subprocess.py"):
+        return "a subprocess"
+    if "/multiprocessing/" in path:
+        return "another process"
+    return None
+
 
 def rule_untraced_wait(model: Model) -> list[Finding]:
     """Threads often found off-CPU inside user code that no hook saw block: an untraced
@@ -56,6 +74,7 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
     callee, callee_n = calls.most_common(1)[0] if calls else (None, 0)
     # named when most of the line's samples were inside one standard-library call
     library_call = callee if callee is not None and 2 * callee_n >= _samples_at(seen, frame) else None
+    process = _other_process(library_call) if library_call is not None else None
     threads = [model.threads[tid] for tid in per_thread]
     life = sum(lifetime(t) for t in threads) or 1
     share = sum(weights.values()) / life
@@ -65,7 +84,8 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
             rule="untraced-wait",
             score=score,
             title=(
-                f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} in no traced call "
+                f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} "
+                + (f"waiting for {process} " if process else "in no traced call ")
                 + (
                     f"(inside {library_call.function}, {short_file(library_call.file)}: a wait in C "
                     "that pyflight does not hook)"
@@ -103,12 +123,17 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                     if library_call
                     else {}
                 ),
+                **({"waiting_for": process} if process else {}),
             },
             hint=(
-                "The sampler found these threads waiting on the line named, outside any call "
-                "pyflight hooks. If it takes a lock created before the recorder started (or "
-                "without the C core), the lock is not traced; if it calls a C extension, that "
-                "call blocks. Start the recorder earlier or look at what the line waits for."
+                _PROCESS_HINT.format(process=process)
+                if process
+                else (
+                    "The sampler found these threads waiting on the line named, outside any call "
+                    "pyflight hooks. If it takes a lock created before the recorder started (or "
+                    "without the C core), the lock is not traced; if it calls a C extension, that "
+                    "call blocks. Start the recorder earlier or look at what the line waits for."
+                )
             ),
         )
     ]
