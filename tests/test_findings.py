@@ -49,6 +49,8 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait": ("io-wait", "fetch_remote"),
     "io_wait_threads": ("io-wait", "download_chunks"),
     "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
+    "io_wait_asyncio": ("io-wait", "fetch_price"),  # tasks awaiting a socket read: sampled chains
+    "pool_exhausted_aiohttp": ("library-wait", "fetch_quote"),
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),
     "pool_saturation_processes": ("pool-saturation", "render_report"),

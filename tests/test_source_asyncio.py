@@ -25,6 +25,7 @@ import pytest
 import pyflight
 import pyflight.sources.asyncio_loop as asyncio_loop
 from pyflight.analysis import build
+from pyflight.analysis.model import State
 from pyflight.core import BACKEND_NAME, backend
 from pyflight.core.events import Kind, TaskOutcome
 from pyflight.sources import REGISTRY, SourceWarning, metrics
@@ -350,12 +351,45 @@ def test_task_wait_stack(tmp_path: Path) -> None:
     assert waits[0].stack and waits[0].stack[0].function == "sleep"  # asyncio.sleep, innermost
     assert waits[0].arg("what") == ""  # a plain Future: "stack" records it all the same
     task_id, trace = run_traced(main, tmp_path)  # the default: "what", no stacks
-    default_waits = of_kind(trace, Kind.TASK_WAIT)
+    # after each step, by the loop's thread (the watchdog's looks at waiting tasks aside)
+    loop_thread = threading.get_native_id()
+    default_waits = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.thread == loop_thread]
     assert [e.arg("what") for e in default_waits] == ["Task"]  # main awaits the task
     assert not default_waits[0].stack
     assert all(e.arg("task") != task_id for e in default_waits)  # the sleep: a plain Future
     _, trace = run_traced(main, tmp_path, task_wait="off")
     assert of_kind(trace, Kind.TASK_WAIT) == []
+
+
+def test_a_long_wait_on_a_plain_future_gets_its_await_chain(tmp_path: Path) -> None:
+    """No hook says where a task awaits a plain future (a socket read, a library's own
+    future); the watchdog's looks at waiting tasks record the await chain, innermost
+    first, once per wait, and the model gives the whole wait that stack."""
+
+    async def inner(fut: asyncio.Future[int]) -> int:
+        return await fut
+
+    async def outer(fut: asyncio.Future[int]) -> int:
+        return await inner(fut)
+
+    async def main() -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(outer(fut))
+        await asyncio.sleep(1.0)  # the watchdog looks every 0.25 s
+        fut.set_result(7)
+        assert await task == 7
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path)
+    looked = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
+    assert len(looked) == 1, looked  # once per wait
+    assert looked[0].thread != threading.get_native_id()  # the watchdog's, not the loop's
+    functions = [f.function for f in looked[0].stack]
+    assert functions[0].endswith("<locals>.inner") and functions[1].endswith("<locals>.outer"), functions
+    assert looked[0].arg("what") == ""  # a plain Future
+    (task,) = [t for t in build(trace).all_tasks() if t.id == task_id]
+    (wait,) = [iv for iv in task.intervals if iv.state is State.BLOCKED]
+    assert wait.end - wait.start >= 900_000_000 and wait.stack[0].function.endswith("<locals>.inner")
 
 
 def test_failed_task_exception_still_reported_as_never_retrieved(tmp_path: Path) -> None:

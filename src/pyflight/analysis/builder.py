@@ -348,9 +348,11 @@ class Builder:
         ):
             # An empty `what` is a plain Future or a bare yield (the C core records both
             # as ""): the common case, a wait, is assumed.
+            # also recorded in the middle of a wait (the asyncio source's look at waiting
+            # tasks): it gives the whole wait its stack, and a name it had stays
             o[1], o[2] = BLOCKED, _REASONS.get(reason, _OTHER)
-            o[4] = program_stack(stack)
-            o[5] = _text(what)
+            o[4] = program_stack(stack) or o[4]
+            o[5] = _text(what) or o[5]
             o[6] = False
 
     def task_block(self, e: Event, th: ThreadMachine) -> None:

@@ -53,7 +53,13 @@ gets a ``select`` recording LOOP_IDLE_BEGIN/END around waits that may block (a z
 timeout poll is not idle) and the ``_pyflight_loop_selector`` mark (the blocking source
 then leaves it alone); a daemon thread "pyflight-stalls" records LOOP_STALL(loop, task,
 duration so far, the loop thread's stack *now*) when a step runs longer than
-``stall_threshold``, at 1x, 2x, 4x, ... the threshold. The step table it reads is
+``stall_threshold``, at 1x, 2x, 4x, ... the threshold. Every ``TASK_LOOK_INTERVAL``
+(0.25 s; longer with over 5,000 live tasks) it also looks at the waiting tasks and records,
+for up to ``TASKS_PER_LOOK`` (16) of them drawn at random and not yet seen in their current
+wait, TASK_WAIT(task, AWAIT, what, the coroutine chain's frames, innermost first): where a
+task awaits a plain future (a socket read, a library's own future such as aiohttp's
+connection pool) no hook says, and the model gives the whole wait that stack (60-120 us a
+look with 10-1,000 live tasks, ~0.8 ms with 10,000: docs/performance.md). The step table it reads is
 ``running_steps()``; with the C core the watchdog looks at it without the GIL and takes
 the GIL (runs Python code) only when a step may be stalled, and once a second.
 
@@ -80,6 +86,7 @@ import _thread
 import functools
 import itertools
 import os
+import random
 import re
 import selectors
 import sys
@@ -104,6 +111,13 @@ WATCHDOG_NAME = "pyflight-stalls"
 JOIN_TIMEOUT = 1.0
 #: Seconds between looks for loops that are not BaseEventLoops (uvloop).
 FOREIGN_CHECK_INTERVAL = 1.0
+#: How often the watchdog looks at waiting tasks (``Hooks.look_at_waiting_tasks``): at
+#: most ``TASKS_PER_LOOK`` of them get their await chain recorded each time. With many
+#: live tasks the look is rarer (its scan of the task set is one pass over it).
+TASK_LOOK_INTERVAL = 0.25
+TASKS_PER_LOOK = 16
+#: Live tasks scanned per second at most (the interval stretches beyond that).
+TASK_SCAN_RATE = 20_000
 #: Tasks whose loop each look checks (a task is only in ``_current_tasks`` during its
 #: step, which a look once a second rarely meets; every task knows its loop).
 FOREIGN_TASKS_CHECKED = 64
@@ -381,6 +395,9 @@ class _Hooks:
         self.foreign: set[str] = set()
         self.py_running: dict[int, tuple[int, int, int]] = {}
         self.next_foreign_check = 0
+        self.next_task_look = 0
+        self.looked_at: dict[int, int] = {}  # task id -> id() of the future it waited on when looked at
+        self.rng = random.Random()
         self.tls = threading.local()
         py_task = getattr(self.tasks, "_PyTask", None)
         py_dict = getattr(py_task, "__dict__", {})
@@ -971,6 +988,48 @@ class _Hooks:
         if now >= self.next_foreign_check:
             self.next_foreign_check = now + int(FOREIGN_CHECK_INTERVAL * 1e9)
             self.check_foreign_loops()
+        if now >= self.next_task_look:
+            scanned = self.look_at_waiting_tasks()
+            interval = max(TASK_LOOK_INTERVAL, scanned / TASK_SCAN_RATE)
+            self.next_task_look = now + int(interval * 1e9)
+
+    def next_look(self) -> int:
+        """When the watchdog must next run Python code (monotonic ns)."""
+        return min(self.next_foreign_check, self.next_task_look)
+
+    def look_at_waiting_tasks(self) -> int:
+        """TASK_WAIT with the await chain of up to ``TASKS_PER_LOOK`` waiting tasks, drawn
+        at random, each once per wait: where a task awaits a plain future (a socket read,
+        a library's own future: aiohttp's connection pool) no hook says, and recording the
+        chain at every step costs +10-30% (``task_wait="stack"``). A look is a sample of
+        the waits by their length, as the stack sampler's ticks are of threads' time; the
+        model gives the wait the stack (analysis/builder.py ``task_wait``). Returns the
+        number of live tasks scanned."""
+        tasks = getattr(self.tasks, "_scheduled_tasks", None) or getattr(self.tasks, "_all_tasks", None)
+        if tasks is None:
+            return 0
+        live = list(tasks)  # one pass under the GIL (a WeakSet: copied, not iterated across steps)
+        running = {task for _ident, _loop, task, _start in self.running_steps()}
+        looked_at, chosen = self.looked_at, []
+        for task in self.rng.sample(live, len(live)) if len(live) <= 4 * TASKS_PER_LOOK else live:
+            waiter = getattr(task, "_fut_waiter", None)
+            if waiter is None or id(task) in running or looked_at.get(id(task)) == id(waiter):
+                continue
+            chosen.append((task, waiter))
+            if len(chosen) >= 4 * TASKS_PER_LOOK:
+                break
+        if len(chosen) > TASKS_PER_LOOK:
+            chosen = self.rng.sample(chosen, TASKS_PER_LOOK)
+        if len(looked_at) > 4 * len(live) + 64:
+            alive = {id(t) for t in live}
+            self.looked_at = looked_at = {k: v for k, v in looked_at.items() if k in alive}
+        for task, waiter in chosen:
+            stack = _await_chain(task)
+            if stack:
+                looked_at[id(task)] = id(waiter)
+                what = "" if type(waiter) is self.plain_future else type(waiter).__name__
+                backend.record(_TASK_WAIT, id(task), _AWAIT, what, stack)
+        return len(live)
 
     def _check_stalls(self, now: int, threshold: int, due_at: dict[tuple[int, int, int], int]) -> None:
         frames: dict[int, types.FrameType] | None = None
@@ -1123,7 +1182,7 @@ class AsyncioSource(Source):
             if hooks is None or not hooks.active:
                 continue
             if stall_wait is not None and hooks.use_c and not due_at:
-                until_check = (hooks.next_foreign_check - backend.now()) / 1e9  # uvloop & co
+                until_check = (hooks.next_look() - backend.now()) / 1e9  # uvloop & co, waiting tasks
                 if until_check > interval:
                     stall_wait(threshold, until_check, interval)
                     if stop.is_set():
@@ -1133,6 +1192,33 @@ class AsyncioSource(Source):
             except Exception as exc:
                 self.failed(exc)
                 return
+
+
+def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
+    """The frames of ``task``'s suspended coroutine chain, innermost first, as the
+    core's stack entries: the task's coroutine, the one it awaits, and so on."""
+    chain: list[tuple[str, str, int]] = []
+    get_coro = getattr(task, "get_coro", None)
+    coro = get_coro() if get_coro is not None else None
+    for _ in range(MAX_AWAIT_CHAIN):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        chain.append((code.co_qualname, code.co_filename, frame.f_lineno or 0))
+        coro = (
+            getattr(coro, "cr_await", None)
+            if hasattr(coro, "cr_await")
+            else getattr(coro, "gi_yieldfrom", None)
+        )
+        if coro is None:
+            break
+    chain.reverse()
+    return tuple(chain)
+
+
+#: Coroutines followed down an await chain at most.
+MAX_AWAIT_CHAIN = 64
 
 
 def _asyncio_ready() -> bool:

@@ -7,22 +7,25 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
 from pyflight.core.events import BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, user_frame
-from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start
+    from pyflight.analysis.model import Interval, Model, TaskTimeline
+from pyflight.analysis.frames import by_function, is_library, user_frame
+from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
 from pyflight.analysis.rules._waits import (
     GIL_BOUND_HINT,
     GIL_BOUND_SCORE,
     blocked_waits,
     busy_gil,
     in_function,
+    task_label_of,
 )
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
+from pyflight.analysis.rules.library_waits import library_wait_pattern
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns, pct
 
@@ -69,7 +72,99 @@ def _waits_for_connection(stack: Sequence[Frame]) -> bool:
     )
 
 
+#: Words in the name of the innermost library coroutine of an await chain that say the
+#: task waits for I/O: asyncio's streams (``StreamReader._wait_for_data``, ``readline``,
+#: ``drain``), aiohttp's (``DataQueue.read``), anyio's (``receive``), websockets (``recv``),
+#: the loop's socket calls (``sock_recv``, ``sock_connect``).
+_IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect", "_wait_for_data")
+
+
+def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
+    """The innermost library coroutine of a task's await chain, if its name says I/O and
+    the program called into that library (a user frame is outer to it)."""
+    if not stack or not is_library(stack[0]) or user_frame(stack) is None:
+        return None
+    name = stack[0].function.rpartition(".")[2].lower()
+    if not any(word in name for word in _IO_WORDS) or library_wait_pattern(tuple(stack)) is not None:
+        return None
+    return stack[0]
+
+
+def _task_io_waits(model: Model) -> list[Finding]:
+    """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
+    their await chain from the asyncio source's look at waiting tasks (a sample of them,
+    by length), so the total is a lower bound."""
+    waits: list[tuple[TaskTimeline, Interval, Frame]] = []
+    for task in model.all_tasks():
+        for iv in task.intervals:
+            if iv.state is State.BLOCKED and iv.reason is BlockReason.AWAIT and iv.stack:
+                call = _awaited_io(iv.stack)
+                if call is not None:
+                    waits.append((task, iv, call))
+    total = sum(iv.end - iv.start for _, iv, _ in waits)
+    if total < 50 * MS:
+        return []
+    tasks = {id(t): t for t, _, _ in waits}
+    life = sum(max(0, t.end - t.created) for t in tasks.values()) or 1
+    share = min(1.0, total / life)
+    weights: dict[Frame, float] = defaultdict(float)
+    calls: dict[str, float] = defaultdict(float)
+    for _, iv, call in waits:
+        frame = user_frame(iv.stack)
+        if frame is not None:
+            weights[frame] += iv.end - iv.start
+        calls[call.function] += iv.end - iv.start
+    where, where_ns = by_function(weights)
+    call_name = max(calls, key=lambda c: (calls[c], c))
+    worst_task, worst, _ = max(waits, key=lambda w: w[1].end - w[1].start)
+    return [
+        Finding(
+            rule="io-wait",
+            score=clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)])),
+            title=(
+                f"asyncio tasks waited {fmt_ns(total)} on I/O ({pct(share)} of their time)"
+                + (f", mostly in {where.function}" if where else "")
+                + f", awaiting {call_name}"
+            ),
+            culprit=Culprit.of(where),
+            evidence={
+                "waits": len(waits),
+                "wait_ns": total,
+                "wait_share": round(share, 4),
+                "culprit_wait_ns": int(where_ns),
+                "awaiting": call_name,
+                "tasks": len(tasks),
+                "worst_ns": worst.end - worst.start,
+                "worst_at_s": seconds_since_start(model, worst.start),
+                "worst_task": task_label_of(worst_task),
+            },
+            moments=moments_of(
+                [
+                    Moment(
+                        seconds_since_start(model, iv.start),
+                        iv.end - iv.start,
+                        thread_name(model, task.thread),
+                        task_label_of(task),
+                        f"awaited {call.function}",
+                    )
+                    for task, iv, call in waits
+                ]
+            ),
+            hint=(
+                "The tasks spend their time waiting for the network (or another process's "
+                "answer) inside the library call named: the partner is slow, or is called too "
+                "often. Add timeouts, cache answers, batch calls, or reuse connections; the "
+                "loop is free meanwhile, so this is latency, not lost throughput."
+            ),
+        )
+    ]
+
+
 def rule_io_wait(model: Model) -> list[Finding]:
+    return _thread_io_waits(model) + _task_io_waits(model)
+
+
+def _thread_io_waits(model: Model) -> list[Finding]:
     waits = [
         (t, iv)
         for t, iv in blocked_waits(model, BlockReason.IO)

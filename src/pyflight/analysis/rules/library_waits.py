@@ -117,6 +117,25 @@ LIBRARY_WAITS = (
         ),
     ),
     LibraryWait(
+        kind="http connection pool",
+        # aiohttp's connector: a task waits on a future of its own in
+        # _wait_for_available_connection (3.9+; inline in BaseConnector.connect before),
+        # which only the asyncio source's look at waiting tasks sees (an AWAIT wait)
+        waits=lambda s: (
+            _has(s, "_wait_for_available_connection", "aiohttp")
+            or (bool(s) and s[0].function.endswith("BaseConnector.connect") and "aiohttp" in s[0].file)
+        ),
+        holds=lambda s: None,
+        what="waited for a free connection in an exhausted aiohttp connection pool",
+        fix=(
+            "The session's connector allows fewer connections than the requests it is asked "
+            "to run at once (`aiohttp.TCPConnector(limit=100, limit_per_host=0)` by default). "
+            "Raise `limit` (or `limit_per_host`) to the concurrency you run, or bound that "
+            "concurrency yourself (a semaphore) so the wait is visible and capped; and set a "
+            "timeout (`aiohttp.ClientTimeout`)."
+        ),
+    ),
+    LibraryWait(
         kind="thread limiter",
         # anyio.to_thread.run_sync behind FastAPI/Starlette's `def` endpoints and
         # dependencies: at most total_tokens threads at once (40 by default)
@@ -231,6 +250,11 @@ def _pattern(stack: Stack) -> LibraryWait | None:
     return None
 
 
+def library_wait_pattern(stack: Stack) -> LibraryWait | None:
+    """The library's own wait ``stack`` is in (a pool's, a lock's), if any."""
+    return _pattern(stack)
+
+
 def _patterns(model: Model) -> dict[int, LibraryWait | None]:
     """id(stack) -> its pattern (``_pattern``), filled as stacks are met: the model's
     intervals and blocks share stack tuples, so each is matched once per model."""
@@ -279,6 +303,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
     #: time the holders were blocked (I/O, sleep, ...) while holding
     held_blocked: dict[LibraryWait, int] = defaultdict(int)
     spans: dict[LibraryWait, list[tuple[ThreadTimeline, Interval]]] = defaultdict(list)
+    task_spans: dict[LibraryWait, list[tuple[TaskTimeline, Interval]]] = defaultdict(list)
 
     process_futures = _process_pool_futures(model)
     patterns = _patterns(model)
@@ -288,7 +313,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
         if iv.state is not State.BLOCKED or not iv.stack:
             return None
         pattern = None
-        if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION):
+        if iv.reason in (BlockReason.LOCK, BlockReason.CONDITION, BlockReason.AWAIT):
             key = id(iv.stack)
             if key not in patterns:
                 patterns[key] = _pattern(iv.stack)
@@ -309,6 +334,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
             if pattern is not None:
                 tasks[pattern][id(task)] += iv.end - iv.start  # task ids (addresses) are reused
                 task_of[id(task)] = task
+                task_spans[pattern].append((task, iv))
     for thread in user_threads(model):
         for iv in thread.intervals:
             if iv.state is not State.BLOCKED or not iv.stack:
@@ -384,6 +410,28 @@ def _primitive_waits(model: Model) -> list[Finding]:
                     "held_at": str(Culprit.of(holder)) if holder is not None else "",
                     "gil_busy_share": round(busy, 3) if busy is not None else None,
                 },
+                moments=moments_of(
+                    [
+                        Moment(
+                            seconds_since_start(model, iv.start),
+                            iv.end - iv.start,
+                            thread_name(model, thread.tid),
+                            "",
+                            f"waited in the {pattern.kind}",
+                        )
+                        for thread, iv in spans[pattern]
+                    ]
+                    + [
+                        Moment(
+                            seconds_since_start(model, iv.start),
+                            iv.end - iv.start,
+                            thread_name(model, task.thread),
+                            _task_label(task),
+                            f"waited in the {pattern.kind}",
+                        )
+                        for task, iv in task_spans[pattern]
+                    ]
+                ),
                 hint=(GIL_BOUND_HINT if busy is not None else "") + pattern.fix,
             )
         )
