@@ -54,7 +54,8 @@ timeout poll is not idle) and the ``_pyflight_loop_selector`` mark (the blocking
 then leaves it alone); a daemon thread "pyflight-stalls" records LOOP_STALL(loop, task,
 duration so far, the loop thread's stack *now*) when a step runs longer than
 ``stall_threshold``, at 1x, 2x, 4x, ... the threshold. Every ``TASK_LOOK_INTERVAL``
-(0.25 s; longer with over 5,000 live tasks) it also looks at the waiting tasks and records,
+(0.25 s; longer with over 5,000 live tasks; not with ``task_wait="off"``) it also looks at
+the waiting tasks and records,
 for up to ``TASKS_PER_LOOK`` (16) of them drawn at random and not yet seen in their current
 wait, TASK_WAIT(task, AWAIT, what, the coroutine chain's frames, innermost first): where a
 task awaits a plain future (a socket read, a library's own future such as aiohttp's
@@ -988,7 +989,7 @@ class _Hooks:
         if now >= self.next_foreign_check:
             self.next_foreign_check = now + int(FOREIGN_CHECK_INTERVAL * 1e9)
             self.check_foreign_loops()
-        if now >= self.next_task_look:
+        if now >= self.next_task_look and self.wait_mode:  # task_wait="off": no TASK_WAIT at all
             scanned = self.look_at_waiting_tasks()
             interval = max(TASK_LOOK_INTERVAL, scanned / TASK_SCAN_RATE)
             self.next_task_look = now + int(interval * 1e9)
