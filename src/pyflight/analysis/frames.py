@@ -34,6 +34,11 @@ def is_library(frame: Frame) -> bool:
     return _file_kind(frame.file)[0]
 
 
+def is_third_party(frame: Frame) -> bool:
+    """True for frames of installed packages (site-packages, dist-packages)."""
+    return _file_kind(frame.file)[1]
+
+
 def user_frame(stack: Sequence[Frame]) -> Frame | None:
     """The innermost frame of the program's own code in ``stack`` (innermost first), else
     of third-party code, else the innermost frame that is not pyflight's, else None."""

@@ -162,3 +162,65 @@ def test_tls_servers_waiting_for_requests_or_connections_are_not_io_wait() -> No
     assert io_wait(TLS_ACCEPT) == []
     body = io_wait(TLS_BODY)
     assert body and body[0].score >= INFO
+
+
+# ------------------------------------------------------------ asyncio tasks awaiting I/O
+
+LOOP = 1
+READ = (
+    ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+    ("StreamReader.readline", "/py/lib/python3.12/asyncio/streams.py", 568),
+    ("fetch_price", "/srv/prices.py", 31),
+)
+#: a connect run by the HTTP library in a task of its own: no program frame in its chain
+CONNECT = (
+    ("BaseSelectorEventLoop.sock_connect", "/py/lib/python3.12/asyncio/selector_events.py", 638),
+    ("AsyncIOBackend.connect_tcp", "/venv/lib/python3.12/site-packages/anyio/_backends/_asyncio.py", 2939),
+)
+CALLER = (
+    ("Client.get", "/venv/lib/python3.12/site-packages/httpx/_client.py", 1800),
+    ("fetch_quote", "/srv/quotes.py", 27),
+)
+
+
+def _awaiting(waits: list[tuple[int, int, tuple[tuple[str, str, int], ...], int]]) -> bytes:
+    """asyncio tasks (id, parent, await chain looked at, wait ms): each created and
+    stepped once at 0, then waiting from 1 ms for its time, the chain recorded mid-wait
+    by the watchdog (thread 8), then one more step."""
+    g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
+    g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
+    for task, parent, _, _ in waits:
+        g.event(LOOP, Kind.TASK_CREATE, 0, task=task, name=f"t{task}", coro="c", parent=parent)
+    for task, _, _, _ in waits:
+        g.event(LOOP, Kind.TASK_STEP_BEGIN, 100, task=task)
+        g.event(LOOP, Kind.TASK_STEP_END, MS, task=task)
+    for task, _, stack, ms in sorted(waits, key=lambda w: w[3]):
+        g.event(
+            8, Kind.TASK_WAIT, MS + ms * MS // 2, task=task, reason=BlockReason.AWAIT, what="", stack=stack
+        )
+    for task, _, _, ms in sorted(waits, key=lambda w: w[3]):
+        g.event(LOOP, Kind.TASK_STEP_BEGIN, MS + ms * MS, task=task)
+        g.event(LOOP, Kind.TASK_STEP_END, MS + ms * MS + 1000, task=task)
+    for b in g.batches:
+        b.events.sort(key=lambda e: e[1])
+    return trace([g])
+
+
+def _task_io(data: bytes) -> list[Finding]:
+    return [f for f in find(build(loads(data)), strict=True) if f.rule == "io-wait" and "asyncio" in f.title]
+
+
+def test_tasks_awaiting_a_socket_read_are_an_io_wait() -> None:
+    [finding] = _task_io(_awaiting([(10 + k, 0, READ, 300) for k in range(4)]))
+    assert finding.culprit is not None and finding.culprit.function == "fetch_price"
+    assert finding.evidence["awaiting"] == "StreamReader._wait_for_data"
+    assert finding.evidence["wait_ns"] == 4 * 300 * MS and finding.evidence["tasks"] == 4
+    assert finding.score >= INFO
+
+
+def test_a_library_task_is_charged_to_the_program_line_its_parent_waited_at() -> None:
+    """anyio connects in a task of its own; the program's line is its parent's."""
+    waits = [(20 + k, 10 + k, CONNECT, 400) for k in range(3)] + [(10 + k, 0, CALLER, 450) for k in range(3)]
+    [finding] = _task_io(_awaiting(waits))
+    assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
+    assert finding.evidence["awaiting"] == "BaseSelectorEventLoop.sock_connect"

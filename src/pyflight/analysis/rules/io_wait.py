@@ -14,7 +14,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model, TaskTimeline
-from pyflight.analysis.frames import by_function, is_library, user_frame
+from pyflight.analysis.frames import by_function, is_library, is_third_party, user_frame
 from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
 from pyflight.analysis.rules._waits import (
     GIL_BOUND_HINT,
@@ -90,6 +90,30 @@ def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
     return stack[0]
 
 
+def _program_frame(stack: Sequence[Frame]) -> Frame | None:
+    """The innermost frame of the program's own code (not the standard library's nor a
+    third-party package's), None if the stack has none."""
+    frame = user_frame(stack)
+    return frame if frame is not None and not is_library(frame) and not is_third_party(frame) else None
+
+
+def _in_parent(tasks: dict[int, TaskTimeline], task: TaskTimeline, at: int) -> Frame | None:
+    """A library's own task (anyio's connect, a task group's child) has no program frame:
+    the program's line is where its parent (or grandparent) waited at that moment."""
+    for _ in range(3):
+        parent = tasks.get(task.parent) if task.parent else None
+        if parent is None:
+            return None
+        for iv in parent.intervals:
+            if iv.start <= at < iv.end:
+                frame = _program_frame(iv.stack) if iv.stack else None
+                if frame is not None:
+                    return frame
+                break
+        task = parent
+    return None
+
+
 def _task_io_waits(model: Model) -> list[Finding]:
     """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
     their await chain from the asyncio source's look at waiting tasks (a sample of them,
@@ -109,8 +133,9 @@ def _task_io_waits(model: Model) -> list[Finding]:
     share = min(1.0, total / life)
     weights: dict[Frame, float] = defaultdict(float)
     calls: dict[str, float] = defaultdict(float)
-    for _, iv, call in waits:
-        frame = user_frame(iv.stack)
+    by_id = {t.id: t for t in model.all_tasks()}
+    for task, iv, call in waits:
+        frame = _program_frame(iv.stack) or _in_parent(by_id, task, iv.start) or user_frame(iv.stack)
         if frame is not None:
             weights[frame] += iv.end - iv.start
         calls[call.function] += iv.end - iv.start
