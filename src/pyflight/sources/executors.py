@@ -117,6 +117,17 @@ def _code_of_target(fn: Any) -> tuple[str, str, int]:
     return name, "", 0
 
 
+def _record_queued(executor: Any, fn: Any, task_id: int) -> int:
+    """POOL_JOB_QUEUED for ``fn`` submitted to ``executor`` (any pool); its job number."""
+    job = next(_job_ids)
+    name, file, line = _code_of(fn)
+    workers = getattr(executor, "_max_workers", 0)
+    if type(workers) is not int or workers < 0:
+        workers = 0
+    backend.record(_QUEUED, id(executor), job, name, file, line, workers, task_id)
+    return job
+
+
 def _run_job(
     source: ExecutorsSource,
     fn: Callable[..., Any],
@@ -226,12 +237,7 @@ class ExecutorsSource(Source):
                 if backend.is_enabled():
                     task_id = current_task_id.get()
                     pool = id(executor)
-                    job = next(_job_ids)
-                    name, file, line = _code_of(fn)
-                    workers = getattr(executor, "_max_workers", 0)
-                    if type(workers) is not int or workers < 0:
-                        workers = 0
-                    backend.record(_QUEUED, pool, job, name, file, line, workers, task_id)
+                    job = _record_queued(executor, fn, task_id)
             except Exception as exc:
                 job = 0
                 source.failed(exc)
@@ -318,13 +324,8 @@ class ExecutorsSource(Source):
             if source._active and backend.is_enabled():
                 try:
                     pool = id(pool_executor)
-                    job = next(_job_ids)
-                    name, file, line = _code_of(fn)
-                    workers = getattr(pool_executor, "_max_workers", 0)
-                    if type(workers) is not int or workers < 0:
-                        workers = 0
                     backend.record(_PROCESSES, pool)
-                    backend.record(_QUEUED, pool, job, name, file, line, workers, current_task_id.get())
+                    job = _record_queued(pool_executor, fn, current_task_id.get())
                     submitting.pool, submitting.job = pool, job
                 except Exception as exc:
                     job = 0
