@@ -224,3 +224,18 @@ def test_a_library_task_is_charged_to_the_program_line_its_parent_waited_at() ->
     [finding] = _task_io(_awaiting(waits))
     assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
     assert finding.evidence["awaiting"] == "BaseSelectorEventLoop.sock_connect"
+
+
+def test_an_installed_librarys_read_counts_and_the_programs_own_future_does_not() -> None:
+    """aiohttp's read is an installed package's coroutine (not the standard library's);
+    a task awaiting a future of the program's own is not waiting for I/O."""
+    response = (
+        ("DataQueue.read", "/venv/lib/python3.12/site-packages/aiohttp/streams.py", 680),
+        ("ClientResponse.start", "/venv/lib/python3.12/site-packages/aiohttp/client_reqrep.py", 1050),
+        ("fetch_quote", "/srv/quotes.py", 27),
+    )
+    own = (("wait_for_reply", "/srv/quotes.py", 40), ("fetch_quote", "/srv/quotes.py", 28))
+    [finding] = _task_io(_awaiting([(10 + k, 0, response, 300) for k in range(3)]))
+    assert finding.evidence["awaiting"] == "DataQueue.read" and finding.culprit is not None
+    assert finding.culprit.function == "fetch_quote"
+    assert _task_io(_awaiting([(10 + k, 0, own, 300) for k in range(3)])) == []

@@ -80,9 +80,9 @@ _IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect", "_w
 
 
 def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
-    """The innermost library coroutine of a task's await chain, if its name says I/O and
-    the program called into that library (a user frame is outer to it)."""
-    if not stack or not is_library(stack[0]) or user_frame(stack) is None:
+    """The innermost coroutine of a task's await chain, if it is a library's (the standard
+    library's or an installed package's: aiohttp's ``DataQueue.read``) and its name says I/O."""
+    if not stack or _program_frame(stack[:1]) is not None:
         return None
     name = stack[0].function.rpartition(".")[2].lower()
     if not any(word in name for word in _IO_WORDS) or library_wait_pattern(tuple(stack)) is not None:
