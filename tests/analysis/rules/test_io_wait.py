@@ -239,3 +239,6 @@ def test_an_installed_librarys_read_counts_and_the_programs_own_future_does_not(
     assert finding.evidence["awaiting"] == "DataQueue.read" and finding.culprit is not None
     assert finding.culprit.function == "fetch_quote"
     assert _task_io(_awaiting([(10 + k, 0, own, 300) for k in range(3)])) == []
+    # names are read by their words: asyncio.to_thread waits for a thread pool, not a read
+    offloaded = (("to_thread", "/py/lib/python3.12/asyncio/threads.py", 25), ("handle", "/srv/app.py", 21))
+    assert _task_io(_awaiting([(10 + k, 0, offloaded, 300) for k in range(3)])) == []

@@ -72,11 +72,12 @@ def _waits_for_connection(stack: Sequence[Frame]) -> bool:
     )
 
 
-#: Words in the name of the innermost library coroutine of an await chain that say the
-#: task waits for I/O: asyncio's streams (``StreamReader._wait_for_data``, ``readline``,
-#: ``drain``), aiohttp's (``DataQueue.read``), anyio's (``receive``), websockets (``recv``),
-#: the loop's socket calls (``sock_recv``, ``sock_connect``).
-_IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect", "_wait_for_data")
+#: How the words of the innermost library coroutine's name begin when the task waits for
+#: I/O: asyncio's streams (``StreamReader._wait_for_data``, ``readline``, ``drain``),
+#: aiohttp's (``DataQueue.read``), anyio's (``receive``), websockets (``recv``), the loop's
+#: socket calls (``sock_recv``, ``sock_connect``); words, not substrings (``to_thread``).
+_IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect")
+_IO_NAMES = frozenset({"_wait_for_data"})
 
 
 def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
@@ -85,7 +86,10 @@ def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
     if not stack or _program_frame(stack[:1]) is not None:
         return None
     name = stack[0].function.rpartition(".")[2].lower()
-    if not any(word in name for word in _IO_WORDS) or library_wait_pattern(tuple(stack)) is not None:
+    words = name.split("_")
+    if name not in _IO_NAMES and not any(w.startswith(_IO_WORDS) for w in words):
+        return None
+    if library_wait_pattern(tuple(stack)) is not None:
         return None
     return stack[0]
 
@@ -104,12 +108,20 @@ def _in_parent(tasks: dict[int, TaskTimeline], task: TaskTimeline, at: int) -> F
         parent = tasks.get(task.parent) if task.parent else None
         if parent is None:
             return None
+        # its wait at that moment; else, if that wait was not looked at, its nearest one
+        # that was (the same coroutine's line, most likely)
+        nearest: tuple[int, Frame] | None = None
         for iv in parent.intervals:
+            frame = _program_frame(iv.stack) if iv.stack else None
+            if frame is None:
+                continue
             if iv.start <= at < iv.end:
-                frame = _program_frame(iv.stack) if iv.stack else None
-                if frame is not None:
-                    return frame
-                break
+                return frame
+            distance = min(abs(iv.start - at), abs(iv.end - at))
+            if nearest is None or distance < nearest[0]:
+                nearest = (distance, frame)
+        if nearest is not None:
+            return nearest[1]
         task = parent
     return None
 
