@@ -54,7 +54,7 @@ def record_program(program: Path, out: Path, *, unbudgeted: bool = False) -> Pat
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, f"exit status {proc.returncode}: {proc.stderr[-2000:]}"
     return out
 
 

@@ -482,7 +482,6 @@ class StackSampler(Source):
         program's sqlite3 cursor open while its thread commits ("SQL statements in
         progress"). So nothing that can release the GIL runs while frames are held."""
         now = time.monotonic_ns()
-        tasks = self._running_tasks()
         table = _thread_table()
         held, self._held = self._held, None
         if held is not None and not (held[4] and self._clock_ok):
@@ -499,7 +498,14 @@ class StackSampler(Source):
         seen: list[int] = []
         record = backend.record
         held_ident = held[0] if held is not None else -1
+        # the running tasks when the frames are read: reading a thread state lets go of the
+        # GIL (pread), and a task that began meanwhile was charged its predecessor's id.
+        # Read on both sides of the frames; a thread whose task changed across says 0.
+        before = self._running_tasks()
         frames = backend.current_frames()
+        tasks = self._running_tasks()
+        if tasks != before:
+            tasks = {ident: task for ident, task in tasks.items() if before.get(ident) == task}
         alive = set(frames)
         if held is not None and held_ident not in frames and held[1]:
             # the holder ended before we got the GIL (a thread per request lives a few
