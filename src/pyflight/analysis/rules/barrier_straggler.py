@@ -37,6 +37,10 @@ MS = 1_000_000
 MIN_WAIT = 50 * MS
 #: ...and one thread was the last to arrive for at least this share of that time.
 STRAGGLER_SHARE = 0.6
+#: ...and was the last to arrive in at least this share of the waits (of the rounds): a
+#: balanced barrier on a loaded machine has a different last arrival each round, and one
+#: of them can still end up with most of the waiting time over ten rounds (seen: 5 of 10).
+LAST_SHARE = 0.7
 _BARRIER_FRAMES = ("Barrier.wait", "Barrier._wait")
 
 
@@ -95,6 +99,8 @@ def rule_barrier_straggler(model: Model) -> list[Finding]:
             continue
         straggler, by_it = caused.most_common(1)[0]
         if by_it < STRAGGLER_SHARE * total:
+            continue
+        if sum(1 for b in waits if b.waker == straggler) < LAST_SHARE * len(waits):
             continue
         its = [b for b in waits if b.waker == straggler]
         waiters = sorted({b.tid for b in its})
