@@ -55,14 +55,15 @@ then leaves it alone); a daemon thread "pyflight-stalls" records LOOP_STALL(loop
 duration so far, the loop thread's stack *now*) when a step runs longer than
 ``stall_threshold``, at 1x, 2x, 4x, ... the threshold. Every ``TASK_LOOK_INTERVAL``
 (0.25 s; longer with over 5,000 live tasks; not with ``task_wait="off"``) it also looks at
-the waiting tasks and records,
-for up to ``TASKS_PER_LOOK`` (16) of them drawn at random and not yet seen in their current
-wait, TASK_WAIT(task, AWAIT, what, the coroutine chain's frames, innermost first): where a
-task awaits a plain future (a socket read, a library's own future such as aiohttp's
-connection pool) no hook says, and the model gives the whole wait that stack (60-120 us a
-look with 10-1,000 live tasks, ~0.8 ms with 10,000: docs/performance.md). The step table it reads is
+the waiting tasks and records, for up to ``TASKS_PER_LOOK`` (16) of them drawn at random
+and not yet seen in their current wait, TASK_WAIT(task, AWAIT, what, the coroutine
+chain's frames, innermost first): where a task awaits a plain future (a socket read, a
+library's own future such as aiohttp's connection pool) no hook says, and the model
+gives the whole wait that stack (55-210 us a look with 10-1,000 live tasks, 0.8-1.3 ms
+with 10,000: bench/bench_task_looks.py, docs/performance.md). The step table it reads is
 ``running_steps()``; with the C core the watchdog looks at it without the GIL and takes
-the GIL (runs Python code) only when a step may be stalled, and once a second.
+the GIL (runs Python code) only when a step may be stalled, and at each look at the
+waiting tasks and the other loops (four times a second).
 
 Loops are instrumented lazily (``run_forever`` and the first step a thread runs of a
 loop), so every loop built on ``asyncio.BaseEventLoop`` is covered: ``asyncio.run``,
