@@ -4,11 +4,13 @@ it back when it is cheap again, and a user can read both from the snapshot, /sta
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -157,6 +159,40 @@ def test_the_stacks_hooks_walk_are_counted_apart_from_events() -> None:
         after = backend.stats()
     assert after["events"] - before["events"] == 3
     assert after["stacks"] - before["stacks"] == 1
+
+
+def test_the_sampler_is_not_slowed_for_the_other_threads_cost() -> None:
+    """Over budget because of the recorder's other threads (here a stand-in burning CPU
+    without the GIL; on a busy service, the metrics and the stall watchdog), the sampler
+    is slowed only while its own thread's CPU is worth lowering: slowing it to a sample
+    a second would lose detail and save nothing (a busy FastAPI service did exactly that)."""
+    stop = threading.Event()
+
+    def burn() -> None:  # hashing a large buffer lets go of the GIL: no contention
+        data = b"x" * (1 << 20)
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    options = {"sampler": {"cpu_budget": 0.002}}  # 2 ms a second: well under half the budget's share
+    with pyflight.FlightRecorder(sources=["sampler"], source_options=options, cpu_budget=0.01) as recorder:
+        budget = recorder.budget
+        assert budget is not None
+        burner = threading.Thread(target=burn, name="pyflight-test-burner", daemon=True)
+        burner.start()
+        try:
+            end = time.monotonic() + DEADLINE
+            while budget.periods_over < 4:  # judged over budget, four times
+                assert time.monotonic() < end, "never over budget"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            burner.join()
+        shed = list(budget.shed)
+    assert budget.thread_cpu_ns > 0.3 * budget.process_cpu_ns  # the burner was the cost
+    # /4 while the sampler's 2 ms a second are worth lowering (on a loaded machine where the
+    # burner gets little CPU, /16 too), never a sample a second for the burner's sake
+    slowest = LEVELS.index("sampler at its slowest rate")
+    assert slowest not in shed and shed == sorted(shed), [LEVELS[i] for i in shed]
 
 
 def test_without_a_budget_nothing_is_measured_or_shed(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ Like Datadog's profiler (capped at 1% of CPU), the recorder keeps its own cost u
 
 Over budget, one step of detail is shed per period, the first in ``LEVELS`` order that
 lowers a part of the cost worth lowering (at least ``SHEDDABLE_SHARE`` of the budget):
-the sampler's steps lower its thread's CPU, the stack step lowers the hooks' stack walks
+the sampler's steps lower its own thread's CPU (the recorder's other threads, the ticker,
+the metrics and the stall watchdog, are not the sampler's to pay for: judged on all of them,
+a busy service had its sampler slowed to one sample a second to save nothing), the stack
+step lowers the hooks' stack walks
 (a block under 10 ms keeps its stack one time in 16);
 shedding a step that would save nothing only loses detail. Under ``RESTORE_BELOW`` of the
 budget, the step shed last comes back. Each change is a LOG in category
@@ -31,6 +34,9 @@ from typing import Any, NamedTuple
 from pyflight.core import backend
 from pyflight.core.events import Kind
 
+#: The sampling thread's name (``pyflight.sources.sampler.THREAD_NAME``, not imported:
+#: the budget does not load the sampler unless the recorder does).
+SAMPLER_THREAD = "pyflight-sampler"
 #: Estimated CPU cost of one hook event in the program's threads (see the module doc).
 HOOK_NS_PER_EVENT = 500
 #: Estimated extra cost of a stack a hook walks and interns (see docs/performance.md).
@@ -54,8 +60,8 @@ class Step(NamedTuple):
     """One step of detail the budget can shed, and what shedding it changes."""
 
     name: str
-    #: The part of the cost it lowers: "threads" (the recorder's threads' CPU, i.e. the
-    #: sampler's) or "stacks" (the hooks' stack walks).
+    #: The part of the cost it lowers: "sampler" (the sampling thread's CPU) or "stacks"
+    #: (the hooks' stack walks).
     lowers: str
     #: While shed, the sampler's interval is this many times its own.
     sampler_slowdown: float = 1.0
@@ -65,9 +71,9 @@ class Step(NamedTuple):
 
 #: The steps of detail, in the order they are shed.
 STEPS = (
-    Step("sampler rate /4", "threads", sampler_slowdown=4.0),
-    Step("sampler rate /16", "threads", sampler_slowdown=16.0),
-    Step("sampler at its slowest rate", "threads", sampler_slowdown=float("inf")),
+    Step("sampler rate /4", "sampler", sampler_slowdown=4.0),
+    Step("sampler rate /16", "sampler", sampler_slowdown=16.0),
+    Step("sampler at its slowest rate", "sampler", sampler_slowdown=float("inf")),
     Step("stacks on blocks under 10 ms: 1 in 16 kept", "stacks", sheds_stacks=True),
 )
 #: The names of the levels: LEVELS[n] is the step shed n-th ("nothing" is none shed).
@@ -120,9 +126,10 @@ class CpuBudget:
         samples = sum(int(getattr(s, "samples", 0)) for s in self._sampler_sources())
         return events, stacks, samples
 
-    def _recorder_threads_cpu(self) -> int:
-        """CPU ns the recorder's own threads used since the last call."""
-        used = 0
+    def _recorder_threads_cpu(self) -> tuple[int, int]:
+        """CPU ns the recorder's own threads used since the last call: all of them, and
+        the sampling thread's share."""
+        used = sampling = 0
         seen: dict[int, int] = {}
         for thread in threading.enumerate():
             if not thread.name.startswith("pyflight-") or thread.ident is None:
@@ -131,9 +138,12 @@ class CpuBudget:
             if now is None:
                 continue
             seen[thread.ident] = now
-            used += max(0, now - self._thread_seen.get(thread.ident, 0))
+            delta = max(0, now - self._thread_seen.get(thread.ident, 0))
+            used += delta
+            if thread.name == SAMPLER_THREAD:
+                sampling += delta
         self._thread_seen = seen
-        return used
+        return used, sampling
 
     def check(self) -> None:
         """One period: measure, then shed or restore one step. Called by the ticker."""
@@ -141,7 +151,7 @@ class CpuBudget:
             process_now = time.process_time_ns()
             counts = self._counts()
             process = process_now - self._process_last
-            threads = self._recorder_threads_cpu()
+            threads, sampling = self._recorder_threads_cpu()
             events, stacks, samples = (
                 max(0, now - last) for now, last in zip(counts, self._counts_last, strict=True)
             )
@@ -161,7 +171,7 @@ class CpuBudget:
             if cost > self.budget:
                 self.periods_over += 1
                 worth = SHEDDABLE_SHARE * self.budget * process
-                lowers = {"threads": threads >= worth, "stacks": stack_ns >= worth}
+                lowers = {"sampler": sampling >= worth, "stacks": stack_ns >= worth}
                 step = next(
                     (
                         level
