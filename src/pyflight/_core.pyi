@@ -158,7 +158,8 @@ def asyncio_get_loop(
 
 def asyncio_stall_wait(threshold_ns: int, max_wait: float, poll: float, /) -> bool:
     """Sleep without the GIL until a step has run ``threshold_ns`` (True; a hint), or
-    ``max_wait`` seconds passed or the hooks changed (False)."""
+    ``max_wait`` seconds passed or the hooks changed (False); naps of at most ``poll``
+    seconds, each until the oldest running step could reach the threshold."""
 
 def asyncio_idle_select(
     select: Callable[..., Any], loop_id: int, previous: Any, begin_kind: int, end_kind: int, /

@@ -1170,8 +1170,10 @@ class AsyncioSource(Source):
                 watchdog.join(timeout=JOIN_TIMEOUT)
 
     def _watch(self, stop: QuietEvent, ready: threading.Event) -> None:
-        """The "pyflight-stalls" thread: every threshold/4, LOOP_STALL for each step running
-        longer than the threshold, with its thread's stack now (at 1x, 2x, 4x, ... the threshold)."""
+        """The "pyflight-stalls" thread: LOOP_STALL for each step running longer than the
+        threshold, with its thread's stack now (at 1x, 2x, 4x, ... the threshold). With the
+        C core it waits without the GIL until a running step reaches the threshold; else,
+        and while a stall lasts, it looks every threshold/4."""
         ready.wait()
         threshold = int(self.stall_threshold * 1e9)
         interval = self.stall_threshold / 4
@@ -1186,7 +1188,9 @@ class AsyncioSource(Source):
             if stall_wait is not None and hooks.use_c and not due_at:
                 until_check = (hooks.next_look() - backend.now()) / 1e9  # uvloop & co, waiting tasks
                 if until_check > interval:
-                    stall_wait(threshold, until_check, interval)
+                    # naps until a running step could reach the threshold, at most this
+                    # long (the watchdog notices the recorder stopping within one)
+                    stall_wait(threshold, until_check, min(self.stall_threshold, LONGEST_NAP))
                     if stop.is_set():
                         return
             try:
@@ -1219,6 +1223,8 @@ def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
     return tuple(chain)
 
 
+#: The stall watchdog's longest nap without the GIL, seconds (see ``asyncio_stall_wait``).
+LONGEST_NAP = 0.1
 #: Coroutines followed down an await chain at most.
 MAX_AWAIT_CHAIN = 64
 

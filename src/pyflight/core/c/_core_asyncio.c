@@ -983,13 +983,18 @@ static PyMethodDef handle_run_def = {
     "Run the handle's callback in its context (asyncio.events.Handle._run, recorded by pyflight).",
 };
 
-/* asyncio_stall_wait(threshold_ns, max_wait_s, poll_s) -> bool: sleeps without the GIL,
- * looking at the running steps every poll_s, until one has run for threshold_ns or more
- * (True), or max_wait_s passed or the hooks were removed or re-installed (False). The
- * stall watchdog waits here, so that it takes the GIL from the program only when there
- * may be a stall to record, not 4 times per threshold. The slots are read without the
- * GIL (a step may begin or end meanwhile): True is a hint the caller checks with
- * running_steps() under the GIL, and a missed step is seen at the next poll. */
+/* asyncio_stall_wait(threshold_ns, max_wait_s, poll_s) -> bool: sleeps without the GIL
+ * until a running step has run for threshold_ns or more (True), or max_wait_s passed or
+ * the hooks were removed or re-installed (False). The stall watchdog waits here, so that
+ * it takes the GIL from the program only when there may be a stall to record. Each nap
+ * lasts until the oldest running step would reach the threshold (a whole threshold when
+ * none runs: a step that begins later cannot reach it sooner), at least STALL_MIN_NAP_NS
+ * and at most poll_s: on a busy loop of short steps that is one wake-up per threshold,
+ * not one per poll (each costs ~50 us of CPU on a VM), and a stall is seen when it
+ * reaches the threshold, not up to a poll later. The slots are read without the GIL (a
+ * step may begin or end meanwhile): True is a hint the caller checks with
+ * running_steps() under the GIL, and a missed step is seen at the next wake-up. */
+#define STALL_MIN_NAP_NS 1000000ULL
 static PyObject *asyncio_stall_wait(PyObject *mod, PyObject *args) {
     unsigned long long threshold;
     double max_wait, poll;
@@ -1000,17 +1005,25 @@ static PyObject *asyncio_stall_wait(PyObject *mod, PyObject *args) {
     const volatile int *active = &A.active;
     uint64_t epoch = A.epoch;
     int found = 0;
-    struct timespec nap = {(time_t)poll, (long)((poll - (double)(time_t)poll) * 1e9)};
+    uint64_t longest = (uint64_t)(poll * 1e9);
+    if (longest < STALL_MIN_NAP_NS) longest = STALL_MIN_NAP_NS;
     Py_BEGIN_ALLOW_THREADS
     uint64_t end = pyfl_now_ns() + (uint64_t)(max_wait * 1e9);
     for (;;) {
         uint64_t now = pyfl_now_ns();
+        uint64_t nap = threshold;  /* until the oldest running step reaches the threshold */
         for (int i = 0; i < N_SLOTS && !found; i++) {
             uint64_t start = slots[i].start_ns;
-            found = slots[i].ident && start && now > start && now - start >= threshold;
+            if (!slots[i].ident || !start || start >= now) continue;
+            found = now - start >= threshold;
+            if (!found && threshold - (now - start) < nap) nap = threshold - (now - start);
         }
         if (found || *epoch_now != epoch || !*active || now >= end) break;
-        nanosleep(&nap, NULL);
+        if (nap > longest) nap = longest;
+        if (nap < STALL_MIN_NAP_NS) nap = STALL_MIN_NAP_NS;
+        if (nap > end - now) nap = end - now;
+        struct timespec ts = {(time_t)(nap / 1000000000ULL), (long)(nap % 1000000000ULL)};
+        nanosleep(&ts, NULL);
     }
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(found);
