@@ -1122,6 +1122,10 @@ class AsyncioSource(Source):
         hooks.install()
         self._hooks = hooks
         _installed_hooks = hooks
+        count_with = getattr(sys.modules.get("pyflight.sources.metrics"), "count_tasks_with", None)
+        if count_with is not None:  # the live tasks in O(1), not asyncio.all_tasks each tick
+            live = hooks.live_tasks
+            count_with(lambda: len(live))
         self._hooks_ready.set()
 
     def _asyncio_imported(self, module: types.ModuleType) -> None:
@@ -1158,6 +1162,9 @@ class AsyncioSource(Source):
             if _installed_hooks is hooks:
                 _installed_hooks = None
             watchdog, self._watchdog = self._watchdog, None
+        count_with = getattr(sys.modules.get("pyflight.sources.metrics"), "count_tasks_with", None)
+        if count_with is not None and hooks is not None:
+            count_with(None)
         forked = os.getpid() != self._pid  # no watchdog here; its Events may be unusable
         if not forked:
             self._stop.set()

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pyflight.core import backend
@@ -89,6 +90,19 @@ def _renew_lock_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_lock_after_fork)
+
+
+#: Counts the live asyncio tasks in O(1) (the asyncio source's table of them), or None:
+#: ``asyncio.all_tasks`` visits every task (~0.33 us each: 3.3 ms with 10,000 tasks,
+#: 3% of a CPU at 10 ticks a second), so it is the fallback for loops registered alone.
+_task_counter: Callable[[], int] | None = None
+
+
+def count_tasks_with(counter: Callable[[], int] | None) -> None:
+    """Have ``asyncio_tasks`` read ``counter()`` (the live tasks of every loop the
+    asyncio source hooks) instead of ``asyncio.all_tasks`` per loop; None: back to that."""
+    global _task_counter
+    _task_counter = counter
 
 
 def register_loop(loop: Any) -> bool:
@@ -217,8 +231,9 @@ class MetricsSource(Source):
             return
         import asyncio  # already imported by whoever registered the loops
 
+        counter = _task_counter
         tasks = 0
-        counted = False
+        counted = running = False
         lag = -1
         for loop, probe in items:
             if loop.is_closed():
@@ -227,12 +242,16 @@ class MetricsSource(Source):
             if not loop.is_running():
                 probe.invalidate()
                 continue
-            try:
-                tasks += len(asyncio.all_tasks(loop))
-                counted = True
-            except RuntimeError:  # the task set kept changing under us: next tick
-                pass
+            running = True
+            if counter is None:
+                try:
+                    tasks += len(asyncio.all_tasks(loop))
+                    counted = True
+                except RuntimeError:  # the task set kept changing under us: next tick
+                    pass
             lag = max(lag, probe.poll(loop))
+        if counter is not None and running:
+            tasks, counted = counter(), True
         record = backend.record
         if counted:
             record(_COUNTER, "asyncio_tasks", tasks)
