@@ -56,6 +56,7 @@ CASES: dict[str, tuple[str, str]] = {
     "pool_saturation_processes": ("pool-saturation", "render_report"),
     "slow_tasks": ("slow-tasks", "slow_db_query"),
     "untraced_subprocess_wait": ("untraced-wait", "convert_video"),
+    "subprocess_capture_threads": ("untraced-wait", "transcode"),  # a traced select, same story
 }
 #: Locks are only traced by the C core (docs: sources/blocking.py); without it the
 #: waits show as ``untraced-wait`` (off-CPU samples in user code).

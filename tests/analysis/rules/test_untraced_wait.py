@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pyflight.analysis.model import build
 from pyflight.analysis.rules import INFO, find
-from pyflight.core.events import Kind, ThreadState
+from pyflight.core.events import BlockReason, Kind, ThreadState
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
 
@@ -77,3 +77,47 @@ def test_a_read_from_another_process_is_told_as_waiting_for_it() -> None:
 
 def test_a_library_thread_idle_between_jobs_is_no_finding() -> None:
     assert _untraced(_trace({1: IDLE_WORKER, 2: IDLE_WORKER})) == []
+
+
+#: a thread in ``subprocess.run(..., capture_output=True)``: a traced select on the pipes
+COMMUNICATE = (
+    ("_PollLikeSelector.select", "/py/lib/python3.12/selectors.py", 415),
+    ("Popen._communicate", "/py/lib/python3.12/subprocess.py", 2108),
+    ("Popen.communicate", "/py/lib/python3.12/subprocess.py", 1209),
+    *CONVERT[2:],
+)
+
+
+def _blocked_trace(stack: tuple[tuple[str, str, int], ...]) -> bytes:
+    """Two threads blocked (a traced SELECT) in ``stack`` for 1 s, sampled every 10 ms."""
+    g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
+    for tid in (1, 2):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"t-{tid}", ident=tid, parent=0)
+        g.event(tid, Kind.BLOCK_BEGIN, 1 * MS, reason=BlockReason.SELECT, obj=0, stack=stack)
+    for k in range(1, 100):
+        for tid in (1, 2):
+            g.event(
+                9, Kind.SAMPLE, k * 10 * MS + tid, tid=tid, task=0, stack=stack,
+                state=ThreadState.SLEEPING, cpu=0, span=10 * MS,
+            )  # fmt: skip
+    for tid in (1, 2):
+        g.event(tid, Kind.BLOCK_END, 999 * MS, reason=BlockReason.SELECT, obj=0, waker=0)
+    return trace([g])
+
+
+def test_a_traced_wait_for_a_subprocess_is_told_as_the_untraced_one() -> None:
+    """``run(..., capture_output=True)`` waits in a traced select on the child's pipes,
+    ``check_output`` in an untraced pipe read, ``run()`` in waitpid: all three wait for
+    the child, and are told the same way (the select is no hint of what to fix)."""
+    [finding] = _untraced(_blocked_trace(COMMUNICATE))
+    assert finding.culprit is not None and finding.culprit.function == "convert_video"
+    assert "inside convert_video waiting for a subprocess (inside run" in finding.title
+    assert "does not hook" not in finding.title
+    assert finding.evidence["waiting_for"] == "a subprocess"
+    assert 1.8e9 <= finding.evidence["wait_ns"] <= 2.0e9  # the spans: two threads for ~1 s
+    # any other traced select stays the select's (a server's selector, an idle loop)
+    server = (
+        ("_PollLikeSelector.select", "/py/lib/python3.12/selectors.py", 415),
+        ("serve", "/srv/app.py", 9),
+    )
+    assert _untraced(_blocked_trace(server)) == []

@@ -12,7 +12,7 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
-from pyflight.analysis.frames import by_function, short_file, untraced_wait_site
+from pyflight.analysis.frames import by_function, library_wait, short_file, untraced_wait_site
 from pyflight.analysis.queries import (
     interval_ns,
     lifetime,
@@ -44,9 +44,18 @@ def _other_process(call: Frame) -> str | None:
     return None
 
 
+def _waits_for_a_subprocess(stack: tuple[Frame, ...]) -> bool:
+    """A thread blocked in a traced call (``select``) made by ``subprocess``: waiting for
+    its child, as in ``waitpid``, which no hook sees (``run(..., capture_output=True)``
+    selects on the child's pipes, ``check_output`` reads its one pipe: the same wait)."""
+    waited = library_wait(stack)
+    return waited is not None and waited.what.startswith("waiting for a subprocess")
+
+
 def rule_untraced_wait(model: Model) -> list[Finding]:
     """Threads often found off-CPU inside user code that no hook saw block: an untraced
-    lock (e.g. without the C core), the GIL, or a C extension waiting."""
+    lock (e.g. without the C core), the GIL, or a C extension waiting; and threads
+    waiting for a subprocess, whether that wait is traced or not."""
     interval = interval_ns(model)
     weights: dict[Frame, float] = defaultdict(float)
     per_thread: Counter[int] = Counter()
@@ -54,12 +63,18 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
     inside: dict[Frame, Counter[Frame]] = defaultdict(Counter)  # where -> the library call it made
     for thread in user_threads(model):
         for sample in samples_by_thread(model).get(thread.tid, ()):
-            if sample.os_state not in ASLEEP or sample.state is not State.RUNNING or not sample.stack:
+            if sample.os_state not in ASLEEP or not sample.stack:
+                continue
+            if sample.state is not State.RUNNING and not (
+                sample.state is State.BLOCKED and _waits_for_a_subprocess(sample.stack)
+            ):
                 continue
             where, callee = untraced_wait_site(sample.stack)
             if where is None:
                 continue  # all library code: a library's own thread idle between jobs
-            weights[where] += interval
+            # the wall time the sample covers, less its CPU: the interval is only the
+            # sampler's last rate (the budget may have slowed it since most were taken)
+            weights[where] += max(0, sample.span - sample.cpu) if sample.span else interval
             per_thread[thread.tid] += 1
             seen.append((thread.tid, sample.time, where))
             if callee is not None:
@@ -87,7 +102,9 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                 f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} "
                 + (f"waiting for {process} " if process else "in no traced call ")
                 + (
-                    f"(inside {library_call.function}, {short_file(library_call.file)}: a wait in C "
+                    f"(inside {library_call.function}, {short_file(library_call.file)})"
+                    if process and library_call is not None
+                    else f"(inside {library_call.function}, {short_file(library_call.file)}: a wait in C "
                     "that pyflight does not hook)"
                     if library_call is not None
                     else "(an untraced lock, the GIL or a C call)"
@@ -101,7 +118,8 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                         end - start,
                         thread_name(model, tid),
                         "",
-                        f"found off-CPU in {frame.function} {n // interval} time(s), in no traced call",
+                        f"found off-CPU in {frame.function} {n // interval} time(s), "
+                        + (f"waiting for {process}" if process else "in no traced call"),
                     )
                     for tid, start, end, n in stretches(
                         [
