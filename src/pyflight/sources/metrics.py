@@ -8,8 +8,9 @@ to put a slow request next to (RSS growing, a thread pile-up, a lagging event lo
 Counters (COUNTER events): ``rss_bytes`` (Linux ``/proc/self/statm``; skipped elsewhere),
 ``threads``, ``gc_count_0/1/2`` and, for event loops handed to :func:`register_loop`
 (by the asyncio source), ``asyncio_tasks`` (the asyncio source's live tasks; without it,
-``asyncio.all_tasks`` summed over the loops) and ``loop_lag_us`` (the worst loop): how late a callback posted with ``call_soon_threadsafe`` ran, or how long
-the outstanding one has waited so far, so a blocked loop shows while it is blocked.
+``asyncio.all_tasks`` summed over the loops) and ``loop_lag_us`` (the worst loop): how
+late a callback posted with ``call_soon_threadsafe`` ran, or how long the outstanding
+one has waited so far, so a blocked loop shows while it is blocked.
 """
 
 from __future__ import annotations
