@@ -242,3 +242,25 @@ def test_an_installed_librarys_read_counts_and_the_programs_own_future_does_not(
     # names are read by their words: asyncio.to_thread waits for a thread pool, not a read
     offloaded = (("to_thread", "/py/lib/python3.12/asyncio/threads.py", 25), ("handle", "/srv/app.py", 21))
     assert _task_io(_awaiting([(10 + k, 0, offloaded, 300) for k in range(3)])) == []
+
+
+def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
+    """``await proc.communicate()`` reads the child's pipes in tasks of asyncio's own
+    (``Process._read_stream``): I/O, but the time is the child's, and the advice is about it."""
+    reader = (
+        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+        ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
+        ("Process._read_stream", "/py/lib/python3.12/asyncio/subprocess.py", 180),
+    )
+    caller = (
+        ("Process.communicate", "/py/lib/python3.12/asyncio/subprocess.py", 195),
+        ("convert", "/srv/media.py", 12),
+    )
+    waits = [(20 + k, 10 + k, reader, 400) for k in range(3)] + [(10 + k, 0, caller, 450) for k in range(3)]
+    [finding] = _task_io(_awaiting(waits))
+    assert finding.culprit is not None and finding.culprit.function == "convert"
+    assert "waited" in finding.title and "for a subprocess's output" in finding.title
+    assert finding.evidence["waiting_for"] == "a subprocess" and "child" in finding.hint
+    # a socket read stays the network's
+    [network] = _task_io(_awaiting([(10 + k, 0, READ, 300) for k in range(4)]))
+    assert "on I/O" in network.title and "waiting_for" not in network.evidence

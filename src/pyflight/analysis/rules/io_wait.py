@@ -126,6 +126,20 @@ def _in_parent(tasks: dict[int, TaskTimeline], task: TaskTimeline, at: int) -> F
     return None
 
 
+def _reads_a_subprocess(stack: Sequence[Frame]) -> bool:
+    """The wait is asyncio's subprocess plumbing (``Process.communicate``'s readers of the
+    child's pipes): the I/O is the child's output, so the time is the child's."""
+    return any(frame.file.replace("\\", "/").endswith("/asyncio/subprocess.py") for frame in stack)
+
+
+_SUBPROCESS_HINT = (
+    "The tasks waited for a subprocess's output (asyncio's `Process.communicate` reading "
+    "its pipes): the time went to the child, not to this process. See what it does "
+    "(`pyflight run` records child processes too, each into its own file), run such "
+    "children concurrently, or give them a timeout (`asyncio.wait_for`)."
+)
+
+
 def _task_io_waits(model: Model) -> list[Finding]:
     """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
     their await chain from the asyncio source's look at waiting tasks (a sample of them,
@@ -154,12 +168,16 @@ def _task_io_waits(model: Model) -> list[Finding]:
     where, where_ns = by_function(weights)
     call_name = max(calls, key=lambda c: (calls[c], c))
     worst_task, worst, _ = max(waits, key=lambda w: w[1].end - w[1].start)
+    child_ns = sum(iv.end - iv.start for _, iv, _ in waits if _reads_a_subprocess(iv.stack))
+    child = 2 * child_ns >= total  # mostly a child's output: told as waiting for it
     return [
         Finding(
             rule="io-wait",
             score=clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)])),
             title=(
-                f"asyncio tasks waited {fmt_ns(total)} on I/O ({pct(share)} of their time)"
+                f"asyncio tasks waited {fmt_ns(total)} "
+                + ("for a subprocess's output" if child else "on I/O")
+                + f" ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
                 + f", awaiting {call_name}"
             ),
@@ -174,6 +192,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 "worst_ns": worst.end - worst.start,
                 "worst_at_s": seconds_since_start(model, worst.start),
                 "worst_task": task_label_of(worst_task),
+                **({"waiting_for": "a subprocess"} if child else {}),
             },
             moments=moments_of(
                 [
@@ -187,7 +206,9 @@ def _task_io_waits(model: Model) -> list[Finding]:
                     for task, iv, call in waits
                 ]
             ),
-            hint=(
+            hint=_SUBPROCESS_HINT
+            if child
+            else (
                 "The tasks spend their time waiting for the network (or another process's "
                 "answer) inside the library call named: the partner is slow, or is called too "
                 "often. Add timeouts, cache answers, batch calls, or reuse connections; the "
