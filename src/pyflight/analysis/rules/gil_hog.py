@@ -116,7 +116,8 @@ def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -
     # with stacks read natively, an unmeasured share is not enough: a thread in a wait no
     # source sees (waitpid) is RUNNING in the model, and a sampler the CPU budget slowed
     # leaves gaps with nobody holding the GIL; the reader saw a real holder hold it
-    native = bool(Queries.of(model).native_times())
+    # (the reader was on even if it never found a holder: an idle process has none)
+    native = bool(Queries.of(model).native_times()) or _read_natively(model)
     found = [
         tid
         for tid in found
@@ -125,6 +126,13 @@ def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -
         or any(s.native for s in samples_in(model, tid, start, end))
     ]
     return found[0] if len(found) == 1 else None
+
+
+def _read_natively(model: Model) -> bool:
+    """The sampler read the GIL holder's stack without the GIL (its trace metadata)."""
+    trace = getattr(model, "trace", None)
+    meta = getattr(trace, "meta", None) or {}
+    return str(meta.get("sampler.stacks", "")).startswith("native")
 
 
 #: Among threads runnable through a gap, the holder is the one on CPU this share of it.
