@@ -594,7 +594,7 @@ class _Hooks:
             except Exception as exc:
                 errors.append(exc)
         self.patches = []
-        unregister = getattr(sys.modules.get("pyflight.sources.metrics"), "unregister_loop", None)
+        unregister = _metrics_function("unregister_loop")
         for loop, info in loops:
             try:
                 if info is not None:
@@ -639,7 +639,7 @@ class _Hooks:
             if not self.active or loop in self.loops:
                 return
             self.loops[loop] = self._wrap_selector(loop)
-        register = getattr(sys.modules.get("pyflight.sources.metrics"), "register_loop", None)
+        register = _metrics_function("register_loop")
         if register is not None:
             register(loop)
 
@@ -1122,7 +1122,7 @@ class AsyncioSource(Source):
         hooks.install()
         self._hooks = hooks
         _installed_hooks = hooks
-        count_with = getattr(sys.modules.get("pyflight.sources.metrics"), "count_tasks_with", None)
+        count_with = _metrics_function("count_tasks_with")
         if count_with is not None:  # the live tasks in O(1), not asyncio.all_tasks each tick
             live = hooks.live_tasks
             count_with(lambda: len(live))
@@ -1162,7 +1162,7 @@ class AsyncioSource(Source):
             if _installed_hooks is hooks:
                 _installed_hooks = None
             watchdog, self._watchdog = self._watchdog, None
-        count_with = getattr(sys.modules.get("pyflight.sources.metrics"), "count_tasks_with", None)
+        count_with = _metrics_function("count_tasks_with")
         if count_with is not None and hooks is not None:
             count_with(None)
         forked = os.getpid() != self._pid  # no watchdog here; its Events may be unusable
@@ -1228,6 +1228,12 @@ def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
             break
     chain.reverse()
     return tuple(chain)
+
+
+def _metrics_function(name: str) -> Any:
+    """A function of the metrics source's module, None unless the recorder loaded it
+    (this source does not import it: the metrics source may be off)."""
+    return getattr(sys.modules.get("pyflight.sources.metrics"), name, None)
 
 
 #: The stall watchdog's longest nap without the GIL, seconds (see ``asyncio_stall_wait``).

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from programs import findings_of, record_named, top_warning
+from pyflight.analysis.model import build
+from pyflight.analysis.rules import find
+from pyflight.core.events import BlockReason, Kind, ThreadState
 from pyflight.format.reader import loads
+from tracegen import DEFAULT_META, Gen, trace
 
 # program -> (holding thread, acceptable culprit functions: the call or the line making it)
 PLANTED = {
@@ -47,11 +51,6 @@ def test_a_gap_with_nobody_on_cpu_is_no_hold_when_the_native_reader_was_on() -> 
     ended: that thread is "running" in the model, with no sample after the gap to show its
     CPU. The native reader was on and found no holder, so nobody held the GIL (before, the
     reader having found none in the whole trace counted as not having one)."""
-    from pyflight.analysis.model import build
-    from pyflight.analysis.rules import find
-    from pyflight.core.events import BlockReason, Kind, ThreadState
-    from tracegen import DEFAULT_META, Gen, trace
-
     ms = 1_000_000
     main, waiter, sampler = 1, 2, 9
     g = Gen(seq=1, start_ns=0, end_ns=1000 * ms)

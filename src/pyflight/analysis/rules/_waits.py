@@ -181,7 +181,7 @@ def task_activity(
             merged = merged_of[id(spans)] = Spans(spans)
         for iv in task.intervals:
             if iv.state is State.RUNNING:
-                running += max(0, overlap_ns(merged, iv.start, iv.end))
+                running += overlap_ns(merged, iv.start, iv.end)
                 continue
             if iv.state is not State.BLOCKED or (exclude_obj and iv.obj == exclude_obj):
                 continue

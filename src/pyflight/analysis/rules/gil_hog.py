@@ -130,9 +130,7 @@ def _holder(model: Model, start: int, end: int, skip: set[int], interval: int) -
 
 def _read_natively(model: Model) -> bool:
     """The sampler read the GIL holder's stack without the GIL (its trace metadata)."""
-    trace = getattr(model, "trace", None)
-    meta = getattr(trace, "meta", None) or {}
-    return str(meta.get("sampler.stacks", "")).startswith("native")
+    return str(model.trace.meta.get("sampler.stacks", "")).startswith("native")
 
 
 #: Among threads runnable through a gap, the holder is the one on CPU this share of it.

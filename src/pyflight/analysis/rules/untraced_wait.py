@@ -102,10 +102,9 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
                 f"Threads spent {fmt_ns(frame_ns)} off-CPU inside {frame.function} "
                 + (f"waiting for {process} " if process else "in no traced call ")
                 + (
-                    f"(inside {library_call.function}, {short_file(library_call.file)})"
-                    if process and library_call is not None
-                    else f"(inside {library_call.function}, {short_file(library_call.file)}: a wait in C "
-                    "that pyflight does not hook)"
+                    f"(inside {library_call.function}, {short_file(library_call.file)}"
+                    # a process is named only from a library call; its wait may be traced
+                    + (")" if process else ": a wait in C that pyflight does not hook)")
                     if library_call is not None
                     else "(an untraced lock, the GIL or a C call)"
                 )
