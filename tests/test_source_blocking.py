@@ -29,7 +29,7 @@ import pytest
 import pyflight
 import pyflight.sources.blocking as blocking_mod
 from pyflight.core import backend
-from pyflight.core.events import BlockReason, Kind
+from pyflight.core.events import IO_SENDS, BlockReason, Kind
 from pyflight.sources import REGISTRY, SourceWarning
 
 C = blocking_mod._c_core()
@@ -92,11 +92,12 @@ def of_kind(trace: pyflight.Trace, *kinds: Kind) -> list[pyflight.Event]:
 
 
 def blocks(trace: pyflight.Trace, reason: BlockReason, obj: int | None = None) -> list[tuple[Any, Any]]:
-    """(BLOCK_BEGIN, BLOCK_END) pairs for `reason` (and `obj`), matched per thread."""
+    """(BLOCK_BEGIN, BLOCK_END) pairs for `reason` (and `obj`: for a socket, its calls
+    that send too, whose obj has IO_SENDS set), matched per thread."""
     open_: dict[tuple[int, int], Any] = {}
     pairs = []
     for e in sorted(of_kind(trace, Kind.BLOCK_BEGIN, Kind.BLOCK_END), key=lambda e: e.time):
-        if e.arg("reason") != reason or (obj is not None and e.arg("obj") != obj):
+        if e.arg("reason") != reason or (obj is not None and e.arg("obj") & ~IO_SENDS != obj):
             continue
         key = (e.thread, e.arg("obj"))
         if e.kind == Kind.BLOCK_BEGIN:
@@ -562,8 +563,12 @@ def test_blocking_socket_recv_and_nonblocking_skipped(rec: pyflight.FlightRecord
     assert len(recvs) == 1
     begin, end = recvs[0]
     assert end.time - begin.time >= 30 * MS
+    assert begin.arg("obj") == id(client)  # a receive: IO_SENDS clear
+    me = threading.get_native_id()
+    sends = {b_.arg("obj") for b_, _ in blocks(trace, BlockReason.IO, id(client)) if b_.thread == me}
+    assert sends == {id(client), id(client) | IO_SENDS}  # connect and sendall send
     assert blocks(trace, BlockReason.IO, id(server)), "accept() on the server thread"
-    me = threading.get_native_id()  # (ids of closed sockets are reused: look at this thread only)
+    # (ids of closed sockets are reused: look at this thread only)
     assert not [p for p in blocks(trace, BlockReason.IO, id(a)) if p[0].thread == me]
 
 
@@ -664,6 +669,12 @@ def test_tls_read_is_one_io_block(rec: pyflight.FlightRecorder, tmp_path: Path) 
     assert len(waits) == 2, [functions(b) for b, _ in mine]  # the sendall and the recv
     longest = max(e.time - b.time for b, e in waits)
     assert longest >= 150 * MS
+    # which way each went: the sendall sends, the recv (the long wait for the reply) receives
+    sent, received = sorted(waits, key=lambda p: p[0].time)
+    assert sent[0].arg("obj") == sent[1].arg("obj") == id(client) | IO_SENDS
+    assert received[0].arg("obj") == received[1].arg("obj") == id(client)
+    assert received[1].time - received[0].time == longest
+    assert trace.meta["blocking.io_sends"]
     # the handshake is recorded too (in wrap_socket), and nothing from inside ssl.py's own
     # methods: the outer call's block covers the ones it makes
     assert any("SSLContext.wrap_socket" in functions(b) for b, _ in mine)
@@ -758,7 +769,7 @@ def test_ssl_imported_after_the_recorder_started(tmp_path: Path, subprocess_env:
         ends = {{}}
         waits = []
         for e in sorted(trace.events, key=lambda e: e.time):
-            if e.thread != me or e.arg("reason") != BlockReason.IO or e.arg("obj") != id(client):
+            if e.thread != me or e.arg("reason") != BlockReason.IO or e.arg("obj") & ~1 != id(client):
                 continue
             if e.kind == Kind.BLOCK_BEGIN:
                 begin = e

@@ -74,6 +74,7 @@ HOOK_SELECT: Final[int]
 HOOK_SELECTOR: Final[int]
 HOOK_SOCKET: Final[int]
 HOOK_FILE_SYNC: Final[int]
+HOOK_SOCKET_SEND: Final[int]
 _BLOCKING_CONSTANTS: Final[tuple[Any, ...]]
 
 @final

@@ -186,6 +186,12 @@ class BlockReason(enum.IntEnum):
     AWAIT = 7  # an asyncio task awaiting a future
 
 
+#: Set in the obj of an IO block (``id(socket)``: objects are aligned, so bit 0 is free)
+#: by a call that sends or opens a connection; clear for one that receives. Traces whose
+#: metadata has ``blocking.io_sends`` say this bit; older ones leave it clear throughout.
+IO_SENDS = 1
+
+
 class TaskOutcome(enum.IntEnum):
     OK = 0
     CANCELLED = 1

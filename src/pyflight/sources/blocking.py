@@ -32,16 +32,16 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
   sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
-  ``id(socket)``: ``socket.socket`` recv, recv_into, recvfrom, recvfrom_into, send,
-  sendall, sendto, accept, connect, connect_ex, and ``ssl.SSLSocket`` recv, recv_into,
-  read, write, send, sendall, do_handshake, which read and write through OpenSSL; only
-  on sockets whose timeout is not 0, so never on asyncio's), and ``select.select`` plus
-  every ``selectors`` class's ``select`` (SELECT; selectors marked
-  ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its loop's
-  idle time itself). With the C core, sleep, select and the socket methods are C
-  stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30 ns), whose
-  BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions; join,
-  and everything without the C core, are Python wrappers.
+  ``id(socket)``, bit 0 set by a call that sends, ``IO_SENDS``: ``socket.socket`` recv,
+  recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect, connect_ex,
+  and ``ssl.SSLSocket`` recv, recv_into, read, write, send, sendall, do_handshake, which
+  read and write through OpenSSL; only on sockets whose timeout is not 0, so never on
+  asyncio's), and ``select.select`` plus every ``selectors`` class's ``select`` (SELECT;
+  selectors marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source
+  records its loop's idle time itself). With the C core, sleep, select and the socket
+  methods are C stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30
+  ns), whose BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions;
+  join, and everything without the C core, are Python wrappers.
 - TLS: ``ssl`` is not imported by the source (~10 ms): ``ssl.SSLSocket`` is patched at
   install if ``ssl`` is imported, else right after the program imports it (an
   ``ImportWatcher`` on ``sys.meta_path``, ``_import_watch.py``, removed on uninstall).
@@ -88,7 +88,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from pyflight.core import backend
-from pyflight.core.events import BlockReason, Kind
+from pyflight.core.events import IO_SENDS, BlockReason, Kind
 from pyflight.sources import register
 from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source
@@ -122,6 +122,11 @@ SOCKET_METHODS = (
 #: recv_into -> read, sendall -> send; an unwrapped one's recv -> socket.socket.recv):
 #: a hooked socket method called inside another is part of the outer call's IO block.
 SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_handshake")
+
+#: The socket methods (of either class) that send or open a connection: their IO block's
+#: obj is id(socket) | IO_SENDS, so the analysis can tell a receive that waits for the
+#: answer to what was sent from one that waits for whatever the partner pushes next.
+SENDING_METHODS = frozenset({"send", "sendall", "sendto", "connect", "connect_ex", "write", "do_handshake"})
 
 #: What the source can hook; each can be turned off with an option of the same name.
 OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select", "file_sync")
@@ -213,6 +218,11 @@ class BlockingSource(Source):
         self._ssl_watcher: ImportWatcher | None = None
         # pure-Python conditions: id(condition) -> [[waiter tid, notifier tid], ...], FIFO
         self._waiting: dict[int, list[list[int]]] = {}
+
+    def metadata(self) -> dict[str, str]:
+        if not self.options.get("sockets", True):
+            return {}
+        return {"blocking.io_sends": "bit 0 of a socket IO block's obj: the call sends"}
 
     # install / uninstall ----------------------------------------------------------
 
@@ -522,12 +532,21 @@ class BlockingSource(Source):
         another such call already (its block covers this one)."""
         if c is not None:
             return [
-                _Patch(cls, name, _c_hook(c, getattr(cls, name), c.HOOK_SOCKET, _gettimeout))
+                _Patch(
+                    cls,
+                    name,
+                    _c_hook(
+                        c,
+                        getattr(cls, name),
+                        c.HOOK_SOCKET_SEND if name in SENDING_METHODS else c.HOOK_SOCKET,
+                        _gettimeout,
+                    ),
+                )
                 for name in names
             ]
         source = self
 
-        def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def make(orig: Callable[..., Any], sends: int) -> Callable[..., Any]:
             @functools.wraps(orig)
             def call(sock: Any, *args: Any, **kwargs: Any) -> Any:
                 if source._active and not getattr(_in_io, "on", False):
@@ -539,7 +558,7 @@ class BlockingSource(Source):
                         _in_io.on = True
                         try:
                             return source._blocked(
-                                _IO, id(sock), sys._getframe(1), orig, (sock, *args), kwargs
+                                _IO, id(sock) | sends, sys._getframe(1), orig, (sock, *args), kwargs
                             )
                         finally:
                             _in_io.on = False
@@ -547,7 +566,10 @@ class BlockingSource(Source):
 
             return call
 
-        return [_Patch(cls, name, make(getattr(cls, name))) for name in names]
+        return [
+            _Patch(cls, name, make(getattr(cls, name), IO_SENDS if name in SENDING_METHODS else 0))
+            for name in names
+        ]
 
     def _watch_ssl(self) -> None:
         """Patch ``ssl.SSLSocket`` now if ssl is imported, else right after the program

@@ -5,6 +5,9 @@ what the native reader saw at the sampler's ticks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from programs import findings_of, record_named
 from pyflight.analysis.model import build
 from pyflight.analysis.queries import sampler_ticks
 from pyflight.analysis.rules import INFO, WARNING, Finding, find
@@ -164,6 +167,60 @@ def test_tls_servers_waiting_for_requests_or_connections_are_not_io_wait() -> No
     assert body and body[0].score >= INFO
 
 
+LISTEN = (("listen", "/srv/feed.py", 14), ("main", "/srv/feed.py", 30))
+ASK = (("ask", "/srv/client.py", 22), ("main", "/srv/client.py", 40))
+SENDS = 1  # pyflight.core.events.IO_SENDS
+
+
+def _conversation(
+    stack: tuple[tuple[str, str, int], ...], sends_first: bool, meta: bool = True, joined: bool = False
+) -> bytes:
+    """Two threads, each on its own socket for 2 s: 20 receives that wait 90 ms each,
+    with a short send before each receive if ``sends_first`` (asking, then waiting for
+    the answer), else one send at the start (subscribing, then waiting for pushes); if
+    ``joined``, the main thread joins the first of them all along."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    if joined:
+        g.event(3, Kind.THREAD_START, 0, tid=3, name="MainThread", ident=3, parent=0)
+        joining = (("main", "/srv/dl.py", 9),)
+        g.event(3, Kind.BLOCK_BEGIN, 5 * MS, reason=BlockReason.JOIN, obj=1, stack=joining)
+        g.event(3, Kind.BLOCK_END, 1999 * MS, reason=BlockReason.JOIN, obj=1, waker=1)
+    for tid in (1, 2):
+        sock = 0x7F0000 + 64 * tid
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"client-{tid}", ident=tid, parent=0)
+        for k in range(20):
+            t = 10 * MS + k * 95 * MS
+            if sends_first or k == 0:
+                g.event(tid, Kind.BLOCK_BEGIN, t, reason=BlockReason.IO, obj=sock | SENDS, stack=())
+                g.event(tid, Kind.BLOCK_END, t + 20_000, reason=BlockReason.IO, obj=sock | SENDS, waker=0)
+            g.event(tid, Kind.BLOCK_BEGIN, t + MS, reason=BlockReason.IO, obj=sock, stack=stack)
+            g.event(tid, Kind.BLOCK_END, t + 91 * MS, reason=BlockReason.IO, obj=sock, waker=0)
+    return trace([g], meta={"blocking.io_sends": "bit 0"} if meta else None)
+
+
+def test_receives_with_nothing_sent_since_the_last_are_a_subscription_not_io_wait() -> None:
+    """A thread that subscribed once and then receives pushes (a pub/sub or websocket
+    listener, a feed) waits for the other side to speak on its own: idle, not I/O the
+    program asked for. The same receives after a send each wait for an answer."""
+
+    def io_wait(data: bytes) -> list[Finding]:
+        return [f for f in find(build(loads(data)), strict=True) if f.rule == "io-wait"]
+
+    [asking] = io_wait(_conversation(ASK, sends_first=True))
+    assert asking.score >= INFO and asking.culprit is not None and asking.culprit.function == "ask"
+    assert asking.evidence["wait_ns"] >= 2 * 20 * 90 * MS and asking.evidence.get("listening_ns") is None
+    # subscribed: only the first receive (right after the subscribing send) waits for an answer
+    [listening] = io_wait(_conversation(LISTEN, sends_first=False)) or [None]
+    assert listening is None or listening.score < INFO, listening
+    # the same shape while the program joins those threads (one, then the next): a
+    # download trickling in from a slow server, which the program waits for
+    [downloads] = io_wait(_conversation(LISTEN, sends_first=False, joined=True))
+    assert downloads.score >= INFO and downloads.evidence["wait_ns"] >= 2 * 20 * 90 * MS
+    # a trace that does not say which calls send: every receive counts, as before
+    [unknown] = io_wait(_conversation(LISTEN, sends_first=False, meta=False))
+    assert unknown.score >= INFO and unknown.evidence["wait_ns"] >= 2 * 20 * 90 * MS
+
+
 # ------------------------------------------------------------ asyncio tasks awaiting I/O
 
 LOOP = 1
@@ -264,3 +321,11 @@ def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
     # a socket read stays the network's
     [network] = _task_io(_awaiting([(10 + k, 0, READ, 300) for k in range(4)]))
     assert "on I/O" in network.title and "waiting_for" not in network.evidence
+
+
+def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
+    """A real pub/sub listener (planted, sockets on loopback): its threads sit in recv
+    most of their lives, and the report does not make that an I/O problem."""
+    findings = findings_of(record_named("healthy_subscriber_threads", tmp_path))
+    io = [f for f in findings if f.rule == "io-wait"]
+    assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -9,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
-from pyflight.core.events import BlockReason
+from pyflight.core.events import IO_SENDS, BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Interval, Model, TaskTimeline
+    from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, is_third_party, user_frame
 from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
 from pyflight.analysis.rules._waits import (
@@ -31,6 +33,12 @@ from pyflight.analysis.units import MS, fmt_ns, pct
 
 #: Socket calls this short (median) on a GIL-busy process are mostly the GIL wait after them.
 SHORT_CALL = 20 * MS
+
+
+#: A receive this long on a connection that has had data since this thread last sent on
+#: it waits for the partner to speak on its own (a subscription's next message, a feed's
+#: next item): the program asked for nothing. Shorter gaps are a transfer still flowing.
+PUSH_WAIT = 50 * MS
 
 
 #: (function, file) that read a request's first line straight from the socket: a server
@@ -222,15 +230,68 @@ def rule_io_wait(model: Model) -> list[Finding]:
     return _thread_io_waits(model) + _task_io_waits(model)
 
 
+def _kind_of_thread(model: Model, tid: int) -> str:
+    """Threads started alike (``downloader-0``, ``downloader-1``; ``Thread-3
+    (fetch)``) share this: the name with its numbers blanked."""
+    thread = model.threads.get(tid)
+    return re.sub(r"\d+", "#", thread.name) if thread is not None and thread.name else f"#{tid}"
+
+
+def _listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
+    """Thread id -> (start, end) of its receives that waited for a push: at least
+    ``PUSH_WAIT`` long, on a socket whose previous call by this thread received too, while
+    no thread was joining one of its kind (a download trickling in from a slow server has
+    the shape of a feed, but the program waits for those threads to end, joining them in
+    turn). Only traces that say which calls send (metadata ``blocking.io_sends``) have any."""
+    if not model.trace.meta.get("blocking.io_sends"):
+        return {}
+    joined: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    io = []
+    for b in model.blocks:
+        if b.reason is BlockReason.JOIN:
+            joined[_kind_of_thread(model, b.obj)].append((b.start, b.end))
+        elif b.reason is BlockReason.IO and b.obj:
+            io.append(b)
+    last_sent: dict[tuple[int, int], bool] = {}
+    spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for b in sorted(io, key=lambda b: (b.tid, b.start)):
+        key, sends = (b.tid, b.obj & ~IO_SENDS), bool(b.obj & IO_SENDS)
+        received_last = last_sent.get(key) is False
+        last_sent[key] = sends
+        if sends or not received_last or b.end - b.start < PUSH_WAIT:
+            continue
+        joins = joined.get(_kind_of_thread(model, b.tid), ())
+        if not any(start < b.end and b.start < end for start, end in joins):
+            spans[b.tid].append((b.start, b.end))
+    return spans
+
+
+def _within(spans: list[tuple[int, int]] | None, iv: Interval) -> bool:
+    """``iv`` lies in one of ``spans`` (sorted by start): a piece of that block."""
+    if not spans:
+        return False
+    k = bisect.bisect_right(spans, (iv.start, 1 << 62)) - 1
+    return k >= 0 and spans[k][0] <= iv.start < spans[k][1]
+
+
 def _thread_io_waits(model: Model) -> list[Finding]:
-    waits = [
-        (t, iv)
-        for t, iv in blocked_waits(model, BlockReason.IO)
-        if not _waits_for_connection(iv.stack) and not _waits_for_next_request(iv.stack)
-    ]
+    listening_spans = _listening_blocks(model)
+    waits: list[tuple[ThreadTimeline, Interval]] = []
+    listening: list[tuple[ThreadTimeline, Interval]] = []
+    for t, iv in blocked_waits(model, BlockReason.IO):
+        if _waits_for_connection(iv.stack) or _waits_for_next_request(iv.stack):
+            continue
+        (listening if _within(listening_spans.get(t.tid), iv) else waits).append((t, iv))
     total = sum(iv.end - iv.start for _, iv in waits)
     if total < 50 * MS:
         return []
+    listened = sum(iv.end - iv.start for _, iv in listening)
+    listen_note = (
+        f"; besides, {fmt_ns(listened)} receiving where nothing had been sent since the "
+        "last receive (a subscription or a feed: the other side had nothing to send, not counted)"
+        if listened >= 50 * MS
+        else ""
+    )
     threads = {t.tid: t for t, _ in waits}
     life = sum(lifetime(t) for t in threads.values()) or 1
     share = total / life
@@ -268,6 +329,7 @@ def _thread_io_waits(model: Model) -> list[Finding]:
                 f"Threads waited {fmt_ns(total)} on blocking I/O ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
                 + loop_note
+                + listen_note
                 + (
                     f", while other threads held the GIL ({pct(busy[0])} of that time): much of it "
                     "waiting for the GIL back after short calls, not for the network"
@@ -287,6 +349,7 @@ def _thread_io_waits(model: Model) -> list[Finding]:
                 "threads": sorted(t.name for t in threads.values()),
                 "on_event_loop_ns": on_loop or None,
                 "median_wait_ns": int(median),
+                "listening_ns": listened or None,
                 "gil_busy_share": round(busy[0], 3) if busy is not None else None,
             },
             moments=moments_of(

@@ -58,6 +58,11 @@
 #define HOOK_SELECTOR 4       /* <a selectors class>.select(self, timeout=None) */
 #define HOOK_SOCKET 5         /* socket.socket.<recv, send, accept, ...>(self, ...) */
 #define HOOK_FILE_SYNC 6      /* os.fsync(fd), os.fdatasync(fd): waits for the disk */
+#define HOOK_SOCKET_SEND 7    /* as HOOK_SOCKET, for the calls that send or open (send, connect, ...) */
+
+/* The low bit of a socket block's obj (id(socket): objects are aligned, so it is free)
+ * says the call sends: the analysis tells a wait for an answer from a wait for a push. */
+#define IO_SENDS 1
 
 static struct {
     int active;               /* the source is installed: hooks record (when the core records) */
@@ -754,7 +759,7 @@ typedef struct {
     PyObject *func;       /* the original function */
     PyObject *dict;       /* __dict__: __wrapped__, __name__, ... (functools.update_wrapper) */
     vectorcallfunc vectorcall;
-    PyObject *helper;     /* HOOK_SOCKET: the socket type's gettimeout; else NULL */
+    PyObject *helper;     /* HOOK_SOCKET(_SEND): the socket type's gettimeout; else NULL */
     PyObject *weakrefs;   /* weak references to it (a function takes them: a WeakKeyDictionary keyed by time.sleep) */
     int role;
 } Hook;
@@ -857,6 +862,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
         obj = args[0];
         break;
     case HOOK_SOCKET:
+    case HOOK_SOCKET_SEND:
         if (tls_in_io || nargs < 1 || !socket_may_block(h, args[0])) goto passthrough;
         reason = R_IO;
         obj = args[0];
@@ -868,7 +874,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     default:
         goto passthrough;
     }
-    if (obj) obj_id = (uint64_t)(uintptr_t)obj;
+    if (obj) obj_id = (uint64_t)(uintptr_t)obj | (h->role == HOOK_SOCKET_SEND ? IO_SENDS : 0);
     PyflPending begin = {.tid = my_tid(), .vals = {reason, obj_id, 0, 0},
                          .kind = K_BLOCK_BEGIN, .n = 3, .stack_at = 2, .frame = PyEval_GetFrame()};
     pyfl_pending_begin(&begin);
@@ -897,14 +903,15 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     int role;
     if (!PyArg_ParseTuple(args, "Oi|O:BlockingHook", &func, &role, &helper)) return NULL;
     if (!PyCallable_Check(func)) return PyErr_Format(PyExc_TypeError, "BlockingHook() needs a callable");
-    if (role < HOOK_CONDITION_WAIT || role > HOOK_FILE_SYNC)
+    if (role < HOOK_CONDITION_WAIT || role > HOOK_SOCKET_SEND)
         return PyErr_Format(PyExc_ValueError, "unknown BlockingHook role %d", role);
-    if (role == HOOK_SOCKET && !PyCallable_Check(helper))
+    int is_socket = role == HOOK_SOCKET || role == HOOK_SOCKET_SEND;
+    if (is_socket && !PyCallable_Check(helper))
         return PyErr_Format(PyExc_TypeError, "a socket BlockingHook needs the socket's gettimeout");
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) return NULL;
     h->func = Py_NewRef(func);
-    h->helper = role == HOOK_SOCKET ? Py_NewRef(helper) : NULL;
+    h->helper = is_socket ? Py_NewRef(helper) : NULL;
     h->role = role;
     h->vectorcall = role == HOOK_CONDITION_WAIT ? (vectorcallfunc)hook_wait : (vectorcallfunc)hook_call;
     return (PyObject *)h;
@@ -1086,6 +1093,7 @@ int pyfl_lock_init(PyObject *mod) {
         || PyModule_AddIntConstant(mod, "HOOK_SELECTOR", HOOK_SELECTOR) < 0
         || PyModule_AddIntConstant(mod, "HOOK_SOCKET", HOOK_SOCKET) < 0
         || PyModule_AddIntConstant(mod, "HOOK_FILE_SYNC", HOOK_FILE_SYNC) < 0
+        || PyModule_AddIntConstant(mod, "HOOK_SOCKET_SEND", HOOK_SOCKET_SEND) < 0
         || PyModule_AddObjectRef(mod, "TracedLock", (PyObject *)&TracedLockType) < 0
         || PyModule_AddObjectRef(mod, "TracedRLock", (PyObject *)&TracedRLockType) < 0
         || PyModule_AddObjectRef(mod, "BlockingHook", (PyObject *)&HookType) < 0)
