@@ -841,6 +841,32 @@ def test_the_waker_is_linked_even_when_it_ended_before_the_wake_up_was_noted() -
     assert details["waker"]["row"] == holder.id and details["waker"]["i"] == len(holder.lod.raw.starts) - 1
 
 
+def test_a_socket_call_says_which_way_it_went() -> None:
+    """A send and the receive after it on one socket: the slice shows the socket (not
+    the direction bit the recorder sets in its id) and whether it sent or received."""
+    from pyflight.analysis.model import build
+    from pyflight.core.events import IO_SENDS, BlockReason, Kind
+    from pyflight.format.reader import loads
+    from pyflight.viewer.api import TimelineApi
+    from tracegen import Gen, trace
+
+    ms, sock = 1_000_000, 0x7F3A5C40
+    g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="client", ident=1, parent=0)
+    for start, end, obj in ((10, 12, sock | IO_SENDS), (12, 60, sock)):
+        g.event(1, Kind.BLOCK_BEGIN, start * ms, reason=BlockReason.IO, obj=obj, stack=(("ask", "/a.py", 3),))
+        g.event(1, Kind.BLOCK_END, end * ms, reason=BlockReason.IO, obj=obj, waker=0)
+    api = TimelineApi(build(loads(trace([g], meta={"blocking.io_sends": "bit 0"}))))
+    row = next(row for row in api.rows if row.name.startswith("client"))
+    assert row.lod is not None
+    io = [k for k, code in enumerate(row.lod.raw.codes) if api.codes[code] == "blocked:io"]
+    details = [api.slice_details(row.id, k) for k in io]
+    assert [(d["object"], d["detail"], d["duration"]) for d in details if d] == [
+        (sock, "sending", 2 * ms),
+        (sock, "receiving", 48 * ms),
+    ]
+
+
 def test_a_findings_worst_moment_is_the_waiters_slice_not_a_slice_that_began_with_it() -> None:
     """The holder takes the lock, wakes the waiter (an Event) and sleeps 50 ms inside it;
     the waiter blocks on the lock a few microseconds later. The finding dates its worst

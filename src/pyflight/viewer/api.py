@@ -28,7 +28,7 @@ from pyflight.analysis.cpu import UNTRACED
 from pyflight.analysis.frames import library_wait, wait_name
 from pyflight.analysis.model import Interval, IntervalColumns, State
 from pyflight.analysis.profiles import frame_label
-from pyflight.core.events import BlockReason
+from pyflight.core.events import IO_SENDS, BlockReason
 from pyflight.viewer.lod import FAST, FAST_ERRORS, LodRow
 
 if TYPE_CHECKING:
@@ -501,6 +501,9 @@ class TimelineApi:
                         f", called at {frame_label(waited.site)}" if waited.site else ""
                     )
             out["object"] = ref.obj
+            if ref.reason is BlockReason.IO and ref.obj and self.model.trace.meta.get("blocking.io_sends"):
+                out["object"] = ref.obj & ~IO_SENDS  # the socket; the bit says which way
+                out["detail"] = out["detail"] or ("sending" if ref.obj & IO_SENDS else "receiving")
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
             if ref.state is State.BLOCKED or ref.state is State.READY:
