@@ -682,6 +682,43 @@ def test_tls_read_is_one_io_block(rec: pyflight.FlightRecorder, tmp_path: Path) 
     assert not [functions(b) for b, _ in mine if functions(b)[:1] and functions(b)[0] in inner]
 
 
+def test_tls_shutdown_waiting_for_the_peer_is_io(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    """``SSLSocket.unwrap`` sends close_notify and waits for the peer's: against a peer
+    that takes 300 ms to answer, the thread is blocked on I/O for that long, a send."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(TEST_PEM))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(30)
+        tls = context.wrap_socket(conn, server_side=True)
+        tls.recv(100)
+        time.sleep(0.3)
+        tls.unwrap().close()
+
+    server = run_thread(serve, "tls-server")
+    client = tls_client(str(TEST_PEM), listener.getsockname()[1])
+    client.sendall(b"bye")
+
+    def close_tls() -> socket.socket:
+        return client.unwrap()
+
+    close_tls().close()
+    server.join(30)
+    listener.close()
+    trace = snapshot(rec, tmp_path)
+    me = threading.get_native_id()
+    [(begin, end)] = [
+        p
+        for p in blocks(trace, BlockReason.IO, id(client))
+        if p[0].thread == me and "close_tls" in functions(p[0])
+    ]
+    assert end.time - begin.time >= 150 * MS
+    assert begin.arg("obj") == id(client) | IO_SENDS
+
+
 def test_tls_makefile_read_and_nonblocking_ssl_socket(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
     """http.client reads through makefile() (recv_into); a non-blocking SSL socket (as an
     event loop would use) records nothing."""

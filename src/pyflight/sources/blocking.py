@@ -118,15 +118,18 @@ SOCKET_METHODS = (
 )
 
 #: ssl.SSLSocket methods that block on a blocking socket: they read and write through
-#: OpenSSL, not through the socket.socket methods. They call each other (recv and
+#: OpenSSL, not through the socket.socket methods (``unwrap``: the TLS shutdown, which
+#: sends close_notify and waits for the peer's). They call each other (recv and
 #: recv_into -> read, sendall -> send; an unwrapped one's recv -> socket.socket.recv):
 #: a hooked socket method called inside another is part of the outer call's IO block.
-SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_handshake")
+SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_handshake", "unwrap")
 
 #: The socket methods (of either class) that send or open a connection: their IO block's
 #: obj is id(socket) | IO_SENDS, so the analysis can tell a receive that waits for the
 #: answer to what was sent from one that waits for whatever the partner pushes next.
-SENDING_METHODS = frozenset({"send", "sendall", "sendto", "connect", "connect_ex", "write", "do_handshake"})
+SENDING_METHODS = frozenset(
+    {"send", "sendall", "sendto", "connect", "connect_ex", "write", "do_handshake", "unwrap"}
+)
 
 #: What the source can hook; each can be turned off with an option of the same name.
 OPTIONS = ("locks", "conditions", "sleep", "join", "sockets", "select", "file_sync")
