@@ -329,3 +329,23 @@ def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
     findings = findings_of(record_named("healthy_subscriber_threads", tmp_path))
     io = [f for f in findings if f.rule == "io-wait"]
     assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
+
+
+def test_a_childs_two_pipe_readers_count_its_wait_once() -> None:
+    """``communicate`` reads stdout and stderr in a task each, side by side: one child's
+    400 ms is 400 ms of waiting, not 800."""
+    reader = (
+        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+        ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
+        ("Process._read_stream", "/py/lib/python3.12/asyncio/subprocess.py", 180),
+    )
+    caller = (
+        ("Process.communicate", "/py/lib/python3.12/asyncio/subprocess.py", 195),
+        ("convert", "/srv/m.py", 12),
+    )
+    readers = [(20 + 2 * k + pipe, 10 + k, reader, 400) for k in range(3) for pipe in (0, 1)]
+    [finding] = _task_io(_awaiting(readers + [(10 + k, 0, caller, 450) for k in range(3)]))
+    assert finding.evidence["waiting_for"] == "a subprocess"
+    assert finding.evidence["wait_ns"] == 3 * 400 * MS and finding.evidence["tasks"] == 6
+    # of the pairs' lives (1 s each here, counted once per child): 1.2 s of 3 s
+    assert finding.evidence["wait_share"] == 0.4

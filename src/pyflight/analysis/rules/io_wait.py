@@ -148,6 +148,44 @@ _SUBPROCESS_HINT = (
 )
 
 
+def _wall_time(waits: list[tuple[TaskTimeline, Interval, Frame]]) -> int:
+    """The waits' total, where a subprocess's pipe readers (``communicate`` reads stdout
+    and stderr in a task each, side by side, for the same child) count once per parent:
+    the union of their waits. Other tasks' waits add up, one per task."""
+    readers: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    total = 0
+    for task, iv, _ in waits:
+        if task.parent and _reads_a_subprocess(iv.stack):
+            readers[task.parent].append((iv.start, iv.end))
+        else:
+            total += iv.end - iv.start
+    for spans in readers.values():
+        spans.sort()
+        end = spans[0][0]
+        for start, stop in spans:
+            total += max(0, stop - max(start, end))
+            end = max(end, stop)
+    return total
+
+
+def _lives(waits: list[tuple[TaskTimeline, Interval, Frame]]) -> int:
+    """The waiting tasks' lifetimes, a subprocess's pipe readers counted once per parent
+    (from the first one's creation to the last one's end), as ``_wall_time`` counts them."""
+    groups: dict[int, tuple[int, int]] = {}
+    life = 0
+    seen: set[int] = set()
+    for task, iv, _ in waits:
+        if id(task) in seen:
+            continue
+        seen.add(id(task))
+        if task.parent and _reads_a_subprocess(iv.stack):
+            start, end = groups.get(task.parent, (task.created, task.end))
+            groups[task.parent] = (min(start, task.created), max(end, task.end))
+        else:
+            life += max(0, task.end - task.created)
+    return life + sum(max(0, end - start) for start, end in groups.values())
+
+
 def _task_io_waits(model: Model) -> list[Finding]:
     """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
     their await chain from the asyncio source's look at waiting tasks (a sample of them,
@@ -159,11 +197,11 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 call = _awaited_io(iv.stack)
                 if call is not None:
                     waits.append((task, iv, call))
-    total = sum(iv.end - iv.start for _, iv, _ in waits)
+    total = _wall_time(waits)
     if total < 50 * MS:
         return []
     tasks = {id(t): t for t, _, _ in waits}
-    life = sum(max(0, t.end - t.created) for t in tasks.values()) or 1
+    life = _lives(waits) or 1
     share = min(1.0, total / life)
     weights: dict[Frame, float] = defaultdict(float)
     calls: dict[str, float] = defaultdict(float)
@@ -176,7 +214,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
     where, where_ns = by_function(weights)
     call_name = max(calls, key=lambda c: (calls[c], c))
     worst_task, worst, _ = max(waits, key=lambda w: w[1].end - w[1].start)
-    child_ns = sum(iv.end - iv.start for _, iv, _ in waits if _reads_a_subprocess(iv.stack))
+    child_ns = _wall_time([w for w in waits if _reads_a_subprocess(w[1].stack)])
     child = 2 * child_ns >= total  # mostly a child's output: told as waiting for it
     return [
         Finding(
