@@ -59,12 +59,17 @@ def user_frame(stack: Sequence[Frame]) -> Frame | None:
 
 def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
     """Where a thread found off-CPU outside any traced call waited: the innermost frame
-    outside the standard library (the program's, else a third-party library's), and the
-    standard-library call it made, if the innermost frame is one (``subprocess.run``
-    waiting in ``waitpid``, ``Connection.recv`` reading a pipe). (None, None) for a stack
-    of library code only (a library's own thread, idle between jobs)."""
+    of the program's own code, and the call it made (the standard library's, or a
+    third-party library's: ``grpc``'s blocking call, a database driver's ``execute``),
+    if it made one; with no program frame, the innermost third-party frame and the
+    standard-library call it made. (None, None) for a stack of standard-library code
+    only (a library's own thread, idle between jobs)."""
     if not stack:
         return None, None
+    for i, frame in enumerate(stack):
+        library, third_party, _ = _file_kind(frame.file)
+        if not library and not third_party:
+            return frame, (stack[i - 1] if i else None)
     if not is_library(stack[0]):
         return stack[0], None
     where = user_frame(stack)

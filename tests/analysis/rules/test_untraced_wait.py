@@ -75,6 +75,29 @@ def test_a_read_from_another_process_is_told_as_waiting_for_it() -> None:
     assert "waiting_for" not in lock.evidence and "in no traced call" in lock.title
 
 
+#: a client thread in a gRPC stub's call: grpc's Python frames, its wait in gRPC's C core
+GRPC_CALL = (
+    ("_UnaryUnaryMultiCallable._blocking", "/venv/lib/python3.12/site-packages/grpc/_channel.py", 1162),
+    ("_UnaryUnaryMultiCallable.__call__", "/venv/lib/python3.12/site-packages/grpc/_channel.py", 1178),
+    ("get_price", "/srv/prices.py", 27),
+    ("Thread.run", "/py/lib/python3.12/threading.py", 1010),
+)
+
+
+def test_a_wait_inside_a_third_party_call_is_charged_to_the_calling_line() -> None:
+    """The program's line is the culprit and the library call it made is named (not the
+    library's own innermost frame); a gRPC stub's call waits for the server's answer."""
+    [finding] = _untraced(_trace({1: GRPC_CALL, 2: GRPC_CALL}))
+    assert finding.culprit is not None and finding.culprit.function == "get_price"
+    assert "inside get_price waiting for a gRPC server's answer" in finding.title
+    assert "_UnaryUnaryMultiCallable.__call__" in finding.evidence["inside"]
+    assert finding.evidence["waiting_for"] == "a gRPC server's answer"
+    # a library's own thread, with no frame of the program's: the library's frame
+    own = GRPC_CALL[:2] + GRPC_CALL[3:]
+    [library] = _untraced(_trace({1: own, 2: own}))
+    assert library.culprit is not None and library.culprit.function == "_UnaryUnaryMultiCallable._blocking"
+
+
 def test_a_library_thread_idle_between_jobs_is_no_finding() -> None:
     assert _untraced(_trace({1: IDLE_WORKER, 2: IDLE_WORKER})) == []
 

@@ -33,14 +33,17 @@ _PROCESS_HINT = (
 
 
 def _other_process(call: Frame) -> str | None:
-    """What a standard-library call waits for when it waits for another process:
-    ``subprocess`` (a child to exit, its pipes), ``multiprocessing`` (a Queue, Pipe,
-    Connection or pool result: data from another process); None for any other call."""
+    """What a call waits for when it waits for another process: ``subprocess`` (a child
+    to exit, its pipes), ``multiprocessing`` (a Queue, Pipe, Connection or pool result:
+    data from another process), a gRPC stub's call (``grpc``'s channel: the server's
+    answer, its wait in gRPC's C core); None for any other call."""
     path = call.file.replace("\\", "/")
     if path.endswith("/subprocess.py"):
         return "a subprocess"
     if "/multiprocessing/" in path:
         return "another process"
+    if path.endswith("/grpc/_channel.py"):
+        return "a gRPC server's answer"
     return None
 
 
