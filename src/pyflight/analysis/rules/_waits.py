@@ -85,9 +85,10 @@ def wakers(model: Model, reason: BlockReason, objs: set[int]) -> Counter[int]:
 
 @dataclass
 class Contention(Generic[W]):
-    """The waits of threads (or tasks) on one object, when they add up to something."""
+    """The waits of threads (or tasks) on one object (or, grouped by site, on the objects
+    waited for at one function), when they add up to something."""
 
-    obj: int
+    obj: int  # the object waited for longest
     waits: list[tuple[W, Interval]]  # (waiter, blocked interval)
     waiters: dict[int, W]  # by thread or task id
     total: int
@@ -95,6 +96,7 @@ class Contention(Generic[W]):
     worst_waiter: W
     worst: Interval
     where: Frame | None  # the user function they waited in, by wait time
+    objs: int = 1  # how many objects the waits were on
 
 
 def contentions(
@@ -102,18 +104,33 @@ def contentions(
     owner_id: Callable[[W], int],
     owner_life: Callable[[W], int],
     min_total: int = 10 * MS,
+    by_site: bool = False,
 ) -> Iterator[Contention[W]]:
+    """Waits grouped by the object waited on; with ``by_site``, the objects whose waits
+    were at one user function are one group: a lock per request or per record (gRPC's
+    per-call condition, ``with account.lock:``) waited at one line is one story there,
+    not one finding per object."""
     by_obj: dict[int, list[tuple[W, Interval]]] = defaultdict(list)
     for owner, iv in pairs:
         by_obj[iv.obj].append((owner, iv))
+    groups: dict[object, list[int]] = defaultdict(list)
+    sites: dict[object, Frame | None] = {}
     for obj, waits in by_obj.items():
+        site = wait_site(waits)
+        key: object = (site.function, site.file) if by_site and site is not None else ("obj", obj)
+        groups[key].append(obj)
+        sites.setdefault(key, site)
+    for key, objs in groups.items():
+        waits = [w for obj in objs for w in by_obj[obj]]
         total = sum(iv.end - iv.start for _, iv in waits)
         if total < min_total:
             continue
         waiters = {owner_id(t): t for t, _ in waits}
         life = sum(owner_life(t) for t in waiters.values()) or 1
         worst_waiter, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
-        yield Contention(obj, waits, waiters, total, total / life, worst_waiter, worst, wait_site(waits))
+        main = max(objs, key=lambda o: sum(iv.end - iv.start for _, iv in by_obj[o]))
+        where = wait_site(waits) if len(objs) > 1 else sites[key]
+        yield Contention(main, waits, waiters, total, total / life, worst_waiter, worst, where, len(objs))
 
 
 def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[TaskTimeline, Interval]]:

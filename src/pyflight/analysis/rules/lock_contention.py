@@ -76,10 +76,10 @@ def _thread_contention(
     (CONDITION waits in ``Semaphore.acquire``)."""
     out: list[Finding] = []
     semaphore = reason is BlockReason.CONDITION
-    for c in contentions(lock_waits, lambda t: t.tid, lifetime):
+    for c in contentions(lock_waits, lambda t: t.tid, lifetime, by_site=True):
         obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
         worst_t, worst, where = c.worst_waiter, c.worst, c.where
-        holders = wakers(model, reason, {obj})
+        holders = wakers(model, reason, {iv.obj for _, iv in waits})
         # where the holders were while others waited
         held: Counter[Frame] = Counter()
         for _, iv in waits:
@@ -96,7 +96,8 @@ def _thread_contention(
             f"Semaphore contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a slot of "
             "a threading.Semaphore"
             if semaphore
-            else f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for a lock"
+            else f"Lock contention: {len(waiters)} thread(s) waited {fmt_ns(total)} for "
+            + (f"{c.objs} locks" if c.objs > 1 else "a lock")
         )
         if where:
             title += f" in {where.function}"
@@ -117,6 +118,7 @@ def _thread_contention(
                 culprit=Culprit.of(where),
                 evidence={
                     "lock": obj,
+                    "locks": c.objs,
                     "kind": "threading.Semaphore" if semaphore else "threading.Lock",
                     "waits": len(waits),
                     "wait_ns": total,
