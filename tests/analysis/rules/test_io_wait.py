@@ -240,14 +240,21 @@ CALLER = (
 )
 
 
-def _awaiting(waits: list[tuple[int, int, tuple[tuple[str, str, int], ...], int]]) -> bytes:
+def _awaiting(
+    waits: list[tuple[int, int, tuple[tuple[str, str, int], ...], int]], made_by: str = ""
+) -> bytes:
     """asyncio tasks (id, parent, await chain looked at, wait ms): each created and
     stepped once at 0, then waiting from 1 ms for its time, the chain recorded mid-wait
-    by the watchdog (thread 8), then one more step."""
+    by the watchdog (thread 8), then one more step. ``made_by``: the loop callback that
+    created them (a protocol's ``connection_made``), else none."""
     g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
     g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
+    if made_by:
+        g.event(LOOP, Kind.CALLBACK_BEGIN, 0, loop=7, name=made_by)
     for task, parent, _, _ in waits:
         g.event(LOOP, Kind.TASK_CREATE, 0, task=task, name=f"t{task}", coro="c", parent=parent)
+    if made_by:
+        g.event(LOOP, Kind.CALLBACK_END, 50, loop=7)
     for task, _, _, _ in waits:
         g.event(LOOP, Kind.TASK_STEP_BEGIN, 100, task=task)
         g.event(LOOP, Kind.TASK_STEP_END, MS, task=task)
@@ -323,6 +330,14 @@ def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
     assert "on I/O" in network.title and "waiting_for" not in network.evidence
 
 
+def test_an_asyncio_servers_idle_connections_are_not_reported(tmp_path: Path) -> None:
+    """A real asyncio.start_server with keep-alive clients (planted, on loopback): its
+    handlers sit in readline for the clients' next commands."""
+    findings = findings_of(record_named("healthy_asyncio_server", tmp_path))
+    io = [f for f in findings if f.rule == "io-wait"]
+    assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
+
+
 def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
     """A real pub/sub listener (planted, sockets on loopback): its threads sit in recv
     most of their lives, and the report does not make that an I/O problem."""
@@ -349,3 +364,31 @@ def test_a_childs_two_pipe_readers_count_its_wait_once() -> None:
     assert finding.evidence["wait_ns"] == 3 * 400 * MS and finding.evidence["tasks"] == 6
     # of the pairs' lives (1 s each here, counted once per child): 1.2 s of 3 s
     assert finding.evidence["wait_share"] == 0.4
+
+
+def test_a_connection_handler_waiting_for_its_clients_next_request_is_not_io_wait() -> None:
+    """``asyncio.start_server``'s handler tasks (made by the protocol's ``connection_made``)
+    reading their own stream wait for their clients: idle keep-alive connections, named
+    apart. The same handlers waiting for a downstream service through its client library,
+    and tasks made elsewhere reading a stream, are waiting for I/O."""
+    next_request = (
+        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+        ("StreamReader.readline", "/py/lib/python3.12/asyncio/streams.py", 568),
+        ("handle", "/srv/server.py", 12),
+    )
+    handlers = [(10 + k, 0, next_request, 400) for k in range(4)]
+    assert _task_io(_awaiting(handlers, made_by="StreamReaderProtocol.connection_made")) == []
+    # not made by a connection: a client reading its answers
+    [client] = _task_io(_awaiting(handlers))
+    assert client.culprit is not None and client.culprit.function == "handle"
+    # a handler awaiting a downstream service through a client library counts
+    downstream = (
+        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+        ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
+        ("Connection.read_response", "/venv/lib/python3.12/site-packages/redis/asyncio/connection.py", 560),
+        ("handle", "/srv/server.py", 14),
+    )
+    mixed = handlers + [(20 + k, 0, downstream, 300) for k in range(4)]
+    [finding] = _task_io(_awaiting(mixed, made_by="StreamReaderProtocol.connection_made"))
+    assert finding.evidence["wait_ns"] == 4 * 300 * MS
+    assert finding.evidence["handlers_idle_ns"] == 4 * 400 * MS and "next requests" in finding.title

@@ -186,16 +186,54 @@ def _lives(waits: list[tuple[TaskTimeline, Interval, Frame]]) -> int:
     return life + sum(max(0, end - start) for start, end in groups.values())
 
 
+def _connection_handlers(model: Model) -> set[int]:
+    """``id()`` of the tasks a protocol's ``connection_made`` created (found by the loop
+    callback running on their thread when they were created): ``asyncio.start_server``'s
+    ``client_connected_cb``, one task per accepted connection."""
+    made: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for loop in model.loops.values():
+        for iv in loop.busy:
+            if iv.detail.endswith(".connection_made"):
+                made[loop.tid].append((iv.start, iv.end))
+    if not made:
+        return set()
+    found = set()
+    for task in model.all_tasks():
+        spans = made.get(task.thread)
+        if spans and any(start <= task.created <= end for start, end in spans):
+            found.add(id(task))
+    return found
+
+
+def _reads_its_stream(stack: Sequence[Frame]) -> bool:
+    """The program reads an asyncio stream itself (``await reader.readline()``), with
+    only the standard library's frames inside its call: in a connection's handler, its
+    own connection (a downstream service is read through its client library)."""
+    for frame in stack:
+        if not is_library(frame):
+            return not is_third_party(frame) and any(
+                f.file.replace("\\", "/").endswith("/asyncio/streams.py") for f in stack[: stack.index(frame)]
+            )
+    return False
+
+
 def _task_io_waits(model: Model) -> list[Finding]:
     """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
     their await chain from the asyncio source's look at waiting tasks (a sample of them,
-    by length), so the total is a lower bound."""
+    by length), so the total is a lower bound. A connection handler reading its own
+    stream waits for its client's next request: idle, named apart, not counted."""
     waits: list[tuple[TaskTimeline, Interval, Frame]] = []
+    handlers = _connection_handlers(model)
+    idle_ns = 0
     for task in model.all_tasks():
         for iv in task.intervals:
             if iv.state is State.BLOCKED and iv.reason is BlockReason.AWAIT and iv.stack:
                 call = _awaited_io(iv.stack)
-                if call is not None:
+                if call is None:
+                    continue
+                if id(task) in handlers and _reads_its_stream(iv.stack):
+                    idle_ns += iv.end - iv.start
+                else:
                     waits.append((task, iv, call))
     total = _wall_time(waits)
     if total < 50 * MS:
@@ -226,6 +264,12 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 + f" ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
                 + f", awaiting {call_name}"
+                + (
+                    f"; besides, connection handlers waited {fmt_ns(idle_ns)} for their clients' "
+                    "next requests (idle, not counted)"
+                    if idle_ns >= 50 * MS
+                    else ""
+                )
             ),
             culprit=Culprit.of(where),
             evidence={
@@ -235,6 +279,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 "culprit_wait_ns": int(where_ns),
                 "awaiting": call_name,
                 "tasks": len(tasks),
+                "handlers_idle_ns": idle_ns or None,
                 "worst_ns": worst.end - worst.start,
                 "worst_at_s": seconds_since_start(model, worst.start),
                 "worst_task": task_label_of(worst_task),
