@@ -29,6 +29,7 @@ CASES: dict[str, tuple[str, str]] = {
     "slow_tasks_asyncio": ("loop-blocked", "render_page"),
     # the same cause told two true ways: the loop's late wake-ups, or the GIL-holding call
     # with the loop thread among the starved (on a loaded machine the first can fall short)
+    "loop_blocked_uvloop": ("loop-blocked", "load_profile_sync"),  # uvloop: its blocking calls
     "loop_starved_gil": ("loop-starved|gil-hog", "spin_cpu"),
     "loop_starved_json": ("loop-starved|gil-hog", "serialize_snapshot"),
     "lock_contention": ("lock-contention", "update_account"),

@@ -57,14 +57,28 @@ def user_frame(stack: Sequence[Frame]) -> Frame | None:
     return stack[0] if stack else None
 
 
+def runs_an_event_loop(frame: Frame) -> bool:
+    """``frame`` runs an event loop: asyncio's runner (``asyncio.run``, ``Runner.run``),
+    a loop's ``run_forever`` / ``run_until_complete``, or uvloop's ``run``. Frames inner
+    to it are a step of that loop; a stack whose innermost frame it is has no Python code
+    running (the loop's own code in C: uvloop waiting for events)."""
+    path = frame.file.replace("\\", "/")
+    if path.endswith(("/asyncio/runners.py", "/uvloop/__init__.py")):
+        return True
+    return path.endswith("/asyncio/base_events.py") and frame.function.endswith(
+        ("run_forever", "run_until_complete")
+    )
+
+
 def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
     """Where a thread found off-CPU outside any traced call waited: the innermost frame
     of the program's own code, and the call it made (the standard library's, or a
     third-party library's: ``grpc``'s blocking call, a database driver's ``execute``),
     if it made one; with no program frame, the innermost third-party frame and the
     standard-library call it made. (None, None) for a stack of standard-library code
-    only (a library's own thread, idle between jobs)."""
-    if not stack:
+    only (a library's own thread, idle between jobs), and for an event loop running its
+    own code (uvloop, in C, waiting for events: idle)."""
+    if not stack or runs_an_event_loop(stack[0]):
         return None, None
     for i, frame in enumerate(stack):
         library, third_party, _ = _file_kind(frame.file)

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from pyflight.analysis.rules.base import Rule
+from pyflight.analysis.rules.loop_foreign import rule_foreign_loop_blocked
 from pyflight.analysis.rules.loop_many_steps import rule_loop_many_steps
 from pyflight.format.reader import Frame
 
@@ -87,8 +88,9 @@ def rule_loop_blocked(model: Model) -> list[Finding]:
 
 
 def _long_and_many_medium_steps(model: Model) -> list[Finding]:
-    """One long step, or many medium ones (``loop_many_steps``): both a blocked loop."""
-    return rule_loop_blocked(model) + rule_loop_many_steps(model)
+    """One long step, or many medium ones (``loop_many_steps``): both a blocked loop; on a
+    loop that is not asyncio's own (uvloop), blocking calls made in its steps."""
+    return rule_loop_blocked(model) + rule_loop_many_steps(model) + rule_foreign_loop_blocked(model)
 
 
 RULE = Rule("loop-blocked", ("loop-blocked",), _long_and_many_medium_steps)
