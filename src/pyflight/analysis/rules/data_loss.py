@@ -97,7 +97,8 @@ def rule_data_loss(model: Model) -> list[Finding]:
                 "printed by the program for disabled sources."
                 + (
                     " The event loop is not asyncio's own (uvloop): its steps, tasks and stalls "
-                    "cannot be recorded, only sampled. To see them, run on asyncio's loop while "
+                    "cannot be recorded, only sampled (blocking calls made in its steps are "
+                    "still seen: loop-blocked). To see them, run on asyncio's loop while "
                     "you investigate (`uvicorn --loop asyncio`, or without `uvloop.install()` / "
                     "`loop_factory=uvloop.new_event_loop`)."
                     if foreign_loop
