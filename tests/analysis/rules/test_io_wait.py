@@ -173,13 +173,27 @@ SENDS = 1  # pyflight.core.events.IO_SENDS
 
 
 def _conversation(
-    stack: tuple[tuple[str, str, int], ...], sends_first: bool, meta: bool = True, joined: bool = False
+    stack: tuple[tuple[str, str, int], ...],
+    sends_first: bool,
+    meta: bool = True,
+    joined: bool = False,
+    gil_held: bool = False,
 ) -> bytes:
     """Two threads, each on its own socket for 2 s: 20 receives that wait 90 ms each,
     with a short send before each receive if ``sends_first`` (asking, then waiting for
     the answer), else one send at the start (subscribing, then waiting for pushes); if
-    ``joined``, the main thread joins the first of them all along."""
+    ``joined``, the main thread joins the first of them all along; if ``gil_held``, a
+    CPU-bound thread holds the GIL at every sampler tick (10 ms)."""
     g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    if gil_held:
+        g.event(4, Kind.THREAD_START, 0, tid=4, name="parser", ident=4, parent=0)
+        for k in range(1, 200):
+            t = k * 10 * MS
+            g.event(9, Kind.SAMPLE, t - 1000, tid=4, task=0, stack=RENDER, state=ThreadState.HOLDING_GIL,
+                    cpu=10 * MS, span=10 * MS)  # fmt: skip
+            for tid in (1, 2):
+                g.event(9, Kind.SAMPLE, t + tid, tid=tid, task=0, stack=stack, state=ThreadState.SLEEPING,
+                        cpu=0, span=10 * MS)  # fmt: skip
     if joined:
         g.event(3, Kind.THREAD_START, 0, tid=3, name="MainThread", ident=3, parent=0)
         joining = (("main", "/srv/dl.py", 9),)
@@ -216,6 +230,12 @@ def test_receives_with_nothing_sent_since_the_last_are_a_subscription_not_io_wai
     # download trickling in from a slow server, which the program waits for
     [downloads] = io_wait(_conversation(LISTEN, sends_first=False, joined=True))
     assert downloads.score >= INFO and downloads.evidence["wait_ns"] >= 2 * 20 * 90 * MS
+    # the same shape while other threads keep the GIL busy: the rest of an answer waiting
+    # for the GIL back after each read, not a push (a threaded scraper parsing pages)
+    [gil_bound] = io_wait(_conversation(LISTEN, sends_first=False, gil_held=True))
+    assert (
+        gil_bound.evidence["wait_ns"] >= 2 * 20 * 90 * MS and gil_bound.evidence.get("listening_ns") is None
+    )
     # a trace that does not say which calls send: every receive counts, as before
     [unknown] = io_wait(_conversation(LISTEN, sends_first=False, meta=False))
     assert unknown.score >= INFO and unknown.evidence["wait_ns"] >= 2 * 20 * 90 * MS

@@ -17,7 +17,15 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, is_third_party, user_frame
-from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
+from pyflight.analysis.queries import (
+    Queries,
+    Spans,
+    gil_busy_share,
+    interval_ns,
+    lifetime,
+    seconds_since_start,
+    thread_name,
+)
 from pyflight.analysis.rules._waits import (
     GIL_BOUND_HINT,
     GIL_BOUND_SCORE,
@@ -39,6 +47,9 @@ SHORT_CALL = 20 * MS
 #: it waits for the partner to speak on its own (a subscription's next message, a feed's
 #: next item): the program asked for nothing. Shorter gaps are a transfer still flowing.
 PUSH_WAIT = 50 * MS
+#: ...unless the native reader found the GIL held at this share of the sampler's ticks in it.
+GIL_HELD_SHARE = 0.5
+MIN_TICKS = 5
 
 
 #: (function, file) that read a request's first line straight from the socket: a server
@@ -346,6 +357,25 @@ def _listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
         joins = joined.get(_kind_of_thread(model, b.tid), ())
         if not any(start < b.end and b.start < end for start, end in joins):
             spans[b.tid].append((b.start, b.end))
+    # threads taking turns on the GIL: the rest of an answer waits for the GIL back after
+    # each read (a stand-in cannot tell that from the network), not for a push. Judged on
+    # all of a thread's candidates (and the ticks around each: a budget-slowed sampler
+    # ticks a few times a second)
+    queries = Queries.of(model)
+    ticks, natives = queries.sampler_ticks(), queries.native_times()
+    reach = interval_ns(model)
+    for tid in list(spans):
+        in_ticks = in_natives = 0
+        for lo, hi in Spans([(a - reach, b + reach) for a, b in spans[tid]]).pairs():
+            in_ticks += bisect.bisect_left(ticks, hi) - bisect.bisect_left(ticks, lo)
+            in_natives += bisect.bisect_left(natives, hi) - bisect.bisect_left(natives, lo)
+        if in_ticks < MIN_TICKS:  # too few ticks near them to judge: the thread's life's
+            thread = model.threads.get(tid)
+            lo, hi = (thread.start, thread.end) if thread is not None else (model.start, model.end)
+            in_ticks = bisect.bisect_left(ticks, hi) - bisect.bisect_left(ticks, lo)
+            in_natives = bisect.bisect_left(natives, hi) - bisect.bisect_left(natives, lo)
+        if in_ticks >= 2 and in_natives >= GIL_HELD_SHARE * in_ticks:
+            del spans[tid]
     return spans
 
 
