@@ -253,16 +253,33 @@ def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) 
 
     began, ended = measured
     total = inside = size = 0
+    threads_s = hooks_s = process_s = 0.0
     for path in paths:
-        events = pyflight.load(path).events
+        trace = pyflight.load(path)
+        events = trace.events
         total += len(events)
         inside += sum(1 for event in events if began <= event.time <= ended)
         size += path.stat().st_size
+        # the budget's own accounts, since the recorder started (warm-up included): its
+        # threads' CPU clocks, and the hooks' cost it estimates from the events recorded
+        try:
+            threads_s += float(trace.meta.get("budget.recorder_threads_cpu_s", 0))
+            hooks_s += float(trace.meta.get("budget.hooks_cpu_s_estimated", 0))
+            process_s += float(trace.meta.get("budget.process_cpu_s", 0))
+        except ValueError:
+            pass
     if not total or not inside:
         return {}
     per_s = inside / ((ended - began) / 1e9)
     bytes_per_event = size / total
+    shares = {}
+    if process_s > 0:
+        shares = {
+            "recorder_threads_pct": 100 * threads_s / process_s,
+            "hooks_pct_estimated": 100 * hooks_s / process_s,
+        }
     return {
+        **shares,
         "bytes_per_event": bytes_per_event,
         "events_per_request": inside / requests,
         "window_seconds": WINDOW_BYTES / (bytes_per_event * per_s),
@@ -388,6 +405,13 @@ def report(server: str, base: list[Result], modes: dict[str, list[Result]]) -> d
                     f"10 MiB holds {figures['window_seconds']:.1f} s at this rate, "
                     f"{figures['window_seconds_at_5k_rps']:.1f} s at 5,000 req/s"
                 )
+                if "recorder_threads_pct" in figures:
+                    # medians over the pairs; of the server process's CPU since it started
+                    print(
+                        f"  {'':24}   the recorder's own accounts: its threads "
+                        f"{figures['recorder_threads_pct']:.2f}% of the process's CPU, its hooks "
+                        f"~{figures['hooks_pct_estimated']:.2f}% (estimated)"
+                    )
                 row.update(figures)
         rows[name] = row
     return rows
