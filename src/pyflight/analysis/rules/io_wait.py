@@ -204,7 +204,7 @@ def _connection_handlers(model: Model) -> set[int]:
     made: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for loop in model.loops.values():
         for iv in loop.busy:
-            if iv.detail.endswith(".connection_made"):
+            if (iv.detail or "").endswith(".connection_made"):
                 made[loop.tid].append((iv.start, iv.end))
     if not made:
         return set()
