@@ -12,7 +12,14 @@ from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model, Sample
-from pyflight.analysis.frames import by_function, in_loop_machinery, is_library, short_file, user_frame
+from pyflight.analysis.frames import (
+    by_function,
+    in_loop_machinery,
+    is_library,
+    runs_an_event_loop,
+    short_file,
+    user_frame,
+)
 from pyflight.analysis.queries import interval_ns, seconds_since_start, thread_name
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of, stretches
 from pyflight.analysis.rules.scoring import clamp_score, ramp
@@ -58,13 +65,35 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
         ((f.line, w) for f, w in self_w.items() if (f.function, f.file) == (frame.function, frame.file)),
         key=lambda lw: -lw[1],
     )
+    # CPU inside an event loop's steps (a loop runner outer to it): every task waits
+    # meanwhile; on a loop that is not asyncio's own (uvloop) no step is recorded, so
+    # this is the only place that says so
+    own_loops = {loop.tid for loop in model.loops.values()}
+    on_loop = on_foreign_loop = 0
+    for sample, ns, f in charged:
+        if (f.function, f.file) == (frame.function, frame.file) and any(
+            runs_an_event_loop(outer) for outer in sample.stack
+        ):
+            on_loop += ns
+            if sample.tid not in own_loops:
+                on_foreign_loop += ns
+    on_loop_note = (
+        " on the event loop's thread, inside its steps: no other task ran meanwhile"
+        + (" (uvloop: its steps are not recorded)" if on_foreign_loop >= on_loop / 2 else "")
+        if on_loop >= weight / 2
+        else ""
+    )
     within, within_ns = by_function(inside.get((frame.function, frame.file), {}))
     # named when most of the function's CPU went there (a library call it makes)
     via = f" (mostly inside {within.function})" if within is not None and within_ns >= weight / 2 else ""
     score = clamp_score(
-        min(
-            ramp(wanted_share, [(0.05, 10), (0.2, 35), (0.5, 55), (0.9, 70)]),
-            ramp(cpu_share, [(0.1, 10), (0.3, 40), (0.6, 70)]),
+        max(
+            min(
+                ramp(wanted_share, [(0.05, 10), (0.2, 35), (0.5, 55), (0.9, 70)]),
+                ramp(cpu_share, [(0.1, 10), (0.3, 40), (0.6, 70)]),
+            ),
+            # a foreign loop's steps holding it: what loop-blocked says of asyncio's loops
+            ramp(on_foreign_loop / MS, [(100, 35), (300, 55), (1000, 70)]) if on_loop_note else 0,
         )
     )
     return [
@@ -74,6 +103,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             title=(
                 f"CPU hotspot: {_named(frame)} used {fmt_ns(weight)} of CPU ({pct(cpu_share)} of all CPU)"
                 + via
+                + on_loop_note
             ),
             culprit=Culprit.of(frame),
             moments=_moments(model, charged, frame),
@@ -86,6 +116,7 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
                 "hot_lines": [{"line": ln, "cpu_ns": int(w)} for ln, w in lines[:5]],
                 "inside": str(Culprit.of(within)) if via else None,
                 "inside_cpu_ns": int(within_ns) if via else 0,
+                "on_event_loop_ns": int(on_loop) or None,
             },
             hint=(
                 f"Most CPU time is spent in {frame.function}"
@@ -93,6 +124,12 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
                 + ". Optimise it (a better algorithm, caching, fewer or cheaper library calls, "
                 "vectorised libraries), or run it in a process pool so it does not hold "
                 "the GIL for the other threads."
+                + (
+                    " On the event loop's thread it blocks every task: `await "
+                    "loop.run_in_executor(process_pool, ...)` moves it off the loop."
+                    if on_loop_note
+                    else ""
+                )
             ),
         )
     ]
