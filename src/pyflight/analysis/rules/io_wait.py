@@ -234,7 +234,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
     by length), so the total is a lower bound. A connection handler reading its own
     stream waits for its client's next request: idle, named apart, not counted."""
     waits: list[tuple[TaskTimeline, Interval, Frame]] = []
-    handlers = _connection_handlers(model)
+    handlers: set[int] | None = None  # made on first use: a pass over every loop callback
     idle_ns = 0
     for task in model.all_tasks():
         for iv in task.intervals:
@@ -242,7 +242,9 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 call = _awaited_io(iv.stack)
                 if call is None:
                     continue
-                if id(task) in handlers and _reads_its_stream(iv.stack):
+                if _reads_its_stream(iv.stack) and id(task) in (
+                    handlers if handlers is not None else (handlers := _connection_handlers(model))
+                ):
                     idle_ns += iv.end - iv.start
                 else:
                     waits.append((task, iv, call))
