@@ -5,7 +5,8 @@ still blocks in a traced call, on the loop's thread, with the loop's runner (uvl
 ``run``, asyncio's ``Runner.run``) outer to it in its stack: the loop was blocked that
 long. uvicorn picks uvloop by itself when it is installed, so this is where a sync call
 in an async handler shows on such a service. CPU-heavy steps of such a loop are not seen
-this way (the sampler alone cannot tell one long step from many short ones)."""
+this way (the sampler alone cannot tell one long step from many short ones): cpu-hotspot
+says when its hot function ran inside a loop's steps."""
 
 from __future__ import annotations
 
@@ -104,9 +105,10 @@ def rule_foreign_loop_blocked(model: Model) -> list[Finding]:
                     "Nothing else runs on the loop while a coroutine blocks. Move the blocking "
                     "call off the loop (await an async equivalent, or `await "
                     "loop.run_in_executor(None, ...)` / `asyncio.to_thread(...)`). This loop is "
-                    "not asyncio's own (uvloop), so its steps are not recorded: only the traced "
-                    "blocking calls made inside them are seen, not CPU-heavy steps; run on "
-                    "asyncio's loop to see every step (`uvicorn --loop asyncio`)."
+                    "not asyncio's own (uvloop), so its steps are not recorded: the traced "
+                    "blocking calls made inside them are seen, and CPU spent in them shows as a "
+                    "cpu-hotspot on the loop's thread; run on asyncio's loop to see every step "
+                    "(`uvicorn --loop asyncio`)."
                 ),
             )
         )
