@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from programs import findings_of, record_named
 from pyflight.analysis.model import build
 from pyflight.analysis.queries import sampler_ticks
@@ -350,10 +352,12 @@ def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
     assert "on I/O" in network.title and "waiting_for" not in network.evidence
 
 
-def test_an_asyncio_servers_idle_connections_are_not_reported(tmp_path: Path) -> None:
-    """A real asyncio.start_server with keep-alive clients (planted, on loopback): its
-    handlers sit in readline for the clients' next commands."""
-    findings = findings_of(record_named("healthy_asyncio_server", tmp_path))
+@pytest.mark.parametrize("program", ["healthy_asyncio_server", "healthy_aiohttp_websockets"])
+def test_an_asyncio_servers_idle_connections_are_not_reported(program: str, tmp_path: Path) -> None:
+    """Real servers with connected clients (planted, on loopback): an asyncio.start_server
+    whose handlers sit in readline for the clients' next commands, an aiohttp WebSocket
+    service whose handlers sit in ws.receive."""
+    findings = findings_of(record_named(program, tmp_path))
     io = [f for f in findings if f.rule == "io-wait"]
     assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
 

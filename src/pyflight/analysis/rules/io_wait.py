@@ -216,6 +216,20 @@ def _connection_handlers(model: Model) -> set[int]:
     return found
 
 
+#: (function, file) of a server's read of its client's next message: a handler waiting
+#: there serves an idle connection (aiohttp's server-side WebSocket; its client side is
+#: ``ClientWebSocketResponse``, in client_ws.py).
+_SERVER_RECEIVES = (("WebSocketResponse.receive", "aiohttp/web_ws.py"),)
+
+
+def _waits_for_its_client(stack: Sequence[Frame]) -> bool:
+    return any(
+        frame.function == name and frame.file.replace("\\", "/").endswith("/" + part)
+        for frame in stack
+        for name, part in _SERVER_RECEIVES
+    )
+
+
 def _reads_its_stream(stack: Sequence[Frame]) -> bool:
     """The program reads an asyncio stream itself (``await reader.readline()``), with
     only the standard library's frames inside its call: in a connection's handler, its
@@ -242,9 +256,12 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 call = _awaited_io(iv.stack)
                 if call is None:
                     continue
-                if _reads_its_stream(iv.stack) and id(task) in (
-                    handlers if handlers is not None else (handlers := _connection_handlers(model))
-                ):
+                serving = _waits_for_its_client(iv.stack)
+                if not serving and _reads_its_stream(iv.stack):
+                    if handlers is None:
+                        handlers = _connection_handlers(model)
+                    serving = id(task) in handlers
+                if serving:
                     idle_ns += iv.end - iv.start
                 else:
                     waits.append((task, iv, call))
@@ -279,7 +296,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 + f", awaiting {call_name}"
                 + (
                     f"; besides, connection handlers waited {fmt_ns(idle_ns)} for their clients' "
-                    "next requests (idle, not counted)"
+                    "next requests or messages (idle, not counted)"
                     if idle_ns >= 50 * MS
                     else ""
                 )
