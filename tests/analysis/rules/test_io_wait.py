@@ -180,6 +180,7 @@ def _conversation(
     meta: bool = True,
     joined: bool = False,
     gil_held: bool = False,
+    first: str = "client-1",
 ) -> bytes:
     """Two threads, each on its own socket for 2 s: 20 receives that wait 90 ms each,
     with a short send before each receive if ``sends_first`` (asking, then waiting for
@@ -203,7 +204,8 @@ def _conversation(
         g.event(3, Kind.BLOCK_END, 1999 * MS, reason=BlockReason.JOIN, obj=1, waker=1)
     for tid in (1, 2):
         sock = 0x7F0000 + 64 * tid
-        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"client-{tid}", ident=tid, parent=0)
+        name = first if tid == 1 else f"client-{tid}"
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=name, ident=tid, parent=0)
         for k in range(20):
             t = 10 * MS + k * 95 * MS
             if sends_first or k == 0:
@@ -232,6 +234,10 @@ def test_receives_with_nothing_sent_since_the_last_are_a_subscription_not_io_wai
     # download trickling in from a slow server, which the program waits for
     [downloads] = io_wait(_conversation(LISTEN, sends_first=False, joined=True))
     assert downloads.score >= INFO and downloads.evidence["wait_ns"] >= 2 * 20 * 90 * MS
+    # the main thread's receives are the program's own work (a script downloading a
+    # file slowly): they count, the background thread's do not
+    [main] = io_wait(_conversation(LISTEN, sends_first=False, first="MainThread"))
+    assert 20 * 90 * MS <= main.evidence["wait_ns"] < 2 * 20 * 90 * MS and main.evidence["listening_ns"]
     # the same shape while other threads keep the GIL busy: the rest of an answer waiting
     # for the GIL back after each read, not a push (a threaded scraper parsing pages)
     [gil_bound] = io_wait(_conversation(LISTEN, sends_first=False, gil_held=True))

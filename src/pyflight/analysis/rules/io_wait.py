@@ -352,13 +352,23 @@ def _kind_of_thread(model: Model, tid: int) -> str:
 
 def _listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
     """Thread id -> (start, end) of its receives that waited for a push: at least
-    ``PUSH_WAIT`` long, on a socket whose previous call by this thread received too, while
-    no thread was joining one of its kind (a download trickling in from a slow server has
-    the shape of a feed, but the program waits for those threads to end, joining them in
-    turn). Only traces that say which calls send (metadata ``blocking.io_sends``) have any."""
+    ``PUSH_WAIT`` long, on a socket whose previous call by this thread received too, in a
+    thread other than the main one, while no thread was joining one of its kind and it
+    ran no pool job (a download trickling in from a slow server has the shape of a feed,
+    but the program waits for it: its threads joined in turn, its job's future). Only
+    traces that say which calls send (metadata ``blocking.io_sends``) have any."""
     if not model.trace.meta.get("blocking.io_sends"):
         return {}
+    # spans in which someone waits for a thread's work: joins of a thread of its kind,
+    # and the pool jobs it runs (their submitters hold futures); the main thread's own
+    # receives are the program's line of work (a script downloading a file), never a feed
     joined: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    jobs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for pool in model.pools.values():
+        for job in pool.jobs:
+            if job.worker and job.begin is not None:
+                jobs[job.worker].append((job.begin, job.end if job.end is not None else model.end))
+    main = {t.tid for t in model.threads.values() if t.name == "MainThread"}
     io = []
     for b in model.blocks:
         if b.reason is BlockReason.JOIN:
@@ -371,10 +381,10 @@ def _listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
         key, sends = (b.tid, b.obj & ~IO_SENDS), bool(b.obj & IO_SENDS)
         received_last = last_sent.get(key) is False
         last_sent[key] = sends
-        if sends or not received_last or b.end - b.start < PUSH_WAIT:
+        if sends or not received_last or b.end - b.start < PUSH_WAIT or b.tid in main:
             continue
-        joins = joined.get(_kind_of_thread(model, b.tid), ())
-        if not any(start < b.end and b.start < end for start, end in joins):
+        awaited = (*joined.get(_kind_of_thread(model, b.tid), ()), *jobs.get(b.tid, ()))
+        if not any(start < b.end and b.start < end for start, end in awaited):
             spans[b.tid].append((b.start, b.end))
     # threads taking turns on the GIL: the rest of an answer waits for the GIL back after
     # each read (a stand-in cannot tell that from the network), not for a push. Judged on
