@@ -336,18 +336,23 @@ def test_an_installed_librarys_read_counts_and_the_programs_own_future_does_not(
     assert _task_io(_awaiting([(10 + k, 0, offloaded, 300) for k in range(3)])) == []
 
 
+#: ``await proc.communicate()``: asyncio's reader task of one of the child's pipes, and
+#: its parent, the program's task in communicate
+PIPE_READER = (
+    ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
+    ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
+    ("Process._read_stream", "/py/lib/python3.12/asyncio/subprocess.py", 180),
+)
+COMMUNICATING = (
+    ("Process.communicate", "/py/lib/python3.12/asyncio/subprocess.py", 195),
+    ("convert", "/srv/media.py", 12),
+)
+
+
 def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
     """``await proc.communicate()`` reads the child's pipes in tasks of asyncio's own
     (``Process._read_stream``): I/O, but the time is the child's, and the advice is about it."""
-    reader = (
-        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
-        ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
-        ("Process._read_stream", "/py/lib/python3.12/asyncio/subprocess.py", 180),
-    )
-    caller = (
-        ("Process.communicate", "/py/lib/python3.12/asyncio/subprocess.py", 195),
-        ("convert", "/srv/media.py", 12),
-    )
+    reader, caller = PIPE_READER, COMMUNICATING
     waits = [(20 + k, 10 + k, reader, 400) for k in range(3)] + [(10 + k, 0, caller, 450) for k in range(3)]
     [finding] = _task_io(_awaiting(waits))
     assert finding.culprit is not None and finding.culprit.function == "convert"
@@ -379,17 +384,8 @@ def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
 def test_a_childs_two_pipe_readers_count_its_wait_once() -> None:
     """``communicate`` reads stdout and stderr in a task each, side by side: one child's
     400 ms is 400 ms of waiting, not 800."""
-    reader = (
-        ("StreamReader._wait_for_data", "/py/lib/python3.12/asyncio/streams.py", 540),
-        ("StreamReader.read", "/py/lib/python3.12/asyncio/streams.py", 700),
-        ("Process._read_stream", "/py/lib/python3.12/asyncio/subprocess.py", 180),
-    )
-    caller = (
-        ("Process.communicate", "/py/lib/python3.12/asyncio/subprocess.py", 195),
-        ("convert", "/srv/m.py", 12),
-    )
-    readers = [(20 + 2 * k + pipe, 10 + k, reader, 400) for k in range(3) for pipe in (0, 1)]
-    [finding] = _task_io(_awaiting(readers + [(10 + k, 0, caller, 450) for k in range(3)]))
+    readers = [(20 + 2 * k + pipe, 10 + k, PIPE_READER, 400) for k in range(3) for pipe in (0, 1)]
+    [finding] = _task_io(_awaiting(readers + [(10 + k, 0, COMMUNICATING, 450) for k in range(3)]))
     assert finding.evidence["waiting_for"] == "a subprocess"
     assert finding.evidence["wait_ns"] == 3 * 400 * MS and finding.evidence["tasks"] == 6
     # of the pairs' lives (1 s each here, counted once per child): 1.2 s of 3 s
