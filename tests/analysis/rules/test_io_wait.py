@@ -159,6 +159,24 @@ TLS_BODY = (
 )
 
 
+def test_a_socketserver_handler_reading_its_clients_next_line_is_not_io_wait() -> None:
+    """A thread per connection (``socketserver``), its ``handle`` reading ``self.rfile``:
+    waiting for its client. The same handler reading a downstream service's answer (through
+    http.client) waits for I/O."""
+
+    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
+        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
+
+    readinto = ("SocketIO.readinto", "/py/lib/python3.12/socket.py", 707)
+    handler = ("Handler.handle", "/srv/app.py", 12)
+    served = ("BaseRequestHandler.__init__", "/py/lib/python3.12/socketserver.py", 755)
+    assert io_wait((readinto, handler, served)) == []
+    downstream = (readinto, ("HTTPResponse.begin", "/py/lib/python3.12/http/client.py", 320), handler, served)
+    [finding] = io_wait(downstream)
+    assert finding.score >= INFO and finding.culprit is not None
+    assert finding.culprit.function == "Handler.handle"
+
+
 def test_tls_servers_waiting_for_requests_or_connections_are_not_io_wait() -> None:
     def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
         return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
@@ -363,11 +381,14 @@ def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
     assert "on I/O" in network.title and "waiting_for" not in network.evidence
 
 
-@pytest.mark.parametrize("program", ["healthy_asyncio_server", "healthy_aiohttp_websockets"])
-def test_an_asyncio_servers_idle_connections_are_not_reported(program: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "program", ["healthy_asyncio_server", "healthy_aiohttp_websockets", "healthy_tcp_server_threads"]
+)
+def test_a_servers_idle_connections_are_not_reported(program: str, tmp_path: Path) -> None:
     """Real servers with connected clients (planted, on loopback): an asyncio.start_server
     whose handlers sit in readline for the clients' next commands, an aiohttp WebSocket
-    service whose handlers sit in ws.receive."""
+    service whose handlers sit in ws.receive, a socketserver thread per connection
+    reading its client's next line."""
     findings = findings_of(record_named(program, tmp_path))
     io = [f for f in findings if f.rule == "io-wait"]
     assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]

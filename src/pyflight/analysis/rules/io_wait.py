@@ -72,15 +72,28 @@ def _socket_file(frame: Frame) -> bool:
 
 def _waits_for_next_request(stack: Sequence[Frame]) -> bool:
     """The socket read is called by a request handler's request-line read (directly, or
-    through more socket.py / ssl.py frames)."""
-    i = 1
+    through more socket.py / ssl.py frames), or by a ``socketserver`` handler's own
+    ``handle`` (``for line in self.rfile``: a thread per connection, waiting for its
+    client's next command; a handler that reads a downstream service does so through
+    that service's client library, whose frames sit in between)."""
+    i = 1 if stack and _socket_file(stack[0]) else 0
     while i < len(stack) and _socket_file(stack[i]):
         i += 1
     if i >= len(stack):
         return False
     caller = stack[i]
     file = caller.file.replace("\\", "/")
-    return any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS)
+    if any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS):
+        return True
+    below = stack[i + 1] if i + 1 < len(stack) else None
+    return (
+        i > 0  # through the connection's file (self.rfile): its own socket
+        and below is not None
+        and below.function == "BaseRequestHandler.__init__"
+        and below.file.replace("\\", "/").endswith("/socketserver.py")
+        and not is_library(caller)
+        and not is_third_party(caller)
+    )
 
 
 def _waits_for_connection(stack: Sequence[Frame]) -> bool:
