@@ -40,7 +40,7 @@ def _hotspot(data: bytes) -> Finding:
 def test_cpu_inside_a_uvloop_step_is_said_to_block_the_loop() -> None:
     finding = _hotspot(_busy(IN_A_UVLOOP_STEP))
     assert finding.culprit is not None and finding.culprit.function == "render_report"
-    assert "on the event loop's thread" in finding.title and "uvloop" in finding.title
+    assert "inside the steps of an event loop" in finding.title and "uvloop" in finding.title
     assert finding.evidence["on_event_loop_ns"] >= 500 * MS
     assert finding.score >= INFO and "run_in_executor" in finding.hint
     # the same CPU in a plain thread: a hotspot, no loop

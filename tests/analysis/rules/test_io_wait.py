@@ -439,3 +439,29 @@ def test_a_connection_handler_waiting_for_its_clients_next_request_is_not_io_wai
     [finding] = _task_io(_awaiting(mixed, made_by="StreamReaderProtocol.connection_made"))
     assert finding.evidence["wait_ns"] == 4 * 300 * MS
     assert finding.evidence["handlers_idle_ns"] == 4 * 400 * MS and "next requests" in finding.title
+
+
+def test_a_library_read_waiting_on_an_asyncio_event_is_an_io_wait() -> None:
+    """anyio's socket streams (httpx's async client) wait for data on an asyncio.Event:
+    recorded as the Event's wait (TASK_BLOCK), from the read's line; still a read."""
+    receive = (
+        ("SocketStream.receive", "/venv/lib/python3.12/site-packages/anyio/_backends/_asyncio.py", 1240),
+        ("AnyIOStream.read", "/venv/lib/python3.12/site-packages/httpcore/_backends/anyio.py", 35),
+        ("fetch_quote", "/srv/quotes.py", 27),
+    )
+    g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
+    g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
+    for task in range(10, 14):
+        g.event(LOOP, Kind.TASK_CREATE, 0, task=task, name=f"t{task}", coro="fetch_quote", parent=0)
+    for k, task in enumerate(range(10, 14)):  # each steps once, blocks in the read, then once more
+        g.event(LOOP, Kind.TASK_STEP_BEGIN, (k + 1) * MS, task=task)
+        g.event(LOOP, Kind.TASK_BLOCK, (k + 1) * MS + 100, task=task, reason=BlockReason.CONDITION,
+                obj=77 + task, what="asyncio.Event.wait", site=5, stack=receive)  # fmt: skip
+        g.event(LOOP, Kind.TASK_STEP_END, (k + 1) * MS + 200, task=task)
+    for k, task in enumerate(range(10, 14)):
+        g.event(LOOP, Kind.TASK_STEP_BEGIN, (401 + k) * MS, task=task)
+        g.event(LOOP, Kind.TASK_STEP_END, (401 + k) * MS + 100, task=task)
+    [finding] = _task_io(trace([g]))
+    assert finding.evidence["awaiting"] == "SocketStream.receive"
+    assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
+    assert finding.evidence["wait_ns"] >= 4 * 399 * MS and finding.score >= INFO

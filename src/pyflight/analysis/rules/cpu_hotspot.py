@@ -77,10 +77,11 @@ def rule_cpu_hotspot(model: Model) -> list[Finding]:
             on_loop += ns
             if sample.tid not in own_loops:
                 on_foreign_loop += ns
+    # (asyncio's own loops record their steps: a long one is loop-blocked's to tell)
     on_loop_note = (
-        " on the event loop's thread, inside its steps: no other task ran meanwhile"
-        + (" (uvloop: its steps are not recorded)" if on_foreign_loop >= on_loop / 2 else "")
-        if on_loop >= weight / 2
+        " inside the steps of an event loop that is not asyncio's own (uvloop): no other task "
+        "of that loop ran while it did (how long each step held the loop is not recorded)"
+        if on_foreign_loop >= weight / 2
         else ""
     )
     within, within_ns = by_function(inside.get((frame.function, frame.file), {}))

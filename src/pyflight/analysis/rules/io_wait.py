@@ -255,6 +255,9 @@ def _reads_its_stream(stack: Sequence[Frame]) -> bool:
     return False
 
 
+_TASK_IO_REASONS = (BlockReason.AWAIT, BlockReason.CONDITION)
+
+
 def _task_io_waits(model: Model) -> list[Finding]:
     """asyncio tasks awaiting I/O in a library (a socket read, a response): their waits got
     their await chain from the asyncio source's look at waiting tasks (a sample of them,
@@ -265,7 +268,9 @@ def _task_io_waits(model: Model) -> list[Finding]:
     idle_ns = 0
     for task in model.all_tasks():
         for iv in task.intervals:
-            if iv.state is State.BLOCKED and iv.reason is BlockReason.AWAIT and iv.stack:
+            # an await, or an asyncio Event/Condition wait a library reads through (anyio's
+            # SocketStream.receive waits on an asyncio.Event: httpx's async client)
+            if iv.state is State.BLOCKED and iv.reason in _TASK_IO_REASONS and iv.stack:
                 call = _awaited_io(iv.stack)
                 if call is None:
                     continue
