@@ -1,0 +1,199 @@
+"""Socket reads that are no wait the program made, for ``io-wait``: a server waiting for
+its client's next request (a keep-alive connection, a connection handler, a WebSocket),
+a listener waiting for a feed's next push. Each is a client at rest, not a slow partner."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pyflight.analysis.frames import is_library, is_third_party
+from pyflight.analysis.queries import Queries, Spans, interval_ns
+from pyflight.analysis.rules._waits import in_function
+from pyflight.analysis.units import MS
+from pyflight.core.events import IO_SENDS, BlockReason
+from pyflight.format.reader import Frame
+
+if TYPE_CHECKING:
+    from pyflight.analysis.model import Interval, Model
+
+#: A receive this long on a connection that has had data since this thread last sent on
+#: it waits for the partner to speak on its own (a subscription's next message, a feed's
+#: next item): the program asked for nothing. Shorter gaps are a transfer still flowing.
+PUSH_WAIT = 50 * MS
+#: ...unless the native reader found the GIL held at this share of the sampler's ticks in it.
+GIL_HELD_SHARE = 0.5
+MIN_TICKS = 5
+
+
+#: (function, file) that read a request's first line straight from the socket: a server
+#: thread blocked there waits for a client's next request (a keep-alive connection, idle),
+#: as one blocked in accept waits for the next connection: not I/O the program waits on.
+_NEXT_REQUEST_READERS = (
+    ("BaseHTTPRequestHandler.handle_one_request", "http/server.py"),  # http.server, werkzeug
+    ("WSGIRequestHandler.handle", "wsgiref/simple_server.py"),
+)
+
+
+#: The socket plumbing between a read and the code that asked for it: socket.py's
+#: (SocketIO.readinto) and, on a TLS connection, ssl.py's frames.
+_SOCKET_FILES = ("/socket.py", "/ssl.py")
+
+
+def _socket_file(frame: Frame) -> bool:
+    return frame.file.replace("\\", "/").endswith(_SOCKET_FILES)
+
+
+def waits_for_next_request(stack: Sequence[Frame]) -> bool:
+    """The socket read is called by a request handler's request-line read (directly, or
+    through more socket.py / ssl.py frames), or by a ``socketserver`` handler's own
+    ``handle`` (``for line in self.rfile``: a thread per connection, waiting for its
+    client's next command; a handler that reads a downstream service does so through
+    that service's client library, whose frames sit in between)."""
+    i = 1 if stack and _socket_file(stack[0]) else 0
+    while i < len(stack) and _socket_file(stack[i]):
+        i += 1
+    if i >= len(stack):
+        return False
+    caller = stack[i]
+    file = caller.file.replace("\\", "/")
+    if any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS):
+        return True
+    below = stack[i + 1] if i + 1 < len(stack) else None
+    return (
+        i > 0  # through the connection's file (self.rfile): its own socket
+        and below is not None
+        and below.function == "BaseRequestHandler.__init__"
+        and below.file.replace("\\", "/").endswith("/socketserver.py")
+        and not is_library(caller)
+        and not is_third_party(caller)
+    )
+
+
+def waits_for_connection(stack: Sequence[Frame]) -> bool:
+    """In accept: a server waiting for its next connection (on a TLS listener, ssl.py's
+    accept, which also does the new connection's handshake)."""
+    return in_function(stack, {"accept", "socket.accept"}, "socket.py") or in_function(
+        stack, {"accept", "SSLSocket.accept"}, "/ssl.py"
+    )
+
+
+def connection_handlers(model: Model) -> set[int]:
+    """``id()`` of the tasks a protocol's ``connection_made`` created (found by the loop
+    callback running on their thread when they were created): ``asyncio.start_server``'s
+    ``client_connected_cb``, one task per accepted connection."""
+    made: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for loop in model.loops.values():
+        for iv in loop.busy:
+            if (iv.detail or "").endswith(".connection_made"):
+                made[loop.tid].append((iv.start, iv.end))
+    if not made:
+        return set()
+    found = set()
+    for task in model.all_tasks():
+        spans = made.get(task.thread)
+        if spans and any(start <= task.created <= end for start, end in spans):
+            found.add(id(task))
+    return found
+
+
+#: (function, file) of a server's read of its client's next message: a handler waiting
+#: there serves an idle connection (aiohttp's server-side WebSocket; its client side is
+#: ``ClientWebSocketResponse``, in client_ws.py).
+_SERVER_RECEIVES = (("WebSocketResponse.receive", "aiohttp/web_ws.py"),)
+
+
+def waits_for_its_client(stack: Sequence[Frame]) -> bool:
+    return any(
+        frame.function == name and frame.file.replace("\\", "/").endswith("/" + part)
+        for frame in stack
+        for name, part in _SERVER_RECEIVES
+    )
+
+
+def reads_its_stream(stack: Sequence[Frame]) -> bool:
+    """The program reads an asyncio stream itself (``await reader.readline()``), with
+    only the standard library's frames inside its call: in a connection's handler, its
+    own connection (a downstream service is read through its client library)."""
+    for frame in stack:
+        if not is_library(frame):
+            return not is_third_party(frame) and any(
+                f.file.replace("\\", "/").endswith("/asyncio/streams.py") for f in stack[: stack.index(frame)]
+            )
+    return False
+
+
+def _kind_of_thread(model: Model, tid: int) -> str:
+    """Threads started alike (``downloader-0``, ``downloader-1``; ``Thread-3
+    (fetch)``) share this: the name with its numbers blanked."""
+    thread = model.threads.get(tid)
+    return re.sub(r"\d+", "#", thread.name) if thread is not None and thread.name else f"#{tid}"
+
+
+def listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
+    """Thread id -> (start, end) of its receives that waited for a push: at least
+    ``PUSH_WAIT`` long, on a socket whose previous call by this thread received too, in a
+    thread other than the main one, while no thread was joining one of its kind and it
+    ran no pool job (a download trickling in from a slow server has the shape of a feed,
+    but the program waits for it: its threads joined in turn, its job's future). Only
+    traces that say which calls send (metadata ``blocking.io_sends``) have any."""
+    if not model.trace.meta.get("blocking.io_sends"):
+        return {}
+    # spans in which someone waits for a thread's work: joins of a thread of its kind,
+    # and the pool jobs it runs (their submitters hold futures); the main thread's own
+    # receives are the program's line of work (a script downloading a file), never a feed
+    joined: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    jobs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for pool in model.pools.values():
+        for job in pool.jobs:
+            if job.worker and job.begin is not None:
+                jobs[job.worker].append((job.begin, job.end if job.end is not None else model.end))
+    main = {t.tid for t in model.threads.values() if t.name == "MainThread"}
+    io = []
+    for b in model.blocks:
+        if b.reason is BlockReason.JOIN:
+            joined[_kind_of_thread(model, b.obj)].append((b.start, b.end))
+        elif b.reason is BlockReason.IO and b.obj:
+            io.append(b)
+    last_sent: dict[tuple[int, int], bool] = {}
+    spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for b in sorted(io, key=lambda b: (b.tid, b.start)):
+        key, sends = (b.tid, b.obj & ~IO_SENDS), bool(b.obj & IO_SENDS)
+        received_last = last_sent.get(key) is False
+        last_sent[key] = sends
+        if sends or not received_last or b.end - b.start < PUSH_WAIT or b.tid in main:
+            continue
+        awaited = (*joined.get(_kind_of_thread(model, b.tid), ()), *jobs.get(b.tid, ()))
+        if not any(start < b.end and b.start < end for start, end in awaited):
+            spans[b.tid].append((b.start, b.end))
+    # threads taking turns on the GIL: the rest of an answer waits for the GIL back after
+    # each read (a stand-in cannot tell that from the network), not for a push. Judged on
+    # all of a thread's candidates (and the ticks around each: a budget-slowed sampler
+    # ticks a few times a second)
+    queries = Queries.of(model)
+    ticks, natives = queries.sampler_ticks(), queries.native_times()
+    reach = interval_ns(model)
+    for tid in list(spans):
+        in_ticks = in_natives = 0
+        for lo, hi in Spans([(a - reach, b + reach) for a, b in spans[tid]]).pairs():
+            in_ticks += bisect.bisect_left(ticks, hi) - bisect.bisect_left(ticks, lo)
+            in_natives += bisect.bisect_left(natives, hi) - bisect.bisect_left(natives, lo)
+        if in_ticks < MIN_TICKS:  # too few ticks near them to judge: the thread's life's
+            thread = model.threads.get(tid)
+            lo, hi = (thread.start, thread.end) if thread is not None else (model.start, model.end)
+            in_ticks = bisect.bisect_left(ticks, hi) - bisect.bisect_left(ticks, lo)
+            in_natives = bisect.bisect_left(natives, hi) - bisect.bisect_left(natives, lo)
+        if in_ticks >= 2 and in_natives >= GIL_HELD_SHARE * in_ticks:
+            del spans[tid]
+    return spans
+
+
+def within(spans: list[tuple[int, int]] | None, iv: Interval) -> bool:
+    """``iv`` lies in one of ``spans`` (sorted by start): a piece of that block."""
+    if not spans:
+        return False
+    k = bisect.bisect_right(spans, (iv.start, 1 << 62)) - 1
+    return k >= 0 and spans[k][0] <= iv.start < spans[k][1]
