@@ -53,7 +53,7 @@ def _model(samples: list[Sample], names: dict[int, str] | None = None) -> Simple
         )
         for s in samples
     }
-    return SimpleNamespace(samples=samples, threads=threads, sampling_interval_ns=10 * MS)
+    return SimpleNamespace(samples=samples, threads=threads, sampling_interval_ns=10 * MS, loops={})
 
 
 def _by_thread_and_line(charged: list[tuple[Sample, int]]) -> dict[tuple[int, int], int]:
