@@ -118,10 +118,10 @@ def reads_its_stream(stack: Sequence[Frame]) -> bool:
     """The program reads an asyncio stream itself (``await reader.readline()``), with
     only the standard library's frames inside its call: in a connection's handler, its
     own connection (a downstream service is read through its client library)."""
-    for frame in stack:
+    for k, frame in enumerate(stack):
         if not is_library(frame):
             return not is_third_party(frame) and any(
-                f.file.replace("\\", "/").endswith("/asyncio/streams.py") for f in stack[: stack.index(frame)]
+                f.file.replace("\\", "/").endswith("/asyncio/streams.py") for f in stack[:k]
             )
     return False
 

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from pyflight.analysis.cpu import ASLEEP
-from pyflight.core.events import ThreadState
+from pyflight.core.events import BlockReason, ThreadState
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
@@ -109,3 +109,13 @@ def task_label(model: Model, task_id: int) -> str:
     if task is None:
         return ""
     return str(task.coro or task.name)
+
+
+#: What a blocked interval waited in, when the call is C code with no frame of its own.
+WAIT_CALLS = {
+    BlockReason.SLEEP: "time.sleep",
+    BlockReason.IO: "a socket call",
+    BlockReason.LOCK: "a lock",
+    BlockReason.CONDITION: "a threading wait",
+    BlockReason.JOIN: "Thread.join",
+}

@@ -114,13 +114,10 @@ def contentions(
     for owner, iv in pairs:
         by_obj[iv.obj].append((owner, iv))
     groups: dict[object, list[int]] = defaultdict(list)
-    sites: dict[object, Frame | None] = {}
     for obj, waits in by_obj.items():
-        site = wait_site(waits)
-        key: object = (site.function, site.file) if by_site and site is not None else ("obj", obj)
-        groups[key].append(obj)
-        sites.setdefault(key, site)
-    for key, objs in groups.items():
+        site = wait_site(waits) if by_site else None
+        groups[(site.function, site.file) if site is not None else ("obj", obj)].append(obj)
+    for objs in groups.values():
         waits = [w for obj in objs for w in by_obj[obj]]
         total = sum(iv.end - iv.start for _, iv in waits)
         if total < min_total:
@@ -129,8 +126,9 @@ def contentions(
         life = sum(owner_life(t) for t in waiters.values()) or 1
         worst_waiter, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
         main = max(objs, key=lambda o: sum(iv.end - iv.start for _, iv in by_obj[o]))
-        where = wait_site(waits) if len(objs) > 1 else sites[key]
-        yield Contention(main, waits, waiters, total, total / life, worst_waiter, worst, where, len(objs))
+        yield Contention(
+            main, waits, waiters, total, total / life, worst_waiter, worst, wait_site(waits), len(objs)
+        )
 
 
 def task_blocked_waits(model: Model, reason: BlockReason) -> list[tuple[TaskTimeline, Interval]]:

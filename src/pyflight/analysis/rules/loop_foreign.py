@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import by_function, is_library, runs_an_event_loop, user_frame
 from pyflight.analysis.queries import lifetime, seconds_since_start, thread_name
-from pyflight.analysis.rules._loop import LONG_STEP
+from pyflight.analysis.rules._loop import LONG_STEP, WAIT_CALLS
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
-from pyflight.analysis.rules.loop_many_steps import _WAIT_CALLS, MEDIUM_STEP, MIN_STEPS
+from pyflight.analysis.rules.loop_many_steps import MEDIUM_STEP, MIN_STEPS
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, fmt_ns
 
@@ -61,7 +61,7 @@ def rule_foreign_loop_blocked(model: Model) -> list[Finding]:
         calls: Counter[str] = Counter()
         for b, site in blocks:
             weights[site] += b.end - b.start
-            calls[_WAIT_CALLS.get(b.reason, b.reason.name.lower())] += b.end - b.start
+            calls[WAIT_CALLS.get(b.reason, b.reason.name.lower())] += b.end - b.start
         culprit, _ = by_function(weights)
         call = calls.most_common(1)[0][0]
         score = clamp_score(
@@ -96,7 +96,7 @@ def rule_foreign_loop_blocked(model: Model) -> list[Finding]:
                             b.end - b.start,
                             name,
                             "",
-                            f"blocked the loop in {site.function} ({_WAIT_CALLS.get(b.reason, 'a call')})",
+                            f"blocked the loop in {site.function} ({WAIT_CALLS.get(b.reason, 'a call')})",
                         )
                         for b, site in blocks
                     ]

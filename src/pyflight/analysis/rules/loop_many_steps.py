@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from pyflight.analysis.frames import by_function, step_frame
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import interval_ns, samples_in, seconds_since_start, thread_name
-from pyflight.analysis.rules._loop import LONG_STEP, loop_life
+from pyflight.analysis.rules._loop import LONG_STEP, WAIT_CALLS, loop_life
 from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import fmt_ns
-from pyflight.core.events import BlockReason, ThreadState
+from pyflight.core.events import ThreadState
 
 if TYPE_CHECKING:
     from pyflight.analysis.model import Model
@@ -37,16 +37,6 @@ MS = 1_000_000
 MEDIUM_STEP = 20 * MS
 #: Fewer such steps than this are jitter, not a pattern.
 MIN_STEPS = 5
-
-
-#: What a blocked interval waited in, when the call is C code with no frame of its own.
-_WAIT_CALLS = {
-    BlockReason.SLEEP: "time.sleep",
-    BlockReason.IO: "a socket call",
-    BlockReason.LOCK: "a lock",
-    BlockReason.CONDITION: "a threading wait",
-    BlockReason.JOIN: "Thread.join",
-}
 
 
 @dataclass
@@ -98,7 +88,7 @@ def _step_weights(
             overlap = min(end, iv.end) - max(start, iv.start)
             weights[frame] += overlap
             calls[
-                _callee(iv.stack, frame) or _WAIT_CALLS.get(iv.reason, "") if iv.reason is not None else ""
+                _callee(iv.stack, frame) or WAIT_CALLS.get(iv.reason, "") if iv.reason is not None else ""
             ] += 1
             waiting += 1
     return weights, calls, running, waiting
