@@ -57,19 +57,6 @@ def user_frame(stack: Sequence[Frame]) -> Frame | None:
     return stack[0] if stack else None
 
 
-def runs_an_event_loop(frame: Frame) -> bool:
-    """``frame`` runs an event loop: asyncio's runner (``asyncio.run``, ``Runner.run``),
-    a loop's ``run_forever`` / ``run_until_complete``, or uvloop's ``run``. Frames inner
-    to it are a step of that loop; a stack whose innermost frame it is has no Python code
-    running (the loop's own code in C: uvloop waiting for events)."""
-    path = frame.file.replace("\\", "/")
-    if path.endswith(("/asyncio/runners.py", "/uvloop/__init__.py")):
-        return True
-    return path.endswith("/asyncio/base_events.py") and frame.function.endswith(
-        ("run_forever", "run_until_complete")
-    )
-
-
 def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
     """Where a thread found off-CPU outside any traced call waited: the innermost frame
     of the program's own code, and the call it made (the standard library's, or a
@@ -176,6 +163,16 @@ LOOP_FRAMES = ("_run_once", "Handle._run", "run_forever", "_run")
 _LOOP_RUNNERS = (*LOOP_FRAMES, "Runner.run", "run_until_complete")
 
 
+def runs_an_event_loop(frame: Frame) -> bool:
+    """``frame`` runs an event loop: asyncio's (``asyncio.run``, ``Runner.run``, a loop's
+    ``run_forever`` / ``run_until_complete`` / ``_run_once``), or uvloop's ``run``. Frames
+    inner to it are a step of that loop; a stack whose innermost frame it is has no
+    Python code running (the loop's own code in C: uvloop waiting for events)."""
+    if frame.file.replace("\\", "/").endswith(("/asyncio/runners.py", "/uvloop/__init__.py")):
+        return True
+    return frame.function.endswith(_LOOP_RUNNERS) and "asyncio" in frame.file
+
+
 def in_loop_machinery(stack: Sequence[Frame], frame: Frame) -> bool:
     """True if a frame running an event loop is inner to ``frame`` in ``stack``
     (innermost first): the sample was in the loop's own work (selecting, scheduling,
@@ -184,7 +181,7 @@ def in_loop_machinery(stack: Sequence[Frame], frame: Frame) -> bool:
     for f in stack:
         if f is frame:
             return False
-        if f.function.endswith(_LOOP_RUNNERS) and "asyncio" in f.file:
+        if runs_an_event_loop(f):
             return True
     return False
 
