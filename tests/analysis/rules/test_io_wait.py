@@ -128,16 +128,21 @@ def _keep_alive_server(stack: tuple[tuple[str, str, int], ...]) -> bytes:
     return trace([g])
 
 
+def _io_waits(data: bytes) -> list[Finding]:
+    return [f for f in find(build(loads(data)), strict=True) if f.rule == "io-wait"]
+
+
+def _keep_alive_io_waits(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
+    return _io_waits(_keep_alive_server(stack))
+
+
 def test_a_keep_alive_connection_waiting_for_its_next_request_is_not_io_wait() -> None:
     """A server thread reading a request's first line waits for the client, as one in
     accept waits for a connection: idle, not I/O the program waits on (threaded
     http.server and werkzeug with keep-alive). Reading a request's body still counts."""
 
-    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
-        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
-
-    assert io_wait(NEXT_REQUEST) == []
-    body = io_wait(BODY)
+    assert _keep_alive_io_waits(NEXT_REQUEST) == []
+    body = _keep_alive_io_waits(BODY)
     assert body and body[0].score >= INFO
 
 
@@ -164,26 +169,20 @@ def test_a_socketserver_handler_reading_its_clients_next_line_is_not_io_wait() -
     waiting for its client. The same handler reading a downstream service's answer (through
     http.client) waits for I/O."""
 
-    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
-        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
-
     readinto = ("SocketIO.readinto", "/py/lib/python3.12/socket.py", 707)
     handler = ("Handler.handle", "/srv/app.py", 12)
     served = ("BaseRequestHandler.__init__", "/py/lib/python3.12/socketserver.py", 755)
-    assert io_wait((readinto, handler, served)) == []
+    assert _keep_alive_io_waits((readinto, handler, served)) == []
     downstream = (readinto, ("HTTPResponse.begin", "/py/lib/python3.12/http/client.py", 320), handler, served)
-    [finding] = io_wait(downstream)
+    [finding] = _keep_alive_io_waits(downstream)
     assert finding.score >= INFO and finding.culprit is not None
     assert finding.culprit.function == "Handler.handle"
 
 
 def test_tls_servers_waiting_for_requests_or_connections_are_not_io_wait() -> None:
-    def io_wait(stack: tuple[tuple[str, str, int], ...]) -> list[Finding]:
-        return [f for f in find(build(loads(_keep_alive_server(stack))), strict=True) if f.rule == "io-wait"]
-
-    assert io_wait(TLS_NEXT_REQUEST) == []
-    assert io_wait(TLS_ACCEPT) == []
-    body = io_wait(TLS_BODY)
+    assert _keep_alive_io_waits(TLS_NEXT_REQUEST) == []
+    assert _keep_alive_io_waits(TLS_ACCEPT) == []
+    body = _keep_alive_io_waits(TLS_BODY)
     assert body and body[0].score >= INFO
 
 
@@ -239,31 +238,28 @@ def test_receives_with_nothing_sent_since_the_last_are_a_subscription_not_io_wai
     listener, a feed) waits for the other side to speak on its own: idle, not I/O the
     program asked for. The same receives after a send each wait for an answer."""
 
-    def io_wait(data: bytes) -> list[Finding]:
-        return [f for f in find(build(loads(data)), strict=True) if f.rule == "io-wait"]
-
-    [asking] = io_wait(_conversation(ASK, sends_first=True))
+    [asking] = _io_waits(_conversation(ASK, sends_first=True))
     assert asking.score >= INFO and asking.culprit is not None and asking.culprit.function == "ask"
     assert asking.evidence["wait_ns"] >= 2 * 20 * 90 * MS and asking.evidence.get("listening_ns") is None
     # subscribed: only the first receive (right after the subscribing send) waits for an answer
-    [listening] = io_wait(_conversation(LISTEN, sends_first=False)) or [None]
+    [listening] = _io_waits(_conversation(LISTEN, sends_first=False)) or [None]
     assert listening is None or listening.score < INFO, listening
     # the same shape while the program joins those threads (one, then the next): a
     # download trickling in from a slow server, which the program waits for
-    [downloads] = io_wait(_conversation(LISTEN, sends_first=False, joined=True))
+    [downloads] = _io_waits(_conversation(LISTEN, sends_first=False, joined=True))
     assert downloads.score >= INFO and downloads.evidence["wait_ns"] >= 2 * 20 * 90 * MS
     # the main thread's receives are the program's own work (a script downloading a
     # file slowly): they count, the background thread's do not
-    [main] = io_wait(_conversation(LISTEN, sends_first=False, first="MainThread"))
+    [main] = _io_waits(_conversation(LISTEN, sends_first=False, first="MainThread"))
     assert 20 * 90 * MS <= main.evidence["wait_ns"] < 2 * 20 * 90 * MS and main.evidence["listening_ns"]
     # the same shape while other threads keep the GIL busy: the rest of an answer waiting
     # for the GIL back after each read, not a push (a threaded scraper parsing pages)
-    [gil_bound] = io_wait(_conversation(LISTEN, sends_first=False, gil_held=True))
+    [gil_bound] = _io_waits(_conversation(LISTEN, sends_first=False, gil_held=True))
     assert (
         gil_bound.evidence["wait_ns"] >= 2 * 20 * 90 * MS and gil_bound.evidence.get("listening_ns") is None
     )
     # a trace that does not say which calls send: every receive counts, as before
-    [unknown] = io_wait(_conversation(LISTEN, sends_first=False, meta=False))
+    [unknown] = _io_waits(_conversation(LISTEN, sends_first=False, meta=False))
     assert unknown.score >= INFO and unknown.evidence["wait_ns"] >= 2 * 20 * 90 * MS
 
 
