@@ -424,6 +424,51 @@ def test_a_long_wait_on_a_plain_future_gets_its_await_chain(tmp_path: Path) -> N
     assert wait.end - wait.start >= 900_000_000 and wait.stack[0].function.endswith("<locals>.inner")
 
 
+def test_a_look_at_waiting_tasks_survives_the_loop_adding_tasks_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog copies asyncio's WeakSet of tasks from its own thread; the loop may
+    add a task while the copy runs ("Set changed size during iteration": it disabled the
+    source once, on a loop creating 20,000 tasks in a burst). The look tries again and
+    records its chain; the source stays on."""
+    import weakref
+
+    class Changing(weakref.WeakSet[Any]):
+        """Changes size under the first copy, as another thread's add would."""
+
+        copies = 0
+
+        def __iter__(self) -> Iterator[Any]:
+            Changing.copies += 1
+            if Changing.copies == 1:
+                raise RuntimeError("Set changed size during iteration")
+            return super().__iter__()
+
+    async def waiter(fut: asyncio.Future[int]) -> int:
+        return await fut
+
+    async def main() -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(waiter(fut))
+        await asyncio.sleep(0.01)
+        tasks = Changing()
+        tasks.add(task)
+        monkeypatch.setattr(asyncio.tasks, "_scheduled_tasks", tasks, raising=False)
+        hooks = asyncio_loop._installed_hooks
+        assert hooks is not None and hooks.look_at_waiting_tasks() == 1
+        fut.set_result(1)
+        await task
+        return id(task)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SourceWarning)
+        task_id, trace = run_traced(main, tmp_path)
+    assert Changing.copies >= 2
+    looked = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
+    assert looked and looked[0].stack[0].function.endswith("<locals>.waiter")
+    assert not of_kind(trace, Kind.SOURCE_DISABLED)
+
+
 def test_failed_task_exception_still_reported_as_never_retrieved(tmp_path: Path) -> None:
     """Recording a failure must not mark the task's exception as retrieved."""
 

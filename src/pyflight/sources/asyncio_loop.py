@@ -358,19 +358,25 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def _copy_of(tasks: weakref.WeakSet[Any] | set[Any]) -> list[Any]:
+    """A copy of asyncio's set of tasks, made from another thread than the loop's: the loop
+    may add a task while a WeakSet's Python iteration lets it run (RuntimeError: Set
+    changed size during iteration): retry, as asyncio.all_tasks does."""
+    for _ in range(100):
+        try:
+            return list(tasks)
+        except RuntimeError:
+            continue
+    return []
+
+
 def _all_tasks(tasks: types.ModuleType) -> list[Any]:
     """Every task of every loop (asyncio.all_tasks without the loop filter)."""
     out: list[Any] = []
     for name in ("_scheduled_tasks", "_all_tasks", "_eager_tasks"):
         found = getattr(tasks, name, None)
-        if not isinstance(found, (weakref.WeakSet, set)):
-            continue
-        for _ in range(100):  # another thread may change it while we copy: retry, like all_tasks
-            try:
-                out.extend(list(found))
-                break
-            except RuntimeError:
-                continue
+        if isinstance(found, (weakref.WeakSet, set)):
+            out.extend(_copy_of(found))
     return out
 
 
@@ -1010,7 +1016,7 @@ class _Hooks:
         tasks = getattr(self.tasks, "_scheduled_tasks", None) or getattr(self.tasks, "_all_tasks", None)
         if tasks is None:
             return 0
-        live = list(tasks)  # one pass under the GIL (a WeakSet: copied, not iterated across steps)
+        live = _copy_of(tasks)  # copied, not iterated across the loop's steps
         running = {task for _ident, _loop, task, _start in self.running_steps()}
         looked_at, chosen = self.looked_at, []
         for task in self.rng.sample(live, len(live)) if len(live) <= 4 * TASKS_PER_LOOK else live:
