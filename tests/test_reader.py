@@ -680,6 +680,37 @@ def test_expansion_keeps_each_thread_in_time_order(decoder: str) -> None:
     assert expand(events[:1]) == events[:1]
 
 
+def test_a_step_that_sent_reads_as_its_pair_and_a_task_sent(decoder: str) -> None:
+    """TASK_STEP_SENT (a step that sent on a socket) reads as the step's BEGIN/END pair,
+    then TASK_SENT(task) at the END's time; the C expansion and the pure-Python one agree."""
+    events = [
+        Event((Kind.TASK_BLOCK, 315, 1, 5, 1, 7, "asyncio.Lock.acquire", 3, ())),
+        Event((Kind.TASK_STEP_SENT, 320, 1, 5, 20)),
+        Event((Kind.TASK_STEP, 400, 1, 5, 10)),
+    ]
+    expand = reader._expander(reader._select_decoder())
+    out = expand(list(events))
+    assert [(e.kind, e.time, e.thread, e.args) for e in out] == [
+        (Kind.TASK_STEP_BEGIN, 300, 1, {"task": 5}),
+        (Kind.TASK_BLOCK, 315, 1, out[1].args),
+        (Kind.TASK_STEP_END, 320, 1, {"task": 5}),
+        (Kind.TASK_SENT, 320, 1, {"task": 5}),
+        (Kind.TASK_STEP_BEGIN, 390, 1, {"task": 5}),
+        (Kind.TASK_STEP_END, 400, 1, {"task": 5}),
+    ]
+    assert all(type(e) is Event for e in out)
+    assert out == reader._expand_steps(list(events))
+    # in a file, as written by a recorder
+    g = Gen(1, 0, 1000)
+    g.event(1, Kind.TASK_STEP_SENT, 130, task=5, duration=30)
+    t = loads(trace([g]))
+    assert [(e.kind, e.time) for e in t.events] == [
+        (Kind.TASK_STEP_BEGIN, 100),
+        (Kind.TASK_STEP_END, 130),
+        (Kind.TASK_SENT, 130),
+    ]
+
+
 def test_traces_without_one_event_steps_still_read(decoder: str) -> None:
     """A file from a writer that predates TASK_STEP / CALLBACK (not in its kind table)."""
     old = _kinds(k18=None, k25=None)

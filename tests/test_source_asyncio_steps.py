@@ -288,3 +288,53 @@ def test_stall_watchdog_still_sees_a_pending_step(tmp_path: Path) -> None:
     ((begin, end),) = steps_of(trace, task_id)
     assert end - begin >= 0.3e9
     assert all(begin <= e.time <= end for e in stalls)
+
+
+def test_a_step_that_sends_on_a_socket_says_so(tmp_path: Path) -> None:
+    """A task's step that sends on a socket (a StreamWriter.write: a non-blocking send)
+    is followed by TASK_SENT(task) at its END, in both cores; a step that only reads is
+    not, and neither is a task that never sends. The metadata says they are recorded."""
+    sent_at: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+        writer.close()
+
+    async def client(port: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(b"ping\n")
+            sent_at.append(backend.now())
+            await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return current_id()
+
+    async def idle() -> int:
+        for _ in range(3):
+            await asyncio.sleep(0.001)
+        return current_id()
+
+    async def main() -> tuple[int, int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        ids = await asyncio.gather(client(port), idle())
+        server.close()
+        await server.wait_closed()
+        return ids[0], ids[1]
+
+    with pyflight.FlightRecorder(sources=["asyncio", "blocking"]) as rec:
+        client_id, idle_id = asyncio.run(main())
+        rec.write_to(tmp_path / "t.pyfl")
+    trace = load(tmp_path / "t.pyfl")
+    assert trace.meta.get("blocking.step_sends")
+    ends = {e.time for e in trace.events if e.kind == Kind.TASK_STEP_END and e.arg("task") == client_id}
+    sent = [e for e in trace.events if e.kind == Kind.TASK_SENT]
+    mine = sorted(e.time for e in sent if e.arg("task") == client_id)
+    # each write's step (and the connect's, and the close's) ends with a TASK_SENT
+    assert len(mine) >= 3 and set(mine) <= ends
+    assert all(any(t <= end for end in mine) for t in sent_at)
+    assert not [e for e in sent if e.arg("task") == idle_id]
+    # the steps that only read what came back did not send
+    assert len(ends) > len(mine)

@@ -139,6 +139,7 @@ class Builder:
             Kind.TASK_INFO: self.task_info,
             Kind.TASK_READY: self.task_ready,
             Kind.TASK_DONE: self.task_done,
+            Kind.TASK_SENT: self.task_sent,
             Kind.CALLBACK_BEGIN: self.callback_begin,
             Kind.CALLBACK_END: self.callback_end,
             Kind.LOOP_IDLE_BEGIN: self.loop_idle_begin,
@@ -298,6 +299,16 @@ class Builder:
         tk.pending = None
         tk.step_open = t
         th.open_step = (t, task_id)
+
+    def task_sent(self, e: Event, _th: ThreadMachine) -> None:
+        """TASK_SENT: the task's step that just ended sent on a socket (dated as its END, or
+        just after it where it was recorded after a pair: the step's end is kept)."""
+        _kind, t, _tid, task_id = e
+        tk = self.tasks.get(task_id)
+        if tk is not None and tk.done is None:
+            if tk.sent is None:
+                tk.sent = []
+            tk.sent.append(tk.steps[-1].end if tk.steps and tk.steps[-1].end <= t else t)
 
     def task_step_end(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, task_id = e
@@ -721,6 +732,7 @@ class Builder:
             scheduling_delays=tk.delays,
             end=t_end,
             columns=tk.columns,
+            sent=tk.sent or [],
         )
 
     def _attach_to_user_tasks(self) -> None:

@@ -149,6 +149,7 @@ class TaskMachine:
         "outcome",
         "parent",
         "pending",
+        "sent",
         "step_open",
         "steps",
         "stop",
@@ -186,6 +187,7 @@ class TaskMachine:
         self.open: list[Any] = [t, state, None, 0, (), "", False]
         self.step_open: int | None = None
         self.stop: int | None = None  # its id was reused by a new task at this time
+        self.sent: list[int] | None = None  # the ends of its steps that sent on a socket (TASK_SENT)
         # TASK_BLOCK seen during the open step: (reason, obj, stack, what), applied at its end
         self.pending: tuple[BlockReason, int, Stack, str] | None = None
 

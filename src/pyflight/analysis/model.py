@@ -220,6 +220,9 @@ class TaskTimeline:
     end: int = 0  # end of the timeline: done, or the end of the trace
     #: ``intervals`` as columns, when the builder made them (None: read the intervals)
     columns: IntervalColumns | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: the ends of its steps that sent on a socket (TASK_SENT; traces with metadata
+    #: ``blocking.step_sends``), in time order
+    sent: list[int] = dataclasses.field(default_factory=list)
 
     def time_in(self, state: State, reason: BlockReason | None = None) -> int:
         return _time_in(self.intervals, state, reason)

@@ -34,12 +34,14 @@ class Kind(enum.IntEnum):
     TASK_DONE = 16
     TASK_BLOCK = 17
     TASK_STEP = 18
+    TASK_STEP_SENT = 19
     CALLBACK_BEGIN = 20
     CALLBACK_END = 21
     LOOP_IDLE_BEGIN = 22
     LOOP_IDLE_END = 23
     LOOP_STALL = 24
     CALLBACK = 25
+    TASK_SENT = 26
     # blocking in threads
     BLOCK_BEGIN = 30
     BLOCK_END = 31
@@ -123,6 +125,14 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     # spans a seal is written as the pair)
     Kind.TASK_STEP: _args("task:u duration:u"),
     Kind.CALLBACK: _args("loop:u name:s duration:u"),
+    # TASK_STEP of a step that sent on a socket (send, sendall, sendto, connect; the
+    # metadata blocking.step_sends says they are recorded): the reader gives the pair and
+    # a TASK_SENT after the END. A task's wait for a read after such a step waits for an
+    # answer; one after a step that sent nothing, for whatever the partner pushes next
+    Kind.TASK_STEP_SENT: _args("task:u duration:u"),
+    # the step of `task` that ended at this time sent on a socket (recorded after the
+    # step's TASK_STEP_END when the step was written as a pair; else made by the reader)
+    Kind.TASK_SENT: _args("task:u"),
     Kind.LOOP_IDLE_BEGIN: _args("loop:u"),
     Kind.LOOP_IDLE_END: _args("loop:u events:u"),
     # a step or callback running longer than the stall threshold, with a stack taken during it

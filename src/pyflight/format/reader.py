@@ -804,13 +804,15 @@ def _read_generation(
     return _GenerationData(generation, events, tids, skipped)
 
 
-_ONE_EVENT_KINDS = frozenset((Kind.TASK_STEP, Kind.CALLBACK))
-#: (one-event kind, the BEGIN and the END it stands for)
-_STEP_RULES = (
+_ONE_EVENT_KINDS = frozenset((Kind.TASK_STEP, Kind.TASK_STEP_SENT, Kind.CALLBACK))
+#: (one-event kind, the BEGIN and the END it stands for[, a mark put after the END, with
+#: the END's argument: TASK_SENT for a step that sent on a socket])
+_STEP_RULES: tuple[tuple[Kind, ...], ...] = (
     (Kind.TASK_STEP, Kind.TASK_STEP_BEGIN, Kind.TASK_STEP_END),
+    (Kind.TASK_STEP_SENT, Kind.TASK_STEP_BEGIN, Kind.TASK_STEP_END, Kind.TASK_SENT),
     (Kind.CALLBACK, Kind.CALLBACK_BEGIN, Kind.CALLBACK_END),
 )
-_RULE_OF = {one: (begin, end) for one, begin, end in _STEP_RULES}
+_RULE_OF = {rule[0]: rule[1:] for rule in _STEP_RULES}
 
 
 def _expander(decode: DecodeEvents) -> Callable[[list[Event]], list[Event]]:
@@ -826,7 +828,8 @@ def _expand_steps(events: list[Event]) -> list[Event]:
     the END it stands for at its time (its first argument), and the BEGIN at ``time -
     duration`` (its arguments but the duration) put before it and before the events of
     the same thread just before it that are later (those recorded during the step): each
-    batch stays in time order. ``_core.expand_steps`` is the C twin."""
+    batch stays in time order; a rule's mark, if it has one, follows the END.
+    ``_core.expand_steps`` is the C twin."""
     found = list(compress(range(len(events)), map(_ONE_EVENT_KINDS.__contains__, map(itemgetter(0), events))))
     if not found:
         return events
@@ -836,13 +839,15 @@ def _expand_steps(events: list[Event]) -> list[Event]:
     for i in found:
         out += events[start:i]
         kind, t, tid, *args = events[i]
-        begin_kind, end_kind = _RULE_OF[kind]
+        begin_kind, end_kind, *mark = _RULE_OF[kind]
         t0 = t - args[-1] if t > args[-1] else 0
         j = len(out)
         while j and out[j - 1][2] == tid and out[j - 1][1] > t0:
             j -= 1
         out.insert(j, Event((begin_kind, t0, tid, *args[:-1])))
         append(Event((end_kind, t, tid, args[0])))
+        if mark:
+            append(Event((mark[0], t, tid, args[0])))
         start = i + 1
     out += events[start:]
     return out

@@ -102,7 +102,7 @@ from typing import Any
 from pyflight.core import backend
 from pyflight.core.daemon import QuietEvent, start_without_signals
 from pyflight.core.events import BlockReason, Kind, TaskOutcome
-from pyflight.sources import register
+from pyflight.sources import _sends, register
 from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source, SourceWarning
 
@@ -186,7 +186,11 @@ _C_KINDS = (
     _AWAIT,
     int(Kind.TASK_STEP),
     int(Kind.CALLBACK),
+    int(Kind.TASK_STEP_SENT),
+    int(Kind.TASK_SENT),
 )
+#: after the END of a step that sent on a socket (the Python Handle._run)
+_TASK_SENT = int(Kind.TASK_SENT)
 _MISSING = object()
 
 _installed_hooks: _Hooks | None = None
@@ -907,7 +911,7 @@ class _Hooks:
                 return task
         return None
 
-    def py_begin(self, handle: Any) -> tuple[int, Any, Any, int, tuple[int, str] | None] | None:
+    def py_begin(self, handle: Any) -> tuple[int, Any, Any, int, tuple[int, str] | None, bool] | None:
         try:
             cb = handle._callback
             loop = getattr(handle, "_loop", None)
@@ -932,14 +936,19 @@ class _Hooks:
             running = self.py_running
             previous = running.get(ident)
             running[ident] = (loop_id, task_id, start)
-            return (ident, previous, task, loop_id, deferred)
+            sent = _sends.flag
+            outer_sent = getattr(sent, "on", False)
+            sent.on = False
+            return (ident, previous, task, loop_id, deferred, outer_sent)
         except Exception as exc:
             self.fault(exc)
             return None
 
-    def py_end(self, step: tuple[int, Any, Any, int, tuple[int, str] | None], ok: bool) -> None:
+    def py_end(self, step: tuple[int, Any, Any, int, tuple[int, str] | None, bool], ok: bool) -> None:
         try:
-            ident, previous, task, loop_id, deferred = step
+            ident, previous, task, loop_id, deferred, outer_sent = step
+            sent = _sends.flag.on
+            _sends.flag.on = outer_sent or sent
             if previous is None:
                 self.py_running.pop(ident, None)
             else:
@@ -952,7 +961,12 @@ class _Hooks:
                     backend.record_at(start, _CALLBACK_BEGIN, loop_id, name)
                 backend.record(_CALLBACK_END, loop_id)
                 return
-            backend.record(_TASK_STEP_END, id(task))
+            if sent:  # TASK_SENT dated as the END, as the reader makes it from TASK_STEP_SENT
+                t = backend.now()
+                backend.record_at(t, _TASK_STEP_END, id(task))
+                backend.record_at(t, _TASK_SENT, id(task))
+            else:
+                backend.record(_TASK_STEP_END, id(task))
             if not ok or not self.active:
                 return
             waiter = task._fut_waiter

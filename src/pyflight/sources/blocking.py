@@ -33,12 +33,14 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
   sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
   ``id(socket)``, bit 0 set by a call that sends, ``IO_SENDS``: ``socket.socket`` recv,
-  recv_into, recvfrom, recvfrom_into, send, sendall, sendto, accept, connect, connect_ex,
-  and ``ssl.SSLSocket`` recv, recv_into, read, write, send, sendall, do_handshake, which
-  read and write through OpenSSL; only on sockets whose timeout is not 0, so never on
-  asyncio's), and ``select.select`` plus every ``selectors`` class's ``select`` (SELECT;
-  selectors marked ``_pyflight_loop_selector = True`` are skipped: the asyncio source
-  records its loop's idle time itself). With the C core, sleep, select and the socket
+  recv_into, recvfrom, recvfrom_into, recvmsg, send, sendall, sendto, sendmsg, accept,
+  connect, connect_ex, and ``ssl.SSLSocket`` recv, recv_into, read, write, send, sendall,
+  do_handshake, unwrap, which read and write through OpenSSL; only on sockets whose
+  timeout is not 0, so never on asyncio's: a sending call on those only tells the asyncio
+  source that the running task's step sent, TASK_STEP_SENT / TASK_SENT), and
+  ``select.select`` plus every ``selectors`` class's ``select`` (SELECT; selectors marked
+  ``_pyflight_loop_selector = True`` are skipped: the asyncio source records its loop's
+  idle time itself). With the C core, sleep, select and the socket
   methods are C stand-ins (``BlockingHook``: a call that cannot block costs a check, ~30
   ns), whose BLOCK_BEGIN carries the stack only past ``stack_min_us``, as for conditions;
   join, and everything without the C core, are Python wrappers.
@@ -89,7 +91,7 @@ from typing import Any
 
 from pyflight.core import backend
 from pyflight.core.events import IO_SENDS, BlockReason, Kind
-from pyflight.sources import register
+from pyflight.sources import _sends, register
 from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source
 
@@ -109,9 +111,11 @@ SOCKET_METHODS = (
     "recv_into",
     "recvfrom",
     "recvfrom_into",
+    "recvmsg",
     "send",
     "sendall",
     "sendto",
+    "sendmsg",
     "accept",
     "connect",
     "connect_ex",
@@ -128,7 +132,7 @@ SSL_METHODS = ("recv", "recv_into", "read", "write", "send", "sendall", "do_hand
 #: obj is id(socket) | IO_SENDS, so the analysis can tell a receive that waits for the
 #: answer to what was sent from one that waits for whatever the partner pushes next.
 SENDING_METHODS = frozenset(
-    {"send", "sendall", "sendto", "connect", "connect_ex", "write", "do_handshake", "unwrap"}
+    {"send", "sendall", "sendto", "sendmsg", "connect", "connect_ex", "write", "do_handshake", "unwrap"}
 )
 
 #: What the source can hook; each can be turned off with an option of the same name.
@@ -225,7 +229,10 @@ class BlockingSource(Source):
     def metadata(self) -> dict[str, str]:
         if not self.options.get("sockets", True):
             return {}
-        return {"blocking.io_sends": "bit 0 of a socket IO block's obj: the call sends"}
+        return {
+            "blocking.io_sends": "bit 0 of a socket IO block's obj: the call sends",
+            "blocking.step_sends": "a task's step that sent on a socket is TASK_STEP_SENT / TASK_SENT",
+        }
 
     # install / uninstall ----------------------------------------------------------
 
@@ -552,6 +559,8 @@ class BlockingSource(Source):
         def make(orig: Callable[..., Any], sends: int) -> Callable[..., Any]:
             @functools.wraps(orig)
             def call(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                if sends:
+                    _sends.flag.on = True  # a task's step that sends (sources/_sends.py)
                 if source._active and not getattr(_in_io, "on", False):
                     try:
                         blocks = _gettimeout(sock) != 0.0

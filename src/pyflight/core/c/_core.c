@@ -243,6 +243,8 @@ static struct {
 } S;
 
 /* The calling thread's batch and the epoch of the generation it belongs to. */
+PYFL_TLS int pyfl_tls_sent;
+
 static PYFL_TLS struct {
     TBuf *buf;
     uint64_t epoch;
@@ -1122,7 +1124,7 @@ static void step_end_slow(PyflStep *s) {
 /* The usual case takes a short path: the step's begin still noted in this thread's batch
  * of the open generation, nothing due (no seal, so no pending block to write first): the
  * one event goes straight into the batch, without building an Ev for commit. */
-void pyfl_step_end(PyflStep *s) {
+int pyfl_step_end(PyflStep *s) {
     TBuf *b = tls.buf;
     int n = s->name ? 3 : 2;
     if (S.enabled && !S.busy && s->t0 && tls.epoch == S.gen.epoch && b && b->step == s
@@ -1130,7 +1132,7 @@ void pyfl_step_end(PyflStep *s) {
         uint64_t t = now_ns();
         if (t - s->t0 < s->min_ns) { /* too short to keep, and its begin was never written */
             b->step = s->outer;
-            return;
+            return 0;
         }
         if (!gen_due(t)) {
             uint64_t v[3] = {s->vals[0], 0, 0};
@@ -1141,12 +1143,14 @@ void pyfl_step_end(PyflStep *s) {
             }
             v[n - 1] = t > s->t0 ? t - s->t0 : 0;
             b->step = s->outer;
-            if (put_event(b, (uint8_t)s->one_kind, t, n, v) < 0) S.dropped++;
+            int wrote = put_event(b, (uint8_t)s->one_kind, t, n, v) == 0;
+            if (!wrote) S.dropped++;
             S.busy = 0;
-            return;
+            return wrote;
         }
     }
     step_end_slow(s);
+    return 0;
 }
 
 int pyfl_record_args(PyObject *const *args, Py_ssize_t nargs) {
@@ -1509,9 +1513,10 @@ static PyObject *core_decode_events(PyObject *mod, PyObject *const *a, Py_ssize_
 }
 
 /* expand_steps(events, rules, event_type) -> list: the reader's expansion of one-event
- * steps (docs/format.md, TASK_STEP and CALLBACK). rules: a tuple of (one, begin, end)
- * kind objects. Each event e of `events` (a list of event_type tuples) whose kind is
- * some rule's `one` is replaced by event_type((end, e.time, tid, first arg)), and
+ * steps (docs/format.md, TASK_STEP and CALLBACK). rules: a tuple of (one, begin, end[,
+ * mark]) kind objects. Each event e of `events` (a list of event_type tuples) whose kind
+ * is some rule's `one` is replaced by event_type((end, e.time, tid, first arg)) (then
+ * event_type((mark, e.time, tid, first arg)) if the rule has a mark), and
  * event_type((begin, e.time - last arg, tid, *args but the last)) goes before it and
  * before the events of the same thread just before it that are later than that (those
  * recorded during the step): each thread's run of events stays in time order. Times are
@@ -1540,18 +1545,23 @@ static PyObject *core_expand_steps(PyObject *mod, PyObject *const *a, Py_ssize_t
         return PyErr_Format(PyExc_TypeError, "expand_steps() needs a list, a tuple of rules and a tuple subclass");
     PyObject *events = a[0], *rules = a[1];
     PyTypeObject *type = (PyTypeObject *)a[2];
-    Py_ssize_t n_rules = PyTuple_GET_SIZE(rules), n = PyList_GET_SIZE(events), found = 0;
-    for (Py_ssize_t r = 0; r < n_rules; r++)
-        if (!PyTuple_Check(PyTuple_GET_ITEM(rules, r)) || PyTuple_GET_SIZE(PyTuple_GET_ITEM(rules, r)) != 3)
-            return PyErr_Format(PyExc_TypeError, "expand_steps() rules must be (one, begin, end) tuples");
+    Py_ssize_t n_rules = PyTuple_GET_SIZE(rules), n = PyList_GET_SIZE(events), found = 0, room = 0;
+    for (Py_ssize_t r = 0; r < n_rules; r++) {
+        PyObject *rule = PyTuple_GET_ITEM(rules, r);
+        if (!PyTuple_Check(rule) || PyTuple_GET_SIZE(rule) < 3 || PyTuple_GET_SIZE(rule) > 4)
+            return PyErr_Format(PyExc_TypeError, "expand_steps() rules must be (one, begin, end[, mark]) tuples");
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *e = PyList_GET_ITEM(events, i);
         if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3) continue;
         for (Py_ssize_t r = 0; r < n_rules; r++)
-            if (PyTuple_GET_ITEM(e, 0) == PyTuple_GET_ITEM(PyTuple_GET_ITEM(rules, r), 0)) found++;
+            if (PyTuple_GET_ITEM(e, 0) == PyTuple_GET_ITEM(PyTuple_GET_ITEM(rules, r), 0)) {
+                found++;
+                room += PyTuple_GET_SIZE(PyTuple_GET_ITEM(rules, r)) - 2; /* END, BEGIN[, mark] for one */
+            }
     }
     if (!found) return Py_NewRef(events);
-    PyObject *out = PyList_New(n + found);
+    PyObject *out = PyList_New(n + room);
     if (!out) return NULL;
     int gc_was_enabled = PyGC_Disable();
     Py_ssize_t o = 0;
@@ -1568,11 +1578,14 @@ static PyObject *core_expand_steps(PyObject *mod, PyObject *const *a, Py_ssize_t
         }
         uint64_t t = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 1));
         uint64_t d = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, size - 1));
+        int marked = PyTuple_GET_SIZE(rule) == 4;
         PyObject *begin = type->tp_alloc(type, size - 1), *end = type->tp_alloc(type, 4);
+        PyObject *mark = marked ? type->tp_alloc(type, 4) : NULL;
         PyObject *t0 = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(t > d ? t - d : 0);
-        if (!begin || !end || !t0) {
+        if (!begin || !end || !t0 || (marked && !mark)) {
             Py_XDECREF(begin);
             Py_XDECREF(end);
+            Py_XDECREF(mark);
             Py_XDECREF(t0);
             Py_CLEAR(out);
             break;
@@ -1592,8 +1605,14 @@ static PyObject *core_expand_steps(PyObject *mod, PyObject *const *a, Py_ssize_t
         PyList_SET_ITEM(out, j, begin);
         o++;
         PyList_SET_ITEM(out, o++, end);
+        if (marked) {
+            PyTuple_SET_ITEM(mark, 0, Py_NewRef(PyTuple_GET_ITEM(rule, 3)));
+            for (Py_ssize_t k = 1; k < 4; k++)
+                PyTuple_SET_ITEM(mark, k, Py_NewRef(PyTuple_GET_ITEM(e, k)));
+            PyList_SET_ITEM(out, o++, mark);
+        }
     }
-    if (out && o < n + found && PyList_SetSlice(out, o, n + found, NULL) < 0) /* rules that matched twice */
+    if (out && o < n + room && PyList_SetSlice(out, o, n + room, NULL) < 0) /* rules that matched twice */
         Py_CLEAR(out);
     if (gc_was_enabled) PyGC_Enable();
     return out;

@@ -18,6 +18,12 @@
 #define PYFL_TLS _Thread_local
 #endif
 
+/* Set (to 1) by the socket hooks of _core_lock.c whenever this thread sends on a socket
+ * (send, sendall, sendto, connect: blocking or not); the C Handle._run clears it before a
+ * task's step and reads it after, to record the step as one that sent (TASK_STEP_SENT):
+ * the analysis tells a task waiting for an answer from one waiting for a push. */
+extern PYFL_TLS int pyfl_tls_sent;
+
 /* Nonzero while recording: the cheap check to make before building an event. */
 int pyfl_enabled(void);
 
@@ -105,8 +111,9 @@ uint64_t pyfl_step_begin(PyflStep *s);
  * with the duration since its start (nothing if it lasted under s->min_ns); else (its
  * BEGIN was written by a seal, or recording restarted) the END event. Seals the generation first if due, as any event does. Never
  * raises; may run Python code only where any record call may (a seal with pending
- * blocks), so the caller saves a pending exception. */
-void pyfl_step_end(PyflStep *s);
+ * blocks), so the caller saves a pending exception. Returns 1 if it wrote the one event,
+ * else 0 (an END, or nothing). */
+int pyfl_step_end(PyflStep *s);
 
 /* Exactly record(kind, *args) as called from Python (args[0] is the kind): 0, or -1
  * with an exception set on bad arguments. Use it for events with strings or stacks. */

@@ -48,6 +48,7 @@ static struct {
     int wait_mode;      /* after a task step: 0 nothing, 1 TASK_WAIT, 2 TASK_WAIT with stack */
     int k_begin, k_end, k_cb_begin_int, k_cb_end, k_wait_int, reason;
     int k_step, k_callback; /* the one-event kinds (TASK_STEP, CALLBACK); -1: BEGIN/END pairs */
+    int k_step_sent, k_sent; /* TASK_STEP_SENT (a step that sent on a socket), TASK_SENT; -1: not recorded */
     PyObject *exc_helper;   /* helper(handle, exc): the original's except-branch */
     PyObject *slow_call;    /* slow_call(context, callback, args): context.run(callback, *args) */
     PyObject *on_loop;      /* on_loop(loop): a thread runs a step of a loop it did not just run */
@@ -892,7 +893,7 @@ static PyObject *except_branch(PyObject *self) {
 static PyObject *handle_run(PyObject *self, PyObject *unused) {
     PyObject *ctx = NULL, *cb = NULL, *args = NULL, *res = NULL, *task = NULL, *name = NULL;
     uint64_t loop_id = 0, task_id = 0;
-    int begun = 0, slot = -1, one = 0;
+    int begun = 0, slot = -1, one = 0, outer_sent = pyfl_tls_sent;
     Slot saved = {0, 0, 0, 0};
     PyflStep step;
     const Layout *L = layout_of(&handle_layouts, Py_TYPE(self));
@@ -941,6 +942,7 @@ static PyObject *handle_run(PyObject *self, PyObject *unused) {
             slot = claim_slot(t, loop_id, task_id, began, &saved);
         }
     }
+    pyfl_tls_sent = 0;
     if (PyContext_CheckExact(ctx) && PyTuple_CheckExact(args)) {
         /* what Context.run does */
         if (PyContext_Enter(ctx) == 0) {
@@ -960,14 +962,21 @@ ran:
         PyObject *exc = res ? NULL : take_exception();
         if (slot >= 0)
             A.slots[slot] = saved;
-        if (one)
-            pyfl_step_end(&step);
-        else
+        /* a task's step that sent on a socket: TASK_STEP_SENT for TASK_STEP, or TASK_SENT
+         * after its END (the step was written as a pair) */
+        int sent = task && pyfl_tls_sent && A.k_sent >= 0, wrote_one = 0;
+        if (one) {
+            if (sent) step.one_kind = A.k_step_sent;
+            wrote_one = pyfl_step_end(&step);
+        } else {
             pyfl_record_ints(task ? A.k_end : A.k_cb_end, 1, task ? &task_id : &loop_id);
+        }
+        if (sent && !wrote_one) pyfl_record_ints(A.k_sent, 1, &task_id);
         if (task && res && A.active && after_step(task) < 0)
             Py_CLEAR(res);
         give_exception(exc);
     }
+    pyfl_tls_sent |= outer_sent; /* a step run inside another (a nested loop) sends for both */
     Py_XDECREF(name);
     Py_XDECREF(task);
     Py_XDECREF(ctx);
@@ -1097,7 +1106,9 @@ static PyObject *asyncio_idle_previous(PyObject *mod, PyObject *obj) {
  *                 step_funcs, future_cls, kinds, wait_mode) -> method descriptor for handle_cls._run
  * future_cls: the plain Future class, awaited futures of exactly that class are "".
  * kinds: (TASK_STEP_BEGIN, TASK_STEP_END, TASK_WAIT, CALLBACK_BEGIN, CALLBACK_END, AWAIT[,
- * TASK_STEP, CALLBACK]): with the last two, a short step is one event (see handle_run).
+ * TASK_STEP, CALLBACK[, TASK_STEP_SENT, TASK_SENT]]): with TASK_STEP and CALLBACK, a short
+ * step is one event (see handle_run); with the last two, a task's step that sent on a
+ * socket says so (needs the one-event kinds).
  * step_funcs: (pure-Python Task.__step, Task.__wakeup), None for unknown. */
 static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
     PyObject *handle_cls, *exc_helper, *slow_call, *on_loop, *on_task_done, *task_types, *step_funcs, *future_cls,
@@ -1117,10 +1128,10 @@ static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
             return PyErr_Format(PyExc_TypeError, "asyncio_install() task_types must be classes");
     if (PyTuple_GET_SIZE(step_funcs) != 2)
         return PyErr_Format(PyExc_TypeError, "asyncio_install() step_funcs must be (step, wakeup)");
-    long k[8] = {0, 0, 0, 0, 0, 0, -1, -1};
+    long k[10] = {0, 0, 0, 0, 0, 0, -1, -1, -1, -1};
     Py_ssize_t n_kinds = PyTuple_GET_SIZE(kinds);
-    if (n_kinds != 6 && n_kinds != 8)
-        return PyErr_Format(PyExc_TypeError, "asyncio_install() kinds must have 6 or 8 ints");
+    if (n_kinds != 6 && n_kinds != 8 && n_kinds != 10)
+        return PyErr_Format(PyExc_TypeError, "asyncio_install() kinds must have 6, 8 or 10 ints");
     for (int i = 0; i < n_kinds; i++) {
         k[i] = PyLong_AsLong(PyTuple_GET_ITEM(kinds, i));
         if (k[i] == -1 && PyErr_Occurred()) return NULL;
@@ -1140,6 +1151,8 @@ static PyObject *asyncio_install(PyObject *mod, PyObject *args) {
     A.reason = (int)k[5];
     A.k_step = (int)k[6];
     A.k_callback = (int)k[7];
+    A.k_step_sent = (int)k[8];
+    A.k_sent = (int)k[9];
     Py_XSETREF(A.exc_helper, Py_NewRef(exc_helper));
     Py_XSETREF(A.slow_call, Py_NewRef(slow_call));
     Py_XSETREF(A.on_loop, Py_NewRef(on_loop));

@@ -843,6 +843,7 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     PyObject *obj = NULL;
     uint64_t obj_id = 0; /* the event's obj: the object's address, or a sleep's length */
     double secs;
+    if (h->role == HOOK_SOCKET_SEND) pyfl_tls_sent = 1; /* a task's step that sends: see _core.h */
     if (!recording()) goto passthrough;
     switch (h->role) {
     case HOOK_SLEEP:
