@@ -283,12 +283,12 @@ CALLER = (
 
 
 def _awaiting(
-    waits: list[tuple[int, int, tuple[tuple[str, str, int], ...], int]], made_by: str = ""
+    waits: list[tuple[int, int, tuple[tuple[str, str, int], ...], int]], made_by: str = "", what: str = ""
 ) -> bytes:
     """asyncio tasks (id, parent, await chain looked at, wait ms): each created and
     stepped once at 0, then waiting from 1 ms for its time, the chain recorded mid-wait
-    by the watchdog (thread 8), then one more step. ``made_by``: the loop callback that
-    created them (a protocol's ``connection_made``), else none."""
+    by the watchdog (thread 8) with ``what`` it awaited, then one more step. ``made_by``:
+    the loop callback that created them (a protocol's ``connection_made``), else none."""
     g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
     g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
     if made_by:
@@ -302,7 +302,7 @@ def _awaiting(
         g.event(LOOP, Kind.TASK_STEP_END, MS, task=task)
     for task, _, stack, ms in sorted(waits, key=lambda w: w[3]):
         g.event(
-            8, Kind.TASK_WAIT, MS + ms * MS // 2, task=task, reason=BlockReason.AWAIT, what="", stack=stack
+            8, Kind.TASK_WAIT, MS + ms * MS // 2, task=task, reason=BlockReason.AWAIT, what=what, stack=stack
         )
     for task, _, _, ms in sorted(waits, key=lambda w: w[3]):
         g.event(LOOP, Kind.TASK_STEP_BEGIN, MS + ms * MS, task=task)
@@ -378,16 +378,23 @@ def test_tasks_reading_a_subprocess_output_are_told_as_waiting_for_it() -> None:
 
 
 @pytest.mark.parametrize(
-    "program", ["healthy_asyncio_server", "healthy_aiohttp_websockets", "healthy_tcp_server_threads"]
+    "program",
+    [
+        "healthy_asyncio_server",
+        "healthy_aiohttp_websockets",
+        "healthy_tcp_server_threads",
+        "healthy_fastapi_websockets",
+    ],
 )
 def test_a_servers_idle_connections_are_not_reported(program: str, tmp_path: Path) -> None:
     """Real servers with connected clients (planted, on loopback): an asyncio.start_server
     whose handlers sit in readline for the clients' next commands, an aiohttp WebSocket
     service whose handlers sit in ws.receive, a socketserver thread per connection
-    reading its client's next line."""
+    reading its client's next line, a FastAPI WebSocket service on uvicorn (handlers in
+    receive_text, its connections' reader tasks, uvicorn's lifespan task)."""
     findings = findings_of(record_named(program, tmp_path))
-    io = [f for f in findings if f.rule == "io-wait"]
-    assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
+    idle = [f for f in findings if f.rule in ("io-wait", "queue-starved")]
+    assert not [f for f in idle if f.score >= INFO], [(f.score, f.title) for f in idle]
 
 
 def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
@@ -461,3 +468,91 @@ def test_a_library_read_waiting_on_an_asyncio_event_is_an_io_wait() -> None:
     assert finding.evidence["awaiting"] == "SocketStream.receive"
     assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
     assert finding.evidence["wait_ns"] >= 4 * 399 * MS and finding.score >= INFO
+
+
+#: one turn of ``_subscribed``'s reads: its wait, from a step's end to the next step
+TURN = 301 * MS - 500
+
+
+def _subscribed(sends: tuple[bool, ...], *, parent: int = 5, meta: bool = True) -> bytes:
+    """Two asyncio tasks (made by task 5, or top-level) each reading a socket in turns
+    (``TURN``): a step before each turn, which sent on a socket (TASK_SENT) where ``sends``
+    says so, and a last step; the chain of each wait looked at mid-wait."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
+    for task in (10, 11):
+        g.event(LOOP, Kind.TASK_CREATE, 0, task=task, name=f"t{task}", coro="listen", parent=parent)
+    for turn, sent in enumerate(sends):
+        at = 1 * MS + turn * 301 * MS
+        for k, task in enumerate((10, 11)):
+            g.event(LOOP, Kind.TASK_STEP_BEGIN, at + k * 1000, task=task)
+            g.event(LOOP, Kind.TASK_STEP_END, at + k * 1000 + 500, task=task)
+            if sent:
+                g.event(LOOP, Kind.TASK_SENT, at + k * 1000 + 500, task=task)
+            g.event(
+                8, Kind.TASK_WAIT, at + 150 * MS + k, task=task, reason=BlockReason.AWAIT, what="", stack=READ
+            )
+    end = 1 * MS + len(sends) * 301 * MS
+    for k, task in enumerate((10, 11)):
+        g.event(LOOP, Kind.TASK_STEP_BEGIN, end + k * 1000, task=task)
+        g.event(LOOP, Kind.TASK_STEP_END, end + k * 1000 + 500, task=task)
+    for b in g.batches:
+        b.events.sort(key=lambda e: e[1])
+    return trace([g], meta={"blocking.step_sends": "TASK_SENT"} if meta else None)
+
+
+def test_tasks_listening_to_a_feed_are_not_an_io_wait() -> None:
+    """A task's receive after a step that sent nothing since its previous wait waits for
+    the partner to speak on its own (a subscription's next message): named apart, not
+    counted. A receive after a step that sent waits for the answer, and counts."""
+    # subscribe (send), then five pushes: only the first turn waits for an answer
+    listener = _subscribed((True, False, False, False, False, False))
+    findings = _task_io(listener)
+    assert not [f for f in findings if f.score >= INFO], [(f.score, f.title) for f in findings]
+    [quiet] = findings
+    assert quiet.evidence["wait_ns"] == 2 * TURN
+    assert quiet.evidence["listening_ns"] == 2 * 5 * TURN and "a subscription or a feed" in quiet.title
+    # a client asking every time: every wait is for its answer
+    [client] = _task_io(_subscribed((True,) * 6))
+    assert client.evidence["wait_ns"] == 2 * 6 * TURN and client.evidence["listening_ns"] is None
+    assert client.score >= INFO
+    # the program's main task (no parent), and traces that do not record steps that send
+    for data in (
+        _subscribed((True,) + (False,) * 5, parent=0),
+        _subscribed((True,) + (False,) * 5, meta=False),
+    ):
+        [counted] = _task_io(data)
+        assert counted.evidence["wait_ns"] == 2 * 6 * TURN and counted.evidence["listening_ns"] is None
+
+
+def test_tasks_listening_to_real_feeds_are_not_reported(tmp_path: Path) -> None:
+    """Real listeners (planted, on loopback): a task following a broker's line feed over
+    asyncio streams and one following an aiohttp WebSocket that pushes prices."""
+    findings = findings_of(record_named("healthy_subscriber_asyncio", tmp_path))
+    io = [f for f in findings if f.rule == "io-wait"]
+    assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
+
+
+def test_an_asgi_servers_receive_and_a_connections_life_are_not_io_waits() -> None:
+    """uvicorn's ``receive`` (the lifespan task waiting for the shutdown all the server's
+    life, a WebSocket handler for its client's next message) is a server waiting for its
+    client; websockets' ``close_connection`` awaits its connection's reader *task* (its
+    name has "connection", not "connect"): none is I/O the program waits for. The same
+    tasks reading a socket would be."""
+    venv = "/venv/lib/python3.12/site-packages"
+    lifespan = (  # (asyncio's own frames are not in a TASK_BLOCK's chain: Queue.get)
+        ("LifespanOn.receive", f"{venv}/uvicorn/lifespan/on.py", 137),
+        ("Router.lifespan", f"{venv}/starlette/routing.py", 700),
+    )
+    next_message = (
+        ("WebSocketProtocol.asgi_receive", f"{venv}/uvicorn/protocols/websockets/websockets_impl.py", 370),
+        ("WebSocket.receive_text", f"{venv}/starlette/websockets.py", 120),
+        ("chat", "/srv/chat.py", 25),
+    )
+    closing = (("WebSocketCommonProtocol.close_connection", f"{venv}/websockets/legacy/protocol.py", 1290),)
+    idle = [(10, 0, lifespan, 900)] + [(11 + k, 0, next_message, 400) for k in range(3)]
+    [named] = _task_io(_awaiting(idle + [(20, 0, READ, 60)]))
+    assert named.evidence["wait_ns"] == 60 * MS and named.evidence["handlers_idle_ns"] == (900 + 3 * 400) * MS
+    assert _task_io(_awaiting([(10 + k, 0, closing, 900) for k in range(3)])) == []
+    # a wait for another task (what="Task") is that task's, whatever the chain's name
+    assert _task_io(_awaiting([(10 + k, 0, READ, 900) for k in range(3)], what="Task")) == []

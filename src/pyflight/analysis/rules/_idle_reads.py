@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyflight.analysis.frames import is_library, is_third_party
+from pyflight.analysis.model import State
 from pyflight.analysis.queries import Queries, Spans, interval_ns
 from pyflight.analysis.rules._waits import in_function
 from pyflight.analysis.units import MS
@@ -18,7 +19,9 @@ from pyflight.core.events import IO_SENDS, BlockReason
 from pyflight.format.reader import Frame
 
 if TYPE_CHECKING:
-    from pyflight.analysis.model import Interval, Model
+    from collections.abc import Callable
+
+    from pyflight.analysis.model import Interval, Model, Step, TaskTimeline
 
 #: A receive this long on a connection that has had data since this thread last sent on
 #: it waits for the partner to speak on its own (a subscription's next message, a feed's
@@ -102,8 +105,20 @@ def connection_handlers(model: Model) -> set[int]:
 
 #: (function, file) of a server's read of its client's next message: a handler waiting
 #: there serves an idle connection (aiohttp's server-side WebSocket; its client side is
-#: ``ClientWebSocketResponse``, in client_ws.py).
-_SERVER_RECEIVES = (("WebSocketResponse.receive", "aiohttp/web_ws.py"),)
+#: ``ClientWebSocketResponse``, in client_ws.py), or an ASGI server's ``receive``, where
+#: an application waits for the server's next event: its client's next WebSocket
+#: message, the rest of a request's body, the client going away (Starlette's
+#: ``listen_for_disconnect``), or the server's shutdown (the lifespan task waits for
+#: it all the server's life).
+_SERVER_RECEIVES = (
+    ("WebSocketResponse.receive", "aiohttp/web_ws.py"),
+    ("LifespanOn.receive", "uvicorn/lifespan/on.py"),
+    ("RequestResponseCycle.receive", "uvicorn/protocols/http/h11_impl.py"),
+    ("RequestResponseCycle.receive", "uvicorn/protocols/http/httptools_impl.py"),
+    ("WebSocketProtocol.asgi_receive", "uvicorn/protocols/websockets/websockets_impl.py"),
+    ("WebSocketsSansIOProtocol.receive", "uvicorn/protocols/websockets/websockets_sansio_impl.py"),
+    ("WSProtocol.receive", "uvicorn/protocols/websockets/wsproto_impl.py"),
+)
 
 
 def waits_for_its_client(stack: Sequence[Frame]) -> bool:
@@ -124,6 +139,61 @@ def reads_its_stream(stack: Sequence[Frame]) -> bool:
                 f.file.replace("\\", "/").endswith("/asyncio/streams.py") for f in stack[:k]
             )
     return False
+
+
+#: How the innermost library coroutine's name begins when a task waits to *receive*
+#: (asyncio's ``_wait_for_data``, ``readline``; aiohttp's ``DataQueue.read``; anyio's
+#: ``receive``; a WebSocket's ``recv``), as opposed to a wait to send or connect.
+_RECEIVING_WORDS = ("read", "recv", "receive")
+
+
+def receives(call: Frame) -> bool:
+    name = call.function.rpartition(".")[2].lower()
+    return name == "_wait_for_data" or any(w.startswith(_RECEIVING_WORDS) for w in name.split("_"))
+
+
+def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | None], bool]:
+    """A predicate over a task's waits (its BLOCKED intervals), fed all of them in order
+    (None resets it for the next task): true for a piece of a wait at least
+    ``PUSH_WAIT`` long made by a task that sent nothing on any socket since its previous
+    wait, or since it was created (no step of its in between recorded TASK_SENT). If that
+    wait is a receive, it waits for a push: a subscription's next message, a feed's next
+    item. Never in a task without a parent (``asyncio.run``'s main task: the program's
+    own line of work, as the main thread is for threads), nor for the first wait seen of
+    a task made before the window (what it sent before is unknown), nor where no step of
+    the task ran in between (uvloop: no step says what it sent). Only traces whose
+    metadata says steps that send are recorded (``blocking.step_sends``) have any."""
+    if not model.trace.meta.get("blocking.step_sends"):
+        return lambda _task, _iv: False
+    # this wait's start and the previous wait's end; a wait is its BLOCKED pieces that
+    # follow one another (a look at the waiting task splits it)
+    state: list[int | None] = [None, None, None]  # [previous wait's end, this wait's start, its end so far]
+
+    def listening(task: TaskTimeline, iv: Interval | None) -> bool:
+        if iv is None:  # a new task: if created in the window, its first wait counts from then
+            created = task.intervals and task.intervals[0].state is State.READY
+            state[:] = [None, None, task.created if created else None]
+            return False
+        if state[2] != iv.start:  # a new wait
+            state[0], state[1] = state[2], iv.start
+        state[2] = iv.end
+        since, start = state[0], state[1]
+        if since is None or start is None or not task.parent or iv.end - start < PUSH_WAIT:
+            return False
+        # a step of its own between the two waits (the one that began this wait)...
+        steps = task.steps
+        k = bisect.bisect_left(steps, since, key=_step_end)
+        if k == len(steps) or steps[k].end > start:
+            return False
+        # ...and none of them sent
+        k = bisect.bisect_left(task.sent, since)
+        return not (k < len(task.sent) and task.sent[k] <= start)
+
+    return listening
+
+
+def _step_end(step: Step) -> int:
+    return step.end
 
 
 def _kind_of_thread(model: Model, tid: int) -> str:

@@ -19,7 +19,9 @@ from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_st
 from pyflight.analysis.rules._idle_reads import (
     connection_handlers,
     listening_blocks,
+    listening_task_waits,
     reads_its_stream,
+    receives,
     waits_for_connection,
     waits_for_its_client,
     waits_for_next_request,
@@ -45,7 +47,10 @@ SHORT_CALL = 20 * MS
 #: I/O: asyncio's streams (``StreamReader._wait_for_data``, ``readline``, ``drain``),
 #: aiohttp's (``DataQueue.read``), anyio's (``receive``), websockets (``recv``), the loop's
 #: socket calls (``sock_recv``, ``sock_connect``); words, not substrings (``to_thread``).
+#: A "connection" is no connect (websockets' ``close_connection`` awaits its connection's
+#: reader task for the connection's life).
 _IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect")
+_NOT_IO_WORDS = ("connection",)
 _IO_NAMES = frozenset({"_wait_for_data"})
 
 
@@ -56,7 +61,9 @@ def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
         return None
     name = stack[0].function.rpartition(".")[2].lower()
     words = name.split("_")
-    if name not in _IO_NAMES and not any(w.startswith(_IO_WORDS) for w in words):
+    if name not in _IO_NAMES and not any(
+        w.startswith(_IO_WORDS) and not w.startswith(_NOT_IO_WORDS) for w in words
+    ):
         return None
     if library_wait_pattern(tuple(stack)) is not None:
         return None
@@ -157,12 +164,18 @@ def _task_io_waits(model: Model) -> list[Finding]:
     stream waits for its client's next request: idle, named apart, not counted."""
     waits: list[tuple[TaskTimeline, Interval, Frame]] = []
     handlers: set[int] | None = None  # made on first use: a pass over every loop callback
-    idle_ns = 0
+    idle_ns = listened_ns = 0
+    listening = listening_task_waits(model)
     for task in model.all_tasks():
+        listening(task, None)
         for iv in task.intervals:
+            if iv.state is not State.BLOCKED:
+                continue
+            pushed = listening(task, iv)
             # an await, or an asyncio Event/Condition wait a library reads through (anyio's
-            # SocketStream.receive waits on an asyncio.Event: httpx's async client)
-            if iv.state is State.BLOCKED and iv.reason in _TASK_IO_REASONS and iv.stack:
+            # SocketStream.receive waits on an asyncio.Event: httpx's async client); not an
+            # await of another task (what that task waits on is its own wait)
+            if iv.reason in _TASK_IO_REASONS and iv.stack and iv.detail != "Task":
                 call = _awaited_io(iv.stack)
                 if call is None:
                     continue
@@ -173,6 +186,8 @@ def _task_io_waits(model: Model) -> list[Finding]:
                     serving = id(task) in handlers
                 if serving:
                     idle_ns += iv.end - iv.start
+                elif pushed and receives(call):
+                    listened_ns += iv.end - iv.start
                 else:
                     waits.append((task, iv, call))
     total = _wall_time(waits)
@@ -210,6 +225,13 @@ def _task_io_waits(model: Model) -> list[Finding]:
                     if idle_ns >= 50 * MS
                     else ""
                 )
+                + (
+                    f"; besides, {fmt_ns(listened_ns)} receiving where the task had sent nothing "
+                    "since its last wait (a subscription or a feed: the other side had nothing "
+                    "to send, not counted)"
+                    if listened_ns >= 50 * MS
+                    else ""
+                )
             ),
             culprit=Culprit.of(where),
             evidence={
@@ -220,6 +242,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 "awaiting": call_name,
                 "tasks": len(tasks),
                 "handlers_idle_ns": idle_ns or None,
+                "listening_ns": listened_ns or None,
                 "worst_ns": worst.end - worst.start,
                 "worst_at_s": seconds_since_start(model, worst.start),
                 "worst_task": task_label_of(worst_task),

@@ -23,6 +23,7 @@ from pyflight.analysis.queries import (
     seconds_since_start,
     thread_name,
 )
+from pyflight.analysis.rules._idle_reads import waits_for_its_client
 from pyflight.analysis.rules._waits import (
     blocked_waits,
     in_function,
@@ -252,7 +253,9 @@ def _asyncio_queue(model: Model) -> list[Finding]:
     for task, iv in task_blocked_waits(model, BlockReason.CONDITION):
         if iv.detail == "asyncio.Queue.put":
             sides[("put", iv.obj)].append((task, iv))
-        elif iv.detail == "asyncio.Queue.get":
+        elif iv.detail == "asyncio.Queue.get" and not waits_for_its_client(iv.stack):
+            # (a server's own queue of its client's next events, an ASGI server's receive:
+            # idle until the client speaks, or the server shuts down)
             sides[("get", iv.obj)].append((task, iv))
     tasks_by_id = {t.id: t for t in model.all_tasks()}
     for (side, obj), waits in sides.items():
