@@ -51,6 +51,7 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait_threads": ("io-wait", "download_chunks"),
     "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
     "io_wait_asyncio": ("io-wait", "fetch_price"),  # tasks awaiting a socket read: sampled chains
+    "io_wait_aiohttp_body": ("io-wait", "download"),  # bodies trickling in: aiohttp's StreamReader._wait
     "pool_exhausted_aiohttp": ("library-wait", "fetch_quote"),
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),

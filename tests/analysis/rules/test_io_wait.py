@@ -474,10 +474,16 @@ def test_a_library_read_waiting_on_an_asyncio_event_is_an_io_wait() -> None:
 TURN = 301 * MS - 500
 
 
-def _subscribed(sends: tuple[bool, ...], *, parent: int = 5, meta: bool = True) -> bytes:
+def _subscribed(
+    sends: tuple[bool, ...],
+    *,
+    parent: int = 5,
+    meta: bool = True,
+    stack: tuple[tuple[str, str, int], ...] = READ,
+) -> bytes:
     """Two asyncio tasks (made by task 5, or top-level) each reading a socket in turns
     (``TURN``): a step before each turn, which sent on a socket (TASK_SENT) where ``sends``
-    says so, and a last step; the chain of each wait looked at mid-wait."""
+    says so, and a last step; the chain of each wait (``stack``) looked at mid-wait."""
     g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
     g.event(LOOP, Kind.THREAD_START, 0, tid=LOOP, name="MainThread", ident=LOOP, parent=0)
     for task in (10, 11):
@@ -490,7 +496,13 @@ def _subscribed(sends: tuple[bool, ...], *, parent: int = 5, meta: bool = True) 
             if sent:
                 g.event(LOOP, Kind.TASK_SENT, at + k * 1000 + 500, task=task)
             g.event(
-                8, Kind.TASK_WAIT, at + 150 * MS + k, task=task, reason=BlockReason.AWAIT, what="", stack=READ
+                8,
+                Kind.TASK_WAIT,
+                at + 150 * MS + k,
+                task=task,
+                reason=BlockReason.AWAIT,
+                what="",
+                stack=stack,
             )
     end = 1 * MS + len(sends) * 301 * MS
     for k, task in enumerate((10, 11)):
@@ -551,8 +563,31 @@ def test_an_asgi_servers_receive_and_a_connections_life_are_not_io_waits() -> No
     )
     closing = (("WebSocketCommonProtocol.close_connection", f"{venv}/websockets/legacy/protocol.py", 1290),)
     idle = [(10, 0, lifespan, 900)] + [(11 + k, 0, next_message, 400) for k in range(3)]
-    [named] = _task_io(_awaiting(idle + [(20, 0, READ, 60)]))
+    [named] = _task_io(_awaiting([*idle, (20, 0, READ, 60)]))
     assert named.evidence["wait_ns"] == 60 * MS and named.evidence["handlers_idle_ns"] == (900 + 3 * 400) * MS
     assert _task_io(_awaiting([(10 + k, 0, closing, 900) for k in range(3)])) == []
     # a wait for another task (what="Task") is that task's, whatever the chain's name
     assert _task_io(_awaiting([(10 + k, 0, READ, 900) for k in range(3)], what="Task")) == []
+
+
+#: aiohttp's read of a response's body: it waits in StreamReader._wait, inside readany
+BODY = (
+    ("StreamReader._wait", "/venv/lib/python3.12/site-packages/aiohttp/streams.py", 347),
+    ("StreamReader.readany", "/venv/lib/python3.12/site-packages/aiohttp/streams.py", 460),
+    ("StreamReader.read", "/venv/lib/python3.12/site-packages/aiohttp/streams.py", 420),
+    ("ClientResponse.read", "/venv/lib/python3.12/site-packages/aiohttp/client_reqrep.py", 1210),
+    ("download", "/srv/reports.py", 19),
+)
+
+
+def test_a_response_body_trickling_in_is_an_io_wait() -> None:
+    """aiohttp's body read waits in ``StreamReader._wait`` (no I/O in its name), called by
+    ``readany``: the chain's innermost library coroutines say I/O. Its chunks arrive with
+    nothing sent in between, yet the program asked for them: an HTTP response's body is
+    never a feed's next push."""
+    [finding] = _task_io(_awaiting([(10 + k, 0, BODY, 300) for k in range(3)]))
+    assert finding.evidence["awaiting"] == "StreamReader.readany"
+    assert finding.culprit is not None and finding.culprit.function == "download"
+    # chunk after chunk, nothing sent since the request: still the response it waits for
+    [trickle] = _task_io(_subscribed((True, False, False, False), stack=BODY))
+    assert trickle.evidence["wait_ns"] == 2 * 4 * TURN and trickle.evidence["listening_ns"] is None

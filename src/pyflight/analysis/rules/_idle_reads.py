@@ -180,6 +180,8 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
         since, start = state[0], state[1]
         if since is None or start is None or not task.parent or iv.end - start < PUSH_WAIT:
             return False
+        if iv.stack and any(_reads_a_response(frame) for frame in iv.stack):
+            return False  # an HTTP response's body: the program asked for it
         # a step of its own between the two waits (the one that began this wait)...
         steps = task.steps
         k = bisect.bisect_left(steps, since, key=_step_end)
@@ -194,6 +196,16 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
 
 def _step_end(step: Step) -> int:
     return step.end
+
+
+#: (how a function's name begins, file) of an HTTP client's read of a response's body: a
+#: task reading one waits for what it asked for, however slowly it trickles in.
+_RESPONSE_READS = (("ClientResponse.", "aiohttp/client_reqrep.py"), ("Response.a", "httpx/_models.py"))
+
+
+def _reads_a_response(frame: Frame) -> bool:
+    file = frame.file.replace("\\", "/")
+    return any(frame.function.startswith(name) and file.endswith(part) for name, part in _RESPONSE_READS)
 
 
 def _kind_of_thread(model: Model, tid: int) -> str:

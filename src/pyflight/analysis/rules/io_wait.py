@@ -54,20 +54,32 @@ _NOT_IO_WORDS = ("connection",)
 _IO_NAMES = frozenset({"_wait_for_data"})
 
 
+#: How many of the innermost library coroutines of a chain may say I/O: aiohttp's body
+#: read waits in ``StreamReader._wait``, called by ``readany``, ``read``, then
+#: ``ClientResponse.read``.
+_IO_DEPTH = 3
+
+
+def _names_io(frame: Frame) -> bool:
+    name = frame.function.rpartition(".")[2].lower()
+    return name in _IO_NAMES or any(
+        w.startswith(_IO_WORDS) and not w.startswith(_NOT_IO_WORDS) for w in name.split("_")
+    )
+
+
 def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
-    """The innermost coroutine of a task's await chain, if it is a library's (the standard
-    library's or an installed package's: aiohttp's ``DataQueue.read``) and its name says I/O."""
+    """The innermost coroutine of a task's await chain that says I/O by its name, among
+    the innermost ``_IO_DEPTH`` library ones (the standard library's or an installed
+    package's: aiohttp's ``DataQueue.read``) inside the program's call; None if none
+    does, or the wait is a library's pool or lock (``library-wait``)."""
     if not stack or _program_frame(stack[:1]) is not None:
         return None
-    name = stack[0].function.rpartition(".")[2].lower()
-    words = name.split("_")
-    if name not in _IO_NAMES and not any(
-        w.startswith(_IO_WORDS) and not w.startswith(_NOT_IO_WORDS) for w in words
-    ):
-        return None
-    if library_wait_pattern(tuple(stack)) is not None:
-        return None
-    return stack[0]
+    for frame in stack[:_IO_DEPTH]:
+        if _program_frame((frame,)) is not None:
+            return None
+        if _names_io(frame):
+            return None if library_wait_pattern(tuple(stack)) is not None else frame
+    return None
 
 
 def _program_frame(stack: Sequence[Frame]) -> Frame | None:
