@@ -2,6 +2,7 @@
 each body in chunks 100 ms apart: the tasks spend their time waiting for the bodies to
 trickle in (aiohttp's body read waits in ``StreamReader._wait``; nothing is sent between
 the chunks, yet the program asked for them)."""
+
 import asyncio
 
 from aiohttp import ClientSession, web
