@@ -140,14 +140,21 @@ def sampler_ticks(model: Model) -> list[int]:
     return Queries.of(model).sampler_ticks()
 
 
+#: How much the CPUs the program used may add to the share of ticks at which the native
+#: reader found the GIL held: a tick can fall in a hand-off between two holders, or be
+#: dropped when the holder changed during the read. No more: CPU spent in C code that
+#: released the GIL (an sqlite query, zlib, hashing a big buffer) is no GIL held.
+HANDOFF_SLACK = 0.25
+
+
 def gil_busy_share(model: Model, spans: Iterable[tuple[int, int]]) -> tuple[float, int] | None:
     """(share, ticks): how busy the GIL was through ``spans``: of the sampler's ticks in
-    them, the share at which its native reader found a thread holding the GIL, or the
-    CPUs the program's threads used there (capped at one: the GIL's share), whichever
-    says more (a loaded machine leaves a holder off the CPU still holding the GIL; on an
-    idle one, a tick can fall in a hand-off between two holders). Near 1: CPU-bound
-    threads took turns on the GIL. None without stacks read natively (pure core, other
-    platforms: the measure is then too weak to act on) or without a tick in them."""
+    them, the share at which its native reader found a thread holding the GIL (a loaded
+    machine leaves a holder off the CPU still holding the GIL), raised towards the CPUs
+    the program's threads used there by at most ``HANDOFF_SLACK`` (capped at one: the
+    GIL's share). Near 1: CPU-bound threads took turns on the GIL. None without stacks
+    read natively (pure core, other platforms: the measure is then too weak to act on)
+    or without a tick in them."""
     queries = Queries.of(model)
     natives = queries.native_times()
     if not natives:
@@ -163,7 +170,8 @@ def gil_busy_share(model: Model, spans: Iterable[tuple[int, int]]) -> tuple[floa
     load = queries.cpu_load()
     width = sum(b - a for a, b in merged)
     cores = sum(load.cpu_ns(a, b) for a, b in merged) / width if width else 0.0
-    return min(1.0, max(in_natives / in_ticks, cores)), in_ticks
+    held = in_natives / in_ticks
+    return min(1.0, max(held, min(cores, held + HANDOFF_SLACK))), in_ticks
 
 
 class CpuLoad:

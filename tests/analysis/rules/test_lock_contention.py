@@ -4,8 +4,14 @@ finding there, not one per lock object. Synthetic traces."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from programs import findings_of, record_named, top_warning
 from pyflight.analysis.model import build
 from pyflight.analysis.rules import INFO, Finding, find
+from pyflight.core import BACKEND_NAME
 from pyflight.core.events import BlockReason, Kind
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
@@ -47,3 +53,19 @@ def test_locks_waited_at_two_lines_are_two_findings_and_one_lock_is_a_lock() -> 
     found = _contention(_waits([(TRANSFER, 0x1000), (AUDIT, 0x2000)] * 5))
     assert sorted(f.culprit.function for f in found if f.culprit) == ["audit", "transfer"]
     assert all(f.evidence["locks"] == 1 and "for a lock in" in f.title for f in found)
+
+
+@pytest.mark.skipif(BACKEND_NAME != "c", reason="locks are traced by the C core only")
+def test_a_slow_query_under_a_lock_in_a_threaded_server(tmp_path: Path) -> None:
+    """A real Flask app on waitress (planted, on loopback) runs a slow sqlite query under
+    a shared lock. The story is the lock: its holders were in the query's line, and the
+    GIL was free meanwhile (sqlite's CPU is no GIL held: no "CPU-bound threads taking
+    turns"); waitress's idle workers waiting for their next request are held up by no
+    one (no stalled-holder)."""
+    findings = findings_of(record_named("lock_contention_wsgi_sqlite", tmp_path))
+    shown = [(f.score, f.rule, f.title) for f in findings]
+    finding = top_warning(findings, "lock-contention")
+    assert finding.culprit is not None and finding.culprit.function == "report", shown
+    assert "GIL" not in finding.title and "its holders meanwhile in report" in finding.title, shown
+    assert str(finding.evidence["held_at"]).startswith("report ("), shown
+    assert not [f for f in findings if f.rule == "stalled-holder"], shown

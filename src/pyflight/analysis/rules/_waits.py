@@ -220,6 +220,30 @@ def in_function(stack: Sequence[Frame], names: set[str], file_part: str) -> bool
     return any(f.function in names and file_part in f.file.replace("\\", "/") for f in stack[:6])
 
 
+#: (function, file part) of thread pools' idle loops: a worker waiting there, with only
+#: library frames inside, waits for its next job (concurrent.futures, so gunicorn's
+#: gthread; anyio's to_thread: FastAPI's sync endpoints; waitress's task dispatcher): an
+#: idle pool, not a thread held up.
+POOL_IDLE_LOOPS = (
+    ("_worker", "concurrent/futures/thread.py"),
+    ("WorkerThread.run", "anyio/"),
+    ("ThreadedTaskDispatcher.handler_thread", "waitress/task.py"),
+)
+
+
+def waits_for_next_job(stack: Sequence[Frame]) -> bool:
+    """The wait is a pool worker's between jobs: a pool's idle loop is the wait's
+    innermost frame, or called only a ``get`` or ``wait`` (``Queue.get``,
+    ``Condition.wait``) to wait there (a job's own wait has the job's frames inside)."""
+    for frame in stack[:4]:
+        file = frame.file.replace("\\", "/")
+        if any(frame.function == name and part in file for name, part in POOL_IDLE_LOOPS):
+            return True
+        if frame.function.rpartition(".")[2] not in ("get", "wait"):
+            return False
+    return False
+
+
 def busy_gil(found: tuple[float, int] | None) -> float | None:
     """The share of a ``gil_busy_share`` answer if it says the GIL was busy enough to call
     the threads CPU-bound (GIL_BOUND_SHARE over at least GIL_BOUND_TICKS ticks), else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
@@ -69,6 +70,34 @@ def rule_lock_contention(model: Model) -> list[Finding]:
     return out
 
 
+def _handed_over_by(
+    model: Model, reason: BlockReason, objs: set[int]
+) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(waiting thread, lock) -> (time, waker) of the wake-ups that ended its waits, in
+    time order."""
+    out: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for wake in model.wakes:
+        if wake.reason == reason and wake.obj in objs and wake.waker:
+            out[(wake.target, wake.obj)].append((wake.time, wake.waker))
+    for found in out.values():
+        found.sort()
+    return out
+
+
+#: A wake-up this close after a wait's end still ended it (the waker records it as it
+#: releases, the waiter its BLOCK_END when it runs again: either may come first).
+_WAKE_SLACK = 5_000_000
+
+
+def _waker_of(wakes: list[tuple[int, int]] | None, iv: Interval) -> int:
+    """The thread whose wake-up ended wait ``iv`` (the last one at most ``_WAKE_SLACK``
+    after its end, not before its start), 0 if none is known."""
+    if not wakes:
+        return 0
+    k = bisect.bisect_right(wakes, (iv.end + _WAKE_SLACK, 1 << 62)) - 1
+    return wakes[k][1] if k >= 0 and wakes[k][0] >= iv.start else 0
+
+
 def _thread_contention(
     model: Model, lock_waits: list[tuple[ThreadTimeline, Interval]], reason: BlockReason
 ) -> list[Finding]:
@@ -80,10 +109,13 @@ def _thread_contention(
         obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
         worst_t, worst, where = c.worst_waiter, c.worst, c.where
         holders = wakers(model, reason, {iv.obj for _, iv in waits})
-        # where the holders were while others waited
+        # where the holders were while others waited: the thread that handed each wait the
+        # lock (its waker), else every thread that ever released it
+        ended_by = _handed_over_by(model, reason, {iv.obj for _, iv in waits})
         held: Counter[Frame] = Counter()
-        for _, iv in waits:
-            for tid in holders:
+        for t, iv in waits:
+            handed = _waker_of(ended_by.get((t.tid, iv.obj)), iv)
+            for tid in (handed,) if handed else holders:
                 for sample in samples_in(model, tid, iv.start, iv.end):
                     if sample.state is State.BLOCKED and sample.reason is reason:
                         continue  # waiting its own turn then, not holding
@@ -101,7 +133,7 @@ def _thread_contention(
         )
         if where:
             title += f" in {where.function}"
-        if semaphore and holder_frame is not None:
+        if holder_frame is not None:
             title += f", its holders meanwhile in {holder_frame.function} (line {holder_frame.line})"
         busy = gil_bound(model, waits)
         if busy is not None:

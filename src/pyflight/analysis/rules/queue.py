@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pyflight.analysis.model import State
@@ -32,6 +32,7 @@ from pyflight.analysis.rules._waits import (
     task_label_of,
     task_life,
     wait_site,
+    waits_for_next_job,
     wakers,
 )
 from pyflight.analysis.rules.finding import INFO, Culprit, Finding, Moment, longest_waits, moments_of
@@ -43,24 +44,6 @@ from pyflight.analysis.units import MS, fmt_ns, pct
 #: full queue, and by the consumers' share idle on an empty one (info at most: often fine).
 _BACKLOG_RAMP = [(0.05, 25), (0.2, 50), (0.5, 78), (0.8, 90)]
 _STARVED_RAMP = [(0.3, 20), (0.6, 35), (0.9, 55)]
-
-
-#: (function, file part) of thread pools' idle loops: a worker waiting there for its next
-#: job is an idle pool (concurrent.futures, anyio's to_thread: FastAPI's sync endpoints,
-#: one queue per worker), not a consumer starved by a slow producer
-_POOL_IDLE_LOOPS = (("_worker", "concurrent/futures/thread.py"), ("WorkerThread.run", "anyio/"))
-
-
-def _idle_pool_worker(stack: Sequence[Frame]) -> bool:
-    """The Queue.get is called by a thread pool's idle loop."""
-    for i, frame in enumerate(stack[:6]):
-        if frame.function in ("get", "Queue.get") and "queue.py" in frame.file:
-            if i + 1 < len(stack):
-                caller = stack[i + 1]
-                file = caller.file.replace("\\", "/")
-                return any(caller.function == name and part in file for name, part in _POOL_IDLE_LOOPS)
-            return False
-    return False
 
 
 #: Sample states in which a thread is doing work (on a CPU, or ready for the GIL).
@@ -102,7 +85,7 @@ def rule_queue(model: Model) -> list[Finding]:
             continue
         if in_function(iv.stack, {"put", "Queue.put"}, "queue.py"):
             puts.append((thread, iv))
-        elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py") and not _idle_pool_worker(iv.stack):
+        elif in_function(iv.stack, {"get", "Queue.get"}, "queue.py") and not waits_for_next_job(iv.stack):
             gets.append((thread, iv))
     interval = interval_ns(model)
     # one finding per queue: the workers of an idle thread pool (anyio's, a web server's)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pyflight.analysis.frames import by_function, user_frame, wait_name
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import seconds_since_start, thread_name, user_threads
-from pyflight.analysis.rules._waits import semaphore_conditions
+from pyflight.analysis.rules._waits import semaphore_conditions, waits_for_next_job
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.library_waits import library_wait_objects
@@ -74,6 +74,7 @@ def rule_stalled_holder(model: Model) -> list[Finding]:
                 and iv.reason is BlockReason.CONDITION
                 and iv.obj
                 and iv.obj not in semaphores
+                and not waits_for_next_job(iv.stack)  # an idle pool worker holds nobody up
             ):
                 waits_on[iv.obj].append((thread.tid, iv))
     wakes_by: dict[int, list[tuple[int, int]]] = defaultdict(list)  # waker -> (time, obj)
