@@ -24,6 +24,8 @@ PLANTED = {
     # FastAPI's `def` endpoints queue for anyio's worker threads; the culprit is the endpoint's
     # slow call the threads were busy in, not the framework's call into the pool
     "thread_limiter_fastapi": ("thread limiter", "lookup_inventory", "total_tokens"),
+    # ...also when the workers idle in their loop between bursts (no job they were busy in)
+    "thread_limiter_fastapi_bursts": ("thread limiter", "lookup_inventory", "total_tokens"),
     "sqlite_busy_threads": ("database lock", "save_order", "WAL"),
     "pool_exhausted_sqlalchemy": ("database connection pool", "handle_request", "pool_size"),
     "process_pool_waits": ("process pool", "handle_request", "Pool(processes=N)"),

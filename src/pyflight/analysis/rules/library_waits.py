@@ -33,7 +33,7 @@ from pyflight.analysis.queries import (
     thread_name,
     user_threads,
 )
-from pyflight.analysis.rules._waits import GIL_BOUND_HINT, GIL_BOUND_SCORE, gil_bound
+from pyflight.analysis.rules._waits import GIL_BOUND_HINT, GIL_BOUND_SCORE, gil_bound, waits_for_next_job
 from pyflight.analysis.rules.base import Rule
 from pyflight.analysis.rules.finding import MIN_SCORE, Culprit, Finding, Moment, moments_of
 from pyflight.analysis.rules.n_plus_one import Query, db_queries
@@ -344,6 +344,8 @@ def _primitive_waits(model: Model) -> list[Finding]:
                 threads[pattern][thread.tid] += iv.end - iv.start
                 spans[pattern].append((thread, iv))
                 continue
+            if waits_for_next_job(iv.stack):
+                continue  # a pool's worker idle between jobs holds nothing
             for pattern in LIBRARY_WAITS:
                 inner = pattern.holds(iv.stack)
                 if inner is not None:
@@ -351,7 +353,7 @@ def _primitive_waits(model: Model) -> list[Finding]:
                     held_blocked[pattern] += iv.end - iv.start
     interval = interval_ns(model)
     for sample in model.samples:
-        if _pattern(sample.stack) is not None:
+        if _pattern(sample.stack) is not None or waits_for_next_job(sample.stack):
             continue
         for pattern in LIBRARY_WAITS:
             inner = pattern.holds(sample.stack)
