@@ -166,7 +166,7 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
     if not model.trace.meta.get("blocking.step_sends"):
         return lambda _task, _iv: False
     # this wait's start and the previous wait's end; a wait is its BLOCKED pieces that
-    # follow one another (a look at the waiting task splits it)
+    # follow one another (should the model cut one, as it does where a loop woke up)
     state: list[int | None] = [None, None, None]  # [previous wait's end, this wait's start, its end so far]
 
     def listening(task: TaskTimeline, iv: Interval | None) -> bool:
