@@ -408,10 +408,12 @@ def test_a_servers_idle_connections_are_not_reported(program: str, tmp_path: Pat
     assert not [f for f in idle if f.score >= INFO], [(f.score, f.title) for f in idle]
 
 
-def test_threads_listening_to_a_feed_are_not_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("program", ["healthy_subscriber_threads", "healthy_redis_workers"])
+def test_threads_listening_to_a_feed_are_not_reported(program: str, tmp_path: Path) -> None:
     """A real pub/sub listener (planted, sockets on loopback): its threads sit in recv
-    most of their lives, and the report does not make that an I/O problem."""
-    findings = findings_of(record_named("healthy_subscriber_threads", tmp_path))
+    most of their lives, and the report does not make that an I/O problem; nor job-queue
+    workers (redis-py's BLPOP, as RQ's) idle waiting for their next job."""
+    findings = findings_of(record_named(program, tmp_path))
     io = [f for f in findings if f.rule == "io-wait"]
     assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
 
@@ -602,3 +604,45 @@ def test_a_response_body_trickling_in_is_an_io_wait() -> None:
     # chunk after chunk, nothing sent since the request: still the response it waits for
     [trickle] = _task_io(_subscribed((True, False, False, False), stack=BODY))
     assert trickle.evidence["wait_ns"] == 2 * 4 * TURN and trickle.evidence["listening_ns"] is None
+
+
+def _redis_worker(command: str) -> bytes:
+    """Two worker threads for 2 s, each in a loop of 400 ms socket reads inside redis-py's
+    ``command`` (a thread's IO block, its stack down to the worker's loop)."""
+    venv = "/venv/lib/python3.12/site-packages"
+    stack = (
+        ("SocketBuffer._read_from_socket", f"{venv}/redis/_parsers/socket.py", 65),
+        ("_RESP2Parser.read_response", f"{venv}/redis/_parsers/resp2.py", 15),
+        ("Redis.execute_command", f"{venv}/redis/client.py", 620),
+        (command, f"{venv}/redis/commands/core.py", 2700),
+        ("work", "/srv/worker.py", 21),
+    )
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    for tid in (1, 2):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"rq-worker-{tid}", ident=tid, parent=0)
+        for k in range(4):
+            start = 10 * MS + k * 450 * MS + tid * MS
+            g.event(tid, Kind.BLOCK_BEGIN, start, reason=BlockReason.IO, obj=64 * tid | 1, stack=stack)
+            g.event(tid, Kind.BLOCK_END, start + MS, reason=BlockReason.IO, obj=64 * tid | 1, waker=0)
+            g.event(tid, Kind.BLOCK_BEGIN, start + 2 * MS, reason=BlockReason.IO, obj=64 * tid, stack=stack)
+            g.event(tid, Kind.BLOCK_END, start + 402 * MS, reason=BlockReason.IO, obj=64 * tid, waker=0)
+    return trace([g], meta={"blocking.io_sends": "bit 0"})
+
+
+def test_a_worker_waiting_for_its_next_job_in_a_blocking_pop_is_idle() -> None:
+    """An RQ worker waits for its next job in redis-py's BLPOP: the command is sent, and
+    the answer is whatever job comes next. Idle consumers, not a slow partner; the same
+    reads answering a GET are waits for the answer."""
+    assert [
+        f for f in find(build(loads(_redis_worker("ListCommands.blpop"))), strict=True) if f.rule == "io-wait"
+    ] == []
+    [slow] = [
+        f
+        for f in find(build(loads(_redis_worker("BasicKeyCommands.get"))), strict=True)
+        if f.rule == "io-wait"
+    ]
+    assert (
+        slow.culprit is not None
+        and slow.culprit.function == "work"
+        and slow.evidence["wait_ns"] >= 8 * 400 * MS
+    )

@@ -76,6 +76,33 @@ def waits_for_next_request(stack: Sequence[Frame]) -> bool:
     )
 
 
+#: A queue client's blocking pops (redis-py's, in redis/commands/core.py: an RQ worker
+#: waits for its next job in BLPOP): the command is sent, then the answer is whatever job
+#: comes next, or the timeout. An idle consumer, not a slow partner.
+_BLOCKING_POPS = frozenset(
+    {
+        "blpop",
+        "brpop",
+        "brpoplpush",
+        "blmove",
+        "blmpop",
+        "bzpopmin",
+        "bzpopmax",
+        "bzmpop",
+        "xread",
+        "xreadgroup",
+    }
+)
+
+
+def waits_for_a_job(stack: Sequence[Frame]) -> bool:
+    return any(
+        frame.function.rpartition(".")[2] in _BLOCKING_POPS
+        and frame.file.replace("\\", "/").endswith("/redis/commands/core.py")
+        for frame in stack
+    )
+
+
 def waits_for_connection(stack: Sequence[Frame]) -> bool:
     """In accept: a server waiting for its next connection (on a TLS listener, ssl.py's
     accept, which also does the new connection's handshake)."""

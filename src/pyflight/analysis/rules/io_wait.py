@@ -22,6 +22,7 @@ from pyflight.analysis.rules._idle_reads import (
     listening_task_waits,
     reads_its_stream,
     receives,
+    waits_for_a_job,
     waits_for_connection,
     waits_for_its_client,
     waits_for_next_request,
@@ -292,8 +293,12 @@ def _thread_io_waits(model: Model) -> list[Finding]:
     listening_spans = listening_blocks(model)
     waits: list[tuple[ThreadTimeline, Interval]] = []
     listening: list[tuple[ThreadTimeline, Interval]] = []
+    idle_consumers_ns = 0
     for t, iv in blocked_waits(model, BlockReason.IO):
         if waits_for_connection(iv.stack) or waits_for_next_request(iv.stack):
+            continue
+        if waits_for_a_job(iv.stack):
+            idle_consumers_ns += iv.end - iv.start
             continue
         (listening if within(listening_spans.get(t.tid), iv) else waits).append((t, iv))
     total = sum(iv.end - iv.start for _, iv in waits)
@@ -304,6 +309,11 @@ def _thread_io_waits(model: Model) -> list[Finding]:
         f"; besides, {fmt_ns(listened)} receiving where nothing had been sent since the "
         "last receive (a subscription or a feed: the other side had nothing to send, not counted)"
         if listened >= 50 * MS
+        else ""
+    ) + (
+        f"; besides, {fmt_ns(idle_consumers_ns)} in a queue's blocking pop (BLPOP) waiting for "
+        "the next job (idle consumers, not counted)"
+        if idle_consumers_ns >= 50 * MS
         else ""
     )
     threads = {t.tid: t for t, _ in waits}
@@ -364,6 +374,7 @@ def _thread_io_waits(model: Model) -> list[Finding]:
                 "on_event_loop_ns": on_loop or None,
                 "median_wait_ns": int(median),
                 "listening_ns": listened or None,
+                "idle_consumers_ns": idle_consumers_ns or None,
                 "gil_busy_share": round(busy[0], 3) if busy is not None else None,
             },
             moments=moments_of(
