@@ -57,20 +57,37 @@ def user_frame(stack: Sequence[Frame]) -> Frame | None:
     return stack[0] if stack else None
 
 
+#: (function, file) of libraries' own threads that wait in C for their next event: a
+#: gRPC server's polling thread, a gRPC channel's spin thread for a streaming call. Off
+#: the CPU there, they are idle, as a thread pool's worker between jobs is.
+_LIBRARY_IDLE_LOOPS = (
+    ("_serve", "/grpc/_server.py"),
+    ("_run_channel_spin_thread.<locals>.channel_spin", "/grpc/_channel.py"),
+)
+
+
+def _library_idle_loop(frame: Frame) -> bool:
+    file = frame.file.replace("\\", "/")
+    return any(frame.function == name and file.endswith(part) for name, part in _LIBRARY_IDLE_LOOPS)
+
+
 def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
     """Where a thread found off-CPU outside any traced call waited: the innermost frame
     of the program's own code, and the call it made (the standard library's, or a
     third-party library's: ``grpc``'s blocking call, a database driver's ``execute``),
     if it made one; with no program frame, the innermost third-party frame and the
     standard-library call it made. (None, None) for a stack of standard-library code
-    only (a library's own thread, idle between jobs), and for an event loop running its
-    own code (uvloop, in C, waiting for events: idle)."""
+    only (a library's own thread, idle between jobs), for a library's own thread in its
+    idle loop (``_LIBRARY_IDLE_LOOPS``: gRPC's server thread), and for an event loop
+    running its own code (uvloop, in C, waiting for events: idle)."""
     if not stack or runs_an_event_loop(stack[0]):
         return None, None
     for i, frame in enumerate(stack):
         library, third_party, _ = _file_kind(frame.file)
         if not library and not third_party:
             return frame, (stack[i - 1] if i else None)
+    if any(_library_idle_loop(frame) for frame in stack):
+        return None, None  # a library's own thread waiting for its next event
     if not is_library(stack[0]):
         return stack[0], None
     where = user_frame(stack)

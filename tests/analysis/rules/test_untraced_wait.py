@@ -4,6 +4,9 @@ program's line that called it, naming the call; a library's own idle thread is n
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from programs import findings_of, record_named
 from pyflight.analysis.model import build
 from pyflight.analysis.rules import INFO, find
 from pyflight.core.events import BlockReason, Kind, ThreadState
@@ -98,8 +101,17 @@ def test_a_wait_inside_a_third_party_call_is_charged_to_the_calling_line() -> No
     assert library.culprit is not None and library.culprit.function == "_UnaryUnaryMultiCallable._blocking"
 
 
+#: a gRPC server's own polling thread, waiting in gRPC's C core for the next call
+GRPC_SERVE = (
+    ("_serve", "/venv/lib/python3.12/site-packages/grpc/_server.py", 1314),
+    ("Thread.run", "/py/lib/python3.12/threading.py", 1010),
+)
+
+
 def test_a_library_thread_idle_between_jobs_is_no_finding() -> None:
     assert _untraced(_trace({1: IDLE_WORKER, 2: IDLE_WORKER})) == []
+    # nor a third-party library's own thread in its idle loop (off-CPU in C there)
+    assert _untraced(_trace({1: GRPC_SERVE})) == []
 
 
 #: a thread in ``subprocess.run(..., capture_output=True)``: a traced select on the pipes
@@ -144,3 +156,11 @@ def test_a_traced_wait_for_a_subprocess_is_told_as_the_untraced_one() -> None:
         ("serve", "/srv/app.py", 9),
     )
     assert _untraced(_blocked_trace(server)) == []
+
+
+def test_a_grpc_servers_polling_thread_is_idle(tmp_path: Path) -> None:
+    """A real gRPC server (planted, on loopback) streaming to a subscriber thread: its
+    polling thread sits in gRPC's C core between calls, which is no wait of the program."""
+    findings = findings_of(record_named("healthy_grpc_stream", tmp_path))
+    untraced = [f for f in findings if f.rule == "untraced-wait"]
+    assert not [f for f in untraced if f.score >= INFO], [(f.score, f.title) for f in untraced]
