@@ -560,10 +560,11 @@ def test_tasks_listening_to_real_feeds_are_not_reported(tmp_path: Path) -> None:
 
 def test_an_asgi_servers_receive_and_a_connections_life_are_not_io_waits() -> None:
     """uvicorn's ``receive`` (the lifespan task waiting for the shutdown all the server's
-    life, a WebSocket handler for its client's next message) is a server waiting for its
-    client; websockets' ``close_connection`` awaits its connection's reader *task* (its
-    name has "connection", not "connect"): none is I/O the program waits for. The same
-    tasks reading a socket would be."""
+    life, a WebSocket handler for its client's next message), and an aiohttp handler
+    reading its request's body, are a server waiting for its client; websockets'
+    ``close_connection`` awaits its connection's reader *task* (its name has
+    "connection", not "connect"): none is I/O the program waits for. The same tasks
+    reading a socket would be."""
     venv = "/venv/lib/python3.12/site-packages"
     lifespan = (  # (asyncio's own frames are not in a TASK_BLOCK's chain: Queue.get)
         ("LifespanOn.receive", f"{venv}/uvicorn/lifespan/on.py", 137),
@@ -574,10 +575,17 @@ def test_an_asgi_servers_receive_and_a_connections_life_are_not_io_waits() -> No
         ("WebSocket.receive_text", f"{venv}/starlette/websockets.py", 120),
         ("chat", "/srv/chat.py", 25),
     )
+    upload = (  # an aiohttp handler reading its client's (slow) upload
+        ("StreamReader._wait", f"{venv}/aiohttp/streams.py", 347),
+        ("StreamReader.readany", f"{venv}/aiohttp/streams.py", 460),
+        ("BaseRequest.read", f"{venv}/aiohttp/web_request.py", 750),
+        ("save_upload", "/srv/files.py", 12),
+    )
     closing = (("WebSocketCommonProtocol.close_connection", f"{venv}/websockets/legacy/protocol.py", 1290),)
-    idle = [(10, 0, lifespan, 900)] + [(11 + k, 0, next_message, 400) for k in range(3)]
+    idle = [(10, 0, lifespan, 900), (14, 0, upload, 300)] + [(11 + k, 0, next_message, 400) for k in range(3)]
     [named] = _task_io(_awaiting([*idle, (20, 0, READ, 60)]))
-    assert named.evidence["wait_ns"] == 60 * MS and named.evidence["handlers_idle_ns"] == (900 + 3 * 400) * MS
+    assert named.evidence["wait_ns"] == 60 * MS
+    assert named.evidence["handlers_idle_ns"] == (900 + 300 + 3 * 400) * MS
     assert _task_io(_awaiting([(10 + k, 0, closing, 900) for k in range(3)])) == []
     # a wait for another task (what="Task") is that task's, whatever the chain's name
     assert _task_io(_awaiting([(10 + k, 0, READ, 900) for k in range(3)], what="Task")) == []

@@ -132,13 +132,16 @@ def connection_handlers(model: Model) -> set[int]:
 
 #: (function, file) of a server's read of its client's next message: a handler waiting
 #: there serves an idle connection (aiohttp's server-side WebSocket; its client side is
-#: ``ClientWebSocketResponse``, in client_ws.py), or an ASGI server's ``receive``, where
+#: ``ClientWebSocketResponse``, in client_ws.py) or waits for its client's upload (an
+#: aiohttp request's body), or an ASGI server's ``receive``, where
 #: an application waits for the server's next event: its client's next WebSocket
 #: message, the rest of a request's body, the client going away (Starlette's
 #: ``listen_for_disconnect``), or the server's shutdown (the lifespan task waits for
 #: it all the server's life).
 _SERVER_RECEIVES = (
     ("WebSocketResponse.receive", "aiohttp/web_ws.py"),
+    ("BaseRequest.read", "aiohttp/web_request.py"),  # a request's body (text, json call it)
+    ("BaseRequest.post", "aiohttp/web_request.py"),  # a form's
     ("LifespanOn.receive", "uvicorn/lifespan/on.py"),
     ("RequestResponseCycle.receive", "uvicorn/protocols/http/h11_impl.py"),
     ("RequestResponseCycle.receive", "uvicorn/protocols/http/httptools_impl.py"),
