@@ -6,6 +6,8 @@ sleep, the wait in anyio's CapacityLimiter), not in the endpoint."""
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -32,13 +34,18 @@ async def clients(port: int) -> None:
 
 
 def main() -> None:
+    serve_and_call(clients, threads=3)
+
+
+def serve_and_call(call: Callable[[int], Coroutine[Any, Any, None]], threads: int) -> None:
+    """The service on loopback, its limiter at ``threads``, while ``call(port)`` runs."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", loop="asyncio", lifespan="off")
     )
     limited = threading.Event()
 
     async def serve() -> None:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 3
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         limited.set()
         await server.serve()
 
@@ -48,6 +55,6 @@ def main() -> None:
         time.sleep(0.01)
     limited.wait()
     port = server.servers[0].sockets[0].getsockname()[1]
-    asyncio.run(clients(port))
+    asyncio.run(call(port))
     server.should_exit = True
     thread.join()
