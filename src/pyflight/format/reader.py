@@ -804,7 +804,6 @@ def _read_generation(
     return _GenerationData(generation, events, tids, skipped)
 
 
-_ONE_EVENT_KINDS = frozenset((Kind.TASK_STEP, Kind.TASK_STEP_SENT, Kind.CALLBACK))
 #: (one-event kind, the BEGIN and the END it stands for[, a mark put after the END, with
 #: the END's argument: TASK_SENT for a step that sent on a socket])
 _STEP_RULES: tuple[tuple[Kind, ...], ...] = (
@@ -813,6 +812,7 @@ _STEP_RULES: tuple[tuple[Kind, ...], ...] = (
     (Kind.CALLBACK, Kind.CALLBACK_BEGIN, Kind.CALLBACK_END),
 )
 _RULE_OF = {rule[0]: rule[1:] for rule in _STEP_RULES}
+_ONE_EVENT_KINDS = frozenset(_RULE_OF)
 
 
 def _expander(decode: DecodeEvents) -> Callable[[list[Event]], list[Event]]:

@@ -171,15 +171,26 @@ def reads_its_stream(stack: Sequence[Frame]) -> bool:
     return False
 
 
-#: How the innermost library coroutine's name begins when a task waits to *receive*
+#: How the words of a library coroutine's name begin when a task waits to *receive*
 #: (asyncio's ``_wait_for_data``, ``readline``; aiohttp's ``DataQueue.read``; anyio's
 #: ``receive``; a WebSocket's ``recv``), as opposed to a wait to send or connect.
-_RECEIVING_WORDS = ("read", "recv", "receive")
+RECEIVING_WORDS = ("read", "recv", "receive")
+#: A "connection" is no connect (websockets' ``close_connection`` awaits its connection's
+#: reader task for the connection's life).
+_NOT_WORDS = ("connection",)
+
+
+def named_for(frame: Frame, words: tuple[str, ...]) -> bool:
+    """The function's name (its last part) has a word that begins with one of ``words``
+    (words, not substrings: ``to_thread`` is no read), or is asyncio's ``_wait_for_data``."""
+    name = frame.function.rpartition(".")[2].lower()
+    return name == "_wait_for_data" or any(
+        w.startswith(words) and not w.startswith(_NOT_WORDS) for w in name.split("_")
+    )
 
 
 def receives(call: Frame) -> bool:
-    name = call.function.rpartition(".")[2].lower()
-    return name == "_wait_for_data" or any(w.startswith(_RECEIVING_WORDS) for w in name.split("_"))
+    return named_for(call, RECEIVING_WORDS)
 
 
 def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | None], bool]:

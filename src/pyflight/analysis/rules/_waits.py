@@ -220,8 +220,8 @@ def in_function(stack: Sequence[Frame], names: set[str], file_part: str) -> bool
     return any(f.function in names and file_part in f.file.replace("\\", "/") for f in stack[:6])
 
 
-#: (function, file part) of thread pools' idle loops: a worker waiting there, with only
-#: library frames inside, waits for its next job (concurrent.futures, so gunicorn's
+#: (function, file part) of thread pools' idle loops: a worker waiting there (through
+#: nothing but a ``get`` or ``wait``) waits for its next job (concurrent.futures, so gunicorn's
 #: gthread; anyio's to_thread: FastAPI's sync endpoints; waitress's task dispatcher): an
 #: idle pool, not a thread held up.
 POOL_IDLE_LOOPS = (

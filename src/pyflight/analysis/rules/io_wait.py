@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 from pyflight.analysis.frames import by_function, is_library, is_third_party, user_frame
 from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
 from pyflight.analysis.rules._idle_reads import (
+    RECEIVING_WORDS,
     connection_handlers,
     listening_blocks,
     listening_task_waits,
+    named_for,
     reads_its_stream,
     receives,
     waits_for_a_job,
@@ -44,28 +46,17 @@ from pyflight.analysis.units import MS, fmt_ns, pct
 SHORT_CALL = 20 * MS
 
 
-#: How the words of the innermost library coroutine's name begin when the task waits for
-#: I/O: asyncio's streams (``StreamReader._wait_for_data``, ``readline``, ``drain``),
-#: aiohttp's (``DataQueue.read``), anyio's (``receive``), websockets (``recv``), the loop's
-#: socket calls (``sock_recv``, ``sock_connect``); words, not substrings (``to_thread``).
-#: A "connection" is no connect (websockets' ``close_connection`` awaits its connection's
-#: reader task for the connection's life).
-_IO_WORDS = ("read", "recv", "receive", "write", "drain", "send", "connect")
-_NOT_IO_WORDS = ("connection",)
-_IO_NAMES = frozenset({"_wait_for_data"})
+#: How the words of a library coroutine's name begin when the task waits for I/O
+#: (``_idle_reads.named_for``): asyncio's streams (``StreamReader._wait_for_data``,
+#: ``readline``, ``drain``), aiohttp's (``DataQueue.read``), anyio's (``receive``),
+#: websockets (``recv``), the loop's socket calls (``sock_recv``, ``sock_connect``).
+_IO_WORDS = (*RECEIVING_WORDS, "write", "drain", "send", "connect")
 
 
 #: How many of the innermost library coroutines of a chain may say I/O: aiohttp's body
 #: read waits in ``StreamReader._wait``, called by ``readany``, ``read``, then
 #: ``ClientResponse.read``.
 _IO_DEPTH = 3
-
-
-def _names_io(frame: Frame) -> bool:
-    name = frame.function.rpartition(".")[2].lower()
-    return name in _IO_NAMES or any(
-        w.startswith(_IO_WORDS) and not w.startswith(_NOT_IO_WORDS) for w in name.split("_")
-    )
 
 
 def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
@@ -78,7 +69,7 @@ def _awaited_io(stack: Sequence[Frame]) -> Frame | None:
     for frame in stack[:_IO_DEPTH]:
         if _program_frame((frame,)) is not None:
             return None
-        if _names_io(frame):
+        if named_for(frame, _IO_WORDS):
             return None if library_wait_pattern(tuple(stack)) is not None else frame
     return None
 

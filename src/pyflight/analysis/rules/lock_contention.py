@@ -27,7 +27,6 @@ from pyflight.analysis.rules._waits import (
     task_blocked_waits,
     task_label_of,
     task_life,
-    wakers,
 )
 from pyflight.analysis.rules.deadlock import deadlocked_waits
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
@@ -108,10 +107,10 @@ def _thread_contention(
     for c in contentions(lock_waits, lambda t: t.tid, lifetime, by_site=True):
         obj, waits, waiters, total, share = c.obj, c.waits, c.waiters, c.total, c.share
         worst_t, worst, where = c.worst_waiter, c.worst, c.where
-        holders = wakers(model, reason, {iv.obj for _, iv in waits})
         # where the holders were while others waited: the thread that handed each wait the
         # lock (its waker), else every thread that ever released it
         ended_by = _handed_over_by(model, reason, {iv.obj for _, iv in waits})
+        holders = Counter(waker for wakes in ended_by.values() for _, waker in wakes)
         held: Counter[Frame] = Counter()
         for t, iv in waits:
             handed = _waker_of(ended_by.get((t.tid, iv.obj)), iv)
