@@ -550,10 +550,31 @@ def test_tasks_listening_to_a_feed_are_not_an_io_wait() -> None:
         assert counted.evidence["wait_ns"] == 2 * 6 * TURN and counted.evidence["listening_ns"] is None
 
 
-def test_tasks_listening_to_real_feeds_are_not_reported(tmp_path: Path) -> None:
+#: aiohttp's WebSocket client waiting for its next message (``async for msg in ws``)
+NEXT_MESSAGE = (
+    ("ClientWebSocketResponse.receive", "/venv/lib/python3.12/site-packages/aiohttp/client_ws.py", 390),
+    ("ClientWebSocketResponse.__anext__", "/venv/lib/python3.12/site-packages/aiohttp/client_ws.py", 470),
+    ("follow_prices", "/srv/bot.py", 31),
+)
+
+
+def test_the_main_task_following_a_websocket_is_listening() -> None:
+    """A bot whose ``asyncio.run`` coroutine follows a WebSocket feed: the next message is
+    the server's to send, in the main task too. Asking each time (a send before each
+    receive) is a wait for answers, and counts."""
+    [quiet] = _task_io(_subscribed((True,) + (False,) * 5, parent=0, stack=NEXT_MESSAGE))
+    assert quiet.score < INFO and quiet.evidence["listening_ns"] == 2 * 5 * TURN, quiet.title
+    [asking] = _task_io(_subscribed((True,) * 6, parent=0, stack=NEXT_MESSAGE))
+    assert asking.score >= INFO and asking.evidence["wait_ns"] == 2 * 6 * TURN
+    assert asking.evidence["listening_ns"] is None
+
+
+@pytest.mark.parametrize("program", ["healthy_subscriber_asyncio", "healthy_websocket_bots"])
+def test_tasks_listening_to_real_feeds_are_not_reported(program: str, tmp_path: Path) -> None:
     """Real listeners (planted, on loopback): a task following a broker's line feed over
-    asyncio streams and one following an aiohttp WebSocket that pushes prices."""
-    findings = findings_of(record_named("healthy_subscriber_asyncio", tmp_path))
+    asyncio streams and one following an aiohttp WebSocket that pushes prices; bots whose
+    main coroutine follows a WebSocket feed (websockets, aiohttp)."""
+    findings = findings_of(record_named(program, tmp_path))
     io = [f for f in findings if f.rule == "io-wait"]
     assert not [f for f in io if f.score >= INFO], [(f.score, f.title) for f in io]
 

@@ -199,8 +199,9 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
     ``PUSH_WAIT`` long made by a task that sent nothing on any socket since its previous
     wait, or since it was created (no step of its in between recorded TASK_SENT). If that
     wait is a receive, it waits for a push: a subscription's next message, a feed's next
-    item. Never in a task without a parent (``asyncio.run``'s main task: the program's
-    own line of work, as the main thread is for threads), nor for the first wait seen of
+    item. Not in a task without a parent (``asyncio.run``'s main task: the program's
+    own line of work, as the main thread is for threads) unless it waits for a
+    WebSocket's next message, nor for the first wait seen of
     a task made before the window (what it sent before is unknown), nor where no step of
     the task ran in between (uvloop: no step says what it sent). Only traces whose
     metadata says steps that send are recorded (``blocking.step_sends``) have any."""
@@ -219,10 +220,12 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
             state[0], state[1] = state[2], iv.start
         state[2] = iv.end
         since, start = state[0], state[1]
-        if since is None or start is None or not task.parent or iv.end - start < PUSH_WAIT:
+        if since is None or start is None or iv.end - start < PUSH_WAIT:
             return False
         if iv.stack and any(_reads_a_response(frame) for frame in iv.stack):
             return False  # an HTTP response's body: the program asked for it
+        if not task.parent and not (iv.stack and any(_receives_a_message(frame) for frame in iv.stack)):
+            return False  # the main task's own line of work (a script reading a slow stream)
         # a step of its own between the two waits (the one that began this wait)...
         steps = task.steps
         k = bisect.bisect_left(steps, since, key=_step_end)
@@ -237,6 +240,21 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
 
 def _step_end(step: Step) -> int:
     return step.end
+
+
+#: (function, file) of a WebSocket client's read of its next message: what comes is the
+#: server's to send (a feed's next price, a chat's next line), in whatever task waits for
+#: it, ``asyncio.run``'s main one too (a bot whose main coroutine follows one feed).
+_MESSAGE_RECEIVES = (
+    ("ClientWebSocketResponse.receive", "aiohttp/client_ws.py"),
+    ("Connection.recv", "websockets/asyncio/connection.py"),
+    ("WebSocketCommonProtocol.recv", "websockets/legacy/protocol.py"),
+)
+
+
+def _receives_a_message(frame: Frame) -> bool:
+    file = frame.file.replace("\\", "/")
+    return any(frame.function == name and file.endswith("/" + part) for name, part in _MESSAGE_RECEIVES)
 
 
 #: (how a function's name begins, file) of an HTTP client's read of a response's body: a
