@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +422,36 @@ def test_a_long_wait_on_a_plain_future_gets_its_await_chain(tmp_path: Path) -> N
     (task,) = [t for t in build(trace).all_tasks() if t.id == task_id]
     (wait,) = [iv for iv in task.intervals if iv.state is State.BLOCKED]
     assert wait.end - wait.start >= 900_000_000 and wait.stack[0].function.endswith("<locals>.inner")
+
+
+def test_an_await_chain_goes_through_async_generators(tmp_path: Path) -> None:
+    """``async for`` awaits an async generator's ``asend`` object, which has no attribute
+    leading on (a WebSocket client's ``async for message in ws``): the chain goes on
+    through the generator to what it awaits, innermost first."""
+
+    async def receive(fut: asyncio.Future[int]) -> int:
+        return await fut
+
+    async def messages(fut: asyncio.Future[int]) -> AsyncIterator[int]:
+        yield await receive(fut)
+
+    async def follow(fut: asyncio.Future[int]) -> int:
+        async for message in messages(fut):
+            return message
+        return 0
+
+    async def main() -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(follow(fut))
+        await asyncio.sleep(1.0)  # the watchdog looks every 0.25 s
+        fut.set_result(7)
+        assert await task == 7
+        return id(task)
+
+    task_id, trace = run_traced(main, tmp_path)
+    [looked] = [e for e in of_kind(trace, Kind.TASK_WAIT) if e.arg("task") == task_id]
+    functions = [f.function.rpartition(".")[2] for f in looked.stack]
+    assert functions == ["receive", "messages", "follow"], functions
 
 
 def test_a_look_at_waiting_tasks_survives_the_loop_adding_tasks_meanwhile(

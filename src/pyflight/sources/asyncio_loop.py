@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import _thread
 import functools
+import gc
 import itertools
 import os
 import random
@@ -1232,22 +1233,40 @@ def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
     core's stack entries: the task's coroutine, the one it awaits, and so on."""
     chain: list[tuple[str, str, int]] = []
     get_coro = getattr(task, "get_coro", None)
-    coro = get_coro() if get_coro is not None else None
+    coro: Any = get_coro() if get_coro is not None else None
     for _ in range(MAX_AWAIT_CHAIN):
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if type(coro).__name__ in _ASYNC_GENERATOR_AWAITABLES:
+            coro = _async_generator_of(coro)
+        if type(coro) is types.AsyncGeneratorType:
+            frame, awaited = coro.ag_frame, coro.ag_await
+        elif hasattr(coro, "cr_await"):
+            frame, awaited = coro.cr_frame, coro.cr_await
+        else:
+            frame, awaited = getattr(coro, "gi_frame", None), getattr(coro, "gi_yieldfrom", None)
         if frame is None:
             break
         code = frame.f_code
         chain.append((code.co_qualname, code.co_filename, frame.f_lineno or 0))
-        coro = (
-            getattr(coro, "cr_await", None)
-            if hasattr(coro, "cr_await")
-            else getattr(coro, "gi_yieldfrom", None)
-        )
+        coro = awaited
         if coro is None:
             break
     chain.reverse()
     return tuple(chain)
+
+
+#: What ``async for`` / ``anext`` await on an async generator: objects with no attribute
+#: leading to their generator (its frame and what it awaits in turn).
+_ASYNC_GENERATOR_AWAITABLES = frozenset({"async_generator_asend", "async_generator_athrow"})
+
+
+def _async_generator_of(awaitable: Any) -> Any:
+    """The async generator an ``asend``/``athrow`` object drives (None if not found): the
+    one object the garbage collector's traversal of it names that is one. Only read on
+    the watchdog's look at a waiting task, never on the program's path."""
+    for ref in gc.get_referents(awaitable):
+        if type(ref) is types.AsyncGeneratorType:
+            return ref
+    return None
 
 
 def _metrics_function(name: str) -> Any:
