@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,9 +59,27 @@ def record_program(program: Path, out: Path, *, unbudgeted: bool = False) -> Pat
     return out
 
 
+#: Traces recorded in this test session, by program name and the PYFLIGHT_* variables
+#: they were recorded under (see record_named).
+_recorded: dict[tuple[str, tuple[tuple[str, str], ...]], Path] = {}
+_recorded_lock = threading.Lock()
+
+
 def record_named(name: str, out_dir: Path) -> Path:
-    """``problem_programs/<name>.py`` recorded into ``out_dir/<name>.pyfl``."""
-    return record_program(PROGRAMS / f"{name}.py", out_dir / f"{name}.pyfl")
+    """``problem_programs/<name>.py`` recorded into ``out_dir/<name>.pyfl``, once per test
+    session: the tests that look at one program from several sides (its rule's test, the
+    top-findings table, the report) read the first test's trace instead of recording the
+    program again, a few seconds each. The callers only read the trace; one that sets a
+    ``PYFLIGHT_*`` variable for the program gets a recording of its own."""
+    key = (name, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("PYFLIGHT_"))))
+    with _recorded_lock:
+        path = _recorded.get(key)
+    if path is not None and path.exists():
+        return path
+    path = record_program(PROGRAMS / f"{name}.py", out_dir / f"{name}.pyfl")
+    with _recorded_lock:
+        _recorded[key] = path
+    return path
 
 
 def findings_of(path: Path) -> list[Finding]:
