@@ -149,7 +149,10 @@ def test_asyncio_task_running_on_a_thread_is_attributed(tmp_path: Path, task_cla
     found = [e for e in found if e not in read_holding]
     assert len(found) >= 5
     assert all(e.arg("task") == task_ids[0] for e in found)
-    assert all(e.arg("state") == ThreadState.SLEEPING for e in found)
+    # a tick's states are read before its stacks: on a loaded machine one may find the
+    # loop thread still runnable on its way into the sleep (or out of it) and its stack
+    # in the sleep, once the sampler has the GIL
+    assert sum(e.arg("state") != ThreadState.SLEEPING for e in found) <= 2, [e.arg("state") for e in found]
     assert all(e.arg("task") in (task_ids[0], 0) for e in read_holding)
     others = [e for e in samples(trace, threading.get_native_id()) if "blocker" not in functions(e)]
     assert all(e.arg("task") != task_ids[0] for e in others)
