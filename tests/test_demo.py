@@ -4,37 +4,62 @@ ping-pong, fetching /trace over HTTP and describing the snapshot."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
 import pyflight
+from programs import SRC
 from pyflight.core.events import Kind
 
 ASYNC_PLAYERS = {"alice", "bob", "carol", "clumsy"}
 THREAD_PLAYERS = {"dave", "erin", "frank", "sleepy"}
 
 
-def test_the_demo_leaves_a_snapshot_with_the_players_in_it(
-    tmp_path: Path, subprocess_env: dict[str, str]
-) -> None:
+class Demo(NamedTuple):
+    out: Path  # the snapshot
+    stdout: str  # the demo's
+    findings: list[dict[str, Any]]  # `pyflight report --json` of the snapshot
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """One run of ``pyflight demo`` (5 s) and its report, for the tests that read them."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    out = tmp_path / "demo.pyfl"
+    cwd = tmp_path_factory.mktemp("demo")
+    out = cwd / "demo.pyfl"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
-        [sys.executable, "-m", "pyflight", "demo", "-o", str(out), "--seconds", "2"],
+        [sys.executable, "-m", "pyflight", "demo", "-o", str(out), "--seconds", "5"],
         capture_output=True,
         text=True,
-        env=subprocess_env,
-        cwd=tmp_path,
-        timeout=90,
+        env=env,
+        cwd=cwd,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "serving http://127.0.0.1:" in result.stdout
-    assert f"trace        {out}" in result.stdout and "user tasks" in result.stdout  # pyflight info
-    assert [p.name for p in tmp_path.iterdir()] == ["demo.pyfl"], "a fresh file, moved into place"
+    assert [p.name for p in cwd.iterdir()] == ["demo.pyfl"], "a fresh file, moved into place"
+    report = subprocess.run(
+        [sys.executable, "-m", "pyflight", "report", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert report.returncode == 0, report.stderr
+    return Demo(out, result.stdout, json.loads(report.stdout)["findings"])
+
+
+def test_the_demo_leaves_a_snapshot_with_the_players_in_it(demo: Demo) -> None:
+    out = demo.out
+    assert "serving http://127.0.0.1:" in demo.stdout
+    assert f"trace        {out}" in demo.stdout and "user tasks" in demo.stdout  # pyflight info
 
     trace = pyflight.load(out)
     assert trace.meta["reason"] == "trace"
@@ -54,15 +79,7 @@ def test_the_demo_leaves_a_snapshot_with_the_players_in_it(
         assert on_queue == {f"player-{p}" for p in ASYNC_PLAYERS}, on_queue
 
     # the report names the planted problem first: clumsy's replay save blocks the loop
-    report = subprocess.run(
-        [sys.executable, "-m", "pyflight", "report", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-        timeout=90,
-    )
-    assert report.returncode == 0, report.stderr
-    findings = json.loads(report.stdout)["findings"]
+    findings = demo.findings
     if any(e.kind == Kind.LOOP_STALL for e in trace.events):
         top = findings[0]
         assert top["rule"] == "loop-blocked" and top["score"] >= 75, findings[:3]
@@ -93,34 +110,14 @@ def test_without_fastapi_the_demo_says_how_to_install_it(
     assert not list(tmp_path.iterdir())
 
 
-def test_the_demo_report_names_the_sleepy_player(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_the_demo_report_names_the_sleepy_player(demo: Demo) -> None:
     """Case 10 of issue 10: the threaded game's planted stall (sleepy dozing off holding the
     ball while the other players wait in Queue.get) is a finding of its own."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    out = tmp_path / "demo.pyfl"
-    result = subprocess.run(
-        [sys.executable, "-m", "pyflight", "demo", "-o", str(out), "--seconds", "5"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    trace = pyflight.load(out)
+    trace = pyflight.load(demo.out)
     dozes = [e for e in trace.events if e.kind == Kind.LOG and "sleepy dozes off" in e.arg("message")]
     if not dozes:
         pytest.skip("sleepy did not doze off in this run (it does 3% of its hits)")
-    report = subprocess.run(
-        [sys.executable, "-m", "pyflight", "report", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env,
-        timeout=90,
-    )
-    assert report.returncode == 0, report.stderr
-    findings = json.loads(report.stdout)["findings"]
+    findings = demo.findings
     named = [
         f for f in findings if f["rule"] == "stalled-holder" and f["evidence"]["thread"] == "player-sleepy"
     ]
