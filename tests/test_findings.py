@@ -53,6 +53,7 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait_asyncio": ("io-wait", "fetch_price"),  # tasks awaiting a socket read: sampled chains
     "io_wait_aiohttp_body": ("io-wait", "download"),  # bodies trickling in: aiohttp's StreamReader._wait
     "pool_exhausted_aiohttp": ("library-wait", "fetch_quote"),
+    "retry_backoff_threads": ("library-wait", "fetch_rates"),  # urllib3's Retry sleeping
     "pool_saturation": ("pool-saturation", "resize_image"),
     "pool_saturation_asyncio": ("pool-saturation", "blocking_lookup"),
     "pool_saturation_processes": ("pool-saturation", "render_report"),

@@ -10,9 +10,14 @@ import pytest
 
 from programs import findings_of, record_named, top_warning
 from pyflight import core
-from pyflight.analysis.rules import WARNING
+from pyflight.analysis.model import build
+from pyflight.analysis.rules import INFO, WARNING, Finding, find
 from pyflight.analysis.rules._waits import GIL_BOUND_SHARE
+from pyflight.core.events import BlockReason, Kind
 from pyflight.format.reader import loads
+from tracegen import Gen, trace
+
+MS = 1_000_000
 
 # program -> (kind, culprit function, words of the fix)
 PLANTED = {
@@ -29,6 +34,8 @@ PLANTED = {
     "sqlite_busy_threads": ("database lock", "save_order", "WAL"),
     "pool_exhausted_sqlalchemy": ("database connection pool", "handle_request", "pool_size"),
     "process_pool_waits": ("process pool", "handle_request", "Pool(processes=N)"),
+    # a partner failing 60% of the time, requests retrying with urllib3's Retry
+    "retry_backoff_threads": ("retry backoff", "fetch_rates", "circuit breaker"),
 }
 HEALTHY = ["healthy_http_pool", "healthy_http_pool_asyncio", "healthy", "healthy_sqlite_writers"]
 #: Locks are traced by the C core only (sources/blocking.py): the logging handler's lock
@@ -118,3 +125,75 @@ def test_waits_for_a_process_pool_executors_futures_are_told_as_such(
     assert finding.evidence["kind"] == "process pool", finding.title
     assert "ProcessPoolExecutor" in finding.title and "max_workers=N" in finding.hint
     assert finding.culprit is not None and finding.culprit.function == "handle_request_futures"
+
+
+SITE = "/venv/lib/python3.12/site-packages"
+#: a thread's sleep in urllib3's Retry (time.sleep is no Python frame)
+URLLIB3_BACKOFF = (
+    ("Retry._sleep_backoff", f"{SITE}/urllib3/util/retry.py", 357),
+    ("Retry.sleep", f"{SITE}/urllib3/util/retry.py", 374),
+    ("HTTPConnectionPool.urlopen", f"{SITE}/urllib3/connectionpool.py", 942),
+    ("HTTPAdapter.send", f"{SITE}/requests/adapters.py", 667),
+    ("Session.get", f"{SITE}/requests/sessions.py", 602),
+    ("fetch_rates", "/srv/rates.py", 31),
+)
+#: a task's asyncio.sleep in tenacity's AsyncRetrying, as the watchdog's look sees it
+TENACITY_BACKOFF = (
+    ("sleep", "/usr/lib/python3.12/asyncio/tasks.py", 665),
+    ("AsyncRetrying.__anext__", f"{SITE}/tenacity/asyncio/__init__.py", 160),
+    ("fetch_quote", "/srv/quotes.py", 17),
+)
+#: the program's own pause (a poller): no retry helper in it
+OWN_PAUSE = (("poll_jobs", "/srv/poller.py", 12),)
+
+
+def _sleepers(stack: tuple[tuple[str, str, int], ...], sleep_ms: int, threads: int = 4) -> bytes:
+    """``threads`` threads, each sleeping ``sleep_ms`` of every 100 ms for 2 s at ``stack``."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    for tid in range(1, threads + 1):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"worker-{tid}", ident=tid, parent=0)
+        for turn in range(20):
+            at = turn * 100 * MS + MS
+            g.event(tid, Kind.BLOCK_BEGIN, at, reason=BlockReason.SLEEP, obj=sleep_ms * MS, stack=stack)
+            g.event(
+                tid, Kind.BLOCK_END, at + sleep_ms * MS, reason=BlockReason.SLEEP, obj=sleep_ms * MS, waker=0
+            )
+    return trace([g])
+
+
+def _library_waits(data: bytes) -> list[Finding]:
+    return [f for f in find(build(loads(data)), strict=True) if f.rule == "library-wait"]
+
+
+def test_sleeps_between_retries_are_the_failing_call_not_the_program() -> None:
+    """Threads sleeping in urllib3's Retry wait for a failing partner's next attempt: named
+    as retries backing off, at the program's call; the program's own sleeps are not."""
+    [finding] = _library_waits(_sleepers(URLLIB3_BACKOFF, 80))
+    assert finding.score >= WARNING and finding.evidence["kind"] == "retry backoff"
+    assert "urllib3's Retry" in finding.title and "retries" in finding.title, finding.title
+    assert finding.culprit is not None and finding.culprit.function == "fetch_rates"
+    assert finding.evidence["wait_ns"] == 4 * 20 * 80 * MS
+    assert "circuit breaker" in finding.hint and "backoff_max" in finding.hint
+    assert _library_waits(_sleepers(OWN_PAUSE, 80)) == []
+    # a retry now and then is no finding worth showing
+    assert not [f for f in _library_waits(_sleepers(URLLIB3_BACKOFF, 1, threads=1)) if f.score >= INFO]
+
+
+def test_asyncio_tasks_backing_off_in_tenacity_are_named() -> None:
+    g = Gen(seq=1, start_ns=0, end_ns=1000 * MS)
+    g.event(1, Kind.THREAD_START, 0, tid=1, name="MainThread", ident=1, parent=0)
+    for task in range(10, 16):
+        g.event(1, Kind.TASK_CREATE, 0, task=task, name=f"t{task}", coro="handle", parent=5)
+        g.event(1, Kind.TASK_STEP_BEGIN, 100, task=task)
+        g.event(1, Kind.TASK_STEP_END, MS, task=task)
+        g.event(
+            8, Kind.TASK_WAIT, 300 * MS, task=task, reason=BlockReason.AWAIT, what="", stack=TENACITY_BACKOFF
+        )
+        g.event(1, Kind.TASK_STEP_BEGIN, 800 * MS + task, task=task)
+        g.event(1, Kind.TASK_STEP_END, 800 * MS + task + 1000, task=task)
+    for b in g.batches:
+        b.events.sort(key=lambda e: e[1])
+    [finding] = _library_waits(trace([g]))
+    assert finding.evidence["kind"] == "retry backoff" and finding.evidence["asyncio_tasks"] == 6
+    assert "tenacity" in finding.title and "stop_after_attempt" in finding.hint
+    assert finding.culprit is not None and finding.culprit.function == "fetch_quote"

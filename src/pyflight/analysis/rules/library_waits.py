@@ -194,6 +194,60 @@ LIBRARY_WAITS = (
     ),
 )
 
+#: (name, a part of its files' paths, its knobs) of the retry helpers whose sleeps between
+#: attempts are told as such: a caller slept because the call it retries kept failing.
+RETRY_LIBRARIES = (
+    ("urllib3's Retry", "/urllib3/util/retry.py", "`Retry(total=..., backoff_factor=..., backoff_max=...)`"),
+    (
+        "tenacity",
+        "/tenacity/",
+        "`stop=stop_after_attempt(n) | stop_after_delay(s)`, `wait_exponential(max=...)`",
+    ),
+    ("backoff", "/backoff/", "`max_tries=`, `max_time=`"),
+    ("redis-py's Retry", "/redis/retry.py", "`Retry(backoff, retries)`"),
+    ("redis-py's Retry", "/redis/asyncio/retry.py", "`Retry(backoff, retries)`"),
+    ("google-api-core's retry", "/google/api_core/retry", "`Retry(timeout=..., maximum=...)`"),
+    ("botocore's retries", "/botocore/retr", "`Config(retries={'max_attempts': n})`"),
+    ("aiohttp-retry", "/aiohttp_retry/", "`ExponentialRetry(attempts=..., max_timeout=...)`"),
+    ("stamina", "/stamina/", "`attempts=`, `timeout=`"),
+)
+
+
+def _backs_off_in(file_part: str) -> Callable[[Stack], bool]:
+    """A sleep between attempts: a thread's sleep called by the library (``time.sleep``
+    is no Python frame: the library's is the innermost), or a task's ``asyncio.sleep``
+    with the library's frames in its await chain."""
+
+    def backs_off(stack: Stack) -> bool:
+        if not stack:
+            return False
+        innermost = stack[0]
+        file = innermost.file.replace("\\", "/")
+        asyncio_sleep = innermost.function == "sleep" and file.endswith("/asyncio/tasks.py")
+        return (asyncio_sleep or file_part in file) and any(
+            file_part in f.file.replace("\\", "/") for f in stack
+        )
+
+    return backs_off
+
+
+RETRY_WAITS = tuple(
+    LibraryWait(
+        kind="retry backoff",
+        waits=_backs_off_in(part),
+        holds=lambda s: None,
+        what=f"slept between retries of a failing call ({name} backing off)",
+        fix=(
+            "The call kept failing (or timing out) and the client waited longer after each "
+            "attempt: this latency is the partner's failures. Find why it fails (its errors "
+            "and status codes, its own trace), and bound what a caller may spend retrying "
+            f"({name}: {knobs}); a circuit breaker fails fast while the partner is down "
+            "instead of making every request sit out the backoff."
+        ),
+    )
+    for name, part, knobs in RETRY_LIBRARIES
+)
+
 
 #: Waits in ``Future.result`` for futures a ProcessPoolExecutor fulfils: the stack alone
 #: cannot tell them from a thread pool's, their waker can (``_process_pool_futures``).
@@ -245,6 +299,13 @@ def _process_pool_futures(model: Model) -> set[int]:
 
 def _pattern(stack: Stack) -> LibraryWait | None:
     for pattern in LIBRARY_WAITS:
+        if pattern.waits(stack):
+            return pattern
+    return None
+
+
+def _sleep_pattern(stack: Stack) -> LibraryWait | None:
+    for pattern in RETRY_WAITS:
         if pattern.waits(stack):
             return pattern
     return None
@@ -317,6 +378,11 @@ def _primitive_waits(model: Model) -> list[Finding]:
             key = id(iv.stack)
             if key not in patterns:
                 patterns[key] = _pattern(iv.stack)
+            pattern = patterns[key]
+        if pattern is None and iv.reason in (BlockReason.SLEEP, BlockReason.AWAIT):
+            key = -id(iv.stack)  # the sleeps' patterns, apart from the locks' and pools'
+            if key not in patterns:
+                patterns[key] = _sleep_pattern(iv.stack)
             pattern = patterns[key]
         if pattern is None and iv.reason is BlockReason.CONDITION and iv.obj in process_futures:
             pattern = PROCESS_POOL_FUTURE
