@@ -73,8 +73,9 @@ def _pool_trace(
         gen.event(tid, Kind.POOL_JOB_BEGIN, begin, pool=77, job=job)
         if blocked is not None:
             reason, stack = blocked
-            gen.event(tid, Kind.BLOCK_BEGIN, begin + ms, reason=int(reason), obj=5, stack=stack)
-            gen.event(tid, Kind.BLOCK_END, end - ms, reason=int(reason), obj=5, waker=0)
+            obj = end - begin - 2 * ms if reason is BlockReason.SLEEP else 5  # a sleep's: the time asked
+            gen.event(tid, Kind.BLOCK_BEGIN, begin + ms, reason=int(reason), obj=obj, stack=stack)
+            gen.event(tid, Kind.BLOCK_END, end - ms, reason=int(reason), obj=obj, waker=0)
         gen.event(tid, Kind.POOL_JOB_END, end, pool=77, job=job)
     if sampled is not None:
         os_state, cpu_ms = sampled
@@ -139,6 +140,23 @@ def test_workers_waiting_for_a_subprocess_are_said_to_wait_for_it_not_for_select
     model = build(loads(_pool_trace(24, 2, 80, blocked=(BlockReason.SELECT, plain))))
     (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
     assert "mostly blocked on select" in finding.hint, finding.hint
+
+
+def test_workers_backing_off_between_retries_are_said_to_retry() -> None:
+    """Jobs sleeping in urllib3's Retry between attempts wait for a failing partner: the
+    hint says so, and that more workers would only retry more."""
+    backoff = (
+        ("Retry._sleep_backoff", "/venv/lib/python3.12/site-packages/urllib3/util/retry.py", 357),
+        ("Retry.sleep", "/venv/lib/python3.12/site-packages/urllib3/util/retry.py", 374),
+        ("resize_image", "/app/images.py", 15),
+        *COMMUNICATE[-2:],
+    )
+    model = build(loads(_pool_trace(24, 2, 80, blocked=(BlockReason.SLEEP, backoff))))
+    (finding,) = [f for f in find(model, strict=True) if f.rule == "pool-saturation"]
+    assert (
+        "The busy workers were mostly waiting to retry a failing call (urllib3's Retry backing off) "
+        "(called at resize_image, line 15). More workers would retry more" in finding.hint
+    ), finding.hint
 
 
 def test_a_pool_running_subprocesses_is_said_to_wait_for_them(tmp_path: Path) -> None:

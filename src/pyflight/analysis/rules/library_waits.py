@@ -311,6 +311,13 @@ def _sleep_pattern(stack: Stack) -> LibraryWait | None:
     return None
 
 
+def retry_backoff(stack: Stack) -> str | None:
+    """What a sleep with ``stack`` was, in the user's words, when it is a retry helper's
+    pause between attempts (``RETRY_WAITS``); None for any other sleep."""
+    pattern = _sleep_pattern(stack)
+    return None if pattern is None else "waiting to retry a failing call" + pattern.what.rpartition("call")[2]
+
+
 def library_wait_pattern(stack: Stack) -> LibraryWait | None:
     """The library's own wait ``stack`` is in (a pool's, a lock's), if any."""
     return _pattern(stack)

@@ -30,6 +30,7 @@ from pyflight.analysis.queries import (
 )
 from pyflight.analysis.rules._waits import blocked_waits, busy_gil, overlap_ns
 from pyflight.analysis.rules.finding import Culprit, Finding, Moment, moments_of
+from pyflight.analysis.rules.library_waits import retry_backoff
 from pyflight.analysis.rules.scoring import clamp_score, ramp
 from pyflight.analysis.units import MS, SECOND, fmt_ns, pct, quantile
 
@@ -104,10 +105,16 @@ def _worker_states(
                 continue
             if iv.state is State.BLOCKED and iv.reason is not None:
                 waited = library_wait(iv.stack)
+                backoff = retry_backoff(iv.stack) if iv.reason is BlockReason.SLEEP else None
                 if waited is not None:
                     per[waited.what] += ns
                     if waited.site is not None:
                         sites[waited.what][waited.site] += ns
+                elif backoff is not None:  # a retry helper's pause (library_waits.RETRY_WAITS)
+                    per[backoff] += ns
+                    site = user_frame(iv.stack)
+                    if site is not None:
+                        sites[backoff][site] += ns
                 else:
                     per[f"blocked:{iv.reason.name.lower()}"] += ns
             else:
@@ -228,10 +235,12 @@ def _pool_saturation_jobs(model: Model) -> list[Finding]:
             )
         elif top_state.startswith("blocked:lock"):
             doing = " The jobs mostly waited for a lock: more workers will not help; see lock-contention."
-        elif top_state.startswith("waiting for "):  # a library call (frames.library_wait)
+        elif top_state.startswith(("waiting for ", "waiting to retry")):  # a library call
             site = sites.get(top_state)
             at = f" (called at {site.function}, line {site.line})" if site is not None else ""
             doing = f" The busy workers were mostly {top_state}{at}."
+            if top_state.startswith("waiting to retry"):
+                doing += " More workers would retry more, not sooner: see library-wait."
         elif top_state.startswith("blocked:"):
             doing = f" The busy workers were mostly {top_state.replace(':', ' on ')}."
         elif top_state == "running":
