@@ -114,3 +114,25 @@ def test_os_exit_under_run_writes_the_window(subprocess_env: dict[str, str], tmp
     trace = pyflight.load(tmp_path / "out.pyfl")
     assert trace.meta["reason"] == "os._exit"
     assert "before os._exit" in [e.arg("message") for e in trace.events if e.kind == Kind.LOG]
+
+
+PATCHES_GET_IDENT = """
+    import threading
+    # what gevent's monkey.patch_all() does once the recorder's threads run: threading's
+    # get_ident says a greenlet's id (the main thread's kept as it was)
+    real, main = threading.get_ident, threading.get_ident()
+    threading.get_ident = lambda: main if real() == main else -real()
+    print("patched")
+"""
+
+
+def test_a_program_that_patches_threading_gets_no_noise_from_our_threads(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The recorder's threads end at exit without a traceback on the program's stderr
+    ("Exception ignored in thread started by": threading forgot them by get_ident)."""
+    result = _run(tmp_path, subprocess_env, PATCHES_GET_IDENT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "patched"
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert pyflight.load(tmp_path / "out.pyfl").events

@@ -90,11 +90,24 @@ def start_without_signals(thread: threading.Thread) -> None:
 
 
 def _start_now(thread: threading.Thread) -> None:
+    # its end forgets it by its own ident: see _forget_own
+    thread._delete = functools.partial(_forget_own, thread)  # type: ignore[attr-defined]
     previous = _block_signals()
     try:
         thread.start()
     finally:
         _restore_signals(previous)
+
+
+def _forget_own(thread: threading.Thread) -> None:
+    """``Thread._delete`` for our threads: drop ``thread`` from threading's table of live
+    threads under its own ident. threading's looks it up by ``get_ident()``, which gevent's
+    ``monkey.patch_all()`` (run by a program after the recorder started our threads)
+    replaces with a greenlet's id: at the end of each of our threads, a KeyError
+    traceback printed on the program's stderr ("Exception ignored in thread started by")."""
+    ident = thread.ident  # no Python code while the lock is held (see threading's _delete)
+    with threading._active_limbo_lock:  # type: ignore[attr-defined]
+        threading._active.pop(ident, None)  # type: ignore[attr-defined]
 
 
 def _block_signals() -> Any:
