@@ -1,7 +1,7 @@
 """Healthy: two trading bots, each an ``asyncio.run`` whose main coroutine follows a
 WebSocket price feed (``async for message in ws``): one on the websockets client, one on
 aiohttp's ``ws_connect``. A server in a thread (websockets, its own loop) pushes a price
-every 0.1-0.2 s. Each bot waits for the next price: listening, not I/O it waits for."""
+every 0.1-0.2 s (ten each). Each bot waits for the next price: listening, not I/O it waits for."""
 
 import asyncio
 import json
@@ -13,7 +13,7 @@ import websockets
 
 
 async def feed(ws) -> None:
-    for i in range(20):
+    for i in range(10):
         await asyncio.sleep(random.uniform(0.1, 0.2))  # the market moves
         await ws.send(json.dumps({"seq": i, "price": 100 + random.random()}))
 
