@@ -1,7 +1,9 @@
-"""Healthy: two trading bots, each an ``asyncio.run`` whose main coroutine follows a
-WebSocket price feed (``async for message in ws``): one on the websockets client, one on
-aiohttp's ``ws_connect``. A server in a thread (websockets, its own loop) pushes a price
-every 0.1-0.2 s (ten each). Each bot waits for the next price: listening, not I/O it waits for."""
+"""Healthy: trading bots following a WebSocket price feed: two ``asyncio.run`` whose main
+coroutine iterates the socket (``async for message in ws``), one on the websockets client,
+one on aiohttp's ``ws_connect``; and, meanwhile, a thread on websockets' sync client
+(``for message in ws``, which waits in C). A server in a thread (websockets, its own loop)
+pushes a price every 0.1-0.2 s (ten each). Each bot waits for the next price: listening,
+not I/O it waits for."""
 
 import asyncio
 import json
@@ -10,6 +12,7 @@ import threading
 
 import aiohttp
 import websockets
+from websockets.sync.client import connect
 
 
 async def feed(ws) -> None:
@@ -39,6 +42,12 @@ async def bot(url: str) -> None:
             decide(json.loads(message))
 
 
+def sync_bot(url: str) -> None:
+    with connect(url) as ws:
+        for message in ws:  # the feed's next price
+            decide(json.loads(message))
+
+
 async def aiohttp_bot(url: str) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         async for msg in ws:
@@ -52,8 +61,11 @@ def main() -> None:
     thread.start()
     ready.wait()
     url = f"ws://127.0.0.1:{port_box[0]}/"
+    follower = threading.Thread(target=sync_bot, args=(url,), name="sync-bot")
+    follower.start()
     asyncio.run(bot(url))
     asyncio.run(aiohttp_bot(url))
+    follower.join()
     stop.set()
     thread.join()
 

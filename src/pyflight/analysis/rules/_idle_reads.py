@@ -159,6 +159,21 @@ def waits_for_its_client(stack: Sequence[Frame]) -> bool:
     )
 
 
+#: (function, file) of a client iterating over a WebSocket's messages in a thread
+#: (websockets' sync client: ``for message in ws``). It waits for the server's next push,
+#: in C (``queue.SimpleQueue.get``, which no hook sees): a follower at rest. A thread
+#: asking and waiting for the answer calls ``recv`` itself, and is not this.
+_MESSAGE_ITERATORS = (("Connection.__iter__", "websockets/sync/connection.py"),)
+
+
+def follows_messages(stack: Sequence[Frame]) -> bool:
+    return any(
+        frame.function == name and frame.file.replace("\\", "/").endswith("/" + part)
+        for frame in stack
+        for name, part in _MESSAGE_ITERATORS
+    )
+
+
 def reads_its_stream(stack: Sequence[Frame]) -> bool:
     """The program reads an asyncio stream itself (``await reader.readline()``), with
     only the standard library's frames inside its call: in a connection's handler, its

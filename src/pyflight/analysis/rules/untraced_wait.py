@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from pyflight.analysis.cpu import ASLEEP
 from pyflight.analysis.model import State
+from pyflight.analysis.rules._idle_reads import follows_messages
 from pyflight.analysis.rules.base import Rule
 from pyflight.format.reader import Frame
 
@@ -75,6 +76,8 @@ def rule_untraced_wait(model: Model) -> list[Finding]:
             where, callee = untraced_wait_site(sample.stack)
             if where is None:
                 continue  # all library code: a library's own thread idle between jobs
+            if follows_messages(sample.stack):
+                continue  # waiting for a WebSocket's next push (websockets' sync client)
             # the wall time the sample covers, less its CPU: the interval is only the
             # sampler's last rate (the budget may have slowed it since most were taken)
             weights[where] += max(0, sample.span - sample.cpu) if sample.span else interval
