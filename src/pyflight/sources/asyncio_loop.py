@@ -1240,7 +1240,7 @@ def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
         if type(coro) is types.AsyncGeneratorType:
             frame, awaited = coro.ag_frame, coro.ag_await
         elif hasattr(coro, "cr_await"):
-            frame, awaited = coro.cr_frame, coro.cr_await
+            frame, awaited = getattr(coro, "cr_frame", None), coro.cr_await
         else:
             frame, awaited = getattr(coro, "gi_frame", None), getattr(coro, "gi_yieldfrom", None)
         if frame is None:

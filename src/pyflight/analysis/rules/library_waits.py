@@ -231,7 +231,8 @@ def _backs_off_in(file_part: str) -> Callable[[Stack], bool]:
     return backs_off
 
 
-RETRY_WAITS = tuple(
+#: Each retry helper's pattern, with the helper's name.
+RETRY_WAITS = {
     LibraryWait(
         kind="retry backoff",
         waits=_backs_off_in(part),
@@ -244,9 +245,9 @@ RETRY_WAITS = tuple(
             f"({name}: {knobs}); a circuit breaker fails fast while the partner is down "
             "instead of making every request sit out the backoff."
         ),
-    )
+    ): name
     for name, part, knobs in RETRY_LIBRARIES
-)
+}
 
 
 #: Waits in ``Future.result`` for futures a ProcessPoolExecutor fulfils: the stack alone
@@ -315,7 +316,9 @@ def retry_backoff(stack: Stack) -> str | None:
     """What a sleep with ``stack`` was, in the user's words, when it is a retry helper's
     pause between attempts (``RETRY_WAITS``); None for any other sleep."""
     pattern = _sleep_pattern(stack)
-    return None if pattern is None else "waiting to retry a failing call" + pattern.what.rpartition("call")[2]
+    if pattern is None:
+        return None
+    return f"waiting to retry a failing call ({RETRY_WAITS[pattern]} backing off)"
 
 
 def library_wait_pattern(stack: Stack) -> LibraryWait | None:
