@@ -207,7 +207,7 @@ RETRY_LIBRARIES = (
     ("redis-py's Retry", "/redis/retry.py", "`Retry(backoff, retries)`"),
     ("redis-py's Retry", "/redis/asyncio/retry.py", "`Retry(backoff, retries)`"),
     ("google-api-core's retry", "/google/api_core/retry", "`Retry(timeout=..., maximum=...)`"),
-    ("botocore's retries", "/botocore/retr", "`Config(retries={'max_attempts': n})`"),
+    ("botocore's retries", "/botocore/endpoint.py", "`Config(retries={'max_attempts': n})`"),
     ("aiohttp-retry", "/aiohttp_retry/", "`ExponentialRetry(attempts=..., max_timeout=...)`"),
     ("stamina", "/stamina/", "`attempts=`, `timeout=`"),
 )
