@@ -6,7 +6,7 @@ import enum
 import functools
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from pyflight.format.reader import Frame
@@ -66,9 +66,10 @@ _LIBRARY_IDLE_LOOPS = (
 )
 
 
-def _library_idle_loop(frame: Frame) -> bool:
+def at_one_of(frame: Frame, places: Iterable[tuple[str, str]]) -> bool:
+    """``frame`` is one of ``places``: (qualified function, how its file's path ends)."""
     file = frame.file.replace("\\", "/")
-    return any(frame.function == name and file.endswith(part) for name, part in _LIBRARY_IDLE_LOOPS)
+    return any(frame.function == name and file.endswith(end) for name, end in places)
 
 
 def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | None]:
@@ -86,7 +87,7 @@ def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | No
         library, third_party, _ = _file_kind(frame.file)
         if not library and not third_party:
             return frame, (stack[i - 1] if i else None)
-    if any(_library_idle_loop(frame) for frame in stack):
+    if any(at_one_of(frame, _LIBRARY_IDLE_LOOPS) for frame in stack):
         return None, None  # a library's own thread waiting for its next event
     if not is_library(stack[0]):
         return stack[0], None

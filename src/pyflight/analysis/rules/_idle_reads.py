@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pyflight.analysis.frames import is_library, is_third_party
+from pyflight.analysis.frames import at_one_of, is_library, is_third_party
 from pyflight.analysis.model import State
 from pyflight.analysis.queries import Queries, Spans, interval_ns
 from pyflight.analysis.rules._waits import in_function
@@ -62,8 +62,7 @@ def waits_for_next_request(stack: Sequence[Frame]) -> bool:
     if i >= len(stack):
         return False
     caller = stack[i]
-    file = caller.file.replace("\\", "/")
-    if any(caller.function == name and file.endswith(part) for name, part in _NEXT_REQUEST_READERS):
+    if at_one_of(caller, _NEXT_REQUEST_READERS):
         return True
     below = stack[i + 1] if i + 1 < len(stack) else None
     return (
@@ -139,39 +138,31 @@ def connection_handlers(model: Model) -> set[int]:
 #: ``listen_for_disconnect``), or the server's shutdown (the lifespan task waits for
 #: it all the server's life).
 _SERVER_RECEIVES = (
-    ("WebSocketResponse.receive", "aiohttp/web_ws.py"),
-    ("BaseRequest.read", "aiohttp/web_request.py"),  # a request's body (text, json call it)
-    ("BaseRequest.post", "aiohttp/web_request.py"),  # a form's
-    ("LifespanOn.receive", "uvicorn/lifespan/on.py"),
-    ("RequestResponseCycle.receive", "uvicorn/protocols/http/h11_impl.py"),
-    ("RequestResponseCycle.receive", "uvicorn/protocols/http/httptools_impl.py"),
-    ("WebSocketProtocol.asgi_receive", "uvicorn/protocols/websockets/websockets_impl.py"),
-    ("WebSocketsSansIOProtocol.receive", "uvicorn/protocols/websockets/websockets_sansio_impl.py"),
-    ("WSProtocol.receive", "uvicorn/protocols/websockets/wsproto_impl.py"),
+    ("WebSocketResponse.receive", "/aiohttp/web_ws.py"),
+    ("BaseRequest.read", "/aiohttp/web_request.py"),  # a request's body (text, json call it)
+    ("BaseRequest.post", "/aiohttp/web_request.py"),  # a form's
+    ("LifespanOn.receive", "/uvicorn/lifespan/on.py"),
+    ("RequestResponseCycle.receive", "/uvicorn/protocols/http/h11_impl.py"),
+    ("RequestResponseCycle.receive", "/uvicorn/protocols/http/httptools_impl.py"),
+    ("WebSocketProtocol.asgi_receive", "/uvicorn/protocols/websockets/websockets_impl.py"),
+    ("WebSocketsSansIOProtocol.receive", "/uvicorn/protocols/websockets/websockets_sansio_impl.py"),
+    ("WSProtocol.receive", "/uvicorn/protocols/websockets/wsproto_impl.py"),
 )
 
 
 def waits_for_its_client(stack: Sequence[Frame]) -> bool:
-    return any(
-        frame.function == name and frame.file.replace("\\", "/").endswith("/" + part)
-        for frame in stack
-        for name, part in _SERVER_RECEIVES
-    )
+    return any(at_one_of(frame, _SERVER_RECEIVES) for frame in stack)
 
 
 #: (function, file) of a client iterating over a WebSocket's messages in a thread
 #: (websockets' sync client: ``for message in ws``). It waits for the server's next push,
 #: in C (``queue.SimpleQueue.get``, which no hook sees): a follower at rest. A thread
 #: asking and waiting for the answer calls ``recv`` itself, and is not this.
-_MESSAGE_ITERATORS = (("Connection.__iter__", "websockets/sync/connection.py"),)
+_MESSAGE_ITERATORS = (("Connection.__iter__", "/websockets/sync/connection.py"),)
 
 
 def follows_messages(stack: Sequence[Frame]) -> bool:
-    return any(
-        frame.function == name and frame.file.replace("\\", "/").endswith("/" + part)
-        for frame in stack
-        for name, part in _MESSAGE_ITERATORS
-    )
+    return any(at_one_of(frame, _MESSAGE_ITERATORS) for frame in stack)
 
 
 def reads_its_stream(stack: Sequence[Frame]) -> bool:
@@ -239,7 +230,9 @@ def listening_task_waits(model: Model) -> Callable[[TaskTimeline, Interval | Non
             return False
         if iv.stack and any(_reads_a_response(frame) for frame in iv.stack):
             return False  # an HTTP response's body: the program asked for it
-        if not task.parent and not (iv.stack and any(_receives_a_message(frame) for frame in iv.stack)):
+        if not task.parent and not (
+            iv.stack and any(at_one_of(frame, _MESSAGE_RECEIVES) for frame in iv.stack)
+        ):
             return False  # the main task's own line of work (a script reading a slow stream)
         # a step of its own between the two waits (the one that began this wait)...
         steps = task.steps
@@ -261,15 +254,10 @@ def _step_end(step: Step) -> int:
 #: server's to send (a feed's next price, a chat's next line), in whatever task waits for
 #: it, ``asyncio.run``'s main one too (a bot whose main coroutine follows one feed).
 _MESSAGE_RECEIVES = (
-    ("ClientWebSocketResponse.receive", "aiohttp/client_ws.py"),
-    ("Connection.recv", "websockets/asyncio/connection.py"),
-    ("WebSocketCommonProtocol.recv", "websockets/legacy/protocol.py"),
+    ("ClientWebSocketResponse.receive", "/aiohttp/client_ws.py"),
+    ("Connection.recv", "/websockets/asyncio/connection.py"),
+    ("WebSocketCommonProtocol.recv", "/websockets/legacy/protocol.py"),
 )
-
-
-def _receives_a_message(frame: Frame) -> bool:
-    file = frame.file.replace("\\", "/")
-    return any(frame.function == name and file.endswith("/" + part) for name, part in _MESSAGE_RECEIVES)
 
 
 #: (how a function's name begins, file) of an HTTP client's read of a response's body: a

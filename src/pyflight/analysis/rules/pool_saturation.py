@@ -105,12 +105,12 @@ def _worker_states(
                 continue
             if iv.state is State.BLOCKED and iv.reason is not None:
                 waited = library_wait(iv.stack)
-                backoff = retry_backoff(iv.stack) if iv.reason is BlockReason.SLEEP else None
                 if waited is not None:
                     per[waited.what] += ns
                     if waited.site is not None:
                         sites[waited.what][waited.site] += ns
-                elif backoff is not None:  # a retry helper's pause (library_waits.RETRY_WAITS)
+                elif iv.reason is BlockReason.SLEEP and (backoff := retry_backoff(iv.stack)) is not None:
+                    # a retry helper's pause (library_waits.RETRY_WAITS)
                     per[backoff] += ns
                     site = user_frame(iv.stack)
                     if site is not None:
