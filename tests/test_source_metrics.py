@@ -1,4 +1,4 @@
-"""The metrics source: counters sampled ~10 times a second by a daemon thread."""
+"""The metrics source: counters sampled ~10 times a second from the recorder's shared thread."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import pyflight
-from pyflight.core import backend
+from pyflight.core import backend, periodic
 from pyflight.core.events import Kind
 from pyflight.sources import REGISTRY, SourceWarning, metrics
 
@@ -30,14 +30,15 @@ def counters(trace: pyflight.Trace, name: str) -> list[pyflight.Event]:
     return [e for e in trace.events if e.kind == Kind.COUNTER and e.arg("name") == name]
 
 
-def metrics_threads() -> list[threading.Thread]:
+def ticker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == metrics.THREAD_NAME]
 
 
 @pytest.fixture(autouse=True)
-def _no_metrics_thread_left() -> Iterator[None]:
+def _no_ticker_thread_left() -> Iterator[None]:
     yield
-    assert not metrics_threads()
+    assert not ticker_threads()
+    assert periodic.thread() is None
 
 
 def test_registered() -> None:
@@ -48,7 +49,9 @@ def test_registered() -> None:
 def test_counters_at_ten_per_second(tmp_path: Path) -> None:
     rec = pyflight.FlightRecorder(sources=["metrics"]).start()
     try:
-        (thread,) = metrics_threads()
+        # one thread of the recorder's own: the metrics share the recorder's ticks
+        (thread,) = [t for t in threading.enumerate() if t.name.startswith("pyflight-")]
+        assert thread.name == metrics.THREAD_NAME == "pyflight-ticker"
         assert thread.daemon
         time.sleep(1.0)
         trace = snapshot(rec, tmp_path)
@@ -88,7 +91,7 @@ def test_bad_options_disable_the_source(tmp_path: Path, options: dict[str, Any])
     with pytest.warns(SourceWarning, match="metrics"):
         rec = pyflight.FlightRecorder(sources=["metrics"], source_options={"metrics": options}).start()
     try:
-        assert not metrics_threads()
+        assert not rec.sources  # not installed: nothing scheduled
         trace = snapshot(rec, tmp_path)
     finally:
         rec.stop()
@@ -99,10 +102,12 @@ def test_install_uninstall_idempotent() -> None:
     source = REGISTRY["metrics"](interval=0.05)
     source.install()
     source.install()
-    assert len(metrics_threads()) == 1
+    assert source.scheduled()
+    assert len(ticker_threads()) == 1  # alone, it starts the shared thread
     source.uninstall()
     source.uninstall()
-    assert not metrics_threads()
+    assert not source.scheduled()
+    assert not ticker_threads()  # and its last job ends it
     source.install()
     source.uninstall()
 
@@ -252,10 +257,8 @@ def test_fault_disables_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             while source.disabled_reason is None and time.monotonic() < deadline:
                 time.sleep(0.01)
         assert "injected fault" in (source.disabled_reason or "")
-        deadline = time.monotonic() + 5
-        while metrics_threads() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not metrics_threads()
+        assert not source.scheduled()
+        assert ticker_threads()  # the recorder's own ticks go on
         monkeypatch.undo()
         assert sum(range(10)) == 45  # the program goes on
         trace = snapshot(rec, tmp_path)

@@ -18,8 +18,8 @@ from typing import IO, Any
 from pyflight import __version__
 from pyflight._redact import redact_argv as redacted_argv
 from pyflight.budget import CHECK_SECONDS, CpuBudget
-from pyflight.core import BACKEND_NAME, backend
-from pyflight.core.daemon import QuietEvent, start_deferred, start_without_signals
+from pyflight.core import BACKEND_NAME, backend, periodic
+from pyflight.core.daemon import start_deferred
 from pyflight.core.events import Kind, arg_counts
 from pyflight.errors import RecorderError, SnapshotInProgress
 from pyflight.format.writer import encode_header, write_file_atomically, write_stream
@@ -108,8 +108,9 @@ class FlightRecorder:
         self.sources: list[Source] = []
         self._running = False
         self._snapshot_lock = threading.Lock()
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = QuietEvent()
+        self._ticker: periodic.Job | None = None
+        self._ticks = 0
+        self._tick_failures = 0
         self._snapshots_taken = 0
         self._started_ns = 0
         self._named_threads: set[int] = set()
@@ -145,9 +146,8 @@ class FlightRecorder:
         self._register_threads()
         self._install_sources()
         self.budget = None if self.cpu_budget is None else CpuBudget(self.cpu_budget, self.sources)
-        self._ticker_stop.clear()
-        self._ticker = threading.Thread(target=self._tick, name="pyflight-ticker", daemon=True)
-        start_without_signals(self._ticker)
+        self._ticks = self._tick_failures = 0
+        self._ticker = periodic.every(TICK_SECONDS, self._tick, self._tick_failed)
         return self
 
     def stop(self) -> None:
@@ -163,11 +163,9 @@ class FlightRecorder:
                 self.budget.restore_all()
             self._uninstall_sources()
             backend.stop()
-        self._ticker_stop.set()
-        ticker = self._ticker
-        if ticker is not None and ticker is not threading.current_thread():
-            ticker.join(timeout=5)
-        self._ticker = None
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            periodic.cancel(ticker)  # the last job: its thread is joined (unless it is this one)
 
     def __enter__(self) -> FlightRecorder:
         return self.start()
@@ -302,23 +300,24 @@ class FlightRecorder:
         self._named_threads = alive
 
     def _tick(self) -> None:
-        failures = 0
-        ticks = 0
-        while not self._ticker_stop.wait(TICK_SECONDS):
-            ticks += 1
-            try:
-                if ticks % THREAD_REFRESH_TICKS == 0:
-                    self._register_threads()
-                budget = self.budget
-                if budget is not None and ticks % BUDGET_CHECK_TICKS == 0:
-                    budget.check()
-                backend.maybe_seal()
-            except Exception as exc:  # never let the ticker die silently
-                failures += 1
-                if failures == 1:
-                    warnings.warn(
-                        f"pyflight: sealing a generation failed: {exc!r}", RuntimeWarning, stacklevel=1
-                    )
+        """Every TICK_SECONDS on the shared thread (core/periodic.py): seal a generation
+        when due, name new threads, judge the CPU budget."""
+        self._ticks += 1
+        ticks = self._ticks
+        try:
+            if ticks % THREAD_REFRESH_TICKS == 0:
+                self._register_threads()
+            budget = self.budget
+            if budget is not None and ticks % BUDGET_CHECK_TICKS == 0:
+                budget.check()
+            backend.maybe_seal()
+        except Exception as exc:  # never let the ticks stop
+            self._tick_failed(exc)
+
+    def _tick_failed(self, exc: BaseException) -> None:
+        self._tick_failures += 1
+        if self._tick_failures == 1:
+            warnings.warn(f"pyflight: sealing a generation failed: {exc!r}", RuntimeWarning, stacklevel=1)
 
 
 def _install_fork_hook() -> None:

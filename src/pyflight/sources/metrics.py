@@ -1,8 +1,9 @@
 """Process counters sampled ~10 times a second: memory, threads, GC pressure, asyncio.
 
-These are levels, not facts, so they are sampled from a thread of our own
-("pyflight-metrics") at a fixed rate instead of hooking anything: the cost is a few
-microseconds per tick whatever the program does, and a trace always has the curves
+These are levels, not facts, so they are sampled at a fixed rate from the recorder's
+own thread ("pyflight-ticker", shared with its other periodic work: core/periodic.py)
+instead of hooking anything: the cost is a few microseconds per tick whatever the
+program does, and a trace always has the curves
 to put a slow request next to (RSS growing, a thread pile-up, a lagging event loop).
 
 Counters (COUNTER events): ``rss_bytes`` (Linux ``/proc/self/statm``; skipped elsewhere),
@@ -24,17 +25,15 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pyflight.core import backend
-from pyflight.core.daemon import QuietEvent, start_without_signals
+from pyflight.core import backend, periodic
 from pyflight.core.events import Kind
 from pyflight.sources import register
 from pyflight.sources.base import Source
 
 #: Default seconds between samples (option ``interval``).
 INTERVAL = 0.1
-#: How long uninstall waits for the sampling thread.
-JOIN_TIMEOUT = 1.0
-THREAD_NAME = "pyflight-metrics"
+#: The thread the counters are sampled from (shared: see core/periodic.py).
+THREAD_NAME = periodic.THREAD_NAME
 _COUNTER = int(Kind.COUNTER)
 _GC_NAMES = ("gc_count_0", "gc_count_1", "gc_count_2")
 
@@ -148,7 +147,7 @@ def _open_statm() -> int:
 
 @register
 class MetricsSource(Source):
-    """A daemon thread recording COUNTER events every ``interval`` seconds."""
+    """COUNTER events every ``interval`` seconds, from the recorder's shared thread."""
 
     name = "metrics"
     default_enabled = True
@@ -156,11 +155,12 @@ class MetricsSource(Source):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.interval = INTERVAL
-        self._thread: threading.Thread | None = None
-        self._stop = QuietEvent()
+        self._job: periodic.Job | None = None
+        self._statm = -1
+        self._page_size = 0
 
     def _install(self) -> None:
-        if self._thread is not None:
+        if self._job is not None:
             return
         options = dict(self.options)
         interval = options.pop("interval", INTERVAL)
@@ -169,43 +169,30 @@ class MetricsSource(Source):
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
             raise ValueError(f"interval must be a number of seconds in (0, 3600], got {interval!r}")
         self.interval = float(interval)
-        # a fresh Event per run: a thread that outlived its join timeout still sees its own set
-        self._stop = stop = QuietEvent()
-        thread = threading.Thread(target=self._run, args=(stop,), name=THREAD_NAME, daemon=True)
-        start_without_signals(thread)
-        self._thread = thread
+        self._statm = _open_statm()
+        self._page_size = os.sysconf("SC_PAGE_SIZE") if self._statm >= 0 else 0
+        self._job = periodic.every(self.interval, self._tick, self._fault)
 
     def _uninstall(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=JOIN_TIMEOUT)
+        job, self._job = self._job, None
+        if job is not None:
+            periodic.cancel(job)  # once it returns, no tick is running (or ever will)
+        statm, self._statm = self._statm, -1
+        if statm >= 0:
+            os.close(statm)
 
-    # the sampling thread -------------------------------------------------------------
+    def scheduled(self) -> bool:
+        """True while its ticks are scheduled on the shared thread (tests, diagnostics)."""
+        return self._job is not None
 
-    def _run(self, stop: QuietEvent) -> None:
-        statm = _open_statm()
-        try:
-            page_size = os.sysconf("SC_PAGE_SIZE") if statm >= 0 else 0
-            interval = self.interval
-            next_time = time.monotonic()
-            while True:
-                try:
-                    statm = self._sample(statm, page_size)
-                except Exception as exc:
-                    if not stop.is_set():  # a fault while stopping is not worth a warning
-                        self.failed(exc)
-                    return
-                next_time += interval
-                delay = next_time - time.monotonic()
-                if delay < 0:  # fell behind (a long GIL hold): keep the period, skip the backlog
-                    next_time = time.monotonic() + interval
-                    delay = interval
-                if stop.wait(delay):
-                    return
-        finally:
-            if statm >= 0:
-                os.close(statm)
+    # the ticks, on the shared thread (core/periodic.py) ---------------------------------
+
+    def _tick(self) -> None:
+        self._statm = self._sample(self._statm, self._page_size)
+
+    def _fault(self, exc: BaseException) -> None:
+        if self._job is not None:  # a fault while stopping is not worth a warning
+            self.failed(exc)
 
     def _sample(self, statm: int, page_size: int) -> int:
         """Record one round of counters; returns the statm descriptor (-1 once it fails)."""
