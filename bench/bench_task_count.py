@@ -3,8 +3,9 @@
 With the asyncio source on, the counter is the size of that source's live-task table;
 without it, ``asyncio.all_tasks`` per loop, which visits every task ten times a second.
 This runs the default recorder over N tasks waiting on an asyncio.Event and measures
-the "pyflight-metrics" thread's CPU clock over ``--seconds``, alternating the two ways
-of counting in one process (``metrics.count_tasks_with(None)`` forces the fallback),
+the CPU clock of the thread the counters are sampled on ("pyflight-ticker", shared with
+the recorder's tick, which costs the same both ways) over ``--seconds``, alternating the
+two ways of counting in one process (``metrics.count_tasks_with(None)`` forces the fallback),
 and prints the median and spread of ``--rounds`` periods each, in ms of CPU a second.
 
     taskset -c 1 python bench/bench_task_count.py              # 1,000 and 10,000 tasks
