@@ -254,6 +254,7 @@ def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) 
     began, ended = measured
     total = inside = size = 0
     threads_s = hooks_s = process_s = 0.0
+    by_thread: dict[str, float] = {}
     for path in paths:
         trace = pyflight.load(path)
         events = trace.events
@@ -266,7 +267,9 @@ def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) 
             threads_s += float(trace.meta.get("budget.recorder_threads_cpu_s", 0))
             hooks_s += float(trace.meta.get("budget.hooks_cpu_s_estimated", 0))
             process_s += float(trace.meta.get("budget.process_cpu_s", 0))
-        except ValueError:
+            for name, cpu in json.loads(trace.meta.get("budget.recorder_threads", "{}")).items():
+                by_thread[name] = by_thread.get(name, 0.0) + float(cpu)
+        except (ValueError, AttributeError):
             pass
     if not total or not inside:
         return {}
@@ -277,6 +280,7 @@ def _trace_figures(paths: list[Path], requests: int, measured: tuple[int, int]) 
         shares = {
             "recorder_threads_pct": 100 * threads_s / process_s,
             "hooks_pct_estimated": 100 * hooks_s / process_s,
+            **{f"thread_pct:{name}": 100 * cpu / process_s for name, cpu in by_thread.items()},
         }
     return {
         **shares,
@@ -398,7 +402,8 @@ def report(server: str, base: list[Result], modes: dict[str, list[Result]]) -> d
             row.update(cpu_pct=statistics.median(cpu_d), rps_pct=statistics.median(rps_d))
             traced = [r.trace for r in results if r.trace]
             if traced:
-                figures = {k: statistics.median(t[k] for t in traced) for k in traced[0]}
+                keys = {k for t in traced for k in t}
+                figures = {k: statistics.median(t.get(k, 0.0) for t in traced) for k in keys}
                 print(
                     f"  {'':24}   {figures['bytes_per_event']:.1f} B/event, "
                     f"{figures['events_per_request']:.1f} events/request, "
@@ -412,6 +417,12 @@ def report(server: str, base: list[Result], modes: dict[str, list[Result]]) -> d
                         f"{figures['recorder_threads_pct']:.2f}% of the process's CPU, its hooks "
                         f"~{figures['hooks_pct_estimated']:.2f}% (estimated)"
                     )
+                    threads = sorted(
+                        ((v, k.partition(":")[2]) for k, v in figures.items() if k.startswith("thread_pct:")),
+                        reverse=True,
+                    )
+                    if threads:
+                        print(f"  {'':24}   by thread: " + ", ".join(f"{n} {v:.2f}%" for v, n in threads))
                 row.update(figures)
         rows[name] = row
     return rows

@@ -65,8 +65,13 @@ def test_a_tiny_budget_sheds_detail_and_the_snapshot_says_why(tmp_path: Path) ->
         if e.kind == Kind.COUNTER and e.arg("name") == "pyflight.budget.shed_level"
     ]
     assert levels and max(levels) >= 2
-    recorder_line, shed_line = describe_budget(trace.meta)
+    recorder_line, threads_line, shed_line = describe_budget(trace.meta)
     assert recorder_line.startswith("recorder") and "budget 0.0001%" in recorder_line
+    # which of its threads cost what: the sampler, and the ticker that judges the budget
+    by_thread = json.loads(trace.meta["budget.recorder_threads"])
+    assert {"pyflight-sampler", "pyflight-ticker"} <= set(by_thread), by_thread
+    assert by_thread["pyflight-sampler"] > 0
+    assert threads_line.startswith("its threads") and "pyflight-sampler" in threads_line
     assert LEVELS[1] in shed_line and CATEGORY in shed_line
 
 
@@ -189,6 +194,7 @@ def test_the_sampler_is_not_slowed_for_the_other_threads_cost() -> None:
             burner.join()
         shed = list(budget.shed)
     assert budget.thread_cpu_ns > 0.3 * budget.process_cpu_ns  # the burner was the cost
+    assert budget.thread_cpu_by_name["pyflight-test-burner"] > 0.9 * budget.thread_cpu_ns
     # its 0.5 ms a second are worth lowering only if the burner got under 10% of a CPU (a
     # loaded machine: then /4 or /16); never a sample a second for the burner's sake
     slowest = LEVELS.index("sampler at its slowest rate")
@@ -222,6 +228,7 @@ def test_status_shows_the_budget_figures() -> None:
     figures = info["budget"]
     assert figures["cpu_budget"] == 0.05
     assert figures["process_cpu_s"] > 0 and figures["recorder_threads_cpu_s"] >= 0
+    assert sum(figures["recorder_threads"].values()) == pytest.approx(figures["recorder_threads_cpu_s"])
     assert figures["order"] == list(LEVELS[1:])
     assert figures["shed"] == list(LEVELS[1 : figures["shed_level"] + 1])
 

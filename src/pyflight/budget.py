@@ -101,6 +101,8 @@ class CpuBudget:
         #: Totals since start: recorder threads' CPU, estimated hook CPU, process CPU.
         self.thread_cpu_ns = 0
         self.hook_cpu_ns = 0
+        #: The recorder threads' CPU ns since start, by thread name (which part costs what).
+        self.thread_cpu_by_name: dict[str, int] = {}
         self.process_cpu_ns = 0
         self.last_cost: float | None = None  # share of the last judged period
         self.periods_over = 0
@@ -140,6 +142,8 @@ class CpuBudget:
             seen[thread.ident] = now
             delta = max(0, now - self._thread_seen.get(thread.ident, 0))
             used += delta
+            by_name = self.thread_cpu_by_name
+            by_name[thread.name] = by_name.get(thread.name, 0) + delta
             if thread.name == SAMPLER_THREAD:
                 sampling += delta
         self._thread_seen = seen
@@ -254,6 +258,7 @@ class CpuBudget:
             "cost": total / self.process_cpu_ns if self.process_cpu_ns else 0.0,
             "last_cost": self.last_cost,
             "recorder_threads_cpu_s": self.thread_cpu_ns / 1e9,
+            "recorder_threads": {name: ns / 1e9 for name, ns in sorted(self.thread_cpu_by_name.items())},
             "hooks_cpu_s_estimated": self.hook_cpu_ns / 1e9,
             "hook_ns_per_event": HOOK_NS_PER_EVENT,
             "hook_ns_per_stack": HOOK_NS_PER_STACK,
@@ -281,11 +286,19 @@ def describe_budget(meta: dict[str, str]) -> list[str]:
 
         shed = json.loads(meta.get("budget.shed", "[]"))
         over = int(meta.get("budget.periods_over_budget", "0"))
+        by_thread = json.loads(meta.get("budget.recorder_threads", "{}"))
+        if not isinstance(by_thread, dict):
+            raise TypeError("budget.recorder_threads is not an object")
+        parts = sorted(((float(cpu), str(name)) for name, cpu in by_thread.items()), reverse=True)
     except (ValueError, TypeError):
         return ["recorder cost: unreadable budget metadata"]
     lines = [
         f"{'recorder':<13}cost {cost * 100:.3g}% of the process's CPU (budget {budget * 100:.3g}%): "
         f"its threads {threads:.3f} s + hooks ~{hooks:.3f} s (estimated) of {process:.3f} s",
+    ]
+    if parts:
+        lines.append(f"{'its threads':<13}" + ", ".join(f"{name} {cpu:.3f} s" for cpu, name in parts))
+    lines += [
         f"{'shed':<13}"
         + (", ".join(shed) if shed else "nothing")
         + (f" ({over} check(s) over budget; the LOG events in category {CATEGORY} say when)" if over else ""),

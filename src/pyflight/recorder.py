@@ -256,6 +256,9 @@ class FlightRecorder:
             "budget.cpu_budget": str(status["cpu_budget"]),
             "budget.cost": f"{status['cost']:.6f}",
             "budget.recorder_threads_cpu_s": f"{status['recorder_threads_cpu_s']:.6f}",
+            "budget.recorder_threads": json.dumps(
+                {name: round(cpu, 6) for name, cpu in status["recorder_threads"].items()}
+            ),
             "budget.hooks_cpu_s_estimated": f"{status['hooks_cpu_s_estimated']:.6f}",
             "budget.process_cpu_s": f"{status['process_cpu_s']:.6f}",
             "budget.shed": json.dumps(status["shed"]),
