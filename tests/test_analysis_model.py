@@ -8,6 +8,8 @@ import gc
 import importlib.util
 import itertools
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,7 +63,16 @@ def _scenario(info: dict[str, Any]) -> None:
         with lock:  # MARK-acquire
             pass
 
-    threads = [threading.Thread(target=holder, name="holder"), threading.Thread(target=waiter, name="waiter")]
+    def runner() -> None:  # a child's output read with communicate(): it waits in select
+        info["runner"] = threading.get_native_id()
+        child = [sys.executable, "-c", "import time; time.sleep(0.2)"]
+        subprocess.run(child, capture_output=True, check=True)
+
+    threads = [
+        threading.Thread(target=holder, name="holder"),
+        threading.Thread(target=waiter, name="waiter"),
+        threading.Thread(target=runner, name="runner"),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -129,7 +140,7 @@ def check_model(model: Model) -> None:
         assert p.start <= p.end
     for rows in (thread_breakdown(model, include_pyflight=True), task_breakdown(model)):
         for row in rows:
-            parts = row.running + row.ready + sum(row.blocked.values()) + row.gc + row.idle + row.unknown
+            parts = row.running + row.ready + row.blocked_total + row.gc + row.idle + row.unknown
             assert parts == row.total
 
 
@@ -246,6 +257,10 @@ def test_breakdown_adds_up(recorded: tuple[Model, dict[str, Any]]) -> None:
     assert row.blocked.get(BlockReason.SLEEP, 0) >= 290 * MS  # 0.1 + 0.2 + 0.03 s of sleeps
     assert row.idle >= 80 * MS
     assert not any(r.name.startswith("pyflight-") for r in rows.values())
+    # the subprocess's communicate() blocked in select: counted as waiting for it
+    runner = rows[f"runner ({info['runner']})"]
+    assert runner.waiting_for.get("subprocess", 0) >= 150 * MS, runner
+    assert runner.blocked.get(BlockReason.SELECT, 0) < 20 * MS, runner
     for task in model.all_tasks():
         covered = sum(i.duration for i in task.intervals)
         assert abs(covered - (task.end - task.created)) <= 0.01 * max(1, task.end - task.created)

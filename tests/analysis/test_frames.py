@@ -16,7 +16,7 @@ WORKER = Frame("_worker", f"{LIB}/concurrent/futures/thread.py", 93)
 
 def test_the_outermost_library_call_under_the_users_line_names_the_wait() -> None:
     stack = (COMMUNICATE, Frame("Popen.communicate", f"{LIB}/subprocess.py", 1209), RUN, USER, WORKER)
-    assert library_wait(stack) == LibraryWait("waiting for a subprocess (communicate)", USER)
+    assert library_wait(stack) == LibraryWait("waiting for a subprocess (communicate)", USER, "subprocess")
     assert wait_name(BlockReason.SELECT, stack) == "waiting for a subprocess (communicate)"
     # communicate ends in wait: still communicate; Popen.wait(timeout) sleeps in a loop
     waiting = (
@@ -24,13 +24,14 @@ def test_the_outermost_library_call_under_the_users_line_names_the_wait() -> Non
         Frame("Popen.wait", f"{LIB}/subprocess.py", 1264),
     )
     assert library_wait((*waiting, *stack)) == library_wait(stack)
-    assert library_wait((*waiting, USER)) == LibraryWait("waiting for a subprocess (wait)", USER)
+    waited = LibraryWait("waiting for a subprocess (wait)", USER, "subprocess")
+    assert library_wait((*waiting, USER)) == waited
 
 
 def test_a_job_that_is_the_library_call_itself_has_no_site() -> None:
     """``pool.submit(subprocess.run, ...)``: no frame of the program's under the call."""
     assert library_wait((COMMUNICATE, RUN, WORKER)) == LibraryWait(
-        "waiting for a subprocess (communicate)", None
+        "waiting for a subprocess (communicate)", None, "subprocess"
     )
 
 

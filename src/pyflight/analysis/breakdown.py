@@ -1,11 +1,16 @@
 """Breakdown tables, like ``go tool trace``'s goroutine analysis: where the time of each
-thread, and of each kind of asyncio task, went. The columns of a row add up to its total."""
+thread, and of each kind of asyncio task, went. The columns of a row add up to its total.
+
+A block inside a library call that names what it waits for (``frames.library_wait``: a
+subprocess's ``communicate`` blocks in ``select``) is counted under that name, not
+under its reason: "select" would send the reader looking for sockets."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
 
+from pyflight.analysis.frames import library_wait
 from pyflight.analysis.model import Interval, Model, State
 from pyflight.core.events import BlockReason
 
@@ -20,13 +25,16 @@ class BreakdownRow:
     running: int = 0
     ready: int = 0
     blocked: dict[BlockReason, int] = dataclasses.field(default_factory=dict)
+    #: Blocks in a library call that names what they waited for, by that name
+    #: ("subprocess"), instead of in ``blocked``.
+    waiting_for: dict[str, int] = dataclasses.field(default_factory=dict)
     gc: int = 0
     idle: int = 0
     unknown: int = 0
 
     @property
     def blocked_total(self) -> int:
-        return sum(self.blocked.values())
+        return sum(self.blocked.values()) + sum(self.waiting_for.values())
 
     def add(self, intervals: Iterable[Interval]) -> None:
         """Add the time of each interval to its column (and to the total)."""
@@ -37,6 +45,10 @@ class BreakdownRow:
             if state is State.RUNNING:
                 self.running += d
             elif state is State.BLOCKED:
+                waited = library_wait(i.stack) if i.stack else None
+                if waited is not None:
+                    self.waiting_for[waited.thing] = self.waiting_for.get(waited.thing, 0) + d
+                    continue
                 reason = i.reason if i.reason is not None else BlockReason.OTHER
                 self.blocked[reason] = self.blocked.get(reason, 0) + d
             elif state is State.READY:

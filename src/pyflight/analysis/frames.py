@@ -101,11 +101,11 @@ def untraced_wait_site(stack: Sequence[Frame]) -> tuple[Frame | None, Frame | No
 #: name than the call it blocks in: ``subprocess.run(..., capture_output=True)`` waits in
 #: a ``selectors`` select on the child's pipes (a SELECT block), ``Popen.wait(timeout)``
 #: in ``time.sleep`` (SLEEP). (file name, qualified function) -> (what, the call named).
-_WAITS_FOR: dict[tuple[str, str], tuple[str, str]] = {
-    ("subprocess.py", "Popen.communicate"): ("a subprocess", "communicate"),
-    ("subprocess.py", "Popen._communicate"): ("a subprocess", "communicate"),
-    ("subprocess.py", "Popen.wait"): ("a subprocess", "wait"),
-    ("subprocess.py", "Popen._wait"): ("a subprocess", "wait"),
+_WAITS_FOR: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("subprocess.py", "Popen.communicate"): ("a subprocess", "communicate", "subprocess"),
+    ("subprocess.py", "Popen._communicate"): ("a subprocess", "communicate", "subprocess"),
+    ("subprocess.py", "Popen.wait"): ("a subprocess", "wait", "subprocess"),
+    ("subprocess.py", "Popen._wait"): ("a subprocess", "wait", "subprocess"),
 }
 
 
@@ -116,6 +116,8 @@ class LibraryWait(NamedTuple):
 
     what: str
     site: Frame | None
+    #: A word for it, a table's column: "subprocess".
+    thing: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -125,7 +127,7 @@ def library_wait(stack: tuple[Frame, ...]) -> LibraryWait | None:
     third-party library's: the calling line) include a call of ``_WAITS_FOR``; the
     outermost of them names it (``run`` -> ``communicate`` -> ``wait``: communicate).
     None otherwise (the reason, ``select``, says it then)."""
-    found: tuple[str, str] | None = None
+    found: tuple[str, str, str] | None = None
     site: Frame | None = None
     for frame in stack:
         if not is_library(frame):
@@ -135,8 +137,8 @@ def library_wait(stack: tuple[Frame, ...]) -> LibraryWait | None:
         found = _WAITS_FOR.get((name, frame.function), found)
     if found is None:
         return None
-    what, call = found
-    return LibraryWait(f"waiting for {what} ({call})", site)
+    what, call, thing = found
+    return LibraryWait(f"waiting for {what} ({call})", site, thing)
 
 
 def wait_name(reason: enum.Enum | None, stack: tuple[Frame, ...]) -> str:

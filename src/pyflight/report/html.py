@@ -343,8 +343,10 @@ def _moments_html(finding: Finding) -> str:
 
 def _breakdown_html(rows: Sequence[Any], limit: int = 50) -> str:
     reasons = sorted({r for row in rows for r, ns in row.blocked.items() if ns})
+    things = sorted({t for row in rows for t, ns in row.waiting_for.items() if ns})
     head = ["name", "count", "total", "running", "ready"]
-    head += [f"blocked: {BlockReason(r).name.lower()}" for r in reasons] + ["gc", "idle", "unknown"]
+    head += [f"blocked: {BlockReason(r).name.lower()}" for r in reasons]
+    head += [f"waiting for: {t}" for t in things] + ["gc", "idle", "unknown"]
     out = [
         "<table><tr>"
         + "".join(
@@ -355,6 +357,7 @@ def _breakdown_html(rows: Sequence[Any], limit: int = 50) -> str:
     out.append("</tr>")
     for row in rows[:limit]:
         values = [row.total, row.running, row.ready, *[row.blocked.get(r, 0) for r in reasons]]
+        values += [row.waiting_for.get(t, 0) for t in things]
         values += [row.gc, row.idle, row.unknown]
         total = row.total or 1
         cells = "".join(

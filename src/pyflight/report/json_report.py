@@ -27,6 +27,8 @@ def row_dict(row: BreakdownRow) -> dict[str, Any]:
         "running_ns": row.running,
         "ready_ns": row.ready,
         "blocked_ns": {reason.name.lower(): ns for reason, ns in sorted(row.blocked.items()) if ns},
+        # blocks inside a library call that names what they waited for ("subprocess")
+        "waiting_for_ns": {thing: ns for thing, ns in sorted(row.waiting_for.items()) if ns},
         "gc_ns": row.gc,
         "idle_ns": row.idle,
         "unknown_ns": row.unknown,

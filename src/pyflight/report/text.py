@@ -46,12 +46,14 @@ def _ms(ns: int) -> str:
 
 def breakdown_lines(rows: Sequence[BreakdownRow], limit: int = 20) -> list[str]:
     reasons = sorted({r for row in rows for r, ns in row.blocked.items() if ns})
+    things = sorted({t for row in rows for t, ns in row.waiting_for.items() if ns})
     header = ["name", "count", "total ms", "running", "ready"]
-    header += [f"{BlockReason(r).name.lower()}" for r in reasons] + ["gc", "idle", "unknown"]
+    header += [f"{BlockReason(r).name.lower()}" for r in reasons] + things + ["gc", "idle", "unknown"]
     body = []
     for row in rows[:limit]:
         cells = [_clean(row.name)[:40], str(row.count), _ms(row.total), _ms(row.running), _ms(row.ready)]
         cells += [_ms(row.blocked.get(r, 0)) for r in reasons]
+        cells += [_ms(row.waiting_for.get(t, 0)) for t in things]
         cells += [_ms(row.gc), _ms(row.idle), _ms(row.unknown)]
         body.append(cells)
     lines = _table(header, body, right_from=1)
