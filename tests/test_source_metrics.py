@@ -49,9 +49,11 @@ def test_registered() -> None:
 def test_counters_at_ten_per_second(tmp_path: Path) -> None:
     rec = pyflight.FlightRecorder(sources=["metrics"]).start()
     try:
-        # one thread of the recorder's own: the metrics share the recorder's ticks
-        (thread,) = [t for t in threading.enumerate() if t.name.startswith("pyflight-")]
-        assert thread.name == metrics.THREAD_NAME == "pyflight-ticker"
+        # the metrics share the recorder's ticks: one thread, no other of their own
+        # (other tests' servers may have left threads named pyflight-... of their kind)
+        (thread,) = ticker_threads()
+        assert metrics.THREAD_NAME == "pyflight-ticker"
+        assert not [t for t in threading.enumerate() if t.name == "pyflight-metrics"]
         assert thread.daemon
         time.sleep(1.0)
         trace = snapshot(rec, tmp_path)
