@@ -50,6 +50,7 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait": ("io-wait", "fetch_remote"),
     "io_wait_threads": ("io-wait", "download_chunks"),
     "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
+    "timeouts_threads": ("io-wait", "fetch_quote"),  # requests calls running into their timeout
     "io_wait_asyncio": ("io-wait", "fetch_price"),  # tasks awaiting a socket read: sampled chains
     "io_wait_aiohttp_body": ("io-wait", "download"),  # bodies trickling in: aiohttp's StreamReader._wait
     "pool_exhausted_aiohttp": ("library-wait", "fetch_quote"),

@@ -28,8 +28,9 @@ import pytest
 
 import pyflight
 import pyflight.sources.blocking as blocking_mod
+from pyflight.analysis import build
 from pyflight.core import backend
-from pyflight.core.events import IO_SENDS, BlockReason, Kind
+from pyflight.core.events import IO_SENDS, IO_TIMED_OUT, BlockReason, Kind
 from pyflight.sources import REGISTRY, SourceWarning
 
 C = blocking_mod._c_core()
@@ -93,13 +94,16 @@ def of_kind(trace: pyflight.Trace, *kinds: Kind) -> list[pyflight.Event]:
 
 def blocks(trace: pyflight.Trace, reason: BlockReason, obj: int | None = None) -> list[tuple[Any, Any]]:
     """(BLOCK_BEGIN, BLOCK_END) pairs for `reason` (and `obj`: for a socket, its calls
-    that send too, whose obj has IO_SENDS set), matched per thread."""
+    that send too, whose obj has IO_SENDS set), matched per thread (an END's IO_TIMED_OUT
+    bit aside)."""
     open_: dict[tuple[int, int], Any] = {}
     pairs = []
     for e in sorted(of_kind(trace, Kind.BLOCK_BEGIN, Kind.BLOCK_END), key=lambda e: e.time):
-        if e.arg("reason") != reason or (obj is not None and e.arg("obj") & ~IO_SENDS != obj):
+        if e.arg("reason") != reason or (
+            obj is not None and e.arg("obj") & ~(IO_SENDS | IO_TIMED_OUT) != obj
+        ):
             continue
-        key = (e.thread, e.arg("obj"))
+        key = (e.thread, e.arg("obj") & ~IO_TIMED_OUT if reason == BlockReason.IO else e.arg("obj"))
         if e.kind == Kind.BLOCK_BEGIN:
             assert key not in open_, f"nested block on {key}"
             open_[key] = e
@@ -570,6 +574,42 @@ def test_blocking_socket_recv_and_nonblocking_skipped(rec: pyflight.FlightRecord
     assert blocks(trace, BlockReason.IO, id(server)), "accept() on the server thread"
     # (ids of closed sockets are reused: look at this thread only)
     assert not [p for p in blocks(trace, BlockReason.IO, id(a)) if p[0].thread == me]
+
+
+def test_a_socket_call_that_times_out_says_so(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:
+    """A recv that runs into the socket's timeout: its BLOCK_END's obj has IO_TIMED_OUT
+    (the wait was the timeout, not the partner's answer); one the answer ends does not,
+    and the model's block says ``timed_out``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname(), timeout=5)
+    conn, _ = server.accept()
+
+    def read_silence() -> bytes:
+        return client.recv(10)
+
+    def read_answer() -> bytes:
+        return client.recv(10)
+
+    client.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        read_silence()
+    client.settimeout(5)
+    timer = threading.Timer(0.05, conn.sendall, (b"x",))
+    timer.start()
+    assert read_answer() == b"x"
+    timer.join()
+    for s in (client, conn, server):
+        s.close()
+    trace = snapshot(rec, tmp_path)
+    assert trace.meta.get("blocking.io_timeouts")
+    ends = {functions(b)[0]: (b, e) for b, e in blocks(trace, BlockReason.IO, id(client)) if b.stack}
+    begin, end = ends["read_silence"]
+    assert begin.arg("obj") == id(client) and end.arg("obj") == id(client) | IO_TIMED_OUT
+    assert end.time - begin.time >= 40 * MS
+    begin, end = ends["read_answer"]
+    assert begin.arg("obj") == end.arg("obj") == id(client)
+    timed = [b for b in build(trace).blocks if b.timed_out]
+    assert [(b.obj, b.reason) for b in timed] == [(id(client), BlockReason.IO)]  # the bit taken out
 
 
 def test_select_and_selectors(rec: pyflight.FlightRecorder, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from pyflight.analysis.own_frames import program_stack
 from pyflight.analysis.pools import pools_of
 from pyflight.analysis.queries import SAMPLER_INTERVAL_COUNTER
 from pyflight.core import FORCE_PURE_ENV
-from pyflight.core.events import BlockReason, Kind, TaskOutcome, ThreadState
+from pyflight.core.events import IO_TIMED_OUT, BlockReason, Kind, TaskOutcome, ThreadState
 from pyflight.format.reader import Event, Trace
 
 _REASONS: dict[int, BlockReason] = {int(r): r for r in BlockReason}
@@ -59,6 +59,7 @@ RUNNING, READY, BLOCKED, GC, IDLE, UNKNOWN = (
 )
 _AWAIT = BlockReason.AWAIT
 _OTHER = BlockReason.OTHER
+_IO = BlockReason.IO
 #: Ends that may close a state begun before the window: they do not by themselves say the
 #: thread ran (every other event of a thread does).
 _NO_TOUCH = frozenset({Kind.BLOCK_END, Kind.GC_END, Kind.LOOP_IDLE_END})
@@ -483,14 +484,19 @@ class Builder:
     def block_end(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, reason_v, obj, waker = e
         reason = _REASONS.get(reason_v, _OTHER)
+        timed_out = False
+        if obj & IO_TIMED_OUT and reason is _IO:  # the socket call ended by its timeout
+            obj &= ~IO_TIMED_OUT
+            timed_out = True
         entry = th.pop(t, BLOCKED, reason)
         woken = False
         if entry is not None:
             woken = entry[6]
             holder = self._holder(tid, entry[5]) if self.holders else 0
-            self.blocks.append(Block(tid, entry[5], t, reason, obj, waker, entry[3], holder))
+            self.blocks.append(Block(tid, entry[5], t, reason, obj, waker, entry[3], holder, timed_out))
         elif th.retro(t, BLOCKED, reason, obj):
-            self.blocks.append(Block(tid, -1, t, reason, obj, waker, ()))  # -1: the thread's start
+            # -1: the thread's start
+            self.blocks.append(Block(tid, -1, t, reason, obj, waker, (), 0, timed_out))
         elif not th.touched:
             th.touch(t)
         if waker and not woken:

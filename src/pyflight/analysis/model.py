@@ -93,7 +93,8 @@ class Block(NamedTuple):
     it where a GC pause or the wake-up falls); ``waker`` the thread that ended it, 0 if
     unknown; a block still open at the end of the thread's timeline ends there.
     ``holder``: for a lock wait, the thread that held the lock as the wait began (its
-    LOCK_HELD; C core), 0 if not known."""
+    LOCK_HELD; C core), 0 if not known. ``timed_out``: a socket call that ended by its
+    timeout (its BLOCK_END's ``IO_TIMED_OUT`` bit, taken out of ``obj``)."""
 
     tid: int
     start: int
@@ -103,6 +104,7 @@ class Block(NamedTuple):
     waker: int
     stack: Stack
     holder: int = 0
+    timed_out: bool = False
 
 
 class Step(NamedTuple):

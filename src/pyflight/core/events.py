@@ -200,6 +200,11 @@ class BlockReason(enum.IntEnum):
 #: by a call that sends or opens a connection; clear for one that receives. Traces whose
 #: metadata has ``blocking.io_sends`` say this bit; older ones leave it clear throughout.
 IO_SENDS = 1
+#: Set in the obj of an IO block's BLOCK_END (bit 1: objects are 8-byte aligned) when the
+#: call ended by its socket's timeout (it raised ``TimeoutError``): the wait was the
+#: timeout itself, not the network's answer. Traces whose metadata has
+#: ``blocking.io_timeouts`` say this bit; older ones leave it clear throughout.
+IO_TIMED_OUT = 2
 
 
 class TaskOutcome(enum.IntEnum):

@@ -32,7 +32,8 @@ What is hooked, and how (the hot paths are in C, ``_core_lock.c``):
 - ``threading.Thread.join`` (JOIN; obj and waker are the joined thread's native id),
   ``time.sleep`` (SLEEP; obj is the time asked for, in ns: the analysis states what the
   sleep took beyond it as a wait for the GIL), blocking socket operations (IO, obj
-  ``id(socket)``, bit 0 set by a call that sends, ``IO_SENDS``: ``socket.socket`` recv,
+  ``id(socket)``, bit 0 set by a call that sends, ``IO_SENDS``, and bit 1 in the
+  BLOCK_END of a call that ended by the socket's timeout, ``IO_TIMED_OUT``: ``socket.socket`` recv,
   recv_into, recvfrom, recvfrom_into, recvmsg, send, sendall, sendto, sendmsg, accept,
   connect, connect_ex, and ``ssl.SSLSocket`` recv, recv_into, read, write, send, sendall,
   do_handshake, unwrap, which read and write through OpenSSL; only on sockets whose
@@ -90,7 +91,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from pyflight.core import backend
-from pyflight.core.events import IO_SENDS, BlockReason, Kind
+from pyflight.core.events import IO_SENDS, IO_TIMED_OUT, BlockReason, Kind
 from pyflight.sources import _sends, register
 from pyflight.sources._import_watch import ImportWatcher
 from pyflight.sources.base import Source
@@ -231,6 +232,7 @@ class BlockingSource(Source):
             return {}
         return {
             "blocking.io_sends": "bit 0 of a socket IO block's obj: the call sends",
+            "blocking.io_timeouts": "bit 1 of a socket IO BLOCK_END's obj: the call timed out",
             "blocking.step_sends": "a task's step that sent on a socket is TASK_STEP_SENT / TASK_SENT",
         }
 
@@ -357,12 +359,17 @@ class BlockingSource(Source):
         except Exception as exc:
             self._fault(exc)
             return func(*args, **kwargs)
+        end_obj = obj
         try:
             return func(*args, **kwargs)
+        except TimeoutError:
+            if reason == _IO:  # ended by the socket's timeout, not by the network's answer
+                end_obj = obj | IO_TIMED_OUT
+            raise
         finally:
             if self._active:
                 try:
-                    record(_BLOCK_END, reason, obj, 0 if waker is None else waker())
+                    record(_BLOCK_END, reason, end_obj, 0 if waker is None else waker())
                 except Exception as exc:
                     self._fault(exc)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from programs import findings_of, record_named
+from programs import PROGRAMS, findings_of, marked_line, record_named, top_warning
 from pyflight.analysis.model import build
 from pyflight.analysis.queries import sampler_ticks
 from pyflight.analysis.rules import INFO, WARNING, Finding, find
-from pyflight.core.events import BlockReason, Kind, ThreadState
+from pyflight.core.events import IO_TIMED_OUT, BlockReason, Kind, ThreadState
 from pyflight.format.reader import loads
 from tracegen import Gen, trace
 
@@ -676,3 +676,44 @@ def test_a_worker_waiting_for_its_next_job_in_a_blocking_pop_is_idle() -> None:
         and slow.culprit.function == "work"
         and slow.evidence["wait_ns"] >= 8 * 400 * MS
     )
+
+
+def test_calls_that_run_into_their_timeout_are_told_as_timeouts(tmp_path: Path) -> None:
+    """Workers whose requests calls (timeout=0.3) run into their timeout half the time:
+    the story is the timeouts (how many, how long each, where), not "add timeouts"."""
+    program = "timeouts_threads"
+    finding = top_warning(findings_of(record_named(program, tmp_path)), "io-wait")
+    assert "ran into their timeout" in finding.title, finding.title
+    assert finding.evidence["timed_out"] >= 5, finding.evidence
+    assert 250 * MS <= finding.evidence["timeout_median_ns"] <= 450 * MS, finding.evidence
+    assert finding.evidence["timed_out_ns"] >= 0.5 * finding.evidence["wait_ns"], finding.evidence
+    assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
+    assert finding.culprit.line == marked_line(PROGRAMS / f"{program}.py", "# TIMEOUT LINE")
+    assert "circuit breaker" in finding.hint and "add timeouts" not in finding.hint
+
+
+def test_a_few_timeouts_among_many_slow_reads_are_said_not_made_the_story() -> None:
+    """Synthetic: one read in forty ran into its timeout; the threads mostly waited for
+    slow answers. The finding counts the timeout only if it is a story of its own."""
+    g = Gen(seq=1, start_ns=0, end_ns=2000 * MS)
+    read = (("SocketIO.readinto", "/py/socket.py", 700), ("fetch", "/srv/app.py", 12))
+    for tid in (1, 2):
+        g.event(tid, Kind.THREAD_START, 0, tid=tid, name=f"worker-{tid}", ident=tid, parent=0)
+        for k in range(40):
+            start = k * 45 * MS + MS
+            end = start + 40 * MS
+            timed_out = tid == 1 and k == 7
+            g.event(tid, Kind.BLOCK_BEGIN, start, reason=BlockReason.IO, obj=16 * tid, stack=read)
+            g.event(
+                tid,
+                Kind.BLOCK_END,
+                end,
+                reason=BlockReason.IO,
+                obj=16 * tid | (IO_TIMED_OUT if timed_out else 0),
+                waker=0,
+            )
+    model = build(loads(trace([g])))
+    assert [b.obj for b in model.blocks if b.timed_out] == [16]  # the bit is taken out of obj
+    (finding,) = [f for f in find(model) if f.rule == "io-wait"]
+    assert finding.evidence["timed_out"] is None and "timeout" not in finding.title
+    assert "add timeouts" in finding.hint

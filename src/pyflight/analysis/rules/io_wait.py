@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pyflight.analysis.model import State
 from pyflight.analysis.rules.base import Rule
@@ -44,6 +44,18 @@ from pyflight.analysis.units import MS, fmt_ns, pct
 
 #: Socket calls this short (median) on a GIL-busy process are mostly the GIL wait after them.
 SHORT_CALL = 20 * MS
+#: Socket calls that ran into their timeout are told apart from the other waits when there
+#: are at least this many, or they are at least this share of the threads' I/O wait.
+MIN_TIMEOUTS = 3
+TIMEOUTS_SHARE = 0.2
+
+_TIMEOUT_HINT = (
+    "Calls ran into their timeout: the other side did not answer in time, and the wait "
+    "was the timeout itself, each time, before the call failed. More threads or retries "
+    "wait more, not sooner. Find why the other side stalls (its own trace, its pool, its "
+    "locks); where a late answer is useless, fail sooner (a shorter timeout); stop calling "
+    "a failing partner for a while (a circuit breaker). "
+)
 
 
 #: How the words of a library coroutine's name begin when the task waits for I/O
@@ -286,10 +298,9 @@ def _thread_io_waits(model: Model) -> list[Finding]:
     listening: list[tuple[ThreadTimeline, Interval]] = []
     idle_consumers_ns = 0
     for t, iv in blocked_waits(model, BlockReason.IO):
-        if waits_for_connection(iv.stack) or waits_for_next_request(iv.stack):
-            continue
-        if waits_for_a_job(iv.stack):
-            idle_consumers_ns += iv.end - iv.start
+        if not _counted(iv.stack):
+            if waits_for_a_job(iv.stack):
+                idle_consumers_ns += iv.end - iv.start
             continue
         (listening if within(listening_spans.get(t.tid), iv) else waits).append((t, iv))
     total = sum(iv.end - iv.start for _, iv in waits)
@@ -318,6 +329,12 @@ def _thread_io_waits(model: Model) -> list[Finding]:
     where, where_ns = by_function(weights)
     worst_t, worst = max(waits, key=lambda tw: tw[1].end - tw[1].start)
     score = clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)]))
+    timeouts = _timeouts(model, threads, listening_spans)
+    if timeouts is not None:
+        # each one a failed call: what share of the lives of the threads they happened on
+        score = max(score, clamp_score(ramp(timeouts.share, [(0.05, 35), (0.15, 60), (0.3, 75), (0.6, 85)])))
+        if timeouts.where is not None:
+            where = timeouts.where
     # short socket calls on a process whose GIL stayed busy: a thread back from send or
     # recv waits for the GIL before its call returns (the stand-in cannot tell that from
     # the network), so much of this is CPU contention
@@ -343,6 +360,7 @@ def _thread_io_waits(model: Model) -> list[Finding]:
             title=(
                 f"Threads waited {fmt_ns(total)} on blocking I/O ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
+                + (timeouts.clause if timeouts is not None else "")
                 + loop_note
                 + listen_note
                 + (
@@ -367,6 +385,9 @@ def _thread_io_waits(model: Model) -> list[Finding]:
                 "listening_ns": listened or None,
                 "idle_consumers_ns": idle_consumers_ns or None,
                 "gil_busy_share": round(busy[0], 3) if busy is not None else None,
+                "timed_out": timeouts.calls if timeouts is not None else None,
+                "timed_out_ns": timeouts.total if timeouts is not None else None,
+                "timeout_median_ns": timeouts.median if timeouts is not None else None,
             },
             moments=moments_of(
                 [
@@ -382,8 +403,11 @@ def _thread_io_waits(model: Model) -> list[Finding]:
             ),
             hint=(
                 (GIL_BOUND_HINT if gil_bound else "")
+                + (_TIMEOUT_HINT if timeouts is not None else "")
                 + "Time goes to waiting for the network or disk. Issue requests concurrently "
-                "(a pool, asyncio), reuse connections, add timeouts, cache answers, or batch calls."
+                "(a pool, asyncio), reuse connections, "
+                + ("" if timeouts is not None else "add timeouts, ")
+                + "cache answers, or batch calls."
                 + (
                     " On the event loop's thread, use an async client or `asyncio.to_thread(...)`."
                     if loop_note
@@ -392,6 +416,59 @@ def _thread_io_waits(model: Model) -> list[Finding]:
             ),
         )
     ]
+
+
+class _Timeouts(NamedTuple):
+    calls: int
+    total: int  # ns spent in the calls that timed out
+    median: int
+    share: float  # of the lifetimes of the threads they happened on
+    where: Frame | None
+    clause: str  # for the title
+
+
+def _counted(stack: Sequence[Frame]) -> bool:
+    """An I/O wait this rule counts: not a server waiting for a connection or its next
+    request, nor a consumer for its next job."""
+    return not (waits_for_connection(stack) or waits_for_next_request(stack) or waits_for_a_job(stack))
+
+
+def _timeouts(
+    model: Model, threads: dict[int, ThreadTimeline], listening: dict[int, list[tuple[int, int]]]
+) -> _Timeouts | None:
+    """The counted socket calls of ``threads`` that ran into their timeout (the recorder
+    marks their BLOCK_END, metadata ``blocking.io_timeouts``), when they are a story:
+    enough of them, or a fair share of the threads' I/O wait. A server's ``accept`` that
+    times out to look for a stop flag, or a feed's read, is no failed call."""
+    ended = [
+        b
+        for b in model.blocks
+        if b.timed_out
+        and b.tid in threads
+        and b.start >= 0
+        and _counted(b.stack)
+        and not within(listening.get(b.tid), b)  # type: ignore[arg-type]
+    ]
+    if not ended:
+        return None
+    total = sum(b.end - b.start for b in ended)
+    waited = sum(b.end - b.start for b in model.blocks if b.reason is BlockReason.IO and b.tid in threads)
+    if len(ended) < MIN_TIMEOUTS and total < TIMEOUTS_SHARE * max(waited, 1):
+        return None
+    weights: dict[Frame, float] = defaultdict(float)
+    for b in ended:
+        frame = user_frame(b.stack)
+        if frame is not None:
+            weights[frame] += b.end - b.start
+    where, _ = by_function(weights)
+    lives = sum(lifetime(threads[tid]) for tid in {b.tid for b in ended}) or 1
+    median = int(statistics.median(b.end - b.start for b in ended))
+    clause = (
+        f"; {len(ended)} call(s) ran into their timeout (~{fmt_ns(median)} each, {fmt_ns(total)} in all)"
+        + (f" in {where.function}" if where is not None else "")
+        + ": the other side did not answer in time"
+    )
+    return _Timeouts(len(ended), total, median, total / lives, where, clause)
 
 
 RULE = Rule("io-wait", ("io-wait",), rule_io_wait)

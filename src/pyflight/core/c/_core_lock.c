@@ -63,6 +63,7 @@
 /* The low bit of a socket block's obj (id(socket): objects are aligned, so it is free)
  * says the call sends: the analysis tells a wait for an answer from a wait for a push. */
 #define IO_SENDS 1
+#define IO_TIMED_OUT 2 /* on BLOCK_END: the socket call raised TimeoutError (events.py) */
 
 static struct {
     int active;               /* the source is installed: hooks record (when the core records) */
@@ -883,11 +884,14 @@ static PyObject *hook_call(Hook *h, PyObject *const *args, size_t nargsf, PyObje
     if (io) tls_in_io = 1;
     PyObject *r = PyObject_Vectorcall(h->func, args, nargsf, kwnames);
     if (io) tls_in_io = 0;
+    /* a socket call that ended by its timeout: the END says so (socket.timeout is TimeoutError) */
+    uint64_t end_obj = obj_id;
+    if (!r && io && obj && PyErr_ExceptionMatches(PyExc_TimeoutError)) end_obj |= IO_TIMED_OUT;
     SavedExc saved;
     exc_save(&saved);
     pyfl_pending_end(&begin, stack_min_now());
     if (recording()) {
-        uint64_t v[3] = {reason, obj_id, 0};
+        uint64_t v[3] = {reason, end_obj, 0};
         pyfl_record_ints(K_BLOCK_END, 3, v);
     }
     exc_restore(&saved);
