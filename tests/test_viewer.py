@@ -843,9 +843,10 @@ def test_the_waker_is_linked_even_when_it_ended_before_the_wake_up_was_noted() -
 
 def test_a_socket_call_says_which_way_it_went() -> None:
     """A send and the receive after it on one socket: the slice shows the socket (not
-    the direction bit the recorder sets in its id) and whether it sent or received."""
+    the direction bit the recorder sets in its id) and whether it sent or received; a
+    receive that ran into its timeout says so."""
     from pyflight.analysis.model import build
-    from pyflight.core.events import IO_SENDS, BlockReason, Kind
+    from pyflight.core.events import IO_SENDS, IO_TIMED_OUT, BlockReason, Kind
     from pyflight.format.reader import loads
     from pyflight.viewer.api import TimelineApi
     from tracegen import Gen, trace
@@ -853,9 +854,13 @@ def test_a_socket_call_says_which_way_it_went() -> None:
     ms, sock = 1_000_000, 0x7F3A5C40
     g = Gen(seq=1, start_ns=0, end_ns=100 * ms)
     g.event(1, Kind.THREAD_START, 0, tid=1, name="client", ident=1, parent=0)
-    for start, end, obj in ((10, 12, sock | IO_SENDS), (12, 60, sock)):
+    for start, end, obj, timed_out in (
+        (10, 12, sock | IO_SENDS, 0),
+        (12, 60, sock, 0),
+        (60, 90, sock, IO_TIMED_OUT),
+    ):
         g.event(1, Kind.BLOCK_BEGIN, start * ms, reason=BlockReason.IO, obj=obj, stack=(("ask", "/a.py", 3),))
-        g.event(1, Kind.BLOCK_END, end * ms, reason=BlockReason.IO, obj=obj, waker=0)
+        g.event(1, Kind.BLOCK_END, end * ms, reason=BlockReason.IO, obj=obj | timed_out, waker=0)
     api = TimelineApi(build(loads(trace([g], meta={"blocking.io_sends": "bit 0"}))))
     row = next(row for row in api.rows if row.name.startswith("client"))
     assert row.lod is not None
@@ -864,6 +869,7 @@ def test_a_socket_call_says_which_way_it_went() -> None:
     assert [(d["object"], d["detail"], d["duration"]) for d in details if d] == [
         (sock, "sending", 2 * ms),
         (sock, "receiving", 48 * ms),
+        (sock, "receiving, ran into its timeout", 30 * ms),
     ]
 
 

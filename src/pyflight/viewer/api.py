@@ -152,9 +152,13 @@ class TimelineApi:
                 self._wakes_of_thread[wake.target].append(wake)
         # lock waits whose holder is known (LOCK_HELD): tid -> sorted (start, end, holder)
         self._held_by: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+        # socket calls that ran into their timeout: tid -> sorted (start, end)
+        self._timed_out: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
         for block in self.model.blocks:
             if block.holder:
                 self._held_by[block.tid].append((block.start, block.end, block.holder))
+            if block.timed_out:
+                self._timed_out[block.tid].append((block.start, block.end))
         self._functions: dict[tuple[str, str, int], list[tuple[int, int]]] | None = None
         self._build_rows()
 
@@ -504,6 +508,9 @@ class TimelineApi:
             if ref.reason is BlockReason.IO and ref.obj and self.model.trace.meta.get("blocking.io_sends"):
                 out["object"] = ref.obj & ~IO_SENDS  # the socket; the bit says which way
                 out["detail"] = out["detail"] or ("sending" if ref.obj & IO_SENDS else "receiving")
+            timed_out = ref.reason is BlockReason.IO and row.kind == "thread"
+            if timed_out and self._ran_into_timeout(row.tid, start):
+                out["detail"] = (out["detail"] + ", " if out["detail"] else "") + "ran into its timeout"
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
             if ref.state is State.BLOCKED or ref.state is State.READY:
@@ -563,6 +570,14 @@ class TimelineApi:
                 return self._wake_dict(wake)
             j -= 1
         return None
+
+    def _ran_into_timeout(self, tid: int, start: int) -> bool:
+        """Whether the socket call of ``tid`` covering ``start`` ended by its timeout."""
+        spans = self._timed_out.get(tid)
+        if not spans:
+            return False
+        j = bisect_right(spans, (start, 1 << 62)) - 1
+        return j >= 0 and spans[j][0] <= start < spans[j][1]
 
     def _holder(self, tid: int, start: int) -> dict[str, Any] | None:
         """Who held the lock a wait of ``tid`` covering ``start`` was for (a slice is a
