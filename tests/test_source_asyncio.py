@@ -7,6 +7,7 @@ import asyncio
 import asyncio.base_events
 import asyncio.events
 import asyncio.tasks
+import asyncio.timeouts
 import functools
 import gc
 import os
@@ -64,6 +65,7 @@ def patched_attributes() -> dict[str, Any]:
         "create_task": asyncio.base_events.BaseEventLoop.__dict__["create_task"],
         "run_forever": asyncio.base_events.BaseEventLoop.__dict__["run_forever"],
         "_set_task_name": asyncio.tasks.__dict__.get("_set_task_name"),
+        "_on_timeout": asyncio.timeouts.Timeout.__dict__["_on_timeout"],
     }
 
 
@@ -1017,3 +1019,39 @@ def test_loop_select_records_waits_not_polls(tmp_path: Path) -> None:
     ends = [e for e in of_kind(trace, Kind.LOOP_IDLE_END) if e.arg("loop") == loop_id]
     begins = [e for e in of_kind(trace, Kind.LOOP_IDLE_BEGIN) if e.arg("loop") == loop_id]
     assert len(begins) == len(ends) >= 1
+
+
+@pytest.mark.parametrize("implementation", ["c", "python"])
+def test_a_timeout_that_runs_out_is_recorded_on_its_task(tmp_path: Path, implementation: str) -> None:
+    """``asyncio.timeout`` (and ``wait_for``, which uses it on 3.12+): TASK_TIMEOUT(task)
+    when the timeout runs out, before the task is cancelled; a timeout that does not run
+    out records nothing (the wrapper runs only when one fires)."""
+    if implementation == "c" and BACKEND_NAME != "c":
+        pytest.skip("the C core's steps")
+
+    async def slow_call() -> None:
+        await asyncio.sleep(1)
+
+    async def caller() -> tuple[int, int]:
+        missed = in_time = 0
+        for _ in range(3):
+            try:
+                async with asyncio.timeout(0.02):
+                    await slow_call()
+            except TimeoutError:
+                missed += 1
+        async with asyncio.timeout(1):
+            await asyncio.sleep(0.01)
+            in_time += 1
+        return missed, in_time
+
+    async def main() -> tuple[int, tuple[int, int]]:
+        task = asyncio.create_task(caller(), name="caller")
+        return id(task), await task
+
+    (task_id, result), trace = run_traced(main, tmp_path, implementation)
+    assert result == (3, 1)
+    timeouts = of_kind(trace, Kind.TASK_TIMEOUT)
+    assert [e.arg("task") for e in timeouts] == [task_id] * 3
+    (caller_task,) = [t for t in build(trace).all_tasks() if t.name == "caller"]
+    assert len(caller_task.timeouts) == 3

@@ -141,6 +141,7 @@ class Builder:
             Kind.TASK_READY: self.task_ready,
             Kind.TASK_DONE: self.task_done,
             Kind.TASK_SENT: self.task_sent,
+            Kind.TASK_TIMEOUT: self.task_timeout,
             Kind.CALLBACK_BEGIN: self.callback_begin,
             Kind.CALLBACK_END: self.callback_end,
             Kind.LOOP_IDLE_BEGIN: self.loop_idle_begin,
@@ -310,6 +311,15 @@ class Builder:
             if tk.sent is None:
                 tk.sent = []
             tk.sent.append(tk.steps[-1].end if tk.steps and tk.steps[-1].end <= t else t)
+
+    def task_timeout(self, e: Event, _th: ThreadMachine) -> None:
+        """TASK_TIMEOUT: a timeout of the task ran out; it is cancelled now."""
+        _kind, t, _tid, task_id = e
+        tk = self.tasks.get(task_id)
+        if tk is not None and tk.done is None:
+            if tk.timeouts is None:
+                tk.timeouts = []
+            tk.timeouts.append(t)
 
     def task_step_end(self, e: Event, th: ThreadMachine) -> None:
         _kind, t, tid, task_id = e
@@ -739,6 +749,7 @@ class Builder:
             end=t_end,
             columns=tk.columns,
             sent=tk.sent or [],
+            timeouts=tk.timeouts or [],
         )
 
     def _attach_to_user_tasks(self) -> None:

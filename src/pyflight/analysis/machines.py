@@ -154,6 +154,7 @@ class TaskMachine:
         "steps",
         "stop",
         "thread",
+        "timeouts",
     )
 
     def __init__(
@@ -188,6 +189,7 @@ class TaskMachine:
         self.step_open: int | None = None
         self.stop: int | None = None  # its id was reused by a new task at this time
         self.sent: list[int] | None = None  # the ends of its steps that sent on a socket (TASK_SENT)
+        self.timeouts: list[int] | None = None  # when its timeouts ran out (TASK_TIMEOUT)
         # TASK_BLOCK seen during the open step: (reason, obj, stack, what), applied at its end
         self.pending: tuple[BlockReason, int, Stack, str] | None = None
 

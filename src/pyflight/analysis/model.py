@@ -225,6 +225,9 @@ class TaskTimeline:
     #: the ends of its steps that sent on a socket (TASK_SENT; traces with metadata
     #: ``blocking.step_sends``), in time order
     sent: list[int] = dataclasses.field(default_factory=list)
+    #: when its timeouts ran out (TASK_TIMEOUT: ``asyncio.timeout``, ``wait_for`` on 3.12+,
+    #: aiohttp's ``ClientTimeout``), each cancelling the wait it was in, in time order
+    timeouts: list[int] = dataclasses.field(default_factory=list)
 
     def time_in(self, state: State, reason: BlockReason | None = None) -> int:
         return _time_in(self.intervals, state, reason)

@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     LOOP_STALL = 24
     CALLBACK = 25
     TASK_SENT = 26
+    TASK_TIMEOUT = 27
     # blocking in threads
     BLOCK_BEGIN = 30
     BLOCK_END = 31
@@ -133,6 +134,9 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     # the step of `task` that ended at this time sent on a socket (recorded after the
     # step's TASK_STEP_END when the step was written as a pair; else made by the reader)
     Kind.TASK_SENT: _args("task:u"),
+    # a timeout of `task` ran out (asyncio.timeout, wait_for on 3.12+, aiohttp's
+    # ClientTimeout): it is being cancelled now, and the wait it was in fails
+    Kind.TASK_TIMEOUT: _args("task:u"),
     Kind.LOOP_IDLE_BEGIN: _args("loop:u"),
     Kind.LOOP_IDLE_END: _args("loop:u events:u"),
     # a step or callback running longer than the stall threshold, with a stack taken during it

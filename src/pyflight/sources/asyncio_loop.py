@@ -192,6 +192,17 @@ _C_KINDS = (
 )
 #: after the END of a step that sent on a socket (the Python Handle._run)
 _TASK_SENT = int(Kind.TASK_SENT)
+_TASK_TIMEOUT = int(Kind.TASK_TIMEOUT)
+
+#: Python callbacks a loop runs when a timeout runs out, each about to cancel the tasks it
+#: guards: (module, class, method, attribute of the instance holding the task or the
+#: tasks). asyncio's ``timeout()`` (which ``wait_for`` uses on 3.12+) and aiohttp's
+#: ``ClientTimeout`` (its ``TimerContext``). Wrapped to record TASK_TIMEOUT(task) first:
+#: they run only when a timeout fires, so the program's normal path pays nothing.
+TIMEOUT_CALLBACKS = (
+    ("asyncio.timeouts", "Timeout", "_on_timeout", "_task"),
+    ("aiohttp.helpers", "TimerContext", "timeout", "_tasks"),
+)
 _MISSING = object()
 
 _installed_hooks: _Hooks | None = None
@@ -397,6 +408,7 @@ class _Hooks:
         self.wait_mode = WAIT_MODES[source.task_wait]
         self.use_c = False
         self.patches: list[tuple[Any, str, Any, Any]] = []  # (owner, name, original, ours)
+        self.timeout_watchers: list[ImportWatcher] = []  # for TIMEOUT_CALLBACKS not imported yet
         # loop -> (weakref to its selector, our select, previous instance select, had mark)
         self.loops: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any, bool] | None] = (
             weakref.WeakKeyDictionary()
@@ -482,6 +494,7 @@ class _Hooks:
                 )
             if self.source.sync_waits:
                 self._patch_get_loop()
+            self._patch_timeouts()
             self._note_policy()
             self._note_existing_tasks()
             running = events._get_running_loop()
@@ -490,6 +503,46 @@ class _Hooks:
         except BaseException:
             self.remove()
             raise
+
+    def _patch_timeouts(self) -> None:
+        """Wrap the TIMEOUT_CALLBACKS of modules imported already; watch for the others."""
+        for module_name, cls_name, method, holder in TIMEOUT_CALLBACKS:
+            module = sys.modules.get(module_name)
+            if module is not None:
+                self._patch_timeout(module, cls_name, method, holder)
+                continue
+
+            imported = functools.partial(self._timeout_module_imported, cls_name, method, holder)
+            self.timeout_watchers.append(ImportWatcher(module_name, imported).install())
+
+    def _timeout_module_imported(
+        self, cls_name: str, method: str, holder: str, module: types.ModuleType
+    ) -> None:
+        with self.loops_lock:
+            if self.active:
+                self._patch_timeout(module, cls_name, method, holder)
+
+    def _patch_timeout(self, module: types.ModuleType, cls_name: str, method: str, holder: str) -> None:
+        cls = getattr(module, cls_name, None)
+        original = getattr(cls, "__dict__", {}).get(method)
+        if not isinstance(original, types.FunctionType):
+            return  # not the library we know
+        hooks = self
+        record = backend.record
+
+        @functools.wraps(original)
+        def on_timeout(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if hooks.active:
+                try:
+                    guarded = getattr(self, holder, None)
+                    for task in guarded if isinstance(guarded, (set, list, tuple)) else (guarded,):
+                        if task is not None and not task.done():
+                            record(_TASK_TIMEOUT, id(task))
+                except Exception as exc:
+                    hooks.fault(exc)
+            return original(self, *args, **kwargs)
+
+        self._patch(cls, method, original, on_timeout)
 
     def _patch_get_loop(self) -> None:
         """Wrap ``asyncio.mixins._LoopBoundMixin._get_loop``: asyncio's locks and queues
@@ -597,6 +650,9 @@ class _Hooks:
             self.loops = weakref.WeakKeyDictionary()
         if self.use_c:
             backend.asyncio_uninstall()
+        watchers, self.timeout_watchers = self.timeout_watchers, []
+        for watcher in watchers:
+            watcher.remove()
         errors: list[BaseException] = []
         for owner, name, original, ours in reversed(self.patches):
             try:
@@ -1173,6 +1229,8 @@ class AsyncioSource(Source):
             self._watcher.after_fork_in_child()
         if self._hooks is not None:
             self._hooks.loops_lock = _thread.allocate_lock()
+            for watcher in self._hooks.timeout_watchers:
+                watcher.after_fork_in_child()
 
     def _uninstall(self) -> None:
         global _installed_hooks

@@ -717,3 +717,24 @@ def test_a_few_timeouts_among_many_slow_reads_are_said_not_made_the_story() -> N
     (finding,) = [f for f in find(model) if f.rule == "io-wait"]
     assert finding.evidence["timed_out"] is None and "timeout" not in finding.title
     assert "add timeouts" in finding.hint
+
+
+def test_tasks_whose_calls_run_into_their_timeout_are_told_as_timeouts(tmp_path: Path) -> None:
+    """asyncio tasks whose aiohttp calls (ClientTimeout total=0.3) run into their timeout
+    half the time: aiohttp's timer is recorded as it fires (TASK_TIMEOUT), and the story
+    is the timeouts, not "add timeouts"."""
+    finding = top_warning(findings_of(record_named("timeouts_asyncio", tmp_path)), "io-wait")
+    assert "ran into a timeout" in finding.title, finding.title
+    assert finding.evidence["timed_out"] >= 5, finding.evidence
+    assert finding.culprit is not None and finding.culprit.function == "fetch_quote"
+    assert "circuit breaker" in finding.hint and "Add timeouts" not in finding.hint
+
+
+def test_a_timeout_that_paces_an_idle_consumer_is_no_failed_call(tmp_path: Path) -> None:
+    """Workers that wrap ``queue.get()`` in ``asyncio.timeout(0.05)`` to look at a stop
+    flag: their timeouts run out all the time, by design, and are not I/O. The I/O waits
+    of the other tasks (a slow download) are told without any timeout."""
+    findings = findings_of(record_named("healthy_polling_consumer_asyncio", tmp_path))
+    for finding in findings:
+        assert "timeout" not in finding.title, finding.title
+        assert not finding.evidence.get("timed_out"), finding.evidence

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyflight.analysis.model import State
@@ -48,6 +48,8 @@ SHORT_CALL = 20 * MS
 #: are at least this many, or they are at least this share of the threads' I/O wait.
 MIN_TIMEOUTS = 3
 TIMEOUTS_SHARE = 0.2
+#: Timeouts of one task this close together are one call's (aiohttp's inside asyncio's).
+TIMEOUT_TOGETHER = 1 * MS
 
 _TIMEOUT_HINT = (
     "Calls ran into their timeout: the other side did not answer in time, and the wait "
@@ -225,16 +227,28 @@ def _task_io_waits(model: Model) -> list[Finding]:
     worst_task, worst, _ = max(waits, key=lambda w: w[1].end - w[1].start)
     child_ns = _wall_time([w for w in waits if _reads_a_subprocess(w[1].stack)])
     child = 2 * child_ns >= total  # mostly a child's output: told as waiting for it
+    score = clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)]))
+    timeouts = 0 if child else _task_timeouts(tasks.values())
+    if timeouts:
+        # each one a failed call: how often, over the waiting tasks' lives
+        per_s = timeouts / max(life / 1e9, 1e-3)
+        score = max(score, clamp_score(ramp(per_s, [(0.1, 35), (0.5, 60), (2, 75)])))
     return [
         Finding(
             rule="io-wait",
-            score=clamp_score(ramp(share, [(0.1, 15), (0.3, 35), (0.6, 55), (0.9, 70)])),
+            score=score,
             title=(
                 f"asyncio tasks waited {fmt_ns(total)} "
                 + ("for a subprocess's output" if child else "on I/O")
                 + f" ({pct(share)} of their time)"
                 + (f", mostly in {where.function}" if where else "")
                 + f", awaiting {call_name}"
+                + (
+                    f"; {timeouts} of their calls ran into a timeout (asyncio.timeout, wait_for, "
+                    "aiohttp's ClientTimeout): the other side did not answer in time"
+                    if timeouts
+                    else ""
+                )
                 + (
                     f"; besides, connection handlers waited {fmt_ns(idle_ns)} for their clients' "
                     "next requests or messages (idle, not counted)"
@@ -263,6 +277,7 @@ def _task_io_waits(model: Model) -> list[Finding]:
                 "worst_at_s": seconds_since_start(model, worst.start),
                 "worst_task": task_label_of(worst_task),
                 **({"waiting_for": "a subprocess"} if child else {}),
+                "timed_out": timeouts or None,
             },
             moments=moments_of(
                 [
@@ -279,13 +294,29 @@ def _task_io_waits(model: Model) -> list[Finding]:
             hint=_SUBPROCESS_HINT
             if child
             else (
-                "The tasks spend their time waiting for the network (or another process's "
+                (_TIMEOUT_HINT if timeouts else "")
+                + "The tasks spend their time waiting for the network (or another process's "
                 "answer) inside the library call named: the partner is slow, or is called too "
-                "often. Add timeouts, cache answers, batch calls, or reuse connections; the "
-                "loop is free meanwhile, so this is latency, not lost throughput."
+                "often. "
+                + ("Cache" if timeouts else "Add timeouts, cache")
+                + " answers, batch calls, or reuse connections; the loop is free meanwhile, so "
+                "this is latency, not lost throughput."
             ),
         )
     ]
+
+
+def _task_timeouts(tasks: Iterable[TaskTimeline]) -> int:
+    """How many timeouts ran out on ``tasks`` (TASK_TIMEOUT; one library's timeout inside
+    another's, firing together, counts once), if at least ``MIN_TIMEOUTS``."""
+    count = 0
+    for task in tasks:
+        last = -TIMEOUT_TOGETHER
+        for t in task.timeouts:
+            if t - last >= TIMEOUT_TOGETHER:
+                count += 1
+            last = t
+    return count if count >= MIN_TIMEOUTS else 0
 
 
 def rule_io_wait(model: Model) -> list[Finding]:
