@@ -51,6 +51,7 @@ CASES: dict[str, tuple[str, str]] = {
     "io_wait_threads": ("io-wait", "download_chunks"),
     "io_wait_https": ("io-wait", "fetch_invoice"),  # waits inside OpenSSL (ssl.SSLSocket)
     "timeouts_threads": ("io-wait", "fetch_quote"),  # requests calls running into their timeout
+    "timeouts_asyncio": ("io-wait", "fetch_quote"),  # aiohttp calls running into ClientTimeout
     "io_wait_asyncio": ("io-wait", "fetch_price"),  # tasks awaiting a socket read: sampled chains
     "io_wait_aiohttp_body": ("io-wait", "download"),  # bodies trickling in: aiohttp's StreamReader._wait
     "pool_exhausted_aiohttp": ("library-wait", "fetch_quote"),
@@ -73,7 +74,7 @@ ASYNCIO_LOCKS = {
     "semaphore_bound_asyncio",
     "semaphore_bound_threads",
 }
-HEALTHY = ["healthy", "healthy_asyncio"]
+HEALTHY = ["healthy", "healthy_asyncio", "healthy_polling_consumer_asyncio"]
 SECOND_NS = 1_000_000_000
 
 
