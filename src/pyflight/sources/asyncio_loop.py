@@ -1267,16 +1267,26 @@ class AsyncioSource(Source):
         # with the C core, wait without the GIL while no step runs long (the program's
         # threads are not made to hand over the GIL 4 times per threshold for nothing)
         stall_wait = getattr(backend, "asyncio_stall_wait", None) if backend.BACKEND == "c" else None
+        # the last nap ended at once, on a step Python's look found no stall in (a loop
+        # being installed, a step it leaves alone): wait in Python once, never spin
+        spurious = False
         while True:
             hooks = self._hooks
-            napped = False
-            if stall_wait is not None and hooks is not None and hooks.active and hooks.use_c and not due_at:
+            napped = found = False
+            if (
+                stall_wait is not None
+                and hooks is not None
+                and hooks.active
+                and hooks.use_c
+                and not due_at
+                and not spurious
+            ):
                 until_check = (hooks.next_look() - backend.now()) / 1e9  # uvloop & co, waiting tasks
                 if until_check > interval:
                     # naps until a running step could reach the threshold, at most this
                     # long (the watchdog notices the recorder stopping within one); no
                     # Python wait before it: each wake-up costs ~50 us and a GIL hand-off
-                    stall_wait(threshold, until_check, min(self.stall_threshold, LONGEST_NAP))
+                    found = stall_wait(threshold, until_check, min(self.stall_threshold, LONGEST_NAP))
                     napped = True
             if stop.is_set() or (not napped and stop.wait(interval)):
                 return
@@ -1288,6 +1298,7 @@ class AsyncioSource(Source):
             except Exception as exc:
                 self.failed(exc)
                 return
+            spurious = found and not due_at
 
 
 def _await_chain(task: Any) -> tuple[tuple[str, str, int], ...]:
