@@ -53,7 +53,7 @@ TIMEOUT_TOGETHER = 1 * MS
 
 _TIMEOUT_HINT = (
     "Calls ran into their timeout: the other side did not answer in time, and the wait "
-    "was the timeout itself, each time, before the call failed. More threads or retries "
+    "was the timeout itself, each time, before the call failed. More workers or retries "
     "wait more, not sooner. Find why the other side stalls (its own trace, its pool, its "
     "locks); where a late answer is useless, fail sooner (a shorter timeout); stop calling "
     "a failing partner for a while (a circuit breaker). "
