@@ -66,6 +66,7 @@ def patched_attributes() -> dict[str, Any]:
         "run_forever": asyncio.base_events.BaseEventLoop.__dict__["run_forever"],
         "_set_task_name": asyncio.tasks.__dict__.get("_set_task_name"),
         "_on_timeout": asyncio.timeouts.Timeout.__dict__["_on_timeout"],
+        "_release_waiter": asyncio.tasks.__dict__["_release_waiter"],
     }
 
 
@@ -1023,9 +1024,9 @@ def test_loop_select_records_waits_not_polls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("implementation", ["c", "python"])
 def test_a_timeout_that_runs_out_is_recorded_on_its_task(tmp_path: Path, implementation: str) -> None:
-    """``asyncio.timeout`` (and ``wait_for``, which uses it on 3.12+): TASK_TIMEOUT(task)
-    when the timeout runs out, before the task is cancelled; a timeout that does not run
-    out records nothing (the wrapper runs only when one fires)."""
+    """``asyncio.timeout``, ``wait_for`` (its own timer on 3.11, ``timeout()`` on 3.12+)
+    and ``wait(..., timeout=)``: TASK_TIMEOUT(task) when the timeout runs out, before the
+    task is cancelled; a timeout that does not run out records nothing."""
     if implementation == "c" and BACKEND_NAME != "c":
         pytest.skip("the C core's steps")
 
@@ -1040,9 +1041,19 @@ def test_a_timeout_that_runs_out_is_recorded_on_its_task(tmp_path: Path, impleme
                     await slow_call()
             except TimeoutError:
                 missed += 1
+        for _ in range(2):  # wait_for: asyncio.timeout on 3.12+, its own timer on 3.11
+            try:
+                await asyncio.wait_for(slow_call(), 0.02)
+            except TimeoutError:
+                missed += 1
+        _done, pending = await asyncio.wait([asyncio.ensure_future(slow_call())], timeout=0.02)
+        missed += len(pending)
+        for waiting in pending:
+            waiting.cancel()
         async with asyncio.timeout(1):
             await asyncio.sleep(0.01)
             in_time += 1
+        in_time += await asyncio.wait_for(asyncio.sleep(0.01, 1), 1)
         return missed, in_time
 
     async def main() -> tuple[int, tuple[int, int]]:
@@ -1050,8 +1061,8 @@ def test_a_timeout_that_runs_out_is_recorded_on_its_task(tmp_path: Path, impleme
         return id(task), await task
 
     (task_id, result), trace = run_traced(main, tmp_path, implementation)
-    assert result == (3, 1)
+    assert result == (6, 2)
     timeouts = of_kind(trace, Kind.TASK_TIMEOUT)
-    assert [e.arg("task") for e in timeouts] == [task_id] * 3
+    assert [e.arg("task") for e in timeouts] == [task_id] * 6
     (caller_task,) = [t for t in build(trace).all_tasks() if t.name == "caller"]
-    assert len(caller_task.timeouts) == 3
+    assert len(caller_task.timeouts) == 6

@@ -225,7 +225,7 @@ class TaskTimeline:
     #: the ends of its steps that sent on a socket (TASK_SENT; traces with metadata
     #: ``blocking.step_sends``), in time order
     sent: list[int] = dataclasses.field(default_factory=list)
-    #: when its timeouts ran out (TASK_TIMEOUT: ``asyncio.timeout``, ``wait_for`` on 3.12+,
+    #: when its timeouts ran out (TASK_TIMEOUT: ``asyncio.timeout``, ``wait_for``, ``wait``,
     #: aiohttp's ``ClientTimeout``), each cancelling the wait it was in, in time order
     timeouts: list[int] = dataclasses.field(default_factory=list)
 

@@ -134,7 +134,7 @@ ARGS: dict[Kind, tuple[Arg, ...]] = {
     # the step of `task` that ended at this time sent on a socket (recorded after the
     # step's TASK_STEP_END when the step was written as a pair; else made by the reader)
     Kind.TASK_SENT: _args("task:u"),
-    # a timeout of `task` ran out (asyncio.timeout, wait_for on 3.12+, aiohttp's
+    # a timeout of `task` ran out (asyncio.timeout, wait_for, wait(timeout=), aiohttp's
     # ClientTimeout): it is being cancelled now, and the wait it was in fails
     Kind.TASK_TIMEOUT: _args("task:u"),
     Kind.LOOP_IDLE_BEGIN: _args("loop:u"),

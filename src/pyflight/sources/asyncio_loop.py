@@ -203,6 +203,22 @@ TIMEOUT_CALLBACKS = (
     ("asyncio.timeouts", "Timeout", "_on_timeout", "_task"),
     ("aiohttp.helpers", "TimerContext", "timeout", "_tasks"),
 )
+
+
+def _release_waiter_timed_out(waiter: Any, *args: Any) -> Any:
+    """The task a ``tasks._release_waiter`` call from a timer releases, else None. The
+    timer of ``wait_for`` (3.11) and ``wait`` calls it with the waiter alone; the awaited
+    future's done callback passes that future too. The task is the one awaiting
+    ``waiter``: its wake-up is among the waiter's callbacks."""
+    if args or waiter.done():
+        return None
+    for callback, _context in getattr(waiter, "_callbacks", None) or ():
+        task = getattr(callback, "__self__", None)
+        if task is not None and hasattr(task, "get_coro"):
+            return task
+    return None
+
+
 _MISSING = object()
 
 _installed_hooks: _Hooks | None = None
@@ -514,6 +530,29 @@ class _Hooks:
 
             imported = functools.partial(self._timeout_module_imported, cls_name, method, holder)
             self.timeout_watchers.append(ImportWatcher(module_name, imported).install())
+        self._patch_release_waiter()
+
+    def _patch_release_waiter(self) -> None:
+        """Wrap ``asyncio.tasks._release_waiter``: the timer of ``wait_for`` on 3.11 (3.12+
+        use ``timeout()``) and of ``wait(..., timeout=)`` calls it when the time is up."""
+        original = self.tasks.__dict__.get("_release_waiter")
+        if not isinstance(original, types.FunctionType):
+            return
+        hooks = self
+        record = backend.record
+
+        @functools.wraps(original)
+        def release_waiter(waiter: Any, *args: Any) -> Any:
+            if hooks.active:
+                try:
+                    task = _release_waiter_timed_out(waiter, *args)
+                    if task is not None:
+                        record(_TASK_TIMEOUT, id(task))
+                except Exception as exc:
+                    hooks.fault(exc)
+            return original(waiter, *args)
+
+        self._patch(self.tasks, "_release_waiter", original, release_waiter)
 
     def _timeout_module_imported(
         self, cls_name: str, method: str, holder: str, module: types.ModuleType
