@@ -205,18 +205,25 @@ TIMEOUT_CALLBACKS = (
 )
 
 
-def _release_waiter_timed_out(waiter: Any, *args: Any) -> Any:
-    """The task a ``tasks._release_waiter`` call from a timer releases, else None. The
-    timer of ``wait_for`` (3.11) and ``wait`` calls it with the waiter alone; the awaited
-    future's done callback passes that future too. The task is the one awaiting
+def _guarded_tasks(holder: str, timeout: Any, *args: Any) -> Any:
+    """The tasks a TIMEOUT_CALLBACKS instance ``timeout`` is about to cancel: its
+    attribute ``holder`` (one task, or a set of them)."""
+    guarded = getattr(timeout, holder, None)
+    return guarded if isinstance(guarded, (set, list, tuple)) else (guarded,)
+
+
+def _release_waiter_timed_out(waiter: Any, *args: Any) -> tuple[Any, ...]:
+    """The task a ``tasks._release_waiter`` call from a timer releases (none otherwise).
+    The timer of ``wait_for`` (3.11) and ``wait`` calls it with the waiter alone; the
+    awaited future's done callback passes that future too. The task is the one awaiting
     ``waiter``: its wake-up is among the waiter's callbacks."""
     if args or waiter.done():
-        return None
+        return ()
     for callback, _context in getattr(waiter, "_callbacks", None) or ():
         task = getattr(callback, "__self__", None)
         if task is not None and hasattr(task, "get_coro"):
-            return task
-    return None
+            return (task,)
+    return ()
 
 
 _MISSING = object()
@@ -535,24 +542,7 @@ class _Hooks:
     def _patch_release_waiter(self) -> None:
         """Wrap ``asyncio.tasks._release_waiter``: the timer of ``wait_for`` on 3.11 (3.12+
         use ``timeout()``) and of ``wait(..., timeout=)`` calls it when the time is up."""
-        original = self.tasks.__dict__.get("_release_waiter")
-        if not isinstance(original, types.FunctionType):
-            return
-        hooks = self
-        record = backend.record
-
-        @functools.wraps(original)
-        def release_waiter(waiter: Any, *args: Any) -> Any:
-            if hooks.active:
-                try:
-                    task = _release_waiter_timed_out(waiter, *args)
-                    if task is not None:
-                        record(_TASK_TIMEOUT, id(task))
-                except Exception as exc:
-                    hooks.fault(exc)
-            return original(waiter, *args)
-
-        self._patch(self.tasks, "_release_waiter", original, release_waiter)
+        self._wrap_timeout(self.tasks, "_release_waiter", _release_waiter_timed_out)
 
     def _timeout_module_imported(
         self, cls_name: str, method: str, holder: str, module: types.ModuleType
@@ -562,26 +552,30 @@ class _Hooks:
                 self._patch_timeout(module, cls_name, method, holder)
 
     def _patch_timeout(self, module: types.ModuleType, cls_name: str, method: str, holder: str) -> None:
-        cls = getattr(module, cls_name, None)
-        original = getattr(cls, "__dict__", {}).get(method)
+        self._wrap_timeout(getattr(module, cls_name, None), method, functools.partial(_guarded_tasks, holder))
+
+    def _wrap_timeout(self, owner: Any, name: str, timed_out: Callable[..., Any]) -> None:
+        """Wrap the function ``name`` of ``owner`` (a class or a module), which runs when a
+        timeout runs out, to record TASK_TIMEOUT for each task ``timed_out(*its
+        arguments)`` names, before it runs."""
+        original = getattr(owner, "__dict__", {}).get(name)
         if not isinstance(original, types.FunctionType):
             return  # not the library we know
         hooks = self
         record = backend.record
 
         @functools.wraps(original)
-        def on_timeout(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def on_timeout(*args: Any, **kwargs: Any) -> Any:
             if hooks.active:
                 try:
-                    guarded = getattr(self, holder, None)
-                    for task in guarded if isinstance(guarded, (set, list, tuple)) else (guarded,):
+                    for task in timed_out(*args):
                         if task is not None and not task.done():
                             record(_TASK_TIMEOUT, id(task))
                 except Exception as exc:
                     hooks.fault(exc)
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
 
-        self._patch(cls, method, original, on_timeout)
+        self._patch(owner, name, original, on_timeout)
 
     def _patch_get_loop(self) -> None:
         """Wrap ``asyncio.mixins._LoopBoundMixin._get_loop``: asyncio's locks and queues
