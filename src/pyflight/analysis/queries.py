@@ -130,6 +130,15 @@ def seconds_since_start(model: Model, t: int) -> float:
     return round((t - model.start) / SECOND, 3)
 
 
+def within(spans: list[tuple[int, int]] | None, t: int) -> bool:
+    """``t`` lies in one of ``spans`` (sorted, disjoint ``[start, end)``: one thread's
+    blocks of some kind), so a piece of a block cut by a GC pause is found in it too."""
+    if not spans:
+        return False
+    k = bisect.bisect_right(spans, (t, 1 << 62)) - 1
+    return k >= 0 and spans[k][0] <= t < spans[k][1]
+
+
 def interval_ns(model: Model) -> int:
     interval = int(getattr(model, "sampling_interval_ns", 0) or 0)
     return interval if interval > 0 else 10 * MS

@@ -28,6 +28,7 @@ from pyflight.analysis.cpu import UNTRACED
 from pyflight.analysis.frames import library_wait, wait_name
 from pyflight.analysis.model import Interval, IntervalColumns, State
 from pyflight.analysis.profiles import frame_label
+from pyflight.analysis.queries import within
 from pyflight.core.events import IO_SENDS, BlockReason
 from pyflight.viewer.lod import FAST, FAST_ERRORS, LodRow
 
@@ -508,8 +509,8 @@ class TimelineApi:
             if ref.reason is BlockReason.IO and ref.obj and self.model.trace.meta.get("blocking.io_sends"):
                 out["object"] = ref.obj & ~IO_SENDS  # the socket; the bit says which way
                 out["detail"] = out["detail"] or ("sending" if ref.obj & IO_SENDS else "receiving")
-            timed_out = ref.reason is BlockReason.IO and row.kind == "thread"
-            if timed_out and self._ran_into_timeout(row.tid, start):
+            thread_io = ref.reason is BlockReason.IO and row.kind == "thread"
+            if thread_io and within(self._timed_out.get(row.tid), start):
                 out["detail"] = (out["detail"] + ", " if out["detail"] else "") + "ran into its timeout"
             out["stack_start"] = _stack(ref.stack)
             out["stack_end"] = _stack(self._stack_near_end(row, k))
@@ -570,14 +571,6 @@ class TimelineApi:
                 return self._wake_dict(wake)
             j -= 1
         return None
-
-    def _ran_into_timeout(self, tid: int, start: int) -> bool:
-        """Whether the socket call of ``tid`` covering ``start`` ended by its timeout."""
-        spans = self._timed_out.get(tid)
-        if not spans:
-            return False
-        j = bisect_right(spans, (start, 1 << 62)) - 1
-        return j >= 0 and spans[j][0] <= start < spans[j][1]
 
     def _holder(self, tid: int, start: int) -> dict[str, Any] | None:
         """Who held the lock a wait of ``tid`` covering ``start`` was for (a slice is a

@@ -333,11 +333,3 @@ def listening_blocks(model: Model) -> dict[int, list[tuple[int, int]]]:
         if in_ticks >= 2 and in_natives >= GIL_HELD_SHARE * in_ticks:
             del spans[tid]
     return spans
-
-
-def within(spans: list[tuple[int, int]] | None, iv: Interval) -> bool:
-    """``iv`` lies in one of ``spans`` (sorted by start): a piece of that block."""
-    if not spans:
-        return False
-    k = bisect.bisect_right(spans, (iv.start, 1 << 62)) - 1
-    return k >= 0 and spans[k][0] <= iv.start < spans[k][1]

@@ -15,7 +15,7 @@ from pyflight.format.reader import Frame
 if TYPE_CHECKING:
     from pyflight.analysis.model import Interval, Model, TaskTimeline, ThreadTimeline
 from pyflight.analysis.frames import by_function, is_library, is_third_party, user_frame
-from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name
+from pyflight.analysis.queries import gil_busy_share, lifetime, seconds_since_start, thread_name, within
 from pyflight.analysis.rules._idle_reads import (
     RECEIVING_WORDS,
     connection_handlers,
@@ -28,7 +28,6 @@ from pyflight.analysis.rules._idle_reads import (
     waits_for_connection,
     waits_for_its_client,
     waits_for_next_request,
-    within,
 )
 from pyflight.analysis.rules._waits import (
     GIL_BOUND_HINT,
@@ -333,7 +332,7 @@ def _thread_io_waits(model: Model) -> list[Finding]:
             if waits_for_a_job(iv.stack):
                 idle_consumers_ns += iv.end - iv.start
             continue
-        (listening if within(listening_spans.get(t.tid), iv) else waits).append((t, iv))
+        (listening if within(listening_spans.get(t.tid), iv.start) else waits).append((t, iv))
     total = sum(iv.end - iv.start for _, iv in waits)
     if total < 50 * MS:
         return []
@@ -478,14 +477,15 @@ def _timeouts(
         and b.tid in threads
         and b.start >= 0
         and _counted(b.stack)
-        and not within(listening.get(b.tid), b)  # type: ignore[arg-type]
+        and not within(listening.get(b.tid), b.start)
     ]
     if not ended:
         return None
     total = sum(b.end - b.start for b in ended)
-    waited = sum(b.end - b.start for b in model.blocks if b.reason is BlockReason.IO and b.tid in threads)
-    if len(ended) < MIN_TIMEOUTS and total < TIMEOUTS_SHARE * max(waited, 1):
-        return None
+    if len(ended) < MIN_TIMEOUTS:  # a few: a story only if a fair share of the I/O wait
+        waited = sum(b.end - b.start for b in model.blocks if b.reason is BlockReason.IO and b.tid in threads)
+        if total < TIMEOUTS_SHARE * max(waited, 1):
+            return None
     weights: dict[Frame, float] = defaultdict(float)
     for b in ended:
         frame = user_frame(b.stack)
